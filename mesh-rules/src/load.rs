@@ -1,0 +1,277 @@
+//! From files to validated rules: reads every document, checks it, and
+//! reports every problem with file, document, line:column and field path.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::check::{Checker, Problem};
+use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::path::FieldPath;
+use crate::rules::{API_VERSIONS, Kind, Metadata, Rule, RuleKey, Spec};
+use crate::yaml;
+
+/// One input: its name (a path, or `-` for standard input) and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// How errors name the input.
+    pub name: &'a str,
+    /// The YAML or JSON text, one or more documents.
+    pub text: &'a str,
+}
+
+/// Where a document came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The source's name.
+    pub file: String,
+    /// 1-based document index in the source.
+    pub document: usize,
+    /// Where the document starts.
+    pub position: Position,
+}
+
+/// A value with the place it was read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was read.
+    pub origin: Origin,
+}
+
+/// A Kubernetes object that is not a mesh rule (a Deployment, a Service, …),
+/// found beside rules in the same files; rule commands leave it to kubectl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignObject {
+    /// Its apiVersion.
+    pub api_version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its metadata.name, if any.
+    pub name: Option<String>,
+}
+
+/// Everything read from a set of sources.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    /// The rules, in source and document order.
+    pub rules: Vec<Located<Rule>>,
+    /// Documents that are not mesh rules.
+    pub foreign: Vec<Located<ForeignObject>>,
+}
+
+/// What one document turned out to be.
+enum Document {
+    Rule(Rule),
+    Foreign(ForeignObject),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Envelope<S> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: Metadata,
+    spec: S,
+}
+
+fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+fn typed<S: DeserializeOwned>(value: Value) -> Result<(Metadata, S), Problem> {
+    serde_path_to_error::deserialize::<_, Envelope<S>>(value)
+        .map(|e| (e.metadata, e.spec))
+        .map_err(|e| {
+            let path = FieldPath::from_serde(e.path());
+            let message = e.into_inner().to_string();
+            let at_key = message.starts_with("unknown field");
+            Problem {
+                path,
+                message,
+                at_key,
+            }
+        })
+}
+
+/// Reads and checks one document's value.
+fn document(value: Value) -> Result<Document, Vec<Problem>> {
+    let root = FieldPath::root();
+    let fail = |path: FieldPath, message: String| {
+        vec![Problem {
+            path,
+            message,
+            at_key: false,
+        }]
+    };
+    let Value::Object(map) = &value else {
+        return Err(fail(
+            root,
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    let text_field = |name: &str| match map.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(fail(root.key(name), format!("`{name}` must be a string"))),
+        None => Err(fail(
+            root.clone(),
+            format!("`{name}` is missing: every document needs apiVersion and kind"),
+        )),
+    };
+    let api_version = text_field("apiVersion")?;
+    let kind_name = text_field("kind")?;
+    let ours = API_VERSIONS
+        .iter()
+        .any(|v| api_group(v) == api_group(&api_version));
+    let allowed = API_VERSIONS.join(" or ");
+    let kind = match Kind::from_manifest(&kind_name) {
+        Some(_) if !API_VERSIONS.contains(&api_version.as_str()) => {
+            return Err(fail(
+                root.key("apiVersion"),
+                format!("unknown apiVersion `{api_version}` for kind {kind_name}: use {allowed}"),
+            ));
+        }
+        Some(kind) => kind,
+        None if ours => {
+            let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            return Err(fail(
+                root.key("kind"),
+                format!(
+                    "unknown kind `{kind_name}` in {api_version}: allowed kinds are {}",
+                    kinds.join(", ")
+                ),
+            ));
+        }
+        None => {
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            return Ok(Document::Foreign(ForeignObject {
+                api_version,
+                kind: kind_name,
+                name,
+            }));
+        }
+    };
+    if ours && !API_VERSIONS.contains(&api_version.as_str()) {
+        return Err(fail(
+            root.key("apiVersion"),
+            format!("unknown apiVersion `{api_version}`: use {allowed}"),
+        ));
+    }
+    let one = |p: Problem| vec![p];
+    let (metadata, spec) = match kind {
+        Kind::RouteRule => typed(value)
+            .map(|(m, s)| (m, Spec::RouteRule(s)))
+            .map_err(one)?,
+        Kind::DestinationPolicy => typed(value)
+            .map(|(m, s)| (m, Spec::DestinationPolicy(s)))
+            .map_err(one)?,
+        Kind::EgressRule => typed(value)
+            .map(|(m, s)| (m, Spec::EgressRule(s)))
+            .map_err(one)?,
+    };
+    let mut c = Checker::default();
+    metadata.check(&mut c, &root.key("metadata"));
+    spec.check(&mut c, &root.key("spec"));
+    let problems = c.into_problems();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Document::Rule(Rule {
+        api_version,
+        metadata,
+        spec,
+    }))
+}
+
+impl Rule {
+    /// Reads and checks a rule from a JSON value (e.g. one read back from a
+    /// store); the error lists every problem as `field.path: message`.
+    pub fn from_value(value: Value) -> Result<Rule, String> {
+        match document(value) {
+            Ok(Document::Rule(r)) => Ok(r),
+            Ok(Document::Foreign(f)) => {
+                Err(format!("{} {} is not a mesh rule", f.api_version, f.kind))
+            }
+            Err(problems) => Err(problems
+                .iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    }
+}
+
+/// Reads every source, checks every document, and checks that no rule is
+/// defined twice. Returns all rules, or every problem found.
+pub fn load(sources: &[Source<'_>]) -> Result<Loaded, Diagnostics> {
+    let mut out = Loaded::default();
+    let mut diags = Vec::new();
+    let mut seen: HashMap<RuleKey, Origin> = HashMap::new();
+    for src in sources {
+        let docs = match yaml::read_stream(src.text) {
+            Ok(d) => d,
+            Err(e) => {
+                diags.push(Diagnostic {
+                    file: src.name.to_owned(),
+                    document: e.document,
+                    position: e.position,
+                    path: String::new(),
+                    message: e.message,
+                });
+                continue;
+            }
+        };
+        for (index, doc) in docs {
+            let origin = Origin {
+                file: src.name.to_owned(),
+                document: index,
+                position: doc.start,
+            };
+            let diag = |p: &Problem| Diagnostic {
+                file: src.name.to_owned(),
+                document: index,
+                position: doc.locate(&p.path, p.at_key),
+                path: p.path.to_string(),
+                message: p.message.clone(),
+            };
+            match document(doc.value.clone()) {
+                Err(problems) => diags.extend(problems.iter().map(diag)),
+                Ok(Document::Foreign(f)) => out.foreign.push(Located { value: f, origin }),
+                Ok(Document::Rule(rule)) => {
+                    let key = rule.key();
+                    if let Some(first) = seen.get(&key) {
+                        let name = FieldPath::root().key("metadata").key("name");
+                        diags.push(diag(&Problem {
+                            path: name,
+                            message: format!(
+                                "{} {}/{} is defined twice: first in {}, document {} (line {}); names must be unique per kind and namespace",
+                                key.kind, key.namespace, key.name, first.file, first.document, first.position.line
+                            ),
+                            at_key: false,
+                        }));
+                        continue;
+                    }
+                    seen.insert(key, origin.clone());
+                    out.rules.push(Located {
+                        value: rule,
+                        origin,
+                    });
+                }
+            }
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(Diagnostics(diags))
+    }
+}

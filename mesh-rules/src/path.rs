@@ -1,0 +1,83 @@
+//! Field paths inside a document (`spec.route[1].weight`).
+
+use std::fmt;
+
+/// One step of a [`FieldPath`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// A mapping key.
+    Key(String),
+    /// A sequence index.
+    Index(usize),
+}
+
+/// The path from a document's root to one of its nodes.
+///
+/// The same type names a node when the YAML is read (to remember where it
+/// was) and when a check fails (to say where), so the two always agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct FieldPath(Vec<Segment>);
+
+impl FieldPath {
+    /// The document root.
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// This path extended by a mapping key.
+    pub fn key(&self, key: impl Into<String>) -> Self {
+        let mut p = self.clone();
+        p.0.push(Segment::Key(key.into()));
+        p
+    }
+
+    /// This path extended by a sequence index.
+    pub fn index(&self, index: usize) -> Self {
+        let mut p = self.clone();
+        p.0.push(Segment::Index(index));
+        p
+    }
+
+    /// The path one step up, or `None` at the root.
+    pub fn parent(&self) -> Option<Self> {
+        let mut p = self.clone();
+        p.0.pop().map(|_| p)
+    }
+
+    /// True at the document root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The steps.
+    pub fn segments(&self) -> &[Segment] {
+        &self.0
+    }
+
+    pub(crate) fn from_serde(path: &serde_path_to_error::Path) -> Self {
+        use serde_path_to_error::Segment as S;
+        let mut p = Self::root();
+        for s in path.iter() {
+            match s {
+                S::Seq { index } => p.0.push(Segment::Index(*index)),
+                S::Map { key } => p.0.push(Segment::Key(key.clone())),
+                S::Enum { variant } => p.0.push(Segment::Key(variant.clone())),
+                S::Unknown => {}
+            }
+        }
+        p
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Segment::Key(k) if i == 0 => f.write_str(k)?,
+                Segment::Key(k) => write!(f, ".{k}")?,
+                Segment::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! The rule kinds of Istio 0.4 (`config.istio.io/v1alpha2`), also served
+//! under the mesh's own API group with the same schema.
+
+mod destination_policy;
+mod egress_rule;
+mod route_rule;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use destination_policy::*;
+pub use egress_rule::*;
+pub use route_rule::*;
+
+use crate::check::Checker;
+use crate::names;
+use crate::path::FieldPath;
+
+/// Istio 0.4's API group and version, accepted exactly as the seed wrote it.
+pub const ISTIO_API_VERSION: &str = "config.istio.io/v1alpha2";
+/// The mesh's own API group and version: same kinds, same schema.
+pub const MESH_API_VERSION: &str = "config.mesh.dev/v1alpha1";
+/// Every apiVersion a rule may carry.
+pub const API_VERSIONS: [&str; 2] = [ISTIO_API_VERSION, MESH_API_VERSION];
+
+/// The namespace a rule lands in when its metadata names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A kind of rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    /// How requests to a service are routed: matches, weighted versions, faults, retries.
+    RouteRule,
+    /// How a service's endpoints are chosen and protected: load balancing, circuit breaking.
+    DestinationPolicy,
+    /// Which destinations outside the mesh may be called.
+    EgressRule,
+}
+
+impl Kind {
+    /// Every kind, in a stable order.
+    pub const ALL: [Kind; 3] = [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule];
+
+    /// The `kind:` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::RouteRule => "RouteRule",
+            Kind::DestinationPolicy => "DestinationPolicy",
+            Kind::EgressRule => "EgressRule",
+        }
+    }
+
+    /// The name the CLI prints, as istioctl did (`route-rule`).
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            Kind::RouteRule => "route-rule",
+            Kind::DestinationPolicy => "destination-policy",
+            Kind::EgressRule => "egress-rule",
+        }
+    }
+
+    /// Reads a kind as a user types it on the command line: `RouteRule`,
+    /// `route-rule`, `routerules`, `route-rules`, … (case-insensitive).
+    pub fn from_cli(name: &str) -> Option<Kind> {
+        let n: String = name
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let n = n.strip_suffix('s').unwrap_or(&n);
+        let n = n
+            .strip_suffix("ie")
+            .map(|s| format!("{s}y"))
+            .unwrap_or_else(|| n.to_owned());
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str().to_ascii_lowercase() == n)
+    }
+
+    /// Reads the `kind:` field's exact value.
+    pub fn from_manifest(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
+/// The metadata a rule carries (a subset of Kubernetes' ObjectMeta).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// The rule's name, unique within its kind and namespace.
+    pub name: String,
+    /// The namespace; [`DEFAULT_NAMESPACE`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels of the rule object itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations of the rule object itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The store revision of the rule's last change; a replace that gives it
+    /// must match the stored one (optimistic concurrency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+impl Metadata {
+    /// The namespace, defaulted.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    pub(crate) fn check(&self, c: &mut Checker, path: &FieldPath) {
+        c.check(&path.key("name"), names::check_dns_subdomain(&self.name));
+        if let Some(ns) = &self.namespace {
+            c.check(&path.key("namespace"), names::check_dns_label(ns));
+        }
+        c.labels(&path.key("labels"), &self.labels);
+        if let Some(rv) = &self.resource_version
+            && rv.parse::<u64>().is_err()
+        {
+            c.fail(
+                &path.key("resourceVersion"),
+                format!("`{rv}` is not a revision: it must be a whole number as printed by `meshctl get`"),
+            );
+        }
+    }
+}
+
+/// A service named in a rule (Istio's `IstioService`): by short name and
+/// optional namespace/domain, or by fully qualified host (`service`), with
+/// optional labels that select a subset of its workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioService {
+    /// Short service name (`svcb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace; the rule's namespace when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// DNS domain suffix; `cluster.local` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Fully qualified host; for egress rules a host, `*.domain`, IP or CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Labels selecting a subset of the service's workloads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl IstioService {
+    /// Checks names and labels; `need_name` requires `name` or `service`.
+    pub(crate) fn check(&self, c: &mut Checker, path: &FieldPath, need_name: bool) {
+        if let Some(n) = &self.name {
+            c.check(&path.key("name"), names::check_dns_label(n));
+        }
+        if let Some(ns) = &self.namespace {
+            c.check(&path.key("namespace"), names::check_dns_label(ns));
+        }
+        if let Some(d) = &self.domain {
+            c.check(&path.key("domain"), names::check_host_name(d));
+        }
+        if need_name && self.name.is_none() && self.service.is_none() {
+            c.fail(
+                path,
+                "a service needs `name` (short name) or `service` (fully qualified host)",
+            );
+        }
+        c.labels(&path.key("labels"), &self.labels);
+    }
+
+    /// The service's fully qualified host name, for a rule in `rule_namespace`.
+    pub fn host(&self, rule_namespace: &str) -> Option<crate::registry::HostName> {
+        if let Some(s) = &self.service {
+            return Some(crate::registry::HostName::new(s));
+        }
+        let name = self.name.as_deref()?;
+        let ns = self.namespace.as_deref().unwrap_or(rule_namespace);
+        let domain = self
+            .domain
+            .as_deref()
+            .unwrap_or(crate::registry::DEFAULT_DOMAIN);
+        Some(crate::registry::HostName::new(&format!(
+            "{name}.{ns}.svc.{domain}"
+        )))
+    }
+}
+
+/// The spec of one rule, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// A route rule.
+    RouteRule(RouteRule),
+    /// A destination policy.
+    DestinationPolicy(DestinationPolicy),
+    /// An egress rule.
+    EgressRule(EgressRule),
+}
+
+impl Spec {
+    /// The rule's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::RouteRule(_) => Kind::RouteRule,
+            Spec::DestinationPolicy(_) => Kind::DestinationPolicy,
+            Spec::EgressRule(_) => Kind::EgressRule,
+        }
+    }
+
+    pub(crate) fn check(&self, c: &mut Checker, path: &FieldPath) {
+        match self {
+            Spec::RouteRule(r) => r.check(c, path),
+            Spec::DestinationPolicy(r) => r.check(c, path),
+            Spec::EgressRule(r) => r.check(c, path),
+        }
+    }
+}
+
+/// The identity of a rule in a store: kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RuleKey {
+    /// The kind.
+    pub kind: Kind,
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl fmt::Display for RuleKey {
+    /// `route-rule/default/route-rules-svcb`, as istioctl printed it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.kind.cli_name(),
+            self.namespace,
+            self.name
+        )
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The apiVersion it was written with, one of [`API_VERSIONS`]; kept so
+    /// that what a user reads back is what they wrote.
+    pub api_version: String,
+    /// The metadata.
+    pub metadata: Metadata,
+    /// The spec.
+    pub spec: Spec,
+}
+
+impl Rule {
+    /// The rule's kind.
+    pub fn kind(&self) -> Kind {
+        self.spec.kind()
+    }
+
+    /// The rule's identity.
+    pub fn key(&self) -> RuleKey {
+        RuleKey {
+            kind: self.kind(),
+            namespace: self.metadata.namespace().to_owned(),
+            name: self.metadata.name.clone(),
+        }
+    }
+
+    /// The rule as a Kubernetes-style object (`apiVersion`, `kind`,
+    /// `metadata`, `spec`), ready to print as YAML or JSON.
+    pub fn to_value(&self) -> serde_json::Value {
+        let spec = match &self.spec {
+            Spec::RouteRule(s) => serde_json::to_value(s),
+            Spec::DestinationPolicy(s) => serde_json::to_value(s),
+            Spec::EgressRule(s) => serde_json::to_value(s),
+        }
+        .expect("rule specs serialize to JSON");
+        serde_json::json!({
+            "apiVersion": self.api_version,
+            "kind": self.kind().as_str(),
+            "metadata": self.metadata,
+            "spec": spec,
+        })
+    }
+}
