@@ -1,1 +1,147 @@
-fn main() {}
+//! `meshctl`: the mesh's command-line tool.
+
+mod demo;
+mod files;
+mod rules;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Control the mesh: validate and manage rules, run the demo.
+#[derive(Parser)]
+#[command(name = "meshctl", version, about, propagate_version = true)]
+struct Cli {
+    /// The local rule store's folder. Default: $XDG_STATE_HOME/mesh/store,
+    /// else ~/.local/state/mesh/store.
+    #[arg(long, global = true, env = "MESH_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output formats of `get`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// YAML documents, ready for `replace -f`.
+    Yaml,
+    /// JSON (one object, or a List).
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check rule files without changing anything; exit 1 listing every problem.
+    Validate {
+        /// Files, folders (their *.yaml, *.yml, *.json, recursively) or `-` for stdin.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<String>,
+    },
+    /// Add rules; fails, changing nothing, if any of them exists or is invalid.
+    Create {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<String>,
+    },
+    /// Replace existing rules; fails, changing nothing, if any is missing or invalid.
+    Replace {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<String>,
+    },
+    /// Remove rules named in files, or by kind and name.
+    Delete {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", num_args = 1.., conflicts_with_all = ["kind", "names"])]
+        files: Vec<String>,
+        /// Rule kind (route-rule, destination-policy, egress-rule).
+        #[arg(required_unless_present = "files")]
+        kind: Option<String>,
+        /// Rule names.
+        #[arg(requires = "kind")]
+        names: Vec<String>,
+        /// Namespace of the named rules.
+        #[arg(short = 'n', long, default_value = mesh_rules::rules::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Show rules.
+    Get {
+        /// Rule kind (route-rule, destination-policy, egress-rule, or `all`).
+        kind: String,
+        /// A rule name; all rules of the kind when absent.
+        name: Option<String>,
+        /// Namespace.
+        #[arg(short = 'n', long, default_value = mesh_rules::rules::DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Walk the seed's steps on this machine.
+    Demo {
+        /// Keep the demo's store instead of removing it at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn store_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .ok_or_else(|| anyhow::anyhow!("no rule store: pass --store DIR or set MESH_STORE"))?;
+    Ok(state.join("mesh/store"))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { files } => rules::validate(&files),
+        Command::Demo { keep } => demo::run(keep).await,
+        command => match store_dir(cli.store) {
+            Err(e) => Err(e),
+            Ok(dir) => {
+                let store = mesh_pilot::store::LocalStore::new(dir);
+                match command {
+                    Command::Create { files } => rules::create(&store, &files).await,
+                    Command::Replace { files } => rules::replace(&store, &files).await,
+                    Command::Delete {
+                        files,
+                        kind,
+                        names,
+                        namespace,
+                    } => rules::delete(&store, &files, kind.as_deref(), &names, &namespace).await,
+                    Command::Get {
+                        kind,
+                        name,
+                        namespace,
+                        all_namespaces,
+                        output,
+                    } => {
+                        let ns = (!all_namespaces).then_some(namespace.as_str());
+                        rules::get(&store, &kind, name.as_deref(), ns, output).await
+                    }
+                    Command::Validate { .. } | Command::Demo { .. } => unreachable!(),
+                }
+            }
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Rule commands: validate, create, replace, delete, get.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use mesh_pilot::store::{Applied, Change, LocalStore, Operation, RuleStore, StoredRule};
+use mesh_rules::{Diagnostics, Kind, Loaded, RuleKey, Source, load};
+
+use crate::Output;
+use crate::files::{Input, read_inputs};
+
+fn sources(inputs: &[Input]) -> Vec<Source<'_>> {
+    inputs
+        .iter()
+        .map(|i| Source {
+            name: &i.name,
+            text: &i.text,
+        })
+        .collect()
+}
+
+fn print_problems(d: &Diagnostics) {
+    for p in d.iter() {
+        eprintln!("{p}");
+    }
+}
+
+/// `meshctl validate`: each file is checked on its own (files in one folder
+/// are often alternatives, like the seed's 50% and 100% route rules).
+pub fn validate(args: &[String]) -> anyhow::Result<ExitCode> {
+    let inputs = read_inputs(args)?;
+    let (mut rules, mut skipped, mut problems) = (0, 0, 0);
+    for input in &inputs {
+        match load(&sources(std::slice::from_ref(input))) {
+            Ok(loaded) => {
+                for r in &loaded.rules {
+                    println!("{}: {} is valid", r.origin.file, r.value.key());
+                }
+                for f in &loaded.foreign {
+                    println!(
+                        "{}: document {}: {} {} is not a mesh rule; skipped",
+                        f.origin.file,
+                        f.origin.document,
+                        f.value.kind,
+                        f.value.name.as_deref().unwrap_or("(unnamed)")
+                    );
+                }
+                rules += loaded.rules.len();
+                skipped += loaded.foreign.len();
+            }
+            Err(d) => {
+                print_problems(&d);
+                problems += d.len();
+            }
+        }
+    }
+    let files = inputs.len();
+    if problems > 0 {
+        eprintln!("{problems} problem(s) in {files} file(s)");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{files} file(s): {rules} rule(s) valid, {skipped} other object(s) skipped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the files as one batch of rules; every problem is printed and
+/// nothing is returned when any document is invalid or not a rule.
+fn load_batch(args: &[String]) -> anyhow::Result<Option<Loaded>> {
+    let inputs = read_inputs(args)?;
+    let loaded = match load(&sources(&inputs)) {
+        Ok(l) => l,
+        Err(d) => {
+            print_problems(&d);
+            eprintln!("Error: {} problem(s) found; nothing was changed", d.len());
+            return Ok(None);
+        }
+    };
+    if !loaded.foreign.is_empty() {
+        for f in &loaded.foreign {
+            eprintln!(
+                "{}:{}: document {}: {} {} ({}) is not a mesh rule: apply it with kubectl",
+                f.origin.file,
+                f.origin.position,
+                f.origin.document,
+                f.value.kind,
+                f.value.name.as_deref().unwrap_or("(unnamed)"),
+                f.value.api_version
+            );
+        }
+        eprintln!("Error: nothing was changed");
+        return Ok(None);
+    }
+    if loaded.rules.is_empty() {
+        bail!("no rules found in {}", args.join(", "));
+    }
+    Ok(Some(loaded))
+}
+
+fn report(applied: &[Applied]) {
+    for a in applied {
+        match a.operation {
+            Operation::Created => println!("Created config {} at revision {}", a.key, a.revision),
+            Operation::Updated => println!("Updated config {} to revision {}", a.key, a.revision),
+            Operation::Deleted => println!("Deleted config {} at revision {}", a.key, a.revision),
+        }
+    }
+}
+
+async fn apply(store: &LocalStore, changes: Vec<Change>) -> anyhow::Result<ExitCode> {
+    match store.apply(changes).await {
+        Ok(applied) => {
+            report(&applied);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("Error: {e}; nothing was changed");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `meshctl create -f`.
+pub async fn create(store: &LocalStore, args: &[String]) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_batch(args)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    apply(
+        store,
+        loaded
+            .rules
+            .into_iter()
+            .map(|r| Change::Create(r.value))
+            .collect(),
+    )
+    .await
+}
+
+/// `meshctl replace -f`.
+pub async fn replace(store: &LocalStore, args: &[String]) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_batch(args)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    apply(
+        store,
+        loaded
+            .rules
+            .into_iter()
+            .map(|r| Change::Replace(r.value))
+            .collect(),
+    )
+    .await
+}
+
+fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli(kind).with_context(|| {
+        let names: Vec<_> = Kind::ALL.iter().map(|k| k.cli_name()).collect();
+        format!(
+            "unknown rule kind `{kind}`: use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// `meshctl delete -f FILE…` or `meshctl delete KIND NAME…`.
+pub async fn delete(
+    store: &LocalStore,
+    files: &[String],
+    kind: Option<&str>,
+    names: &[String],
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
+    let keys: Vec<RuleKey> = if !files.is_empty() {
+        let Some(loaded) = load_batch(files)? else {
+            return Ok(ExitCode::FAILURE);
+        };
+        loaded.rules.iter().map(|r| r.value.key()).collect()
+    } else {
+        let kind = parse_kind(kind.unwrap_or_default())?;
+        if names.is_empty() {
+            bail!("name the {kind} to delete: meshctl delete {kind} NAME");
+        }
+        names
+            .iter()
+            .map(|n| RuleKey {
+                kind,
+                namespace: namespace.to_owned(),
+                name: n.clone(),
+            })
+            .collect()
+    };
+    apply(store, keys.into_iter().map(Change::Delete).collect()).await
+}
+
+fn object(s: &StoredRule) -> serde_json::Value {
+    let mut v = s.rule.to_value();
+    v["metadata"]["resourceVersion"] = serde_json::Value::String(s.revision.to_string());
+    v
+}
+
+/// `meshctl get KIND [NAME]`.
+pub async fn get(
+    store: &LocalStore,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let kind = if kind.eq_ignore_ascii_case("all") {
+        None
+    } else {
+        Some(parse_kind(kind)?)
+    };
+    let snap = store.snapshot().await?;
+    let rules: Vec<&StoredRule> = snap
+        .rules
+        .iter()
+        .filter(|(k, _)| kind.is_none_or(|kind| k.kind == kind))
+        .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+        .filter(|(k, _)| name.is_none_or(|n| k.name == n))
+        .map(|(_, v)| v)
+        .collect();
+    if rules.is_empty() {
+        if let (Some(n), Some(kind)) = (name, kind) {
+            eprintln!(
+                "Error: {kind} {}/{n} not found",
+                namespace.unwrap_or(mesh_rules::rules::DEFAULT_NAMESPACE)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if output == Output::Table {
+            eprintln!("No rules found.");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    match output {
+        Output::Table => {
+            let rows: Vec<[String; 4]> = rules
+                .iter()
+                .map(|r| {
+                    let k = r.rule.key();
+                    [
+                        k.kind.cli_name().to_owned(),
+                        k.name,
+                        k.namespace,
+                        r.revision.to_string(),
+                    ]
+                })
+                .collect();
+            let header = ["KIND", "NAME", "NAMESPACE", "REVISION"].map(String::from);
+            let mut widths = [0usize; 4];
+            for row in std::iter::once(&header).chain(&rows) {
+                for (w, c) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            for row in std::iter::once(&header).chain(&rows) {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect();
+                println!("{}", line.join("   ").trim_end());
+            }
+        }
+        Output::Yaml => {
+            for (i, r) in rules.iter().enumerate() {
+                if i > 0 {
+                    println!("---");
+                }
+                print!("{}", serde_yaml::to_string(&object(r))?);
+            }
+        }
+        Output::Json => {
+            let v = match (name, rules.as_slice()) {
+                (Some(_), [one]) => object(one),
+                _ => serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": rules.iter().map(|r| object(r)).collect::<Vec<_>>(),
+                }),
+            };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
