@@ -277,6 +277,16 @@ impl Rule {
         }
     }
 
+    /// The host of the service the rule is about (its `spec.destination`).
+    pub fn destination_host(&self) -> Option<crate::registry::HostName> {
+        let ns = self.metadata.namespace();
+        match &self.spec {
+            Spec::RouteRule(r) => r.destination.host(ns),
+            Spec::DestinationPolicy(r) => r.destination.host(ns),
+            Spec::EgressRule(r) => r.destination.host(ns),
+        }
+    }
+
     /// The rule as a Kubernetes-style object (`apiVersion`, `kind`,
     /// `metadata`, `spec`), ready to print as YAML or JSON.
     pub fn to_value(&self) -> serde_json::Value {

@@ -1,0 +1,445 @@
+//! One test per validation rule, asserting the exact text a user reads,
+//! line and column included.
+
+use mesh_rules::{Source, load};
+
+/// Every problem in `text`, one string per problem.
+fn problems(text: &str) -> Vec<String> {
+    match load(&[Source {
+        name: "rule.yaml",
+        text,
+    }]) {
+        Ok(_) => vec![],
+        Err(d) => d.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn route_rule(spec: &str) -> String {
+    format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: r\nspec:\n{spec}"
+    )
+}
+
+fn egress_rule(spec: &str) -> String {
+    format!(
+        "apiVersion: config.istio.io/v1alpha2\nkind: EgressRule\nmetadata:\n  name: e\nspec:\n{spec}"
+    )
+}
+
+#[track_caller]
+fn assert_problems(text: &str, expected: &[&str]) {
+    assert_eq!(problems(text), expected, "\n--- input ---\n{text}");
+}
+
+#[test]
+fn seed_files_are_accepted_as_written() {
+    for name in [
+        "enable-svcb-engress-rule.yaml",
+        "route-rules-svcb-v0.2-50.yaml",
+        "route-rules-svcb-v0.2-100.yaml",
+    ] {
+        for dir in ["", "mesh/"] {
+            let path = format!(
+                "{}/../samples/istio-0.4-walk/{dir}{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let loaded = load(&[Source {
+                name: &path,
+                text: &text,
+            }])
+            .unwrap_or_else(|d| panic!("{d}"));
+            assert_eq!(loaded.rules.len(), 1, "{path}");
+        }
+    }
+}
+
+#[test]
+fn seed_route_rule_reads_into_the_model() {
+    let text = include_str!("../../samples/istio-0.4-walk/route-rules-svcb-v0.2-50.yaml");
+    let rule = load(&[Source { name: "r", text }])
+        .unwrap()
+        .rules
+        .remove(0)
+        .value;
+    assert_eq!(
+        rule.key().to_string(),
+        "route-rule/default/route-rules-svcb"
+    );
+    let mesh_rules::Spec::RouteRule(rr) = &rule.spec else {
+        panic!("{rule:?}")
+    };
+    assert_eq!(rr.destination.name.as_deref(), Some("svcb"));
+    assert_eq!(rr.precedence, Some(1));
+    let weights: Vec<_> = rr
+        .route
+        .iter()
+        .map(|r| (r.labels["version"].as_str(), r.weight))
+        .collect();
+    assert_eq!(weights, [("v0.1", Some(50)), ("v0.2", Some(50))]);
+    assert_eq!(
+        rule.destination_host().unwrap().as_str(),
+        "svcb.default.svc.cluster.local"
+    );
+}
+
+#[test]
+fn unknown_kind() {
+    let text =
+        "apiVersion: config.istio.io/v1alpha2\nkind: RouteRul\nmetadata:\n  name: r\nspec: {}\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:2:7: document 1: kind: unknown kind `RouteRul` in config.istio.io/v1alpha2: allowed kinds are RouteRule, DestinationPolicy, EgressRule",
+        ],
+    );
+}
+
+#[test]
+fn unknown_api_version() {
+    let text =
+        "apiVersion: config.istio.io/v1alpha3\nkind: RouteRule\nmetadata:\n  name: r\nspec: {}\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:1:13: document 1: apiVersion: unknown apiVersion `config.istio.io/v1alpha3` for kind RouteRule: use config.istio.io/v1alpha2 or config.mesh.dev/v1alpha1",
+        ],
+    );
+}
+
+#[test]
+fn unknown_field() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels:\n      version: v0.1\n    weigth: 100\n",
+    );
+    assert_problems(
+        text.as_str(),
+        &[
+            "rule.yaml:11:5: document 1: spec.route[0].weigth: unknown field `weigth`, expected one of `destination`, `labels`, `weight`",
+        ],
+    );
+}
+
+#[test]
+fn unknown_top_level_field() {
+    let text = format!(
+        "{}status: {{}}\n",
+        route_rule("  destination:\n    name: svcb\n")
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:8:1: document 1: status: unknown field `status`, expected one of `apiVersion`, `kind`, `metadata`, `spec`",
+        ],
+    );
+}
+
+#[test]
+fn missing_field() {
+    assert_problems(
+        &route_rule("  precedence: 2\n"),
+        &["rule.yaml:5:1: document 1: spec: missing field `destination`"],
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.1}\n    weight: \"100\"\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:10:13: document 1: spec.route[0].weight: invalid type: string \"100\", expected i64",
+        ],
+    );
+}
+
+#[test]
+fn weight_out_of_range() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.1}\n    weight: 150\n  - labels: {version: v0.2}\n    weight: -50\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:10:13: document 1: spec.route[0].weight: weight 150 is out of range: it must be between 0 and 100",
+            "rule.yaml:12:13: document 1: spec.route[1].weight: weight -50 is out of range: it must be between 0 and 100",
+        ],
+    );
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.1}\n    weight: 50\n  - labels: {version: v0.2}\n    weight: 40\n",
+    );
+    assert_problems(
+        &text,
+        &["rule.yaml:8:3: document 1: spec.route: weights sum to 90; they must sum to 100"],
+    );
+}
+
+#[test]
+fn weight_required_with_several_routes_but_not_one() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.1}\n  - labels: {version: v0.2}\n    weight: 100\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:9:5: document 1: spec.route[0]: weight is missing: every route needs a weight (0 to 100) when a rule has more than one",
+        ],
+    );
+    let single =
+        route_rule("  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.2}\n");
+    assert_problems(&single, &[]);
+}
+
+#[test]
+fn label_key_and_value() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels:\n      -version: v0.1\n      app: v0.1-\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:10:7: document 1: spec.route[0].labels.-version: label key `-version` is invalid: the name part must be 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+            "rule.yaml:11:12: document 1: spec.route[0].labels.app: label value `v0.1-` is invalid: it must be empty or 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+        ],
+    );
+}
+
+#[test]
+fn rule_name_and_namespace() {
+    let text = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: Route_Rules\n  namespace: my.ns\nspec:\n  destination:\n    name: svcb\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:4:9: document 1: metadata.name: `Route_Rules` is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+            "rule.yaml:5:14: document 1: metadata.namespace: `my.ns` is not a valid DNS label: use lowercase letters, digits and '-', starting and ending with a letter or digit",
+        ],
+    );
+}
+
+#[test]
+fn service_name() {
+    let text = route_rule("  destination:\n    name: svc_b\n");
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:7:11: document 1: spec.destination.name: `svc_b` is not a valid DNS label: use lowercase letters, digits and '-', starting and ending with a letter or digit",
+        ],
+    );
+}
+
+#[test]
+fn port_range() {
+    let text = egress_rule(
+        "  destination:\n    service: msgd.example.com\n  ports:\n  - port: 0\n    protocol: http\n  - port: 70000\n    protocol: http\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:9:11: document 1: spec.ports[0].port: port 0 is out of range: it must be between 1 and 65535",
+            "rule.yaml:11:11: document 1: spec.ports[1].port: port 70000 is out of range: it must be between 1 and 65535",
+        ],
+    );
+}
+
+#[test]
+fn protocol_from_fixed_set() {
+    let text = egress_rule(
+        "  destination:\n    service: '*.example.com'\n  ports:\n  - port: 53\n    protocol: udp\n  - port: 443\n    protocol: HTTPS\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:10:15: document 1: spec.ports[0].protocol: protocol `udp` is not supported: use one of http, http2, grpc, https, tcp",
+        ],
+    );
+}
+
+#[test]
+fn egress_host() {
+    let text = egress_rule(
+        "  destination:\n    service: a.*.com\n  ports:\n  - port: 80\n    protocol: http\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:7:14: document 1: spec.destination.service: `a.*.com` is not a valid host: use a DNS name (`api.example.com`), a wildcard (`*.example.com`), an IP address or a CIDR",
+        ],
+    );
+    let cidr = egress_rule(
+        "  destination:\n    service: 10.0.0.0/8\n  ports:\n  - port: 80\n    protocol: http\n",
+    );
+    assert_problems(
+        &cidr,
+        &[
+            "rule.yaml:10:15: document 1: spec.ports[0].protocol: a CIDR destination can only be opened for protocol tcp; name HTTP hosts by DNS name or IP",
+        ],
+    );
+}
+
+#[test]
+fn durations() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  httpReqTimeout:\n    simpleTimeout:\n      timeout: 10x\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:10:16: document 1: spec.httpReqTimeout.simpleTimeout.timeout: `10x` is not a duration: write a number followed by a unit (h, m, s, ms, us, ns), e.g. 500ms, 1.5s or 1m30s",
+        ],
+    );
+    let zero = route_rule(
+        "  destination:\n    name: svcb\n  httpFault:\n    delay:\n      percent: 10\n      fixedDelay: 0s\n",
+    );
+    assert_problems(
+        &zero,
+        &[
+            "rule.yaml:11:19: document 1: spec.httpFault.delay.fixedDelay: duration `0s` is too short: it must be at least 1ms",
+        ],
+    );
+}
+
+#[test]
+fn regex_must_compile() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  match:\n    request:\n      headers:\n        cookie:\n          regex: \"^(.*?;)?(user=jason)(;.*\"\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:12:18: document 1: spec.match.request.headers.cookie.regex: `^(.*?;)?(user=jason)(;.*` is not a valid regular expression (RE2 syntax): error: unclosed group",
+        ],
+    );
+}
+
+#[test]
+fn string_match_needs_exactly_one() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n  match:\n    request:\n      headers:\n        uri:\n          exact: /pay\n          prefix: /p\n",
+    );
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:11:9: document 1: spec.match.request.headers.uri: a string match needs exactly one of `exact`, `prefix` or `regex`; found 2",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_name_within_kind_and_namespace() {
+    let rr = route_rule("  destination:\n    name: svcb\n");
+    let other_ns = rr.replace("  name: r\n", "  name: r\n  namespace: prod\n");
+    let other_kind = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: r\nspec:\n  destination:\n    name: svcb\n";
+    let text = format!("{rr}---\n{other_ns}---\n{other_kind}---\n{rr}");
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:29:9: document 4: metadata.name: route-rule default/r is defined twice: first in rule.yaml, document 1 (line 1); names must be unique per kind and namespace",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_across_files_in_one_batch() {
+    let rr = route_rule("  destination:\n    name: svcb\n");
+    let err = load(&[
+        Source {
+            name: "a.yaml",
+            text: &rr,
+        },
+        Source {
+            name: "b.yaml",
+            text: &rr,
+        },
+    ])
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "b.yaml:4:9: document 1: metadata.name: route-rule default/r is defined twice: first in a.yaml, document 1 (line 1); names must be unique per kind and namespace"
+    );
+}
+
+#[test]
+fn syntax_error() {
+    assert_problems(
+        "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: [r\n",
+        &[
+            "rule.yaml:5:1: document 1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_yaml_key() {
+    let text = route_rule("  destination:\n    name: svcb\n  precedence: 1\n  precedence: 2\n");
+    assert_problems(
+        &text,
+        &[
+            "rule.yaml:9:3: document 1: duplicate key `precedence`: each key may appear once in a mapping",
+        ],
+    );
+}
+
+#[test]
+fn every_problem_of_every_document_is_listed() {
+    let bad_weight = route_rule(
+        "  destination:\n    name: svcb\n  route:\n  - labels: {version: v0.1}\n    weight: 101\n",
+    );
+    let bad_port = egress_rule(
+        "  destination:\n    service: msgd\n  ports:\n  - port: 0\n    protocol: http\n",
+    );
+    let text = format!("{bad_weight}---\n{bad_port}");
+    let found = problems(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("rule.yaml:10:13: document 1: spec.route[0].weight:"));
+    assert!(found[1].starts_with("rule.yaml:20:11: document 2: spec.ports[0].port:"));
+}
+
+#[test]
+fn json_documents() {
+    let text = "{\n  \"apiVersion\": \"config.mesh.dev/v1alpha1\",\n  \"kind\": \"EgressRule\",\n  \"metadata\": {\"name\": \"e\"},\n  \"spec\": {\n    \"destination\": {\"service\": \"msgd\"},\n    \"ports\": [{\"port\": 9997, \"protocol\": \"gopher\"}]\n  }\n}\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:7:42: document 1: spec.ports[0].protocol: protocol `gopher` is not supported: use one of http, http2, grpc, https, tcp",
+        ],
+    );
+}
+
+#[test]
+fn every_field_of_istio_0_4_is_accepted() {
+    let text = route_rule(
+        "  destination:\n    name: svcb\n    namespace: default\n  precedence: 3\n  match:\n    source:\n      name: svca\n      labels: {version: v0.1}\n    tcp:\n      sourceSubnet: [10.0.0.0/8]\n    request:\n      headers:\n        uri: {prefix: /notify}\n        cookie: {regex: \"^(.*?;)?(user=jason)(;.*)?$\"}\n  route:\n  - labels: {version: v0.2}\n    weight: 100\n  rewrite: {uri: /v2/notify}\n  websocketUpgrade: true\n  httpReqTimeout:\n    simpleTimeout: {timeout: 10s}\n  httpReqRetries:\n    simpleRetry: {attempts: 3, perTryTimeout: 2s}\n  httpFault:\n    delay: {percent: 10, fixedDelay: 5s}\n    abort: {percent: 5, httpStatus: 503}\n  l4Fault:\n    terminate: {percent: 1, terminateAfterPeriod: 1m}\n  mirror:\n    name: svcb-shadow\n  corsPolicy:\n    allowOrigin: ['*']\n    allowHeaders: [x-user]\n    maxAge: 1h\n  appendHeaders:\n    x-mesh: demo\n",
+    );
+    assert_problems(&text, &[]);
+    let policy = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: svcb-lb\nspec:\n  destination:\n    name: svcb\n    labels: {version: v0.2}\n  source:\n    name: svca\n  loadBalancing:\n    name: RANDOM\n  circuitBreaker:\n    simpleCb:\n      maxConnections: 100\n      httpMaxPendingRequests: 10\n      httpMaxRequests: 1000\n      sleepWindow: 15m\n      httpConsecutiveErrors: 7\n      httpDetectionInterval: 5m\n      httpMaxRequestsPerConnection: 5\n      httpMaxEjectionPercent: 50\n      httpMaxRetries: 3\n";
+    assert_problems(policy, &[]);
+}
+
+#[test]
+fn load_balancer_names() {
+    let text = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: p\nspec:\n  destination:\n    name: svcb\n  loadBalancing:\n    name: FASTEST\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:9:11: document 1: spec.loadBalancing.name: unknown variant `FASTEST`, expected one of `ROUND_ROBIN`, `LEAST_CONN`, `RANDOM`",
+        ],
+    );
+}
+
+#[test]
+fn rules_round_trip_through_values() {
+    let text = include_str!("../../samples/istio-0.4-walk/route-rules-svcb-v0.2-50.yaml");
+    let rule = load(&[Source { name: "r", text }])
+        .unwrap()
+        .rules
+        .remove(0)
+        .value;
+    let again = mesh_rules::Rule::from_value(rule.to_value()).unwrap();
+    assert_eq!(rule, again);
+}
