@@ -64,6 +64,7 @@ pub struct Loaded {
 }
 
 /// What one document turned out to be.
+#[allow(clippy::large_enum_variant)] // built once per document, moved once
 enum Document {
     Rule(Rule),
     Foreign(ForeignObject),

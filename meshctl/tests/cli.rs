@@ -273,19 +273,16 @@ fn racing_writers_lose_no_update() {
     let (writers, per_writer) = (6, 5);
     let mut children = Vec::new();
     for w in 0..writers {
-        let file = dir.path().join(format!("w{w}.yaml"));
-        let docs: Vec<String> = (0..per_writer)
-            .map(|i| {
+        for i in 0..per_writer {
+            // One process per rule, so processes interleave on the store.
+            let one = dir.path().join(format!("e-{w}-{i}.yaml"));
+            std::fs::write(
+                &one,
                 format!(
                     "apiVersion: config.istio.io/v1alpha2\nkind: EgressRule\nmetadata:\n  name: e-{w}-{i}\nspec:\n  destination:\n    service: host{w}{i}.example.com\n  ports:\n  - port: 80\n    protocol: http\n"
-                )
-            })
-            .collect();
-        std::fs::write(&file, docs.join("---\n")).unwrap();
-        for i in 0..per_writer {
-            // Each process creates one rule, so processes interleave on the store.
-            let one = dir.path().join(format!("w{w}-{i}.yaml"));
-            std::fs::write(&one, &docs[i]).unwrap();
+                ),
+            )
+            .unwrap();
             let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshctl"))
                 .env("MESH_STORE", &store)
                 .args(["create", "-f"])
