@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, the fuzz target's
+# build plus a short run over the seed corpus, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "fuzz target: build and a short run over the seeds"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi
+# cargo-fuzz needs nightly flags; use nightly when installed, else let
+# stable accept them.
+if cargo +nightly --version >/dev/null 2>&1; then
+  fuzz=(cargo +nightly fuzz)
+else
+  export RUSTC_BOOTSTRAP=1
+  fuzz=(cargo fuzz)
+fi
+fuzz_target="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+(
+  cd fuzz
+  CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" build rule_parser
+  CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" run rule_parser "$corpus" seeds/rule_parser -- \
+    -runs=20000 -max_len=4096 2>&1 | tail -n 3
+)
+
+# Last, so the test runner's summary closes the output.
+step "cargo test"
+cargo test --workspace --locked
