@@ -1,6 +1,18 @@
 //! Sidecar injection for Kubernetes workloads.
 //!
-//! It will add the mesh-proxy init step and sidecar container to pod templates
-//! as a pure function over manifests (used by `meshctl kube-inject`), and serve
-//! the same function as a mutating admission webhook. Nothing is implemented
-//! yet: see the injection issue.
+//! [`inject_object`] adds the `mesh-init` init container (which runs
+//! `mesh-proxy init` to program the pod's capture rules) and the
+//! `mesh-proxy` sidecar to the pod template of any workload kind, as a pure
+//! function over the manifest. [`inject_manifests`] does it for a
+//! multi-document YAML file (`meshctl kube-inject`), and [`webhook`] serves
+//! the same function as a mutating admission webhook.
+
+pub mod config;
+mod inject;
+mod manifests;
+pub mod template;
+pub mod webhook;
+
+pub use config::{InjectConfig, SidecarMode};
+pub use inject::{Action, InjectError, Options, Report, inject_object, inject_template};
+pub use manifests::{Injected, inject_manifests};

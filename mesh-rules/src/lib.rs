@@ -25,7 +25,7 @@ pub mod names;
 mod path;
 pub mod registry;
 pub mod rules;
-mod yaml;
+pub mod yaml;
 
 pub use check::{Checker, Problem};
 pub use diagnostic::{Diagnostic, Diagnostics, Position};

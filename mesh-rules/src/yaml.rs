@@ -15,8 +15,10 @@ use crate::path::FieldPath;
 
 /// Where a node and, for mapping values, its key were.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct NodePosition {
+pub struct NodePosition {
+    /// Where the node's key is, for mapping values.
     pub key: Option<Position>,
+    /// Where the node itself is.
     pub value: Position,
     /// Mappings and sequences are pointed at by their key, which is where a
     /// reader looks for them; scalars by their value.
@@ -25,8 +27,10 @@ pub(crate) struct NodePosition {
 
 /// One document of a stream.
 #[derive(Debug)]
-pub(crate) struct YamlDocument {
+pub struct YamlDocument {
+    /// The document as a JSON value (YAML 1.2 core schema).
     pub value: Value,
+    /// Where the document starts.
     pub start: Position,
     positions: HashMap<FieldPath, NodePosition>,
 }
@@ -49,11 +53,42 @@ impl YamlDocument {
     }
 }
 
+/// A value that did not fit the type it was read into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeError {
+    /// The field.
+    pub path: FieldPath,
+    /// Where it is.
+    pub position: Position,
+    /// What is wrong (serde's words: unknown field, missing field, invalid type).
+    pub message: String,
+}
+
+impl YamlDocument {
+    /// Reads the document into `T`, naming the field and place of the first
+    /// problem.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, TypeError> {
+        serde_path_to_error::deserialize(self.value.clone()).map_err(|e| {
+            let path = FieldPath::from_serde(e.path());
+            let message = e.into_inner().to_string();
+            let position = self.locate(&path, message.starts_with("unknown field"));
+            TypeError {
+                path,
+                position,
+                message,
+            }
+        })
+    }
+}
+
 /// A syntax error: where and what.
 #[derive(Debug, Clone)]
-pub(crate) struct SyntaxError {
+pub struct SyntaxError {
+    /// 1-based index of the document it is in.
     pub document: usize,
+    /// Where.
     pub position: Position,
+    /// What.
     pub message: String,
 }
 
@@ -186,9 +221,7 @@ impl<'a> Reader<'a> {
 
 /// Reads every document of `text`. Empty documents (e.g. after a trailing
 /// `---`) are dropped; the document numbers of the rest stay as in the file.
-pub(crate) fn read_stream(
-    text: &str,
-) -> std::result::Result<Vec<(usize, YamlDocument)>, SyntaxError> {
+pub fn read_stream(text: &str) -> std::result::Result<Vec<(usize, YamlDocument)>, SyntaxError> {
     let mut r = Reader {
         parser: Parser::new_from_str(text),
         anchors: HashMap::new(),

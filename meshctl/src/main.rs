@@ -2,6 +2,7 @@
 
 mod demo;
 mod files;
+mod kube_inject;
 mod rules;
 
 use std::path::PathBuf;
@@ -84,6 +85,8 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Add the mesh sidecar to Kubernetes workloads: `meshctl kube-inject -f app.yaml | kubectl apply -f -`.
+    KubeInject(kube_inject::Args),
     /// Walk the seed's steps on this machine.
     Demo {
         /// Keep the demo's store instead of removing it at the end.
@@ -109,6 +112,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { files } => rules::validate(&files),
         Command::Demo { keep } => demo::run(keep).await,
+        Command::KubeInject(args) => kube_inject::run(args),
         command => match store_dir(cli.store) {
             Err(e) => Err(e),
             Ok(dir) => {
@@ -132,7 +136,9 @@ async fn main() -> ExitCode {
                         let ns = (!all_namespaces).then_some(namespace.as_str());
                         rules::get(&store, &kind, name.as_deref(), ns, output).await
                     }
-                    Command::Validate { .. } | Command::Demo { .. } => unreachable!(),
+                    Command::Validate { .. } | Command::Demo { .. } | Command::KubeInject(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }
         },

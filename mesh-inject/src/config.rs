@@ -1,0 +1,125 @@
+//! What the injector adds, and from where it reads that: defaults, a mesh
+//! configuration file, or the `mesh` key of the `mesh-system/mesh` ConfigMap.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the injection template; recorded in every injected pod so
+/// an upgrade can tell which pods carry an older sidecar.
+pub const TEMPLATE_VERSION: &str = "1";
+
+/// How the sidecar joins the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SidecarMode {
+    /// A regular container beside the app.
+    #[default]
+    Container,
+    /// A native sidecar: an init container with `restartPolicy: Always`
+    /// (Kubernetes 1.29 and newer), started before and stopped after the app.
+    Native,
+}
+
+/// Compute resources of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Requests (`cpu`, `memory`).
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// Limits (`cpu`, `memory`).
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+fn resources(req_cpu: &str, req_mem: &str, lim_cpu: &str, lim_mem: &str) -> Resources {
+    Resources {
+        requests: [
+            ("cpu".into(), req_cpu.into()),
+            ("memory".into(), req_mem.into()),
+        ]
+        .into(),
+        limits: [
+            ("cpu".into(), lim_cpu.into()),
+            ("memory".into(), lim_mem.into()),
+        ]
+        .into(),
+    }
+}
+
+/// The mesh configuration the injector uses. Every field has a default, so
+/// an empty file is a valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InjectConfig {
+    /// Image registry and path prefix of the proxy image.
+    pub hub: String,
+    /// Proxy image tag.
+    pub tag: String,
+    /// Pull policy of the injected images.
+    pub image_pull_policy: String,
+    /// Where sidecars find pilot's xDS server.
+    pub pilot_address: String,
+    /// Sidecar resources.
+    pub proxy_resources: Resources,
+    /// Init container resources.
+    pub init_resources: Resources,
+    /// Outbound destinations (CIDRs) never captured.
+    pub exclude_outbound_cidrs: Vec<String>,
+    /// Outbound destinations (CIDRs) captured; `*` for all.
+    pub include_outbound_cidrs: String,
+    /// Inbound ports never captured (the proxy's own are always excluded).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports never captured.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Container or native sidecar.
+    pub sidecar_mode: SidecarMode,
+    /// Worker threads of the sidecar.
+    pub concurrency: u32,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            hub: "ghcr.io/mesh".into(),
+            tag: env!("CARGO_PKG_VERSION").into(),
+            image_pull_policy: "IfNotPresent".into(),
+            pilot_address: "mesh-pilot.mesh-system.svc:15010".into(),
+            proxy_resources: resources("10m", "16Mi", "1", "128Mi"),
+            init_resources: resources("10m", "10Mi", "100m", "50Mi"),
+            exclude_outbound_cidrs: vec![],
+            include_outbound_cidrs: "*".into(),
+            exclude_inbound_ports: vec![],
+            exclude_outbound_ports: vec![],
+            sidecar_mode: SidecarMode::Container,
+            concurrency: 2,
+        }
+    }
+}
+
+impl InjectConfig {
+    /// The proxy image reference.
+    pub fn proxy_image(&self) -> String {
+        format!("{}/mesh-proxy:{}", self.hub, self.tag)
+    }
+
+    /// Reads a configuration: either the configuration itself, or a
+    /// ConfigMap whose `data.mesh` holds it (as `kubectl get cm -o yaml`
+    /// prints it). `name` is used in errors.
+    pub fn from_yaml(name: &str, text: &str) -> Result<Self, String> {
+        let docs = mesh_rules::yaml::read_stream(text)
+            .map_err(|e| format!("{name}:{}: {}", e.position, e.message))?;
+        let Some((_, doc)) = docs.into_iter().next() else {
+            return Ok(Self::default());
+        };
+        if doc.value.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
+            let inner = doc.value.pointer("/data/mesh").and_then(|m| m.as_str()).ok_or_else(|| {
+                format!("{name}: the ConfigMap has no `data.mesh` key holding the mesh configuration")
+            })?;
+            return Self::from_yaml(&format!("{name} (data.mesh)"), inner);
+        }
+        doc.deserialize()
+            .map_err(|e| format!("{name}:{}: {}: {}", e.position, e.path, e.message))
+    }
+}

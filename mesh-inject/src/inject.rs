@@ -1,0 +1,356 @@
+//! Injection as a pure function over Kubernetes manifests.
+//!
+//! Documents are handled as JSON values, so fields the injector does not
+//! know (newer API fields, other tools' extensions) pass through untouched;
+//! what it adds is built from the Kubernetes API types in [`crate::template`].
+
+use serde_json::{Map, Value, json};
+
+use mesh_rules::FieldPath;
+
+use crate::config::{InjectConfig, SidecarMode};
+use crate::template::{
+    self, INIT_CONTAINER, INJECT_ANNOTATION, PROXY_CONTAINER, PROXY_VOLUME, STATUS_ANNOTATION,
+};
+
+/// Options of one injection run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Convert workloads in removed API versions (e.g. `extensions/v1beta1`
+    /// Deployments) to their current version.
+    pub upgrade_apis: bool,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The sidecar was added (or refreshed, when it was there already).
+    Injected,
+    /// A workload that was left alone, and why.
+    Skipped(String),
+    /// Not a workload (a Service, a ConfigMap, …): passed through unchanged.
+    PassedThrough,
+}
+
+/// The result for one object (a `List` gives one per item).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `Kind/name`.
+    pub object: String,
+    /// What happened.
+    pub action: Action,
+    /// Things the user should know (e.g. a removed API version).
+    pub warnings: Vec<String>,
+}
+
+/// A document that cannot be injected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InjectError {
+    /// The field at fault.
+    pub path: FieldPath,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(path: &FieldPath, message: impl Into<String>) -> InjectError {
+    InjectError {
+        path: path.clone(),
+        message: message.into(),
+    }
+}
+
+/// Where the pod template of a workload kind is, and the API versions the
+/// kind is served in (the first is current).
+fn workload(kind: &str) -> Option<(&'static [&'static str], &'static [&'static str])> {
+    const TEMPLATE: &[&str] = &["spec", "template"];
+    Some(match kind {
+        "Pod" => (&[], &["v1"]),
+        "ReplicationController" => (TEMPLATE, &["v1"]),
+        "Deployment" => (
+            TEMPLATE,
+            &[
+                "apps/v1",
+                "extensions/v1beta1",
+                "apps/v1beta1",
+                "apps/v1beta2",
+            ],
+        ),
+        "StatefulSet" => (TEMPLATE, &["apps/v1", "apps/v1beta1", "apps/v1beta2"]),
+        "DaemonSet" | "ReplicaSet" => {
+            (TEMPLATE, &["apps/v1", "extensions/v1beta1", "apps/v1beta2"])
+        }
+        "Job" => (TEMPLATE, &["batch/v1"]),
+        "CronJob" => (
+            &["spec", "jobTemplate", "spec", "template"],
+            &["batch/v1", "batch/v1beta1"],
+        ),
+        _ => return None,
+    })
+}
+
+fn name_of(obj: &Value) -> String {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("?");
+    let meta = obj.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name").or_else(|| m.get("generateName")))
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)");
+    format!("{kind}/{name}")
+}
+
+fn object_mut<'a>(
+    v: &'a mut Value,
+    path: &FieldPath,
+    what: &str,
+) -> Result<&'a mut Map<String, Value>, InjectError> {
+    v.as_object_mut()
+        .ok_or_else(|| err(path, format!("{what} must be a mapping")))
+}
+
+/// Walks to `keys` under `v`, creating empty mappings on the way.
+fn descend<'a>(
+    mut v: &'a mut Value,
+    mut path: FieldPath,
+    keys: &[&str],
+) -> Result<(&'a mut Value, FieldPath), InjectError> {
+    for k in keys {
+        let here = path.clone();
+        path = path.key(*k);
+        let map = object_mut(
+            v,
+            &here,
+            if here.is_root() {
+                "the document"
+            } else {
+                "this field"
+            },
+        )?;
+        v = map
+            .entry(k.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok((v, path))
+}
+
+/// Injects one document (a workload, a `List`, or anything else, which
+/// passes through). The value is changed in place.
+pub fn inject_object(
+    obj: &mut Value,
+    cfg: &InjectConfig,
+    opts: &Options,
+) -> Result<Vec<Report>, InjectError> {
+    inject_at(obj, FieldPath::root(), cfg, opts)
+}
+
+fn inject_at(
+    obj: &mut Value,
+    path: FieldPath,
+    cfg: &InjectConfig,
+    opts: &Options,
+) -> Result<Vec<Report>, InjectError> {
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if kind == "List" || kind.ends_with("List") && obj.get("items").is_some_and(Value::is_array) {
+        let mut reports = Vec::new();
+        let items = obj.get_mut("items").and_then(Value::as_array_mut);
+        for (i, item) in items.into_iter().flatten().enumerate() {
+            reports.extend(inject_at(item, path.key("items").index(i), cfg, opts)?);
+        }
+        return Ok(reports);
+    }
+    let object = name_of(obj);
+    let Some((template_path, versions)) = workload(&kind) else {
+        return Ok(vec![Report {
+            object,
+            action: Action::PassedThrough,
+            warnings: vec![],
+        }]);
+    };
+    if !versions.contains(&api_version.as_str()) {
+        return Err(err(
+            &path.key("apiVersion"),
+            format!(
+                "`{api_version}` is not an API version of {kind}: use {}",
+                versions.join(" or ")
+            ),
+        ));
+    }
+    let mut warnings = Vec::new();
+    let current = versions[0];
+    if api_version != current {
+        if opts.upgrade_apis {
+            upgrade(obj, &path, current, template_path)?;
+            warnings.push(format!(
+                "{object}: converted from {api_version} to {current}"
+            ));
+        } else {
+            warnings.push(format!(
+                "{object}: {api_version} {kind} is not served by Kubernetes 1.16 and newer; use {current} (meshctl kube-inject --upgrade-apis converts it)"
+            ));
+        }
+    }
+    let (template, tpath) = descend(obj, path.clone(), template_path)?;
+    let action = inject_template(template, &tpath, cfg)?;
+    Ok(vec![Report {
+        object,
+        action,
+        warnings,
+    }])
+}
+
+/// Converts a workload to `current` (e.g. `apps/v1`), adding the selector
+/// apps/v1 requires from the pod template's labels.
+fn upgrade(
+    obj: &mut Value,
+    path: &FieldPath,
+    current: &str,
+    template_path: &[&str],
+) -> Result<(), InjectError> {
+    obj["apiVersion"] = Value::String(current.to_owned());
+    if current != "apps/v1" {
+        return Ok(());
+    }
+    let labels = obj
+        .pointer(&format!("/{}/metadata/labels", template_path.join("/")))
+        .cloned()
+        .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()));
+    let spec = object_mut(
+        obj.get_mut("spec")
+            .ok_or_else(|| err(path, "a workload needs a spec"))?,
+        &path.key("spec"),
+        "spec",
+    )?;
+    // Fields apps/v1 no longer has.
+    spec.remove("rollbackTo");
+    spec.remove("templateGeneration");
+    if !spec.contains_key("selector") {
+        let labels = labels.ok_or_else(|| {
+            err(
+                &path.key("spec").key("template").key("metadata").key("labels"),
+                "apps/v1 needs spec.selector, made from the pod template's labels, but the template has none",
+            )
+        })?;
+        spec.insert("selector".into(), json!({ "matchLabels": labels }));
+    }
+    Ok(())
+}
+
+fn annotations_of(template: &Value) -> Option<&Map<String, Value>> {
+    template
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+}
+
+/// Adds the sidecar to a pod template (`metadata` + `spec`).
+pub fn inject_template(
+    template: &mut Value,
+    path: &FieldPath,
+    cfg: &InjectConfig,
+) -> Result<Action, InjectError> {
+    if let Some(v) = annotations_of(template).and_then(|a| a.get(INJECT_ANNOTATION)) {
+        if v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("false")) {
+            return Ok(Action::Skipped(format!(
+                "annotation {INJECT_ANNOTATION}: \"false\""
+            )));
+        }
+    }
+    let spec_path = path.key("spec");
+    let spec = object_mut(
+        template
+            .get_mut("spec")
+            .ok_or_else(|| err(path, "the pod template has no spec"))?,
+        &spec_path,
+        "spec",
+    )?;
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(Action::Skipped(
+            "hostNetwork pods share the node's network and cannot be captured".into(),
+        ));
+    }
+    match spec.get("containers").and_then(Value::as_array) {
+        Some(c) if !c.is_empty() => {}
+        _ => {
+            return Err(err(
+                &spec_path.key("containers"),
+                "a pod needs at least one container",
+            ));
+        }
+    }
+    // Remove what an earlier injection added, so injecting twice equals injecting once.
+    let ours = |v: &Value, names: &[&str]| {
+        v.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| names.contains(&n))
+    };
+    for (field, names) in [
+        ("containers", &[PROXY_CONTAINER][..]),
+        ("initContainers", &[INIT_CONTAINER, PROXY_CONTAINER][..]),
+        ("volumes", &[PROXY_VOLUME][..]),
+    ] {
+        if let Some(list) = spec.get_mut(field).and_then(Value::as_array_mut) {
+            list.retain(|v| !ours(v, names));
+        }
+        if spec
+            .get(field)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+            && field != "containers"
+        {
+            spec.remove(field);
+        }
+    }
+    let mut init = vec![to_value(&template::init_container(cfg))];
+    let proxy = to_value(&template::proxy_container(cfg));
+    let containers = spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .expect("checked above");
+    match cfg.sidecar_mode {
+        SidecarMode::Container => containers.push(proxy),
+        SidecarMode::Native => init.push(proxy),
+    }
+    let init_list = spec
+        .entry("initContainers")
+        .or_insert_with(|| Value::Array(vec![]))
+        .as_array_mut()
+        .ok_or_else(|| {
+            err(
+                &spec_path.key("initContainers"),
+                "initContainers must be a list",
+            )
+        })?;
+    // Capture must be in place before any other init container talks to the network.
+    init_list.splice(0..0, init);
+    spec.entry("volumes")
+        .or_insert_with(|| Value::Array(vec![]))
+        .as_array_mut()
+        .ok_or_else(|| err(&spec_path.key("volumes"), "volumes must be a list"))?
+        .push(to_value(&template::proxy_volume()));
+
+    let (meta, meta_path) = descend(template, path.clone(), &["metadata"])?;
+    let (annotations, apath) = descend(meta, meta_path, &["annotations"])?;
+    let annotations = object_mut(annotations, &apath, "annotations")?;
+    let status = serde_json::to_string(&template::status(cfg)).expect("status serializes");
+    annotations.insert(STATUS_ANNOTATION.into(), Value::String(status));
+    for (k, v) in [
+        ("prometheus.io/scrape", "true".to_owned()),
+        ("prometheus.io/port", template::METRICS_PORT.to_string()),
+        ("prometheus.io/path", "/stats/prometheus".to_owned()),
+    ] {
+        annotations.entry(k).or_insert(Value::String(v));
+    }
+    Ok(Action::Injected)
+}
+
+fn to_value<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).expect("Kubernetes API types serialize")
+}
