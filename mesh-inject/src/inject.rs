@@ -263,6 +263,8 @@ pub fn inject_template(
             )));
         }
     }
+    let injected_before =
+        annotations_of(template).is_some_and(|a| a.contains_key(STATUS_ANNOTATION));
     let spec_path = path.key("spec");
     let spec = object_mut(
         template
@@ -291,6 +293,25 @@ pub fn inject_template(
             .and_then(Value::as_str)
             .is_some_and(|n| names.contains(&n))
     };
+    if !injected_before {
+        for field in ["containers", "initContainers", "volumes"] {
+            let list = spec
+                .get(field)
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(i) = list
+                .iter()
+                .position(|v| ours(v, &[PROXY_CONTAINER, INIT_CONTAINER, PROXY_VOLUME]))
+            {
+                let name = list[i]["name"].as_str().unwrap_or_default();
+                return Err(err(
+                    &spec_path.key(field).index(i).key("name"),
+                    format!("the name `{name}` is reserved for what the mesh injects; rename it"),
+                ));
+            }
+        }
+    }
     for (field, names) in [
         ("containers", &[PROXY_CONTAINER][..]),
         ("initContainers", &[INIT_CONTAINER, PROXY_CONTAINER][..]),
