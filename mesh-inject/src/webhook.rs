@@ -1,1 +1,168 @@
-//! The mutating admission webhook (filled in below).
+//! The mutating admission webhook: Kubernetes sends an `AdmissionReview`
+//! (`admission.k8s.io/v1`) for each pod being created, and gets back a JSON
+//! patch that adds the sidecar — the same injection `kube-inject` does.
+//!
+//! Which namespaces are injected is decided by the webhook configuration's
+//! `namespaceSelector` (label `mesh-injection: enabled`), so the API server
+//! only calls for pods in those namespaces; a pod still opts out with the
+//! annotation `sidecar.mesh.dev/inject: "false"`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+use crate::config::InjectConfig;
+use crate::inject::{Action, Options, inject_object};
+
+/// The path the API server posts reviews to.
+pub const INJECT_PATH: &str = "/inject";
+/// Largest review body accepted (pods are far smaller; the API server's own limit is 3 MiB).
+const MAX_BODY: usize = 4 << 20;
+
+/// Answers one AdmissionReview. A pod is injected through a JSON patch;
+/// other kinds and skipped pods are allowed unchanged; a pod that cannot be
+/// injected is refused with the reason, so it never runs unmeshed by mistake.
+pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, String> {
+    let request = body
+        .get("request")
+        .ok_or("the AdmissionReview has no `request`")?;
+    let uid = request
+        .get("uid")
+        .and_then(Value::as_str)
+        .ok_or("the AdmissionReview request has no `uid`")?;
+    let api_version = body
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("admission.k8s.io/v1");
+    let mut response = json!({ "uid": uid, "allowed": true });
+    let is_pod = request.pointer("/kind/kind").and_then(Value::as_str) == Some("Pod")
+        && request
+            .pointer("/kind/group")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .is_empty();
+    let creating = request.get("operation").and_then(Value::as_str) == Some("CREATE");
+    if let (true, true, Some(object)) = (is_pod, creating, request.get("object")) {
+        let mut pod = object.clone();
+        match inject_object(&mut pod, cfg, &Options::default()) {
+            Ok(reports) if reports.iter().any(|r| r.action == Action::Injected) => {
+                let patch = json_patch::diff(object, &pod);
+                let bytes = serde_json::to_vec(&patch).expect("patches serialize");
+                response["patchType"] = json!("JSONPatch");
+                response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                response["allowed"] = json!(false);
+                response["status"] = json!({
+                    "code": 400,
+                    "message": format!("mesh sidecar injection failed: {e}"),
+                });
+            }
+        }
+    }
+    Ok(json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// TLS settings from a PEM certificate chain and private key (from the
+/// install bundle's Secret, or issued by mesh-ca).
+pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("the certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("the key is not a valid PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not fit together: {e}"))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn reply(status: StatusCode, body: Vec<u8>, content_type: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    cfg: Arc<InjectConfig>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = |status, msg: String| reply(status, msg.into_bytes(), "text/plain; charset=utf-8");
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
+        (&Method::POST, INJECT_PATH) => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("cannot read the request: {e}\n"),
+                    ));
+                }
+            };
+            match serde_json::from_slice::<Value>(&body)
+                .map_err(|e| format!("the body is not JSON: {e}"))
+                .and_then(|v| review(&v, &cfg))
+            {
+                Ok(v) => reply(
+                    StatusCode::OK,
+                    serde_json::to_vec(&v).expect("JSON"),
+                    "application/json",
+                ),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("POST AdmissionReviews to {INJECT_PATH}\n"),
+        ),
+    })
+}
+
+/// Serves the webhook over HTTPS on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    cfg: InjectConfig,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let cfg = Arc::new(cfg);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (acceptor, cfg) = (acceptor.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| handle(req, cfg.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

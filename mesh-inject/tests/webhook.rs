@@ -1,0 +1,198 @@
+//! The webhook as the API server uses it: the real binary over HTTPS, a
+//! real TLS client (curl) posting an AdmissionReview in the API server's
+//! `admission.k8s.io/v1` format, and the patch applied to the pod.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use mesh_inject::{InjectConfig, Options, inject_manifests};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::{Value, json};
+
+/// The webhook process; killed when dropped, also when a test fails.
+struct Webhook {
+    child: Child,
+    url: String,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Webhook {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mesh test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![
+        "127.0.0.1".into(),
+        "mesh-inject.mesh-system.svc".into(),
+    ])
+    .unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "mesh-inject.mesh-system.svc");
+    let leaf = leaf.signed_by(&key, &ca).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_path = write("ca.pem", ca.pem());
+    let cert = write("tls.crt", leaf.pem());
+    let key = write("tls.key", key.serialize_pem());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-inject"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("mesh-inject listening on ")
+        .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
+        .to_owned();
+    Webhook {
+        child,
+        url,
+        ca: ca_path,
+        _dir: dir,
+    }
+}
+
+/// POSTs a review with curl, verifying the server against the test CA.
+fn post(hook: &Webhook, review: &Value) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--cacert"])
+        .arg(&hook.ca)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            "@-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(&hook.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(review.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "curl failed: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+fn fixture() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission-review-pod.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn decode_patch(response: &Value) -> json_patch::Patch {
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap())
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn pod_review_gets_the_patch_kube_inject_would_apply() {
+    let hook = start();
+    let review = fixture();
+    let (code, body) = post(&hook, &review);
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = &answer["response"];
+    assert_eq!(response["uid"], review["request"]["uid"]);
+    assert_eq!(response["allowed"], true);
+
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &decode_patch(response)).unwrap();
+
+    // kube-inject on the same pod, as YAML through the same path the CLI takes.
+    let yaml = serde_yaml::to_string(&review["request"]["object"]).unwrap();
+    let offline = inject_manifests(
+        "pod.yaml",
+        &yaml,
+        &InjectConfig::default(),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(pod, offline.documents[0]);
+    let names: Vec<_> = pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("svcb"), json!("mesh-proxy")]);
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "mesh-init");
+}
+
+#[test]
+fn other_kinds_opted_out_pods_and_bad_pods() {
+    let hook = start();
+
+    let mut service = fixture();
+    service["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Service"});
+    let (code, body) = post(&hook, &service);
+    assert_eq!(code, 200);
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        r["response"],
+        json!({"uid": service["request"]["uid"], "allowed": true})
+    );
+
+    let mut opted_out = fixture();
+    opted_out["request"]["object"]["metadata"]["annotations"] =
+        json!({"sidecar.mesh.dev/inject": "false"});
+    let r: Value = serde_json::from_str(&post(&hook, &opted_out).1).unwrap();
+    assert_eq!(
+        r["response"],
+        json!({"uid": opted_out["request"]["uid"], "allowed": true})
+    );
+
+    let mut reserved = fixture();
+    reserved["request"]["object"]["spec"]["containers"][0]["name"] = json!("mesh-proxy");
+    let r: Value = serde_json::from_str(&post(&hook, &reserved).1).unwrap();
+    assert_eq!(r["response"]["allowed"], false);
+    assert_eq!(
+        r["response"]["status"]["message"],
+        "mesh sidecar injection failed: spec.containers[0].name: the name `mesh-proxy` is reserved for what the mesh injects; rename it"
+    );
+
+    let (code, body) = post(&hook, &json!({"kind": "AdmissionReview"}));
+    assert_eq!(
+        (code, body.as_str()),
+        (400, "the AdmissionReview has no `request`\n")
+    );
+}
