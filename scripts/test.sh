@@ -6,6 +6,16 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "test tools"
+# Kubernetes' OpenAPI schemas, for the injector's strict schema test.
+if ! kubernetes-validate --version 2>/dev/null | grep -q '1.37.0'; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+fi
+# A real TLS client for the webhook test.
+if ! command -v curl >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq curl
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

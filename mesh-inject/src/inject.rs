@@ -256,12 +256,14 @@ pub fn inject_template(
     path: &FieldPath,
     cfg: &InjectConfig,
 ) -> Result<Action, InjectError> {
-    if let Some(v) = annotations_of(template).and_then(|a| a.get(INJECT_ANNOTATION)) {
-        if v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("false")) {
-            return Ok(Action::Skipped(format!(
-                "annotation {INJECT_ANNOTATION}: \"false\""
-            )));
-        }
+    let opted_out = annotations_of(template)
+        .and_then(|a| a.get(INJECT_ANNOTATION))
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.eq_ignore_ascii_case("false"));
+    if opted_out {
+        return Ok(Action::Skipped(format!(
+            "annotation {INJECT_ANNOTATION}: \"false\""
+        )));
     }
     let injected_before =
         annotations_of(template).is_some_and(|a| a.contains_key(STATUS_ANNOTATION));
