@@ -54,7 +54,8 @@ impl FieldPath {
         &self.0
     }
 
-    pub(crate) fn from_serde(path: &serde_path_to_error::Path) -> Self {
+    /// The path serde_path_to_error tracked to a failing field.
+    pub fn from_serde(path: &serde_path_to_error::Path) -> Self {
         use serde_path_to_error::Segment as S;
         let mut p = Self::root();
         for s in path.iter() {

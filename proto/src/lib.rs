@@ -1,7 +1,14 @@
 //! Protocol definitions shared by the mesh's processes.
 //!
-//! This crate will hold the certificate authority's CSR-signing gRPC service
-//! and re-export the Envoy xDS v3 types (listeners, routes, clusters,
-//! endpoints, secrets) that mesh-pilot serves and mesh-proxy consumes, so that
-//! both sides use one set of generated types. It is empty until the proxy and
-//! pilot issues land.
+//! - The Envoy xDS v3 types ([`envoy`], [`google`], [`xds`]) from
+//!   `envoy-types`: pilot serves them and mesh-proxy applies them, so both
+//!   sides use one set of generated types.
+//! - [`descriptors`]: the xDS descriptor pool, for reading Envoy-style
+//!   JSON/YAML (with `"@type"` Any fields) into those types ([`json`]) and
+//!   for walking every field a message sets ([`fields`]).
+
+pub use envoy_types::pb::{envoy, google, xds};
+
+pub mod descriptors;
+pub mod fields;
+pub mod json;

@@ -1,0 +1,23 @@
+//! The descriptor pool of Envoy's xDS API.
+
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, MessageDescriptor};
+
+static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+
+/// Every xDS message, enum and service, with their field names.
+pub fn pool() -> &'static DescriptorPool {
+    POOL.get_or_init(|| {
+        let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/xds-descriptors.bin"));
+        DescriptorPool::decode(bytes.as_slice()).expect("the xDS descriptor set is valid")
+    })
+}
+
+/// The descriptor of message type `T`.
+pub fn message<T: prost::Name>() -> MessageDescriptor {
+    let name = T::full_name();
+    pool()
+        .get_message_by_name(&name)
+        .unwrap_or_else(|| panic!("{name} is in the xDS descriptor set"))
+}
