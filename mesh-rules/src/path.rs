@@ -54,6 +54,25 @@ impl FieldPath {
         &self.0
     }
 
+    /// Reads the text form back (`spec.route[1].weight`); keys may not
+    /// contain `.` or `[` in this form.
+    pub fn parse(text: &str) -> Self {
+        let mut p = Self::root();
+        for part in text.split('.').filter(|s| !s.is_empty()) {
+            let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+            if !key.is_empty() {
+                p.0.push(Segment::Key(key.to_owned()));
+            }
+            while let Some((n, after)) = rest.split_once(']') {
+                if let Ok(i) = n.parse() {
+                    p.0.push(Segment::Index(i));
+                }
+                rest = after.strip_prefix('[').unwrap_or(after);
+            }
+        }
+        p
+    }
+
     /// The path serde_path_to_error tracked to a failing field.
     pub fn from_serde(path: &serde_path_to_error::Path) -> Self {
         use serde_path_to_error::Segment as S;
@@ -80,5 +99,17 @@ impl fmt::Display for FieldPath {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trips() {
+        for t in ["spec.route[1].weight", "a[0][2].b", "x"] {
+            assert_eq!(FieldPath::parse(t).to_string(), t);
+        }
     }
 }

@@ -1,0 +1,143 @@
+//! The admin endpoint (Envoy's paths): `/ready`, `/config_dump`,
+//! `/clusters`, `/stats/prometheus`, `/quitquitquit`.
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use tokio::net::TcpListener;
+
+use crate::server::Shared;
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Per endpoint: (cluster, address, requests, failures, active).
+pub fn endpoint_counters(shared: &Shared) -> Vec<(String, String, u64, u64, usize)> {
+    let snap = shared.config.load();
+    let mut names: Vec<_> = snap.clusters.keys().collect();
+    names.sort();
+    let mut rows = Vec::new();
+    for name in names {
+        for e in &snap.clusters[name].endpoints {
+            rows.push((
+                name.clone(),
+                e.address.to_string(),
+                e.requests.load(Ordering::Relaxed),
+                e.failures.load(Ordering::Relaxed),
+                e.active.load(Ordering::Relaxed),
+            ));
+        }
+    }
+    rows
+}
+
+fn config_dump(shared: &Shared) -> String {
+    let snap = shared.config.load();
+    let listeners: Vec<_> = snap
+        .resources
+        .listeners
+        .iter()
+        .map(|l| serde_json::json!({"version_info": snap.version, "listener": mesh_proto::json::to_json(l)}))
+        .collect();
+    let clusters: Vec<_> = snap
+        .resources
+        .clusters
+        .iter()
+        .map(|c| serde_json::json!({"version_info": snap.version, "cluster": mesh_proto::json::to_json(c)}))
+        .collect();
+    let dump = serde_json::json!({
+        "configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version, "static_listeners": listeners},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version, "static_clusters": clusters},
+        ]
+    });
+    serde_json::to_string_pretty(&dump).expect("JSON") + "\n"
+}
+
+fn clusters_text(shared: &Shared) -> String {
+    let snap = shared.config.load();
+    let mut out = String::new();
+    for (cluster, addr, rq, failed, active) in endpoint_counters(shared) {
+        let healthy = snap.clusters[&cluster]
+            .endpoints
+            .iter()
+            .find(|e| e.address.to_string() == addr)
+            .is_some_and(|e| e.healthy);
+        let _ = writeln!(
+            out,
+            "{cluster}::{addr}::health_flags::{}",
+            if healthy {
+                "healthy"
+            } else {
+                "/failed_eds_health"
+            }
+        );
+        let _ = writeln!(out, "{cluster}::{addr}::rq_total::{rq}");
+        let _ = writeln!(out, "{cluster}::{addr}::rq_error::{failed}");
+        let _ = writeln!(out, "{cluster}::{addr}::rq_active::{active}");
+    }
+    out
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let text = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (_, "/ready") | (_, "/healthz/ready") => {
+            if shared.draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "DRAINING\n".into())
+            } else {
+                reply(StatusCode::OK, text, "LIVE\n".into())
+            }
+        }
+        (&Method::GET, "/config_dump") => reply(StatusCode::OK, "application/json", config_dump(&shared)),
+        (&Method::GET, "/clusters") => reply(StatusCode::OK, text, clusters_text(&shared)),
+        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/stats") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.stats.render(&endpoint_counters(&shared)),
+        ),
+        (&Method::POST, "/quitquitquit") => {
+            shared.shutdown();
+            reply(StatusCode::OK, text, "OK\n".into())
+        }
+        (&Method::POST, "/logging") | (&Method::GET, "/logging") => {
+            reply(StatusCode::OK, text, "active loggers:\n  mesh_proxy: info\n".into())
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "admin paths: /ready /config_dump /clusters /stats/prometheus /logging /quitquitquit (POST)\n".into(),
+        ),
+    })
+}
+
+/// Serves the admin endpoint on `listener` until shutdown.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

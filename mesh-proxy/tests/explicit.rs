@@ -1,0 +1,277 @@
+//! mesh-proxy in explicit mode on loopback, with real backends and curl —
+//! and the same bootstrap files run in a real Envoy, which must agree.
+
+mod common;
+
+use common::{Backend, Process, curl, envoy, mesh_proxy};
+
+/// A bootstrap that Envoy and mesh-proxy both run: one HTTP listener on an
+/// ephemeral port, the given virtual host routes, static clusters.
+fn bootstrap(routes: &str, clusters: &[(&str, &Backend)]) -> String {
+    let mut c = String::new();
+    for (name, b) in clusters {
+        c.push_str(&format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            b.addr.port()
+        ));
+    }
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: svcb
+              domains: ["svcb", "svcb:80", "*"]
+              routes:
+{routes}  clusters:
+{c}"#
+    )
+}
+
+const SPLIT_ROUTES: &str = r#"              - match: {prefix: "/"}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {name: v1, weight: 50}
+                    - {name: v2, weight: 50}
+"#;
+
+/// 1000 sequential requests over one keep-alive connection (curl's URL
+/// globbing reuses the connection); returns (v1 answers, v2 answers, connections opened).
+fn split(proxy: &Process) -> (usize, usize, usize) {
+    let url = format!("http://{}/pay/[1-1000]", proxy.listener("http"));
+    let (code, out) = curl(&[
+        "-s",
+        "-H",
+        "Host: svcb",
+        "-w",
+        "connects=%{num_connects}\n",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    let v1 = out.lines().filter(|l| *l == "v1").count();
+    let v2 = out.lines().filter(|l| *l == "v2").count();
+    let connects: usize = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("connects="))
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
+    (v1, v2, connects)
+}
+
+#[test]
+fn weighted_split_is_per_request_on_one_connection() {
+    let (a, b) = (Backend::start("v1"), Backend::start("v2"));
+    let config = bootstrap(SPLIT_ROUTES, &[("v1", &a), ("v2", &b)]);
+    let proxy = mesh_proxy(&config);
+    let (v1, v2, connects) = split(&proxy);
+    assert_eq!(connects, 1, "all 1000 requests must share one connection");
+    assert_eq!(v1 + v2, 1000);
+    assert!((470..=530).contains(&v1), "v1 got {v1} of 1000");
+    // The schedule is exact, not just close: every 2 requests, one each.
+    assert_eq!(v1, 500);
+}
+
+#[test]
+fn the_same_bootstrap_runs_in_envoy() {
+    let (a, b) = (Backend::start("v1"), Backend::start("v2"));
+    let config = bootstrap(SPLIT_ROUTES, &[("v1", &a), ("v2", &b)]);
+    let proxy = envoy(&config);
+    let (v1, v2, connects) = split(&proxy);
+    assert_eq!(connects, 1);
+    assert_eq!(v1 + v2, 1000);
+    // Envoy picks weighted clusters at random: allow for that (6 sigma).
+    assert!((400..=600).contains(&v1), "envoy: v1 got {v1} of 1000");
+}
+
+const MATCH_ROUTES: &str = r#"              - match:
+                  prefix: "/"
+                  headers:
+                  - name: x-user
+                    string_match: {exact: jason}
+                route: {cluster: v2}
+              - match: {path: "/health"}
+                direct_response: {status: 200, body: {inline_string: "ok\n"}}
+              - match: {safe_regex: {regex: "/pay/[0-9]+"}}
+                route: {cluster: v1}
+                request_headers_to_add:
+                - header: {key: x-mesh-route, value: pay}
+              - match: {prefix: "/old/"}
+                route: {cluster: v1, prefix_rewrite: "/new/"}
+"#;
+
+fn header_routes(proxy: &Process) {
+    let base = format!("http://{}", proxy.listener("http"));
+    let (_, out) = curl(&["-s", "-H", "x-user: jason", &format!("{base}/pay/1")]);
+    assert_eq!(out, "v2\n");
+    let (_, out) = curl(&["-s", &format!("{base}/pay/1")]);
+    assert_eq!(out, "v1\n");
+    let (_, out) = curl(&["-s", &format!("{base}/health")]);
+    assert_eq!(out, "ok\n");
+    let (_, out) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{base}/pay/x"),
+    ]);
+    assert_eq!(out, "404");
+    let (_, head) = curl(&["-s", "-D", "-", "-o", "/dev/null", &format!("{base}/pay/7")]);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-echo-x-mesh-route: pay"),
+        "{head}"
+    );
+    let (_, head) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{base}/old/thing?q=1"),
+    ]);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-echo-path: /new/thing"),
+        "{head}"
+    );
+}
+
+#[test]
+fn header_path_and_regex_routes() {
+    let (a, b) = (Backend::start("v1"), Backend::start("v2"));
+    let config = bootstrap(MATCH_ROUTES, &[("v1", &a), ("v2", &b)]);
+    header_routes(&mesh_proxy(&config));
+    header_routes(&envoy(&config));
+}
+
+#[test]
+fn request_id_is_generated_and_trace_headers_pass_through() {
+    let a = Backend::start("v1");
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: v1}\n";
+    let proxy = mesh_proxy(&bootstrap(routes, &[("v1", &a)]));
+    let url = format!("http://{}/", proxy.listener("http"));
+    let (_, head) = curl(&["-s", "-D", "-", "-o", "/dev/null", &url]);
+    let id = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-echo-x-request-id: ")
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no x-request-id reached the backend:\n{head}"));
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(&id[14..15], "4", "a version 4 UUID: {id}");
+    let (_, head) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "x-request-id: given-id",
+        "-H",
+        "x-b3-traceid: 463ac35c9f6413ad",
+        "-H",
+        "x-b3-spanid: a2fb4a1d1a96d312",
+        "-H",
+        "x-b3-sampled: 1",
+        "-H",
+        "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        &url,
+    ]);
+    let lower = head.to_ascii_lowercase();
+    for h in [
+        "x-echo-x-request-id: given-id",
+        "x-echo-x-b3-traceid: 463ac35c9f6413ad",
+        "x-echo-x-b3-spanid: a2fb4a1d1a96d312",
+        "x-echo-x-b3-sampled: 1",
+        "x-echo-traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ] {
+        assert!(lower.contains(h), "missing {h} in\n{head}");
+    }
+}
+
+#[test]
+fn unreachable_upstream_is_503_and_counted() {
+    let a = Backend::start("v1");
+    // A port nothing listens on: bind, read the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: v1}\n";
+    let config = bootstrap(routes, &[("v1", &a)]).replace(
+        &format!("port_value: {}", a.addr.port()),
+        &format!("port_value: {dead}"),
+    );
+    let proxy = mesh_proxy(&config);
+    let (_, out) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{}/", proxy.listener("http")),
+    ]);
+    assert!(out.ends_with("\n503"), "{out}");
+    assert!(out.starts_with("upstream connect error"), "{out}");
+    let (_, stats) = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]);
+    assert!(
+        stats.contains("mesh_proxy_downstream_rq_total{response_code_class=\"5xx\"} 1"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("mesh_proxy_upstream_cx_fail_total 2"),
+        "one try and one retry:\n{stats}"
+    );
+}
+
+#[test]
+fn unsupported_fields_are_refused_with_their_place() {
+    let a = Backend::start("v1");
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: v1}\n";
+    let config = bootstrap(routes, &[("v1", &a)]).replace(
+        "    type: STATIC\n",
+        "    type: STATIC\n    dns_refresh_rate: 5s\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--validate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = config
+        .lines()
+        .position(|l| l.contains("dns_refresh_rate"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "Error: {}:{line}:5: static_resources.clusters[0].dns_refresh_rate: field `dns_refresh_rate` of envoy.config.cluster.v3.Cluster is not supported by mesh-proxy\n",
+            path.display()
+        )
+    );
+}
