@@ -28,7 +28,39 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Request bodies sent upstream: streamed from downstream, or replayed.
-type UpstreamBody = Either<Incoming, Full<Bytes>>;
+type UpstreamBody = Either<Downstream, Full<Bytes>>;
+
+/// A downstream request body that remembers whether the client's side of it
+/// broke (e.g. a malformed chunk), so the proxy answers 400 rather than
+/// blaming the upstream.
+pub struct Downstream {
+    body: Incoming,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Downstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let r = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &r {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Upstream connection pools of one worker.
 #[derive(Clone)]
@@ -86,7 +118,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Removes hop-by-hop headers, and Transfer-Encoding: each hop frames the
+/// body itself.
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    h.remove(header::TRANSFER_ENCODING);
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -131,6 +166,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Refuses message framings that let two parsers disagree about where a
+/// request ends (request smuggling): Content-Length beside
+/// Transfer-Encoding, and transfer codings other than `chunked`. (hyper
+/// already refuses differing Content-Length values, obs-fold and bad chunk
+/// sizes.)
+fn refuse_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let h = req.headers();
+    let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let refusal = if te.is_empty() {
+        return None;
+    } else if h.contains_key(header::CONTENT_LENGTH) {
+        (
+            StatusCode::BAD_REQUEST,
+            "Content-Length and Transfer-Encoding together are not allowed\n",
+        )
+    } else if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        (
+            StatusCode::NOT_IMPLEMENTED,
+            "only Transfer-Encoding: chunked is supported\n",
+        )
+    } else {
+        return None;
+    };
+    let mut r = text(refusal.0, refusal.1);
+    // The rest of the connection cannot be trusted: close it.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
+}
+
 /// Handles one request arriving on listener `listener`.
 pub async fn handle(
     mut req: Request<Incoming>,
@@ -138,6 +203,9 @@ pub async fn handle(
     shared: Arc<Shared>,
     upstreams: Upstreams,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if let Some(r) = refuse_framing(&req) {
+        return Ok(finish(&shared, r));
+    }
     // One snapshot for the whole request: a swap mid-request does not affect it.
     let snap = shared.config.load_full();
     let Some(manager) = snap.http_manager(&listener) else {
@@ -282,7 +350,11 @@ async fn forward(
 ) -> Response<ProxyBody> {
     use hyper::body::Body;
     let (parts, body) = req.into_parts();
-    let mut streamed = (!body.is_end_stream()).then_some(body);
+    let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streamed = (!body.is_end_stream()).then(|| Downstream {
+        body,
+        failed: body_failed.clone(),
+    });
     let policy = &fwd.retry;
     let max_tries = if streamed.is_none() {
         1 + policy.num_retries.max(1)
@@ -337,6 +409,12 @@ async fn forward(
                     "upstream per-try timeout".into(),
                 );
                 may_retry && attempt < policy.num_retries
+            }
+            Outcome::ConnectFailed(_) if body_failed.load(Ordering::Relaxed) => {
+                let mut r = text(StatusCode::BAD_REQUEST, "malformed request body\n");
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
             }
             Outcome::ConnectFailed(e) => {
                 shared

@@ -46,15 +46,85 @@ fn load(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr
     })
 }
 
+/// Follows the config file: a new valid version is swapped in without
+/// dropping a connection; an invalid one is refused (the last good one keeps
+/// serving) and the reason printed. Each outcome prints one line on stdout
+/// (`config applied version N` / `config rejected: …`).
+fn watch_config(
+    path: PathBuf,
+    mut last: Vec<u8>,
+    shared: std::sync::Arc<mesh_proxy::server::Shared>,
+    mut bound: Vec<(String, std::net::SocketAddr)>,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    bound.sort();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    let file_name = path.file_name().map(|f| f.to_owned());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        // Reading the file raises access events: only changes count.
+        if let Ok(e) = e
+            && (e.kind.is_create() || e.kind.is_modify())
+            && e.paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref())
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new().name("config-watch".into()).spawn(move || {
+        let _watcher = watcher;
+        let mut version = 1u64;
+        while rx.recv().is_ok() {
+            let Ok(now) = std::fs::read(&path) else { continue };
+            if now == last {
+                continue;
+            }
+            last = now;
+            let result = load(&path).and_then(|(mut snap, _)| {
+                let mut wanted: Vec<_> = snap.listeners.values().map(|l| (l.name.clone(), l.address)).collect();
+                wanted.sort();
+                anyhow::ensure!(
+                    wanted == bound,
+                    "listeners cannot be added, removed or moved while running (have {bound:?}, got {wanted:?}); restart to change them"
+                );
+                version += 1;
+                snap.version = version.to_string();
+                Ok(snap)
+            });
+            match result {
+                Ok(snap) => {
+                    shared.apply(snap);
+                    println!("config applied version {version}");
+                }
+                Err(e) => {
+                    shared.stats.config_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("config rejected, keeping version {}: {e:#}", shared.config.load().version);
+                    println!("config rejected: {e:#}");
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (snapshot, admin) = match load(&args.config) {
+    // What the running config was read from; a change is anything else.
+    let loaded_bytes = std::fs::read(&args.config).unwrap_or_default();
+    let (mut snapshot, admin) = match load(&args.config) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("Error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
+    snapshot.version = "1".into();
     if args.validate {
         println!("{}: valid", args.config.display());
         return ExitCode::SUCCESS;
@@ -66,6 +136,11 @@ fn main() -> ExitCode {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
     };
+    let bound_listeners: Vec<(String, std::net::SocketAddr)> = snapshot
+        .listeners
+        .values()
+        .map(|l| (l.name.clone(), l.address))
+        .collect();
     let running = match start(snapshot, admin, opts) {
         Ok(r) => r,
         Err(e) => {
@@ -79,7 +154,15 @@ fn main() -> ExitCode {
     if let Some(a) = running.admin {
         println!("admin {a}");
     }
-    // The readiness line: every socket is bound and accepting.
+    if let Err(e) = watch_config(
+        args.config.clone(),
+        loaded_bytes,
+        running.shared.clone(),
+        bound_listeners,
+    ) {
+        eprintln!("Warning: the config file will not be reloaded: {e:#}");
+    }
+    // The readiness line: every socket is bound and accepting, and config changes are followed.
     println!("ready");
     let shared = running.shared.clone();
     std::thread::spawn(move || {

@@ -3,47 +3,7 @@
 
 mod common;
 
-use common::{Backend, Process, curl, envoy, mesh_proxy};
-
-/// A bootstrap that Envoy and mesh-proxy both run: one HTTP listener on an
-/// ephemeral port, the given virtual host routes, static clusters.
-fn bootstrap(routes: &str, clusters: &[(&str, &Backend)]) -> String {
-    let mut c = String::new();
-    for (name, b) in clusters {
-        c.push_str(&format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
-            b.addr.port()
-        ));
-    }
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{address: 127.0.0.1, port_value: 0}}
-static_resources:
-  listeners:
-  - name: http
-    address:
-      socket_address: {{address: 127.0.0.1, port_value: 0}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: http
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            name: local
-            virtual_hosts:
-            - name: svcb
-              domains: ["svcb", "svcb:80", "*"]
-              routes:
-{routes}  clusters:
-{c}"#
-    )
-}
+use common::{Backend, Process, bootstrap, curl, envoy, mesh_proxy};
 
 const SPLIT_ROUTES: &str = r#"              - match: {prefix: "/"}
                 route:

@@ -169,11 +169,14 @@ impl LocalStore {
         };
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reading the file raises access events: only changes count.
                 let touches_data = match &event {
-                    Ok(e) => e
-                        .paths
-                        .iter()
-                        .any(|p| p.file_name() == Some(DATA_FILE.as_ref())),
+                    Ok(e) => {
+                        (e.kind.is_create() || e.kind.is_modify())
+                            && e.paths
+                                .iter()
+                                .any(|p| p.file_name() == Some(DATA_FILE.as_ref()))
+                    }
                     Err(_) => true,
                 };
                 if touches_data {

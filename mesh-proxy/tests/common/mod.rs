@@ -15,7 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
 /// An HTTP backend on 127.0.0.1 answering `NAME\n`, echoing request headers
-/// as `x-echo-<name>` response headers, counting requests.
+/// as `x-echo-<name>` response headers, counting complete requests, and
+/// waiting `x-delay-ms` before answering when asked to.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -43,34 +44,9 @@ impl Backend {
                 };
                 let (n, count) = (n.clone(), count.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let (n, count) = (n.clone(), count.clone());
-                            async move {
-                                count.fetch_add(1, Ordering::SeqCst);
-                                let (parts, body) = req.into_parts();
-                                let body = body
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let mut r =
-                                    hyper::Response::new(Full::new(Bytes::from(format!("{n}\n"))));
-                                for (k, v) in &parts.headers {
-                                    if let Ok(h) = hyper::header::HeaderName::from_bytes(
-                                        format!("x-echo-{k}").as_bytes(),
-                                    ) {
-                                        r.headers_mut().append(h, v.clone());
-                                    }
-                                }
-                                r.headers_mut()
-                                    .insert("x-echo-path", parts.uri.path().parse().unwrap());
-                                r.headers_mut()
-                                    .insert("x-body-len", body.len().to_string().parse().unwrap());
-                                Ok::<_, std::convert::Infallible>(r)
-                            }
-                        },
-                    );
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(req, n.clone(), count.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
@@ -92,10 +68,44 @@ impl Backend {
     }
 }
 
+/// The backend's answer: counted once the whole request arrived (a request
+/// cut short was not delivered), then delayed if asked, then echoed.
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    name: String,
+    count: Arc<AtomicUsize>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return Ok(hyper::Response::new(Full::new(Bytes::new())));
+    };
+    count.fetch_add(1, Ordering::SeqCst);
+    let delay = parts
+        .headers
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    let mut r = hyper::Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+    for (k, v) in &parts.headers {
+        if let Ok(h) = hyper::header::HeaderName::from_bytes(format!("x-echo-{k}").as_bytes()) {
+            r.headers_mut().append(h, v.clone());
+        }
+    }
+    r.headers_mut()
+        .insert("x-echo-path", parts.uri.path().parse().unwrap());
+    r.headers_mut()
+        .insert("x-body-len", body.len().to_string().parse().unwrap());
+    Ok(r)
+}
+
 /// A child process killed on drop.
 pub struct Process {
     pub child: Child,
     pub lines: HashMap<String, String>,
+    pub stdout: Option<BufReader<std::process::ChildStdout>>,
+    pub config_path: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -144,11 +154,48 @@ pub fn mesh_proxy(config: &str) -> Process {
     Process {
         child,
         lines,
+        stdout: Some(reader),
+        config_path: Some(path),
         _dir: Some(dir),
     }
 }
 
 impl Process {
+    /// Reads stdout lines until one starts with `prefix`; returns it.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        let reader = self.stdout.as_mut().expect("stdout is piped");
+        loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "process exited while waiting for {prefix:?}"
+            );
+            if line.starts_with(prefix) {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    /// Replaces the config file (atomically, as editors and ConfigMaps do).
+    pub fn rewrite_config(&self, text: &str) {
+        let path = self
+            .config_path
+            .as_ref()
+            .expect("started with a config file");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
     pub fn listener(&self, name: &str) -> String {
         self.lines[&format!("listener {name}")].clone()
     }
@@ -190,6 +237,8 @@ pub fn envoy(config: &str) -> Process {
     let mut p = Process {
         child,
         lines: HashMap::new(),
+        stdout: None,
+        config_path: None,
         _dir: None,
     };
     // Envoy writes its admin address once it is up; then /ready says LIVE once listeners are ready.
@@ -240,4 +289,111 @@ pub fn curl(args: &[&str]) -> (i32, String) {
 
 pub fn repo_file(rel: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+/// A bootstrap that Envoy and mesh-proxy both run: one HTTP listener on an
+/// ephemeral port, the given virtual host routes, static clusters.
+pub fn bootstrap(routes: &str, clusters: &[(&str, &Backend)]) -> String {
+    let mut c = String::new();
+    for (name, b) in clusters {
+        c.push_str(&format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            b.addr.port()
+        ));
+    }
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: http
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: http
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: svcb
+              domains: ["svcb", "svcb:80", "*"]
+              routes:
+{routes}  clusters:
+{c}"#
+    )
+}
+
+/// A route to one cluster for every path.
+pub fn route_to(cluster: &str) -> String {
+    format!(
+        "              - match: {{prefix: \"/\"}}\n                route: {{cluster: {cluster}}}\n"
+    )
+}
+
+/// A 50/50 (or any) weighted route.
+pub fn weighted(w1: u32, w2: u32) -> String {
+    format!(
+        "              - match: {{prefix: \"/\"}}\n                route:\n                  weighted_clusters:\n                    clusters:\n                    - {{name: v1, weight: {w1}}}\n                    - {{name: v2, weight: {w2}}}\n"
+    )
+}
+
+/// A backend that answers one request per connection while advertising
+/// keep-alive, then closes: every reuse of a pooled connection races the
+/// server's close (the "503 from churn" of Istio users).
+pub struct ClosingBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl ClosingBackend {
+    pub fn start() -> ClosingBackend {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n",
+                );
+                // Closed without warning, as an idle-timeout close looks to the client.
+            }
+        });
+        ClosingBackend { addr, requests }
+    }
+}
+
+/// Sends raw bytes to `addr` and returns everything the server answers
+/// until it closes or 5 s pass.
+pub fn raw_http(addr: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

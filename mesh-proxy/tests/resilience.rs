@@ -1,0 +1,186 @@
+//! What goes wrong in production meshes, provoked on purpose: config swaps
+//! under load, bad config, servers closing keep-alive connections, request
+//! smuggling, shutdown with requests in flight.
+
+mod common;
+
+use common::{Backend, ClosingBackend, bootstrap, curl, mesh_proxy, raw_http, route_to, weighted};
+
+#[test]
+fn config_swaps_under_load_drop_no_request() {
+    let (a, b) = (Backend::start("v1"), Backend::start("v2"));
+    let mut proxy = mesh_proxy(&bootstrap(&weighted(50, 50), &[("v1", &a), ("v2", &b)]));
+    let url = format!("http://{}/pay/[1-3000]", proxy.listener("http"));
+    let load =
+        std::thread::spawn(move || curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]));
+    for (w1, w2) in [(0, 100), (100, 0), (20, 80), (0, 100)] {
+        proxy.rewrite_config(&bootstrap(&weighted(w1, w2), &[("v1", &a), ("v2", &b)]));
+        let line = proxy.wait_line("config ");
+        assert!(line.starts_with("config applied version"), "{line}");
+    }
+    let (code, statuses) = load.join().unwrap();
+    assert_eq!(code, 0);
+    let total = statuses.lines().count();
+    let ok = statuses.lines().filter(|s| *s == "200").count();
+    assert_eq!(
+        (total, ok),
+        (3000, 3000),
+        "every request during the swaps must succeed"
+    );
+    // The last version (0/100) is in force: 200 of 200 to v2.
+    let (_, out) = curl(&[
+        "-s",
+        &format!("http://{}/after/[1-200]", proxy.listener("http")),
+    ]);
+    assert_eq!(out.lines().filter(|l| *l == "v2").count(), 200);
+}
+
+#[test]
+fn bad_config_is_refused_and_the_last_good_one_keeps_serving() {
+    let (a, b) = (Backend::start("v1"), Backend::start("v2"));
+    let good = bootstrap(&weighted(0, 100), &[("v1", &a), ("v2", &b)]);
+    let mut proxy = mesh_proxy(&good);
+    proxy.rewrite_config(&good.replace("weight: 0}", "weight: 0, unknown_knob: 1}"));
+    let line = proxy.wait_line("config ");
+    assert!(line.starts_with("config rejected: "), "{line}");
+    assert!(
+        line.contains("unknown_knob"),
+        "the reason names the field: {line}"
+    );
+    proxy.rewrite_config(&good.replace(
+        "connect_timeout: 1s",
+        "connect_timeout: 1s\n    lb_policy: MAGLEV",
+    ));
+    let line = proxy.wait_line("config ");
+    assert!(line.contains("lb_policy"), "{line}");
+    let (_, out) = curl(&["-s", &format!("http://{}/[1-20]", proxy.listener("http"))]);
+    assert_eq!(
+        out.lines().filter(|l| *l == "v2").count(),
+        20,
+        "still on the good config"
+    );
+    let (_, dump) = curl(&["-s", &format!("http://{}/config_dump", proxy.admin())]);
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dump["configs"][0]["version_info"], "1");
+    let (_, stats) = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]);
+    assert!(
+        stats.contains("mesh_proxy_config_rejected_total 2"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn servers_closing_keepalive_connections_cause_no_failures() {
+    let backend = ClosingBackend::start();
+    let config = bootstrap(&route_to("v1"), &[]).replace(
+        "  clusters:\n",
+        &format!(
+            "  clusters:\n  - name: v1\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: v1\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            backend.addr.port()
+        ),
+    );
+    let proxy = mesh_proxy(&config);
+    let url = format!("http://{}/[1-1000]", proxy.listener("http"));
+    let (_, statuses) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]);
+    let failed: Vec<_> = statuses.lines().filter(|s| *s != "200").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        1000
+    );
+}
+
+#[test]
+fn request_smuggling_shapes_and_oversized_heads_are_refused() {
+    let a = Backend::start("v1");
+    let proxy = mesh_proxy(&bootstrap(&route_to("v1"), &[("v1", &a)]));
+    let addr = proxy.listener("http");
+    let cases: [(&str, &[u8], &str); 6] = [
+        (
+            "unknown transfer coding",
+            b"POST / HTTP/1.1\r\nHost: svcb\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 501",
+        ),
+        (
+            "two different Content-Length values",
+            b"POST / HTTP/1.1\r\nHost: svcb\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            "HTTP/1.1 400",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: svcb\r\nX-Folded: a\r\n b\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        ("malformed request line", b"GARBAGE\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "bad chunk size",
+            b"POST / HTTP/1.1\r\nHost: svcb\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        ("oversized head", b"", "HTTP/1.1 431"),
+    ];
+    for (what, request, expected) in cases {
+        let request = if what == "oversized head" {
+            format!(
+                "GET / HTTP/1.1\r\nHost: svcb\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(70 * 1024)
+            )
+            .into_bytes()
+        } else {
+            request.to_vec()
+        };
+        let answer = raw_http(&addr, &request);
+        assert!(
+            answer.starts_with(expected),
+            "{what}: expected {expected}, got {answer:?}"
+        );
+    }
+    assert_eq!(a.count(), 0, "nothing malformed may reach the backend");
+
+    // Content-Length beside Transfer-Encoding: as RFC 9112 §6.3 asks of an
+    // intermediary, the chunked framing wins and Content-Length is removed
+    // before forwarding, and the connection is closed after the answer, so
+    // nothing after the chunked body can be smuggled upstream.
+    let answer = raw_http(
+        &addr,
+        b"POST / HTTP/1.1\r\nHost: svcb\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: svcb\r\n\r\n",
+    )
+    .to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-body-len: 0"), "{answer}");
+    assert!(
+        !answer.contains("x-echo-content-length"),
+        "Content-Length must not be forwarded: {answer}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(
+        answer.matches("http/1.1 ").count(),
+        1,
+        "one answer, then the connection closes: {answer}"
+    );
+    assert_eq!(a.count(), 1, "/smuggled never reaches the backend");
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight() {
+    let a = Backend::start("v1");
+    let mut proxy = mesh_proxy(&bootstrap(&route_to("v1"), &[("v1", &a)]));
+    let url = format!("http://{}/slow", proxy.listener("http"));
+    let slow = std::thread::spawn(move || {
+        curl(&["-s", "-H", "x-delay-ms: 700", "-w", "\n%{http_code}", &url])
+    });
+    // Signal only once the request has reached the backend.
+    while a.count() == 0 {
+        std::thread::yield_now();
+    }
+    proxy.signal("TERM");
+    let (code, out) = slow.join().unwrap();
+    assert_eq!((code, out.as_str()), (0, "v1\n\n200"));
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
