@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Cluster, Endpoint, Forward, HttpManager, RequestView, Route, RouteAction};
-use crate::server::Shared;
+use crate::server::{Conn, Shared};
 
 /// Response bodies: streamed from upstream, or made by the proxy.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -196,10 +196,10 @@ fn refuse_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     Some(r)
 }
 
-/// Handles one request arriving on listener `listener`.
+/// Handles one request arriving on connection `conn`.
 pub async fn handle(
     mut req: Request<Incoming>,
-    listener: Arc<str>,
+    conn: Arc<Conn>,
     shared: Arc<Shared>,
     upstreams: Upstreams,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -208,7 +208,7 @@ pub async fn handle(
     }
     // One snapshot for the whole request: a swap mid-request does not affect it.
     let snap = shared.config.load_full();
-    let Some(manager) = snap.http_manager(&listener) else {
+    let Some(manager) = snap.http_manager(&conn.listener) else {
         return Ok(finish(
             &shared,
             text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
@@ -252,7 +252,7 @@ pub async fn handle(
         RouteAction::Forward(f) => f,
     };
     prepare_request(&mut req, manager, route, fwd, &authority);
-    let mut resp = forward(req, fwd, &shared, &upstreams).await;
+    let mut resp = forward(req, fwd, conn.original_dst, &shared, &upstreams).await;
     strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     Ok(finish(&shared, resp))
@@ -304,12 +304,12 @@ async fn send(
     parts: &http::request::Parts,
     body: UpstreamBody,
     cluster: &Cluster,
-    endpoint: &Endpoint,
+    address: std::net::SocketAddr,
     upstreams: &Upstreams,
     timeout: Option<Duration>,
 ) -> Outcome {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{}{pq}", endpoint.address).parse() {
+    let uri: Uri = match format!("http://{address}{pq}").parse() {
         Ok(u) => u,
         Err(e) => return Outcome::ConnectFailed(e.to_string()),
     };
@@ -345,6 +345,7 @@ async fn send(
 async fn forward(
     req: Request<Incoming>,
     fwd: &Forward,
+    original_dst: Option<std::net::SocketAddr>,
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
@@ -368,7 +369,7 @@ async fn forward(
         let Some(cluster) = &fwd.clusters.pick().1 else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
         };
-        let Some(endpoint) = cluster.pick() else {
+        let Some((endpoint, address)) = cluster.target(original_dst) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
@@ -382,7 +383,7 @@ async fn forward(
         };
         let outcome = {
             let _busy = InFlight::new(endpoint);
-            send(&parts, body, cluster, endpoint, upstreams, per_try).await
+            send(&parts, body, cluster, address, upstreams, per_try).await
         };
         let retry = match outcome {
             Outcome::Response(r) => {

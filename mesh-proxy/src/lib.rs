@@ -9,6 +9,9 @@
 pub mod admin;
 pub mod config;
 pub mod http;
+pub mod init;
+pub mod orig_dst;
 pub mod server;
+pub mod sniff;
 pub mod stats;
 pub mod tcp;

@@ -13,11 +13,18 @@ use mesh_rules::FieldPath;
 
 /// The mesh's sidecar proxy.
 #[derive(Parser)]
-#[command(name = "mesh-proxy", version, about)]
+#[command(
+    name = "mesh-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Envoy-style bootstrap (YAML or JSON) with `admin` and `static_resources`.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
-    config: PathBuf,
+    #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -27,6 +34,111 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     validate: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Program the pod's packet redirection to the proxy (nat table, chains MESH_*).
+    Init(InitArgs),
+}
+
+fn ports(s: &str) -> Result<Vec<u16>, String> {
+    if s == "*" || s.is_empty() {
+        return Ok(vec![]);
+    }
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port (1-65535)"))
+        })
+        .collect()
+}
+
+fn cidrs(s: &str) -> Result<Vec<String>, String> {
+    if s == "*" || s.is_empty() {
+        return Ok(vec![]);
+    }
+    s.split(',')
+        .map(|c| {
+            let c = c.trim();
+            mesh_rules::registry::parse_cidr(c)
+                .map(|_| c.to_owned())
+                .ok_or_else(|| format!("`{c}` is not an IP address or CIDR"))
+        })
+        .collect()
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The proxy's user id; its connections are not captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The proxy's group id.
+    #[arg(long, default_value_t = 1337)]
+    proxy_gid: u32,
+    /// Inbound ports to capture, comma-separated, or `*` for all.
+    #[arg(long, default_value = "*", value_parser = ports)]
+    inbound_ports: std::vec::Vec<u16>,
+    /// Inbound ports never captured (15090 and 15021 always are excluded).
+    #[arg(long, default_value = "", value_parser = ports)]
+    exclude_inbound_ports: std::vec::Vec<u16>,
+    /// Outbound destinations to capture (CIDRs), or `*` for all.
+    #[arg(long, default_value = "*", value_parser = cidrs)]
+    outbound_cidrs: std::vec::Vec<String>,
+    /// Outbound destinations never captured.
+    #[arg(long, default_value = "", value_parser = cidrs)]
+    exclude_outbound_cidrs: std::vec::Vec<String>,
+    /// Outbound ports never captured.
+    #[arg(long, default_value = "", value_parser = ports)]
+    exclude_outbound_ports: std::vec::Vec<u16>,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules instead.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn init(a: InitArgs) -> ExitCode {
+    use mesh_proxy::init::{Capture, apply, cleanup, restore_input};
+    let mut exclude_inbound = vec![15090, 15021];
+    exclude_inbound.extend(
+        a.exclude_inbound_ports
+            .iter()
+            .filter(|p| !matches!(p, 15090 | 15021)),
+    );
+    let capture = Capture {
+        proxy_uid: a.proxy_uid,
+        proxy_gid: a.proxy_gid,
+        inbound_ports: a.inbound_ports,
+        exclude_inbound_ports: exclude_inbound,
+        outbound_cidrs: a.outbound_cidrs,
+        exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+        exclude_outbound_ports: a.exclude_outbound_ports,
+        ..Capture::default()
+    };
+    let result = match (a.dry_run, a.cleanup) {
+        (true, false) => {
+            print!("{}", restore_input(&capture));
+            Ok(())
+        }
+        (true, true) => {
+            println!(
+                "# removes the jumps to MESH_* from PREROUTING and OUTPUT, then flushes and deletes MESH_* chains"
+            );
+            Ok(())
+        }
+        (false, true) => cleanup(),
+        (false, false) => apply(&capture),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Reads a bootstrap file, naming file, line:column and field of any problem.
@@ -114,10 +226,17 @@ fn watch_config(
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Sub::Init(a)) = args.command.take() {
+        return init(a);
+    }
+    let config = args
+        .config
+        .clone()
+        .expect("clap requires --config without a subcommand");
     // What the running config was read from; a change is anything else.
-    let loaded_bytes = std::fs::read(&args.config).unwrap_or_default();
-    let (mut snapshot, admin) = match load(&args.config) {
+    let loaded_bytes = std::fs::read(&config).unwrap_or_default();
+    let (mut snapshot, admin) = match load(&config) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -126,7 +245,7 @@ fn main() -> ExitCode {
     };
     snapshot.version = "1".into();
     if args.validate {
-        println!("{}: valid", args.config.display());
+        println!("{}: valid", config.display());
         return ExitCode::SUCCESS;
     }
     let concurrency = args
@@ -155,7 +274,7 @@ fn main() -> ExitCode {
         println!("admin {a}");
     }
     if let Err(e) = watch_config(
-        args.config.clone(),
+        config,
         loaded_bytes,
         running.shared.clone(),
         bound_listeners,

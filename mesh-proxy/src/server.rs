@@ -92,7 +92,12 @@ pub fn start(
     opts: Options,
 ) -> anyhow::Result<Running> {
     let concurrency = opts.concurrency.max(1);
-    let mut names: Vec<_> = snapshot.listeners.keys().cloned().collect();
+    let mut names: Vec<_> = snapshot
+        .listeners
+        .values()
+        .filter(|l| l.bind)
+        .map(|l| l.name.clone())
+        .collect();
     names.sort();
     // sockets[w] = the sockets of worker w, one per listener.
     let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
@@ -262,16 +267,42 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _guard = guard;
             let snap = shared.config.load_full();
-            let Some(listener) = snap.listeners.get(&*name).cloned() else {
+            let Some(own) = snap.listeners.get(&*name).cloned() else {
                 return;
             };
+            // A capture listener hands the connection to the listener for
+            // where it was going; without one, its own chain handles it.
+            let original_dst = own
+                .use_original_dst
+                .then(|| crate::orig_dst::original_dst(&stream))
+                .flatten();
+            let target = original_dst
+                .and_then(|d| snap.listener_for(d))
+                .filter(|l| l.name != own.name)
+                .cloned()
+                .unwrap_or(own);
             drop(snap);
-            match &listener.kind {
-                ListenerKind::Tcp(cfg) => crate::tcp::proxy(stream, cfg, shared.clone()).await,
-                ListenerKind::Http(_) => serve_http(stream, name, shared, upstreams).await,
+            let conn = Arc::new(Conn {
+                listener: target.name.as_str().into(),
+                original_dst,
+            });
+            match &target.kind {
+                ListenerKind::Tcp(cfg) => {
+                    crate::tcp::proxy(stream, cfg, &conn, shared.clone()).await
+                }
+                ListenerKind::Http(_) => serve_http(stream, conn, shared, upstreams).await,
             }
         });
     }
+}
+
+/// What a connection came in on.
+#[derive(Debug)]
+pub struct Conn {
+    /// The listener that handles it (after any original-destination hand-off).
+    pub listener: Arc<str>,
+    /// Where it was going before the capture rules redirected it.
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// Largest request head accepted; larger ones get 431.
@@ -281,7 +312,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_http(
     stream: tokio::net::TcpStream,
-    name: Arc<str>,
+    conn_info: Arc<Conn>,
     shared: Arc<Shared>,
     upstreams: Upstreams,
 ) {
@@ -298,7 +329,12 @@ async fn serve_http(
     let mut stop = shared.shutdown.subscribe();
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
-        crate::http::handle(req, name.clone(), svc_shared.clone(), upstreams.clone())
+        crate::http::handle(
+            req,
+            conn_info.clone(),
+            svc_shared.clone(),
+            upstreams.clone(),
+        )
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);

@@ -1,29 +1,35 @@
 //! The TCP path: one cluster per connection (by weight), one endpoint by the
-//! cluster's policy, bytes copied both ways with half-close preserved.
+//! cluster's policy, bytes copied both ways with half-close preserved. A
+//! connection that reaches a cluster with no endpoints (the black hole of
+//! REGISTRY_ONLY) is refused: an HTTP/1 client gets a 502 naming the
+//! destination, anything else is closed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::TcpProxy;
-use crate::server::Shared;
+use crate::server::{Conn, Shared};
+use crate::sniff::{Detected, detect};
+
+/// How long a refused connection is watched for an HTTP request line.
+const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Proxies one accepted connection.
-pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, shared: Arc<Shared>) {
+pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, shared: Arc<Shared>) {
     let Some(cluster) = &cfg.clusters.pick().1 else {
         return;
     };
-    let Some(endpoint) = cluster.pick() else {
+    let Some((endpoint, address)) = cluster.target(conn.original_dst) else {
+        refuse(downstream, conn).await;
         return;
     };
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     endpoint.requests.fetch_add(1, Ordering::Relaxed);
-    let connect = tokio::time::timeout(
-        cluster.connect_timeout,
-        TcpStream::connect(endpoint.address),
-    )
-    .await;
+    let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address)).await;
     match connect {
         Ok(Ok(mut upstream)) => {
             let _ = upstream.set_nodelay(true);
@@ -39,4 +45,22 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, shared: Arc<Shared
         }
     }
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Refuses a connection the mesh does not allow.
+async fn refuse(mut downstream: TcpStream, conn: &Conn) {
+    if detect(&downstream, SNIFF_TIMEOUT).await == Detected::Http1 {
+        let dst = conn
+            .original_dst
+            .map_or_else(|| "this destination".to_owned(), |d| d.to_string());
+        let body = format!(
+            "mesh: {dst} is outside the mesh and no egress rule allows it (outbound traffic policy REGISTRY_ONLY)\n"
+        );
+        let response = format!(
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = downstream.write_all(response.as_bytes()).await;
+        let _ = downstream.shutdown().await;
+    }
 }

@@ -71,8 +71,13 @@ pub struct Resources {
 pub struct Listener {
     /// Name.
     pub name: String,
-    /// Where it listens.
+    /// Where it listens (or, when not bound, which original destination it takes).
     pub address: SocketAddr,
+    /// Bind a socket (`false`: a virtual listener reached by hand-off only).
+    pub bind: bool,
+    /// Hand connections that were redirected to it to the listener matching
+    /// their original destination (the capture ports 15001 and 15006).
+    pub use_original_dst: bool,
     /// What it runs.
     pub kind: ListenerKind,
 }
@@ -145,10 +150,23 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Speak HTTP/2 (prior knowledge) to the endpoints.
     pub http2: bool,
+    /// Connect to the connection's original destination (Envoy's
+    /// ORIGINAL_DST cluster, the passthrough of ALLOW_ANY); `endpoints`
+    /// then holds one placeholder that carries the counters.
+    pub original_dst: bool,
     next: AtomicUsize,
 }
 
 impl Cluster {
+    /// Where one request or connection goes: an endpoint (for counters) and
+    /// the address to connect to.
+    pub fn target(&self, original_dst: Option<SocketAddr>) -> Option<(&Arc<Endpoint>, SocketAddr)> {
+        if self.original_dst {
+            return Some((self.endpoints.first()?, original_dst?));
+        }
+        self.pick().map(|e| (e, e.address))
+    }
+
     /// Picks a healthy endpoint for one request or connection.
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
@@ -230,6 +248,22 @@ fn type_name(any: &Any) -> &str {
 }
 
 impl Snapshot {
+    /// The listener that takes connections originally meant for `dst`:
+    /// the one with exactly that address, else the one on `0.0.0.0`/`::`
+    /// with that port.
+    pub fn listener_for(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
+        let mut wildcard = None;
+        for l in self.listeners.values() {
+            if l.address == dst {
+                return Some(l);
+            }
+            if l.address.port() == dst.port() && l.address.ip().is_unspecified() {
+                wildcard = Some(l);
+            }
+        }
+        wildcard
+    }
+
     /// Builds a snapshot from a bootstrap's static resources, refusing
     /// anything mesh-proxy does not apply. Returns the admin address too.
     pub fn from_bootstrap(b: &Bootstrap) -> Result<(Snapshot, Option<SocketAddr>), ConfigError> {
@@ -303,27 +337,30 @@ fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigErr
     if c.name.is_empty() {
         return Err(err(format!("{path}.name"), "a cluster needs a name"));
     }
-    match c.cluster_discovery_type {
-        None | Some(ClusterDiscoveryType::Type(0)) => {}
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => {}
-        _ => {
-            return Err(err(
-                format!("{path}.type"),
-                "only STATIC clusters are supported",
-            ));
-        }
-    }
+    let original_dst = match c.cluster_discovery_type {
+        None => false,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => false,
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32 => true,
+        _ => return Err(err(format!("{path}.type"), "use STATIC or ORIGINAL_DST")),
+    };
     let lb = match X::try_from(c.lb_policy) {
         Ok(X::RoundRobin) => LbPolicy::RoundRobin,
         Ok(X::LeastRequest) => LbPolicy::LeastRequest,
         Ok(X::Random) => LbPolicy::Random,
+        Ok(X::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         _ => {
             return Err(err(
                 format!("{path}.lb_policy"),
-                "use ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+                "use ROUND_ROBIN, LEAST_REQUEST or RANDOM (CLUSTER_PROVIDED with ORIGINAL_DST)",
             ));
         }
     };
+    if original_dst && c.load_assignment.is_some() {
+        return Err(err(
+            format!("{path}.load_assignment"),
+            "an ORIGINAL_DST cluster has no endpoints",
+        ));
+    }
     let mut endpoints = Vec::new();
     if let Some(la) = &c.load_assignment {
         for (i, group) in la.endpoints.iter().enumerate() {
@@ -346,6 +383,15 @@ fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigErr
             }
         }
     }
+    if original_dst {
+        endpoints.push(Arc::new(Endpoint {
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            healthy: true,
+            active: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }));
+    }
     let mut http2 = false;
     for (key, any) in &c.typed_extension_protocol_options {
         let p = format!("{path}.typed_extension_protocol_options.{key}");
@@ -366,6 +412,7 @@ fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigErr
         lb,
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
         http2,
+        original_dst,
         next: AtomicUsize::new(0),
     })
 }
@@ -429,6 +476,8 @@ fn build_listener(
     Ok(Listener {
         name: l.name.clone(),
         address,
+        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         kind,
     })
 }

@@ -22,6 +22,8 @@ const FIELDS: &[&str] = &[
     "envoy.config.listener.v3.Listener.name",
     "envoy.config.listener.v3.Listener.address",
     "envoy.config.listener.v3.Listener.filter_chains",
+    "envoy.config.listener.v3.Listener.use_original_dst",
+    "envoy.config.listener.v3.Listener.bind_to_port",
     "envoy.config.listener.v3.FilterChain.filters",
     "envoy.config.listener.v3.FilterChain.name",
     "envoy.config.listener.v3.Filter.name",

@@ -1,0 +1,232 @@
+//! `mesh-proxy init`: programs a pod's packet redirection in the nat table,
+//! in chains of its own (as Istio's init does), so that every TCP
+//! connection the app makes goes to the proxy's outbound port 15001 and
+//! every one it receives goes through the inbound port 15006 — except the
+//! proxy's own traffic (by uid/gid), loopback, and excluded ports/CIDRs.
+//!
+//! Rules are applied with one `iptables-restore --noflush`, so a pod never
+//! sees half of them; applying twice gives the same rules; `--cleanup`
+//! removes them.
+
+use std::fmt::Write;
+use std::process::Command;
+
+/// Chains of ours in the nat table.
+pub const CHAINS: [&str; 4] = [
+    "MESH_INBOUND",
+    "MESH_IN_REDIRECT",
+    "MESH_OUTPUT",
+    "MESH_REDIRECT",
+];
+
+/// What to capture.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// The proxy's user id: its own connections are never captured.
+    pub proxy_uid: u32,
+    /// The proxy's group id.
+    pub proxy_gid: u32,
+    /// Where outbound connections go.
+    pub outbound_port: u16,
+    /// Where inbound connections go.
+    pub inbound_port: u16,
+    /// Inbound ports captured; empty means all.
+    pub inbound_ports: Vec<u16>,
+    /// Inbound ports never captured.
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound destinations captured; empty means all.
+    pub outbound_cidrs: Vec<String>,
+    /// Outbound destinations never captured.
+    pub exclude_outbound_cidrs: Vec<String>,
+    /// Outbound ports never captured.
+    pub exclude_outbound_ports: Vec<u16>,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            proxy_uid: 1337,
+            proxy_gid: 1337,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            inbound_ports: vec![],
+            exclude_inbound_ports: vec![15090, 15021],
+            outbound_cidrs: vec![],
+            exclude_outbound_cidrs: vec![],
+            exclude_outbound_ports: vec![],
+        }
+    }
+}
+
+/// The rules as `iptables-restore` input. Declaring a chain flushes it, so
+/// this replaces any earlier version of our chains; the jumps from
+/// PREROUTING and OUTPUT are removed beforehand by [`apply`].
+pub fn restore_input(c: &Capture) -> String {
+    let mut s = String::from("*nat\n");
+    for chain in CHAINS {
+        let _ = writeln!(s, ":{chain} - [0:0]");
+    }
+    let _ = writeln!(
+        s,
+        "-A MESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        c.inbound_port
+    );
+    let _ = writeln!(
+        s,
+        "-A MESH_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+        c.outbound_port
+    );
+    // Inbound.
+    let _ = writeln!(s, "-A PREROUTING -p tcp -j MESH_INBOUND");
+    let _ = writeln!(
+        s,
+        "-A MESH_INBOUND -p tcp --dport {} -j RETURN",
+        c.inbound_port
+    );
+    for p in &c.exclude_inbound_ports {
+        let _ = writeln!(s, "-A MESH_INBOUND -p tcp --dport {p} -j RETURN");
+    }
+    if c.inbound_ports.is_empty() {
+        let _ = writeln!(s, "-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT");
+    } else {
+        for p in &c.inbound_ports {
+            let _ = writeln!(s, "-A MESH_INBOUND -p tcp --dport {p} -j MESH_IN_REDIRECT");
+        }
+    }
+    // Outbound.
+    let _ = writeln!(s, "-A OUTPUT -p tcp -j MESH_OUTPUT");
+    let _ = writeln!(
+        s,
+        "-A MESH_OUTPUT -m owner --uid-owner {} -j RETURN",
+        c.proxy_uid
+    );
+    let _ = writeln!(
+        s,
+        "-A MESH_OUTPUT -m owner --gid-owner {} -j RETURN",
+        c.proxy_gid
+    );
+    let _ = writeln!(s, "-A MESH_OUTPUT -o lo -j RETURN");
+    let _ = writeln!(s, "-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN");
+    for p in &c.exclude_outbound_ports {
+        let _ = writeln!(s, "-A MESH_OUTPUT -p tcp --dport {p} -j RETURN");
+    }
+    for cidr in &c.exclude_outbound_cidrs {
+        let _ = writeln!(s, "-A MESH_OUTPUT -d {cidr} -j RETURN");
+    }
+    if c.outbound_cidrs.is_empty() {
+        let _ = writeln!(s, "-A MESH_OUTPUT -j MESH_REDIRECT");
+    } else {
+        for cidr in &c.outbound_cidrs {
+            let _ = writeln!(s, "-A MESH_OUTPUT -d {cidr} -j MESH_REDIRECT");
+        }
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("iptables").args(args).output().map_err(|e| {
+        anyhow::anyhow!("cannot run iptables: {e} (is the iptables package installed?)")
+    })?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes our jumps from the built-in chains.
+fn remove_jumps() -> anyhow::Result<()> {
+    for builtin in ["PREROUTING", "OUTPUT"] {
+        let rules = iptables(&["-t", "nat", "-S", builtin])?;
+        for rule in rules
+            .lines()
+            .filter(|r| CHAINS.iter().any(|c| r.ends_with(&format!("-j {c}"))))
+        {
+            let spec: Vec<&str> = rule.split_whitespace().skip(1).collect(); // drop "-A"
+            let mut args = vec!["-t", "nat", "-D"];
+            args.extend(spec);
+            iptables(&args)?;
+        }
+    }
+    Ok(())
+}
+
+/// Programs the rules (idempotent).
+pub fn apply(c: &Capture) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    remove_jumps()?;
+    let mut child = Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run iptables-restore: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(restore_input(c).as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables-restore: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Removes every rule and chain of ours (idempotent).
+pub fn cleanup() -> anyhow::Result<()> {
+    remove_jumps()?;
+    let existing = iptables(&["-t", "nat", "-S"])?;
+    for chain in CHAINS {
+        if existing.lines().any(|l| l == format!("-N {chain}")) {
+            iptables(&["-t", "nat", "-F", chain])?;
+        }
+    }
+    for chain in CHAINS {
+        if existing.lines().any(|l| l == format!("-N {chain}")) {
+            iptables(&["-t", "nat", "-X", chain])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_rules() {
+        let r = restore_input(&Capture::default());
+        assert!(r.starts_with("*nat\n:MESH_INBOUND - [0:0]\n"));
+        assert!(r.contains("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"));
+        assert!(r.contains("-A MESH_INBOUND -p tcp --dport 15021 -j RETURN\n"));
+        assert!(r.contains("-A MESH_OUTPUT -j MESH_REDIRECT\n"));
+        assert!(r.ends_with("COMMIT\n"));
+        // The proxy's own exclusion comes before the redirect.
+        assert!(
+            r.find("--uid-owner").unwrap() < r.find("-A MESH_OUTPUT -j MESH_REDIRECT").unwrap()
+        );
+    }
+
+    #[test]
+    fn lists_and_exclusions() {
+        let c = Capture {
+            inbound_ports: vec![8080],
+            outbound_cidrs: vec!["10.96.0.0/12".into()],
+            exclude_outbound_cidrs: vec!["169.254.169.254/32".into()],
+            exclude_outbound_ports: vec![5432],
+            ..Capture::default()
+        };
+        let r = restore_input(&c);
+        assert!(r.contains("-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT\n"));
+        assert!(!r.contains("-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT"));
+        assert!(r.contains("-A MESH_OUTPUT -d 10.96.0.0/12 -j MESH_REDIRECT\n"));
+        assert!(r.contains("-A MESH_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
+        assert!(r.contains("-A MESH_OUTPUT -p tcp --dport 5432 -j RETURN\n"));
+    }
+}

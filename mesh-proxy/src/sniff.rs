@@ -1,0 +1,108 @@
+//! What a connection speaks, from its first bytes: HTTP/1.x, HTTP/2 with
+//! prior knowledge, TLS, or something else (opaque TCP).
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// A connection's protocol as far as its first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// An HTTP/1.x request line.
+    Http1,
+    /// The HTTP/2 connection preface.
+    Http2,
+    /// A TLS handshake record.
+    Tls,
+    /// Anything else.
+    Tcp,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Classifies `bytes`; `None` when more bytes are needed to tell.
+pub fn classify(bytes: &[u8]) -> Option<Detected> {
+    if bytes.is_empty() {
+        return None;
+    }
+    if bytes[0] == 0x16 {
+        return if bytes.len() < 3 {
+            None
+        } else if bytes[1] == 0x03 {
+            Some(Detected::Tls)
+        } else {
+            Some(Detected::Tcp)
+        };
+    }
+    let could_be = |pattern: &[u8]| {
+        let n = bytes.len().min(pattern.len());
+        bytes[..n] == pattern[..n]
+    };
+    if could_be(H2_PREFACE) {
+        return (bytes.len() >= H2_PREFACE.len()).then_some(Detected::Http2);
+    }
+    if let Some(m) = METHODS.iter().find(|m| could_be(m)) {
+        return (bytes.len() >= m.len()).then_some(Detected::Http1);
+    }
+    Some(Detected::Tcp)
+}
+
+/// Peeks at a connection's first bytes (without consuming them) until they
+/// tell, or `timeout` passes (then: TCP — server-first protocols send nothing).
+pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
+    let mut buf = [0u8; 32];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Detected::Tcp,
+        };
+        if n == 0 {
+            return Detected::Tcp;
+        }
+        if let Some(d) = classify(&buf[..n]) {
+            return d;
+        }
+        if n == buf.len() {
+            return Detected::Tcp;
+        }
+        // Not enough yet: wait for more bytes to arrive.
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
+            return Detected::Tcp;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Detected::Http2)
+        );
+        assert_eq!(classify(b"PRI * HT"), None);
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Detected::Tls));
+        assert_eq!(classify(b"\x00\x00\x00\x10redis"), Some(Detected::Tcp));
+        assert_eq!(classify(b"GETX"), Some(Detected::Tcp));
+    }
+}
