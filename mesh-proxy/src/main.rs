@@ -199,11 +199,11 @@ fn watch_config(
             }
             last = now;
             let result = load(&path).and_then(|(mut snap, _)| {
-                let mut wanted: Vec<_> = snap.listeners.values().map(|l| (l.name.clone(), l.address)).collect();
+                let mut wanted: Vec<_> = snap.listeners.values().filter(|l| l.bind).map(|l| (l.name.clone(), l.address)).collect();
                 wanted.sort();
                 anyhow::ensure!(
                     wanted == bound,
-                    "listeners cannot be added, removed or moved while running (have {bound:?}, got {wanted:?}); restart to change them"
+                    "bound listeners cannot be added, removed or moved while running (have {bound:?}, got {wanted:?}); restart to change them"
                 );
                 version += 1;
                 snap.version = version.to_string();
@@ -258,6 +258,7 @@ fn main() -> ExitCode {
     let bound_listeners: Vec<(String, std::net::SocketAddr)> = snapshot
         .listeners
         .values()
+        .filter(|l| l.bind)
         .map(|l| (l.name.clone(), l.address))
         .collect();
     let running = match start(snapshot, admin, opts) {

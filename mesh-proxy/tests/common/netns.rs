@@ -1,0 +1,233 @@
+//! A test world of network namespaces with no link to the machine's root
+//! namespace: a "node" namespace holding a bridge, and "pods" (and external
+//! hosts) attached to it by veth pairs created directly inside them. Service
+//! VIPs are routed from pods to the bridge, where a counting rule drops them:
+//! a packet that escapes capture goes nowhere and is counted.
+//! Everything (namespaces, links, rules, processes) is removed on drop, also
+//! when a test fails.
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The pod network.
+pub const POD_NET: &str = "10.250.0";
+/// The service VIP range, routed to the bridge and dropped there.
+pub const VIP_CIDR: &str = "10.251.0.0/16";
+
+static WORLDS: AtomicUsize = AtomicUsize::new(0);
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails with a clear reason when the test cannot build namespaces.
+pub fn require_root() {
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "capture tests build network namespaces and iptables rules: run them as root (CI does)"
+    );
+}
+
+/// A set of namespaces; removed on drop.
+pub struct World {
+    pub id: String,
+    pub node: String,
+    namespaces: Vec<String>,
+    processes: Vec<Child>,
+    hosts: usize,
+}
+
+impl World {
+    pub fn new() -> World {
+        require_root();
+        let id = format!(
+            "m{}{}",
+            std::process::id() % 10000,
+            WORLDS.fetch_add(1, Ordering::SeqCst)
+        );
+        let node = format!("{id}-node");
+        let mut w = World {
+            id,
+            node: node.clone(),
+            namespaces: vec![],
+            processes: vec![],
+            hosts: 0,
+        };
+        w.add_ns(&node);
+        run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
+        run(&[
+            "ip",
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{POD_NET}.1/24"),
+            "dev",
+            "br0",
+        ]);
+        run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node,
+            "iptables",
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-d",
+            VIP_CIDR,
+            "-j",
+            "DROP",
+        ]);
+        w
+    }
+
+    fn add_ns(&mut self, name: &str) {
+        run(&["ip", "netns", "add", name]);
+        self.namespaces.push(name.to_owned());
+        run(&["ip", "-n", name, "link", "set", "lo", "up"]);
+    }
+
+    /// Adds a host on the bridge; returns its namespace name and address.
+    pub fn host(&mut self, name: &str) -> (String, Ipv4Addr) {
+        self.hosts += 1;
+        let n = self.hosts;
+        let ns = format!("{}-{name}", self.id);
+        let ip: Ipv4Addr = format!("{POD_NET}.{}", n + 1).parse().unwrap();
+        self.add_ns(&ns);
+        let peer = format!("v{}-{n}", self.id);
+        run(&[
+            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+            &self.node,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        // VIPs go to the bridge, so connect() succeeds and capture can see them.
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "route",
+            "add",
+            VIP_CIDR,
+            "via",
+            &format!("{POD_NET}.1"),
+        ]);
+        (ns, ip)
+    }
+
+    /// Starts a process in namespace `ns` (as `uid` when given); it is
+    /// killed when the world is dropped.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        uid: Option<u32>,
+        args: &[&str],
+        stdout: Stdio,
+    ) -> &mut Child {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        if let Some(u) = uid {
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={u}"),
+                &format!("--regid={u}"),
+                "--clear-groups",
+            ]);
+        }
+        cmd.args(args).stdout(stdout).stderr(Stdio::inherit());
+        self.processes.push(cmd.spawn().unwrap());
+        self.processes.last_mut().unwrap()
+    }
+
+    /// Runs a command in `ns` to completion; returns (exit code, stdout).
+    pub fn exec(&self, ns: &str, args: &[&str]) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Packets to the VIP range that escaped capture and reached the node.
+    pub fn escaped_packets(&self) -> u64 {
+        let (_, out) = self.exec(
+            &self.node,
+            &[
+                "iptables",
+                "-t",
+                "raw",
+                "-L",
+                "PREROUTING",
+                "-v",
+                "-x",
+                "-n",
+            ],
+        );
+        out.lines()
+            .find(|l| l.contains("DROP") && l.contains(VIP_CIDR))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no counting rule in\n{out}"))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // Deleting a namespace removes its links (the veth peers go too) and rules.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A tiny HTTP app (system Python, readable by any user) answering
+/// `NAME\n` on `port` and appending one line per request to `log`.
+pub const APP: &str = r#"
+import http.server, sys
+name, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with open(log, "a") as f:
+            f.write(self.path + " " + repr(sorted(self.headers.items())) + "\n")
+        body = (name + "\n").encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+print("ready", flush=True)
+s.serve_forever()
+"#;
