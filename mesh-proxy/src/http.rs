@@ -14,7 +14,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Cluster, Endpoint, Forward, HttpManager, RequestView, Route, RouteAction};
 use crate::server::{Conn, Shared};
@@ -251,8 +251,34 @@ pub async fn handle(
         }
         RouteAction::Forward(f) => f,
     };
+    // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers
+    // and, once the upstream agrees (101), becomes a byte tunnel.
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, manager, route, fwd, &authority);
+    if let Some(proto) = &upgrade {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, proto.clone());
+    }
     let mut resp = forward(req, fwd, conn.original_dst, &shared, &upstreams).await;
+    if let (Some(proto), Some(down)) = (upgrade, downstream_upgrade)
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Either::Left(_) = resp.body()
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+        strip_hop_by_hop(resp.headers_mut());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::UPGRADE, proto);
+        return Ok(finish(&shared, resp));
+    }
     strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     Ok(finish(&shared, resp))
@@ -261,6 +287,20 @@ pub async fn handle(
 fn finish(shared: &Shared, r: Response<ProxyBody>) -> Response<ProxyBody> {
     shared.stats.response(r.status().as_u16());
     r
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to, if any.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    (wants && req.version() == http::Version::HTTP_11)
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 fn prepare_request(
