@@ -91,12 +91,34 @@ fn clusters_text(shared: &Shared) -> String {
     out
 }
 
+/// Which endpoints a port serves: the loopback admin port serves all; the
+/// pod-facing metrics (15090) and health (15021) ports serve one each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (admin, 127.0.0.1:15000).
+    Admin,
+    /// `/stats/prometheus` only (15090).
+    Metrics,
+    /// `/healthz/ready` only (15021).
+    Health,
+}
+
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    scope: Scope,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = "text/plain; charset=utf-8";
-    Ok(match (req.method(), req.uri().path()) {
+    let path = req.uri().path();
+    let allowed = match scope {
+        Scope::Admin => true,
+        Scope::Metrics => path == "/stats/prometheus",
+        Scope::Health => path == "/healthz/ready",
+    };
+    if !allowed {
+        return Ok(reply(StatusCode::NOT_FOUND, text, "not found\n".into()));
+    }
+    Ok(match (req.method(), path) {
         (_, "/ready") | (_, "/healthz/ready") => {
             if shared.draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "DRAINING\n".into())
@@ -126,15 +148,15 @@ async fn handle(
     })
 }
 
-/// Serves the admin endpoint on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves the endpoints of `scope` on `listener`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Scope) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone(), scope));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;

@@ -404,12 +404,14 @@ async fn forward(
     };
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut status, mut last_error) = (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    // The cluster is chosen once per request; retries stay in it.
+    let Some(cluster) = &fwd.clusters.pick().1 else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
+    };
+    let mut failed: Option<Arc<Endpoint>> = None;
     for attempt in 0..max_tries {
         let may_retry = attempt + 1 < max_tries;
-        let Some(cluster) = &fwd.clusters.pick().1 else {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
-        };
-        let Some((endpoint, address)) = cluster.target(original_dst) else {
+        let Some((endpoint, address)) = cluster.target(original_dst, failed.as_ref()) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
@@ -427,11 +429,11 @@ async fn forward(
         };
         let retry = match outcome {
             Outcome::Response(r) => {
-                let failed = r.status().is_server_error();
-                if failed {
+                let server_error = r.status().is_server_error();
+                if server_error {
                     endpoint.failures.fetch_add(1, Ordering::Relaxed);
                 }
-                if !(failed && policy.on_5xx && may_retry && attempt < policy.num_retries) {
+                if !(server_error && policy.on_5xx && may_retry && attempt < policy.num_retries) {
                     return r.map(Either::Left);
                 }
                 true
@@ -473,6 +475,7 @@ async fn forward(
         if !retry {
             break;
         }
+        failed = Some(endpoint.clone());
         shared
             .stats
             .upstream_rq_retry

@@ -31,6 +31,12 @@ struct Args {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_timeout: u64,
+    /// Serve `/stats/prometheus` here too (a sidecar uses 0.0.0.0:15090).
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Serve readiness `/healthz/ready` here (a sidecar uses 0.0.0.0:15021).
+    #[arg(long, value_name = "ADDR")]
+    health_address: Option<std::net::SocketAddr>,
     /// Check the configuration and exit.
     #[arg(long)]
     validate: bool,
@@ -254,6 +260,8 @@ fn main() -> ExitCode {
     let opts = Options {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        metrics: args.metrics_address,
+        health: args.health_address,
     };
     let bound_listeners: Vec<(String, std::net::SocketAddr)> = snapshot
         .listeners
@@ -271,8 +279,14 @@ fn main() -> ExitCode {
     for (name, addr) in &running.listeners {
         println!("listener {name} {addr}");
     }
-    if let Some(a) = running.admin {
-        println!("admin {a}");
+    for (what, addr) in [
+        ("admin", running.admin),
+        ("metrics", running.metrics),
+        ("health", running.health),
+    ] {
+        if let Some(a) = addr {
+            println!("{what} {a}");
+        }
     }
     if let Err(e) = watch_config(
         config,

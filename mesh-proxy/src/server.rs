@@ -61,6 +61,10 @@ pub struct Options {
     pub concurrency: usize,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Where Prometheus scrapes `/stats/prometheus` (a sidecar's 15090).
+    pub metrics: Option<SocketAddr>,
+    /// Where the kubelet probes `/healthz/ready` (a sidecar's 15021).
+    pub health: Option<SocketAddr>,
 }
 
 /// A running proxy.
@@ -71,6 +75,10 @@ pub struct Running {
     pub listeners: Vec<(String, SocketAddr)>,
     /// Bound admin address.
     pub admin: Option<SocketAddr>,
+    /// Bound metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Bound health address.
+    pub health: Option<SocketAddr>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -118,16 +126,23 @@ pub fn start(
             ));
         }
     }
-    let admin_listener = match admin {
-        Some(a) => Some(
-            std::net::TcpListener::bind(a).with_context(|| format!("admin: cannot bind {a}"))?,
-        ),
-        None => None,
+    use crate::admin::Scope;
+    let mut endpoints = Vec::new();
+    let mut bound_endpoint = |addr: Option<SocketAddr>,
+                              scope: Scope,
+                              what: &str|
+     -> anyhow::Result<Option<SocketAddr>> {
+        let Some(a) = addr else { return Ok(None) };
+        let l =
+            std::net::TcpListener::bind(a).with_context(|| format!("{what}: cannot bind {a}"))?;
+        l.set_nonblocking(true)?;
+        let local = l.local_addr()?;
+        endpoints.push((l, scope));
+        Ok(Some(local))
     };
-    let admin_addr = admin_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()?;
+    let admin_addr = bound_endpoint(admin, Scope::Admin, "admin")?;
+    let metrics_addr = bound_endpoint(opts.metrics, Scope::Metrics, "metrics")?;
+    let health_addr = bound_endpoint(opts.health, Scope::Health, "health")?;
     let (tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: ArcSwap::from_pointee(snapshot),
@@ -144,8 +159,7 @@ pub fn start(
                 .spawn(move || worker(socks, shared, drain))?,
         );
     }
-    if let Some(l) = admin_listener {
-        l.set_nonblocking(true)?;
+    if !endpoints.is_empty() {
         let shared = shared.clone();
         workers.push(
             std::thread::Builder::new()
@@ -156,12 +170,12 @@ pub fn start(
                         .build()
                         .expect("runtime");
                     rt.block_on(async move {
-                        let l = tokio::net::TcpListener::from_std(l).expect("admin listener");
-                        let mut stop = shared.shutdown.subscribe();
-                        tokio::select! {
-                            _ = crate::admin::serve(l, shared.clone()) => {}
-                            _ = stop.wait_for(|s| *s) => {}
+                        for (l, scope) in endpoints {
+                            let l = tokio::net::TcpListener::from_std(l).expect("admin listener");
+                            tokio::spawn(crate::admin::serve(l, shared.clone(), scope));
                         }
+                        let mut stop = shared.shutdown.subscribe();
+                        let _ = stop.wait_for(|s| *s).await;
                     });
                 })?,
         );
@@ -170,6 +184,8 @@ pub fn start(
         shared,
         listeners: bound,
         admin: admin_addr,
+        metrics: metrics_addr,
+        health: health_addr,
         workers,
     })
 }

@@ -23,7 +23,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
     let Some(cluster) = &cfg.clusters.pick().1 else {
         return;
     };
-    let Some((endpoint, address)) = cluster.target(conn.original_dst) else {
+    let Some((endpoint, address)) = cluster.target(conn.original_dst, None) else {
         refuse(downstream, conn).await;
         return;
     };

@@ -144,6 +144,8 @@ pub struct Cluster {
     pub name: String,
     /// Endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints that take traffic, in order.
+    healthy: Vec<Arc<Endpoint>>,
     /// Balancing policy.
     pub lb: LbPolicy,
     /// Connect timeout.
@@ -160,49 +162,48 @@ pub struct Cluster {
 impl Cluster {
     /// Where one request or connection goes: an endpoint (for counters) and
     /// the address to connect to.
-    pub fn target(&self, original_dst: Option<SocketAddr>) -> Option<(&Arc<Endpoint>, SocketAddr)> {
+    ///
+    /// A retry passes the endpoint that just failed as `avoid`, so it goes
+    /// elsewhere when it can (Envoy's "previous hosts" retry predicate) and
+    /// does not shift the round-robin order of other requests.
+    pub fn target(
+        &self,
+        original_dst: Option<SocketAddr>,
+        avoid: Option<&Arc<Endpoint>>,
+    ) -> Option<(&Arc<Endpoint>, SocketAddr)> {
         if self.original_dst {
             return Some((self.endpoints.first()?, original_dst?));
         }
-        self.pick().map(|e| (e, e.address))
+        self.pick(avoid).map(|e| (e, e.address))
     }
 
-    /// Picks a healthy endpoint for one request or connection.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        let n = self.endpoints.len();
+    /// Picks a healthy endpoint.
+    fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        let h = &self.healthy;
+        let n = h.len();
         if n == 0 {
             return None;
         }
-        let healthy = |e: &&Arc<Endpoint>| e.healthy;
-        match self.lb {
-            LbPolicy::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(healthy)
-            }
-            LbPolicy::Random => {
-                let start = fastrand::usize(..n);
-                (0..n)
-                    .map(|i| &self.endpoints[(start + i) % n])
-                    .find(healthy)
-            }
-            LbPolicy::LeastRequest => {
-                let a = &self.endpoints[fastrand::usize(..n)];
-                let b = &self.endpoints[fastrand::usize(..n)];
-                let best = match (a.healthy, b.healthy) {
-                    (true, true)
-                        if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) =>
-                    {
-                        b
-                    }
-                    (true, _) => a,
-                    (false, true) => b,
-                    (false, false) => return self.endpoints.iter().find(healthy),
-                };
-                Some(best)
-            }
+        if let Some(prev) = avoid.filter(|_| n > 1) {
+            let at = h.iter().position(|e| Arc::ptr_eq(e, prev));
+            return Some(match (self.lb, at) {
+                (LbPolicy::RoundRobin, Some(i)) => &h[(i + 1) % n],
+                (_, Some(i)) => &h[(i + 1 + fastrand::usize(..n - 1)) % n],
+                (_, None) => &h[fastrand::usize(..n)],
+            });
         }
+        Some(match self.lb {
+            LbPolicy::RoundRobin => &h[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            LbPolicy::Random => &h[fastrand::usize(..n)],
+            LbPolicy::LeastRequest => {
+                let (a, b) = (&h[fastrand::usize(..n)], &h[fastrand::usize(..n)]);
+                if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                }
+            }
+        })
     }
 }
 
@@ -408,6 +409,7 @@ fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigErr
     }
     Ok(Cluster {
         name: c.name.clone(),
+        healthy: endpoints.iter().filter(|e| e.healthy).cloned().collect(),
         endpoints,
         lb,
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),

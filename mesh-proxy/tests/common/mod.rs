@@ -120,6 +120,11 @@ impl Drop for Process {
 
 /// Starts mesh-proxy with `config` and waits for its `ready` line.
 pub fn mesh_proxy(config: &str) -> Process {
+    mesh_proxy_with(config, &[])
+}
+
+/// Like [`mesh_proxy`], with extra command-line arguments.
+pub fn mesh_proxy_with(config: &str, extra: &[&str]) -> Process {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, config).unwrap();
@@ -127,6 +132,7 @@ pub fn mesh_proxy(config: &str) -> Process {
         .arg("--config")
         .arg(&path)
         .args(["--concurrency", "1"])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -398,4 +404,28 @@ pub fn raw_http(addr: &str, request: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A STATIC cluster with several endpoints (and optional extra YAML lines
+/// for the cluster, indented four spaces). `None` ports are endpoints that
+/// are down (nothing listens there).
+pub fn cluster(name: &str, ports: &[(u16, &str)], extra: &str) -> String {
+    let mut c = format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n"
+    );
+    for (port, health) in ports {
+        c.push_str(&format!(
+            "        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {port}}}\n          health_status: {health}\n"
+        ));
+    }
+    c
+}
+
+/// A port nothing listens on.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

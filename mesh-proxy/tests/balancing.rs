@@ -1,0 +1,164 @@
+//! Load balancing across endpoints, endpoint health, timeouts, retries, and
+//! the sidecar's metrics and readiness ports.
+
+mod common;
+
+use common::{Backend, bootstrap, cluster, curl, dead_port, mesh_proxy, mesh_proxy_with, route_to};
+
+fn with_clusters(routes: &str, clusters: &str) -> String {
+    bootstrap(routes, &[]).replace("  clusters:\n", &format!("  clusters:\n{clusters}"))
+}
+
+fn hits(proxy: &common::Process, n: usize) -> String {
+    curl(&["-s", &format!("http://{}/[1-{n}]", proxy.listener("http"))]).1
+}
+
+#[test]
+fn round_robin_is_even_and_unhealthy_endpoints_get_nothing() {
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let ports = [
+        (a.addr.port(), "HEALTHY"),
+        (b.addr.port(), "HEALTHY"),
+        (c.addr.port(), "UNHEALTHY"),
+    ];
+    let proxy = mesh_proxy(&with_clusters(
+        &route_to("svc"),
+        &cluster("svc", &ports, ""),
+    ));
+    hits(&proxy, 100);
+    assert_eq!((a.count(), b.count(), c.count()), (50, 50, 0));
+}
+
+#[test]
+fn random_and_least_request_spread_over_all_endpoints() {
+    for policy in ["RANDOM", "LEAST_REQUEST"] {
+        let backends: Vec<_> = (0..3).map(|i| Backend::start(&format!("e{i}"))).collect();
+        let ports: Vec<_> = backends
+            .iter()
+            .map(|b| (b.addr.port(), "HEALTHY"))
+            .collect();
+        let extra = format!("    lb_policy: {policy}\n");
+        let proxy = mesh_proxy(&with_clusters(
+            &route_to("svc"),
+            &cluster("svc", &ports, &extra),
+        ));
+        hits(&proxy, 300);
+        let counts: Vec<_> = backends.iter().map(Backend::count).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 300, "{policy}");
+        // Each has probability 1/3; 40 is more than 7 standard deviations below 100.
+        assert!(counts.iter().all(|c| *c >= 40), "{policy}: {counts:?}");
+    }
+}
+
+#[test]
+fn route_timeout_gives_504() {
+    let a = Backend::start("slow");
+    let routes = "              - match: {prefix: \"/\"}\n                route: {cluster: svc, timeout: 0.2s}\n";
+    let proxy = mesh_proxy(&with_clusters(
+        routes,
+        &cluster("svc", &[(a.addr.port(), "HEALTHY")], ""),
+    ));
+    let started = std::time::Instant::now();
+    let (_, out) = curl(&[
+        "-s",
+        "-H",
+        "x-delay-ms: 3000",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{}/", proxy.listener("http")),
+    ]);
+    assert_eq!(out, "upstream request timeout\n\n504");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the proxy answered before the backend did"
+    );
+}
+
+#[test]
+fn retries_on_connect_failure_hide_a_dead_endpoint() {
+    let a = Backend::start("alive");
+    let ports = [(a.addr.port(), "HEALTHY"), (dead_port(), "HEALTHY")];
+    let routes = "              - match: {prefix: \"/\"}\n                route:\n                  cluster: svc\n                  retry_policy: {retry_on: connect-failure, num_retries: 2}\n";
+    let proxy = mesh_proxy(&with_clusters(routes, &cluster("svc", &ports, "")));
+    let url = format!("http://{}/[1-100]", proxy.listener("http"));
+    let (_, codes) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]);
+    assert_eq!(
+        codes.lines().filter(|c| *c == "200").count(),
+        100,
+        "{codes}"
+    );
+    let (_, stats) = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]);
+    let retries: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_proxy_upstream_rq_retry_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        retries, 50,
+        "every other pick hit the dead endpoint and was retried:\n{stats}"
+    );
+}
+
+#[test]
+fn metrics_and_readiness_ports_serve_only_their_path() {
+    let a = Backend::start("v1");
+    let mut proxy = mesh_proxy_with(
+        &bootstrap(&route_to("v1"), &[("v1", &a)]),
+        &[
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--health-address",
+            "127.0.0.1:0",
+        ],
+    );
+    let (metrics, health) = (
+        proxy.lines["metrics"].clone(),
+        proxy.lines["health"].clone(),
+    );
+    curl(&["-s", &format!("http://{}/", proxy.listener("http"))]);
+    let (_, m) = curl(&["-s", &format!("http://{metrics}/stats/prometheus")]);
+    assert!(
+        m.contains("mesh_proxy_downstream_rq_total{response_code_class=\"2xx\"} 1"),
+        "{m}"
+    );
+    let (_, r) = curl(&[
+        "-s",
+        "-w",
+        " %{http_code}",
+        &format!("http://{health}/healthz/ready"),
+    ]);
+    assert_eq!(r, "LIVE\n 200");
+    let (_, no) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{metrics}/config_dump"),
+    ]);
+    assert_eq!(no, "404", "config is only on the loopback admin port");
+    let (_, no) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        &format!("http://{health}/quitquitquit"),
+    ]);
+    assert_eq!(no, "404");
+    // Draining flips readiness so the pod leaves its Service first.
+    curl(&[
+        "-s",
+        "-X",
+        "POST",
+        &format!("http://{}/quitquitquit", proxy.admin()),
+    ]);
+    assert!(proxy.child.wait().unwrap().success());
+}
