@@ -23,6 +23,8 @@ command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
@@ -33,7 +35,7 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "fuzz target: build and a short run over the seeds"
+step "fuzz targets: build and a short run over the seeds"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
@@ -50,10 +52,20 @@ corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 (
   cd fuzz
-  CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" build rule_parser
-  CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" run rule_parser "$corpus" seeds/rule_parser -- \
-    -runs=20000 -max_len=4096 2>&1 | tail -n 3
+  CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" build
+  for target in rule_parser proxy_config sniff; do
+    mkdir -p "$corpus/$target"
+    CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" run "$target" "$corpus/$target" "seeds/$target" -- \
+      -runs=20000 -max_len=4096 2>&1 | tail -n 1
+  done
 )
+
+step "benchmark harness smoke run (numbers not judged)"
+cargo build --locked -p mesh-proxy -p mesh-bench
+bench_out=$(mktemp -d)
+"${CARGO_TARGET_DIR:-$PWD/target}/debug/mesh-bench" run --smoke --out "$bench_out" > "$bench_out/report.txt"
+grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 6 || { cat "$bench_out/report.txt"; exit 1; }
+rm -rf "$bench_out"
 
 # Last, so the test runner's summary closes the output.
 step "cargo test"

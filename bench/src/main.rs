@@ -1,0 +1,509 @@
+//! `mesh-bench`: mesh-proxy measured beside Envoy, HAProxy and a direct
+//! connection, in one run on one machine, with one worker thread each.
+//! See BENCHMARKS.md.
+
+mod backend;
+mod load;
+mod procfs;
+mod targets;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use targets::{Backends, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-bench",
+    about = "mesh-proxy beside Envoy, HAProxy and a direct connection"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every scenario against every target and write the report.
+    Run {
+        /// A few seconds per row, to keep the harness working (CI); numbers are not judged.
+        #[arg(long)]
+        smoke: bool,
+        /// Seconds per measurement (default 10; 1 with --smoke).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Where to write the report (Markdown and JSON).
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// Serve the backends (used by `run`; prints their addresses).
+    Backend,
+}
+
+/// One measured row.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    scenario: String,
+    target: String,
+    /// Requests per second (or MB/s for TCP throughput).
+    throughput: f64,
+    unit: String,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p999_ms: Option<f64>,
+    errors: u64,
+    /// Proxy CPU seconds per 1000 requests (per GB for TCP).
+    cpu_per_1000: Option<f64>,
+    /// Proxy CPU cores busy on average during the row.
+    cpu_cores: Option<f64>,
+}
+
+fn run_tool(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
+}
+
+/// `50.000%  123.00us`-style durations from wrk, in ms.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// Runs wrk (closed loop, maximum throughput).
+fn wrk(
+    addr: SocketAddr,
+    seconds: u64,
+    close: bool,
+) -> anyhow::Result<(f64, [Option<f64>; 4], u64)> {
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        LOAD_CPU,
+        "wrk",
+        "-t1",
+        "-c16",
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("http://{addr}/"));
+    let out = run_tool(&mut cmd)?;
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output:\n{out}"))?;
+    let pct = |p: &str| {
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(p))
+            .and_then(|l| wrk_ms(l.split_whitespace().nth(1)?))
+    };
+    let errors = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Ok((rps, [pct("50%"), pct("90%"), pct("99%"), None], errors))
+}
+
+/// Runs h2load (HTTP/2, multiplexed).
+fn h2load(addr: SocketAddr, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    let out = run_tool(Command::new("taskset").args([
+        "-c",
+        LOAD_CPU,
+        "h2load",
+        "-c",
+        "4",
+        "-m",
+        "16",
+        "-D",
+        &seconds.to_string(),
+        &format!("http://{addr}/"),
+    ]))?;
+    let rps = out
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no rate in h2load output:\n{out}"))?;
+    let failed = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| {
+            l.split(',')
+                .find(|p| p.contains("failed"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    Ok((rps, failed))
+}
+
+/// The CPU the proxies run on, and the one load generator and backend share.
+const PROXY_CPU: &str = "1";
+const LOAD_CPU: &str = "0";
+
+fn measure<T>(
+    target: &Target,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<f64>, f64)> {
+    let before = target.pid().map(procfs::cpu_seconds);
+    let start = std::time::Instant::now();
+    let r = f()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = match (before, target.pid()) {
+        (Some(b), Some(pid)) => Some(procfs::cpu_seconds(pid) - b),
+        _ => None,
+    };
+    Ok((r, cpu, elapsed))
+}
+
+fn scenarios(
+    target: &Target,
+    seconds: u64,
+    smoke: bool,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let row = |scenario: &str,
+               throughput: f64,
+               unit: &str,
+               p: [Option<f64>; 4],
+               errors,
+               cpu: Option<f64>,
+               elapsed: f64,
+               count: f64| Row {
+        scenario: scenario.into(),
+        target: target.name.clone(),
+        throughput,
+        unit: unit.into(),
+        p50_ms: p[0],
+        p90_ms: p[1],
+        p99_ms: p[2],
+        p999_ms: p[3],
+        errors,
+        cpu_per_1000: cpu.map(|c| c / (count / 1000.0)),
+        cpu_cores: cpu.map(|c| c / elapsed),
+    };
+    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.small, seconds, false))?;
+    rows.push(row(
+        "HTTP/1.1 keep-alive, small body (max)",
+        rps,
+        "req/s",
+        p,
+        e,
+        cpu,
+        el,
+        rps * el,
+    ));
+    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.large, seconds, false))?;
+    rows.push(row(
+        "HTTP/1.1 keep-alive, 16 KiB body (max)",
+        rps,
+        "req/s",
+        p,
+        e,
+        cpu,
+        el,
+        rps * el,
+    ));
+    let ((rps, e), cpu, el) = measure(target, || h2load(target.addrs.small, seconds))?;
+    rows.push(row(
+        "HTTP/2, 4 connections × 16 streams (max)",
+        rps,
+        "req/s",
+        [None; 4],
+        e,
+        cpu,
+        el,
+        rps * el,
+    ));
+    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.small, seconds, true))?;
+    rows.push(row(
+        "HTTP/1.1 new connection per request (max)",
+        rps,
+        "req/s",
+        p,
+        e,
+        cpu,
+        el,
+        rps * el,
+    ));
+    let rates: &[u64] = if smoke { &[200] } else { &[1000, 5000] };
+    for &rate in rates {
+        let url = format!("http://{}/", target.addrs.small);
+        let (r, cpu, el) = measure(target, || {
+            rt.block_on(load::open_loop(
+                &url,
+                rate,
+                Duration::from_secs(seconds),
+                16,
+            ))
+        })?;
+        rows.push(row(
+            &format!("HTTP/1.1 fixed rate {rate} req/s (open loop)"),
+            r.achieved_rps,
+            "req/s",
+            [
+                Some(r.p50_ms),
+                Some(r.p90_ms),
+                Some(r.p99_ms),
+                Some(r.p999_ms),
+            ],
+            r.errors,
+            cpu,
+            el,
+            r.requests as f64,
+        ));
+    }
+    let tcp = target.addrs.tcp.to_string();
+    let (mbs, cpu, el) = measure(target, || {
+        rt.block_on(load::tcp_throughput(&tcp, Duration::from_secs(seconds)))
+    })?;
+    // For TCP, "per 1000" is per GB moved (1000 MB).
+    rows.push(row(
+        "TCP stream throughput",
+        mbs,
+        "MB/s",
+        [None; 4],
+        0,
+        cpu,
+        el,
+        mbs * el,
+    ));
+    Ok(rows)
+}
+
+fn start_backend() -> anyhow::Result<(std::process::Child, Backends)> {
+    use std::io::BufRead;
+    let mut child = Command::new("taskset")
+        .args(["-c", LOAD_CPU])
+        .arg(std::env::current_exe()?)
+        .arg("backend")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut next = |what: &str| -> anyhow::Result<SocketAddr> {
+        let l = lines
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("backend exited"))??;
+        l.strip_prefix(what)
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected backend line {l:?}"))
+    };
+    let b = Backends {
+        small: next("small")?,
+        large: next("large")?,
+        tcp: next("tcp")?,
+    };
+    Ok((child, b))
+}
+
+fn serve_backend() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        let (small, large, tcp) = (bind().await?, bind().await?, bind().await?);
+        println!("small {}", small.local_addr()?);
+        println!("large {}", large.local_addr()?);
+        println!("tcp {}", tcp.local_addr()?);
+        tokio::join!(
+            backend::http(small, 64),
+            backend::http(large, 16 * 1024),
+            backend::tcp_sink(tcp)
+        );
+        anyhow::Ok(())
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} × {cpu}, Linux {}", kernel.trim())
+}
+
+fn ratio(a: f64, b: Option<f64>) -> String {
+    match b {
+        Some(b) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
+    }
+}
+
+fn report(
+    rows: &[Row],
+    idle: &[(String, f64)],
+    peak: &[(String, f64)],
+    seconds: u64,
+    smoke: bool,
+) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# mesh-proxy benchmark{}\n",
+        if smoke {
+            " (smoke run: numbers not meaningful)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "Machine: {}. {seconds} s per row. One worker thread per proxy, pinned to CPU {PROXY_CPU}; load generator and backend on CPU {LOAD_CPU}. Envoy has a file access log (to /dev/null) as a sidecar would; mesh-proxy and HAProxy log nothing.\n",
+        machine()
+    );
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
+    for sc in scenarios {
+        let in_sc: Vec<&Row> = rows.iter().filter(|r| r.scenario == sc).collect();
+        let get = |t: &str| in_sc.iter().find(|r| r.target == t).map(|r| r.throughput);
+        let _ = writeln!(s, "## {sc}\n");
+        let _ = writeln!(
+            s,
+            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | vs Envoy | vs direct |",
+            in_sc[0].unit
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &in_sc {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.throughput,
+                f(r.p50_ms),
+                f(r.p90_ms),
+                f(r.p99_ms),
+                f(r.p999_ms),
+                r.errors,
+                f(r.cpu_per_1000),
+                f(r.cpu_cores),
+                ratio(r.throughput, get("envoy")),
+                ratio(r.throughput, get("direct")),
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "## Memory\n\n| target | idle RSS MB | peak RSS MB |\n|---|---:|---:|"
+    );
+    for ((t, i), (_, p)) in idle.iter().zip(peak) {
+        let _ = writeln!(s, "| {t} | {i:.1} | {p:.1} |");
+    }
+    s
+}
+
+fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
+    let seconds = seconds.unwrap_or(if smoke { 1 } else { 10 });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mesh_proxy_bin = std::env::current_exe()?.with_file_name("mesh-proxy");
+    anyhow::ensure!(
+        mesh_proxy_bin.exists(),
+        "{} is missing: build it with the harness (bench/run does)",
+        mesh_proxy_bin.display()
+    );
+    for tool in ["wrk", "h2load", "envoy", "haproxy", "taskset"] {
+        targets::which(tool)?;
+    }
+    let (mut backend, b) = start_backend()?;
+    let result = (|| {
+        let targets = vec![
+            Target::direct(b),
+            targets::mesh_proxy(&mesh_proxy_bin, b, PROXY_CPU)?,
+            targets::envoy(b, PROXY_CPU)?,
+            targets::haproxy(b, PROXY_CPU)?,
+        ];
+        let idle: Vec<(String, f64)> = targets
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), procfs::rss_mb(t.pid()?))))
+            .collect();
+        let mut rows = Vec::new();
+        for t in &targets {
+            eprintln!("measuring {} …", t.name);
+            rows.extend(scenarios(t, seconds, smoke, &rt)?);
+        }
+        let peak: Vec<(String, f64)> = targets
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), procfs::peak_rss_mb(t.pid()?))))
+            .collect();
+        anyhow::Ok((rows, idle, peak))
+    })();
+    let _ = backend.kill();
+    let _ = backend.wait();
+    let (rows, idle, peak) = result?;
+    let md = report(&rows, &idle, &peak, seconds, smoke);
+    std::fs::create_dir_all(&out)?;
+    let stamp = if smoke {
+        "smoke".to_owned()
+    } else {
+        format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+        )
+    };
+    std::fs::write(out.join(format!("{stamp}.md")), &md)?;
+    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "peak_rss_mb": peak});
+    std::fs::write(
+        out.join(format!("{stamp}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    print!("{md}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run {
+            smoke,
+            seconds,
+            out,
+        } => run(smoke, seconds, out),
+        Cmd::Backend => serve_backend(),
+    }
+}

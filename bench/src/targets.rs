@@ -1,0 +1,255 @@
+//! The things measured: a direct connection, mesh-proxy, Envoy and HAProxy,
+//! each given the same three listeners (small HTTP body, 16 KiB body, TCP),
+//! one worker thread, pinned to the proxy CPU.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where the backend listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Backends {
+    /// HTTP, small body.
+    pub small: SocketAddr,
+    /// HTTP, 16 KiB body.
+    pub large: SocketAddr,
+    /// TCP sink.
+    pub tcp: SocketAddr,
+}
+
+/// A measured target.
+pub struct Target {
+    /// Row name.
+    pub name: String,
+    /// Its addresses, in the order of [`Backends`].
+    pub addrs: Backends,
+    /// The proxy process (none for `direct`).
+    pub child: Option<Child>,
+    _dir: Option<PathBuf>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self._dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Target {
+    /// The direct connection: the backends themselves.
+    pub fn direct(b: Backends) -> Target {
+        Target {
+            name: "direct".into(),
+            addrs: b,
+            child: None,
+            _dir: None,
+        }
+    }
+
+    /// The proxy's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn ports() -> Backends {
+    let a = |p| SocketAddr::from(([127, 0, 0, 1], p));
+    Backends {
+        small: a(free_port()),
+        large: a(free_port()),
+        tcp: a(free_port()),
+    }
+}
+
+/// An Envoy-format bootstrap with the three listeners; `access_log` adds a
+/// file access log to the HTTP listeners, as a sidecar has.
+pub fn envoy_bootstrap(
+    listen: Backends,
+    to: Backends,
+    admin_port: u16,
+    access_log: bool,
+) -> String {
+    let log = if access_log {
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: /dev/null\n"
+    } else {
+        ""
+    };
+    let http = |name: &str, l: SocketAddr, cluster: &str| {
+        format!(
+            r#"  - name: {name}
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{log}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: {name}
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: {cluster}}}
+"#,
+            l.port()
+        )
+    };
+    let cluster = |name: &str, a: SocketAddr| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            a.port()
+        )
+    };
+    format!(
+        "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}  - name: tcp\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n  clusters:\n{}{}{}",
+        http("small", listen.small, "small"),
+        http("large", listen.large, "large"),
+        listen.tcp.port(),
+        cluster("small", to.small),
+        cluster("large", to.large),
+        cluster("tcp", to.tcp),
+    )
+}
+
+fn haproxy_config(listen: Backends, to: Backends) -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend small\n  mode http\n  bind 127.0.0.1:{}\n  default_backend small\n\
+         backend small\n  mode http\n  http-reuse always\n  server s1 {}\n\
+         frontend large\n  mode http\n  bind 127.0.0.1:{}\n  default_backend large\n\
+         backend large\n  mode http\n  http-reuse always\n  server s1 {}\n\
+         listen tcp\n  mode tcp\n  bind 127.0.0.1:{}\n  server s1 {}\n",
+        listen.small.port(),
+        to.small,
+        listen.large.port(),
+        to.large,
+        listen.tcp.port(),
+        to.tcp,
+    )
+}
+
+fn wait_ready(addr: SocketAddr, child: &mut Child, name: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(child.try_wait()?.is_none(), "{name} exited during start-up");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{name} did not start listening on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn pinned(cpu: &str, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(program);
+    c
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mesh-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Starts mesh-proxy (one worker) in front of `to`.
+pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    let listen = ports();
+    let dir = temp_dir("mesh-proxy");
+    let cfg = dir.join("bootstrap.yaml");
+    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), false))?;
+    let mut child = pinned(cpu, binary)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--concurrency", "1"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_ready(listen.tcp, &mut child, "mesh-proxy")?;
+    Ok(Target {
+        name: "mesh-proxy".into(),
+        addrs: listen,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+/// Starts Envoy (`--concurrency 1`, access log on) in front of `to`.
+pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    let listen = ports();
+    let dir = temp_dir("envoy");
+    let cfg = dir.join("bootstrap.yaml");
+    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), true))?;
+    let binary = which("envoy")?;
+    let mut child = pinned(cpu, &binary)
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_ready(listen.tcp, &mut child, "envoy")?;
+    Ok(Target {
+        name: "envoy".into(),
+        addrs: listen,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+/// Starts HAProxy (`nbthread 1`) in front of `to`.
+pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    let listen = ports();
+    let dir = temp_dir("haproxy");
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, haproxy_config(listen, to))?;
+    let binary = which("haproxy")?;
+    let mut child = pinned(cpu, &binary)
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    wait_ready(listen.tcp, &mut child, "haproxy")?;
+    Ok(Target {
+        name: "haproxy".into(),
+        addrs: listen,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+/// A program on PATH.
+pub fn which(program: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    anyhow::ensure!(
+        !p.is_empty(),
+        "{program} is not installed (bench/run installs it)"
+    );
+    Ok(PathBuf::from(p))
+}

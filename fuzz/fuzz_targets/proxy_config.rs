@@ -1,0 +1,15 @@
+//! Arbitrary text as an Envoy bootstrap: reading it and building the
+//! proxy's routing tables must refuse or accept, never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(b) = mesh_proto::json::from_yaml::<Bootstrap>(text) {
+        let _ = mesh_proxy::config::Snapshot::from_bootstrap(&b);
+    }
+});
