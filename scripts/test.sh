@@ -47,7 +47,8 @@ else
   export RUSTC_BOOTSTRAP=1
   fuzz=(cargo fuzz)
 fi
-fuzz_target="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+fuzz_target="$target_dir/fuzz"
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 (
@@ -63,7 +64,7 @@ trap 'rm -rf "$corpus"' EXIT
 step "benchmark harness smoke run (numbers not judged)"
 cargo build --locked -p mesh-proxy -p mesh-bench
 bench_out=$(mktemp -d)
-"${CARGO_TARGET_DIR:-$PWD/target}/debug/mesh-bench" run --smoke --out "$bench_out" > "$bench_out/report.txt"
+"$target_dir/debug/mesh-bench" run --smoke --out "$bench_out" > "$bench_out/report.txt"
 grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 6 || { cat "$bench_out/report.txt"; exit 1; }
 rm -rf "$bench_out"
 
