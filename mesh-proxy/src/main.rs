@@ -147,8 +147,25 @@ fn init(a: InitArgs) -> ExitCode {
     }
 }
 
+/// Gives memory freed after reading configuration (the descriptor pool,
+/// the dynamic messages) back to the system, so the resident size reflects
+/// what the proxy keeps.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reads a bootstrap file, naming file, line:column and field of any problem.
 fn load(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
+    let loaded = load_inner(path);
+    release_freed_memory();
+    loaded
+}
+
+fn load_inner(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
     let docs = mesh_rules::yaml::read_stream(&text)

@@ -231,6 +231,36 @@ impl Workload {
     }
 }
 
+/// Everything the mesh knows about what runs where.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Services.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Workload instances.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+}
+
+impl Registry {
+    /// The workloads backing `service`, in registry order.
+    pub fn endpoints<'a>(
+        &'a self,
+        service: &'a Service,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.iter().filter(move |w| service.selects(w))
+    }
+
+    /// The service a client in `namespace` means by `name` (short,
+    /// `name.ns`, or fully qualified), by the cluster resolver's rules.
+    pub fn lookup(&self, name: &str, namespace: &str, domain: &str) -> Option<&Service> {
+        HostName::candidates(name, namespace, domain)
+            .into_iter()
+            .find_map(|h| self.services.iter().find(|s| s.host(domain) == h))
+    }
+}
+
 /// True when every `selector` label is present in `labels` with the same value.
 pub fn labels_match(
     selector: &BTreeMap<String, String>,

@@ -3,22 +3,32 @@
 //! descriptor set `envoy-types` was generated from (see
 //! `examples/trim_descriptors.rs`), so names and field numbers match the
 //! Rust types exactly.
+//!
+//! The decoded pool takes about 15 MB, and a proxy needs it only while it
+//! reads configuration; so it is shared while someone holds it and freed
+//! when the last holder lets go, rather than kept for the process's life.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, Weak};
 
 use prost_reflect::{DescriptorPool, MessageDescriptor};
 
-static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+static POOL: Mutex<Weak<DescriptorPool>> = Mutex::new(Weak::new());
 
 /// Every xDS message, enum and service, with their field names.
-pub fn pool() -> &'static DescriptorPool {
-    POOL.get_or_init(|| {
-        let bytes = include_bytes!("../descriptors/xds.bin");
-        DescriptorPool::decode(bytes.as_slice()).expect("the xDS descriptor set is valid")
-    })
+pub fn pool() -> Arc<DescriptorPool> {
+    let mut cached = POOL.lock().expect("descriptor pool lock");
+    if let Some(p) = cached.upgrade() {
+        return p;
+    }
+    let bytes = include_bytes!("../descriptors/xds.bin");
+    let p = Arc::new(
+        DescriptorPool::decode(bytes.as_slice()).expect("the xDS descriptor set is valid"),
+    );
+    *cached = Arc::downgrade(&p);
+    p
 }
 
-/// The descriptor of message type `T`.
+/// The descriptor of message type `T` (it keeps the pool alive while held).
 pub fn message<T: prost::Name>() -> MessageDescriptor {
     let name = T::full_name();
     pool()
