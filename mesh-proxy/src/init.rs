@@ -124,17 +124,43 @@ pub fn restore_input(c: &Capture) -> String {
     s
 }
 
-fn iptables(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("iptables").args(args).output().map_err(|e| {
-        anyhow::anyhow!("cannot run iptables: {e} (is the iptables package installed?)")
-    })?;
+/// Runs `program` with `args` (and `input` on stdin); its stdout, or its
+/// stderr as the error.
+fn run(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {program}: {e} (is the iptables package installed?)")
+        })?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     anyhow::ensure!(
         out.status.success(),
-        "iptables {}: {}",
+        "{program} {}: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn iptables(args: &[&str]) -> anyhow::Result<String> {
+    run("iptables", args, None)
 }
 
 /// Removes our jumps from the built-in chains.
@@ -156,25 +182,8 @@ fn remove_jumps() -> anyhow::Result<()> {
 
 /// Programs the rules (idempotent).
 pub fn apply(c: &Capture) -> anyhow::Result<()> {
-    use std::io::Write as _;
     remove_jumps()?;
-    let mut child = Command::new("iptables-restore")
-        .arg("--noflush")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run iptables-restore: {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(restore_input(c).as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "iptables-restore: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    run("iptables-restore", &["--noflush"], Some(&restore_input(c)))?;
     Ok(())
 }
 

@@ -290,3 +290,67 @@ fn pod_to_pod_through_both_sidecars_and_egress_refused_until_allowed() {
         "a packet to a VIP escaped capture"
     );
 }
+
+#[test]
+fn init_is_idempotent_and_cleanup_removes_everything() {
+    let mut world = World::new();
+    let (pod, _) = world.host("pod");
+    let bin = env!("CARGO_BIN_EXE_mesh-proxy");
+    let rules = |w: &World| w.exec(&pod, &["iptables", "-t", "nat", "-S"]).1;
+    let before = rules(&world);
+    assert_eq!(
+        world
+            .exec(
+                &pod,
+                &[
+                    bin,
+                    "init",
+                    "--exclude-outbound-cidrs",
+                    "169.254.169.254/32"
+                ]
+            )
+            .0,
+        0
+    );
+    let once = rules(&world);
+    assert!(
+        once.contains("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
+        "{once}"
+    );
+    assert!(
+        once.contains("-A MESH_OUTPUT -d 169.254.169.254/32 -j RETURN"),
+        "{once}"
+    );
+    assert!(
+        once.contains("-A PREROUTING -p tcp -j MESH_INBOUND"),
+        "{once}"
+    );
+    assert_eq!(
+        world
+            .exec(
+                &pod,
+                &[
+                    bin,
+                    "init",
+                    "--exclude-outbound-cidrs",
+                    "169.254.169.254/32"
+                ]
+            )
+            .0,
+        0
+    );
+    assert_eq!(rules(&world), once, "applying twice gives the same rules");
+    let (_, dry) = world.exec(&pod, &[bin, "init", "--dry-run"]);
+    assert!(
+        dry.starts_with("*nat\n") && dry.ends_with("COMMIT\n"),
+        "{dry}"
+    );
+    assert_eq!(rules(&world), once, "--dry-run changes nothing");
+    assert_eq!(world.exec(&pod, &[bin, "init", "--cleanup"]).0, 0);
+    assert_eq!(rules(&world), before);
+    assert_eq!(
+        world.exec(&pod, &[bin, "init", "--cleanup"]).0,
+        0,
+        "cleanup twice is fine"
+    );
+}

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mesh_pilot::store::Change;
 
 /// Control the mesh: validate and manage rules, run the demo.
 #[derive(Parser)]
@@ -118,8 +119,10 @@ async fn main() -> ExitCode {
             Ok(dir) => {
                 let store = mesh_pilot::store::LocalStore::new(dir);
                 match command {
-                    Command::Create { files } => rules::create(&store, &files).await,
-                    Command::Replace { files } => rules::replace(&store, &files).await,
+                    Command::Create { files } => rules::write(&store, &files, Change::Create).await,
+                    Command::Replace { files } => {
+                        rules::write(&store, &files, Change::Replace).await
+                    }
                     Command::Delete {
                         files,
                         kind,

@@ -119,34 +119,19 @@ async fn apply(store: &LocalStore, changes: Vec<Change>) -> anyhow::Result<ExitC
     }
 }
 
-/// `meshctl create -f`.
-pub async fn create(store: &LocalStore, args: &[String]) -> anyhow::Result<ExitCode> {
+/// `meshctl create -f` (`change` = `Change::Create`) and `meshctl replace
+/// -f` (`Change::Replace`): every rule of the files as one batch.
+pub async fn write(
+    store: &LocalStore,
+    args: &[String],
+    change: fn(mesh_rules::Rule) -> Change,
+) -> anyhow::Result<ExitCode> {
     let Some(loaded) = load_batch(args)? else {
         return Ok(ExitCode::FAILURE);
     };
     apply(
         store,
-        loaded
-            .rules
-            .into_iter()
-            .map(|r| Change::Create(r.value))
-            .collect(),
-    )
-    .await
-}
-
-/// `meshctl replace -f`.
-pub async fn replace(store: &LocalStore, args: &[String]) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load_batch(args)? else {
-        return Ok(ExitCode::FAILURE);
-    };
-    apply(
-        store,
-        loaded
-            .rules
-            .into_iter()
-            .map(|r| Change::Replace(r.value))
-            .collect(),
+        loaded.rules.into_iter().map(|r| change(r.value)).collect(),
     )
     .await
 }
