@@ -1,8 +1,12 @@
 //! The mesh's control plane.
 //!
-//! Today it holds the rule store ([`store`]): the durable, watchable home of
-//! the rules users write with `meshctl create/replace/delete`. Translation of
-//! rules and registries into xDS, and the ADS server, arrive with the pilot
-//! issue.
+//! - [`store`]: the durable, watchable home of the rules users write with
+//!   `meshctl create/replace/delete`.
+//! - [`translate`]: registry + rules → the xDS resources one proxy needs
+//!   (pure functions).
+//!
+//! The ADS server and the registries arrive with the rest of the pilot issue.
 
+pub mod registry;
 pub mod store;
+pub mod translate;

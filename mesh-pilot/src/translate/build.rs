@@ -1,0 +1,546 @@
+//! Assembling the xDS resources of one proxy.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use mesh_proto::envoy::config::cluster::v3::{self as xcluster, Cluster};
+use mesh_proto::envoy::config::core::v3 as xcore;
+use mesh_proto::envoy::config::endpoint::v3 as xendpoint;
+use mesh_proto::envoy::config::listener::v3::{self as xlistener, Listener};
+use mesh_proto::envoy::config::route::v3 as xroute;
+use mesh_proto::envoy::extensions::filters::http::router::v3::Router;
+use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
+use mesh_proto::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
+use mesh_rules::registry::{Protocol, Service, ServicePort, Workload, labels_match};
+use mesh_rules::rules::{RouteRule, StringMatch};
+use prost::{Message, Name};
+
+use super::{OutboundPolicy, Resources, outbound_cluster_name, subset_name};
+
+/// Where refused connections go (a cluster without endpoints).
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+/// Where ALLOW_ANY lets unknown destinations through.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn socket(ip: &str, port: u16) -> xcore::Address {
+    xcore::Address {
+        address: Some(xcore::address::Address::SocketAddress(
+            xcore::SocketAddress {
+                address: ip.to_owned(),
+                port_specifier: Some(xcore::socket_address::PortSpecifier::PortValue(u32::from(
+                    port,
+                ))),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn static_cluster(name: &str, endpoints: &[(String, u16)]) -> Cluster {
+    let lb_endpoints = endpoints
+        .iter()
+        .map(|(ip, port)| xendpoint::LbEndpoint {
+            host_identifier: Some(xendpoint::lb_endpoint::HostIdentifier::Endpoint(
+                xendpoint::Endpoint {
+                    address: Some(socket(ip, *port)),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })
+        .collect();
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
+            xcluster::cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+        load_assignment: Some(xendpoint::ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![xendpoint::LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn original_dst_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
+            xcluster::cluster::DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: xcluster::cluster::LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+        ..Default::default()
+    }
+}
+
+fn filter(name: &str, config: Any) -> xlistener::Filter {
+    xlistener::Filter {
+        name: name.to_owned(),
+        config_type: Some(xlistener::filter::ConfigType::TypedConfig(config)),
+    }
+}
+
+fn tcp_proxy(stat_prefix: &str, cluster: &str) -> xlistener::Filter {
+    filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&tcp::TcpProxy {
+            stat_prefix: stat_prefix.to_owned(),
+            cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(
+                cluster.to_owned(),
+            )),
+            ..Default::default()
+        }),
+    )
+}
+
+fn http_manager(name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistener::Filter {
+    filter(
+        "envoy.filters.network.http_connection_manager",
+        any(&hcm::HttpConnectionManager {
+            stat_prefix: name.to_owned(),
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+                xroute::RouteConfiguration {
+                    name: name.to_owned(),
+                    virtual_hosts,
+                    ..Default::default()
+                },
+            )),
+            http_filters: vec![hcm::HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                    &Router::default(),
+                ))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    )
+}
+
+fn listener(
+    name: &str,
+    ip: &str,
+    port: u16,
+    bind: bool,
+    original_dst: bool,
+    f: xlistener::Filter,
+) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        address: Some(socket(ip, port)),
+        filter_chains: vec![xlistener::FilterChain {
+            filters: vec![f],
+            ..Default::default()
+        }],
+        bind_to_port: (!bind).then_some(BoolValue { value: false }),
+        use_original_dst: original_dst.then_some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+fn string_match(m: &StringMatch) -> Option<xmatch::StringMatcher> {
+    use xmatch::string_matcher::MatchPattern as P;
+    let pattern = if let Some(e) = &m.exact {
+        P::Exact(e.clone())
+    } else if let Some(p) = &m.prefix {
+        P::Prefix(p.clone())
+    } else {
+        P::SafeRegex(xmatch::RegexMatcher {
+            regex: m.regex.clone()?,
+            ..Default::default()
+        })
+    };
+    Some(xmatch::StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
+}
+
+fn route_match(rule: &RouteRule) -> xroute::RouteMatch {
+    use xroute::route_match::PathSpecifier;
+    let headers = rule
+        .match_
+        .as_ref()
+        .and_then(|m| m.request.as_ref())
+        .map(|r| r.headers.clone())
+        .unwrap_or_default();
+    let mut path = PathSpecifier::Prefix("/".into());
+    let mut matchers = Vec::new();
+    for (name, m) in &headers {
+        if name == "uri" {
+            if let Some(e) = &m.exact {
+                path = PathSpecifier::Path(e.clone());
+            } else if let Some(p) = &m.prefix {
+                path = PathSpecifier::Prefix(p.clone());
+            } else if let Some(r) = &m.regex {
+                path = PathSpecifier::SafeRegex(xmatch::RegexMatcher {
+                    regex: r.clone(),
+                    ..Default::default()
+                });
+            }
+            continue;
+        }
+        matchers.push(xroute::HeaderMatcher {
+            name: name.clone(),
+            header_match_specifier: string_match(m)
+                .map(xroute::header_matcher::HeaderMatchSpecifier::StringMatch),
+            ..Default::default()
+        });
+    }
+    xroute::RouteMatch {
+        path_specifier: Some(path),
+        headers: matchers,
+        ..Default::default()
+    }
+}
+
+/// The routes of one RouteRule for a service port.
+fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) -> xroute::Route {
+    use xroute::route_action::ClusterSpecifier;
+    let specifier = match rule.route.as_slice() {
+        [] => ClusterSpecifier::Cluster(default_cluster.to_owned()),
+        routes => ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
+            clusters: routes
+                .iter()
+                .map(|r| xroute::weighted_cluster::ClusterWeight {
+                    name: outbound_cluster_name(port, &subset_name(&r.labels), host),
+                    weight: Some(UInt32Value {
+                        value: r.weight.unwrap_or(100).clamp(0, 100) as u32,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let mut action = xroute::RouteAction {
+        cluster_specifier: Some(specifier),
+        ..Default::default()
+    };
+    if let Some(t) = &rule.http_req_timeout {
+        action.timeout = Some(duration(t.simple_timeout.timeout.get()));
+    }
+    if let Some(r) = &rule.http_req_retries {
+        action.retry_policy = Some(xroute::RetryPolicy {
+            retry_on: "5xx,connect-failure,reset".into(),
+            num_retries: Some(UInt32Value {
+                value: r.simple_retry.attempts.clamp(0, 100) as u32,
+            }),
+            per_try_timeout: r
+                .simple_retry
+                .per_try_timeout
+                .as_ref()
+                .map(|d| duration(d.get())),
+            ..Default::default()
+        });
+    }
+    if let Some(rw) = &rule.rewrite {
+        if let Some(uri) = &rw.uri {
+            action.prefix_rewrite = uri.clone();
+        }
+        if let Some(a) = &rw.authority {
+            action.host_rewrite_specifier =
+                Some(xroute::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+        }
+    }
+    xroute::Route {
+        r#match: Some(route_match(rule)),
+        action: Some(xroute::route::Action::Route(action)),
+        request_headers_to_add: rule
+            .append_headers
+            .iter()
+            .map(|(k, v)| xcore::HeaderValueOption {
+                header: Some(xcore::HeaderValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn default_route(cluster: &str) -> xroute::Route {
+    xroute::Route {
+        r#match: Some(xroute::RouteMatch {
+            path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(xroute::route::Action::Route(xroute::RouteAction {
+            cluster_specifier: Some(xroute::route_action::ClusterSpecifier::Cluster(
+                cluster.to_owned(),
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Collects resources while translation walks the inputs.
+pub struct Builder {
+    outbound: OutboundPolicy,
+    namespace: String,
+    http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
+    listeners: BTreeMap<String, Listener>,
+    clusters: BTreeMap<String, Cluster>,
+}
+
+impl Builder {
+    pub fn new(outbound: OutboundPolicy, namespace: &str) -> Self {
+        Builder {
+            outbound,
+            namespace: namespace.to_owned(),
+            http_ports: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// The names a client may call `service` by on `port`.
+    fn domains(&self, service: &Service, port: u16, host: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        if service.namespace == self.namespace {
+            names.push(service.name.clone());
+        }
+        names.push(format!("{}.{}", service.name, service.namespace));
+        names.push(format!("{}.{}.svc", service.name, service.namespace));
+        names.push(host.to_owned());
+        if let Some(vip) = service.vip {
+            names.push(vip.to_string());
+        }
+        names
+            .iter()
+            .flat_map(|n| [n.clone(), format!("{n}:{port}")])
+            .collect()
+    }
+
+    /// Outbound resources for one port of a service.
+    pub fn service_port(
+        &mut self,
+        service: &Service,
+        port: &ServicePort,
+        protocol: Protocol,
+        host: &str,
+        endpoints: &[&Workload],
+        rules: &[&RouteRule],
+    ) {
+        let target = port.target_port();
+        let addrs = |ws: &mut dyn Iterator<Item = &&Workload>| {
+            ws.map(|w| (w.address.to_string(), target))
+                .collect::<Vec<_>>()
+        };
+        let default_cluster = outbound_cluster_name(port.port, "", host);
+        self.clusters.insert(
+            default_cluster.clone(),
+            static_cluster(&default_cluster, &addrs(&mut endpoints.iter())),
+        );
+        for rule in rules {
+            for r in &rule.route {
+                let name = outbound_cluster_name(port.port, &subset_name(&r.labels), host);
+                let mut subset = endpoints
+                    .iter()
+                    .filter(|w| labels_match(&r.labels, &w.labels));
+                self.clusters
+                    .insert(name.clone(), static_cluster(&name, &addrs(&mut subset)));
+            }
+        }
+        if protocol.is_http() {
+            let mut routes: Vec<_> = rules
+                .iter()
+                .map(|r| rule_route(r, port.port, host, &default_cluster))
+                .collect();
+            routes.push(default_route(&default_cluster));
+            let domains = self.domains(service, port.port, host);
+            self.http_ports
+                .entry(port.port)
+                .or_default()
+                .push(xroute::VirtualHost {
+                    name: format!("{host}:{}", port.port),
+                    domains,
+                    routes,
+                    ..Default::default()
+                });
+        } else if let Some(vip) = service.vip {
+            let name = format!("{vip}_{}", port.port);
+            let l = listener(
+                &name,
+                &vip.to_string(),
+                port.port,
+                false,
+                false,
+                tcp_proxy(&default_cluster, &default_cluster),
+            );
+            self.listeners.insert(name, l);
+        }
+    }
+
+    /// Inbound resources for this proxy's own workload on `port`.
+    pub fn inbound(&mut self, ip: IpAddr, port: u16, protocol: Protocol) {
+        let cluster = format!("inbound|{port}||");
+        self.clusters.insert(
+            cluster.clone(),
+            static_cluster(&cluster, &[("127.0.0.1".to_owned(), port)]),
+        );
+        let name = format!("{ip}_{port}");
+        let f = if protocol.is_http() {
+            http_manager(
+                &name,
+                vec![xroute::VirtualHost {
+                    name: "inbound".into(),
+                    domains: vec!["*".into()],
+                    routes: vec![default_route(&cluster)],
+                    ..Default::default()
+                }],
+            )
+        } else {
+            tcp_proxy(&cluster, &cluster)
+        };
+        self.listeners.insert(
+            name.clone(),
+            listener(&name, &ip.to_string(), port, false, false, f),
+        );
+    }
+
+    /// An external HTTP host opened by an egress rule: the request goes to
+    /// where the app connected (resolved by the app), if its Host matches.
+    pub fn egress_http(&mut self, host: &str, port: u16, _protocol: Protocol) {
+        let cluster = outbound_cluster_name(port, "", host);
+        self.clusters
+            .insert(cluster.clone(), original_dst_cluster(&cluster));
+        self.http_ports
+            .entry(port)
+            .or_default()
+            .push(xroute::VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.to_owned(), format!("{host}:{port}")],
+                routes: vec![default_route(&cluster)],
+                ..Default::default()
+            });
+    }
+
+    /// An external TCP destination (an IP) opened by an egress rule.
+    pub fn egress_tcp(&mut self, host: &str, port: u16) {
+        if host.parse::<IpAddr>().is_err() {
+            return; // DNS names and CIDRs for TCP need filter-chain matching: not yet.
+        }
+        let cluster = outbound_cluster_name(port, "", host);
+        self.clusters
+            .insert(cluster.clone(), original_dst_cluster(&cluster));
+        let name = format!("{host}_{port}");
+        self.listeners.insert(
+            name.clone(),
+            listener(
+                &name,
+                host,
+                port,
+                false,
+                false,
+                tcp_proxy(&cluster, &cluster),
+            ),
+        );
+    }
+
+    /// The resources, in a stable order.
+    pub fn finish(mut self) -> Resources {
+        let fallthrough = match self.outbound {
+            OutboundPolicy::RegistryOnly => BLACKHOLE_CLUSTER,
+            OutboundPolicy::AllowAny => PASSTHROUGH_CLUSTER,
+        };
+        for (port, mut vhosts) in std::mem::take(&mut self.http_ports) {
+            // Hosts nobody configured on this port: refused or passed through.
+            let catch_all = match self.outbound {
+                OutboundPolicy::RegistryOnly => xroute::Route {
+                    r#match: Some(xroute::RouteMatch {
+                        path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(xroute::route::Action::DirectResponse(xroute::DirectResponseAction {
+                        status: 502,
+                        body: Some(xcore::DataSource {
+                            specifier: Some(xcore::data_source::Specifier::InlineString(
+                                "mesh: this host is outside the mesh and no egress rule allows it (outbound traffic policy REGISTRY_ONLY)\n".into(),
+                            )),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                OutboundPolicy::AllowAny => default_route(PASSTHROUGH_CLUSTER),
+            };
+            vhosts.push(xroute::VirtualHost {
+                name: "allow_any_or_refuse".into(),
+                domains: vec!["*".into()],
+                routes: vec![catch_all],
+                ..Default::default()
+            });
+            let name = format!("0.0.0.0_{port}");
+            self.listeners.insert(
+                name.clone(),
+                listener(
+                    &name,
+                    "0.0.0.0",
+                    port,
+                    false,
+                    false,
+                    http_manager(&name, vhosts),
+                ),
+            );
+        }
+        let mut listeners = vec![
+            listener(
+                "virtualOutbound",
+                "0.0.0.0",
+                15001,
+                true,
+                true,
+                tcp_proxy(fallthrough, fallthrough),
+            ),
+            listener(
+                "virtualInbound",
+                "0.0.0.0",
+                15006,
+                true,
+                true,
+                tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER),
+            ),
+        ];
+        listeners.extend(self.listeners.into_values());
+        self.clusters.insert(
+            BLACKHOLE_CLUSTER.into(),
+            static_cluster(BLACKHOLE_CLUSTER, &[]),
+        );
+        self.clusters.insert(
+            PASSTHROUGH_CLUSTER.into(),
+            original_dst_cluster(PASSTHROUGH_CLUSTER),
+        );
+        Resources {
+            listeners,
+            clusters: self.clusters.into_values().collect(),
+        }
+    }
+}

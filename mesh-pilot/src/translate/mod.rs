@@ -1,0 +1,192 @@
+//! Registry + rules → the xDS resources one proxy needs. Pure functions:
+//! the same inputs always give the same resources, in a stable order.
+//!
+//! Naming (as Istio users know it):
+//! - clusters `outbound|<port>|<subset>|<host>` (subset empty for the whole
+//!   service; a subset is named by its label values, sorted by key and
+//!   joined with `-`, e.g. `outbound|80|v0.1|svcb.default.svc.cluster.local`),
+//!   and `inbound|<port>||` for the proxy's own workload;
+//! - listeners `virtualOutbound` (0.0.0.0:15001) and `virtualInbound`
+//!   (0.0.0.0:15006), which hand connections to the virtual listeners
+//!   `0.0.0.0_<port>` (outbound HTTP, routed by Host), `<vip>_<port>`
+//!   (outbound TCP) and `<pod-ip>_<port>` (inbound).
+
+mod build;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use mesh_proto::envoy::config::cluster::v3::Cluster;
+use mesh_proto::envoy::config::listener::v3::Listener;
+use mesh_rules::registry::{
+    DEFAULT_DOMAIN, Protocol, Registry, Service, ServicePort, Workload, labels_match,
+};
+use mesh_rules::rules::{EgressRule, RouteRule};
+use mesh_rules::{Rule, Spec};
+
+pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+
+/// What the outbound capture does with destinations nothing configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutboundPolicy {
+    /// Refuse them (Istio 0.4's behaviour): only services and egress rules.
+    #[default]
+    RegistryOnly,
+    /// Let them through to where they were going.
+    AllowAny,
+}
+
+/// Mesh-wide settings of the translation.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// The cluster DNS domain.
+    pub domain: String,
+    /// Outbound traffic policy.
+    pub outbound: OutboundPolicy,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            domain: DEFAULT_DOMAIN.to_owned(),
+            outbound: OutboundPolicy::RegistryOnly,
+        }
+    }
+}
+
+/// The proxy asking for configuration (from its xDS node).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyNode {
+    /// Namespace of its workload.
+    pub namespace: String,
+    /// Its workload's IP (for inbound listeners).
+    pub ip: Option<IpAddr>,
+    /// Its workload's labels (for inbound services and rule sources).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The resources for one proxy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    /// Listeners, capture listeners first, then by name.
+    pub listeners: Vec<Listener>,
+    /// Clusters, by name.
+    pub clusters: Vec<Cluster>,
+}
+
+/// Everything translation reads.
+pub struct Inputs<'a> {
+    /// Services and workloads.
+    pub registry: &'a Registry,
+    /// Rules.
+    pub rules: &'a [Rule],
+    /// Mesh settings.
+    pub mesh: &'a MeshConfig,
+}
+
+/// A subset's name: its label values sorted by key, joined with `-`.
+pub fn subset_name(labels: &BTreeMap<String, String>) -> String {
+    labels.values().cloned().collect::<Vec<_>>().join("-")
+}
+
+/// `outbound|port|subset|host`.
+pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+fn service_protocol(p: &ServicePort) -> Protocol {
+    // Undeclared ports are treated as HTTP, as Istio 0.4 did for named-less ports.
+    p.declared_protocol().unwrap_or(Protocol::Http)
+}
+
+/// A route rule that applies to calls from `node` to `service`.
+fn applies(
+    rule: &RouteRule,
+    rule_ns: &str,
+    service: &Service,
+    node: &ProxyNode,
+    domain: &str,
+) -> bool {
+    let host = rule.destination.host(rule_ns);
+    if host.as_ref() != Some(&service.host(domain)) {
+        return false;
+    }
+    match rule.match_.as_ref().and_then(|m| m.source.as_ref()) {
+        None => true,
+        Some(src) => {
+            labels_match(&src.labels, &node.labels)
+                && src
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == node.namespace)
+        }
+    }
+}
+
+/// Translates for one proxy.
+pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
+    let domain = &inputs.mesh.domain;
+    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    let route_rules: Vec<(&RouteRule, &str)> = inputs
+        .rules
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::RouteRule(rr) => Some((rr, r.metadata.namespace())),
+            _ => None,
+        })
+        .collect();
+    for service in &inputs.registry.services {
+        let host = service.host(domain).to_string();
+        let endpoints: Vec<&Workload> = inputs.registry.endpoints(service).collect();
+        for port in &service.ports {
+            let mut rules: Vec<&RouteRule> = route_rules
+                .iter()
+                .filter(|(r, ns)| applies(r, ns, service, node, domain))
+                .map(|(r, _)| *r)
+                .collect();
+            // Highest precedence first; ties keep their stable order.
+            rules.sort_by_key(|r| std::cmp::Reverse(r.precedence.unwrap_or(0)));
+            b.service_port(
+                service,
+                port,
+                service_protocol(port),
+                &host,
+                &endpoints,
+                &rules,
+            );
+        }
+        // Inbound: this proxy's own workload behind the service.
+        let own = node.ip.is_some_and(|ip| {
+            endpoints
+                .iter()
+                .any(|w| w.address == ip && labels_match(&service.selector, &node.labels))
+        });
+        if let (true, Some(ip)) = (own, node.ip) {
+            for port in &service.ports {
+                b.inbound(ip, port.target_port(), service_protocol(port));
+            }
+        }
+    }
+    for rule in inputs.rules {
+        if let Spec::EgressRule(e) = &rule.spec {
+            egress(&mut b, e);
+        }
+    }
+    b.finish()
+}
+
+fn egress(b: &mut build::Builder, e: &EgressRule) {
+    let Some(host) = e.destination.service.as_deref() else {
+        return;
+    };
+    for port in &e.ports {
+        let Ok(number) = u16::try_from(port.port) else {
+            continue;
+        };
+        match port.protocol() {
+            Some(p) if p.is_http() => b.egress_http(host, number, p),
+            Some(_) => b.egress_tcp(host, number),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Translation golden tests: the seed's registry and rules for the svca and
+//! svcb proxies, as xDS JSON reviewed once and compared ever after (set
+//! `MESH_BLESS=1` to rewrite after a deliberate change). Every translation is
+//! also applied by mesh-proxy and validated by a real Envoy.
+
+use std::path::{Path, PathBuf};
+
+use mesh_pilot::translate::{Inputs, MeshConfig, ProxyNode, Resources, translate};
+use mesh_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
+use mesh_rules::{Rule, Source, load};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn registry() -> mesh_rules::registry::Registry {
+    let path = repo().join("samples/istio-0.4-walk/registry.yaml");
+    mesh_pilot::registry::from_yaml("registry.yaml", &std::fs::read_to_string(path).unwrap())
+        .unwrap()
+}
+
+fn rules(files: &[&str]) -> Vec<Rule> {
+    let texts: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                f.to_string(),
+                std::fs::read_to_string(repo().join("samples/istio-0.4-walk").join(f)).unwrap(),
+            )
+        })
+        .collect();
+    let sources: Vec<Source<'_>> = texts
+        .iter()
+        .map(|(n, t)| Source { name: n, text: t })
+        .collect();
+    load(&sources)
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|r| r.value)
+        .collect()
+}
+
+fn node(ip: &str, app: &str, version: &str) -> ProxyNode {
+    ProxyNode {
+        namespace: "default".into(),
+        ip: Some(ip.parse().unwrap()),
+        labels: [
+            ("app".to_owned(), app.to_owned()),
+            ("version".to_owned(), version.to_owned()),
+        ]
+        .into(),
+    }
+}
+
+fn bootstrap(r: &Resources) -> Bootstrap {
+    Bootstrap {
+        static_resources: Some(StaticResources {
+            listeners: r.listeners.clone(),
+            clusters: r.clusters.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Translates, compares with the golden file, and checks that mesh-proxy
+/// applies the result.
+fn golden(name: &str, files: &[&str], node: &ProxyNode) -> Resources {
+    let registry = registry();
+    let rules = rules(files);
+    let mesh = MeshConfig::default();
+    let out = translate(
+        &Inputs {
+            registry: &registry,
+            rules: &rules,
+            mesh: &mesh,
+        },
+        node,
+    );
+    let json =
+        serde_json::to_string_pretty(&mesh_proto::json::to_json(&bootstrap(&out))).unwrap() + "\n";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
+    if std::env::var_os("MESH_BLESS").is_some() {
+        std::fs::write(&path, &json).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (MESH_BLESS=1 creates it)", path.display()));
+    assert_eq!(json, expected, "{name} differs from its golden file");
+    mesh_proxy::config::Snapshot::from_bootstrap(&bootstrap(&out))
+        .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses: {e}"));
+    out
+}
+
+const SVCA: (&str, &str, &str) = ("10.250.0.2", "svca", "v0.1");
+
+#[test]
+fn no_rules() {
+    let n = node(SVCA.0, SVCA.1, SVCA.2);
+    let r = golden("svca-no-rules", &[], &n);
+    let names: Vec<_> = r.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "virtualOutbound",
+            "virtualInbound",
+            "0.0.0.0_80",
+            "10.250.0.2_8080"
+        ]
+    );
+}
+
+#[test]
+fn egress_rule() {
+    golden(
+        "svca-egress",
+        &["enable-svcb-engress-rule.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+}
+
+#[test]
+fn route_rule_50_50() {
+    let r = golden(
+        "svca-route-50",
+        &["route-rules-svcb-v0.2-50.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let clusters: Vec<_> = r.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        clusters.contains(&"outbound|80|v0.1|svcb.default.svc.cluster.local"),
+        "{clusters:?}"
+    );
+    assert!(
+        clusters.contains(&"outbound|80|v0.2|svcb.default.svc.cluster.local"),
+        "{clusters:?}"
+    );
+}
+
+#[test]
+fn route_rule_100() {
+    golden(
+        "svca-route-100",
+        &["route-rules-svcb-v0.2-100.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+}
+
+#[test]
+fn svcb_proxy_with_everything() {
+    golden(
+        "svcb-v0.2-all",
+        &[
+            "enable-svcb-engress-rule.yaml",
+            "route-rules-svcb-v0.2-50.yaml",
+        ],
+        &node("10.250.0.5", "svcb", "v0.2"),
+    );
+}
+
+#[test]
+fn envoy_accepts_every_translation() {
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = std::process::Command::new("sh")
+        .args(["-c", "command -v envoy"])
+        .output()
+        .unwrap();
+    let envoy = String::from_utf8(envoy.stdout).unwrap().trim().to_owned();
+    assert!(
+        !envoy.is_empty(),
+        "envoy is not installed (scripts/test.sh installs it)"
+    );
+    for name in [
+        "svca-no-rules",
+        "svca-egress",
+        "svca-route-50",
+        "svca-route-100",
+        "svcb-v0.2-all",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
+        let copy = dir.path().join(format!("{name}.json"));
+        std::fs::copy(&path, &copy).unwrap();
+        let out = std::process::Command::new(&envoy)
+            .args(["--mode", "validate", "-l", "error", "-c"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: envoy refuses:\n{text}");
+    }
+}
