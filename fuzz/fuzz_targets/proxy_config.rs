@@ -6,6 +6,8 @@ use libfuzzer_sys::fuzz_target;
 use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 
 fuzz_target!(|data: &[u8]| {
+    // A proxy frees the pool after reading config; the fuzzer keeps it.
+    mesh_proto::descriptors::keep_loaded();
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

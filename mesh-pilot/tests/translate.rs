@@ -67,6 +67,7 @@ fn bootstrap(r: &Resources) -> Bootstrap {
 /// Translates, compares with the golden file, and checks that mesh-proxy
 /// applies the result.
 fn golden(name: &str, files: &[&str], node: &ProxyNode) -> Resources {
+    mesh_proto::descriptors::keep_loaded();
     let registry = registry();
     let rules = rules(files);
     let mesh = MeshConfig::default();

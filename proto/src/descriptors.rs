@@ -28,6 +28,15 @@ pub fn pool() -> Arc<DescriptorPool> {
     p
 }
 
+static KEPT: std::sync::OnceLock<Arc<DescriptorPool>> = std::sync::OnceLock::new();
+
+/// Keeps the pool decoded for the rest of the process: for processes that
+/// read or write xDS JSON all the time (pilot, tests, fuzzers), where
+/// decoding it on each use would cost more than the memory.
+pub fn keep_loaded() {
+    KEPT.get_or_init(pool);
+}
+
 /// The descriptor of message type `T` (it keeps the pool alive while held).
 pub fn message<T: prost::Name>() -> MessageDescriptor {
     let name = T::full_name();
