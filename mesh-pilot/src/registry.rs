@@ -1,6 +1,6 @@
 //! Registries: where pilot learns what runs where. Today the file registry
 //! (the format is `mesh_rules::registry::Registry` in YAML; an example is
-//! `samples/istio-0.4-walk/registry.yaml`); the Kubernetes registry and
+//! `samples/registries/istio-0.4-walk.yaml`); the Kubernetes registry and
 //! self-registration of proxies will feed the same model.
 
 use mesh_rules::registry::Registry;

@@ -14,7 +14,7 @@ fn repo() -> PathBuf {
 }
 
 fn registry() -> mesh_rules::registry::Registry {
-    let path = repo().join("samples/istio-0.4-walk/registry.yaml");
+    let path = repo().join("samples/registries/istio-0.4-walk.yaml");
     mesh_pilot::registry::from_yaml("registry.yaml", &std::fs::read_to_string(path).unwrap())
         .unwrap()
 }
