@@ -14,36 +14,35 @@ use common::netns::{APP, World};
 
 const VIP: &str = "10.251.0.10";
 
+/// A capture listener (15001 or 15006): hands connections to the listener
+/// for their original destination, else to the black hole (REGISTRY_ONLY).
+fn capture_listener(name: &str, port: u16) -> String {
+    format!(
+        r#"  - name: {name}
+    address:
+      socket_address: {{address: 0.0.0.0, port_value: {port}}}
+    use_original_dst: true
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: BlackHoleCluster
+          cluster: BlackHoleCluster
+"#
+    )
+}
+
 fn sidecar_bootstrap(extra_listeners: &str, extra_clusters: &str, inbound: &str) -> String {
+    let outbound_capture = capture_listener("virtualOutbound", 15001);
+    let inbound_capture = capture_listener("virtualInbound", 15006);
     format!(
         r#"admin:
   address:
     socket_address: {{address: 127.0.0.1, port_value: 15000}}
 static_resources:
   listeners:
-  - name: virtualOutbound
-    address:
-      socket_address: {{address: 0.0.0.0, port_value: 15001}}
-    use_original_dst: true
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: BlackHoleCluster
-          cluster: BlackHoleCluster
-  - name: virtualInbound
-    address:
-      socket_address: {{address: 0.0.0.0, port_value: 15006}}
-    use_original_dst: true
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: BlackHoleCluster
-          cluster: BlackHoleCluster
-{inbound}{extra_listeners}  clusters:
+{outbound_capture}{inbound_capture}{inbound}{extra_listeners}  clusters:
   - name: BlackHoleCluster
     type: STATIC
     connect_timeout: 1s
@@ -297,21 +296,20 @@ fn init_is_idempotent_and_cleanup_removes_everything() {
     let (pod, _) = world.host("pod");
     let bin = env!("CARGO_BIN_EXE_mesh-proxy");
     let rules = |w: &World| w.exec(&pod, &["iptables", "-t", "nat", "-S"]).1;
+    let init = |w: &World| {
+        w.exec(
+            &pod,
+            &[
+                bin,
+                "init",
+                "--exclude-outbound-cidrs",
+                "169.254.169.254/32",
+            ],
+        )
+        .0
+    };
     let before = rules(&world);
-    assert_eq!(
-        world
-            .exec(
-                &pod,
-                &[
-                    bin,
-                    "init",
-                    "--exclude-outbound-cidrs",
-                    "169.254.169.254/32"
-                ]
-            )
-            .0,
-        0
-    );
+    assert_eq!(init(&world), 0);
     let once = rules(&world);
     assert!(
         once.contains("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
@@ -325,20 +323,7 @@ fn init_is_idempotent_and_cleanup_removes_everything() {
         once.contains("-A PREROUTING -p tcp -j MESH_INBOUND"),
         "{once}"
     );
-    assert_eq!(
-        world
-            .exec(
-                &pod,
-                &[
-                    bin,
-                    "init",
-                    "--exclude-outbound-cidrs",
-                    "169.254.169.254/32"
-                ]
-            )
-            .0,
-        0
-    );
+    assert_eq!(init(&world), 0);
     assert_eq!(rules(&world), once, "applying twice gives the same rules");
     let (_, dry) = world.exec(&pod, &[bin, "init", "--dry-run"]);
     assert!(
