@@ -44,25 +44,30 @@ pub fn endpoint_counters(shared: &Shared) -> Vec<(String, String, u64, u64, usiz
 }
 
 fn config_dump(shared: &Shared) -> String {
+    use mesh_proto::json::to_json;
     let snap = shared.config.load();
-    let listeners: Vec<_> = snap
-        .resources
-        .listeners
-        .iter()
-        .map(|l| serde_json::json!({"version_info": snap.version, "listener": mesh_proto::json::to_json(l)}))
-        .collect();
-    let clusters: Vec<_> = snap
-        .resources
-        .clusters
-        .iter()
-        .map(|c| serde_json::json!({"version_info": snap.version, "cluster": mesh_proto::json::to_json(c)}))
-        .collect();
-    let dump = serde_json::json!({
-        "configs": [
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version, "static_listeners": listeners},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version, "static_clusters": clusters},
-        ]
-    });
+    let v = &snap.version;
+    let r = &snap.resources;
+    // Envoy's admin.v3 *ConfigDump shapes, static or dynamic as the source was.
+    let dump = if snap.dynamic {
+        serde_json::json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": v,
+             "dynamic_listeners": r.listeners.iter().map(|l| serde_json::json!({"name": l.name, "active_state": {"version_info": v, "listener": to_json(l)}})).collect::<Vec<_>>()},
+            {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+             "dynamic_route_configs": r.routes.iter().map(|x| serde_json::json!({"version_info": v, "route_config": to_json(x)})).collect::<Vec<_>>()},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": v,
+             "dynamic_active_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(c)})).collect::<Vec<_>>()},
+            {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+             "dynamic_endpoint_configs": r.endpoints.iter().map(|e| serde_json::json!({"version_info": v, "endpoint_config": to_json(e)})).collect::<Vec<_>>()},
+        ]})
+    } else {
+        serde_json::json!({"configs": [
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": v,
+             "static_listeners": r.listeners.iter().map(|l| serde_json::json!({"version_info": v, "listener": to_json(l)})).collect::<Vec<_>>()},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": v,
+             "static_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(c)})).collect::<Vec<_>>()},
+        ]})
+    };
     serde_json::to_string_pretty(&dump).expect("JSON") + "\n"
 }
 
@@ -122,6 +127,8 @@ async fn handle(
         (_, "/ready") | (_, "/healthz/ready") => {
             if shared.draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, text, "DRAINING\n".into())
+            } else if !shared.ready() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, text, "PRE_INITIALIZING\n".into())
             } else {
                 reply(StatusCode::OK, text, "LIVE\n".into())
             }

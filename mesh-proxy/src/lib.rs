@@ -5,6 +5,7 @@
 //!   refusing any field mesh-proxy does not apply.
 //! - [`server`]: workers, listeners, drain; [`http`] and [`tcp`]: the two
 //!   data paths; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
+//! - [`xds`]: the ADS client that follows pilot.
 
 pub mod admin;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod server;
 pub mod sniff;
 pub mod stats;
 pub mod tcp;
+pub mod xds;

@@ -46,6 +46,162 @@ struct Args {
 enum Sub {
     /// Program the pod's packet redirection to the proxy (nat table, chains MESH_*).
     Init(InitArgs),
+    /// Run as a workload's sidecar, configured by pilot over xDS (ADS).
+    Sidecar(SidecarArgs),
+}
+
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// Pilot's xDS address (`host:port`).
+    #[arg(long, env = "MESH_PILOT_ADDRESS", value_name = "HOST:PORT")]
+    xds_address: String,
+    /// Workload (pod) name; pilot registers the workload while the proxy is connected.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    workload: String,
+    /// Namespace of the workload.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The workload's IP (inbound listeners and registration).
+    #[arg(long, env = "INSTANCE_IP")]
+    ip: Option<std::net::IpAddr>,
+    /// The workload's labels, `key=value,…`.
+    #[arg(long, env = "MESH_LABELS", default_value = "", value_parser = labels)]
+    labels: std::collections::BTreeMap<String, String>,
+    /// The workload's service account.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The xDS node id (default `sidecar~IP~WORKLOAD.NAMESPACE~NAMESPACE.svc.cluster.local`, as Istio).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Admin endpoint.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: std::net::SocketAddr,
+    /// Prometheus endpoint.
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    metrics_address: std::net::SocketAddr,
+    /// Readiness endpoint.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    health_address: std::net::SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    drain_timeout: u64,
+}
+
+fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("`{kv}` is not key=value"))
+        })
+        .collect()
+}
+
+/// Runs as a sidecar: starts empty, binds what pilot sends. Prints
+/// `connected`, `config applied version V`, `config rejected: …` and
+/// `listener NAME ADDR` lines as they happen, and `ready` after the first
+/// configuration is in force.
+fn sidecar(a: SidecarArgs) -> ExitCode {
+    let ip = a.ip.map(|i| i.to_string()).unwrap_or_default();
+    let meta = mesh_proto::node::NodeMeta {
+        id: a.node_id.clone().unwrap_or_else(|| {
+            format!(
+                "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
+                a.workload, a.namespace, a.namespace
+            )
+        }),
+        namespace: a.namespace,
+        workload: a.workload,
+        ip: a.ip,
+        labels: a.labels,
+        service_account: a.service_account,
+    };
+    let opts = Options {
+        concurrency: a.concurrency,
+        drain_timeout: Duration::from_secs(a.drain_timeout),
+        metrics: Some(a.metrics_address),
+        health: Some(a.health_address),
+    };
+    let running = match start(Snapshot::empty(), Some(a.admin_address), opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_endpoints(&running);
+    let shared = running.shared.clone();
+    let node = meta.to_node();
+    let address = a.xds_address;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut first = true;
+        rt.block_on(mesh_proxy::xds::run(address, node, shared, move |event| {
+            use mesh_proxy::xds::Event;
+            match event {
+                Event::Connected => println!("connected"),
+                Event::Disconnected(why) => eprintln!("xds: {why}; retrying"),
+                Event::Applied { version, bound } => {
+                    for (name, addr) in bound {
+                        println!("listener {name} {addr}");
+                    }
+                    println!("config applied version {version}");
+                    release_freed_memory();
+                    if std::mem::take(&mut first) {
+                        println!("ready");
+                    }
+                }
+                Event::Rejected { type_url, reason } => {
+                    eprintln!("config rejected ({type_url}): {reason}");
+                    println!("config rejected: {reason}");
+                }
+            }
+        }));
+    });
+    wait_for_signal_then_drain(running);
+    ExitCode::SUCCESS
+}
+
+fn print_endpoints(running: &mesh_proxy::server::Running) {
+    for (what, addr) in [
+        ("admin", running.admin),
+        ("metrics", running.metrics),
+        ("health", running.health),
+    ] {
+        if let Some(a) = addr {
+            println!("{what} {a}");
+        }
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT, then drains and returns when every worker stopped.
+fn wait_for_signal_then_drain(running: mesh_proxy::server::Running) {
+    let shared = running.shared.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+        shared.shutdown();
+    });
+    running.wait();
 }
 
 fn ports(s: &str) -> Result<Vec<u16>, String> {
@@ -189,10 +345,8 @@ fn watch_config(
     path: PathBuf,
     mut last: Vec<u8>,
     shared: std::sync::Arc<mesh_proxy::server::Shared>,
-    mut bound: Vec<(String, std::net::SocketAddr)>,
 ) -> anyhow::Result<()> {
     use notify::Watcher;
-    bound.sort();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -212,46 +366,54 @@ fn watch_config(
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    std::thread::Builder::new().name("config-watch".into()).spawn(move || {
-        let _watcher = watcher;
-        let mut version = 1u64;
-        while rx.recv().is_ok() {
-            let Ok(now) = std::fs::read(&path) else { continue };
-            if now == last {
-                continue;
-            }
-            last = now;
-            let result = load(&path).and_then(|(mut snap, _)| {
-                let mut wanted: Vec<_> = snap.listeners.values().filter(|l| l.bind).map(|l| (l.name.clone(), l.address)).collect();
-                wanted.sort();
-                anyhow::ensure!(
-                    wanted == bound,
-                    "bound listeners cannot be added, removed or moved while running (have {bound:?}, got {wanted:?}); restart to change them"
-                );
-                version += 1;
-                snap.version = version.to_string();
-                Ok(snap)
-            });
-            match result {
-                Ok(snap) => {
-                    shared.apply(snap);
-                    println!("config applied version {version}");
+    std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            let mut version = 1u64;
+            while rx.recv().is_ok() {
+                let Ok(now) = std::fs::read(&path) else {
+                    continue;
+                };
+                if now == last {
+                    continue;
                 }
-                Err(e) => {
-                    shared.stats.config_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    eprintln!("config rejected, keeping version {}: {e:#}", shared.config.load().version);
-                    println!("config rejected: {e:#}");
+                last = now;
+                let result = load(&path).and_then(|(mut snap, _)| {
+                    snap.version = (version + 1).to_string();
+                    shared.apply(snap)
+                });
+                match result {
+                    Ok(bound) => {
+                        version += 1;
+                        for (name, addr) in bound {
+                            println!("listener {name} {addr}");
+                        }
+                        println!("config applied version {version}");
+                    }
+                    Err(e) => {
+                        shared
+                            .stats
+                            .config_rejected
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!(
+                            "config rejected, keeping version {}: {e:#}",
+                            shared.config.load().version
+                        );
+                        println!("config rejected: {e:#}");
+                    }
                 }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    if let Some(Sub::Init(a)) = args.command.take() {
-        return init(a);
+    match args.command.take() {
+        Some(Sub::Init(a)) => return init(a),
+        Some(Sub::Sidecar(a)) => return sidecar(a),
+        None => {}
     }
     let config = args
         .config
@@ -280,12 +442,6 @@ fn main() -> ExitCode {
         metrics: args.metrics_address,
         health: args.health_address,
     };
-    let bound_listeners: Vec<(String, std::net::SocketAddr)> = snapshot
-        .listeners
-        .values()
-        .filter(|l| l.bind)
-        .map(|l| (l.name.clone(), l.address))
-        .collect();
     let running = match start(snapshot, admin, opts) {
         Ok(r) => r,
         Err(e) => {
@@ -296,42 +452,12 @@ fn main() -> ExitCode {
     for (name, addr) in &running.listeners {
         println!("listener {name} {addr}");
     }
-    for (what, addr) in [
-        ("admin", running.admin),
-        ("metrics", running.metrics),
-        ("health", running.health),
-    ] {
-        if let Some(a) = addr {
-            println!("{what} {a}");
-        }
-    }
-    if let Err(e) = watch_config(
-        config,
-        loaded_bytes,
-        running.shared.clone(),
-        bound_listeners,
-    ) {
+    print_endpoints(&running);
+    if let Err(e) = watch_config(config, loaded_bytes, running.shared.clone()) {
         eprintln!("Warning: the config file will not be reloaded: {e:#}");
     }
     // The readiness line: every socket is bound and accepting, and config changes are followed.
     println!("ready");
-    let shared = running.shared.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        });
-        shared.shutdown();
-    });
-    running.wait();
+    wait_for_signal_then_drain(running);
     ExitCode::SUCCESS
 }

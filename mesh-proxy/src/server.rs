@@ -3,15 +3,16 @@
 //! (SO_REUSEPORT, so the kernel spreads connections) and its own upstream
 //! pools; the configuration is shared and swapped atomically.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{HttpManager, ListenerKind, Snapshot};
 use crate::http::Upstreams;
@@ -23,7 +24,25 @@ pub struct Shared {
     pub config: ArcSwap<Snapshot>,
     /// Counters.
     pub stats: Stats,
+    /// Whether a first configuration was applied (readiness; a sidecar on
+    /// xDS starts empty).
+    ready: AtomicBool,
     shutdown: watch::Sender<bool>,
+    binder: Mutex<Binder>,
+}
+
+/// The bound listeners and the workers that accept on them.
+struct Binder {
+    bound: BTreeMap<String, SocketAddr>,
+    workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
+}
+
+/// What a worker is told when the set of bound listeners changes.
+enum WorkerCommand {
+    /// Accept on this socket for listener `name`.
+    Accept(Arc<str>, std::net::TcpListener),
+    /// Stop accepting for listener `name` (its connections carry on).
+    Close(Arc<str>),
 }
 
 impl Shared {
@@ -37,10 +56,71 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
+    /// True once a configuration was applied.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Swaps in a new configuration; requests in flight keep the old one.
-    pub fn apply(&self, snapshot: Snapshot) {
+    ///
+    /// Listeners to bind that are new (or moved) are bound first: when one
+    /// cannot be bound nothing changes and the error says which. Listeners
+    /// that are gone stop accepting; their open connections finish.
+    /// Returns the newly bound listeners with their addresses.
+    pub fn apply(&self, snapshot: Snapshot) -> anyhow::Result<Vec<(String, SocketAddr)>> {
+        let mut binder = self.binder.lock().expect("binder lock");
+        let wanted: BTreeMap<String, SocketAddr> = snapshot
+            .listeners
+            .values()
+            .filter(|l| l.bind)
+            .map(|l| (l.name.clone(), l.address))
+            .collect();
+        let mut opened = Vec::new();
+        for (name, addr) in &wanted {
+            let same = binder
+                .bound
+                .get(name)
+                .is_some_and(|b| b == addr || (addr.port() == 0 && b.ip() == addr.ip()));
+            if same {
+                continue;
+            }
+            let sockets = bind_all(*addr, binder.workers.len())
+                .with_context(|| format!("listener {name}: cannot bind {addr}"))?;
+            opened.push((name.clone(), sockets));
+        }
         self.config.store(Arc::new(snapshot));
+        self.ready.store(true, Ordering::Release);
         self.stats.config_accepted.fetch_add(1, Ordering::Relaxed);
+        let closed: Vec<String> = binder
+            .bound
+            .keys()
+            .filter(|n| !wanted.contains_key(*n) || opened.iter().any(|(o, _)| o == *n))
+            .cloned()
+            .collect();
+        for name in closed {
+            binder.bound.remove(&name);
+            let name: Arc<str> = name.into();
+            for w in &binder.workers {
+                let _ = w.send(WorkerCommand::Close(name.clone()));
+            }
+        }
+        let mut added = Vec::new();
+        for (name, sockets) in opened {
+            let addr = sockets[0].local_addr()?;
+            binder.bound.insert(name.clone(), addr);
+            added.push((name.clone(), addr));
+            let name: Arc<str> = name.into();
+            for (w, s) in binder.workers.iter().zip(sockets) {
+                let _ = w.send(WorkerCommand::Accept(name.clone(), s));
+            }
+        }
+        Ok(added)
+    }
+
+    /// The bound listeners and their addresses.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let b = self.binder.lock().expect("binder lock");
+        b.bound.iter().map(|(n, a)| (n.clone(), *a)).collect()
     }
 }
 
@@ -93,39 +173,26 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Binds every listener and the admin endpoint, then starts the workers.
+/// One socket per worker on `addr` (port 0: the port the first one got).
+fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind(addr)?);
+    }
+    Ok(all)
+}
+
+/// Starts the workers and the admin endpoint, then applies `snapshot`
+/// (binding its listeners). An empty snapshot is fine: a sidecar on xDS
+/// binds its listeners when the first configuration arrives.
 pub fn start(
     snapshot: Snapshot,
     admin: Option<SocketAddr>,
     opts: Options,
 ) -> anyhow::Result<Running> {
     let concurrency = opts.concurrency.max(1);
-    let mut names: Vec<_> = snapshot
-        .listeners
-        .values()
-        .filter(|l| l.bind)
-        .map(|l| l.name.clone())
-        .collect();
-    names.sort();
-    // sockets[w] = the sockets of worker w, one per listener.
-    let mut sockets: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
-        (0..concurrency).map(|_| Vec::new()).collect();
-    let mut bound = Vec::new();
-    for name in &names {
-        let wanted = snapshot.listeners[name].address;
-        let first =
-            bind(wanted).with_context(|| format!("listener {name}: cannot bind {wanted}"))?;
-        let addr = first.local_addr()?;
-        bound.push((name.clone(), addr));
-        let name: Arc<str> = name.as_str().into();
-        sockets[0].push((name.clone(), first));
-        for w in sockets.iter_mut().skip(1) {
-            w.push((
-                name.clone(),
-                bind(addr).with_context(|| format!("listener {name}: cannot bind {addr}"))?,
-            ));
-        }
-    }
     use crate::admin::Scope;
     let mut endpoints = Vec::new();
     let mut bound_endpoint = |addr: Option<SocketAddr>,
@@ -144,21 +211,33 @@ pub fn start(
     let metrics_addr = bound_endpoint(opts.metrics, Scope::Metrics, "metrics")?;
     let health_addr = bound_endpoint(opts.health, Scope::Health, "health")?;
     let (tx, _) = watch::channel(false);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..concurrency).map(|_| mpsc::unbounded_channel()).unzip();
     let shared = Arc::new(Shared {
-        config: ArcSwap::from_pointee(snapshot),
+        config: ArcSwap::from_pointee(Snapshot::empty()),
         stats: Stats::default(),
+        ready: AtomicBool::new(false),
         shutdown: tx,
+        binder: Mutex::new(Binder {
+            bound: BTreeMap::new(),
+            workers: senders,
+        }),
     });
     let mut workers = Vec::new();
-    for (w, socks) in sockets.into_iter().enumerate() {
+    for (w, commands) in receivers.into_iter().enumerate() {
         let shared = shared.clone();
         let drain = opts.drain_timeout;
         workers.push(
             std::thread::Builder::new()
                 .name(format!("worker-{w}"))
-                .spawn(move || worker(socks, shared, drain))?,
+                .spawn(move || worker(commands, shared, drain))?,
         );
     }
+    let bound = if snapshot.listeners.is_empty() && snapshot.clusters.is_empty() {
+        Vec::new()
+    } else {
+        shared.apply(snapshot)?
+    };
     if !endpoints.is_empty() {
         let shared = shared.clone();
         workers.push(
@@ -220,7 +299,11 @@ impl Drop for ConnectionGuard {
     }
 }
 
-fn worker(sockets: Vec<(Arc<str>, std::net::TcpListener)>, shared: Arc<Shared>, drain: Duration) {
+fn worker(
+    mut commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    shared: Arc<Shared>,
+    drain: Duration,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,20 +311,35 @@ fn worker(sockets: Vec<(Arc<str>, std::net::TcpListener)>, shared: Arc<Shared>, 
     rt.block_on(async move {
         let conns = Arc::new(Connections::default());
         let upstreams = Upstreams::new();
-        let mut loops = Vec::new();
-        for (name, sock) in sockets {
-            let listener = tokio::net::TcpListener::from_std(sock).expect("listener");
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                name,
-                shared.clone(),
-                upstreams.clone(),
-                conns.clone(),
-            )));
-        }
+        let mut loops: HashMap<Arc<str>, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut stop = shared.shutdown.subscribe();
-        let _ = stop.wait_for(|s| *s).await;
-        for l in &loops {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                command = commands.recv() => match command {
+                    Some(WorkerCommand::Accept(name, sock)) => {
+                        let listener = tokio::net::TcpListener::from_std(sock).expect("listener");
+                        let task = tokio::spawn(accept_loop(
+                            listener,
+                            name.clone(),
+                            shared.clone(),
+                            upstreams.clone(),
+                            conns.clone(),
+                        ));
+                        if let Some(old) = loops.insert(name, task) {
+                            old.abort();
+                        }
+                    }
+                    Some(WorkerCommand::Close(name)) => {
+                        if let Some(old) = loops.remove(&name) {
+                            old.abort();
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        for l in loops.values() {
             l.abort();
         }
         // Drain: connections finish their requests (HTTP ones were told to close).

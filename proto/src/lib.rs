@@ -6,9 +6,11 @@
 //! - [`descriptors`]: the xDS descriptor pool, for reading Envoy-style
 //!   JSON/YAML (with `"@type"` Any fields) into those types ([`json`]) and
 //!   for walking every field a message sets ([`fields`]).
+//! - [`node`]: what a proxy tells pilot about itself, and the xDS type URLs.
 
 pub use envoy_types::pb::{envoy, google, xds};
 
 pub mod descriptors;
 pub mod fields;
 pub mod json;
+pub mod node;

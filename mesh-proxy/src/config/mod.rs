@@ -15,7 +15,9 @@ use std::time::Duration;
 use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proto::envoy::config::cluster::v3 as xcluster;
 use mesh_proto::envoy::config::core::v3 as xcore;
+use mesh_proto::envoy::config::endpoint::v3 as xendpoint;
 use mesh_proto::envoy::config::listener::v3 as xlistener;
+use mesh_proto::envoy::config::route::v3 as xroute;
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use mesh_proto::envoy::extensions::upstreams::http::v3 as upstream_http;
@@ -55,6 +57,8 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// The xDS resources this snapshot was built from, for `/config_dump`.
     pub resources: Resources,
+    /// Whether the resources came from xDS (else from the bootstrap file).
+    pub dynamic: bool,
 }
 
 /// The xDS resources of a snapshot.
@@ -64,6 +68,10 @@ pub struct Resources {
     pub listeners: Vec<xlistener::Listener>,
     /// Clusters.
     pub clusters: Vec<xcluster::Cluster>,
+    /// Route configurations that listeners name through RDS.
+    pub routes: Vec<xroute::RouteConfiguration>,
+    /// Endpoints of EDS clusters.
+    pub endpoints: Vec<xendpoint::ClusterLoadAssignment>,
 }
 
 /// A listener and what it does with its connections.
@@ -249,6 +257,46 @@ fn type_name(any: &Any) -> &str {
 }
 
 impl Snapshot {
+    /// No listeners, no clusters: what a sidecar has before its first xDS response.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: String::new(),
+            listeners: HashMap::new(),
+            clusters: HashMap::new(),
+            resources: Resources::default(),
+            dynamic: true,
+        }
+    }
+
+    /// Builds a snapshot from xDS resources, refusing any resource with a
+    /// field mesh-proxy does not apply (the error names the resource and
+    /// the field), so a NACK says exactly what was not understood.
+    pub fn from_xds(version: &str, resources: Resources) -> Result<Snapshot, ConfigError> {
+        fn checked<M: Message + prost::Name>(
+            kind: &str,
+            items: &[M],
+            name: impl Fn(&M) -> &str,
+        ) -> Result<(), ConfigError> {
+            for item in items {
+                if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(item)) {
+                    let p = &problems[0];
+                    return Err(err(
+                        format!("{kind}[{}].{}", name(item), p.path),
+                        p.message.clone(),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        checked("listeners", &resources.listeners, |l| &l.name)?;
+        checked("routes", &resources.routes, |r| &r.name)?;
+        checked("clusters", &resources.clusters, |c| &c.name)?;
+        checked("endpoints", &resources.endpoints, |e| &e.cluster_name)?;
+        let mut snap = Snapshot::build(version, resources, "")?;
+        snap.dynamic = true;
+        Ok(snap)
+    }
+
     /// The listener that takes connections originally meant for `dst`:
     /// the one with exactly that address, else the one on `0.0.0.0`/`::`
     /// with that port.
@@ -285,6 +333,7 @@ impl Snapshot {
             Resources {
                 listeners: res.listeners,
                 clusters: res.clusters,
+                ..Resources::default()
             },
             "static_resources.",
         )?;
@@ -292,15 +341,24 @@ impl Snapshot {
     }
 
     /// Builds a snapshot from resources; `prefix` is prepended to error paths.
+    ///
+    /// Routes and endpoints that listeners and clusters name but that have
+    /// not arrived yet are empty (404, 503) until they do, as in Envoy.
     pub fn build(
         version: &str,
         resources: Resources,
         prefix: &str,
     ) -> Result<Snapshot, ConfigError> {
+        let assignments: HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)> = resources
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.cluster_name.as_str(), (i, a)))
+            .collect();
         let mut clusters = HashMap::new();
         for (i, c) in resources.clusters.iter().enumerate() {
             let path = format!("{prefix}clusters[{i}]");
-            let cluster = build_cluster(c, &path)?;
+            let cluster = build_cluster(c, &path, &assignments)?;
             if clusters.insert(c.name.clone(), Arc::new(cluster)).is_some() {
                 return Err(err(
                     format!("{path}.name"),
@@ -314,7 +372,7 @@ impl Snapshot {
             if listeners
                 .insert(
                     l.name.clone(),
-                    Arc::new(build_listener(l, &path, &clusters)?),
+                    Arc::new(build_listener(l, &path, &clusters, &resources.routes)?),
                 )
                 .is_some()
             {
@@ -329,21 +387,40 @@ impl Snapshot {
             listeners,
             clusters,
             resources,
+            dynamic: false,
         })
     }
 }
 
-fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigError> {
+fn build_cluster(
+    c: &xcluster::Cluster,
+    path: &str,
+    assignments: &HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)>,
+) -> Result<Cluster, ConfigError> {
     use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as X};
     if c.name.is_empty() {
         return Err(err(format!("{path}.name"), "a cluster needs a name"));
     }
-    let original_dst = match c.cluster_discovery_type {
-        None => false,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => false,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32 => true,
-        _ => return Err(err(format!("{path}.type"), "use STATIC or ORIGINAL_DST")),
+    let (original_dst, eds) = match c.cluster_discovery_type {
+        None => (false, false),
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => (false, false),
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32 => {
+            (true, false)
+        }
+        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32 => (false, true),
+        _ => {
+            return Err(err(
+                format!("{path}.type"),
+                "use STATIC, EDS or ORIGINAL_DST",
+            ));
+        }
     };
+    if eds && c.load_assignment.is_some() {
+        return Err(err(
+            format!("{path}.load_assignment"),
+            "an EDS cluster takes its endpoints from EDS",
+        ));
+    }
     let lb = match X::try_from(c.lb_policy) {
         Ok(X::RoundRobin) => LbPolicy::RoundRobin,
         Ok(X::LeastRequest) => LbPolicy::LeastRequest,
@@ -363,10 +440,25 @@ fn build_cluster(c: &xcluster::Cluster, path: &str) -> Result<Cluster, ConfigErr
         ));
     }
     let mut endpoints = Vec::new();
-    if let Some(la) = &c.load_assignment {
+    let assignment = if eds {
+        let service = c
+            .eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&c.name);
+        assignments
+            .get(service)
+            .map(|(k, a)| (*a, format!("endpoints[{k}]")))
+    } else {
+        c.load_assignment
+            .as_ref()
+            .map(|a| (a, format!("{path}.load_assignment")))
+    };
+    if let Some((la, lpath)) = assignment {
         for (i, group) in la.endpoints.iter().enumerate() {
             for (j, lb_ep) in group.lb_endpoints.iter().enumerate() {
-                let epath = format!("{path}.load_assignment.endpoints[{i}].lb_endpoints[{j}]");
+                let epath = format!("{lpath}.endpoints[{i}].lb_endpoints[{j}]");
                 use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
                 let Some(HostIdentifier::Endpoint(ep)) = &lb_ep.host_identifier else {
                     return Err(err(&epath, "an endpoint with an address is required"));
@@ -423,6 +515,7 @@ fn build_listener(
     l: &xlistener::Listener,
     path: &str,
     clusters: &HashMap<String, Arc<Cluster>>,
+    routes: &[xroute::RouteConfiguration],
 ) -> Result<Listener, ConfigError> {
     let address = socket_address(&l.address, &format!("{path}.address"))?;
     let [chain] = l.filter_chains.as_slice() else {
@@ -445,7 +538,7 @@ fn build_listener(
     let kind = match type_name(any) {
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
             let m: hcm::HttpConnectionManager = unpack(any, &fpath)?;
-            ListenerKind::Http(Arc::new(build_http(&m, &fpath, clusters)?))
+            ListenerKind::Http(Arc::new(build_http(&m, &fpath, clusters, routes)?))
         }
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
             let t: tcp_proxy::TcpProxy = unpack(any, &fpath)?;
@@ -488,13 +581,24 @@ fn build_http(
     m: &hcm::HttpConnectionManager,
     path: &str,
     clusters: &HashMap<String, Arc<Cluster>>,
+    routes: &[xroute::RouteConfiguration],
 ) -> Result<HttpManager, ConfigError> {
     use hcm::http_connection_manager::RouteSpecifier;
-    let Some(RouteSpecifier::RouteConfig(rc)) = &m.route_specifier else {
-        return Err(err(
-            format!("{path}.route_config"),
-            "an inline route_config is required",
-        ));
+    let pending = xroute::RouteConfiguration::default();
+    let (rc, rc_path) = match &m.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => (rc, format!("{path}.route_config")),
+        Some(RouteSpecifier::Rds(rds)) => {
+            match routes.iter().position(|r| r.name == rds.route_config_name) {
+                Some(k) => (&routes[k], format!("routes[{k}]")),
+                None => (&pending, format!("{path}.rds")),
+            }
+        }
+        _ => {
+            return Err(err(
+                format!("{path}.route_config"),
+                "an inline route_config or rds is required",
+            ));
+        }
     };
     for (i, f) in m.http_filters.iter().enumerate() {
         use hcm::http_filter::ConfigType;
@@ -514,6 +618,6 @@ fn build_http(
     Ok(HttpManager {
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
-        routes: RouteTable::build(rc, &format!("{path}.route_config"), clusters)?,
+        routes: RouteTable::build(rc, &rc_path, clusters)?,
     })
 }

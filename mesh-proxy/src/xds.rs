@@ -1,0 +1,225 @@
+//! The xDS client: one incremental (Delta) aggregated stream to pilot.
+//!
+//! The proxy subscribes to every listener, route, cluster and endpoint
+//! pilot has for it (wildcard). Each response is checked by building the
+//! whole configuration it would lead to; only a configuration that builds
+//! (and whose listeners bind) is swapped in and ACKed. Anything else is
+//! NACKed with the reason and the last good configuration keeps serving.
+//! When pilot goes away the proxy keeps serving and reconnects with
+//! backoff, telling pilot which versions it holds so that only changes are
+//! sent again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::envoy::config::core::v3::Node;
+use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use mesh_proto::google::rpc::Status;
+use mesh_proto::node::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::config::{ConfigError, Resources, Snapshot};
+use crate::server::Shared;
+
+/// What happened on the stream, for the caller to report.
+#[derive(Debug)]
+pub enum Event {
+    /// The stream to pilot is up.
+    Connected,
+    /// The stream broke; the proxy keeps its configuration and retries.
+    Disconnected(String),
+    /// A configuration was swapped in; listeners bound by it are listed.
+    Applied {
+        /// The configuration version.
+        version: String,
+        /// Listeners newly bound.
+        bound: Vec<(String, SocketAddr)>,
+    },
+    /// A response was refused (NACKed); the old configuration serves on.
+    Rejected {
+        /// The xDS type of the response.
+        type_url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Resources held, per type URL: name → (version, encoded resource).
+type Held = HashMap<&'static str, BTreeMap<String, (String, Vec<u8>)>>;
+
+fn decode_all<M: Message + Default>(held: &Held, type_url: &str) -> Result<Vec<M>, ConfigError> {
+    held.get(type_url)
+        .into_iter()
+        .flatten()
+        .map(|(name, (_, bytes))| {
+            M::decode(bytes.as_slice()).map_err(|e| ConfigError {
+                path: format!("{}[{name}]", mesh_proto::node::short_type(type_url)),
+                message: format!("cannot decode: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn resources(held: &Held) -> Result<Resources, ConfigError> {
+    Ok(Resources {
+        listeners: decode_all(held, LISTENER_TYPE)?,
+        clusters: decode_all(held, CLUSTER_TYPE)?,
+        routes: decode_all(held, ROUTE_TYPE)?,
+        endpoints: decode_all(held, ENDPOINT_TYPE)?,
+    })
+}
+
+fn known_type(type_url: &str) -> Option<&'static str> {
+    PUSH_ORDER.into_iter().find(|t| *t == type_url)
+}
+
+/// Follows pilot at `address` (`host:port`) for ever.
+pub async fn run(address: String, node: Node, shared: Arc<Shared>, mut report: impl FnMut(Event)) {
+    let mut held: Held = HashMap::new();
+    // Types pilot answered at least once: the first configuration is
+    // applied only when all four arrived, so a listener never serves
+    // before its routes and clusters exist.
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome = stream_once(
+            &address,
+            &node,
+            &shared,
+            &mut held,
+            &mut seen,
+            &mut report,
+            &mut backoff,
+        )
+        .await;
+        report(Event::Disconnected(outcome));
+        if shared.draining() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_once(
+    address: &str,
+    node: &Node,
+    shared: &Shared,
+    held: &mut Held,
+    seen: &mut Vec<&'static str>,
+    report: &mut impl FnMut(Event),
+    backoff: &mut Duration,
+) -> String {
+    let mut client =
+        match AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await {
+            Ok(c) => c,
+            Err(e) => return format!("cannot connect to {address}: {e}"),
+        };
+    let (tx, rx) = mpsc::unbounded_channel();
+    for type_url in PUSH_ORDER {
+        let initial_resource_versions = held
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .map(|(n, (v, _))| (n.clone(), v.clone()))
+            .collect();
+        let _ = tx.send(DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: type_url.to_owned(),
+            initial_resource_versions,
+            ..Default::default()
+        });
+    }
+    let response = client
+        .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await;
+    let mut responses = match response {
+        Ok(r) => r.into_inner(),
+        Err(e) => return format!("pilot refused the stream: {}", e.message()),
+    };
+    report(Event::Connected);
+    *backoff = Duration::from_millis(100);
+    loop {
+        let r: DeltaDiscoveryResponse = match responses.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return "pilot closed the stream".into(),
+            Err(e) => return format!("stream error: {}", e.message()),
+        };
+        let error = handle(&r, shared, held, seen, report).err();
+        if let Some(reason) = &error {
+            report(Event::Rejected {
+                type_url: r.type_url.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let _ = tx.send(DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            error_detail: error.map(|message| Status {
+                code: 3, // INVALID_ARGUMENT
+                message,
+                details: vec![],
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+/// Applies one response to a copy of what is held; keeps the copy only
+/// when the whole configuration builds and applies.
+fn handle(
+    r: &DeltaDiscoveryResponse,
+    shared: &Shared,
+    held: &mut Held,
+    seen: &mut Vec<&'static str>,
+    report: &mut impl FnMut(Event),
+) -> Result<(), String> {
+    let Some(type_url) = known_type(&r.type_url) else {
+        return Err(format!("type {} is not supported", r.type_url));
+    };
+    let mut next = held.clone();
+    let of_type = next.entry(type_url).or_default();
+    for name in &r.removed_resources {
+        of_type.remove(name);
+    }
+    for res in &r.resources {
+        let Some(any) = &res.resource else {
+            return Err(format!("resource {} has no body", res.name));
+        };
+        if any.type_url != r.type_url {
+            return Err(format!(
+                "resource {} is a {}, the response is for {}",
+                res.name, any.type_url, r.type_url
+            ));
+        }
+        of_type.insert(res.name.clone(), (res.version.clone(), any.value.clone()));
+    }
+    let complete = PUSH_ORDER
+        .iter()
+        .all(|t| *t == type_url || seen.contains(t));
+    let label = if r.system_version_info.is_empty() {
+        r.nonce.clone()
+    } else {
+        r.system_version_info.clone()
+    };
+    let snapshot = resources(&next)
+        .and_then(|res| Snapshot::from_xds(&label, res))
+        .map_err(|e| e.to_string())?;
+    if complete {
+        let bound = shared.apply(snapshot).map_err(|e| format!("{e:#}"))?;
+        report(Event::Applied {
+            version: label,
+            bound,
+        });
+    }
+    if !seen.contains(&type_url) {
+        seen.push(type_url);
+    }
+    *held = next;
+    Ok(())
+}

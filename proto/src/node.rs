@@ -1,0 +1,163 @@
+//! Who a proxy is, as it tells pilot in the xDS `Node`: the metadata keys
+//! Istio's proxies send (`NAMESPACE`, `LABELS`, `INSTANCE_IPS`,
+//! `WORKLOAD_NAME`, `SERVICE_ACCOUNT`), so an Envoy bootstrap written for
+//! Istio works unchanged, and the xDS type URLs both sides use.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::envoy::config::core::v3::Node;
+use crate::google::protobuf::{Struct, Value, value::Kind};
+
+/// Type URL of listeners (LDS).
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// Type URL of route configurations (RDS).
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// Type URL of clusters (CDS).
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// Type URL of endpoints (EDS).
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The four types in the order a proxy should apply them (clusters before
+/// the endpoints that fill them, listeners before the routes they name),
+/// the order Envoy's documentation asks a management server to push in.
+pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+
+/// A short name of a type URL for logs and status (`CDS`, `EDS`, `LDS`, `RDS`).
+pub fn short_type(type_url: &str) -> &str {
+    match type_url {
+        LISTENER_TYPE => "LDS",
+        ROUTE_TYPE => "RDS",
+        CLUSTER_TYPE => "CDS",
+        ENDPOINT_TYPE => "EDS",
+        other => other.rsplit('.').next().unwrap_or(other),
+    }
+}
+
+/// What a proxy says about its workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeMeta {
+    /// The node id (unique per proxy).
+    pub id: String,
+    /// Namespace of the workload.
+    pub namespace: String,
+    /// Workload (pod) name; with an address, the proxy registers it.
+    pub workload: String,
+    /// The workload's IP.
+    pub ip: Option<IpAddr>,
+    /// The workload's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The workload's service account.
+    pub service_account: String,
+}
+
+fn string(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.to_owned())),
+    }
+}
+
+fn get_string<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
+    match s.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(v) => Some(v),
+        _ => None,
+    }
+}
+
+impl NodeMeta {
+    /// The xDS node carrying this metadata.
+    pub fn to_node(&self) -> Node {
+        let mut fields = std::collections::HashMap::new();
+        fields.insert("NAMESPACE".into(), string(&self.namespace));
+        if !self.workload.is_empty() {
+            fields.insert("WORKLOAD_NAME".into(), string(&self.workload));
+        }
+        if let Some(ip) = self.ip {
+            fields.insert("INSTANCE_IPS".into(), string(&ip.to_string()));
+        }
+        if !self.service_account.is_empty() {
+            fields.insert("SERVICE_ACCOUNT".into(), string(&self.service_account));
+        }
+        let labels = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), string(v)))
+            .collect();
+        fields.insert(
+            "LABELS".into(),
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields: labels })),
+            },
+        );
+        Node {
+            id: self.id.clone(),
+            cluster: self.workload.clone(),
+            metadata: Some(Struct { fields }),
+            ..Node::default()
+        }
+    }
+
+    /// Reads a node's metadata. Missing keys stay empty; the namespace
+    /// defaults to `default`. `INSTANCE_IPS` may list several addresses
+    /// (comma-separated); the first that parses is the workload's.
+    pub fn from_node(node: &Node) -> NodeMeta {
+        let empty = Struct::default();
+        let md = node.metadata.as_ref().unwrap_or(&empty);
+        let labels = match md.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StructValue(s)) => s
+                .fields
+                .iter()
+                .filter_map(|(k, v)| match &v.kind {
+                    Some(Kind::StringValue(v)) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        NodeMeta {
+            id: node.id.clone(),
+            namespace: get_string(md, "NAMESPACE")
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default")
+                .to_owned(),
+            workload: get_string(md, "WORKLOAD_NAME")
+                .unwrap_or_default()
+                .to_owned(),
+            ip: get_string(md, "INSTANCE_IPS")
+                .and_then(|ips| ips.split(',').find_map(|ip| ip.trim().parse().ok())),
+            labels,
+            service_account: get_string(md, "SERVICE_ACCOUNT")
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_and_reads_istio_style_nodes() {
+        let meta = NodeMeta {
+            id: "sidecar~10.250.0.2~svca-1.default~default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            workload: "svca-1".into(),
+            ip: Some("10.250.0.2".parse().unwrap()),
+            labels: [("app".to_owned(), "svca".to_owned())].into(),
+            service_account: "svca".into(),
+        };
+        assert_eq!(NodeMeta::from_node(&meta.to_node()), meta);
+        let mut node = meta.to_node();
+        node.metadata
+            .as_mut()
+            .unwrap()
+            .fields
+            .insert("INSTANCE_IPS".into(), string("fe80::1%eth0,10.250.0.9"));
+        node.metadata.as_mut().unwrap().fields.remove("NAMESPACE");
+        let read = NodeMeta::from_node(&node);
+        assert_eq!(read.ip, Some("10.250.0.9".parse().unwrap()));
+        assert_eq!(read.namespace, "default");
+    }
+}
