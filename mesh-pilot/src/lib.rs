@@ -5,8 +5,14 @@
 //! - [`translate`]: registry + rules → the xDS resources one proxy needs
 //!   (pure functions).
 //!
-//! The ADS server and the registries arrive with the rest of the pilot issue.
+//! - [`world`]: the inputs of translation (rules, registry, registered
+//!   proxies), kept current and debounced.
+//! - [`ads`]: the ADS server (State-of-the-World and Delta) and the sync
+//!   status of every proxy; [`debug`]: its HTTP view.
 
+pub mod ads;
+pub mod debug;
 pub mod registry;
 pub mod store;
 pub mod translate;
+pub mod world;

@@ -154,11 +154,11 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
                         println!("listener {name} {addr}");
                     }
                     println!("config applied version {version}");
-                    release_freed_memory();
                     if std::mem::take(&mut first) {
                         println!("ready");
                     }
                 }
+                Event::Idle => release_freed_memory(),
                 Event::Rejected { type_url, reason } => {
                     eprintln!("config rejected ({type_url}): {reason}");
                     println!("config rejected: {reason}");

@@ -39,6 +39,8 @@ pub enum Event {
         /// Listeners newly bound.
         bound: Vec<(String, SocketAddr)>,
     },
+    /// No response for a while: memory used for checking was let go.
+    Idle,
     /// A response was refused (NACKed); the old configuration serves on.
     Rejected {
         /// The xDS type of the response.
@@ -144,13 +146,30 @@ async fn stream_once(
     };
     report(Event::Connected);
     *backoff = Duration::from_millis(100);
+    // The descriptor pool checks incoming resources. It is kept while
+    // responses come in bursts and let go when the stream is quiet, so an
+    // idle sidecar does not hold it.
+    let mut checking = None;
     loop {
-        let r: DeltaDiscoveryResponse = match responses.message().await {
+        let next = if checking.is_some() {
+            match tokio::time::timeout(Duration::from_secs(2), responses.message()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    checking = None;
+                    report(Event::Idle);
+                    continue;
+                }
+            }
+        } else {
+            responses.message().await
+        };
+        let r: DeltaDiscoveryResponse = match next {
             Ok(Some(r)) => r,
             Ok(None) => return "pilot closed the stream".into(),
             Err(e) => return format!("stream error: {}", e.message()),
         };
-        let error = handle(&r, shared, held, seen, report).err();
+        let pool = checking.get_or_insert_with(mesh_proto::descriptors::pool);
+        let error = handle(&r, pool, shared, held, seen, report).err();
         if let Some(reason) = &error {
             report(Event::Rejected {
                 type_url: r.type_url.clone(),
@@ -174,6 +193,7 @@ async fn stream_once(
 /// when the whole configuration builds and applies.
 fn handle(
     r: &DeltaDiscoveryResponse,
+    pool: &prost_reflect::DescriptorPool,
     shared: &Shared,
     held: &mut Held,
     seen: &mut Vec<&'static str>,
@@ -197,6 +217,8 @@ fn handle(
                 res.name, any.type_url, r.type_url
             ));
         }
+        crate::config::check_resource(pool, type_url, &res.name, &any.value)
+            .map_err(|e| e.to_string())?;
         of_type.insert(res.name.clone(), (res.version.clone(), any.value.clone()));
     }
     let complete = PUSH_ORDER

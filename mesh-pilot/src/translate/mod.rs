@@ -11,6 +11,7 @@
 //!   `0.0.0.0_<port>` (outbound HTTP, routed by Host), `<vip>_<port>`
 //!   (outbound TCP) and `<pod-ip>_<port>` (inbound).
 
+mod ads;
 mod build;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use mesh_rules::registry::{
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
+pub use ads::{AdsResources, for_ads};
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 /// What the outbound capture does with destinations nothing configures.

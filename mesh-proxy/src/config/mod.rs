@@ -247,6 +247,32 @@ pub(crate) fn socket_address(
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Refuses a resource as xDS carries it (`type_url`, encoded bytes) when it
+/// sets a field mesh-proxy does not apply; the error names the resource
+/// (`LDS[name]`) and the field, so the NACK says exactly what was not
+/// understood.
+pub fn check_resource(
+    pool: &prost_reflect::DescriptorPool,
+    type_url: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), ConfigError> {
+    let kind = mesh_proto::node::short_type(type_url);
+    let full = type_url.rsplit('/').next().unwrap_or_default();
+    let Some(desc) = pool.get_message_by_name(full) else {
+        return Err(err(
+            format!("{kind}[{name}]"),
+            format!("type {full} is not supported"),
+        ));
+    };
+    let msg = prost_reflect::DynamicMessage::decode(desc, bytes)
+        .map_err(|e| err(format!("{kind}[{name}]"), format!("cannot decode: {e}")))?;
+    support::check(&msg).map_err(|problems| {
+        let p = &problems[0];
+        err(format!("{kind}[{name}].{}", p.path), p.message.clone())
+    })
+}
+
 fn unpack<M: Message + Default + prost::Name>(any: &Any, path: &str) -> Result<M, ConfigError> {
     M::decode(any.value.as_slice())
         .map_err(|e| err(path, format!("cannot decode {}: {e}", M::full_name())))
@@ -268,30 +294,9 @@ impl Snapshot {
         }
     }
 
-    /// Builds a snapshot from xDS resources, refusing any resource with a
-    /// field mesh-proxy does not apply (the error names the resource and
-    /// the field), so a NACK says exactly what was not understood.
+    /// Builds a snapshot from xDS resources. Each resource is expected to
+    /// have passed [`check_resource`] when it arrived.
     pub fn from_xds(version: &str, resources: Resources) -> Result<Snapshot, ConfigError> {
-        fn checked<M: Message + prost::Name>(
-            kind: &str,
-            items: &[M],
-            name: impl Fn(&M) -> &str,
-        ) -> Result<(), ConfigError> {
-            for item in items {
-                if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(item)) {
-                    let p = &problems[0];
-                    return Err(err(
-                        format!("{kind}[{}].{}", name(item), p.path),
-                        p.message.clone(),
-                    ));
-                }
-            }
-            Ok(())
-        }
-        checked("listeners", &resources.listeners, |l| &l.name)?;
-        checked("routes", &resources.routes, |r| &r.name)?;
-        checked("clusters", &resources.clusters, |c| &c.name)?;
-        checked("endpoints", &resources.endpoints, |e| &e.cluster_name)?;
         let mut snap = Snapshot::build(version, resources, "")?;
         snap.dynamic = true;
         Ok(snap)

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod netns;
+#[allow(unused_imports)]
+pub use mesh_testbed::netns;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

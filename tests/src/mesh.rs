@@ -1,0 +1,388 @@
+//! A mesh in a [`World`]: pilot in the node namespace (xDS on the bridge
+//! address), pods with real capture and a sidecar following pilot, apps,
+//! and `meshctl` writing the rule store pilot watches.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::netns::{APP, POD_NET, World};
+use crate::{Lines, binary, envoy_binary, eventually};
+
+/// Which proxy a pod runs as its sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sidecar {
+    /// `mesh-proxy sidecar` on a Delta ADS stream.
+    MeshProxy,
+    /// An unmodified Envoy bootstrapped only with the ADS cluster
+    /// (State-of-the-World).
+    Envoy,
+}
+
+/// A pod: a namespace on the bridge, maybe with a sidecar.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Its namespace.
+    pub ns: String,
+    /// Its IP.
+    pub ip: Ipv4Addr,
+    /// Its xDS node id.
+    pub node_id: String,
+    /// Its sidecar, if any.
+    pub sidecar: Option<Sidecar>,
+}
+
+/// pilot's xDS port on the bridge.
+pub const XDS_PORT: u16 = 15010;
+
+/// A mesh: the world, a folder for its files, the rule store and pilot.
+pub struct Mesh {
+    /// Files of this mesh (store, registry, app logs, bootstraps); 0755 so
+    /// the proxy user can read what it needs.
+    pub dir: tempfile::TempDir,
+    /// The rule store folder.
+    pub store: PathBuf,
+    /// The registry file pilot follows.
+    pub registry: PathBuf,
+    pilot: Option<(u32, Lines)>,
+    /// The namespaces and processes (dropped last).
+    pub world: World,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh::new()
+    }
+}
+
+impl Mesh {
+    /// An empty world with an empty store and registry; pilot not started.
+    pub fn new() -> Mesh {
+        let world = World::new();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = dir.path().join("store");
+        let registry = dir.path().join("registry.yaml");
+        std::fs::write(&registry, "services: []\n").unwrap();
+        Mesh {
+            dir,
+            store,
+            registry,
+            pilot: None,
+            world,
+        }
+    }
+
+    /// pilot's xDS address, reachable from every pod.
+    pub fn xds_address(&self) -> String {
+        format!("{POD_NET}.1:{XDS_PORT}")
+    }
+
+    /// Replaces the registry file (pilot reloads it).
+    pub fn write_registry(&self, yaml: &str) {
+        let tmp = self.registry.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.registry).unwrap();
+    }
+
+    /// Starts pilot in the node namespace and waits for `ready`.
+    pub fn start_pilot(&mut self) {
+        let pilot = binary("mesh-pilot");
+        let (store, registry, xds) = (
+            self.store.to_str().unwrap().to_owned(),
+            self.registry.to_str().unwrap().to_owned(),
+            self.xds_address(),
+        );
+        let node = self.world.node.clone();
+        let child = self.world.spawn(
+            &node,
+            None,
+            &[
+                pilot.to_str().unwrap(),
+                "--store",
+                &store,
+                "--registry",
+                &registry,
+                "--xds-address",
+                &xds,
+                "--debug-address",
+                "127.0.0.1:15014",
+            ],
+            Stdio::piped(),
+        );
+        let pid = child.id();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        lines.wait_for("ready", Duration::from_secs(30));
+        self.pilot = Some((pid, lines));
+    }
+
+    /// Kills pilot (SIGKILL: no goodbye to the proxies).
+    pub fn kill_pilot(&mut self) {
+        if let Some((pid, _)) = self.pilot.take() {
+            self.world.kill(pid);
+        }
+    }
+
+    /// pilot's `/debug/...` answer as JSON.
+    pub fn pilot_debug(&self, path: &str) -> serde_json::Value {
+        let (code, out) = self.world.exec(
+            &self.world.node,
+            &["curl", "-s", &format!("http://127.0.0.1:15014{path}")],
+        );
+        assert_eq!(code, 0, "pilot's debug endpoint did not answer");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Waits until pilot has sent `pod`'s proxy a configuration computed
+    /// from rule store revision `revision` or later, and the proxy ACKed
+    /// every type of it (SYNCED).
+    pub fn wait_synced(&self, pod: &Pod, revision: u64) {
+        eventually(
+            &format!("{} to be SYNCED at revision {revision}", pod.node_id),
+            Duration::from_secs(20),
+            || {
+                let proxies = self.pilot_debug("/debug/syncz");
+                proxies.as_array()?.iter().find(|p| {
+                    p["node"] == pod.node_id.as_str()
+                        && p["rules_revision"].as_u64() >= Some(revision)
+                        && p["states"]
+                            .as_object()
+                            .is_some_and(|s| s.len() == 4 && s.values().all(|v| v == "SYNCED"))
+                })?;
+                Some(())
+            },
+        );
+    }
+
+    /// Adds a pod with `labels`; with a sidecar, programs capture and
+    /// starts the proxy as uid 1337, and waits until it serves its first
+    /// configuration from pilot.
+    pub fn pod(&mut self, name: &str, labels: &[(&str, &str)], sidecar: Option<Sidecar>) -> Pod {
+        let (ns, ip) = self.world.host(name);
+        let node_id = format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
+        let pod = Pod {
+            ns,
+            ip,
+            node_id,
+            sidecar,
+        };
+        let labels_arg = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        match sidecar {
+            None => {}
+            Some(kind) => {
+                let proxy = binary("mesh-proxy");
+                let (code, out) = self.world.exec(&pod.ns, &[proxy.to_str().unwrap(), "init"]);
+                assert_eq!(code, 0, "mesh-proxy init failed in {}: {out}", pod.ns);
+                match kind {
+                    Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg),
+                    Sidecar::Envoy => self.start_envoy(&pod, name, labels),
+                }
+            }
+        }
+        pod
+    }
+
+    fn start_mesh_proxy(&mut self, pod: &Pod, name: &str, labels: &str) {
+        let proxy = binary("mesh-proxy");
+        let (xds, ip) = (self.xds_address(), pod.ip.to_string());
+        let child = self.world.spawn(
+            &pod.ns,
+            Some(1337),
+            &[
+                proxy.to_str().unwrap(),
+                "sidecar",
+                "--xds-address",
+                &xds,
+                "--workload",
+                name,
+                "--ip",
+                &ip,
+                "--labels",
+                labels,
+                "--node-id",
+                &pod.node_id,
+                "--concurrency",
+                "1",
+            ],
+            Stdio::piped(),
+        );
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        lines.wait_for("ready", Duration::from_secs(30));
+        // Keep reading so the proxy never blocks on a full pipe.
+        std::thread::spawn(move || while lines.rx.recv().is_ok() {});
+    }
+
+    fn start_envoy(&mut self, pod: &Pod, name: &str, labels: &[(&str, &str)]) {
+        let labels_yaml = labels
+            .iter()
+            .map(|(k, v)| format!("{k}: \"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (xds_ip, xds_port) = (format!("{POD_NET}.1"), XDS_PORT);
+        let bootstrap = format!(
+            r#"node:
+  id: "{id}"
+  cluster: "{name}"
+  metadata:
+    NAMESPACE: default
+    WORKLOAD_NAME: "{name}"
+    INSTANCE_IPS: "{ip}"
+    LABELS: {{{labels_yaml}}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{cluster_name: xds-grpc}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}
+"#,
+            id = pod.node_id,
+            ip = pod.ip,
+        );
+        let path = self.dir.path().join(format!("{name}-envoy.yaml"));
+        std::fs::write(&path, bootstrap).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let envoy = envoy_binary();
+        self.world.spawn(
+            &pod.ns,
+            Some(1337),
+            &[
+                envoy.to_str().unwrap(),
+                "-c",
+                path.to_str().unwrap(),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ],
+            Stdio::null(),
+        );
+        // Envoy's readiness signal: /ready says LIVE once its first xDS
+        // configuration is in force.
+        eventually(
+            &format!("envoy in {} to be LIVE", pod.ns),
+            Duration::from_secs(30),
+            || {
+                let (_, out) = self
+                    .world
+                    .exec(&pod.ns, &["curl", "-s", "http://127.0.0.1:15000/ready"]);
+                (out.trim() == "LIVE").then_some(())
+            },
+        );
+    }
+
+    /// Starts the test app (answers `NAME\n`, logs each request with its
+    /// headers) on `port` in `pod`; returns its log file.
+    pub fn app(&mut self, pod: &Pod, name: &str, port: u16) -> PathBuf {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = self.world.spawn(
+            &pod.ns,
+            None,
+            &[
+                "/usr/bin/python3",
+                "-c",
+                APP,
+                name,
+                &port.to_string(),
+                log.to_str().unwrap(),
+            ],
+            Stdio::piped(),
+        );
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        lines.wait_for("ready", Duration::from_secs(10));
+        log
+    }
+
+    /// Runs meshctl against the mesh's store; returns (exit code, stdout+stderr).
+    pub fn meshctl(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(binary("meshctl"))
+            .args(args)
+            .arg("--store")
+            .arg(&self.store)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Writes `yaml` to a file and runs `meshctl VERB -f FILE`; asserts
+    /// success and returns the store revision it reached.
+    pub fn apply_rules(&self, verb: &str, yaml: &str) -> u64 {
+        let path = self
+            .dir
+            .path()
+            .join(format!("rule-{}.yaml", fastrand_name()));
+        std::fs::write(&path, yaml).unwrap();
+        let (code, out) = self.meshctl(&[verb, "-f", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "meshctl {verb} failed: {out}");
+        // "Created config … at revision N" / "Updated config … to revision N"
+        out.lines()
+            .filter_map(|l| l.rsplit_once("revision ")?.1.trim().parse().ok())
+            .max()
+            .unwrap_or_else(|| panic!("no revision in meshctl's answer: {out}"))
+    }
+
+    /// curl in `pod` as an app would (not the proxy user, so captured).
+    pub fn curl(&self, pod: &Pod, args: &[&str]) -> (i32, String) {
+        let mut full = vec!["curl", "-s", "--max-time", "10"];
+        full.extend_from_slice(args);
+        self.world.exec(&pod.ns, &full)
+    }
+
+    /// Resolves service names to VIPs in every namespace.
+    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) {
+        self.world.set_names(names);
+    }
+}
+
+fn fastrand_name() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// Lines of an app's request log.
+pub fn requests(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Mesh's Drop kills pilot before the world goes (the world then kills
+/// everything else and removes the namespaces).
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.kill_pilot();
+    }
+}
