@@ -522,6 +522,9 @@ impl AggregatedDiscoveryService for Discovery {
             let mut s = Stream::new(id, &meta, this.status.clone(), "sotw");
             this.register(id, &meta);
             let mut worlds = this.worlds.clone();
+            if worlds.wait_for(|w| w.warm).await.is_err() {
+                return;
+            }
             let mut next = Some(first);
             let send = |p: Push| DiscoveryResponse {
                 version_info: p.version,
@@ -596,6 +599,9 @@ impl AggregatedDiscoveryService for Discovery {
             let mut s = Stream::new(id, &meta, this.status.clone(), "delta");
             this.register(id, &meta);
             let mut worlds = this.worlds.clone();
+            if worlds.wait_for(|w| w.warm).await.is_err() {
+                return;
+            }
             let mut next = Some(first);
             let send = |p: Push| DeltaDiscoveryResponse {
                 system_version_info: p.version,

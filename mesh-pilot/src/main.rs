@@ -30,6 +30,10 @@ struct Args {
     /// What proxies do with destinations no service or egress rule names.
     #[arg(long, value_enum, default_value = "registry-only")]
     outbound_policy: Outbound,
+    /// After starting, how long to let proxies of a previous pilot come
+    /// back and register their workloads before sending configuration.
+    #[arg(long, default_value = "1", value_name = "SECONDS")]
+    warmup: f64,
     /// The cluster DNS domain.
     #[arg(long, default_value = mesh_rules::registry::DEFAULT_DOMAIN)]
     domain: String,
@@ -116,7 +120,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Outbound::AllowAny => OutboundPolicy::AllowAny,
         },
     };
-    let (updates, worlds) = world::spawn(mesh, registry, rules.current());
+    let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
+    let (updates, worlds) = world::spawn(mesh, registry, rules.current(), warmup);
     if let Some(p) = args.registry.clone() {
         follow_registry(p, updates.clone())?;
     }

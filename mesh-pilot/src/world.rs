@@ -27,6 +27,11 @@ pub struct World {
     pub rules: Vec<Rule>,
     /// Mesh settings.
     pub mesh: MeshConfig,
+    /// False during the warm-up after pilot starts, while proxies that were
+    /// connected to a previous pilot come back and register their
+    /// workloads: nothing is sent before, so no proxy is told a workload
+    /// is gone just because it has not reconnected yet.
+    pub warm: bool,
 }
 
 /// A change of an input.
@@ -38,13 +43,21 @@ pub enum Update {
     Registry(Registry),
     /// A proxy connected with its workload (keyed by its connection).
     Register(u64, Workload),
-    /// That proxy's stream ended.
+    /// That proxy's stream ended; its workload goes after a grace period
+    /// unless a new stream registers it again (a reconnect is no churn).
     Unregister(u64),
+    /// The grace period of a registration ended.
+    Expire(u64),
+    /// The warm-up ended.
+    Warm,
 }
 
 /// Where updates go.
 #[derive(Clone)]
 pub struct Updates(mpsc::UnboundedSender<Update>);
+
+/// How long a disconnected proxy's workload stays registered.
+pub const REGISTRATION_GRACE: Duration = Duration::from_secs(3);
 
 impl Updates {
     /// Sends an update (ignored once pilot shuts down).
@@ -62,26 +75,45 @@ struct Inputs {
     mesh: MeshConfig,
     file: Registry,
     rules: Arc<store::Snapshot>,
-    registered: BTreeMap<u64, Workload>,
+    /// Registered workloads by (namespace, address): the connection that
+    /// registered it last, and the workload.
+    registered: BTreeMap<(String, std::net::IpAddr), (u64, Workload)>,
+    warm: bool,
 }
 
 impl Inputs {
-    fn apply(&mut self, u: Update) {
+    /// Applies an update; returns whether the world changed.
+    fn apply(&mut self, u: Update, updates: &Updates) -> bool {
         match u {
             Update::Rules(s) => self.rules = s,
             Update::Registry(r) => self.file = r,
             Update::Register(id, w) => {
-                self.registered.insert(id, w);
+                let key = (w.namespace.clone(), w.address);
+                let same = self.registered.get(&key).is_some_and(|(_, old)| *old == w);
+                self.registered.insert(key, (id, w));
+                return !same;
             }
             Update::Unregister(id) => {
-                self.registered.remove(&id);
+                let updates = updates.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REGISTRATION_GRACE).await;
+                    updates.send(Update::Expire(id));
+                });
+                return false;
             }
+            Update::Expire(id) => {
+                let before = self.registered.len();
+                self.registered.retain(|_, (owner, _)| *owner != id);
+                return self.registered.len() != before;
+            }
+            Update::Warm => self.warm = true,
         }
+        true
     }
 
     fn world(&self, generation: u64) -> World {
         let mut registry = self.file.clone();
-        for w in self.registered.values() {
+        for (_, w) in self.registered.values() {
             // The file registry's description of the same instance wins.
             let known = registry
                 .workloads
@@ -97,40 +129,55 @@ impl Inputs {
             registry,
             rules: self.rules.rules.values().map(|s| s.rule.clone()).collect(),
             mesh: self.mesh.clone(),
+            warm: self.warm,
         }
     }
 }
 
-/// Starts the task that folds updates into worlds. Returns where to send
-/// updates and where new worlds appear.
+/// Starts the task that folds updates into worlds; the world is warm
+/// after `warmup`. Returns where to send updates and where new worlds
+/// appear.
 pub fn spawn(
     mesh: MeshConfig,
     file: Registry,
     rules: Arc<store::Snapshot>,
+    warmup: Duration,
 ) -> (Updates, watch::Receiver<Arc<World>>) {
     let mut inputs = Inputs {
         mesh,
         file,
         rules,
         registered: BTreeMap::new(),
+        warm: warmup.is_zero(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let updates = Updates(tx);
     let (publish, worlds) = watch::channel(Arc::new(inputs.world(1)));
+    if !warmup.is_zero() {
+        let updates = updates.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            updates.send(Update::Warm);
+        });
+    }
+    let own = updates.clone();
     tokio::spawn(async move {
         let mut generation = 1;
         while let Some(first) = rx.recv().await {
-            inputs.apply(first);
+            let mut changed = inputs.apply(first, &own);
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
             loop {
                 let quiet = (tokio::time::Instant::now() + QUIET).min(deadline);
                 match tokio::time::timeout_at(quiet, rx.recv()).await {
-                    Ok(Some(u)) => inputs.apply(u),
+                    Ok(Some(u)) => changed |= inputs.apply(u, &own),
                     Ok(None) | Err(_) => break,
                 }
             }
-            generation += 1;
-            publish.send_replace(Arc::new(inputs.world(generation)));
+            if changed {
+                generation += 1;
+                publish.send_replace(Arc::new(inputs.world(generation)));
+            }
         }
     });
-    (Updates(tx), worlds)
+    (updates, worlds)
 }

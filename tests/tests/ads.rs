@@ -198,3 +198,117 @@ fn envoy_follows_pilot() {
 fn mesh_proxy_follows_pilot() {
     follows_pilot(Sidecar::MeshProxy);
 }
+
+/// Starts `n` requests to svcb at `rate` per second in `pod`, in the
+/// background; the handle yields each request's status code.
+fn steady_load(mesh: &Mesh, pod: &Pod, n: usize, rate: usize) -> std::process::Child {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &pod.ns, "curl", "-s", "--max-time", "30"])
+        .args([
+            "--rate",
+            &format!("{rate}/s"),
+            "-w",
+            "status=%{http_code}\n",
+        ])
+        .arg(format!("http://svcb/pay?[1-{n}]"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("curl in {}: {e} ({})", pod.ns, mesh.dir.path().display()))
+}
+
+fn load_result(load: std::process::Child) -> (usize, Vec<String>) {
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // Bodies end with a newline, so each status is on a line of its own.
+    let ok = lines.iter().filter(|l| l.ends_with("status=200")).count();
+    let failed: Vec<String> = lines
+        .iter()
+        .filter(|l| l.contains("status=") && !l.ends_with("status=200"))
+        .cloned()
+        .collect();
+    (ok, failed)
+}
+
+#[test]
+fn pilot_restart_while_traffic_flows() {
+    let mut mesh = Mesh::new();
+    mesh.write_registry(REGISTRY);
+    mesh.set_names(&[("svcb", SVCB_VIP.parse::<IpAddr>().unwrap())]);
+    mesh.start_pilot();
+    for (name, version) in [("svcb-v1", "v0.1"), ("svcb-v2", "v0.2")] {
+        let pod = mesh.pod(
+            name,
+            &[("app", "svcb"), ("version", version)],
+            Some(Sidecar::MeshProxy),
+        );
+        mesh.app(&pod, &format!("svcb-{version}"), 8080);
+    }
+    let clients = [
+        mesh.pod("mp-client", &[("app", "svca")], Some(Sidecar::MeshProxy)),
+        mesh.pod("envoy-client", &[("app", "svca")], Some(Sidecar::Envoy)),
+    ];
+    let revision = mesh.apply_rules("create", SPLIT_50);
+    for c in &clients {
+        mesh.wait_synced(c, revision);
+    }
+
+    let loads: Vec<_> = clients
+        .iter()
+        .map(|c| steady_load(&mesh, c, 300, 50))
+        .collect();
+    mesh.kill_pilot();
+    // The proxies notice (their streams break) and keep serving meanwhile.
+    let before = calls(&mesh, &clients[0], 10, &[]);
+    assert_eq!(before.len(), 10, "{before:?}");
+    mesh.start_pilot();
+    for c in &clients {
+        mesh.wait_synced(c, revision);
+    }
+    // Resynced for real: a change after the restart reaches both.
+    let revision = mesh.apply_rules("replace", ALL_V2);
+    for c in &clients {
+        mesh.wait_synced(c, revision);
+        let bodies = calls(&mesh, c, 20, &[]);
+        assert_eq!(
+            count(&bodies, "svcb-v0.2"),
+            20,
+            "{:?}: {bodies:?}",
+            c.sidecar
+        );
+    }
+    for (c, load) in clients.iter().zip(loads) {
+        let (ok, failed) = load_result(load);
+        assert_eq!(
+            ok, 300,
+            "{:?}: failed requests across the restart: {failed:?}",
+            c.sidecar
+        );
+    }
+}
+
+#[test]
+fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
+    let mut mesh = Mesh::new();
+    mesh.write_registry(REGISTRY);
+    mesh.start_pilot();
+    let client = mesh.pod("client", &[("app", "svca")], Some(Sidecar::MeshProxy));
+    mesh.wait_synced(&client, 0);
+    let pushes = mesh
+        .pilot_debug("/debug/push_history")
+        .as_array()
+        .unwrap()
+        .len();
+    let bad = SPLIT_50.replace("weight: 50\n", "weight: 60\n");
+    let path = mesh.dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let (code, out) = mesh.meshctl(&["create", "-f", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("weight"), "the error names the problem: {out}");
+    // A valid write afterwards is the first change pilot sees.
+    let revision = mesh.apply_rules("create", SPLIT_50);
+    assert_eq!(revision, 1, "the refused write did not take a revision");
+    mesh.wait_synced(&client, revision);
+    let history = mesh.pilot_debug("/debug/push_history");
+    assert!(history.as_array().unwrap().len() > pushes);
+}
