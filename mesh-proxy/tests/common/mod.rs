@@ -109,7 +109,7 @@ pub struct Process {
     pub lines: HashMap<String, String>,
     pub stdout: Option<BufReader<std::process::ChildStdout>>,
     pub config_path: Option<PathBuf>,
-    _dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Process {
