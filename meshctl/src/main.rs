@@ -2,6 +2,7 @@
 
 mod demo;
 mod files;
+mod inspect;
 mod kube_inject;
 mod rules;
 
@@ -88,6 +89,24 @@ enum Command {
     },
     /// Add the mesh sidecar to Kubernetes workloads: `meshctl kube-inject -f app.yaml | kubectl apply -f -`.
     KubeInject(kube_inject::Args),
+    /// Every proxy connected to pilot: per xDS type SYNCED, STALE or NACKED.
+    ProxyStatus {
+        /// pilot's debug address.
+        #[arg(long, env = "MESH_PILOT_DEBUG", default_value = "127.0.0.1:15014")]
+        pilot: String,
+    },
+    /// What a proxy runs, from its admin endpoint (mesh-proxy or Envoy).
+    ProxyConfig {
+        /// listeners, routes, clusters or endpoints.
+        #[arg(value_enum)]
+        section: inspect::Section,
+        /// The proxy's admin address (host:port; a sidecar's is 127.0.0.1:15000 in its pod).
+        #[arg(default_value = "127.0.0.1:15000")]
+        admin: String,
+        /// Output format (table or json).
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Walk the seed's steps on this machine.
     Demo {
         /// Keep the demo's store instead of removing it at the end.
@@ -114,6 +133,12 @@ async fn main() -> ExitCode {
         Command::Validate { files } => rules::validate(&files),
         Command::Demo { keep } => demo::run(keep).await,
         Command::KubeInject(args) => kube_inject::run(args),
+        Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
+        Command::ProxyConfig {
+            section,
+            admin,
+            output,
+        } => inspect::proxy_config(section, &admin, output != Output::Table).await,
         command => match store_dir(cli.store) {
             Err(e) => Err(e),
             Ok(dir) => {
@@ -139,9 +164,11 @@ async fn main() -> ExitCode {
                         let ns = (!all_namespaces).then_some(namespace.as_str());
                         rules::get(&store, &kind, name.as_deref(), ns, output).await
                     }
-                    Command::Validate { .. } | Command::Demo { .. } | Command::KubeInject(_) => {
-                        unreachable!("handled above")
-                    }
+                    Command::Validate { .. }
+                    | Command::Demo { .. }
+                    | Command::KubeInject(_)
+                    | Command::ProxyStatus { .. }
+                    | Command::ProxyConfig { .. } => unreachable!("handled above"),
                 }
             }
         },

@@ -85,9 +85,12 @@ pub fn to_dynamic<T: Message + prost::Name>(msg: &T) -> DynamicMessage {
         .expect("a generated message decodes with its own descriptor")
 }
 
-/// The message in Envoy's JSON form (camelCase names, `"@type"` for Any).
+/// The message in Envoy's JSON form as its admin API prints it (proto
+/// field names, `"@type"` for Any).
 pub fn to_json<T: Message + prost::Name>(msg: &T) -> serde_json::Value {
-    let opts = SerializeOptions::new().skip_default_fields(true);
+    let opts = SerializeOptions::new()
+        .skip_default_fields(true)
+        .use_proto_field_name(true);
     to_dynamic(msg)
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .expect("xDS messages serialize to JSON")

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::{APP, POD_NET, World};
+use crate::netns::{POD_NET, World};
 use crate::{Lines, binary, envoy_binary, eventually};
 
 /// Which proxy a pod runs as its sidecar.
@@ -296,25 +296,25 @@ static_resources:
         );
     }
 
-    /// Starts the test app (answers `NAME\n`, logs each request with its
-    /// headers) on `port` in `pod`; returns its log file.
-    pub fn app(&mut self, pod: &Pod, name: &str, port: u16) -> PathBuf {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let child = self.world.spawn(
-            &pod.ns,
-            None,
-            &[
-                "/usr/bin/python3",
-                "-c",
-                APP,
-                name,
-                &port.to_string(),
-                log.to_str().unwrap(),
-            ],
-            Stdio::piped(),
-        );
+    /// Starts a sample service (`svca`, `svcb`, `msgd`) in `pod` as an
+    /// ordinary app (not the proxy user, so its calls are captured) and
+    /// waits until it listens.
+    pub fn sample(&mut self, pod: &Pod, bin: &str, args: &[&str]) {
+        let path = binary(bin);
+        let mut full = vec![path.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let child = self.world.spawn(&pod.ns, None, &full, Stdio::piped());
         let mut lines = Lines::new(child.stdout.take().unwrap());
-        lines.wait_for("ready", Duration::from_secs(10));
+        lines.wait_for("listening", Duration::from_secs(10));
+        std::thread::spawn(move || while lines.rx.recv().is_ok() {});
+    }
+
+    /// Starts msgd in `pod` on 9997; returns its request log (one JSON
+    /// object per request, with the headers it got).
+    pub fn msgd(&mut self, pod: &Pod) -> PathBuf {
+        let log = self.dir.path().join(format!("{}-msgd.log", pod.ns));
+        std::fs::write(&log, "").unwrap();
+        self.sample(pod, "msgd", &["--log", log.to_str().unwrap()]);
         log
     }
 

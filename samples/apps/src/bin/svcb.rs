@@ -1,0 +1,54 @@
+//! svcb: the seed's notify service. `GET /notify?msg=M` sends M to the
+//! external msgd (`/send?msg=M`), forwarding the tracing headers, and
+//! answers 500 when that fails, as in the seed. Without `--msgd` it only
+//! says who served the request.
+
+use clap::Parser;
+use http::StatusCode;
+use mesh_samples::{answer, get, query_param, run, serve};
+
+#[derive(Parser)]
+struct Args {
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Version shown in every answer.
+    #[arg(long, env = "VERSION", default_value = "v0.1")]
+    version: String,
+    /// msgd's base URL (the seed's `http://10.100.35.27:9997`).
+    #[arg(long, env = "MSGD_URL")]
+    msgd: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    let (version, msgd) = (a.version, a.msgd);
+    run(serve(a.listen, move |req| {
+        let (version, msgd) = (version.clone(), msgd.clone());
+        async move {
+            let me = format!("service_b:{version}");
+            let mut body = format!("{me} is serving the request...\n");
+            let Some(msgd) = msgd else {
+                return answer(StatusCode::OK, &version, body);
+            };
+            let msg = query_param(req.uri(), "msg").unwrap_or_default();
+            match get(&format!("{msgd}/send?msg={msg}"), req.headers()).await {
+                Ok((status, _)) if status.is_success() => {
+                    body.push_str(&format!("{me} send msg ok\n"));
+                    answer(StatusCode::OK, &version, body)
+                }
+                Ok((status, text)) => {
+                    body.push_str(&format!(
+                        "{me} send msg error: msgd answered {status}: {}\n",
+                        text.trim()
+                    ));
+                    answer(StatusCode::INTERNAL_SERVER_ERROR, &version, body)
+                }
+                Err(e) => {
+                    body.push_str(&format!("{me} send msg error: {e}\n"));
+                    answer(StatusCode::INTERNAL_SERVER_ERROR, &version, body)
+                }
+            }
+        }
+    }))
+}
