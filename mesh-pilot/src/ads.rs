@@ -283,7 +283,9 @@ struct Stream {
     node: String,
     proxy: ProxyNode,
     subs: HashMap<&'static str, Sub>,
-    current: HashMap<&'static str, Typed>,
+    current: HashMap<&'static str, Arc<Typed>>,
+    /// The resources before the last refresh (for make-before-break).
+    previous: HashMap<&'static str, Arc<Typed>>,
     generation: u64,
     rules_revision: u64,
     nonce: u64,
@@ -334,6 +336,7 @@ impl Stream {
             },
             subs: HashMap::new(),
             current: HashMap::new(),
+            previous: HashMap::new(),
             generation: 0,
             rules_revision: 0,
             nonce: 0,
@@ -343,7 +346,11 @@ impl Stream {
 
     fn refresh(&mut self, world: &World) {
         if world.generation != self.generation {
-            self.current = resources_for(world, &self.proxy);
+            let next = resources_for(world, &self.proxy)
+                .into_iter()
+                .map(|(t, r)| (t, Arc::new(r)))
+                .collect();
+            self.previous = std::mem::replace(&mut self.current, next);
             self.generation = world.generation;
             self.rules_revision = world.rules_revision;
         }
@@ -398,14 +405,26 @@ impl Stream {
         true
     }
 
-    /// What to send for `type_url`, if anything (always something when `force`).
-    fn push(&mut self, type_url: &'static str, force: bool, sotw: bool) -> Option<Push> {
-        let all = self.current.get(type_url).cloned().unwrap_or_default();
+    /// What to send for `type_url`, if anything (always something when
+    /// `force`). With `keep`, nothing the proxy holds is removed (what is
+    /// no longer wanted is sent as it was, for SotW): the first half of
+    /// make-before-break, so routes never name a cluster the proxy has
+    /// already dropped.
+    fn push(
+        &mut self,
+        type_url: &'static str,
+        force: bool,
+        sotw: bool,
+        keep: bool,
+    ) -> Option<Push> {
+        let empty = Typed::new();
+        let all = self.current.get(type_url).map_or(&empty, |t| t.as_ref());
+        let old = self.previous.get(type_url).map_or(&empty, |t| t.as_ref());
         let sub = self.subs.get_mut(type_url)?;
         if !sub.requested {
             return None;
         }
-        let wanted = sub.wanted(&all);
+        let mut wanted = sub.wanted(all);
         let changed: Vec<Resource> = wanted
             .iter()
             .filter(|(n, (v, _))| sub.has.get(**n) != Some(v))
@@ -416,12 +435,24 @@ impl Stream {
                 ..Default::default()
             })
             .collect();
-        let removed: Vec<String> = sub
+        let gone: Vec<String> = sub
             .has
             .keys()
             .filter(|n| !wanted.contains_key(n.as_str()))
             .cloned()
             .collect();
+        let mut kept = BTreeMap::new();
+        let removed = if keep {
+            for n in &gone {
+                if let Some((name, v)) = old.get_key_value(n) {
+                    wanted.insert(name.as_str(), v);
+                }
+                kept.insert(n.clone(), sub.has[n].clone());
+            }
+            vec![]
+        } else {
+            gone
+        };
         if !force && changed.is_empty() && removed.is_empty() {
             return None;
         }
@@ -433,13 +464,12 @@ impl Stream {
         let version = format!("{:016x}", h.finish());
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let before = std::mem::replace(
-            &mut sub.has,
-            wanted
-                .iter()
-                .map(|(n, (v, _))| ((*n).to_owned(), v.clone()))
-                .collect(),
-        );
+        let mut has: BTreeMap<String, String> = wanted
+            .iter()
+            .map(|(n, (v, _))| ((*n).to_owned(), v.clone()))
+            .collect();
+        has.extend(kept);
+        let before = std::mem::replace(&mut sub.has, has);
         // An unanswered earlier response is superseded; its rollback point stays.
         let before = match sub.pending.take() {
             Some((_, older)) => older,
@@ -469,6 +499,24 @@ impl Stream {
             changed,
             removed,
         })
+    }
+
+    /// The pushes for a new world, make-before-break: clusters and
+    /// endpoints are added first (nothing removed), then listeners and
+    /// routes switch, then what nothing uses any more goes.
+    fn pushes(&mut self, sotw: bool) -> Vec<Push> {
+        let steps = [
+            (CLUSTER_TYPE, true),
+            (ENDPOINT_TYPE, true),
+            (LISTENER_TYPE, false),
+            (ROUTE_TYPE, false),
+            (CLUSTER_TYPE, false),
+            (ENDPOINT_TYPE, false),
+        ];
+        steps
+            .into_iter()
+            .filter_map(|(t, keep)| self.push(t, false, sotw, keep))
+            .collect()
     }
 }
 
@@ -551,7 +599,7 @@ impl AggregatedDiscoveryService for Discovery {
                     sub.wildcard = wildcard;
                     sub.names = names;
                     if changed
-                        && let Some(p) = s.push(type_url, true, true)
+                        && let Some(p) = s.push(type_url, true, true, false)
                         && tx.send(Ok(send(p))).await.is_err()
                     {
                         break 'stream;
@@ -567,10 +615,8 @@ impl AggregatedDiscoveryService for Discovery {
                         if c.is_err() { break 'stream; }
                         let world = worlds.borrow_and_update().clone();
                         s.refresh(&world);
-                        for t in PUSH_ORDER {
-                            if let Some(p) = s.push(t, false, true)
-                                && tx.send(Ok(send(p))).await.is_err()
-                            {
+                        for p in s.pushes(true) {
+                            if tx.send(Ok(send(p))).await.is_err() {
                                 break 'stream;
                             }
                         }
@@ -643,7 +689,7 @@ impl AggregatedDiscoveryService for Discovery {
                         sub.has.remove(n);
                     }
                     if changed
-                        && let Some(p) = s.push(type_url, first_request, false)
+                        && let Some(p) = s.push(type_url, first_request, false, false)
                         && tx.send(Ok(send(p))).await.is_err()
                     {
                         break 'stream;
@@ -659,10 +705,8 @@ impl AggregatedDiscoveryService for Discovery {
                         if c.is_err() { break 'stream; }
                         let world = worlds.borrow_and_update().clone();
                         s.refresh(&world);
-                        for t in PUSH_ORDER {
-                            if let Some(p) = s.push(t, false, false)
-                                && tx.send(Ok(send(p))).await.is_err()
-                            {
+                        for p in s.pushes(false) {
+                            if tx.send(Ok(send(p))).await.is_err() {
                                 break 'stream;
                             }
                         }

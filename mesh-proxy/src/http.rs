@@ -134,6 +134,45 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
     }
 }
 
+/// A random non-zero 64-bit id in 16 hex digits (B3 trace and span ids).
+fn b3_id() -> String {
+    format!("{:016x}", fastrand::u64(1..))
+}
+
+/// Starts a trace (no trace headers yet) or a child span of the caller's
+/// (its span becomes the parent), in B3 multi-header form, and moves a W3C
+/// `traceparent` on to a new parent id the same way. Apps forward these
+/// headers; each sidecar hop is one span.
+fn continue_trace(headers: &mut http::HeaderMap) {
+    let value = |s: &str| HeaderValue::from_str(s).expect("hex is a valid header value");
+    match headers.get("x-b3-spanid").cloned() {
+        Some(parent) if headers.contains_key("x-b3-traceid") => {
+            headers.insert(HeaderName::from_static("x-b3-parentspanid"), parent);
+            headers.insert(HeaderName::from_static("x-b3-spanid"), value(&b3_id()));
+        }
+        _ if !headers.contains_key("x-b3-traceid") && !headers.contains_key("b3") => {
+            headers.insert(HeaderName::from_static("x-b3-traceid"), value(&b3_id()));
+            headers.insert(HeaderName::from_static("x-b3-spanid"), value(&b3_id()));
+            headers.remove("x-b3-parentspanid");
+        }
+        _ => {}
+    }
+    if !headers.contains_key("x-b3-sampled") && !headers.contains_key("b3") {
+        headers.insert(
+            HeaderName::from_static("x-b3-sampled"),
+            HeaderValue::from_static("1"),
+        );
+    }
+    // traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok())
+        && let [version, trace, _parent, flags] = tp.split('-').collect::<Vec<_>>()[..]
+        && trace.len() == 32
+    {
+        let next = format!("{version}-{trace}-{}-{flags}", b3_id());
+        headers.insert(HeaderName::from_static("traceparent"), value(&next));
+    }
+}
+
 /// A random request id in UUID v4 form.
 fn request_id() -> HeaderValue {
     let n = fastrand::u128(..);
@@ -315,6 +354,9 @@ fn prepare_request(
     if manager.generate_request_id && !headers.contains_key("x-request-id") {
         headers.insert(HeaderName::from_static("x-request-id"), request_id());
     }
+    if manager.tracing {
+        continue_trace(headers);
+    }
     route.request_headers.apply(headers);
     let host = fwd
         .host_rewrite
@@ -482,4 +524,43 @@ async fn forward(
             .fetch_add(1, Ordering::Relaxed);
     }
     text(status, format!("{last_error}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traces_start_and_continue_per_hop() {
+        let mut h = http::HeaderMap::new();
+        continue_trace(&mut h);
+        let trace = h["x-b3-traceid"].clone();
+        let span = h["x-b3-spanid"].clone();
+        assert_eq!(trace.len(), 16);
+        assert_eq!(h["x-b3-sampled"], "1");
+        assert!(!h.contains_key("x-b3-parentspanid"));
+        // The next hop: same trace, the caller's span is the parent.
+        continue_trace(&mut h);
+        assert_eq!(h["x-b3-traceid"], trace);
+        assert_eq!(h["x-b3-parentspanid"], span);
+        assert_ne!(h["x-b3-spanid"], span);
+        // A sampling decision made upstream is kept; W3C context moves on.
+        let mut h = http::HeaderMap::new();
+        h.insert("x-b3-sampled", HeaderValue::from_static("0"));
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        continue_trace(&mut h);
+        assert_eq!(h["x-b3-sampled"], "0");
+        let tp = h["traceparent"].to_str().unwrap();
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{tp}"
+        );
+        assert!(
+            tp.ends_with("-01") && !tp.contains("b7ad6b7169203331"),
+            "{tp}"
+        );
+    }
 }

@@ -12,6 +12,7 @@
 
 pub mod mesh;
 pub mod netns;
+pub mod walk;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

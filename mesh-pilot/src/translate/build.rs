@@ -134,6 +134,8 @@ fn http_manager(name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistene
                 ))),
                 ..Default::default()
             }],
+            // Trace every call: B3 headers are started or continued per hop.
+            tracing: Some(hcm::http_connection_manager::Tracing::default()),
             ..Default::default()
         }),
     )

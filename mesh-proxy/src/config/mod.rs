@@ -106,6 +106,9 @@ pub struct HttpManager {
     pub stat_prefix: String,
     /// Generate `x-request-id` when absent (default true, as Envoy).
     pub generate_request_id: bool,
+    /// Trace calls (`tracing` set): start or continue B3 / W3C trace
+    /// context on each request.
+    pub tracing: bool,
     /// Routes.
     pub routes: RouteTable,
 }
@@ -137,12 +140,49 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Whether it takes new requests.
     pub healthy: bool,
+    /// Its counters, shared with the same endpoint of the same cluster in
+    /// every other configuration, so they survive configuration changes.
+    pub counters: Arc<EndpointCounters>,
+}
+
+/// What is counted per endpoint.
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
     /// Requests in flight (for least-request balancing and `/clusters`).
     pub active: AtomicUsize,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Requests that failed (connect error, reset, 5xx).
     pub failures: AtomicU64,
+}
+
+impl std::ops::Deref for Endpoint {
+    type Target = EndpointCounters;
+    fn deref(&self) -> &EndpointCounters {
+        &self.counters
+    }
+}
+
+type CounterKey = (String, SocketAddr);
+
+/// The counters of every endpoint some configuration still uses, by
+/// cluster and address: a new configuration picks up the old counts.
+static COUNTERS: std::sync::Mutex<Option<HashMap<CounterKey, std::sync::Weak<EndpointCounters>>>> =
+    std::sync::Mutex::new(None);
+
+fn counters_for(cluster: &str, address: SocketAddr) -> Arc<EndpointCounters> {
+    let mut all = COUNTERS.lock().expect("counters lock");
+    let map = all.get_or_insert_with(HashMap::new);
+    let key = (cluster.to_owned(), address);
+    if let Some(c) = map.get(&key).and_then(std::sync::Weak::upgrade) {
+        return c;
+    }
+    if map.len() > 1024 {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    let c = Arc::new(EndpointCounters::default());
+    map.insert(key, Arc::downgrade(&c));
+    c
 }
 
 /// An upstream cluster.
@@ -474,20 +514,17 @@ fn build_cluster(
                 endpoints.push(Arc::new(Endpoint {
                     address,
                     healthy,
-                    active: AtomicUsize::new(0),
-                    requests: AtomicU64::new(0),
-                    failures: AtomicU64::new(0),
+                    counters: counters_for(&c.name, address),
                 }));
             }
         }
     }
     if original_dst {
+        let address = SocketAddr::from(([0, 0, 0, 0], 0));
         endpoints.push(Arc::new(Endpoint {
-            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            address,
             healthy: true,
-            active: AtomicUsize::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            counters: counters_for(&c.name, address),
         }));
     }
     let mut http2 = false;
@@ -623,6 +660,7 @@ fn build_http(
     Ok(HttpManager {
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
+        tracing: m.tracing.is_some(),
         routes: RouteTable::build(rc, &rc_path, clusters)?,
     })
 }

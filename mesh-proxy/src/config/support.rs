@@ -33,6 +33,7 @@ const FIELDS: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.route_config",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.http_filters",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.rds",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.tracing",
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds.config_source",
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds.route_config_name",
     "envoy.config.core.v3.ConfigSource.ads",

@@ -1,0 +1,288 @@
+//! The seed's walk, step by step, in a [`Mesh`] of network-namespace pods:
+//! the end-to-end test runs it and asserts on the [`Report`]; `meshctl
+//! demo` runs it and prints what it observed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::mesh::{Mesh, Pod, Sidecar, requests};
+
+/// The seed's rule files, as shipped under samples/istio-0.4-walk/.
+pub const EGRESS_RULE: &str =
+    include_str!("../../samples/istio-0.4-walk/enable-svcb-engress-rule.yaml");
+/// 50/50 between svcb v0.1 and v0.2.
+pub const ROUTE_50: &str =
+    include_str!("../../samples/istio-0.4-walk/route-rules-svcb-v0.2-50.yaml");
+/// Everything to svcb v0.2.
+pub const ROUTE_100: &str =
+    include_str!("../../samples/istio-0.4-walk/route-rules-svcb-v0.2-100.yaml");
+/// The address the seed's msgd had; the walk writes its own msgd's instead.
+pub const SEED_MSGD_IP: &str = "10.100.35.27";
+
+const REGISTRY: &str = "services:
+- name: svca
+  namespace: default
+  vip: 10.251.0.10
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  selector: {app: svca}
+- name: svcb
+  namespace: default
+  vip: 10.251.0.11
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  selector: {app: svcb}
+";
+
+/// What the walk saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Step 1: `/pay`'s status and body while msgd is outside the mesh.
+    pub refused: (u16, String),
+    /// Step 1: requests msgd received meanwhile.
+    pub msgd_before: usize,
+    /// Step 2: `/pay`'s status and body once the egress rule is in.
+    pub allowed: (u16, String),
+    /// Step 2: the headers msgd received.
+    pub msgd_headers: BTreeMap<String, String>,
+    /// Step 3: of 1000 `/pay` calls, how many svcb v0.1 and v0.2 served.
+    pub split: (usize, usize),
+    /// Step 3: requests each svcb replica's sidecar took in (pod, count).
+    pub replicas: Vec<(String, u64)>,
+    /// Step 4: failed and total requests of the load during the replace.
+    pub replace_load: (usize, usize),
+    /// Step 4: after the replace, of 200 calls how many v0.1 and v0.2 served.
+    pub after: (usize, usize),
+    /// Step 5: svca's sidecar's requests per svcb destination cluster
+    /// (`outbound|80|<version>|svcb…`) after step 3.
+    pub by_version: Vec<(String, u64)>,
+    /// Packets to a VIP that escaped capture (must be 0).
+    pub escaped: u64,
+}
+
+/// Status and body of one `/pay` from `client`.
+fn pay(mesh: &Mesh, client: &Pod) -> (u16, String) {
+    let (code, out) = mesh.curl(client, &["-w", "\n%{http_code}", "http://svca/pay"]);
+    assert_eq!(code, 0, "curl failed: {out}");
+    let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
+    (status.parse().unwrap_or(0), body.to_owned())
+}
+
+/// Which svcb versions served `n` calls of `/pay` on one connection.
+fn pay_many(mesh: &Mesh, client: &Pod, n: usize) -> (usize, usize) {
+    let (code, out) = mesh.curl(client, &[&format!("http://svca/pay?n=[1-{n}]")]);
+    assert_eq!(code, 0, "curl failed: {out}");
+    let v1 = out.matches("service_b:v0.1 is serving").count();
+    let v2 = out.matches("service_b:v0.2 is serving").count();
+    (v1, v2)
+}
+
+/// A counter from a sidecar's Prometheus endpoint (sum of the lines
+/// starting with `prefix`).
+pub fn proxy_stat(mesh: &Mesh, pod: &Pod, prefix: &str) -> u64 {
+    let (_, stats) = mesh.world.exec(
+        &pod.ns,
+        &["curl", "-s", "http://127.0.0.1:15000/stats/prometheus"],
+    );
+    stats
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs the walk, telling `say` what it does and sees.
+pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
+    let mut r = Report::default();
+    say("starting pilot and the pods (network namespaces with capture, sidecars as uid 1337)");
+    mesh.write_registry(REGISTRY);
+    mesh.set_names(&[
+        ("svca", "10.251.0.10".parse::<IpAddr>().unwrap()),
+        ("svcb", "10.251.0.11".parse::<IpAddr>().unwrap()),
+    ]);
+    mesh.start_pilot();
+    let msgd = mesh.pod("msgd", &[], None);
+    let msgd_log = mesh.msgd(&msgd);
+    let msgd_url = format!("http://{}:9997", msgd.ip);
+    let svca = mesh.pod(
+        "svca-v0.1-1",
+        &[("app", "svca"), ("version", "v0.1")],
+        Some(Sidecar::MeshProxy),
+    );
+    mesh.sample(&svca, "svca", &["--version", "v0.1"]);
+    let add_svcb = |mesh: &mut Mesh, name: &str, version: &str| {
+        let pod = mesh.pod(
+            name,
+            &[("app", "svcb"), ("version", version)],
+            Some(Sidecar::MeshProxy),
+        );
+        mesh.sample(&pod, "svcb", &["--version", version, "--msgd", &msgd_url]);
+        pod
+    };
+    let mut svcb = vec![add_svcb(mesh, "svcb-v0.1-1", "v0.1")];
+    let client = mesh.pod("client", &[("app", "client")], Some(Sidecar::MeshProxy));
+    mesh.wait_synced(&client, 0);
+    say(&format!(
+        "up: svca-v0.1 {}, svcb-v0.1 {}, msgd {} (outside the mesh), client {}",
+        svca.ip, svcb[0].ip, msgd.ip, client.ip
+    ));
+
+    // 1. Outside the mesh is refused.
+    say("step 1: curl http://svca/pay — svcb's call to msgd should be refused");
+    r.refused = pay(mesh, &client);
+    r.msgd_before = requests(&msgd_log).len();
+    say(&format!(
+        "  /pay answered {}; msgd received {} request(s)\n{}",
+        r.refused.0,
+        r.msgd_before,
+        indent(&r.refused.1)
+    ));
+
+    // 2. The egress rule opens msgd.
+    say(&format!(
+        "step 2: meshctl create -f enable-svcb-engress-rule.yaml (destination {})",
+        msgd.ip
+    ));
+    let rule = EGRESS_RULE.replace(SEED_MSGD_IP, &msgd.ip.to_string());
+    let revision = mesh.apply_rules("create", &rule);
+    for p in &svcb {
+        mesh.wait_synced(p, revision);
+    }
+    r.allowed = pay(mesh, &client);
+    if let Some(last) = requests(&msgd_log).last()
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(last)
+        && let Some(h) = v["headers"].as_object()
+    {
+        r.msgd_headers = h
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
+    }
+    say(&format!(
+        "  /pay answered {}\n{}",
+        r.allowed.0,
+        indent(&r.allowed.1)
+    ));
+    let traced: Vec<String> = r
+        .msgd_headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-b3-") || *k == "x-request-id")
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    say(&format!("  msgd saw:\n{}", indent(&traced.join("\n"))));
+
+    // 3. svcb v0.2, two replicas of each version, 50/50.
+    say(
+        "step 3: svcb v0.2 with two replicas of each version, then meshctl create -f route-rules-svcb-v0.2-50.yaml",
+    );
+    svcb.push(add_svcb(mesh, "svcb-v0.1-2", "v0.1"));
+    svcb.push(add_svcb(mesh, "svcb-v0.2-1", "v0.2"));
+    svcb.push(add_svcb(mesh, "svcb-v0.2-2", "v0.2"));
+    let revision = mesh.apply_rules("create", ROUTE_50);
+    mesh.wait_synced(&svca, revision);
+    let before: Vec<u64> = svcb.iter().map(|p| inbound(mesh, p)).collect();
+    r.split = pay_many(mesh, &client, 1000);
+    r.replicas = svcb
+        .iter()
+        .zip(before)
+        .map(|(p, b)| (pod_name(p), inbound(mesh, p) - b))
+        .collect();
+    say(&format!(
+        "  1000 × /pay: svcb v0.1 served {}, v0.2 served {}",
+        r.split.0, r.split.1
+    ));
+    for (name, n) in &r.replicas {
+        say(&format!("    {name}: {n} requests"));
+    }
+    for v in ["v0.1", "v0.2"] {
+        let cluster = format!("outbound|80|{v}|svcb.default.svc.cluster.local");
+        let n = proxy_stat(
+            mesh,
+            &svca,
+            &format!("mesh_proxy_upstream_rq_total{{cluster=\"{cluster}\""),
+        );
+        r.by_version.push((cluster, n));
+    }
+
+    // 4. Everything to v0.2 while traffic flows.
+    say(
+        "step 4: meshctl replace -f route-rules-svcb-v0.2-100.yaml during a steady load (300 × /pay at 100/s)",
+    );
+    let load = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client.ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "30",
+        ])
+        .args([
+            "--rate",
+            "100/s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "status=%{http_code}\n",
+        ])
+        .arg("http://svca/pay?n=[1-300]")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(500));
+    let revision = mesh.apply_rules("replace", ROUTE_100);
+    mesh.wait_synced(&svca, revision);
+    let out = load.wait_with_output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text.lines().filter(|l| l.starts_with("status=")).count();
+    let ok = text.lines().filter(|l| *l == "status=200").count();
+    r.replace_load = (300 - ok, total);
+    r.after = pay_many(mesh, &client, 200);
+    say(&format!(
+        "  during the change: {} of 300 failed; after it, of 200 × /pay svcb v0.1 served {}, v0.2 served {}",
+        r.replace_load.0, r.after.0, r.after.1
+    ));
+
+    // 5. Metrics by destination version (as they stood after step 3's
+    // split: the replace removed the v0.1 cluster, and its counters with it).
+    say("step 5: svca's sidecar metrics after step 3, requests by destination (svcb version)");
+    for (cluster, n) in &r.by_version {
+        say(&format!(
+            "  mesh_proxy_upstream_rq_total{{cluster=\"{cluster}\"}} {n}"
+        ));
+    }
+    r.escaped = mesh.world.escaped_packets();
+    say(&format!(
+        "packets to service VIPs that escaped capture: {}",
+        r.escaped
+    ));
+    r
+}
+
+fn inbound(mesh: &Mesh, pod: &Pod) -> u64 {
+    proxy_stat(
+        mesh,
+        pod,
+        "mesh_proxy_upstream_rq_total{cluster=\"inbound|8080||\"",
+    )
+}
+
+fn pod_name(p: &Pod) -> String {
+    // sidecar~IP~NAME.NAMESPACE~…
+    p.node_id
+        .split('~')
+        .nth(2)
+        .and_then(|s| s.rsplit_once('.'))
+        .map_or(p.ns.as_str(), |(name, _)| name)
+        .to_owned()
+}
+
+fn indent(text: &str) -> String {
+    text.trim_end()
+        .lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
