@@ -1,9 +1,10 @@
-//! `meshctl demo`: walks the seed's rule steps on this machine.
+//! `meshctl demo`: the seed's walk on this machine.
 //!
-//! Today the walk covers what the mesh can do end to end so far: the seed's
-//! rule files are validated and then created, replaced and read back in a
-//! real local rule store. The traffic steps (egress refusal, the 50/50
-//! split, metrics) join the walk when mesh-proxy and mesh-pilot land.
+//! As root, the whole walk runs in network namespaces with no link to the
+//! machine's network (the end-to-end test's world, `mesh_testbed::walk`):
+//! pilot, pods with capture and mesh-proxy sidecars, the sample services,
+//! the seed's rule files. Without root, only the rule steps run (validate,
+//! create, replace in a temporary store).
 
 use std::process::ExitCode;
 
@@ -43,8 +44,23 @@ fn say(applied: &[mesh_pilot::store::Applied]) {
     }
 }
 
-/// Runs the walk in a fresh temporary store.
-pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
+/// Runs the demo: the whole walk as root, else the rule steps.
+pub async fn run(keep: bool, rules_only: bool) -> anyhow::Result<ExitCode> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !rules_only {
+        return network::run(keep).await;
+    }
+    if !rules_only {
+        println!(
+            "The full walk builds network namespaces and needs root (sudo meshctl demo); showing the rule steps."
+        );
+    }
+    rule_steps(keep).await
+}
+
+/// The rule steps in a fresh temporary store.
+async fn rule_steps(keep: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("mesh-demo-")
         .tempdir()
@@ -85,4 +101,132 @@ pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
         println!("Store kept: meshctl --store {} get all", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+mod network {
+    //! The whole walk in network namespaces.
+
+    use std::path::Path;
+    use std::process::{Command, ExitCode};
+    use std::time::Instant;
+
+    use anyhow::Context;
+    use mesh_testbed::mesh::Mesh;
+    use mesh_testbed::netns::{World, cleanup_leftovers};
+    use mesh_testbed::walk;
+
+    /// Builds the binaries the walk starts (mesh-proxy, mesh-pilot, the
+    /// samples) when meshctl runs from a cargo build of the workspace, so
+    /// `cargo run -p meshctl -- demo` is all it takes.
+    fn ensure_binaries() -> anyhow::Result<()> {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace folder")?;
+        let exe = std::env::current_exe()?;
+        let profile = exe
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if std::env::var_os("MESH_BIN_DIR").is_none()
+            && workspace.join("Cargo.toml").exists()
+            && (profile == "debug" || profile == "release")
+        {
+            println!("building mesh-proxy, mesh-pilot and the sample services ({profile}) …");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(workspace)
+                .args(["build", "--quiet", "--bins"])
+                .args(["-p", "mesh-proxy", "-p", "mesh-pilot", "-p", "mesh-samples"]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().context("cannot run cargo")?;
+            anyhow::ensure!(status.success(), "building the binaries failed");
+        }
+        for bin in ["mesh-proxy", "mesh-pilot", "svca", "svcb", "msgd"] {
+            let found = std::panic::catch_unwind(|| mesh_testbed::binary(bin));
+            anyhow::ensure!(
+                found.is_ok(),
+                "{bin} is missing next to meshctl (cargo build --workspace)"
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
+        ensure_binaries()?;
+        for ns in cleanup_leftovers() {
+            println!("removed leftovers of an earlier run: network namespace {ns}");
+        }
+        let started = Instant::now();
+        println!("mesh demo — the Istio 0.4 walk in network namespaces on this machine");
+        let mut mesh = tokio::task::spawn_blocking(Mesh::new).await?;
+        let id = mesh.world.id.clone();
+        let walk = tokio::task::spawn_blocking(move || {
+            let report = walk::run(&mut mesh, &mut |line| {
+                let t = started.elapsed().as_secs_f32();
+                for (i, l) in line.lines().enumerate() {
+                    if i == 0 {
+                        println!("[{t:5.1}s] {l}");
+                    } else {
+                        println!("         {l}");
+                    }
+                }
+            });
+            (mesh, report)
+        });
+        let (mesh, report) = tokio::select! {
+            r = walk => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    World::remove_by_id(&id);
+                    anyhow::bail!("the walk stopped: {e}");
+                }
+            },
+            _ = tokio::signal::ctrl_c() => {
+                println!("interrupted: cleaning up");
+                World::remove_by_id(&id);
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let checks = report.checks();
+        println!();
+        for c in &checks {
+            println!("  {} {}", if c.ok { "✓" } else { "✗" }, c.what);
+        }
+        let failed = checks.iter().filter(|c| !c.ok).count();
+        println!(
+            "{} of {} checks hold ({:.0} s).",
+            checks.len() - failed,
+            checks.len(),
+            started.elapsed().as_secs_f32()
+        );
+        if keep {
+            let node = &mesh.world.node;
+            let ns = |name: &str| format!("{id}-{name}");
+            println!();
+            println!("The mesh keeps running until Ctrl-C. Try:");
+            println!("  sudo ip netns exec {} curl http://svca/pay", ns("client"));
+            println!("  sudo ip netns exec {node} meshctl proxy-status");
+            println!(
+                "  sudo ip netns exec {} meshctl proxy-config routes",
+                ns("svca-v0.1-1")
+            );
+            println!(
+                "  sudo ip netns exec {} curl -s 127.0.0.1:15000/stats/prometheus",
+                ns("svca-v0.1-1")
+            );
+            println!("  meshctl --store {} get all", mesh.store.display());
+            let _ = tokio::signal::ctrl_c().await;
+            println!("cleaning up");
+        }
+        tokio::task::spawn_blocking(move || drop(mesh)).await?;
+        Ok(if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
 }

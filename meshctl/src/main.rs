@@ -109,9 +109,12 @@ enum Command {
     },
     /// Walk the seed's steps on this machine.
     Demo {
-        /// Keep the demo's store instead of removing it at the end.
+        /// Leave the mesh running (until Ctrl-C) and print how to reach it.
         #[arg(long)]
         keep: bool,
+        /// Only the rule steps (validate, create, replace) in a temporary store.
+        #[arg(long)]
+        rules_only: bool,
     },
 }
 
@@ -131,7 +134,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { files } => rules::validate(&files),
-        Command::Demo { keep } => demo::run(keep).await,
+        Command::Demo { keep, rules_only } => demo::run(keep, rules_only).await,
         Command::KubeInject(args) => kube_inject::run(args),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
         Command::ProxyConfig {

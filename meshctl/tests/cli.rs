@@ -311,7 +311,7 @@ fn racing_writers_lose_no_update() {
 fn demo_walks_the_rule_steps() {
     let dir = tempfile::tempdir().unwrap();
     meshctl(dir.path())
-        .arg("demo")
+        .args(["demo", "--rules-only"])
         .assert()
         .success()
         .stdout(predicate::str::contains(

@@ -20,24 +20,29 @@ use std::process::ChildStdout;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A workspace binary (`mesh-proxy`, `mesh-pilot`, `meshctl`): from
-/// `MESH_BIN_DIR`, else the profile folder of the running test
-/// (`target/<profile>/deps/..`), where `cargo test --workspace` builds them.
+/// A workspace binary (`mesh-proxy`, `mesh-pilot`, `meshctl`, the
+/// samples): from `MESH_BIN_DIR`, else next to the running program (a
+/// binary in `target/<profile>/`) or one folder up (a test in
+/// `target/<profile>/deps/`), where cargo builds them.
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MESH_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    let candidates: Vec<PathBuf> = match std::env::var_os("MESH_BIN_DIR") {
+        Some(d) => vec![PathBuf::from(d)],
+        None => {
             let exe = std::env::current_exe().expect("current exe");
-            let deps = exe.parent().expect("deps folder");
-            deps.parent().expect("profile folder").to_owned()
-        });
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace) or set MESH_BIN_DIR",
-        path.display()
-    );
-    path
+            let dir = exe.parent().expect("exe folder").to_owned();
+            let up = dir.parent().map(|p| p.to_owned());
+            std::iter::once(dir).chain(up).collect()
+        }
+    };
+    candidates
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing in {candidates:?}: build the workspace first (cargo build --workspace) or set MESH_BIN_DIR"
+            )
+        })
 }
 
 /// Lines a child prints, read on a thread so waits can time out.

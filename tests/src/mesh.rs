@@ -60,8 +60,9 @@ impl Default for Mesh {
 impl Mesh {
     /// An empty world with an empty store and registry; pilot not started.
     pub fn new() -> Mesh {
-        let world = World::new();
+        let mut world = World::new();
         let dir = tempfile::tempdir().unwrap();
+        world.logs = Some(dir.path().to_owned());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let store = dir.path().join("store");
         let registry = dir.path().join("registry.yaml");

@@ -37,6 +37,42 @@ pub fn require_root() {
     );
 }
 
+/// Removes the namespaces (and what runs in them, and their hosts files)
+/// of worlds whose process is gone, e.g. after a `kill -9`. Returns the
+/// namespaces removed.
+pub fn cleanup_leftovers() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let Ok(out) = out else { return vec![] };
+    let mut removed = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let ns = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = ns
+            .strip_prefix('m')
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        remove_namespace(ns);
+        removed.push(ns.to_owned());
+    }
+    removed
+}
+
+/// Kills what runs in `ns`, deletes it and its hosts file.
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
+}
+
 /// A set of namespaces; removed on drop.
 pub struct World {
     /// Prefix of every namespace and link name of this world.
@@ -47,6 +83,9 @@ pub struct World {
     processes: Vec<Child>,
     hosts: usize,
     names: Vec<(String, IpAddr)>,
+    /// Where the standard error of started processes goes (a file per
+    /// process); inherited when `None` or when MESH_TESTBED_STDERR=inherit.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl Default for World {
@@ -58,9 +97,11 @@ impl Default for World {
 impl World {
     pub fn new() -> World {
         require_root();
+        // m<pid>-<n>: the owner's pid, so leftovers of a killed run can
+        // be told from worlds in use (see [`cleanup_leftovers`]).
         let id = format!(
-            "m{}{}",
-            std::process::id() % 10000,
+            "m{}-{}",
+            std::process::id(),
             WORLDS.fetch_add(1, Ordering::SeqCst)
         );
         let node = format!("{id}-node");
@@ -71,6 +112,7 @@ impl World {
             processes: vec![],
             hosts: 0,
             names: vec![],
+            logs: None,
         };
         w.add_ns(&node);
         run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
@@ -135,6 +177,20 @@ impl World {
         &self.namespaces
     }
 
+    /// Removes everything of this world now (for a Ctrl-C handler that
+    /// cannot wait for the owner to drop it).
+    pub fn remove_by_id(id: &str) {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let ns = line.split_whitespace().next().unwrap_or_default();
+            if ns.starts_with(&format!("{id}-")) {
+                remove_namespace(ns);
+            }
+        }
+    }
+
     /// Adds a host on the bridge; returns its namespace name and address.
     pub fn host(&mut self, name: &str) -> (String, Ipv4Addr) {
         self.hosts += 1;
@@ -194,7 +250,18 @@ impl World {
                 "--clear-groups",
             ]);
         }
-        cmd.args(args).stdout(stdout).stderr(Stdio::inherit());
+        let stderr = match &self.logs {
+            Some(dir) if std::env::var("MESH_TESTBED_STDERR").as_deref() != Ok("inherit") => {
+                let name = std::path::Path::new(args[0])
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let path = dir.join(format!("{ns}-{name}-{}.log", self.processes.len()));
+                std::fs::File::create(path).map_or(Stdio::inherit(), Stdio::from)
+            }
+            _ => Stdio::inherit(),
+        };
+        cmd.args(args).stdout(stdout).stderr(stderr);
         self.processes.push(cmd.spawn().unwrap());
         self.processes.last_mut().unwrap()
     }
@@ -251,8 +318,7 @@ impl Drop for World {
         }
         // Deleting a namespace removes its links (the veth peers go too) and rules.
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(ns));
+            remove_namespace(ns);
         }
     }
 }

@@ -61,6 +61,91 @@ pub struct Report {
     pub escaped: u64,
 }
 
+/// One expectation of the walk and whether it held.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// It held.
+    pub ok: bool,
+    /// What was expected, and what was seen.
+    pub what: String,
+}
+
+impl Report {
+    /// What the seed's walk promises, checked against what was seen; the
+    /// test asserts them all, the demo prints them.
+    pub fn checks(&self) -> Vec<Check> {
+        let mut c = Vec::new();
+        let mut check = |ok: bool, what: String| c.push(Check { ok, what });
+        check(
+            self.refused.0 == 500
+                && self.refused.1.contains("send msg error")
+                && self.msgd_before == 0,
+            format!(
+                "before the egress rule /pay fails (got {}) and msgd gets nothing (got {})",
+                self.refused.0, self.msgd_before
+            ),
+        );
+        check(
+            self.allowed.0 == 200 && self.allowed.1.contains("send msg ok"),
+            format!(
+                "with the egress rule /pay succeeds (got {})",
+                self.allowed.0
+            ),
+        );
+        let missing: Vec<&str> = [
+            "x-request-id",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-sampled",
+            "x-b3-parentspanid",
+        ]
+        .into_iter()
+        .filter(|h| !self.msgd_headers.contains_key(*h))
+        .collect();
+        check(
+            missing.is_empty(),
+            format!("msgd sees the trace headers (missing: {missing:?})"),
+        );
+        let (v1, v2) = self.split;
+        check(
+            v1 + v2 == 1000 && (470..=530).contains(&v1),
+            format!("50/50 split per request within 470..=530 (got {v1}/{v2})"),
+        );
+        check(
+            self.replicas.len() == 4 && self.replicas.iter().all(|(_, n)| *n > 0),
+            format!("every svcb replica takes traffic ({:?})", self.replicas),
+        );
+        check(
+            self.replace_load == (0, 300),
+            format!(
+                "no request fails while the rule is replaced ({} of {} failed)",
+                self.replace_load.0, self.replace_load.1
+            ),
+        );
+        check(
+            self.after == (0, 200),
+            format!(
+                "after the replace all of 200 go to v0.2 (got {:?})",
+                self.after
+            ),
+        );
+        let by: BTreeMap<&str, u64> = self
+            .by_version
+            .iter()
+            .map(|(c, n)| (c.split('|').nth(2).unwrap_or_default(), *n))
+            .collect();
+        check(
+            by.get("v0.1") == Some(&(v1 as u64)) && by.get("v0.2") == Some(&(v2 as u64)),
+            format!("svca's sidecar counts the requests per destination version ({by:?})"),
+        );
+        check(
+            self.escaped == 0,
+            format!("no packet escapes capture ({} escaped)", self.escaped),
+        );
+        c
+    }
+}
+
 /// Status and body of one `/pay` from `client`.
 fn pay(mesh: &Mesh, client: &Pod) -> (u16, String) {
     let (code, out) = mesh.curl(client, &["-w", "\n%{http_code}", "http://svca/pay"]);
