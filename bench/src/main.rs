@@ -4,6 +4,7 @@
 
 mod backend;
 mod load;
+mod pilot_scale;
 mod procfs;
 mod targets;
 
@@ -44,6 +45,19 @@ enum Cmd {
     },
     /// Serve the backends (used by `run`; prints their addresses).
     Backend,
+    /// pilot at scale: N simulated proxies over M services; rule write →
+    /// every proxy has the change (p50/p99), pilot's peak RSS.
+    PilotScale {
+        /// Simulated proxies.
+        #[arg(long, default_value_t = 1000)]
+        proxies: usize,
+        /// Services in the registry.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// The mesh-pilot binary (default: next to mesh-bench).
+        #[arg(long)]
+        pilot: Option<PathBuf>,
+    },
 }
 
 /// One measured row.
@@ -505,5 +519,36 @@ fn main() -> anyhow::Result<()> {
             out,
         } => run(smoke, seconds, out),
         Cmd::Backend => serve_backend(),
+        Cmd::PilotScale {
+            proxies,
+            services,
+            pilot,
+        } => {
+            let pilot = match pilot {
+                Some(p) => p,
+                None => std::env::current_exe()?
+                    .parent()
+                    .expect("exe folder")
+                    .join("mesh-pilot"),
+            };
+            let r = pilot_scale::run(&pilot, proxies, services)?;
+            println!(
+                "| proxies | services | initial sync | push p50 | push p99 | push max | pilot peak RSS | pilot CPU |"
+            );
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+            println!(
+                "| {} | {} | {:.2} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} MB | {:.1} s |",
+                r.proxies,
+                r.services,
+                r.initial_sync_s,
+                r.push_p50_ms,
+                r.push_p99_ms,
+                r.push_max_ms,
+                r.pilot_peak_rss_mb,
+                r.pilot_cpu_s
+            );
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
     }
 }

@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Streaming};
 
-use crate::translate::{Inputs, ProxyNode, for_ads, translate};
+use crate::translate::{
+    Inputs, OutboundKey, ProxyNode, for_ads, outbound_key, translate_inbound, translate_outbound,
+};
 use crate::world::{Update, Updates, World};
 
 /// One type's resources for one proxy: name → (version, resource).
@@ -65,20 +67,96 @@ fn typed<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &str) -> Typed {
         .collect()
 }
 
-/// The resources of one proxy, by type URL.
-pub fn resources_for(world: &World, node: &ProxyNode) -> HashMap<&'static str, Typed> {
-    let inputs = Inputs {
-        registry: &world.registry,
-        rules: &world.rules,
-        mesh: &world.mesh,
-    };
-    let r = for_ads(translate(&inputs, node));
+/// One type's resources for one proxy: the outbound part it shares with
+/// every proxy of the same [`OutboundKey`], and its own inbound part.
+/// Cloning is two reference counts; nothing is copied per proxy.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    shared: Arc<Typed>,
+    own: Arc<Typed>,
+}
+
+impl Layers {
+    fn get(&self, name: &str) -> Option<&(String, Any)> {
+        self.own.get(name).or_else(|| self.shared.get(name))
+    }
+
+    fn get_key_value(&self, name: &str) -> Option<(&String, &(String, Any))> {
+        self.own
+            .get_key_value(name)
+            .or_else(|| self.shared.get_key_value(name))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &(String, Any))> {
+        self.shared.iter().chain(self.own.iter())
+    }
+
+    fn len(&self) -> usize {
+        self.shared.len() + self.own.len()
+    }
+
+    fn same(&self, other: &Layers) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared) && Arc::ptr_eq(&self.own, &other.own)
+    }
+}
+
+fn by_type(r: crate::translate::AdsResources) -> HashMap<&'static str, Arc<Typed>> {
     HashMap::from([
-        (LISTENER_TYPE, typed(&r.listeners, |l| &l.name)),
-        (ROUTE_TYPE, typed(&r.routes, |r| &r.name)),
-        (CLUSTER_TYPE, typed(&r.clusters, |c| &c.name)),
-        (ENDPOINT_TYPE, typed(&r.endpoints, |e| &e.cluster_name)),
+        (LISTENER_TYPE, Arc::new(typed(&r.listeners, |l| &l.name))),
+        (ROUTE_TYPE, Arc::new(typed(&r.routes, |r| &r.name))),
+        (CLUSTER_TYPE, Arc::new(typed(&r.clusters, |c| &c.name))),
+        (
+            ENDPOINT_TYPE,
+            Arc::new(typed(&r.endpoints, |e| &e.cluster_name)),
+        ),
     ])
+}
+
+type SharedOutbound = Arc<HashMap<&'static str, Arc<Typed>>>;
+
+/// Outbound translations of the current generation, by key.
+#[derive(Default)]
+pub struct OutboundCache(Mutex<HashMap<OutboundKey, (u64, SharedOutbound)>>);
+
+impl OutboundCache {
+    /// The resources of one proxy, by type URL: the shared outbound part
+    /// (translated once per key and generation) and its inbound part.
+    pub fn resources_for(&self, world: &World, node: &ProxyNode) -> HashMap<&'static str, Layers> {
+        let inputs = Inputs {
+            registry: &world.registry,
+            rules: &world.rules,
+            mesh: &world.mesh,
+        };
+        let key = outbound_key(&inputs, node);
+        let shared = {
+            // Translating under the lock: the streams of one generation
+            // wait for the first of them instead of all translating.
+            let mut cache = self.0.lock().expect("outbound cache");
+            match cache.get(&key) {
+                Some((g, v)) if *g == world.generation => v.clone(),
+                _ => {
+                    let v: SharedOutbound =
+                        Arc::new(by_type(for_ads(translate_outbound(&inputs, node))));
+                    cache.retain(|_, (g, _)| *g == world.generation);
+                    cache.insert(key, (world.generation, v.clone()));
+                    v
+                }
+            }
+        };
+        let own = by_type(for_ads(translate_inbound(&inputs, node)));
+        PUSH_ORDER
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    Layers {
+                        shared: shared.get(t).cloned().unwrap_or_default(),
+                        own: own.get(t).cloned().unwrap_or_default(),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 fn now_ms() -> u64 {
@@ -222,6 +300,7 @@ pub struct Discovery {
     worlds: watch::Receiver<Arc<World>>,
     updates: Updates,
     status: Arc<Status>,
+    cache: Arc<OutboundCache>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -233,6 +312,7 @@ impl Discovery {
             worlds,
             updates,
             status: Arc::default(),
+            cache: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -262,14 +342,62 @@ struct Sub {
     requested: bool,
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the proxy holds as far as pilot knows: name → version.
-    has: BTreeMap<String, String>,
+    /// What the proxy holds as far as pilot knows.
+    has: Held,
     /// The last nonce sent and what `has` was before it (restored on NACK).
-    pending: Option<(String, BTreeMap<String, String>)>,
+    pending: Option<(String, Held)>,
+}
+
+/// What a proxy holds of one type: exactly some resources pilot has (the
+/// common case, kept without a copy), or a list of names and versions
+/// (after a partial push, or what a reconnecting proxy says it has).
+#[derive(Debug, Clone)]
+enum Held {
+    Exactly(Layers),
+    Listed(BTreeMap<String, String>),
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held::Listed(BTreeMap::new())
+    }
+}
+
+impl Held {
+    fn version(&self, name: &str) -> Option<&str> {
+        match self {
+            Held::Exactly(l) => l.get(name).map(|(v, _)| v.as_str()),
+            Held::Listed(m) => m.get(name).map(String::as_str),
+        }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Held::Exactly(l) => l.iter().map(|(n, _)| n.as_str()).collect(),
+            Held::Listed(m) => m.keys().map(String::as_str).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Held::Exactly(l) => l.len(),
+            Held::Listed(m) => m.len(),
+        }
+    }
+
+    fn listed(&mut self) -> &mut BTreeMap<String, String> {
+        if let Held::Exactly(l) = self {
+            *self = Held::Listed(l.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect());
+        }
+        match self {
+            Held::Listed(m) => m,
+            Held::Exactly(_) => unreachable!("converted above"),
+        }
+    }
 }
 
 impl Sub {
-    fn wanted<'a>(&self, all: &'a Typed) -> BTreeMap<&'a str, &'a (String, Any)> {
+    fn wanted<'a>(&self, all: &'a Layers) -> BTreeMap<&'a str, &'a (String, Any)> {
         all.iter()
             .filter(|(n, _)| self.wildcard || self.names.contains(*n))
             .map(|(n, v)| (n.as_str(), v))
@@ -283,9 +411,10 @@ struct Stream {
     node: String,
     proxy: ProxyNode,
     subs: HashMap<&'static str, Sub>,
-    current: HashMap<&'static str, Arc<Typed>>,
+    current: HashMap<&'static str, Layers>,
     /// The resources before the last refresh (for make-before-break).
-    previous: HashMap<&'static str, Arc<Typed>>,
+    previous: HashMap<&'static str, Layers>,
+    cache: Arc<OutboundCache>,
     generation: u64,
     rules_revision: u64,
     nonce: u64,
@@ -309,7 +438,13 @@ fn known(type_url: &str) -> Option<&'static str> {
 }
 
 impl Stream {
-    fn new(id: u64, meta: &NodeMeta, status: Arc<Status>, protocol: &'static str) -> Stream {
+    fn new(
+        id: u64,
+        meta: &NodeMeta,
+        status: Arc<Status>,
+        cache: Arc<OutboundCache>,
+        protocol: &'static str,
+    ) -> Stream {
         status.proxies.lock().expect("status").insert(
             id,
             ProxyStatus {
@@ -337,6 +472,7 @@ impl Stream {
             subs: HashMap::new(),
             current: HashMap::new(),
             previous: HashMap::new(),
+            cache,
             generation: 0,
             rules_revision: 0,
             nonce: 0,
@@ -346,10 +482,7 @@ impl Stream {
 
     fn refresh(&mut self, world: &World) {
         if world.generation != self.generation {
-            let next = resources_for(world, &self.proxy)
-                .into_iter()
-                .map(|(t, r)| (t, Arc::new(r)))
-                .collect();
+            let next = self.cache.resources_for(world, &self.proxy);
             self.previous = std::mem::replace(&mut self.current, next);
             self.generation = world.generation;
             self.rules_revision = world.rules_revision;
@@ -417,17 +550,21 @@ impl Stream {
         sotw: bool,
         keep: bool,
     ) -> Option<Push> {
-        let empty = Typed::new();
-        let all = self.current.get(type_url).map_or(&empty, |t| t.as_ref());
-        let old = self.previous.get(type_url).map_or(&empty, |t| t.as_ref());
+        let empty = Layers::default();
+        let all = self.current.get(type_url).unwrap_or(&empty);
+        let old = self.previous.get(type_url).unwrap_or(&empty);
         let sub = self.subs.get_mut(type_url)?;
         if !sub.requested {
+            return None;
+        }
+        // The common case of a change that does not concern this proxy.
+        if !force && sub.wildcard && matches!(&sub.has, Held::Exactly(h) if h.same(all)) {
             return None;
         }
         let mut wanted = sub.wanted(all);
         let changed: Vec<Resource> = wanted
             .iter()
-            .filter(|(n, (v, _))| sub.has.get(**n) != Some(v))
+            .filter(|(n, (v, _))| sub.has.version(n) != Some(v.as_str()))
             .map(|(n, (v, any))| Resource {
                 name: (*n).to_owned(),
                 version: v.clone(),
@@ -437,9 +574,10 @@ impl Stream {
             .collect();
         let gone: Vec<String> = sub
             .has
-            .keys()
-            .filter(|n| !wanted.contains_key(n.as_str()))
-            .cloned()
+            .names()
+            .into_iter()
+            .filter(|n| !wanted.contains_key(n))
+            .map(str::to_owned)
             .collect();
         let mut kept = BTreeMap::new();
         let removed = if keep {
@@ -447,13 +585,19 @@ impl Stream {
                 if let Some((name, v)) = old.get_key_value(n) {
                     wanted.insert(name.as_str(), v);
                 }
-                kept.insert(n.clone(), sub.has[n].clone());
+                if let Some(v) = sub.has.version(n) {
+                    kept.insert(n.clone(), v.to_owned());
+                }
             }
             vec![]
         } else {
             gone
         };
         if !force && changed.is_empty() && removed.is_empty() {
+            if sub.wildcard && kept.is_empty() {
+                // Same content, new layers: remember them for the fast path.
+                sub.has = Held::Exactly(all.clone());
+            }
             return None;
         }
         let mut h = std::hash::DefaultHasher::new();
@@ -464,11 +608,16 @@ impl Stream {
         let version = format!("{:016x}", h.finish());
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let mut has: BTreeMap<String, String> = wanted
-            .iter()
-            .map(|(n, (v, _))| ((*n).to_owned(), v.clone()))
-            .collect();
-        has.extend(kept);
+        let has = if sub.wildcard && kept.is_empty() {
+            Held::Exactly(all.clone())
+        } else {
+            let mut listed: BTreeMap<String, String> = wanted
+                .iter()
+                .map(|(n, (v, _))| ((*n).to_owned(), v.clone()))
+                .collect();
+            listed.extend(kept);
+            Held::Listed(listed)
+        };
         let before = std::mem::replace(&mut sub.has, has);
         // An unanswered earlier response is superseded; its rollback point stays.
         let before = match sub.pending.take() {
@@ -567,7 +716,7 @@ impl AggregatedDiscoveryService for Discovery {
             };
             let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
             let id = this.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut s = Stream::new(id, &meta, this.status.clone(), "sotw");
+            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), "sotw");
             this.register(id, &meta);
             let mut worlds = this.worlds.clone();
             if worlds.wait_for(|w| w.warm).await.is_err() {
@@ -642,7 +791,7 @@ impl AggregatedDiscoveryService for Discovery {
             };
             let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
             let id = this.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut s = Stream::new(id, &meta, this.status.clone(), "delta");
+            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), "delta");
             this.register(id, &meta);
             let mut worlds = this.worlds.clone();
             if worlds.wait_for(|w| w.warm).await.is_err() {
@@ -674,7 +823,9 @@ impl AggregatedDiscoveryService for Discovery {
                         sub.requested = true;
                         sub.wildcard = req.resource_names_subscribe.is_empty()
                             || req.resource_names_subscribe.iter().any(|n| n == "*");
-                        sub.has = req.initial_resource_versions.clone().into_iter().collect();
+                        sub.has = Held::Listed(
+                            req.initial_resource_versions.clone().into_iter().collect(),
+                        );
                     }
                     for n in &req.resource_names_subscribe {
                         if n != "*" && sub.names.insert(n.clone()) {
@@ -686,7 +837,7 @@ impl AggregatedDiscoveryService for Discovery {
                             sub.wildcard = false;
                         }
                         sub.names.remove(n);
-                        sub.has.remove(n);
+                        sub.has.listed().remove(n);
                     }
                     if changed
                         && let Some(p) = s.push(type_url, first_request, false, false)

@@ -88,6 +88,35 @@ fn golden(name: &str, files: &[&str], node: &ProxyNode) -> Resources {
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (MESH_BLESS=1 creates it)", path.display()));
     assert_eq!(json, expected, "{name} differs from its golden file");
+    // pilot serves the same thing in two parts: the outbound part shared by
+    // every proxy with the same outbound key, and the proxy's own inbound.
+    let inputs = Inputs {
+        registry: &registry,
+        rules: &rules,
+        mesh: &mesh,
+    };
+    let (outbound, inbound) = (
+        mesh_pilot::translate::translate_outbound(&inputs, node),
+        mesh_pilot::translate::translate_inbound(&inputs, node),
+    );
+    let mut listeners = outbound.listeners.clone();
+    listeners.extend(inbound.listeners.clone());
+    let mut clusters = outbound.clusters.clone();
+    clusters.extend(inbound.clusters.clone());
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(listeners.iter().map(|l| format!("{l:?}")).collect()),
+        sorted(out.listeners.iter().map(|l| format!("{l:?}")).collect()),
+        "{name}: outbound + inbound listeners differ from the whole"
+    );
+    assert_eq!(
+        sorted(clusters.iter().map(|c| format!("{c:?}")).collect()),
+        sorted(out.clusters.iter().map(|c| format!("{c:?}")).collect()),
+        "{name}: outbound + inbound clusters differ from the whole"
+    );
     mesh_proxy::config::Snapshot::from_bootstrap(&bootstrap(&out))
         .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses: {e}"));
     out

@@ -113,6 +113,11 @@ fn applies(
     if host.as_ref() != Some(&service.host(domain)) {
         return false;
     }
+    source_matches(rule, node)
+}
+
+/// Whether `node` is a source the rule's `match.source` admits.
+fn source_matches(rule: &RouteRule, node: &ProxyNode) -> bool {
     match rule.match_.as_ref().and_then(|m| m.source.as_ref()) {
         None => true,
         Some(src) => {
@@ -127,8 +132,69 @@ fn applies(
 
 /// Translates for one proxy.
 pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let domain = &inputs.mesh.domain;
     let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    outbound(&mut b, inputs, node);
+    inbound(&mut b, inputs, node);
+    b.finish()
+}
+
+/// What a proxy's outbound configuration depends on besides the inputs:
+/// its namespace and which route rules' `match.source` it satisfies.
+/// Proxies with equal keys get equal outbound resources, so pilot
+/// translates once per key, not once per proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutboundKey {
+    /// The proxy's namespace.
+    pub namespace: String,
+    /// Per route rule (in input order), whether its source matches.
+    pub sources: Vec<bool>,
+}
+
+/// The outbound key of `node`.
+pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
+    let sources = inputs
+        .rules
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::RouteRule(rr) => Some(source_matches(rr, node)),
+            _ => None,
+        })
+        .collect();
+    OutboundKey {
+        namespace: node.namespace.clone(),
+        sources,
+    }
+}
+
+/// The resources every proxy with `node`'s [`OutboundKey`] shares: capture
+/// listeners, outbound listeners, routes and clusters, egress.
+pub fn translate_outbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
+    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    outbound(&mut b, inputs, node);
+    b.finish()
+}
+
+/// The resources of `node`'s own workload only: inbound listeners
+/// `<ip>_<port>` and their clusters `inbound|<port>||`. With
+/// [`translate_outbound`] this is [`translate`].
+pub fn translate_inbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
+    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    inbound(&mut b, inputs, node);
+    let all = b.finish();
+    let own = |name: &str| {
+        name.starts_with("inbound|")
+            || node
+                .ip
+                .is_some_and(|ip| name.starts_with(&format!("{ip}_")))
+    };
+    Resources {
+        listeners: all.listeners.into_iter().filter(|l| own(&l.name)).collect(),
+        clusters: all.clusters.into_iter().filter(|c| own(&c.name)).collect(),
+    }
+}
+
+fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
+    let domain = &inputs.mesh.domain;
     let route_rules: Vec<(&RouteRule, &str)> = inputs
         .rules
         .iter()
@@ -157,24 +223,26 @@ pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
                 &rules,
             );
         }
-        // Inbound: this proxy's own workload behind the service.
-        let own = node.ip.is_some_and(|ip| {
-            endpoints
-                .iter()
-                .any(|w| w.address == ip && labels_match(&service.selector, &node.labels))
-        });
-        if let (true, Some(ip)) = (own, node.ip) {
+    }
+    for rule in inputs.rules {
+        if let Spec::EgressRule(e) = &rule.spec {
+            egress(b, e);
+        }
+    }
+}
+
+fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
+    let Some(ip) = node.ip else { return };
+    for service in &inputs.registry.services {
+        // This proxy's own workload behind the service.
+        let own = labels_match(&service.selector, &node.labels)
+            && inputs.registry.endpoints(service).any(|w| w.address == ip);
+        if own {
             for port in &service.ports {
                 b.inbound(ip, port.target_port(), service_protocol(port));
             }
         }
     }
-    for rule in inputs.rules {
-        if let Spec::EgressRule(e) = &rule.spec {
-            egress(&mut b, e);
-        }
-    }
-    b.finish()
 }
 
 fn egress(b: &mut build::Builder, e: &EgressRule) {
