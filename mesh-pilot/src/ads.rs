@@ -243,6 +243,14 @@ pub struct PushRecord {
 
 const HISTORY: usize = 200;
 
+/// Proxies with an unanswered push at the same time: a thousand proxies
+/// connecting together get their configuration in waves, so pilot never
+/// holds a thousand full configurations in send buffers at once.
+const PUSH_CONCURRENCY: usize = 32;
+
+/// How long a stream waits for a push permit before pushing anyway.
+const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Connected proxies and recent pushes.
 #[derive(Default)]
 pub struct Status {
@@ -301,6 +309,8 @@ pub struct Discovery {
     updates: Updates,
     status: Arc<Status>,
     cache: Arc<OutboundCache>,
+    /// Bounds the proxies with an unanswered push ([`PUSH_CONCURRENCY`]).
+    gate: Arc<tokio::sync::Semaphore>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -313,6 +323,7 @@ impl Discovery {
             updates,
             status: Arc::default(),
             cache: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENCY)),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -415,6 +426,8 @@ struct Stream {
     /// The resources before the last refresh (for make-before-break).
     previous: HashMap<&'static str, Layers>,
     cache: Arc<OutboundCache>,
+    /// Held from a push until the proxy answered it (see [`PUSH_CONCURRENCY`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     generation: u64,
     rules_revision: u64,
     nonce: u64,
@@ -473,6 +486,7 @@ impl Stream {
             current: HashMap::new(),
             previous: HashMap::new(),
             cache,
+            permit: None,
             generation: 0,
             rules_revision: 0,
             nonce: 0,
@@ -491,12 +505,31 @@ impl Stream {
 
     /// Marks the inputs of the last refresh as handled (after their pushes
     /// were queued), so status readers see sent-and-not-yet-ACKed as STALE.
-    fn handled(&self) {
+    fn handled(&mut self) {
+        if !self.awaiting() {
+            self.permit = None;
+        }
+        // Make-before-break is done: let the old generation go.
+        self.previous.clear();
         let (g, r) = (self.generation, self.rules_revision);
         self.status.update(self.id, |p| {
             p.generation = g;
             p.rules_revision = r;
         });
+    }
+
+    /// Whether a response is still unanswered.
+    fn awaiting(&self) -> bool {
+        self.subs.values().any(|s| s.pending.is_some())
+    }
+
+    /// Takes a push permit unless the stream holds one. A proxy that does
+    /// not answer within the wait does not block the others for longer.
+    async fn take_permit(&mut self, gate: &Arc<tokio::sync::Semaphore>) {
+        if self.permit.is_none() {
+            let wait = tokio::time::timeout(PERMIT_WAIT, gate.clone().acquire_owned());
+            self.permit = wait.await.ok().and_then(Result::ok);
+        }
     }
 
     /// ACK/NACK bookkeeping for a request answering `nonce`. Returns false
@@ -747,6 +780,9 @@ impl AggregatedDiscoveryService for Discovery {
                     sub.requested = true;
                     sub.wildcard = wildcard;
                     sub.names = names;
+                    if changed {
+                        s.take_permit(&this.gate).await;
+                    }
                     if changed
                         && let Some(p) = s.push(type_url, true, true, false)
                         && tx.send(Ok(send(p))).await.is_err()
@@ -762,6 +798,7 @@ impl AggregatedDiscoveryService for Discovery {
                     },
                     c = worlds.changed() => {
                         if c.is_err() { break 'stream; }
+                        s.take_permit(&this.gate).await;
                         let world = worlds.borrow_and_update().clone();
                         s.refresh(&world);
                         for p in s.pushes(true) {
@@ -839,6 +876,9 @@ impl AggregatedDiscoveryService for Discovery {
                         sub.names.remove(n);
                         sub.has.listed().remove(n);
                     }
+                    if changed {
+                        s.take_permit(&this.gate).await;
+                    }
                     if changed
                         && let Some(p) = s.push(type_url, first_request, false, false)
                         && tx.send(Ok(send(p))).await.is_err()
@@ -854,6 +894,7 @@ impl AggregatedDiscoveryService for Discovery {
                     },
                     c = worlds.changed() => {
                         if c.is_err() { break 'stream; }
+                        s.take_permit(&this.gate).await;
                         let world = worlds.borrow_and_update().clone();
                         s.refresh(&world);
                         for p in s.pushes(false) {

@@ -90,8 +90,10 @@ impl Inputs {
             Update::Register(id, w) => {
                 let key = (w.namespace.clone(), w.address);
                 let same = self.registered.get(&key).is_some_and(|(_, old)| *old == w);
+                let shadowed = self.in_file(&key);
                 self.registered.insert(key, (id, w));
-                return !same;
+                // A workload the file registry already describes changes nothing.
+                return !same && !shadowed;
             }
             Update::Unregister(id) => {
                 let updates = updates.clone();
@@ -102,13 +104,27 @@ impl Inputs {
                 return false;
             }
             Update::Expire(id) => {
-                let before = self.registered.len();
-                self.registered.retain(|_, (owner, _)| *owner != id);
-                return self.registered.len() != before;
+                let gone: Vec<_> = self
+                    .registered
+                    .iter()
+                    .filter(|(_, (owner, _))| *owner == id)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &gone {
+                    self.registered.remove(k);
+                }
+                return gone.iter().any(|k| !self.in_file(k));
             }
             Update::Warm => self.warm = true,
         }
         true
+    }
+
+    fn in_file(&self, (namespace, address): &(String, std::net::IpAddr)) -> bool {
+        self.file
+            .workloads
+            .iter()
+            .any(|k| k.address == *address && k.namespace == *namespace)
     }
 
     fn world(&self, generation: u64) -> World {
