@@ -59,6 +59,19 @@ pub async fn run(keep: bool, rules_only: bool) -> anyhow::Result<ExitCode> {
     rule_steps(keep).await
 }
 
+/// `meshctl demo --cleanup`: removes the network namespaces (and what runs
+/// in them) of demo or test runs whose process is gone.
+pub fn cleanup() -> anyhow::Result<ExitCode> {
+    let removed = mesh_testbed::netns::cleanup_leftovers();
+    if removed.is_empty() {
+        println!("nothing left behind");
+    }
+    for ns in removed {
+        println!("removed network namespace {ns}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The rule steps in a fresh temporary store.
 async fn rule_steps(keep: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()

@@ -115,6 +115,10 @@ enum Command {
         /// Only the rule steps (validate, create, replace) in a temporary store.
         #[arg(long)]
         rules_only: bool,
+        /// Only remove what killed runs left behind (network namespaces and
+        /// their processes), then exit.
+        #[arg(long, conflicts_with_all = ["keep", "rules_only"])]
+        cleanup: bool,
     },
 }
 
@@ -134,7 +138,17 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { files } => rules::validate(&files),
-        Command::Demo { keep, rules_only } => demo::run(keep, rules_only).await,
+        Command::Demo {
+            keep,
+            rules_only,
+            cleanup,
+        } => {
+            if cleanup {
+                demo::cleanup()
+            } else {
+                demo::run(keep, rules_only).await
+            }
+        }
         Command::KubeInject(args) => kube_inject::run(args),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
         Command::ProxyConfig {
