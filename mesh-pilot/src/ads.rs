@@ -731,6 +731,189 @@ impl Discovery {
     }
 }
 
+/// What differs between the two ADS flavours; [`Discovery::drive`] does
+/// the rest for both.
+trait Flavor: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// `sotw` or `delta`.
+    const NAME: &'static str;
+    /// SotW sends every wanted resource in each response; Delta only changes.
+    const SOTW: bool;
+    fn node(r: &Self::Request) -> Option<&mesh_proto::envoy::config::core::v3::Node>;
+    fn type_url(r: &Self::Request) -> &str;
+    fn nonce(r: &Self::Request) -> &str;
+    fn error(r: &Self::Request) -> Option<&str>;
+    /// Applies the request's subscription; returns (changed, force a
+    /// response even when nothing differs).
+    fn subscribe(sub: &mut Sub, r: &Self::Request) -> (bool, bool);
+    fn response(p: Push) -> Self::Response;
+}
+
+struct Sotw;
+
+impl Flavor for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+    const SOTW: bool = true;
+    fn node(r: &DiscoveryRequest) -> Option<&mesh_proto::envoy::config::core::v3::Node> {
+        r.node.as_ref()
+    }
+    fn type_url(r: &DiscoveryRequest) -> &str {
+        &r.type_url
+    }
+    fn nonce(r: &DiscoveryRequest) -> &str {
+        &r.response_nonce
+    }
+    fn error(r: &DiscoveryRequest) -> Option<&str> {
+        r.error_detail.as_ref().map(|e| e.message.as_str())
+    }
+    fn subscribe(sub: &mut Sub, r: &DiscoveryRequest) -> (bool, bool) {
+        // The request names the whole subscription (none: wildcard).
+        let names: BTreeSet<String> = r.resource_names.iter().cloned().collect();
+        let wildcard = names.is_empty() || names.contains("*");
+        let changed = !sub.requested || sub.wildcard != wildcard || sub.names != names;
+        sub.requested = true;
+        sub.wildcard = wildcard;
+        sub.names = names;
+        (changed, true)
+    }
+    fn response(p: Push) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: p.version,
+            resources: p.all,
+            type_url: p.type_url.to_owned(),
+            nonce: p.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+struct Delta;
+
+impl Flavor for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+    const SOTW: bool = false;
+    fn node(r: &DeltaDiscoveryRequest) -> Option<&mesh_proto::envoy::config::core::v3::Node> {
+        r.node.as_ref()
+    }
+    fn type_url(r: &DeltaDiscoveryRequest) -> &str {
+        &r.type_url
+    }
+    fn nonce(r: &DeltaDiscoveryRequest) -> &str {
+        &r.response_nonce
+    }
+    fn error(r: &DeltaDiscoveryRequest) -> Option<&str> {
+        r.error_detail.as_ref().map(|e| e.message.as_str())
+    }
+    fn subscribe(sub: &mut Sub, r: &DeltaDiscoveryRequest) -> (bool, bool) {
+        // Requests change the subscription; the first may say what the
+        // proxy already holds (a reconnect).
+        let first = !sub.requested;
+        let mut changed = first;
+        if first {
+            sub.requested = true;
+            sub.wildcard = r.resource_names_subscribe.is_empty()
+                || r.resource_names_subscribe.iter().any(|n| n == "*");
+            sub.has = Held::Listed(r.initial_resource_versions.clone().into_iter().collect());
+        }
+        for n in &r.resource_names_subscribe {
+            if n != "*" && sub.names.insert(n.clone()) {
+                changed = true;
+            }
+        }
+        for n in &r.resource_names_unsubscribe {
+            if n == "*" {
+                sub.wildcard = false;
+            }
+            sub.names.remove(n);
+            sub.has.listed().remove(n);
+        }
+        (changed, first)
+    }
+    fn response(p: Push) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: p.version,
+            resources: p.changed,
+            removed_resources: p.removed,
+            type_url: p.type_url.to_owned(),
+            nonce: p.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+impl Discovery {
+    /// Serves one proxy's stream until it ends: requests (subscriptions,
+    /// ACKs, NACKs) and new worlds, each answered with what changed.
+    fn drive<F: Flavor>(&self, mut requests: Streaming<F::Request>) -> ResponseStream<F::Response>
+    where
+        Streaming<F::Request>: Send,
+        F::Request: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(first)) = requests.message().await else {
+                return;
+            };
+            let meta = NodeMeta::from_node(&F::node(&first).cloned().unwrap_or_default());
+            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), F::NAME);
+            this.register(id, &meta);
+            let mut worlds = this.worlds.clone();
+            if worlds.wait_for(|w| w.warm).await.is_err() {
+                return;
+            }
+            let mut next = Some(first);
+            'stream: loop {
+                if let Some(req) = next.take() {
+                    let Some(type_url) = known(F::type_url(&req)) else {
+                        continue;
+                    };
+                    s.refresh(&worlds.borrow_and_update().clone());
+                    if !F::nonce(&req).is_empty() {
+                        s.answer(type_url, F::nonce(&req), F::error(&req));
+                    }
+                    let (changed, force) = F::subscribe(s.subs.entry(type_url).or_default(), &req);
+                    if changed {
+                        s.take_permit(&this.gate).await;
+                        if let Some(p) = s.push(type_url, force, F::SOTW, false)
+                            && tx.send(Ok(F::response(p))).await.is_err()
+                        {
+                            break 'stream;
+                        }
+                    }
+                    s.handled();
+                }
+                tokio::select! {
+                    r = requests.message() => match r {
+                        Ok(Some(req)) => next = Some(req),
+                        _ => break 'stream,
+                    },
+                    c = worlds.changed() => {
+                        if c.is_err() { break 'stream; }
+                        s.take_permit(&this.gate).await;
+                        let world = worlds.borrow_and_update().clone();
+                        s.refresh(&world);
+                        for p in s.pushes(F::SOTW) {
+                            if tx.send(Ok(F::response(p))).await.is_err() {
+                                break 'stream;
+                            }
+                        }
+                        s.handled();
+                    }
+                }
+            }
+            this.disconnect(id);
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Discovery {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -740,174 +923,13 @@ impl AggregatedDiscoveryService for Discovery {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(Some(first)) = requests.message().await else {
-                return;
-            };
-            let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
-            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), "sotw");
-            this.register(id, &meta);
-            let mut worlds = this.worlds.clone();
-            if worlds.wait_for(|w| w.warm).await.is_err() {
-                return;
-            }
-            let mut next = Some(first);
-            let send = |p: Push| DiscoveryResponse {
-                version_info: p.version,
-                resources: p.all,
-                type_url: p.type_url.to_owned(),
-                nonce: p.nonce,
-                ..Default::default()
-            };
-            'stream: loop {
-                if let Some(req) = next.take() {
-                    let Some(type_url) = known(&req.type_url) else {
-                        continue;
-                    };
-                    s.refresh(&worlds.borrow_and_update().clone());
-                    if !req.response_nonce.is_empty() {
-                        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
-                        s.answer(type_url, &req.response_nonce, error);
-                    }
-                    let sub = s.subs.entry(type_url).or_default();
-                    let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-                    let wildcard = names.is_empty() || names.contains("*");
-                    let changed = !sub.requested || sub.wildcard != wildcard || sub.names != names;
-                    sub.requested = true;
-                    sub.wildcard = wildcard;
-                    sub.names = names;
-                    if changed {
-                        s.take_permit(&this.gate).await;
-                    }
-                    if changed
-                        && let Some(p) = s.push(type_url, true, true, false)
-                        && tx.send(Ok(send(p))).await.is_err()
-                    {
-                        break 'stream;
-                    }
-                    s.handled();
-                }
-                tokio::select! {
-                    r = requests.message() => match r {
-                        Ok(Some(req)) => next = Some(req),
-                        _ => break 'stream,
-                    },
-                    c = worlds.changed() => {
-                        if c.is_err() { break 'stream; }
-                        s.take_permit(&this.gate).await;
-                        let world = worlds.borrow_and_update().clone();
-                        s.refresh(&world);
-                        for p in s.pushes(true) {
-                            if tx.send(Ok(send(p))).await.is_err() {
-                                break 'stream;
-                            }
-                        }
-                        s.handled();
-                    }
-                }
-            }
-            this.disconnect(id);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.drive::<Sotw>(request.into_inner())))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let Ok(Some(first)) = requests.message().await else {
-                return;
-            };
-            let meta = NodeMeta::from_node(&first.node.clone().unwrap_or_default());
-            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), "delta");
-            this.register(id, &meta);
-            let mut worlds = this.worlds.clone();
-            if worlds.wait_for(|w| w.warm).await.is_err() {
-                return;
-            }
-            let mut next = Some(first);
-            let send = |p: Push| DeltaDiscoveryResponse {
-                system_version_info: p.version,
-                resources: p.changed,
-                removed_resources: p.removed,
-                type_url: p.type_url.to_owned(),
-                nonce: p.nonce,
-                ..Default::default()
-            };
-            'stream: loop {
-                if let Some(req) = next.take() {
-                    let Some(type_url) = known(&req.type_url) else {
-                        continue;
-                    };
-                    s.refresh(&worlds.borrow_and_update().clone());
-                    if !req.response_nonce.is_empty() {
-                        let error = req.error_detail.as_ref().map(|e| e.message.as_str());
-                        s.answer(type_url, &req.response_nonce, error);
-                    }
-                    let sub = s.subs.entry(type_url).or_default();
-                    let first_request = !sub.requested;
-                    let mut changed = first_request;
-                    if first_request {
-                        sub.requested = true;
-                        sub.wildcard = req.resource_names_subscribe.is_empty()
-                            || req.resource_names_subscribe.iter().any(|n| n == "*");
-                        sub.has = Held::Listed(
-                            req.initial_resource_versions.clone().into_iter().collect(),
-                        );
-                    }
-                    for n in &req.resource_names_subscribe {
-                        if n != "*" && sub.names.insert(n.clone()) {
-                            changed = true;
-                        }
-                    }
-                    for n in &req.resource_names_unsubscribe {
-                        if n == "*" {
-                            sub.wildcard = false;
-                        }
-                        sub.names.remove(n);
-                        sub.has.listed().remove(n);
-                    }
-                    if changed {
-                        s.take_permit(&this.gate).await;
-                    }
-                    if changed
-                        && let Some(p) = s.push(type_url, first_request, false, false)
-                        && tx.send(Ok(send(p))).await.is_err()
-                    {
-                        break 'stream;
-                    }
-                    s.handled();
-                }
-                tokio::select! {
-                    r = requests.message() => match r {
-                        Ok(Some(req)) => next = Some(req),
-                        _ => break 'stream,
-                    },
-                    c = worlds.changed() => {
-                        if c.is_err() { break 'stream; }
-                        s.take_permit(&this.gate).await;
-                        let world = worlds.borrow_and_update().clone();
-                        s.refresh(&world);
-                        for p in s.pushes(false) {
-                            if tx.send(Ok(send(p))).await.is_err() {
-                                break 'stream;
-                            }
-                        }
-                        s.handled();
-                    }
-                }
-            }
-            this.disconnect(id);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.drive::<Delta>(request.into_inner())))
     }
 }

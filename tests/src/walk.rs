@@ -20,7 +20,9 @@ pub const ROUTE_100: &str =
 /// The address the seed's msgd had; the walk writes its own msgd's instead.
 pub const SEED_MSGD_IP: &str = "10.100.35.27";
 
-const REGISTRY: &str = "services:
+/// The walk's file registry: svca and svcb, VIPs in 10.251.0.0/16; the
+/// workloads register themselves through their sidecars.
+pub const REGISTRY: &str = "services:
 - name: svca
   namespace: default
   vip: 10.251.0.10
@@ -34,6 +36,14 @@ const REGISTRY: &str = "services:
   - {name: http, port: 80, targetPort: 8080}
   selector: {app: svcb}
 ";
+
+/// The service names of [`REGISTRY`] and their VIPs, for hosts files.
+pub fn names() -> [(&'static str, IpAddr); 2] {
+    [
+        ("svca", "10.251.0.10".parse().expect("VIP")),
+        ("svcb", "10.251.0.11".parse().expect("VIP")),
+    ]
+}
 
 /// What the walk saw.
 #[derive(Debug, Default)]
@@ -182,10 +192,7 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
     let mut r = Report::default();
     say("starting pilot and the pods (network namespaces with capture, sidecars as uid 1337)");
     mesh.write_registry(REGISTRY);
-    mesh.set_names(&[
-        ("svca", "10.251.0.10".parse::<IpAddr>().unwrap()),
-        ("svcb", "10.251.0.11".parse::<IpAddr>().unwrap()),
-    ]);
+    mesh.set_names(&names());
     mesh.start_pilot();
     let msgd = mesh.pod("msgd", &[], None);
     let msgd_log = mesh.msgd(&msgd);

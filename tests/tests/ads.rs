@@ -5,50 +5,13 @@
 //! an EgressRule opening one external host. The server pods run
 //! mesh-proxy sidecars that register their workloads with pilot.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use mesh_testbed::mesh::{Mesh, Pod, Sidecar, requests};
 use mesh_testbed::netns::VIP_CIDR;
 
-const SVCB_VIP: &str = "10.251.0.11";
-
-const REGISTRY: &str = "services:
-- name: svcb
-  namespace: default
-  vip: 10.251.0.11
-  ports:
-  - {name: http, port: 80, targetPort: 8080}
-  selector: {app: svcb}
-";
-
-const SPLIT_50: &str = "apiVersion: config.istio.io/v1alpha2
-kind: RouteRule
-metadata:
-  name: route-rules-svcb
-spec:
-  destination:
-    name: svcb
-  precedence: 1
-  route:
-  - labels: {version: v0.1}
-    weight: 50
-  - labels: {version: v0.2}
-    weight: 50
-";
-
-const ALL_V2: &str = "apiVersion: config.istio.io/v1alpha2
-kind: RouteRule
-metadata:
-  name: route-rules-svcb
-spec:
-  destination:
-    name: svcb
-  precedence: 1
-  route:
-  - labels: {version: v0.2}
-    weight: 100
-";
+// The walk's registry (svca, svcb) and the seed's rule files.
+use mesh_testbed::walk::{REGISTRY, ROUTE_50 as SPLIT_50, ROUTE_100 as ALL_V2, names};
 
 const HEADER_RULE: &str = "apiVersion: config.istio.io/v1alpha2
 kind: RouteRule
@@ -92,7 +55,7 @@ fn count(bodies: &[String], v: &str) -> usize {
 fn follows_pilot(proxy: Sidecar) {
     let mut mesh = Mesh::new();
     mesh.write_registry(REGISTRY);
-    mesh.set_names(&[("svcb", SVCB_VIP.parse::<IpAddr>().unwrap())]);
+    mesh.set_names(&names());
     mesh.start_pilot();
     let v1 = mesh.pod(
         "svcb-v1",
@@ -281,7 +244,7 @@ fn load_result(load: std::process::Child) -> (usize, Vec<String>) {
 fn pilot_restart_while_traffic_flows() {
     let mut mesh = Mesh::new();
     mesh.write_registry(REGISTRY);
-    mesh.set_names(&[("svcb", SVCB_VIP.parse::<IpAddr>().unwrap())]);
+    mesh.set_names(&names());
     mesh.start_pilot();
     for (name, version) in [("svcb-v1", "v0.1"), ("svcb-v2", "v0.2")] {
         let pod = mesh.pod(
