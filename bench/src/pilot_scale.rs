@@ -90,29 +90,52 @@ async fn proxy(
         .into(),
         service_account: "default".into(),
     };
-    let Ok(mut client) = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await
-    else {
-        return;
+    // A connection storm may see refused or reset connections; retry like
+    // a proxy would, until the first configuration arrived.
+    let mut attempt = 0u64;
+    let connected = loop {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 * attempt.min(20))).await;
+        }
+        attempt += 1;
+        let mut client =
+            match AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await {
+                Ok(c) => c.max_decoding_message_size(256 << 20),
+                Err(e) => {
+                    eprintln!("proxy {i}: connect failed ({e}), retrying");
+                    continue;
+                }
+            };
+        let (tx, rx) = mpsc::unbounded_channel();
+        for t in PUSH_ORDER {
+            let _ = tx.send(DeltaDiscoveryRequest {
+                node: Some(meta.to_node()),
+                type_url: t.to_owned(),
+                ..Default::default()
+            });
+        }
+        match client
+            .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => break (r.into_inner(), tx),
+            Err(e) => eprintln!("proxy {i}: stream refused ({e}), retrying"),
+        }
     };
-    let client_limits = client.max_decoding_message_size(256 << 20);
-    client = client_limits;
-    let (tx, rx) = mpsc::unbounded_channel();
-    for t in PUSH_ORDER {
-        let _ = tx.send(DeltaDiscoveryRequest {
-            node: Some(meta.to_node()),
-            type_url: t.to_owned(),
-            ..Default::default()
-        });
-    }
-    let Ok(resp) = client
-        .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-    else {
-        return;
-    };
-    let mut stream = resp.into_inner();
+    let (mut stream, tx) = connected;
     let mut seen = 0u8;
-    while let Ok(Some(r)) = stream.message().await {
+    loop {
+        let r = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                eprintln!("proxy {i}: pilot closed the stream");
+                return;
+            }
+            Err(e) => {
+                eprintln!("proxy {i}: stream error: {e}");
+                return;
+            }
+        };
         let _ = tx.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
             response_nonce: r.nonce.clone(),

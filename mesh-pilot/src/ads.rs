@@ -114,11 +114,67 @@ fn by_type(r: crate::translate::AdsResources) -> HashMap<&'static str, Arc<Typed
 
 type SharedOutbound = Arc<HashMap<&'static str, Arc<Typed>>>;
 
-/// Outbound translations of the current generation, by key.
+/// Outbound translations of the current generation, by key, and the
+/// differences between successive shared maps (the same for every proxy
+/// that holds one and is moving to the other).
 #[derive(Default)]
-pub struct OutboundCache(Mutex<HashMap<OutboundKey, (u64, SharedOutbound)>>);
+pub struct OutboundCache {
+    translations: Mutex<HashMap<OutboundKey, (u64, SharedOutbound)>>,
+    diffs: Mutex<Vec<DiffEntry>>,
+}
+
+type DiffEntry = (std::sync::Weak<Typed>, std::sync::Weak<Typed>, Arc<Diff>);
+
+/// What changed between two maps of one type, by name.
+#[derive(Debug, Default)]
+struct Diff {
+    changed: Vec<String>,
+    removed: Vec<String>,
+}
+
+/// Walks two name-ordered maps side by side.
+fn diff(old: &Typed, new: &Typed) -> Diff {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let mut d = Diff::default();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let step = match (a.peek(), b.peek()) {
+            (None, None) => return d,
+            (Some(_), None) => Less,
+            (None, Some(_)) => Greater,
+            (Some((na, _)), Some((nb, _))) => na.cmp(nb),
+        };
+        match step {
+            Less => d.removed.push(a.next().expect("peeked").0.clone()),
+            Greater => d.changed.push(b.next().expect("peeked").0.clone()),
+            Equal => {
+                let ((_, (va, _)), (nb, (vb, _))) =
+                    (a.next().expect("peeked"), b.next().expect("peeked"));
+                if va != vb {
+                    d.changed.push(nb.clone());
+                }
+            }
+        }
+    }
+}
 
 impl OutboundCache {
+    /// The difference from `old` to `new`, computed once for all proxies.
+    fn diff(&self, old: &Arc<Typed>, new: &Arc<Typed>) -> Arc<Diff> {
+        let mut diffs = self.diffs.lock().expect("diff cache");
+        let hit = diffs.iter().find(|(o, n, _)| {
+            o.upgrade().is_some_and(|o| Arc::ptr_eq(&o, old))
+                && n.upgrade().is_some_and(|n| Arc::ptr_eq(&n, new))
+        });
+        if let Some((_, _, d)) = hit {
+            return d.clone();
+        }
+        let d = Arc::new(diff(old, new));
+        diffs.retain(|(o, n, _)| o.strong_count() > 0 && n.strong_count() > 0);
+        diffs.push((Arc::downgrade(old), Arc::downgrade(new), d.clone()));
+        d
+    }
+
     /// The resources of one proxy, by type URL: the shared outbound part
     /// (translated once per key and generation) and its inbound part.
     pub fn resources_for(&self, world: &World, node: &ProxyNode) -> HashMap<&'static str, Layers> {
@@ -131,7 +187,7 @@ impl OutboundCache {
         let shared = {
             // Translating under the lock: the streams of one generation
             // wait for the first of them instead of all translating.
-            let mut cache = self.0.lock().expect("outbound cache");
+            let mut cache = self.translations.lock().expect("outbound cache");
             match cache.get(&key) {
                 Some((g, v)) if *g == world.generation => v.clone(),
                 _ => {
@@ -243,9 +299,9 @@ pub struct PushRecord {
 
 const HISTORY: usize = 200;
 
-/// Proxies with an unanswered push at the same time: a thousand proxies
-/// connecting together get their configuration in waves, so pilot never
-/// holds a thousand full configurations in send buffers at once.
+/// Proxies with an unanswered subscription answer at the same time: a
+/// thousand proxies connecting together get their (full) configuration in
+/// waves. Changes, which are small, are not gated.
 const PUSH_CONCURRENCY: usize = 32;
 
 /// How long a stream waits for a push permit before pushing anyway.
@@ -365,6 +421,9 @@ struct Sub {
 #[derive(Debug, Clone)]
 enum Held {
     Exactly(Layers),
+    /// Some layers plus resources kept from before them (name → version):
+    /// between the two halves of a make-before-break push.
+    Plus(Layers, BTreeMap<String, String>),
     Listed(BTreeMap<String, String>),
 }
 
@@ -378,6 +437,10 @@ impl Held {
     fn version(&self, name: &str) -> Option<&str> {
         match self {
             Held::Exactly(l) => l.get(name).map(|(v, _)| v.as_str()),
+            Held::Plus(l, kept) => kept
+                .get(name)
+                .map(String::as_str)
+                .or_else(|| l.get(name).map(|(v, _)| v.as_str())),
             Held::Listed(m) => m.get(name).map(String::as_str),
         }
     }
@@ -385,6 +448,15 @@ impl Held {
     fn names(&self) -> Vec<&str> {
         match self {
             Held::Exactly(l) => l.iter().map(|(n, _)| n.as_str()).collect(),
+            Held::Plus(l, kept) => l
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .chain(
+                    kept.keys()
+                        .map(String::as_str)
+                        .filter(|n| l.get(n).is_none()),
+                )
+                .collect(),
             Held::Listed(m) => m.keys().map(String::as_str).collect(),
         }
     }
@@ -392,17 +464,23 @@ impl Held {
     fn len(&self) -> usize {
         match self {
             Held::Exactly(l) => l.len(),
+            Held::Plus(..) => self.names().len(),
             Held::Listed(m) => m.len(),
         }
     }
 
     fn listed(&mut self) -> &mut BTreeMap<String, String> {
-        if let Held::Exactly(l) = self {
-            *self = Held::Listed(l.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect());
+        if !matches!(self, Held::Listed(_)) {
+            let all: BTreeMap<String, String> = self
+                .names()
+                .into_iter()
+                .map(|n| (n.to_owned(), self.version(n).unwrap_or_default().to_owned()))
+                .collect();
+            *self = Held::Listed(all);
         }
         match self {
             Held::Listed(m) => m,
-            Held::Exactly(_) => unreachable!("converted above"),
+            _ => unreachable!("converted above"),
         }
     }
 }
@@ -594,6 +672,18 @@ impl Stream {
         if !force && sub.wildcard && matches!(&sub.has, Held::Exactly(h) if h.same(all)) {
             return None;
         }
+        if !sotw && sub.wildcard {
+            let base = match &sub.has {
+                Held::Exactly(h) | Held::Plus(h, _) => Some(h.clone()),
+                Held::Listed(_) => None,
+            };
+            if let Some(base) = base
+                && Arc::ptr_eq(&base.own, &all.own)
+            {
+                let all = all.clone();
+                return self.fast_push(type_url, force, keep, base, all);
+            }
+        }
         let mut wanted = sub.wanted(all);
         let changed: Vec<Resource> = wanted
             .iter()
@@ -639,8 +729,6 @@ impl Stream {
             v.hash(&mut h);
         }
         let version = format!("{:016x}", h.finish());
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
         let has = if sub.wildcard && kept.is_empty() {
             Held::Exactly(all.clone())
         } else {
@@ -651,6 +739,96 @@ impl Stream {
             listed.extend(kept);
             Held::Listed(listed)
         };
+        let all_resources = if sotw {
+            wanted.values().map(|(_, a)| a.clone()).collect()
+        } else {
+            vec![]
+        };
+        let count = if sotw { wanted.len() } else { changed.len() };
+        Some(self.record(
+            type_url,
+            has,
+            version,
+            changed,
+            removed,
+            all_resources,
+            count,
+        ))
+    }
+
+    /// Delta, wildcard, inbound part unchanged: the change of the shared
+    /// part was computed once for every proxy ([`OutboundCache::diff`]).
+    fn fast_push(
+        &mut self,
+        type_url: &'static str,
+        force: bool,
+        keep: bool,
+        base: Layers,
+        all: Layers,
+    ) -> Option<Push> {
+        let d = self.cache.diff(&base.shared, &all.shared);
+        let sub = self.subs.get_mut(type_url)?;
+        let mut kept = match &sub.has {
+            Held::Plus(_, k) => k.clone(),
+            _ => BTreeMap::new(),
+        };
+        let changed: Vec<Resource> = d
+            .changed
+            .iter()
+            .filter_map(|n| {
+                let (v, any) = all.shared.get(n)?;
+                (kept.get(n) != Some(v)).then(|| Resource {
+                    name: n.clone(),
+                    version: v.clone(),
+                    resource: Some(any.clone()),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        // Kept entries that are wanted again are simply held again.
+        kept.retain(|n, _| all.get(n).is_none());
+        let mut removed = Vec::new();
+        if keep {
+            for n in &d.removed {
+                if let Some((v, _)) = base.shared.get(n) {
+                    kept.insert(n.clone(), v.clone());
+                }
+            }
+        } else {
+            removed.extend(d.removed.iter().cloned());
+            removed.extend(kept.keys().filter(|n| !d.removed.contains(n)).cloned());
+            kept.clear();
+        }
+        let has = if kept.is_empty() {
+            Held::Exactly(all)
+        } else {
+            Held::Plus(all, kept)
+        };
+        if !force && changed.is_empty() && removed.is_empty() {
+            sub.has = has;
+            return None;
+        }
+        let version = format!("g{}-{}", self.generation, self.nonce + 1);
+        let count = changed.len();
+        Some(self.record(type_url, has, version, changed, removed, vec![], count))
+    }
+
+    /// Bookkeeping of a push: the nonce, what the proxy will hold (and the
+    /// rollback point for a NACK), status and history.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        type_url: &'static str,
+        has: Held,
+        version: String,
+        changed: Vec<Resource>,
+        removed: Vec<String>,
+        all: Vec<Any>,
+        count: usize,
+    ) -> Push {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let sub = self.subs.entry(type_url).or_default();
         let before = std::mem::replace(&mut sub.has, has);
         // An unanswered earlier response is superseded; its rollback point stays.
         let before = match sub.pending.take() {
@@ -658,7 +836,6 @@ impl Stream {
             None => before,
         };
         sub.pending = Some((nonce.clone(), before));
-        let count = if sotw { wanted.len() } else { changed.len() };
         let short = short_type(type_url).to_owned();
         let sent_version = version.clone();
         self.status.update(self.id, |p| {
@@ -670,17 +847,17 @@ impl Stream {
             type_: short_type(type_url).to_owned(),
             version: version.clone(),
             resources: count,
-            removed: if sotw { 0 } else { removed.len() },
+            removed: removed.len(),
             generation: self.generation,
         });
-        Some(Push {
+        Push {
             type_url,
             nonce,
             version,
-            all: wanted.values().map(|(_, a)| a.clone()).collect(),
+            all,
             changed,
             removed,
-        })
+        }
     }
 
     /// The pushes for a new world, make-before-break: clusters and
@@ -896,7 +1073,6 @@ impl Discovery {
                     },
                     c = worlds.changed() => {
                         if c.is_err() { break 'stream; }
-                        s.take_permit(&this.gate).await;
                         let world = worlds.borrow_and_update().clone();
                         s.refresh(&world);
                         for p in s.pushes(F::SOTW) {
