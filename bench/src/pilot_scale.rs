@@ -89,6 +89,8 @@ async fn proxy(
         ]
         .into(),
         service_account: "default".into(),
+        explicit: false,
+        app_ip: None,
     };
     // A connection storm may see refused or reset connections; retry like
     // a proxy would, until the first configuration arrived.

@@ -33,7 +33,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Streaming};
 
 use crate::translate::{
-    Inputs, OutboundKey, ProxyNode, for_ads, outbound_key, translate_inbound, translate_outbound,
+    Inputs, Interception, OutboundKey, ProxyNode, for_ads, outbound_key, translate_inbound,
+    translate_outbound,
 };
 use crate::world::{Update, Updates, World};
 
@@ -215,6 +216,24 @@ impl OutboundCache {
     }
 }
 
+/// What translation needs to know of a proxy.
+pub fn proxy_node(meta: &NodeMeta) -> ProxyNode {
+    ProxyNode {
+        namespace: meta.namespace.clone(),
+        ip: meta.ip,
+        labels: meta.labels.clone(),
+        interception: if meta.explicit {
+            Interception::Explicit {
+                app_ip: meta
+                    .app_ip
+                    .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            }
+        } else {
+            Interception::Capture
+        },
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -262,6 +281,8 @@ pub struct ProxyStatus {
     pub ip: Option<String>,
     /// Workload labels.
     pub labels: BTreeMap<String, String>,
+    /// Whether the proxy is used explicitly (no capture), and where its app listens.
+    pub explicit: Option<String>,
     /// `sotw` or `delta`.
     pub protocol: &'static str,
     /// The rule store revision of the last inputs this proxy's
@@ -544,6 +565,9 @@ impl Stream {
                 workload: meta.workload.clone(),
                 ip: meta.ip.map(|i| i.to_string()),
                 labels: meta.labels.clone(),
+                explicit: meta
+                    .explicit
+                    .then(|| meta.app_ip.map_or("127.0.0.1".into(), |i| i.to_string())),
                 protocol,
                 rules_revision: 0,
                 generation: 0,
@@ -555,11 +579,7 @@ impl Stream {
         Stream {
             id,
             node: meta.id.clone(),
-            proxy: ProxyNode {
-                namespace: meta.namespace.clone(),
-                ip: meta.ip,
-                labels: meta.labels.clone(),
-            },
+            proxy: proxy_node(meta),
             subs: HashMap::new(),
             current: HashMap::new(),
             previous: HashMap::new(),

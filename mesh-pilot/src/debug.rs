@@ -15,7 +15,7 @@ use mesh_proto::json::to_json;
 use tokio::net::TcpListener;
 
 use crate::ads::Discovery;
-use crate::translate::{Inputs, ProxyNode, for_ads, translate};
+use crate::translate::{Inputs, for_ads, translate};
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_string_pretty(v).expect("JSON") + "\n";
@@ -37,11 +37,16 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
         );
     };
     let world = d.world();
-    let node = ProxyNode {
+    let node = crate::ads::proxy_node(&mesh_proto::node::NodeMeta {
+        id: p.node.clone(),
         namespace: p.namespace.clone(),
+        workload: p.workload.clone(),
         ip: p.ip.as_deref().and_then(|i| i.parse().ok()),
         labels: p.labels.clone(),
-    };
+        service_account: String::new(),
+        explicit: p.explicit.is_some(),
+        app_ip: p.explicit.as_deref().and_then(|i| i.parse().ok()),
+    });
     let inputs = Inputs {
         registry: &world.registry,
         rules: &world.rules,

@@ -50,6 +50,7 @@ fn node(ip: &str, app: &str, version: &str) -> ProxyNode {
             ("version".to_owned(), version.to_owned()),
         ]
         .into(),
+        interception: Default::default(),
     }
 }
 
@@ -219,4 +220,46 @@ fn envoy_accepts_every_translation() {
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: envoy refuses:\n{text}");
     }
+}
+
+#[test]
+fn explicit_proxy_without_capture() {
+    // A proxy nothing redirects to (INTERCEPTION_MODE NONE): one HTTP proxy
+    // listener on its IP:15001 with every host, inbound listeners bound on
+    // its IP forwarding to the app's address, egress to the rule's address.
+    let mut n = node("10.250.0.2", "svca", "v0.1");
+    n.interception = mesh_pilot::translate::Interception::Explicit {
+        app_ip: "127.0.0.1".parse().unwrap(),
+    };
+    let r = golden(
+        "svca-explicit",
+        &[
+            "enable-svcb-engress-rule.yaml",
+            "route-rules-svcb-v0.2-50.yaml",
+        ],
+        &n,
+    );
+    let listeners: Vec<_> = r
+        .listeners
+        .iter()
+        .map(|l| {
+            (
+                l.name.as_str(),
+                l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listeners,
+        [("10.250.0.2_15001", true), ("10.250.0.2_8080", true)]
+    );
+    let egress = r
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|9997||10.100.35.27")
+        .expect("the egress cluster");
+    assert!(
+        egress.load_assignment.is_some(),
+        "a static cluster to the rule's address"
+    );
 }

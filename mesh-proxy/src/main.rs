@@ -70,6 +70,20 @@ struct SidecarArgs {
     /// The workload's service account.
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
+    /// `none`: no traffic redirection; apps use the proxy explicitly (an
+    /// HTTP proxy on IP:15001) and callers reach the workload at IP:port,
+    /// where the proxy listens and forwards to the app at --app-ip.
+    #[arg(
+        long,
+        env = "INTERCEPTION_MODE",
+        value_enum,
+        ignore_case = true,
+        default_value = "redirect"
+    )]
+    interception_mode: Interception,
+    /// With `--interception-mode none`: where the app listens.
+    #[arg(long, env = "MESH_APP_IP")]
+    app_ip: Option<std::net::IpAddr>,
     /// The xDS node id (default `sidecar~IP~WORKLOAD.NAMESPACE~NAMESPACE.svc.cluster.local`, as Istio).
     #[arg(long)]
     node_id: Option<String>,
@@ -88,6 +102,15 @@ struct SidecarArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_timeout: u64,
+}
+
+/// How traffic reaches the sidecar.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Interception {
+    /// The pod's nat rules (`mesh-proxy init`) redirect it.
+    Redirect,
+    /// Nothing redirects it (Istio's `NONE`).
+    None,
 }
 
 fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -120,6 +143,8 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
         ip: a.ip,
         labels: a.labels,
         service_account: a.service_account,
+        explicit: a.interception_mode == Interception::None,
+        app_ip: a.app_ip,
     };
     let opts = Options {
         concurrency: a.concurrency,

@@ -50,6 +50,12 @@ pub struct NodeMeta {
     pub labels: BTreeMap<String, String>,
     /// The workload's service account.
     pub service_account: String,
+    /// No traffic redirection (`INTERCEPTION_MODE: NONE`, as in Istio):
+    /// apps use the proxy explicitly.
+    pub explicit: bool,
+    /// With `explicit`, where the app listens (`MESH_APP_IP`; default
+    /// 127.0.0.1).
+    pub app_ip: Option<IpAddr>,
 }
 
 fn string(v: &str) -> Value {
@@ -78,6 +84,12 @@ impl NodeMeta {
         }
         if !self.service_account.is_empty() {
             fields.insert("SERVICE_ACCOUNT".into(), string(&self.service_account));
+        }
+        if self.explicit {
+            fields.insert("INTERCEPTION_MODE".into(), string("NONE"));
+        }
+        if let Some(ip) = self.app_ip {
+            fields.insert("MESH_APP_IP".into(), string(&ip.to_string()));
         }
         let labels = self
             .labels
@@ -130,6 +142,8 @@ impl NodeMeta {
             service_account: get_string(md, "SERVICE_ACCOUNT")
                 .unwrap_or_default()
                 .to_owned(),
+            explicit: get_string(md, "INTERCEPTION_MODE") == Some("NONE"),
+            app_ip: get_string(md, "MESH_APP_IP").and_then(|ip| ip.parse().ok()),
         }
     }
 }
@@ -147,6 +161,8 @@ mod tests {
             ip: Some("10.250.0.2".parse().unwrap()),
             labels: [("app".to_owned(), "svca".to_owned())].into(),
             service_account: "svca".into(),
+            explicit: true,
+            app_ip: Some("127.11.0.2".parse().unwrap()),
         };
         assert_eq!(NodeMeta::from_node(&meta.to_node()), meta);
         let mut node = meta.to_node();

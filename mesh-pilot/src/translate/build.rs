@@ -302,9 +302,23 @@ fn default_route(cluster: &str) -> xroute::Route {
     }
 }
 
+/// How traffic reaches the proxy being translated for.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Redirected by the pod's nat rules.
+    Capture,
+    /// Explicit: an HTTP proxy listener on `bind:15001`, inbound listeners
+    /// bound on `bind`, the app on `app`.
+    Explicit { bind: IpAddr, app: IpAddr },
+}
+
+/// The explicit proxy's outbound listener port (the capture port's number).
+pub const EXPLICIT_PROXY_PORT: u16 = 15001;
+
 /// Collects resources while translation walks the inputs.
 pub struct Builder {
     outbound: OutboundPolicy,
+    mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
     listeners: BTreeMap<String, Listener>,
@@ -312,9 +326,10 @@ pub struct Builder {
 }
 
 impl Builder {
-    pub fn new(outbound: OutboundPolicy, namespace: &str) -> Self {
+    pub fn new(outbound: OutboundPolicy, namespace: &str, mode: Mode) -> Self {
         Builder {
             outbound,
+            mode,
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
             listeners: BTreeMap::new(),
@@ -386,7 +401,8 @@ impl Builder {
                     routes,
                     ..Default::default()
                 });
-        } else if let Some(vip) = service.vip {
+        } else if let (Some(vip), Mode::Capture) = (service.vip, self.mode) {
+            // (An explicit proxy has no way to see opaque TCP to a VIP.)
             let name = format!("{vip}_{}", port.port);
             let l = listener(
                 &name,
@@ -403,10 +419,12 @@ impl Builder {
     /// Inbound resources for this proxy's own workload on `port`.
     pub fn inbound(&mut self, ip: IpAddr, port: u16, protocol: Protocol) {
         let cluster = format!("inbound|{port}||");
-        self.clusters.insert(
-            cluster.clone(),
-            static_cluster(&cluster, &[("127.0.0.1".to_owned(), port)]),
-        );
+        let (app, bind) = match self.mode {
+            Mode::Capture => ("127.0.0.1".to_owned(), false),
+            Mode::Explicit { app, .. } => (app.to_string(), true),
+        };
+        self.clusters
+            .insert(cluster.clone(), static_cluster(&cluster, &[(app, port)]));
         let name = format!("{ip}_{port}");
         let f = if protocol.is_http() {
             http_manager(
@@ -423,7 +441,7 @@ impl Builder {
         };
         self.listeners.insert(
             name.clone(),
-            listener(&name, &ip.to_string(), port, false, false, f),
+            listener(&name, &ip.to_string(), port, bind, false, f),
         );
     }
 
@@ -431,8 +449,14 @@ impl Builder {
     /// where the app connected (resolved by the app), if its Host matches.
     pub fn egress_http(&mut self, host: &str, port: u16, _protocol: Protocol) {
         let cluster = outbound_cluster_name(port, "", host);
-        self.clusters
-            .insert(cluster.clone(), original_dst_cluster(&cluster));
+        let c = match (self.mode, host.parse::<IpAddr>()) {
+            (Mode::Capture, _) => original_dst_cluster(&cluster),
+            // An explicit proxy has no original destination: the rule's
+            // address is the destination.
+            (Mode::Explicit { .. }, Ok(ip)) => static_cluster(&cluster, &[(ip.to_string(), port)]),
+            (Mode::Explicit { .. }, Err(_)) => return, // DNS names need a DNS cluster: not yet.
+        };
+        self.clusters.insert(cluster.clone(), c);
         self.http_ports
             .entry(port)
             .or_default()
@@ -446,7 +470,7 @@ impl Builder {
 
     /// An external TCP destination (an IP) opened by an egress rule.
     pub fn egress_tcp(&mut self, host: &str, port: u16) {
-        if host.parse::<IpAddr>().is_err() {
+        if host.parse::<IpAddr>().is_err() || matches!(self.mode, Mode::Explicit { .. }) {
             return; // DNS names and CIDRs for TCP need filter-chain matching: not yet.
         }
         let cluster = outbound_cluster_name(port, "", host);
@@ -467,7 +491,64 @@ impl Builder {
     }
 
     /// The resources, in a stable order.
-    pub fn finish(mut self) -> Resources {
+    pub fn finish(self) -> Resources {
+        match self.mode {
+            Mode::Capture => self.finish_capture(),
+            Mode::Explicit { bind, .. } => self.finish_explicit(bind),
+        }
+    }
+
+    /// One HTTP proxy listener on `bind:15001` with every HTTP host of
+    /// every port (a host on port 80 also by its bare name, as a client
+    /// writes `http://svcb/`), and the inbound listeners bound.
+    fn finish_explicit(mut self, bind: IpAddr) -> Resources {
+        let mut vhosts = Vec::new();
+        for (port, hosts) in std::mem::take(&mut self.http_ports) {
+            for mut vh in hosts {
+                let suffix = format!(":{port}");
+                vh.domains.retain(|d| d.ends_with(&suffix) || port == 80);
+                vhosts.push(vh);
+            }
+        }
+        vhosts.push(xroute::VirtualHost {
+            name: "refuse".into(),
+            domains: vec!["*".into()],
+            routes: vec![xroute::Route {
+                r#match: Some(xroute::RouteMatch {
+                    path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(xroute::route::Action::DirectResponse(xroute::DirectResponseAction {
+                    status: 502,
+                    body: Some(xcore::DataSource {
+                        specifier: Some(xcore::data_source::Specifier::InlineString(
+                            "mesh: this host is outside the mesh and no egress rule allows it\n".into(),
+                        )),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let name = format!("{bind}_{EXPLICIT_PROXY_PORT}");
+        let mut listeners = vec![listener(
+            &name,
+            &bind.to_string(),
+            EXPLICIT_PROXY_PORT,
+            true,
+            false,
+            http_manager(&name, vhosts),
+        )];
+        listeners.extend(self.listeners.into_values());
+        Resources {
+            listeners,
+            clusters: self.clusters.into_values().collect(),
+        }
+    }
+
+    fn finish_capture(mut self) -> Resources {
         let fallthrough = match self.outbound {
             OutboundPolicy::RegistryOnly => BLACKHOLE_CLUSTER,
             OutboundPolicy::AllowAny => PASSTHROUGH_CLUSTER,

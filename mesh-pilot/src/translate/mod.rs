@@ -65,6 +65,24 @@ pub struct ProxyNode {
     pub ip: Option<IpAddr>,
     /// Its workload's labels (for inbound services and rule sources).
     pub labels: BTreeMap<String, String>,
+    /// How traffic reaches the proxy.
+    pub interception: Interception,
+}
+
+/// How a workload's traffic reaches its proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Interception {
+    /// The pod's nat rules redirect it (15001 out, 15006 in).
+    #[default]
+    Capture,
+    /// No redirection (Istio's `INTERCEPTION_MODE: NONE`): apps use the
+    /// proxy as their HTTP proxy on `<ip>:15001`, callers reach the
+    /// workload at `<ip>:<port>` where the proxy listens, and the proxy
+    /// forwards inbound calls to the app at `app_ip:<port>`.
+    Explicit {
+        /// Where the app listens (127.0.0.1 in a pod of its own).
+        app_ip: IpAddr,
+    },
 }
 
 /// The resources for one proxy.
@@ -130,9 +148,25 @@ fn source_matches(rule: &RouteRule, node: &ProxyNode) -> bool {
     }
 }
 
+/// Where an explicit proxy listens: its workload's IP, else loopback.
+fn proxy_ip(node: &ProxyNode) -> IpAddr {
+    node.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
+    let mode = match node.interception {
+        Interception::Capture => build::Mode::Capture,
+        Interception::Explicit { app_ip } => build::Mode::Explicit {
+            bind: proxy_ip(node),
+            app: app_ip,
+        },
+    };
+    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
+}
+
 /// Translates for one proxy.
 pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    let mut b = builder(inputs, node);
     outbound(&mut b, inputs, node);
     inbound(&mut b, inputs, node);
     b.finish()
@@ -148,6 +182,8 @@ pub struct OutboundKey {
     pub namespace: String,
     /// Per route rule (in input order), whether its source matches.
     pub sources: Vec<bool>,
+    /// For an explicit proxy, where its outbound proxy listener binds.
+    pub explicit: Option<IpAddr>,
 }
 
 /// The outbound key of `node`.
@@ -163,13 +199,17 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
     OutboundKey {
         namespace: node.namespace.clone(),
         sources,
+        explicit: match node.interception {
+            Interception::Capture => None,
+            Interception::Explicit { .. } => Some(proxy_ip(node)),
+        },
     }
 }
 
 /// The resources every proxy with `node`'s [`OutboundKey`] shares: capture
 /// listeners, outbound listeners, routes and clusters, egress.
 pub fn translate_outbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    let mut b = builder(inputs, node);
     outbound(&mut b, inputs, node);
     b.finish()
 }
@@ -178,14 +218,17 @@ pub fn translate_outbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
 /// `<ip>_<port>` and their clusters `inbound|<port>||`. With
 /// [`translate_outbound`] this is [`translate`].
 pub fn translate_inbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = build::Builder::new(inputs.mesh.outbound, &node.namespace);
+    let mut b = builder(inputs, node);
     inbound(&mut b, inputs, node);
     let all = b.finish();
+    // (The explicit proxy listener `<ip>_15001` belongs to the outbound part.)
+    let proxy_listener = format!("{}_{}", proxy_ip(node), build::EXPLICIT_PROXY_PORT);
     let own = |name: &str| {
         name.starts_with("inbound|")
-            || node
-                .ip
-                .is_some_and(|ip| name.starts_with(&format!("{ip}_")))
+            || (name != proxy_listener
+                && node
+                    .ip
+                    .is_some_and(|ip| name.starts_with(&format!("{ip}_"))))
     };
     Resources {
         listeners: all.listeners.into_iter().filter(|l| own(&l.name)).collect(),

@@ -49,10 +49,14 @@ pub fn query_param(uri: &http::Uri, key: &str) -> Option<String> {
 }
 
 /// GETs `url`, forwarding the trace headers found in `incoming`; returns
-/// the status and body, or why the call failed.
-pub async fn get(url: &str, incoming: &HeaderMap) -> Result<(StatusCode, String), String> {
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+/// the status and body, or why the call failed. With `proxy`, the request
+/// goes to that HTTP proxy (the sidecar of a workload whose traffic is not
+/// redirected) in absolute form, as `curl -x` sends it.
+pub async fn get(
+    url: &str,
+    incoming: &HeaderMap,
+    proxy: Option<SocketAddr>,
+) -> Result<(StatusCode, String), String> {
     let mut req = Request::get(url)
         .body(Full::new(Bytes::new()))
         .map_err(|e| format!("bad URL {url}: {e}"))?;
@@ -61,6 +65,11 @@ pub async fn get(url: &str, incoming: &HeaderMap) -> Result<(StatusCode, String)
             req.headers_mut().insert(*name, v.clone());
         }
     }
+    if let Some(proxy) = proxy {
+        return via_proxy(proxy, req, url).await;
+    }
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let call = async {
         let resp = client.request(req).await.map_err(|e| {
             use std::error::Error;
@@ -72,6 +81,44 @@ pub async fn get(url: &str, incoming: &HeaderMap) -> Result<(StatusCode, String)
             }
             msg
         })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .map_err(|_| format!("Get {url}: timeout"))?
+        .map_err(|e: String| format!("Get {url}: {e}"))
+}
+
+async fn via_proxy(
+    proxy: SocketAddr,
+    mut req: Request<Full<Bytes>>,
+    url: &str,
+) -> Result<(StatusCode, String), String> {
+    let call = async {
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .map_err(|e| format!("proxy {proxy}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("proxy {proxy}: {e}"))?;
+        tokio::spawn(conn);
+        if let Some(a) = req.uri().authority()
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        // The URI stays absolute: that is what tells the proxy where to.
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("proxy {proxy}: {e}"))?;
         let status = resp.status();
         let body = resp
             .into_body()

@@ -11,6 +11,9 @@ struct Args {
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
+    /// Send calls through this HTTP proxy (a sidecar used explicitly).
+    #[arg(long, env = "MESH_HTTP_PROXY", value_name = "HOST:PORT")]
+    proxy: Option<std::net::SocketAddr>,
     /// Version shown in every answer.
     #[arg(long, env = "VERSION", default_value = "v0.1")]
     version: String,
@@ -21,7 +24,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let (version, svcb) = (a.version, a.svcb);
+    let (version, svcb, proxy) = (a.version, a.svcb, a.proxy);
     run(serve(a.listen, move |req| {
         let (version, svcb) = (version.clone(), svcb.clone());
         async move {
@@ -31,7 +34,7 @@ fn main() -> std::process::ExitCode {
             }
             let mut body = format!("{me} is serving the request...\n{me} pays ok\n");
             let url = format!("{svcb}/notify?msg={me}-pays-ok");
-            match get(&url, req.headers()).await {
+            match get(&url, req.headers(), proxy).await {
                 Ok((status, text)) if status.is_success() => {
                     body.push_str(&text);
                     body.push_str(&format!("{me} notify customer ok\n"));

@@ -12,6 +12,9 @@ struct Args {
     /// Listen address.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: std::net::SocketAddr,
+    /// Send calls through this HTTP proxy (a sidecar used explicitly).
+    #[arg(long, env = "MESH_HTTP_PROXY", value_name = "HOST:PORT")]
+    proxy: Option<std::net::SocketAddr>,
     /// Version shown in every answer.
     #[arg(long, env = "VERSION", default_value = "v0.1")]
     version: String,
@@ -22,7 +25,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let (version, msgd) = (a.version, a.msgd);
+    let (version, msgd, proxy) = (a.version, a.msgd, a.proxy);
     run(serve(a.listen, move |req| {
         let (version, msgd) = (version.clone(), msgd.clone());
         async move {
@@ -32,7 +35,7 @@ fn main() -> std::process::ExitCode {
                 return answer(StatusCode::OK, &version, body);
             };
             let msg = query_param(req.uri(), "msg").unwrap_or_default();
-            match get(&format!("{msgd}/send?msg={msg}"), req.headers()).await {
+            match get(&format!("{msgd}/send?msg={msg}"), req.headers(), proxy).await {
                 Ok((status, _)) if status.is_success() => {
                     body.push_str(&format!("{me} send msg ok\n"));
                     answer(StatusCode::OK, &version, body)
