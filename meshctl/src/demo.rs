@@ -3,8 +3,9 @@
 //! As root, the whole walk runs in network namespaces with no link to the
 //! machine's network (the end-to-end test's world, `mesh_testbed::walk`):
 //! pilot, pods with capture and mesh-proxy sidecars, the sample services,
-//! the seed's rule files. Without root, only the rule steps run (validate,
-//! create, replace in a temporary store).
+//! the seed's rule files. Without root the same walk runs on loopback
+//! addresses with sidecars the apps use explicitly (no capture).
+//! `--rules-only` shows the rule steps in a temporary store.
 
 use std::process::ExitCode;
 
@@ -48,15 +49,10 @@ fn say(applied: &[mesh_pilot::store::Applied]) {
 pub async fn run(keep: bool, rules_only: bool) -> anyhow::Result<ExitCode> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if root && !rules_only {
-        return network::run(keep).await;
+    if rules_only {
+        return rule_steps(keep).await;
     }
-    if !rules_only {
-        println!(
-            "The full walk builds network namespaces and needs root (sudo meshctl demo); showing the rule steps."
-        );
-    }
-    rule_steps(keep).await
+    network::run(keep, !root).await
 }
 
 /// `meshctl demo --cleanup`: removes the network namespaces (and what runs
@@ -168,14 +164,23 @@ mod network {
         Ok(())
     }
 
-    pub async fn run(keep: bool) -> anyhow::Result<ExitCode> {
+    pub async fn run(keep: bool, loopback: bool) -> anyhow::Result<ExitCode> {
         ensure_binaries()?;
-        for ns in cleanup_leftovers() {
-            println!("removed leftovers of an earlier run: network namespace {ns}");
+        if !loopback {
+            for ns in cleanup_leftovers() {
+                println!("removed leftovers of an earlier run: network namespace {ns}");
+            }
         }
         let started = Instant::now();
-        println!("mesh demo — the Istio 0.4 walk in network namespaces on this machine");
-        let mut mesh = tokio::task::spawn_blocking(Mesh::new).await?;
+        let mut mesh = if loopback {
+            println!(
+                "mesh demo — the Istio 0.4 walk on loopback (not root: no namespaces, no capture; sidecars used as HTTP proxies)"
+            );
+            Mesh::loopback()
+        } else {
+            println!("mesh demo — the Istio 0.4 walk in network namespaces on this machine");
+            tokio::task::spawn_blocking(Mesh::new).await?
+        };
         let id = mesh.world.id.clone();
         let walk = tokio::task::spawn_blocking(move || {
             let report = walk::run(&mut mesh, &mut |line| {
@@ -216,7 +221,17 @@ mod network {
             checks.len(),
             started.elapsed().as_secs_f32()
         );
-        if keep {
+        if keep && loopback {
+            println!();
+            println!("The mesh keeps running until Ctrl-C. Try:");
+            println!("  curl http://127.10.0.3:8080/pay            # svca's sidecar, inbound");
+            println!("  curl -x 127.10.0.5:15001 http://svca/pay   # through the client's sidecar");
+            println!("  meshctl proxy-status --pilot 127.10.0.1:15014");
+            println!("  meshctl proxy-config routes 127.10.0.3:15000");
+            println!("  meshctl --store {} get all", mesh.store.display());
+            let _ = tokio::signal::ctrl_c().await;
+            println!("cleaning up");
+        } else if keep {
             let node = &mesh.world.node;
             let ns = |name: &str| format!("{id}-{name}");
             println!();

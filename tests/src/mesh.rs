@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::{POD_NET, World};
+use crate::netns::{LOOPBACK_NET, POD_NET, World};
 use crate::{Lines, binary, envoy_binary, eventually};
 
 /// Which proxy a pod runs as its sidecar.
@@ -32,6 +32,9 @@ pub struct Pod {
     pub node_id: String,
     /// Its sidecar, if any.
     pub sidecar: Option<Sidecar>,
+    /// In a loopback world, where its app listens (its sidecar listens on
+    /// `ip`, as callers and the app's own calls expect).
+    pub app_ip: Option<Ipv4Addr>,
 }
 
 /// pilot's xDS port on the bridge.
@@ -60,7 +63,17 @@ impl Default for Mesh {
 impl Mesh {
     /// An empty world with an empty store and registry; pilot not started.
     pub fn new() -> Mesh {
-        let mut world = World::new();
+        Mesh::in_world(World::new())
+    }
+
+    /// The same on loopback, without root: pods are addresses 127.10.0.N,
+    /// their apps listen on 127.11.0.N, sidecars are used explicitly (no
+    /// capture), everything runs as the current user.
+    pub fn loopback() -> Mesh {
+        Mesh::in_world(World::loopback())
+    }
+
+    fn in_world(mut world: World) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         world.logs = Some(dir.path().to_owned());
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -78,7 +91,20 @@ impl Mesh {
 
     /// pilot's xDS address, reachable from every pod.
     pub fn xds_address(&self) -> String {
-        format!("{POD_NET}.1:{XDS_PORT}")
+        if self.world.loopback {
+            format!("{LOOPBACK_NET}.1:{XDS_PORT}")
+        } else {
+            format!("{POD_NET}.1:{XDS_PORT}")
+        }
+    }
+
+    /// pilot's debug address (in the node namespace, or on loopback).
+    pub fn debug_address(&self) -> String {
+        if self.world.loopback {
+            format!("{LOOPBACK_NET}.1:15014")
+        } else {
+            "127.0.0.1:15014".into()
+        }
     }
 
     /// Replaces the registry file (pilot reloads it).
@@ -91,10 +117,11 @@ impl Mesh {
     /// Starts pilot in the node namespace and waits for `ready`.
     pub fn start_pilot(&mut self) {
         let pilot = binary("mesh-pilot");
-        let (store, registry, xds) = (
+        let (store, registry, xds, debug) = (
             self.store.to_str().unwrap().to_owned(),
             self.registry.to_str().unwrap().to_owned(),
             self.xds_address(),
+            self.debug_address(),
         );
         let node = self.world.node.clone();
         let child = self.world.spawn(
@@ -109,7 +136,7 @@ impl Mesh {
                 "--xds-address",
                 &xds,
                 "--debug-address",
-                "127.0.0.1:15014",
+                &debug,
             ],
             Stdio::piped(),
         );
@@ -128,10 +155,8 @@ impl Mesh {
 
     /// pilot's `/debug/...` answer as JSON.
     pub fn pilot_debug(&self, path: &str) -> serde_json::Value {
-        let (code, out) = self.world.exec(
-            &self.world.node,
-            &["curl", "-s", &format!("http://127.0.0.1:15014{path}")],
-        );
+        let url = format!("http://{}{path}", self.debug_address());
+        let (code, out) = self.world.exec(&self.world.node, &["curl", "-s", &url]);
         assert_eq!(code, 0, "pilot's debug endpoint did not answer");
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
@@ -163,11 +188,16 @@ impl Mesh {
     pub fn pod(&mut self, name: &str, labels: &[(&str, &str)], sidecar: Option<Sidecar>) -> Pod {
         let (ns, ip) = self.world.host(name);
         let node_id = format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
+        // On loopback an app with a sidecar moves aside: the sidecar takes
+        // the pod's address, as callers expect.
+        let app_ip = (self.world.loopback && sidecar.is_some())
+            .then(|| Ipv4Addr::new(127, 11, ip.octets()[2], ip.octets()[3]));
         let pod = Pod {
             ns,
             ip,
             node_id,
             sidecar,
+            app_ip,
         };
         let labels_arg = labels
             .iter()
@@ -178,8 +208,14 @@ impl Mesh {
             None => {}
             Some(kind) => {
                 let proxy = binary("mesh-proxy");
-                let (code, out) = self.world.exec(&pod.ns, &[proxy.to_str().unwrap(), "init"]);
-                assert_eq!(code, 0, "mesh-proxy init failed in {}: {out}", pod.ns);
+                if !self.world.loopback {
+                    let (code, out) = self.world.exec(&pod.ns, &[proxy.to_str().unwrap(), "init"]);
+                    assert_eq!(code, 0, "mesh-proxy init failed in {}: {out}", pod.ns);
+                }
+                assert!(
+                    kind == Sidecar::MeshProxy || !self.world.loopback,
+                    "Envoy sidecars run in the network-namespace world only"
+                );
                 match kind {
                     Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg),
                     Sidecar::Envoy => self.start_envoy(&pod, name, labels),
@@ -192,27 +228,38 @@ impl Mesh {
     fn start_mesh_proxy(&mut self, pod: &Pod, name: &str, labels: &str) {
         let proxy = binary("mesh-proxy");
         let (xds, ip) = (self.xds_address(), pod.ip.to_string());
-        let child = self.world.spawn(
-            &pod.ns,
-            Some(1337),
-            &[
-                proxy.to_str().unwrap(),
-                "sidecar",
-                "--xds-address",
-                &xds,
-                "--workload",
-                name,
-                "--ip",
-                &ip,
-                "--labels",
-                labels,
-                "--node-id",
-                &pod.node_id,
-                "--concurrency",
-                "1",
-            ],
-            Stdio::piped(),
-        );
+        let mut args = vec![
+            proxy.to_str().unwrap().to_owned(),
+            "sidecar".into(),
+            "--xds-address".into(),
+            xds,
+            "--workload".into(),
+            name.into(),
+            "--ip".into(),
+            ip.clone(),
+            "--labels".into(),
+            labels.into(),
+            "--node-id".into(),
+            pod.node_id.clone(),
+            "--concurrency".into(),
+            "1".into(),
+        ];
+        if let Some(app) = pod.app_ip {
+            // No capture on loopback: the app uses its sidecar explicitly,
+            // and the sidecar's ports live on the pod's own address.
+            for (flag, value) in [
+                ("--interception-mode", "none".to_owned()),
+                ("--app-ip", app.to_string()),
+                ("--admin-address", format!("{ip}:15000")),
+                ("--metrics-address", format!("{ip}:15090")),
+                ("--health-address", format!("{ip}:15021")),
+            ] {
+                args.push(flag.into());
+                args.push(value);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self.world.spawn(&pod.ns, Some(1337), &args, Stdio::piped());
         let mut lines = Lines::new(child.stdout.take().unwrap());
         lines.wait_for("ready", Duration::from_secs(30));
         // Keep reading so the proxy never blocks on a full pipe.
@@ -302,8 +349,17 @@ static_resources:
     /// waits until it listens.
     pub fn sample(&mut self, pod: &Pod, bin: &str, args: &[&str]) {
         let path = binary(bin);
-        let mut full = vec![path.to_str().unwrap()];
-        full.extend_from_slice(args);
+        let mut full = vec![path.to_str().unwrap().to_owned()];
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        if self.world.loopback {
+            let port = if bin == "msgd" { 9997 } else { 8080 };
+            let listen = pod.app_ip.unwrap_or(pod.ip);
+            full.extend(["--listen".into(), format!("{listen}:{port}")]);
+            if pod.sidecar.is_some() {
+                full.extend(["--proxy".into(), format!("{}:15001", pod.ip)]);
+            }
+        }
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
         let child = self.world.spawn(&pod.ns, None, &full, Stdio::piped());
         let mut lines = Lines::new(child.stdout.take().unwrap());
         lines.wait_for("listening", Duration::from_secs(10));
@@ -354,11 +410,38 @@ static_resources:
             .unwrap_or_else(|| panic!("no revision in meshctl's answer: {out}"))
     }
 
-    /// curl in `pod` as an app would (not the proxy user, so captured).
+    /// curl in `pod` as an app would (not the proxy user, so captured;
+    /// on loopback through its sidecar as HTTP proxy).
     pub fn curl(&self, pod: &Pod, args: &[&str]) -> (i32, String) {
-        let mut full = vec!["curl", "-s", "--max-time", "10"];
+        let out = self.curl_command(pod, args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// The command [`Mesh::curl`] runs, to start it in the background.
+    pub fn curl_command(&self, pod: &Pod, args: &[&str]) -> Command {
+        let proxy = format!("{}:15001", pod.ip);
+        let mut full = vec!["curl", "-s", "--max-time", "30"];
+        if self.world.loopback && pod.sidecar.is_some() {
+            full.extend(["-x", &proxy]);
+        }
         full.extend_from_slice(args);
-        self.world.exec(&pod.ns, &full)
+        let mut c = self.world.command(&pod.ns, &full);
+        c.stdout(Stdio::piped());
+        c
+    }
+
+    /// A GET on `pod`'s sidecar admin endpoint; its body.
+    pub fn admin(&self, pod: &Pod, path: &str) -> String {
+        let host = if self.world.loopback {
+            pod.ip.to_string()
+        } else {
+            "127.0.0.1".into()
+        };
+        let url = format!("http://{host}:15000{path}");
+        self.world.exec(&pod.ns, &["curl", "-s", &url]).1
     }
 
     /// Resolves service names to VIPs in every namespace.

@@ -86,7 +86,13 @@ pub struct World {
     /// Where the standard error of started processes goes (a file per
     /// process); inherited when `None` or when MESH_TESTBED_STDERR=inherit.
     pub logs: Option<std::path::PathBuf>,
+    /// No namespaces: hosts are addresses on loopback (127.10.0.N) and
+    /// processes run as the current user (the demo without root).
+    pub loopback: bool,
 }
+
+/// The loopback flavour's host network (127.10.0.N; .1 is pilot's).
+pub const LOOPBACK_NET: &str = "127.10.0";
 
 impl Default for World {
     fn default() -> Self {
@@ -113,6 +119,7 @@ impl World {
             hosts: 0,
             names: vec![],
             logs: None,
+            loopback: false,
         };
         w.add_ns(&node);
         run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
@@ -145,6 +152,25 @@ impl World {
         w
     }
 
+    /// A world without namespaces, for users without root: every host is
+    /// an address on loopback and nothing is isolated or captured.
+    pub fn loopback() -> World {
+        World {
+            id: format!(
+                "l{}-{}",
+                std::process::id(),
+                WORLDS.fetch_add(1, Ordering::SeqCst)
+            ),
+            node: String::new(),
+            namespaces: vec![],
+            processes: vec![],
+            hosts: 0,
+            names: vec![],
+            logs: None,
+            loopback: true,
+        }
+    }
+
     fn add_ns(&mut self, name: &str) {
         run(&["ip", "netns", "add", name]);
         self.namespaces.push(name.to_owned());
@@ -156,6 +182,9 @@ impl World {
     /// /etc/netns/NS/hosts over /etc/hosts), as cluster DNS would: the
     /// service names to their VIPs.
     pub fn set_names(&mut self, names: &[(&str, IpAddr)]) {
+        if self.loopback {
+            return; // Apps name services through their explicit proxy.
+        }
         self.names = names.iter().map(|(n, ip)| ((*n).to_owned(), *ip)).collect();
         for ns in self.namespaces.clone() {
             self.write_hosts(&ns);
@@ -195,6 +224,12 @@ impl World {
     pub fn host(&mut self, name: &str) -> (String, Ipv4Addr) {
         self.hosts += 1;
         let n = self.hosts;
+        if self.loopback {
+            return (
+                String::new(),
+                format!("{LOOPBACK_NET}.{}", n + 1).parse().unwrap(),
+            );
+        }
         let ns = format!("{}-{name}", self.id);
         let ip: Ipv4Addr = format!("{POD_NET}.{}", n + 1).parse().unwrap();
         self.add_ns(&ns);
@@ -240,9 +275,18 @@ impl World {
         args: &[&str],
         stdout: Stdio,
     ) -> &mut Child {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]);
-        if let Some(u) = uid {
+        let program = std::path::Path::new(args[0])
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cmd = Command::new(if self.loopback { args[0] } else { "ip" });
+        let args = if self.loopback {
+            &args[1..]
+        } else {
+            cmd.args(["netns", "exec", ns]);
+            args
+        };
+        if let (Some(u), false) = (uid, self.loopback) {
             cmd.args([
                 "setpriv",
                 &format!("--reuid={u}"),
@@ -252,11 +296,7 @@ impl World {
         }
         let stderr = match &self.logs {
             Some(dir) if std::env::var("MESH_TESTBED_STDERR").as_deref() != Ok("inherit") => {
-                let name = std::path::Path::new(args[0])
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let path = dir.join(format!("{ns}-{name}-{}.log", self.processes.len()));
+                let path = dir.join(format!("{ns}-{program}-{}.log", self.processes.len()));
                 std::fs::File::create(path).map_or(Stdio::inherit(), Stdio::from)
             }
             _ => Stdio::inherit(),
@@ -277,15 +317,30 @@ impl World {
 
     /// Runs a command in `ns` to completion; returns (exit code, stdout).
     pub fn exec(&self, ns: &str, args: &[&str]) -> (i32, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command(ns, args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    /// A command that runs in `ns` (directly, in a loopback world).
+    pub fn command(&self, ns: &str, args: &[&str]) -> Command {
+        if self.loopback {
+            let mut c = Command::new(args[0]);
+            c.args(&args[1..]);
+            c
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).args(args);
+            c
+        }
+    }
+
+    /// Packets to the VIP range that escaped capture and reached the node
+    /// (`None` in a loopback world: nothing is captured there).
+    pub fn escaped(&self) -> Option<u64> {
+        (!self.loopback).then(|| self.escaped_packets())
     }
 
     /// Packets to the VIP range that escaped capture and reached the node.

@@ -21,5 +21,26 @@ fn the_seed_walk() {
         "the walk failed:\n{}\n{report:#?}",
         failed.join("\n")
     );
-    assert_eq!(report.checks().len(), 9);
+    assert_eq!(report.checks().len(), 10);
+}
+
+/// The same walk without root: pods are loopback addresses, sidecars are
+/// used explicitly (INTERCEPTION_MODE NONE), same pilot, rules and apps —
+/// what `meshctl demo` runs for a user without root.
+#[test]
+fn the_seed_walk_on_loopback() {
+    let mut mesh = Mesh::loopback();
+    let report = walk::run(&mut mesh, &mut |line| eprintln!("{line}"));
+    let failed: Vec<String> = report
+        .checks()
+        .into_iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.what)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "the walk failed:\n{}\n{report:#?}",
+        failed.join("\n")
+    );
+    assert_eq!(report.checks().len(), 9, "no capture, so no escape count");
 }
