@@ -188,14 +188,13 @@ fn measure<T>(
     target: &Target,
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, Option<f64>, f64)> {
-    let before = target.pid().map(procfs::cpu_seconds);
+    let pids = target.pids();
+    let cpu_now = || pids.iter().map(|p| procfs::cpu_seconds(*p)).sum::<f64>();
+    let before = cpu_now();
     let start = std::time::Instant::now();
     let r = f()?;
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = match (before, target.pid()) {
-        (Some(b), Some(pid)) => Some(procfs::cpu_seconds(pid) - b),
-        _ => None,
-    };
+    let cpu = (!pids.is_empty()).then(|| cpu_now() - before);
     Ok((r, cpu, elapsed))
 }
 
@@ -433,7 +432,15 @@ fn report(
                 r.errors,
                 f(r.cpu_per_1000),
                 f(r.cpu_cores),
-                ratio(r.throughput, get("envoy")),
+                // A chain compares with Envoy's chain.
+                ratio(
+                    r.throughput,
+                    get(if r.target.contains('→') {
+                        "envoy → envoy"
+                    } else {
+                        "envoy"
+                    }),
+                ),
                 ratio(r.throughput, get("direct")),
             );
         }
@@ -470,10 +477,23 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
             targets::mesh_proxy(&mesh_proxy_bin, b, PROXY_CPU)?,
             targets::envoy(b, PROXY_CPU)?,
             targets::haproxy(b, PROXY_CPU)?,
+            // A call in a mesh crosses two sidecars: client side, server side.
+            targets::chain(
+                "mesh-proxy → mesh-proxy",
+                |to| targets::mesh_proxy(&mesh_proxy_bin, to, PROXY_CPU),
+                b,
+            )?,
+            targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)?,
         ];
         let idle: Vec<(String, f64)> = targets
             .iter()
-            .filter_map(|t| Some((t.name.clone(), procfs::rss_mb(t.pid()?))))
+            .filter(|t| !t.pids().is_empty())
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.pids().into_iter().map(procfs::rss_mb).sum(),
+                )
+            })
             .collect();
         let mut rows = Vec::new();
         for t in &targets {
@@ -482,7 +502,13 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
         }
         let peak: Vec<(String, f64)> = targets
             .iter()
-            .filter_map(|t| Some((t.name.clone(), procfs::peak_rss_mb(t.pid()?))))
+            .filter(|t| !t.pids().is_empty())
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
+                )
+            })
             .collect();
         anyhow::Ok((rows, idle, peak))
     })();

@@ -25,6 +25,9 @@ pub struct Target {
     pub addrs: Backends,
     /// The proxy process (none for `direct`).
     pub child: Option<Child>,
+    /// The other proxies of a sidecar chain (the server side), measured
+    /// with it.
+    pub peers: Vec<Target>,
     _dir: Option<PathBuf>,
 }
 
@@ -47,15 +50,36 @@ impl Target {
             name: "direct".into(),
             addrs: b,
             child: None,
+            peers: vec![],
             _dir: None,
         }
     }
 
-    /// The proxy's pid.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// The pids of every proxy of the target (none for `direct`).
+    pub fn pids(&self) -> Vec<u32> {
+        self.child
+            .iter()
+            .map(Child::id)
+            .chain(self.peers.iter().flat_map(Target::pids))
+            .collect()
     }
 }
+
+/// A sidecar chain: `client_side` in front of `server_side` in front of
+/// the backend, as a call crosses two sidecars in a mesh.
+pub fn chain(
+    name: &str,
+    start: impl Fn(Backends) -> anyhow::Result<Target>,
+    to: Backends,
+) -> anyhow::Result<Target> {
+    let server_side = start(to)?;
+    let mut client_side = start(server_side.addrs)?;
+    client_side.name = name.to_owned();
+    client_side.peers.push(server_side);
+    Ok(client_side)
+}
+
+impl Target {}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -168,8 +192,12 @@ fn pinned(cpu: &str, program: &Path) -> Command {
     c
 }
 
+/// A fresh folder per target (two mesh-proxies of a chain must not share
+/// a config file: each follows its file and would take the other's).
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mesh-bench-{name}-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("mesh-bench-{name}-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
@@ -191,6 +219,7 @@ pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Targ
         name: "mesh-proxy".into(),
         addrs: listen,
         child: Some(child),
+        peers: vec![],
         _dir: Some(dir),
     })
 }
@@ -214,6 +243,7 @@ pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         name: "envoy".into(),
         addrs: listen,
         child: Some(child),
+        peers: vec![],
         _dir: Some(dir),
     })
 }
@@ -237,6 +267,7 @@ pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         name: "haproxy".into(),
         addrs: listen,
         child: Some(child),
+        peers: vec![],
         _dir: Some(dir),
     })
 }
