@@ -302,6 +302,27 @@ fn default_route(cluster: &str) -> xroute::Route {
     }
 }
 
+/// Answers 502 with `text` (hosts no service or egress rule names).
+fn refuse_route(text: &str) -> xroute::Route {
+    xroute::Route {
+        r#match: Some(xroute::RouteMatch {
+            path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(xroute::route::Action::DirectResponse(
+            xroute::DirectResponseAction {
+                status: 502,
+                body: Some(xcore::DataSource {
+                    specifier: Some(xcore::data_source::Specifier::InlineString(text.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
 /// How traffic reaches the proxy being translated for.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
@@ -513,23 +534,9 @@ impl Builder {
         vhosts.push(xroute::VirtualHost {
             name: "refuse".into(),
             domains: vec!["*".into()],
-            routes: vec![xroute::Route {
-                r#match: Some(xroute::RouteMatch {
-                    path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(xroute::route::Action::DirectResponse(xroute::DirectResponseAction {
-                    status: 502,
-                    body: Some(xcore::DataSource {
-                        specifier: Some(xcore::data_source::Specifier::InlineString(
-                            "mesh: this host is outside the mesh and no egress rule allows it\n".into(),
-                        )),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes: vec![refuse_route(
+                "mesh: this host is outside the mesh and no egress rule allows it\n",
+            )],
             ..Default::default()
         });
         let name = format!("{bind}_{EXPLICIT_PROXY_PORT}");
@@ -556,23 +563,9 @@ impl Builder {
         for (port, mut vhosts) in std::mem::take(&mut self.http_ports) {
             // Hosts nobody configured on this port: refused or passed through.
             let catch_all = match self.outbound {
-                OutboundPolicy::RegistryOnly => xroute::Route {
-                    r#match: Some(xroute::RouteMatch {
-                        path_specifier: Some(xroute::route_match::PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(xroute::route::Action::DirectResponse(xroute::DirectResponseAction {
-                        status: 502,
-                        body: Some(xcore::DataSource {
-                            specifier: Some(xcore::data_source::Specifier::InlineString(
-                                "mesh: this host is outside the mesh and no egress rule allows it (outbound traffic policy REGISTRY_ONLY)\n".into(),
-                            )),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                },
+                OutboundPolicy::RegistryOnly => refuse_route(
+                    "mesh: this host is outside the mesh and no egress rule allows it (outbound traffic policy REGISTRY_ONLY)\n",
+                ),
                 OutboundPolicy::AllowAny => default_route(PASSTHROUGH_CLUSTER),
             };
             vhosts.push(xroute::VirtualHost {

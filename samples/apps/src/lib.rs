@@ -81,19 +81,9 @@ pub async fn get(
             }
             msg
         })?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        read(resp).await
     };
-    tokio::time::timeout(std::time::Duration::from_secs(10), call)
-        .await
-        .map_err(|_| format!("Get {url}: timeout"))?
-        .map_err(|e: String| format!("Get {url}: {e}"))
+    within_timeout(url, call).await
 }
 
 async fn via_proxy(
@@ -119,19 +109,31 @@ async fn via_proxy(
             .send_request(req)
             .await
             .map_err(|e| format!("proxy {proxy}: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        read(resp).await
     };
+    within_timeout(url, call).await
+}
+
+async fn read(resp: http::Response<Incoming>) -> Result<(StatusCode, String), String> {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A call to `url` gets 10 s; its errors are prefixed like Go's client's.
+async fn within_timeout(
+    url: &str,
+    call: impl Future<Output = Result<(StatusCode, String), String>>,
+) -> Result<(StatusCode, String), String> {
     tokio::time::timeout(std::time::Duration::from_secs(10), call)
         .await
         .map_err(|_| format!("Get {url}: timeout"))?
-        .map_err(|e: String| format!("Get {url}: {e}"))
+        .map_err(|e| format!("Get {url}: {e}"))
 }
 
 /// Serves `handler` on `addr`; prints `listening ADDR` once bound.
