@@ -266,8 +266,9 @@ pub fn run(pilot: &Path, proxies: usize, services: usize) -> anyhow::Result<Scal
         pilot_peak_rss_mb: procfs::peak_rss_mb(pid),
         pilot_cpu_s: procfs::cpu_seconds(pid),
     };
+    // The simulated proxies go first, so none reports pilot's exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
     let _ = child.kill();
     let _ = child.wait();
-    rt.shutdown_timeout(Duration::from_secs(1));
     Ok(report)
 }
