@@ -62,35 +62,54 @@ impl hyper::body::Body for Downstream {
     }
 }
 
-/// Upstream connection pools of one worker.
+type Pool = Client<HttpConnector, UpstreamBody>;
+
+/// A pool's key: HTTP/2, and the connect timeout.
+type PoolKey = (bool, Duration);
+
+/// Upstream connection pools of one worker: one per protocol and cluster
+/// connect timeout (clusters with the same timeout share connections to
+/// the same endpoints).
 #[derive(Clone)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, UpstreamBody>,
-    http2: Client<HttpConnector, UpstreamBody>,
+    pools: Arc<std::sync::Mutex<Vec<(PoolKey, Pool)>>>,
 }
 
-fn connector() -> HttpConnector {
+fn pool(http2: bool, connect_timeout: Duration) -> Pool {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(5)));
+    c.set_connect_timeout(Some(connect_timeout));
     c.enforce_http(true);
-    c
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .retry_canceled_requests(true)
+        .set_host(false);
+    if http2 {
+        b.http2_only(true);
+    }
+    b.build(c)
 }
 
 impl Upstreams {
     /// Pools for the current worker.
     pub fn new() -> Self {
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .retry_canceled_requests(true)
-            .set_host(false);
-        let mut b2 = b.clone();
-        b2.http2_only(true);
         Upstreams {
-            http1: b.build(connector()),
-            http2: b2.build(connector()),
+            pools: Arc::default(),
         }
+    }
+
+    /// The pool for `cluster` (its protocol and connect timeout).
+    fn for_cluster(&self, cluster: &Cluster) -> Pool {
+        let key = (cluster.http2, cluster.connect_timeout);
+        // Uncontended (one worker thread) and a handful of entries.
+        let mut pools = self.pools.lock().expect("upstream pools");
+        if let Some((_, p)) = pools.iter().find(|(k, _)| *k == key) {
+            return p.clone();
+        }
+        let p = pool(key.0, key.1);
+        pools.push((key, p.clone()));
+        p
     }
 }
 
@@ -399,12 +418,10 @@ async fn send(
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = uri;
     *r.headers_mut() = parts.headers.clone();
-    let client = if cluster.http2 {
-        &upstreams.http2
-    } else {
+    if !cluster.http2 {
         *r.version_mut() = http::Version::HTTP_11;
-        &upstreams.http1
-    };
+    }
+    let client = upstreams.for_cluster(cluster);
     let fut = async {
         match client.request(r).await {
             Ok(r) => Outcome::Response(r),

@@ -339,3 +339,76 @@ fn init_is_idempotent_and_cleanup_removes_everything() {
         "cleanup twice is fine"
     );
 }
+
+#[test]
+fn a_cluster_connect_timeout_bounds_the_wait_for_a_silent_endpoint() {
+    // An endpoint that drops SYNs (a host whose firewall eats them): the
+    // cluster's connect_timeout, not a global one, decides how long a
+    // request waits before its 503.
+    let mut world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (client, _) = world.host("client");
+    let (silent, silent_ip) = world.host("silent");
+    let (code, _) = world.exec(
+        &silent,
+        &[
+            "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP",
+        ],
+    );
+    assert_eq!(code, 0);
+    let config = format!(
+        r#"static_resources:
+  listeners:
+{}  clusters:
+  - name: silent
+    type: STATIC
+    connect_timeout: 0.3s
+    load_assignment:
+      cluster_name: silent
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {silent_ip}, port_value: 8080}}}}}}
+"#,
+        http_listener("web", "127.0.0.1", 18080, "\"*\"", "silent")
+            .replace("    bind_to_port: false\n", "")
+    );
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = world.spawn(
+        &client,
+        None,
+        &[
+            env!("CARGO_BIN_EXE_mesh-proxy"),
+            "--config",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "1",
+        ],
+        Stdio::piped(),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while line.trim() != "ready" {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "mesh-proxy exited"
+        );
+    }
+    // With the old global 5 s connect timeout curl would give up first (exit 28).
+    let (code, out) = world.exec(
+        &client,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+            "http://127.0.0.1:18080/",
+        ],
+    );
+    assert_eq!(code, 0, "no answer within 3 s: {out}");
+    assert!(out.ends_with("\n503"), "{out}");
+}
