@@ -88,6 +88,20 @@ impl Lines {
         }
     }
 
+    /// Reads every remaining line until the output ends (the process
+    /// closed it); panics after `within`.
+    pub fn wait_for_end(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(e) => panic!("output did not end: {e}"),
+            }
+        }
+    }
+
     /// Lines printed since the last call, without waiting.
     pub fn drain(&mut self) -> Vec<String> {
         let new: Vec<String> = self.rx.try_iter().collect();

@@ -314,7 +314,7 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
     say(
         "step 4: meshctl replace -f route-rules-svcb-v0.2-100.yaml during a steady load (300 × /pay at 100/s)",
     );
-    let load = mesh
+    let mut load = mesh
         .curl_command(
             &client,
             &[
@@ -329,11 +329,16 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
         )
         .spawn()
         .expect("curl");
-    std::thread::sleep(Duration::from_millis(500));
+    // The change lands while the load is flowing: after its first 50 answers.
+    let mut lines = crate::Lines::new(load.stdout.take().expect("piped"));
+    for _ in 0..50 {
+        lines.wait_for("status=", Duration::from_secs(10));
+    }
     let revision = mesh.apply_rules("replace", ROUTE_100);
     mesh.wait_synced(&svca, revision);
-    let out = load.wait_with_output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let status = load.wait().expect("curl");
+    lines.wait_for_end(Duration::from_secs(10));
+    let text = lines.seen.join("\n");
     let total = text.lines().filter(|l| l.starts_with("status=")).count();
     let ok = text.lines().filter(|l| *l == "status=200").count();
     r.replace_load = (300 - ok, total);
@@ -345,7 +350,7 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
             .collect();
         say(&format!(
             "  failed: {failed:?}; curl exit {:?}",
-            out.status.code()
+            status.code()
         ));
     }
     let (after, ok) = pay_many(mesh, &client, 200);
