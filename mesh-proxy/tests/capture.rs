@@ -93,12 +93,23 @@ struct Sidecar {
 fn sidecar(world: &mut World, ns: &str, dir: &std::path::Path, config: &str) -> Sidecar {
     let (code, _) = world.exec(ns, &[env!("CARGO_BIN_EXE_mesh-proxy"), "init"]);
     assert_eq!(code, 0, "mesh-proxy init failed in {ns}");
+    start_proxy(world, ns, Some(1337), dir, config)
+}
+
+/// mesh-proxy in `ns` (as `uid`) with `config`; waits for `ready`.
+fn start_proxy(
+    world: &mut World,
+    ns: &str,
+    uid: Option<u32>,
+    dir: &std::path::Path,
+    config: &str,
+) -> Sidecar {
     let path = dir.join(format!("{ns}.yaml"));
     std::fs::write(&path, config).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let child = world.spawn(
         ns,
-        Some(1337),
+        uid,
         &[
             env!("CARGO_BIN_EXE_mesh-proxy"),
             "--config",
@@ -114,7 +125,7 @@ fn sidecar(world: &mut World, ns: &str, dir: &std::path::Path, config: &str) -> 
         line.clear();
         assert!(
             stdout.read_line(&mut line).unwrap() > 0,
-            "the sidecar in {ns} exited before it was ready"
+            "mesh-proxy in {ns} exited before it was ready"
         );
     }
     Sidecar {
@@ -357,45 +368,13 @@ fn a_cluster_connect_timeout_bounds_the_wait_for_a_silent_endpoint() {
         ],
     );
     assert_eq!(code, 0);
-    let config = format!(
-        r#"static_resources:
-  listeners:
-{}  clusters:
-  - name: silent
-    type: STATIC
-    connect_timeout: 0.3s
-    load_assignment:
-      cluster_name: silent
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: {silent_ip}, port_value: 8080}}}}}}
-"#,
-        http_listener("web", "127.0.0.1", 18080, "\"*\"", "silent")
-            .replace("    bind_to_port: false\n", "")
-    );
-    let path = dir.path().join("proxy.yaml");
-    std::fs::write(&path, config).unwrap();
-    let child = world.spawn(
-        &client,
-        None,
-        &[
-            env!("CARGO_BIN_EXE_mesh-proxy"),
-            "--config",
-            path.to_str().unwrap(),
-            "--concurrency",
-            "1",
-        ],
-        Stdio::piped(),
-    );
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while line.trim() != "ready" {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "mesh-proxy exited"
-        );
-    }
+    let listener = http_listener("web", "127.0.0.1", 18080, "\"*\"", "silent")
+        .replace("    bind_to_port: false\n", "");
+    let cluster = static_cluster("silent", &silent_ip.to_string(), 8080)
+        .replace("connect_timeout: 1s", "connect_timeout: 0.3s");
+    assert!(cluster.contains("connect_timeout: 0.3s"), "{cluster}");
+    let config = format!("static_resources:\n  listeners:\n{listener}  clusters:\n{cluster}");
+    let _proxy = start_proxy(&mut world, &client, None, dir.path(), &config);
     // With the old global 5 s connect timeout curl would give up first (exit 28).
     let (code, out) = world.exec(
         &client,
