@@ -11,6 +11,20 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// What svca and svcb both take on their command line.
+#[derive(Debug, clap::Args)]
+pub struct Service {
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Send calls through this HTTP proxy (a sidecar used explicitly).
+    #[arg(long, env = "MESH_HTTP_PROXY", value_name = "HOST:PORT")]
+    pub proxy: Option<SocketAddr>,
+    /// Version shown in every answer.
+    #[arg(long, env = "VERSION", default_value = "v0.1")]
+    pub version: String,
+}
+
 /// Headers a service copies from the request it serves to the requests it
 /// makes, so the mesh can join the calls into one trace.
 pub const TRACE_HEADERS: &[&str] = &[

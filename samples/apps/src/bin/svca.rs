@@ -4,19 +4,13 @@
 
 use clap::Parser;
 use http::StatusCode;
-use mesh_samples::{answer, get, run, serve};
+use mesh_samples::{Service, answer, get, run, serve};
 
+/// svca: the seed's pay service (GET /pay).
 #[derive(Parser)]
 struct Args {
-    /// Listen address.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    listen: std::net::SocketAddr,
-    /// Send calls through this HTTP proxy (a sidecar used explicitly).
-    #[arg(long, env = "MESH_HTTP_PROXY", value_name = "HOST:PORT")]
-    proxy: Option<std::net::SocketAddr>,
-    /// Version shown in every answer.
-    #[arg(long, env = "VERSION", default_value = "v0.1")]
-    version: String,
+    #[command(flatten)]
+    service: Service,
     /// svcb's base URL.
     #[arg(long, env = "SVCB_URL", default_value = "http://svcb")]
     svcb: String,
@@ -24,8 +18,8 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let (version, svcb, proxy) = (a.version, a.svcb, a.proxy);
-    run(serve(a.listen, move |req| {
+    let (version, svcb, proxy) = (a.service.version, a.svcb, a.service.proxy);
+    run(serve(a.service.listen, move |req| {
         let (version, svcb) = (version.clone(), svcb.clone());
         async move {
             let me = format!("service_a:{version}");

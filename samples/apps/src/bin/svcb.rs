@@ -5,19 +5,13 @@
 
 use clap::Parser;
 use http::StatusCode;
-use mesh_samples::{answer, get, query_param, run, serve};
+use mesh_samples::{Service, answer, get, query_param, run, serve};
 
+/// svcb: the seed's notify service (GET /notify).
 #[derive(Parser)]
 struct Args {
-    /// Listen address.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    listen: std::net::SocketAddr,
-    /// Send calls through this HTTP proxy (a sidecar used explicitly).
-    #[arg(long, env = "MESH_HTTP_PROXY", value_name = "HOST:PORT")]
-    proxy: Option<std::net::SocketAddr>,
-    /// Version shown in every answer.
-    #[arg(long, env = "VERSION", default_value = "v0.1")]
-    version: String,
+    #[command(flatten)]
+    service: Service,
     /// msgd's base URL (the seed's `http://10.100.35.27:9997`).
     #[arg(long, env = "MSGD_URL")]
     msgd: Option<String>,
@@ -25,8 +19,8 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
-    let (version, msgd, proxy) = (a.version, a.msgd, a.proxy);
-    run(serve(a.listen, move |req| {
+    let (version, msgd, proxy) = (a.service.version, a.msgd, a.service.proxy);
+    run(serve(a.service.listen, move |req| {
         let (version, msgd) = (version.clone(), msgd.clone());
         async move {
             let me = format!("service_b:{version}");
