@@ -192,22 +192,20 @@ fn svcb_proxy_with_everything() {
 #[test]
 fn envoy_accepts_every_translation() {
     let dir = tempfile::tempdir().unwrap();
-    let envoy = std::process::Command::new("sh")
-        .args(["-c", "command -v envoy"])
-        .output()
-        .unwrap();
-    let envoy = String::from_utf8(envoy.stdout).unwrap().trim().to_owned();
-    assert!(
-        !envoy.is_empty(),
-        "envoy is not installed (scripts/test.sh installs it)"
-    );
-    for name in [
-        "svca-no-rules",
-        "svca-egress",
-        "svca-route-50",
-        "svca-route-100",
-        "svcb-v0.2-all",
-    ] {
+    let envoy = mesh_testbed::envoy_binary();
+    // Every golden file, so a new one cannot skip Envoy's judgement.
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut names: Vec<String> = std::fs::read_dir(&golden)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stem = p.file_stem()?.to_string_lossy().into_owned();
+            (p.extension()? == "json").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 6, "golden files: {names:?}");
+    for name in &names {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
         let copy = dir.path().join(format!("{name}.json"));
         std::fs::copy(&path, &copy).unwrap();

