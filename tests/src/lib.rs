@@ -102,6 +102,12 @@ impl Lines {
         }
     }
 
+    /// Keeps reading (and dropping) the rest, so the process never blocks
+    /// on a full pipe once nobody waits for its lines.
+    pub fn discard_rest(self) {
+        std::thread::spawn(move || while self.rx.recv().is_ok() {});
+    }
+
     /// Lines printed since the last call, without waiting.
     pub fn drain(&mut self) -> Vec<String> {
         let new: Vec<String> = self.rx.try_iter().collect();

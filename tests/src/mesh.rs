@@ -262,8 +262,7 @@ impl Mesh {
         let child = self.world.spawn(&pod.ns, Some(1337), &args, Stdio::piped());
         let mut lines = Lines::new(child.stdout.take().unwrap());
         lines.wait_for("ready", Duration::from_secs(30));
-        // Keep reading so the proxy never blocks on a full pipe.
-        std::thread::spawn(move || while lines.rx.recv().is_ok() {});
+        lines.discard_rest();
     }
 
     fn start_envoy(&mut self, pod: &Pod, name: &str, labels: &[(&str, &str)]) {
@@ -363,7 +362,7 @@ static_resources:
         let child = self.world.spawn(&pod.ns, None, &full, Stdio::piped());
         let mut lines = Lines::new(child.stdout.take().unwrap());
         lines.wait_for("listening", Duration::from_secs(10));
-        std::thread::spawn(move || while lines.rx.recv().is_ok() {});
+        lines.discard_rest();
     }
 
     /// Starts msgd in `pod` on 9997; returns its request log (one JSON
