@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
@@ -31,59 +33,63 @@ pub struct OpenLoop {
     pub p999_ms: f64,
 }
 
-/// Sends `rate` requests per second for `duration` to `url` over
-/// `connections` keep-alive HTTP/1.1 connections.
-pub async fn open_loop(
-    url: &str,
+/// Sends `rate` requests per second for `duration` to `addr` over
+/// `connections` keep-alive HTTP/1.1 connections, `host` as the Host header.
+///
+/// Each connection is a thread with a blocking socket that sends requests
+/// c, c+N, c+2N, … at their due times (sleeping with a 1 µs timer slack, so
+/// the generator's own jitter stays in the microseconds), and reads each
+/// answer whole before the next. Latency counts from when a request was
+/// due, so a stall counts against every request it delays.
+pub fn open_loop(
+    addr: SocketAddr,
+    host: &str,
     rate: u64,
     duration: Duration,
     connections: usize,
 ) -> anyhow::Result<OpenLoop> {
-    let uri: hyper::Uri = url.parse()?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow::anyhow!("no authority in {url}"))?
-        .clone();
     let total = (rate as f64 * duration.as_secs_f64()) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
     let start = Instant::now() + Duration::from_millis(50);
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let (uri, authority) = (uri.clone(), authority.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("histogram");
-            let mut errors = 0u64;
-            let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            // Connection c sends requests c, c+N, c+2N, … at their due times.
-            let mut i = c as u64;
-            while i < total {
-                let due = start + interval * i as u32;
-                tokio::time::sleep_until(due.into()).await;
-                let req = hyper::Request::get(uri.clone())
-                    .header(hyper::header::HOST, authority.as_str())
-                    .body(Empty::<Bytes>::new())?;
-                match sender.send_request(req).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        let _ = resp.into_body().collect().await;
-                        let us = due.elapsed().as_micros().max(1) as u64;
-                        let _ = hist.record(us);
+    let threads: Vec<_> = (0..connections)
+        .map(|c| {
+            let request = request.clone();
+            std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64)> {
+                // SAFETY: prctl with PR_SET_TIMERSLACK only sets this
+                // thread's timer slack.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let mut errors = 0u64;
+                let mut stream = std::net::TcpStream::connect(addr)?;
+                stream.set_nodelay(true)?;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut i = c as u64;
+                while i < total {
+                    let due = start + interval * i as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
                     }
-                    _ => errors += 1,
+                    stream.write_all(&request)?;
+                    match read_response(&mut stream, &mut buf)? {
+                        200..=299 => {
+                            let us = due.elapsed().as_micros().max(1) as u64;
+                            hist.record(us)?;
+                        }
+                        _ => errors += 1,
+                    }
+                    i += connections as u64;
                 }
-                i += connections as u64;
-            }
-            anyhow::Ok((hist, errors))
-        }));
-    }
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                Ok((hist, errors))
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await??;
+    for t in threads {
+        let (h, e) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         hist.add(h)?;
         errors += e;
     }
@@ -99,6 +105,41 @@ pub async fn open_loop(
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
     })
+}
+
+/// Reads one HTTP/1.1 response framed by Content-Length (every target
+/// answers so) and returns its status.
+fn read_response(stream: &mut std::net::TcpStream, buf: &mut [u8]) -> anyhow::Result<u16> {
+    let mut have = 0;
+    loop {
+        let n = stream.read(&mut buf[have..])?;
+        anyhow::ensure!(n > 0, "connection closed mid-response");
+        have += n;
+        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+            anyhow::ensure!(have < buf.len(), "response head too large");
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end])?;
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line in {head:?}"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| anyhow::anyhow!("response without Content-Length: {head:?}"))?;
+        let mut body = have - (end + 4);
+        while body < length {
+            let n = stream.read(buf)?;
+            anyhow::ensure!(n > 0, "connection closed mid-body");
+            body += n;
+        }
+        return Ok(status);
+    }
 }
 
 /// Writes as fast as possible to `addr` for `duration`; returns MB/s.

@@ -42,9 +42,28 @@ enum Cmd {
         /// Where to write the report (Markdown and JSON).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// Measure only these targets (comma-separated names, e.g.
+        /// `mesh-proxy,envoy`); `direct` is always measured.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Serve the backends (used by `run`; prints their addresses).
     Backend,
+    /// Fixed-rate open-loop HTTP/1.1 load against one address (what the
+    /// fixed-rate rows run), for profiling one proxy by hand.
+    OpenLoop {
+        /// Where to send (host:port).
+        addr: SocketAddr,
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Keep-alive connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
     /// pilot at scale: N simulated proxies over M services; rule write →
     /// every proxy has the change (p50/p99), pilot's peak RSS.
     PilotScale {
@@ -77,6 +96,8 @@ struct Row {
     cpu_per_1000: Option<f64>,
     /// Proxy CPU cores busy on average during the row.
     cpu_cores: Option<f64>,
+    /// The most resident memory of the proxies during the row (MB).
+    rss_mb: Option<f64>,
 }
 
 fn run_tool(cmd: &mut Command) -> anyhow::Result<String> {
@@ -192,9 +213,29 @@ fn measure<T>(
     let cpu_now = || pids.iter().map(|p| procfs::cpu_seconds(*p)).sum::<f64>();
     let before = cpu_now();
     let start = std::time::Instant::now();
-    let r = f()?;
+    // Resident memory is sampled while the load runs: the most it reached
+    // is the "under load" figure (VmHWM would also count start-up).
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (r, most) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut most = 0.0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(pids.iter().map(|p| procfs::rss_mb(*p)).sum());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (r, sampler.join().unwrap_or(0.0))
+    });
+    let r = r?;
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = (!pids.is_empty()).then(|| cpu_now() - before);
+    target.row_rss_mb.set(most);
+    target
+        .loaded_rss_mb
+        .set(target.loaded_rss_mb.get().max(most));
     Ok((r, cpu, elapsed))
 }
 
@@ -224,6 +265,7 @@ fn scenarios(
         errors,
         cpu_per_1000: cpu.map(|c| c / (count / 1000.0)),
         cpu_cores: cpu.map(|c| c / elapsed),
+        rss_mb: cpu.map(|_| target.row_rss_mb.get()),
     };
     let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.small, seconds, false))?;
     rows.push(row(
@@ -271,14 +313,14 @@ fn scenarios(
     ));
     let rates: &[u64] = if smoke { &[200] } else { &[1000, 5000] };
     for &rate in rates {
-        let url = format!("http://{}/", target.addrs.small);
         let (r, cpu, el) = measure(target, || {
-            rt.block_on(load::open_loop(
-                &url,
+            load::open_loop(
+                target.addrs.small,
+                &target.addrs.small.to_string(),
                 rate,
                 Duration::from_secs(seconds),
                 16,
-            ))
+            )
         })?;
         rows.push(row(
             &format!("HTTP/1.1 fixed rate {rate} req/s (open loop)"),
@@ -382,7 +424,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 fn report(
     rows: &[Row],
     idle: &[(String, f64)],
-    peak: &[(String, f64)],
+    peak: &[(String, f64, f64)],
     seconds: u64,
     smoke: bool,
 ) -> String {
@@ -415,14 +457,17 @@ fn report(
         let _ = writeln!(s, "## {sc}\n");
         let _ = writeln!(
             s,
-            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | vs Envoy | vs direct |",
+            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | RSS MB | vs Envoy | vs direct |",
             in_sc[0].unit
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for r in &in_sc {
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.target,
                 r.throughput,
                 f(r.p50_ms),
@@ -432,6 +477,7 @@ fn report(
                 r.errors,
                 f(r.cpu_per_1000),
                 f(r.cpu_cores),
+                r.rss_mb.map_or("—".into(), |v| format!("{v:.1}")),
                 // A chain compares with Envoy's chain.
                 ratio(
                     r.throughput,
@@ -448,15 +494,15 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "## Memory\n\n| target | idle RSS MB | peak RSS MB |\n|---|---:|---:|"
+        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle after start-up, the most seen while the rows ran (sampled every 10 ms), and the high-water mark the kernel recorded (VmHWM, which includes start-up).\n\n| target | idle RSS MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|"
     );
-    for ((t, i), (_, p)) in idle.iter().zip(peak) {
-        let _ = writeln!(s, "| {t} | {i:.1} | {p:.1} |");
+    for ((t, i), (_, l, p)) in idle.iter().zip(peak) {
+        let _ = writeln!(s, "| {t} | {i:.1} | {l:.1} | {p:.1} |");
     }
     s
 }
 
-fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
+fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> anyhow::Result<()> {
     let seconds = seconds.unwrap_or(if smoke { 1 } else { 10 });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -472,19 +518,30 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
     }
     let (mut backend, b) = start_backend()?;
     let result = (|| {
-        let targets = vec![
-            Target::direct(b),
-            targets::mesh_proxy(&mesh_proxy_bin, b, PROXY_CPU)?,
-            targets::envoy(b, PROXY_CPU)?,
-            targets::haproxy(b, PROXY_CPU)?,
+        type Start<'a> = Box<dyn Fn() -> anyhow::Result<Target> + 'a>;
+        let proxy = |to| targets::mesh_proxy(&mesh_proxy_bin, to, PROXY_CPU);
+        let all: Vec<(&str, Start)> = vec![
+            ("direct", Box::new(|| Ok(Target::direct(b)))),
+            ("mesh-proxy", Box::new(|| proxy(b))),
+            ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
+            ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
             // A call in a mesh crosses two sidecars: client side, server side.
-            targets::chain(
+            (
                 "mesh-proxy → mesh-proxy",
-                |to| targets::mesh_proxy(&mesh_proxy_bin, to, PROXY_CPU),
-                b,
-            )?,
-            targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)?,
+                Box::new(|| targets::chain("mesh-proxy → mesh-proxy", proxy, b)),
+            ),
+            (
+                "envoy → envoy",
+                Box::new(|| targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)),
+            ),
         ];
+        let targets = all
+            .iter()
+            .filter(|(name, _)| {
+                *name == "direct" || only.is_empty() || only.iter().any(|o| o == name)
+            })
+            .map(|(_, start)| start())
+            .collect::<anyhow::Result<Vec<Target>>>()?;
         let idle: Vec<(String, f64)> = targets
             .iter()
             .filter(|t| !t.pids().is_empty())
@@ -500,12 +557,14 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
             eprintln!("measuring {} …", t.name);
             rows.extend(scenarios(t, seconds, smoke, &rt)?);
         }
-        let peak: Vec<(String, f64)> = targets
+        // Under load: the most seen during the rows; start-up: VmHWM.
+        let peak: Vec<(String, f64, f64)> = targets
             .iter()
             .filter(|t| !t.pids().is_empty())
             .map(|t| {
                 (
                     t.name.clone(),
+                    t.loaded_rss_mb.get(),
                     t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
                 )
             })
@@ -528,7 +587,7 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf) -> anyhow::Result<()> {
         )
     };
     std::fs::write(out.join(format!("{stamp}.md")), &md)?;
-    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "peak_rss_mb": peak});
+    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
     std::fs::write(
         out.join(format!("{stamp}.json")),
         serde_json::to_string_pretty(&json)?,
@@ -543,8 +602,25 @@ fn main() -> anyhow::Result<()> {
             smoke,
             seconds,
             out,
-        } => run(smoke, seconds, out),
+            only,
+        } => run(smoke, seconds, out, only),
         Cmd::Backend => serve_backend(),
+        Cmd::OpenLoop {
+            addr,
+            rate,
+            seconds,
+            connections,
+        } => {
+            let r = load::open_loop(
+                addr,
+                &addr.to_string(),
+                rate,
+                Duration::from_secs(seconds),
+                connections,
+            )?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Cmd::PilotScale {
             proxies,
             services,

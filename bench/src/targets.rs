@@ -28,6 +28,10 @@ pub struct Target {
     /// The other proxies of a sidecar chain (the server side), measured
     /// with it.
     pub peers: Vec<Target>,
+    /// The most resident memory (MB, all its processes) seen during a load.
+    pub loaded_rss_mb: std::cell::Cell<f64>,
+    /// The most resident memory (MB) seen during the last load.
+    pub row_rss_mb: std::cell::Cell<f64>,
     _dir: Option<PathBuf>,
 }
 
@@ -51,6 +55,8 @@ impl Target {
             addrs: b,
             child: None,
             peers: vec![],
+            loaded_rss_mb: Default::default(),
+            row_rss_mb: Default::default(),
             _dir: None,
         }
     }
@@ -220,6 +226,8 @@ pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Targ
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        loaded_rss_mb: Default::default(),
+        row_rss_mb: Default::default(),
         _dir: Some(dir),
     })
 }
@@ -244,6 +252,8 @@ pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        loaded_rss_mb: Default::default(),
+        row_rss_mb: Default::default(),
         _dir: Some(dir),
     })
 }
@@ -268,6 +278,8 @@ pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        loaded_rss_mb: Default::default(),
+        row_rss_mb: Default::default(),
         _dir: Some(dir),
     })
 }

@@ -6,11 +6,13 @@
 //! - [`server`]: workers, listeners, drain; [`http`] and [`tcp`]: the two
 //!   data paths; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
 //! - [`xds`]: the ADS client that follows pilot.
+//! - [`memory`]: resident size kept to the serving working set.
 
 pub mod admin;
 pub mod config;
 pub mod http;
 pub mod init;
+pub mod memory;
 pub mod orig_dst;
 pub mod server;
 pub mod sniff;

@@ -146,6 +146,7 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
         explicit: a.interception_mode == Interception::None,
         app_ip: a.app_ip,
     };
+    mesh_proxy::memory::limit_malloc_arenas(a.concurrency);
     let opts = Options {
         concurrency: a.concurrency,
         drain_timeout: Duration::from_secs(a.drain_timeout),
@@ -183,7 +184,7 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
                         println!("ready");
                     }
                 }
-                Event::Idle => release_freed_memory(),
+                Event::Idle => mesh_proxy::memory::release_after_config(),
                 Event::Rejected { type_url, reason } => {
                     eprintln!("config rejected ({type_url}): {reason}");
                     println!("config rejected: {reason}");
@@ -328,21 +329,10 @@ fn init(a: InitArgs) -> ExitCode {
     }
 }
 
-/// Gives memory freed after reading configuration (the descriptor pool,
-/// the dynamic messages) back to the system, so the resident size reflects
-/// what the proxy keeps.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Reads a bootstrap file, naming file, line:column and field of any problem.
 fn load(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
     let loaded = load_inner(path);
-    release_freed_memory();
+    mesh_proxy::memory::release_after_config();
     loaded
 }
 
@@ -461,6 +451,7 @@ fn main() -> ExitCode {
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    mesh_proxy::memory::limit_malloc_arenas(concurrency);
     let opts = Options {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
