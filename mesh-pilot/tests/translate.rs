@@ -68,8 +68,18 @@ fn bootstrap(r: &Resources) -> Bootstrap {
 /// Translates, compares with the golden file, and checks that mesh-proxy
 /// applies the result.
 fn golden(name: &str, files: &[&str], node: &ProxyNode) -> Resources {
+    golden_in(name, &registry(), files, node)
+}
+
+/// [`golden`] over another registry.
+fn golden_in(
+    name: &str,
+    registry: &mesh_rules::registry::Registry,
+    files: &[&str],
+    node: &ProxyNode,
+) -> Resources {
     mesh_proto::descriptors::keep_loaded();
-    let registry = registry();
+    let registry = registry.clone();
     let rules = rules(files);
     let mesh = MeshConfig::default();
     let out = translate(
@@ -217,6 +227,58 @@ fn envoy_accepts_every_translation() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: envoy refuses:\n{text}");
+    }
+}
+
+#[test]
+fn undeclared_ports_are_detected_per_connection() {
+    // svcb's port named `web` declares no protocol: the proxy looks at each
+    // connection's first bytes (http_inspector, 100 ms) and routes HTTP by
+    // the rules or proxies anything else as TCP, on the way out (svca's
+    // listener for svcb's VIP) and on the way in (svcb's own port).
+    let mut registry = registry();
+    for s in &mut registry.services {
+        if s.name == "svcb" {
+            s.ports[0].name = "web".into();
+        }
+    }
+    let svcb = node("10.250.0.3", "svcb", "v0.1");
+    let r = golden_in(
+        "svcb-undeclared-port",
+        &registry,
+        &["route-rules-svcb-v0.2-50.yaml"],
+        &svcb,
+    );
+    for name in ["10.251.0.11_80", "10.250.0.3_8080"] {
+        let l = r
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("listener {name}"));
+        assert_eq!(
+            l.listener_filters
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>(),
+            ["envoy.filters.listener.http_inspector"],
+            "{name}"
+        );
+        let chains: Vec<Vec<String>> = l
+            .filter_chains
+            .iter()
+            .map(|c| {
+                c.filter_chain_match
+                    .clone()
+                    .unwrap_or_default()
+                    .application_protocols
+            })
+            .collect();
+        assert_eq!(
+            chains,
+            [vec!["http/1.0", "http/1.1", "h2c"], vec![]],
+            "{name}: HTTP chain, then the TCP fallback"
+        );
+        assert!(l.continue_on_listener_filters_timeout, "{name}");
     }
 }
 

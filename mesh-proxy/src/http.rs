@@ -266,7 +266,7 @@ pub async fn handle(
     }
     // One snapshot for the whole request: a swap mid-request does not affect it.
     let snap = shared.config.load_full();
-    let Some(manager) = snap.http_manager(&conn.listener) else {
+    let Some(manager) = snap.http_manager(&conn.listener, conn.chain) else {
         return Ok(finish(
             &shared,
             text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),

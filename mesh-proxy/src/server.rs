@@ -125,9 +125,10 @@ impl Shared {
 }
 
 impl Snapshot {
-    /// The HTTP settings of listener `name`, if it is an HTTP listener.
-    pub fn http_manager(&self, name: &str) -> Option<&HttpManager> {
-        match &self.listeners.get(name)?.kind {
+    /// The HTTP settings of chain `chain` of listener `name`, if that is an
+    /// HTTP chain.
+    pub fn http_manager(&self, name: &str, chain: usize) -> Option<&HttpManager> {
+        match &self.listeners.get(name)?.chains.get(chain)?.kind {
             ListenerKind::Http(m) => Some(m),
             ListenerKind::Tcp(_) => None,
         }
@@ -396,11 +397,25 @@ async fn accept_loop(
                 .cloned()
                 .unwrap_or(own);
             drop(snap);
+            // Inspector filters look at the first bytes to pick a chain.
+            let detected = match target.inspect {
+                Some(i) => match crate::sniff::detect(&stream, i.timeout).await {
+                    Some(d) => Some(d),
+                    None if i.continue_on_timeout => None,
+                    None => return,
+                },
+                None => None,
+            };
+            // No chain for this connection: closed, as Envoy does.
+            let Some(chain) = target.chain_for(detected) else {
+                return;
+            };
             let conn = Arc::new(Conn {
                 listener: target.name.as_str().into(),
+                chain,
                 original_dst,
             });
-            match &target.kind {
+            match &target.chains[chain].kind {
                 ListenerKind::Tcp(cfg) => {
                     crate::tcp::proxy(stream, cfg, &conn, shared.clone()).await
                 }
@@ -415,6 +430,8 @@ async fn accept_loop(
 pub struct Conn {
     /// The listener that handles it (after any original-destination hand-off).
     pub listener: Arc<str>,
+    /// The listener's filter chain that handles it.
+    pub chain: usize,
     /// Where it was going before the capture rules redirected it.
     pub original_dst: Option<SocketAddr>,
 }

@@ -59,30 +59,32 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
 }
 
 /// Peeks at a connection's first bytes (without consuming them) until they
-/// tell, or `timeout` passes (then: TCP — server-first protocols send nothing).
-pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
+/// tell. `None` when `timeout` passes first (server-first protocols send
+/// nothing); a connection closed before telling is TCP.
+pub async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     let mut buf = [0u8; 32];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return Detected::Tcp,
+            Ok(Err(_)) => return Some(Detected::Tcp),
+            Err(_) => return None,
         };
         if n == 0 {
-            return Detected::Tcp;
+            return Some(Detected::Tcp);
         }
         if let Some(d) = classify(&buf[..n]) {
-            return d;
+            return Some(d);
         }
         if n == buf.len() {
-            return Detected::Tcp;
+            return Some(Detected::Tcp);
         }
         // Not enough yet: wait for more bytes to arrive.
         if tokio::time::timeout_at(deadline, stream.readable())
             .await
             .is_err()
         {
-            return Detected::Tcp;
+            return None;
         }
         tokio::task::yield_now().await;
     }

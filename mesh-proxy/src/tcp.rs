@@ -59,7 +59,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
 
 /// Refuses a connection the mesh does not allow.
 async fn refuse(mut downstream: TcpStream, conn: &Conn) {
-    if detect(&downstream, SNIFF_TIMEOUT).await == Detected::Http1 {
+    if detect(&downstream, SNIFF_TIMEOUT).await == Some(Detected::Http1) {
         let dst = conn
             .original_dst
             .map_or_else(|| "this destination".to_owned(), |d| d.to_string());

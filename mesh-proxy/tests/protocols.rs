@@ -149,3 +149,151 @@ fn websocket_upgrade_is_tunnelled() {
         ws.close(None).await.unwrap();
     });
 }
+
+/// A server-first TCP service (it speaks first, as MySQL or SMTP do), then
+/// echoes what it reads.
+fn greeting_echo_server() -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"hello from tcp\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A listener for a port of undeclared protocol, as pilot writes it:
+/// http_inspector, an HTTP chain for HTTP/1.x and h2c, a TCP chain for the
+/// rest (and for connections silent past 100 ms).
+fn sniffing_bootstrap(http: &Backend, tcp: SocketAddr) -> String {
+    let config = bootstrap(&route_to("v1"), &[("v1", http)]);
+    let config = config.replace(
+        "    filter_chains:\n    - filters:\n",
+        "    listener_filters:\n    - name: envoy.filters.listener.http_inspector\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector\n    listener_filters_timeout: 0.1s\n    continue_on_listener_filters_timeout: true\n    filter_chains:\n    - filter_chain_match:\n        application_protocols: [http/1.0, http/1.1, h2c]\n      filters:\n",
+    );
+    let tcp_chain = "    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n";
+    let tcp_cluster = format!(
+        "  - name: tcp\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: tcp\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+        tcp.port()
+    );
+    config.replace(
+        "  clusters:\n",
+        &format!("{tcp_chain}  clusters:\n{tcp_cluster}"),
+    )
+}
+
+/// Connects, sends `first` (if any), and reads until `want` bytes arrived.
+fn tcp_exchange(addr: &str, first: &[u8], want: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    if !first.is_empty() {
+        s.write_all(first).unwrap();
+    }
+    let mut got = vec![0u8; want];
+    s.read_exact(&mut got).unwrap();
+    got
+}
+
+fn detects_protocol_per_connection(start: fn(&str) -> common::Process, who: &str) {
+    let http = Backend::start("v1");
+    let tcp = greeting_echo_server();
+    let proxy = start(&sniffing_bootstrap(&http, tcp));
+    let addr = proxy.listener("http");
+    let url = format!("http://{addr}/");
+    // HTTP/1.1 and HTTP/2 prior knowledge: the HTTP chain routes them.
+    assert_eq!(curl(&["-s", &url]), (0, "v1\n".into()), "{who}: HTTP/1.1");
+    assert_eq!(
+        curl(&["-s", "--http2-prior-knowledge", &url]),
+        (0, "v1\n".into()),
+        "{who}: h2c"
+    );
+    assert_eq!(http.count(), 2, "{who}");
+    // Bytes that are not HTTP: the TCP chain, both directions.
+    let got = tcp_exchange(&addr, b"\x00\x01binary", 23);
+    assert_eq!(
+        &got[..],
+        b"hello from tcp\n\x00\x01binary",
+        "{who}: opaque TCP"
+    );
+    // A client that waits for the server to speak first: after the
+    // detection timeout the connection goes to the TCP chain.
+    let got = tcp_exchange(&addr, b"", 15);
+    assert_eq!(&got[..], b"hello from tcp\n", "{who}: server-first");
+    assert_eq!(
+        http.count(),
+        2,
+        "{who}: nothing else reached the HTTP backend"
+    );
+}
+
+#[test]
+fn undeclared_protocol_is_detected_per_connection() {
+    detects_protocol_per_connection(mesh_proxy, "mesh-proxy");
+}
+
+#[test]
+fn envoy_detects_protocol_with_the_same_listener() {
+    detects_protocol_per_connection(common::envoy, "envoy");
+}
+
+/// Runs `mesh-proxy --validate` on `config`; returns the exit code and stderr.
+fn validate(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--validate")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE"),
+    )
+}
+
+#[test]
+fn listener_filters_and_chains_it_cannot_apply_are_refused() {
+    let http = Backend::start("v1");
+    let good = sniffing_bootstrap(&http, "127.0.0.1:9".parse().unwrap());
+    assert_eq!(validate(&good), (Some(0), String::new()));
+    // A listener filter other than the two inspectors.
+    let other = good.replace(
+        "http_inspector.v3.HttpInspector",
+        "original_src.v3.OriginalSrc",
+    );
+    let (code, err) = validate(&other);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with(
+            "Error: FILE:11:7: static_resources.listeners[0].listener_filters[0].typed_config: "
+        ) && err.contains("original_src.v3.OriginalSrc"),
+        "{err}"
+    );
+    // Two chains that both take every connection: which one runs is
+    // undefined, so the listener is refused (Envoy refuses it too).
+    let twice = good.replace(
+        "    - filter_chain_match:\n        application_protocols: [http/1.0, http/1.1, h2c]\n      filters:\n",
+        "    - filters:\n",
+    );
+    let (code, err) = validate(&twice);
+    assert_eq!(code, Some(1), "{twice}");
+    assert!(
+        err.contains("static_resources.listeners[0].filter_chains: more than one filter chain matches every connection"),
+        "{err}"
+    );
+}

@@ -22,6 +22,8 @@ const ROOTS: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
     "envoy.extensions.filters.http.router.v3.Router",
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.admin.v3.ConfigDump",
     "envoy.admin.v3.ListenersConfigDump",

@@ -9,6 +9,7 @@ use mesh_proto::envoy::config::endpoint::v3 as xendpoint;
 use mesh_proto::envoy::config::listener::v3::{self as xlistener, Listener};
 use mesh_proto::envoy::config::route::v3 as xroute;
 use mesh_proto::envoy::extensions::filters::http::router::v3::Router;
+use mesh_proto::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
@@ -160,6 +161,46 @@ fn listener(
         use_original_dst: original_dst.then_some(BoolValue { value: true }),
         ..Default::default()
     }
+}
+
+/// How long a listener waits for the first bytes of a connection on a port
+/// whose protocol is not declared before treating it as TCP (server-first
+/// protocols send nothing until the server speaks).
+pub const PROTOCOL_DETECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A listener for a port whose protocol is not declared: `http_inspector`
+/// looks at the first bytes; HTTP/1.x and HTTP/2 prior knowledge get the
+/// HTTP chain, anything else (or silence past the timeout) the TCP chain.
+fn sniffing_listener(
+    name: &str,
+    ip: &str,
+    port: u16,
+    bind: bool,
+    http: xlistener::Filter,
+    tcp: xlistener::Filter,
+) -> Listener {
+    let mut l = listener(name, ip, port, bind, false, tcp);
+    l.filter_chains.insert(
+        0,
+        xlistener::FilterChain {
+            filter_chain_match: Some(xlistener::FilterChainMatch {
+                application_protocols: vec!["http/1.0".into(), "http/1.1".into(), "h2c".into()],
+                ..Default::default()
+            }),
+            filters: vec![http],
+            ..Default::default()
+        },
+    );
+    l.listener_filters = vec![xlistener::ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".into(),
+        config_type: Some(xlistener::listener_filter::ConfigType::TypedConfig(any(
+            &HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    l.listener_filters_timeout = Some(duration(PROTOCOL_DETECTION_TIMEOUT));
+    l.continue_on_listener_filters_timeout = true;
+    l
 }
 
 fn string_match(m: &StringMatch) -> Option<xmatch::StringMatcher> {
@@ -376,12 +417,13 @@ impl Builder {
             .collect()
     }
 
-    /// Outbound resources for one port of a service.
+    /// Outbound resources for one port of a service; `protocol` is `None`
+    /// when the port declares none (the proxy detects it).
     pub fn service_port(
         &mut self,
         service: &Service,
         port: &ServicePort,
-        protocol: Protocol,
+        protocol: Option<Protocol>,
         host: &str,
         endpoints: &[&Workload],
         rules: &[&RouteRule],
@@ -406,39 +448,73 @@ impl Builder {
                     .insert(name.clone(), static_cluster(&name, &addrs(&mut subset)));
             }
         }
-        if protocol.is_http() {
+        let routes = || {
             let mut routes: Vec<_> = rules
                 .iter()
                 .map(|r| rule_route(r, port.port, host, &default_cluster))
                 .collect();
             routes.push(default_route(&default_cluster));
-            let domains = self.domains(service, port.port, host);
-            self.http_ports
-                .entry(port.port)
-                .or_default()
-                .push(xroute::VirtualHost {
-                    name: format!("{host}:{}", port.port),
-                    domains,
-                    routes,
-                    ..Default::default()
-                });
-        } else if let (Some(vip), Mode::Capture) = (service.vip, self.mode) {
+            routes
+        };
+        match (protocol, service.vip, self.mode) {
+            (None, Some(vip), Mode::Capture) => {
+                // Undeclared, reached through its VIP: the connection's
+                // first bytes choose HTTP routing or a TCP proxy.
+                let name = format!("{vip}_{}", port.port);
+                let http = http_manager(
+                    &name,
+                    vec![xroute::VirtualHost {
+                        name: format!("{host}:{}", port.port),
+                        // The VIP already names the service.
+                        domains: vec!["*".into()],
+                        routes: routes(),
+                        ..Default::default()
+                    }],
+                );
+                let l = sniffing_listener(
+                    &name,
+                    &vip.to_string(),
+                    port.port,
+                    false,
+                    http,
+                    tcp_proxy(&default_cluster, &default_cluster),
+                );
+                self.listeners.insert(name, l);
+            }
+            // Undeclared without a VIP to tell it apart, or behind an
+            // explicit proxy (which speaks HTTP only): HTTP, as Istio 0.4.
+            (None, ..) | (Some(Protocol::Http | Protocol::Http2 | Protocol::Grpc), ..) => {
+                let domains = self.domains(service, port.port, host);
+                self.http_ports
+                    .entry(port.port)
+                    .or_default()
+                    .push(xroute::VirtualHost {
+                        name: format!("{host}:{}", port.port),
+                        domains,
+                        routes: routes(),
+                        ..Default::default()
+                    });
+            }
             // (An explicit proxy has no way to see opaque TCP to a VIP.)
-            let name = format!("{vip}_{}", port.port);
-            let l = listener(
-                &name,
-                &vip.to_string(),
-                port.port,
-                false,
-                false,
-                tcp_proxy(&default_cluster, &default_cluster),
-            );
-            self.listeners.insert(name, l);
+            (Some(Protocol::Tcp | Protocol::Https), Some(vip), Mode::Capture) => {
+                let name = format!("{vip}_{}", port.port);
+                let l = listener(
+                    &name,
+                    &vip.to_string(),
+                    port.port,
+                    false,
+                    false,
+                    tcp_proxy(&default_cluster, &default_cluster),
+                );
+                self.listeners.insert(name, l);
+            }
+            (Some(Protocol::Tcp | Protocol::Https), ..) => {}
         }
     }
 
-    /// Inbound resources for this proxy's own workload on `port`.
-    pub fn inbound(&mut self, ip: IpAddr, port: u16, protocol: Protocol) {
+    /// Inbound resources for this proxy's own workload on `port`
+    /// (`protocol` `None`: undeclared, detected per connection).
+    pub fn inbound(&mut self, ip: IpAddr, port: u16, protocol: Option<Protocol>) {
         let cluster = format!("inbound|{port}||");
         let (app, bind) = match self.mode {
             Mode::Capture => ("127.0.0.1".to_owned(), false),
@@ -447,7 +523,7 @@ impl Builder {
         self.clusters
             .insert(cluster.clone(), static_cluster(&cluster, &[(app, port)]));
         let name = format!("{ip}_{port}");
-        let f = if protocol.is_http() {
+        let http = || {
             http_manager(
                 &name,
                 vec![xroute::VirtualHost {
@@ -457,13 +533,27 @@ impl Builder {
                     ..Default::default()
                 }],
             )
-        } else {
-            tcp_proxy(&cluster, &cluster)
         };
-        self.listeners.insert(
-            name.clone(),
-            listener(&name, &ip.to_string(), port, bind, false, f),
-        );
+        let l = match protocol {
+            Some(p) if p.is_http() => listener(&name, &ip.to_string(), port, bind, false, http()),
+            Some(_) => listener(
+                &name,
+                &ip.to_string(),
+                port,
+                bind,
+                false,
+                tcp_proxy(&cluster, &cluster),
+            ),
+            None => sniffing_listener(
+                &name,
+                &ip.to_string(),
+                port,
+                bind,
+                http(),
+                tcp_proxy(&cluster, &cluster),
+            ),
+        };
+        self.listeners.insert(name.clone(), l);
     }
 
     /// An external HTTP host opened by an egress rule: the request goes to

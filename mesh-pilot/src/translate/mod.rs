@@ -114,9 +114,9 @@ pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
 }
 
-fn service_protocol(p: &ServicePort) -> Protocol {
-    // Undeclared ports are treated as HTTP, as Istio 0.4 did for named-less ports.
-    p.declared_protocol().unwrap_or(Protocol::Http)
+/// The port's declared protocol; `None` when the proxy must detect it.
+fn service_protocol(p: &ServicePort) -> Option<Protocol> {
+    p.declared_protocol()
 }
 
 /// A route rule that applies to calls from `node` to `service`.

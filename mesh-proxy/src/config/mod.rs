@@ -86,8 +86,79 @@ pub struct Listener {
     /// Hand connections that were redirected to it to the listener matching
     /// their original destination (the capture ports 15001 and 15006).
     pub use_original_dst: bool,
-    /// What it runs.
+    /// Its filter chains; one is chosen per connection.
+    pub chains: Vec<FilterChain>,
+    /// Listener filters that look at a connection's first bytes
+    /// (`http_inspector`, `tls_inspector`) before a chain is chosen.
+    pub inspect: Option<Inspect>,
+}
+
+/// What a listener's inspector filters detect, and for how long they wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspect {
+    /// `http_inspector`: HTTP/1.x or HTTP/2 prior knowledge.
+    pub http: bool,
+    /// `tls_inspector`: a TLS ClientHello.
+    pub tls: bool,
+    /// How long to wait for the first bytes (`listener_filters_timeout`,
+    /// 15 s when unset, as Envoy).
+    pub timeout: Duration,
+    /// After the timeout: go on undetected (`true`) or close.
+    pub continue_on_timeout: bool,
+}
+
+/// A filter chain: which connections it takes, and what it runs.
+#[derive(Debug)]
+pub struct FilterChain {
+    /// `filter_chain_match.application_protocols` (empty: any).
+    pub application_protocols: Vec<String>,
+    /// `filter_chain_match.transport_protocol` (`tls`, `raw_buffer`; none: any).
+    pub transport_protocol: Option<String>,
+    /// Its network filter.
     pub kind: ListenerKind,
+}
+
+impl Listener {
+    /// The chain for a connection whose first bytes showed `detected`
+    /// (`None`: not inspected or timed out), as Envoy matches: the
+    /// transport protocol must agree, then a chain naming the detected
+    /// application protocol beats one that names none.
+    pub fn chain_for(&self, detected: Option<crate::sniff::Detected>) -> Option<usize> {
+        use crate::sniff::Detected;
+        let inspect = self.inspect.unwrap_or(Inspect {
+            http: false,
+            tls: false,
+            timeout: Duration::ZERO,
+            continue_on_timeout: true,
+        });
+        let transport = match detected {
+            Some(Detected::Tls) if inspect.tls => "tls",
+            _ => "raw_buffer",
+        };
+        let protocols: &[&str] = match detected {
+            Some(Detected::Http1) if inspect.http => &["http/1.1", "http/1.0"],
+            Some(Detected::Http2) if inspect.http => &["h2c"],
+            _ => &[],
+        };
+        let candidates = self.chains.iter().enumerate().filter(|(_, c)| {
+            c.transport_protocol
+                .as_deref()
+                .is_none_or(|t| t == transport)
+        });
+        let mut fallback = None;
+        for (i, c) in candidates {
+            if c.application_protocols.is_empty() {
+                fallback = fallback.or(Some(i));
+            } else if c
+                .application_protocols
+                .iter()
+                .any(|p| protocols.contains(&p.as_str()))
+            {
+                return Some(i);
+            }
+        }
+        fallback
+    }
 }
 
 /// A listener's network filter.
@@ -560,19 +631,90 @@ fn build_listener(
     routes: &[xroute::RouteConfiguration],
 ) -> Result<Listener, ConfigError> {
     let address = socket_address(&l.address, &format!("{path}.address"))?;
-    let [chain] = l.filter_chains.as_slice() else {
+    if l.filter_chains.is_empty() {
         return Err(err(
             format!("{path}.filter_chains"),
-            "exactly one filter chain is supported",
+            "at least one filter chain is required",
         ));
-    };
+    }
+    let chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, chain)| {
+            build_chain(
+                chain,
+                &format!("{path}.filter_chains[{i}]"),
+                clusters,
+                routes,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut inspect: Option<Inspect> = None;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let fpath = format!("{path}.listener_filters[{i}]");
+        use xlistener::listener_filter::ConfigType;
+        let t = match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) => type_name(any).to_owned(),
+            _ => {
+                return Err(err(
+                    format!("{fpath}.typed_config"),
+                    "a typed_config is required",
+                ));
+            }
+        };
+        let i = inspect.get_or_insert(Inspect {
+            http: false,
+            tls: false,
+            timeout: duration(&l.listener_filters_timeout).unwrap_or(Duration::from_secs(15)),
+            continue_on_timeout: l.continue_on_listener_filters_timeout,
+        });
+        match t.as_str() {
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => i.http = true,
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => i.tls = true,
+            other => {
+                return Err(err(
+                    format!("{fpath}.typed_config"),
+                    format!(
+                        "listener filter {other} is not supported (http_inspector and tls_inspector are)"
+                    ),
+                ));
+            }
+        }
+    }
+    let unmatched = chains
+        .iter()
+        .filter(|c| c.application_protocols.is_empty() && c.transport_protocol.is_none())
+        .count();
+    if unmatched > 1 {
+        return Err(err(
+            format!("{path}.filter_chains"),
+            "more than one filter chain matches every connection (give each a distinct filter_chain_match)",
+        ));
+    }
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        chains,
+        inspect,
+    })
+}
+
+fn build_chain(
+    chain: &xlistener::FilterChain,
+    path: &str,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    routes: &[xroute::RouteConfiguration],
+) -> Result<FilterChain, ConfigError> {
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
-            format!("{path}.filter_chains[0].filters"),
+            format!("{path}.filters"),
             "exactly one network filter is supported",
         ));
     };
-    let fpath = format!("{path}.filter_chains[0].filters[0].typed_config");
+    let fpath = format!("{path}.filters[0].typed_config");
     use xlistener::filter::ConfigType;
     let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
         return Err(err(fpath, "a typed_config is required"));
@@ -610,11 +752,20 @@ fn build_listener(
             ));
         }
     };
-    Ok(Listener {
-        name: l.name.clone(),
-        address,
-        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
-        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+    let m = chain.filter_chain_match.clone().unwrap_or_default();
+    let transport_protocol = (!m.transport_protocol.is_empty()).then_some(m.transport_protocol);
+    if let Some(t) = &transport_protocol
+        && t != "tls"
+        && t != "raw_buffer"
+    {
+        return Err(err(
+            format!("{path}.filter_chain_match.transport_protocol"),
+            format!("{t:?} is not a transport protocol (tls, raw_buffer)"),
+        ));
+    }
+    Ok(FilterChain {
+        application_protocols: m.application_protocols,
+        transport_protocol,
         kind,
     })
 }
