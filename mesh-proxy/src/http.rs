@@ -229,12 +229,15 @@ impl Drop for InFlight<'_> {
 /// Transfer-Encoding, and transfer codings other than `chunked`. (hyper
 /// already refuses differing Content-Length values, obs-fold and bad chunk
 /// sizes.)
-fn refuse_framing(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+fn refuse_framing(req: &Request<Incoming>, conn: &Conn) -> Option<Response<ProxyBody>> {
     let h = req.headers();
     let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let refusal = if te.is_empty() {
+    // hyper drops Content-Length when Transfer-Encoding is present; the
+    // connection's framing watch saw both.
+    let both = conn.ambiguous_framing.load(Ordering::Acquire);
+    let refusal = if te.is_empty() && !both {
         return None;
-    } else if h.contains_key(header::CONTENT_LENGTH) {
+    } else if both || h.contains_key(header::CONTENT_LENGTH) {
         (
             StatusCode::BAD_REQUEST,
             "Content-Length and Transfer-Encoding together are not allowed\n",
@@ -261,7 +264,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     upstreams: Upstreams,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    if let Some(r) = refuse_framing(&req) {
+    if let Some(r) = refuse_framing(&req, &conn) {
         return Ok(finish(&shared, r));
     }
     // One snapshot for the whole request: a swap mid-request does not affect it.

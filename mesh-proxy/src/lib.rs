@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod framing;
 pub mod http;
 pub mod init;
 pub mod memory;

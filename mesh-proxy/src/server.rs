@@ -414,6 +414,7 @@ async fn accept_loop(
                 listener: target.name.as_str().into(),
                 chain,
                 original_dst,
+                ambiguous_framing: Arc::default(),
             });
             match &target.chains[chain].kind {
                 ListenerKind::Tcp(cfg) => {
@@ -434,6 +435,9 @@ pub struct Conn {
     pub chain: usize,
     /// Where it was going before the capture rules redirected it.
     pub original_dst: Option<SocketAddr>,
+    /// Raised when a request on it carried both Content-Length and
+    /// Transfer-Encoding (see [`crate::framing`]).
+    pub ambiguous_framing: Arc<AtomicBool>,
 }
 
 /// Largest request head accepted; larger ones get 431.
@@ -458,6 +462,7 @@ async fn serve_http(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD as u32);
     let mut stop = shared.shutdown.subscribe();
+    let stream = crate::framing::Watched::new(stream, conn_info.ambiguous_framing.clone());
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
         crate::http::handle(
