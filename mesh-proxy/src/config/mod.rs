@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub version: String,
     /// Listeners to bind, by name.
     pub listeners: HashMap<String, Arc<Listener>>,
+    /// The same listeners by address, for the capture ports' hand-off.
+    by_address: HashMap<SocketAddr, Arc<Listener>>,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// The xDS resources this snapshot was built from, for `/config_dump`.
@@ -399,6 +401,7 @@ impl Snapshot {
         Snapshot {
             version: String::new(),
             listeners: HashMap::new(),
+            by_address: HashMap::new(),
             clusters: HashMap::new(),
             resources: Resources::default(),
             dynamic: true,
@@ -417,16 +420,13 @@ impl Snapshot {
     /// the one with exactly that address, else the one on `0.0.0.0`/`::`
     /// with that port.
     pub fn listener_for(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
-        let mut wildcard = None;
-        for l in self.listeners.values() {
-            if l.address == dst {
-                return Some(l);
-            }
-            if l.address.port() == dst.port() && l.address.ip().is_unspecified() {
-                wildcard = Some(l);
-            }
-        }
-        wildcard
+        self.by_address.get(&dst).or_else(|| {
+            let any = match dst {
+                SocketAddr::V4(_) => std::net::IpAddr::from([0u8; 4]),
+                SocketAddr::V6(_) => std::net::IpAddr::from([0u16; 8]),
+            };
+            self.by_address.get(&SocketAddr::new(any, dst.port()))
+        })
     }
 
     /// Builds a snapshot from a bootstrap's static resources, refusing
@@ -483,15 +483,23 @@ impl Snapshot {
             }
         }
         let mut listeners = HashMap::new();
+        let mut by_address = HashMap::new();
         for (i, l) in resources.listeners.iter().enumerate() {
             let path = format!("{prefix}listeners[{i}]");
-            if listeners
-                .insert(
-                    l.name.clone(),
-                    Arc::new(build_listener(l, &path, &clusters, &resources.routes)?),
-                )
-                .is_some()
+            let built = Arc::new(build_listener(l, &path, &clusters, &resources.routes)?);
+            // Port 0 asks the kernel for any port: no two can clash.
+            if built.address.port() != 0
+                && let Some(other) = by_address.insert(built.address, built.clone())
             {
+                return Err(err(
+                    format!("{path}.address"),
+                    format!(
+                        "listener `{}` has the address {} of listener `{}`",
+                        l.name, built.address, other.name
+                    ),
+                ));
+            }
+            if listeners.insert(l.name.clone(), built).is_some() {
                 return Err(err(
                     format!("{path}.name"),
                     format!("listener `{}` is defined twice", l.name),
@@ -501,6 +509,7 @@ impl Snapshot {
         Ok(Snapshot {
             version: version.to_owned(),
             listeners,
+            by_address,
             clusters,
             resources,
             dynamic: false,
