@@ -494,7 +494,7 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle after start-up, the most seen while the rows ran (sampled every 10 ms), and the high-water mark the kernel recorded (VmHWM, which includes start-up).\n\n| target | idle RSS MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|"
+        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle (3 s after the last one started, no load), the most seen while the rows ran (sampled every 10 ms), and the high-water mark the kernel recorded (VmHWM, which includes start-up).\n\n| target | idle RSS MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|"
     );
     for ((t, i), (_, l, p)) in idle.iter().zip(peak) {
         let _ = writeln!(s, "| {t} | {i:.1} | {l:.1} | {p:.1} |");
@@ -523,6 +523,13 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> an
         let all: Vec<(&str, Start)> = vec![
             ("direct", Box::new(|| Ok(Target::direct(b)))),
             ("mesh-proxy", Box::new(|| proxy(b))),
+            (
+                "mesh-proxy (via pilot)",
+                Box::new(|| {
+                    let pilot = mesh_proxy_bin.with_file_name("mesh-pilot");
+                    targets::mesh_proxy_via_pilot(&mesh_proxy_bin, &pilot, b, PROXY_CPU, LOAD_CPU)
+                }),
+            ),
             ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
             ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
             // A call in a mesh crosses two sidecars: client side, server side.
@@ -542,6 +549,9 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> an
             })
             .map(|(_, start)| start())
             .collect::<anyhow::Result<Vec<Target>>>()?;
+        // Idle means settled: a sidecar lets its xDS checking memory go
+        // after 2 s without a config push.
+        std::thread::sleep(Duration::from_secs(3));
         let idle: Vec<(String, f64)> = targets
             .iter()
             .filter(|t| !t.pids().is_empty())

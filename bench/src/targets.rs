@@ -28,6 +28,8 @@ pub struct Target {
     /// The other proxies of a sidecar chain (the server side), measured
     /// with it.
     pub peers: Vec<Target>,
+    /// Processes the target needs but that are not measured (pilot).
+    pub helpers: Vec<Child>,
     /// The most resident memory (MB, all its processes) seen during a load.
     pub loaded_rss_mb: std::cell::Cell<f64>,
     /// The most resident memory (MB) seen during the last load.
@@ -37,7 +39,7 @@ pub struct Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
+        for c in self.child.iter_mut().chain(&mut self.helpers) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -55,6 +57,7 @@ impl Target {
             addrs: b,
             child: None,
             peers: vec![],
+            helpers: vec![],
             loaded_rss_mb: Default::default(),
             row_rss_mb: Default::default(),
             _dir: None,
@@ -226,10 +229,105 @@ pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Targ
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        helpers: vec![],
         loaded_rss_mb: Default::default(),
         row_rss_mb: Default::default(),
         _dir: Some(dir),
     })
+}
+
+/// The workload address the sidecar configured by pilot serves on.
+const POD_IP: &str = "127.0.20.1";
+
+/// Starts mesh-pilot (on the load CPU, not measured) and a mesh-proxy
+/// sidecar configured only over ADS, in front of `to`: the backends are
+/// the workload's app, registered as one service with ports
+/// `http-small`, `http-large` and `tcp-sink`; pilot gives the sidecar
+/// its inbound listeners on the pod address (explicit mode, no capture),
+/// with what a sidecar has on (request ids, tracing).
+pub fn mesh_proxy_via_pilot(
+    proxy: &Path,
+    pilot: &Path,
+    to: Backends,
+    cpu: &str,
+    load_cpu: &str,
+) -> anyhow::Result<Target> {
+    use std::io::BufRead;
+    let dir = temp_dir("mesh-pilot");
+    let registry = dir.join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "services:\n- name: bench\n  namespace: default\n  ports:\n  - {{name: http-small, port: {s}, targetPort: {s}}}\n  - {{name: http-large, port: {l}, targetPort: {l}}}\n  - {{name: tcp-sink, port: {t}, targetPort: {t}}}\n  selector: {{app: bench}}\nworkloads:\n- name: bench-1\n  address: {POD_IP}\n  labels: {{app: bench}}\n  serviceAccount: bench\n",
+            s = to.small.port(),
+            l = to.large.port(),
+            t = to.tcp.port()
+        ),
+    )?;
+    let mut pilot = pinned(load_cpu, pilot)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .arg("--registry")
+        .arg(&registry)
+        .args([
+            "--xds-address",
+            "127.0.0.1:0",
+            "--debug-address",
+            "127.0.0.1:0",
+        ])
+        .args(["--warmup", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(pilot.stdout.take().expect("piped")).lines();
+    let xds = loop {
+        let Some(l) = lines.next().transpose()? else {
+            let _ = pilot.kill();
+            anyhow::bail!("mesh-pilot exited during start-up");
+        };
+        if let Some(a) = l.strip_prefix("xds ") {
+            break a.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let local = |p| format!("127.0.0.1:{p}");
+    let child = pinned(cpu, proxy)
+        .arg("sidecar")
+        .args(["--xds-address", &xds])
+        .args(["--workload", "bench-1", "--labels", "app=bench"])
+        .args([
+            "--ip",
+            POD_IP,
+            "--interception-mode",
+            "none",
+            "--app-ip",
+            "127.0.0.1",
+        ])
+        .args(["--concurrency", "1"])
+        .args(["--admin-address", &local(free_port())])
+        .args(["--metrics-address", &local(free_port())])
+        .args(["--health-address", &local(free_port())])
+        .stdout(Stdio::null())
+        .spawn();
+    let mut target = Target {
+        name: "mesh-proxy (via pilot)".into(),
+        addrs: Backends {
+            small: format!("{POD_IP}:{}", to.small.port()).parse()?,
+            large: format!("{POD_IP}:{}", to.large.port()).parse()?,
+            tcp: format!("{POD_IP}:{}", to.tcp.port()).parse()?,
+        },
+        child: None,
+        peers: vec![],
+        helpers: vec![pilot],
+        loaded_rss_mb: Default::default(),
+        row_rss_mb: Default::default(),
+        _dir: Some(dir),
+    };
+    let mut child = child?;
+    let ready = wait_ready(target.addrs.tcp, &mut child, "mesh-proxy sidecar");
+    target.child = Some(child);
+    ready?;
+    Ok(target)
 }
 
 /// Starts Envoy (`--concurrency 1`, access log on) in front of `to`.
@@ -252,6 +350,7 @@ pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        helpers: vec![],
         loaded_rss_mb: Default::default(),
         row_rss_mb: Default::default(),
         _dir: Some(dir),
@@ -278,6 +377,7 @@ pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         addrs: listen,
         child: Some(child),
         peers: vec![],
+        helpers: vec![],
         loaded_rss_mb: Default::default(),
         row_rss_mb: Default::default(),
         _dir: Some(dir),

@@ -283,6 +283,43 @@ fn undeclared_ports_are_detected_per_connection() {
 }
 
 #[test]
+fn grpc_and_http2_ports_use_http2_upstream() {
+    // gRPC carries its status in trailers: the proxy must speak HTTP/2 to
+    // the endpoints too, on the way out and in.
+    let mut registry = registry();
+    for s in &mut registry.services {
+        if s.name == "svcb" {
+            s.ports[0].name = "grpc".into();
+        }
+    }
+    let svcb = node("10.250.0.3", "svcb", "v0.1");
+    let r = golden_in(
+        "svcb-grpc-port",
+        &registry,
+        &["route-rules-svcb-v0.2-50.yaml"],
+        &svcb,
+    );
+    let http2: Vec<&str> = r
+        .clusters
+        .iter()
+        .filter(|c| {
+            c.typed_extension_protocol_options
+                .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        http2,
+        [
+            "inbound|8080||",
+            "outbound|80|v0.1|svcb.default.svc.cluster.local",
+            "outbound|80|v0.2|svcb.default.svc.cluster.local",
+            "outbound|80||svcb.default.svc.cluster.local",
+        ]
+    );
+}
+
+#[test]
 fn explicit_proxy_without_capture() {
     // A proxy nothing redirects to (INTERCEPTION_MODE NONE): one HTTP proxy
     // listener on its IP:15001 with every host, inbound listeners bound on

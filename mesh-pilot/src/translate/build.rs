@@ -84,6 +84,38 @@ fn static_cluster(name: &str, endpoints: &[(String, u16)]) -> Cluster {
     }
 }
 
+/// True when the port's upstream speaks HTTP/2 (gRPC needs it end to
+/// end: trailers carry its status).
+fn upstream_http2(protocol: Option<Protocol>) -> bool {
+    matches!(protocol, Some(Protocol::Http2 | Protocol::Grpc))
+}
+
+/// Makes `c` talk HTTP/2 (prior knowledge) to its endpoints.
+fn with_http2(mut c: Cluster) -> Cluster {
+    use mesh_proto::envoy::extensions::upstreams::http::v3::{
+        self as upstream, http_protocol_options,
+    };
+    let options = upstream::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&options),
+    );
+    c
+}
+
 fn original_dst_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_owned(),
@@ -433,10 +465,18 @@ impl Builder {
             ws.map(|w| (w.address.to_string(), target))
                 .collect::<Vec<_>>()
         };
+        let cluster = |name: &str, addrs: Vec<(String, u16)>| {
+            let c = static_cluster(name, &addrs);
+            if upstream_http2(protocol) {
+                with_http2(c)
+            } else {
+                c
+            }
+        };
         let default_cluster = outbound_cluster_name(port.port, "", host);
         self.clusters.insert(
             default_cluster.clone(),
-            static_cluster(&default_cluster, &addrs(&mut endpoints.iter())),
+            cluster(&default_cluster, addrs(&mut endpoints.iter())),
         );
         for rule in rules {
             for r in &rule.route {
@@ -445,7 +485,7 @@ impl Builder {
                     .iter()
                     .filter(|w| labels_match(&r.labels, &w.labels));
                 self.clusters
-                    .insert(name.clone(), static_cluster(&name, &addrs(&mut subset)));
+                    .insert(name.clone(), cluster(&name, addrs(&mut subset)));
             }
         }
         let routes = || {
@@ -520,8 +560,13 @@ impl Builder {
             Mode::Capture => ("127.0.0.1".to_owned(), false),
             Mode::Explicit { app, .. } => (app.to_string(), true),
         };
-        self.clusters
-            .insert(cluster.clone(), static_cluster(&cluster, &[(app, port)]));
+        let c = static_cluster(&cluster, &[(app, port)]);
+        let c = if upstream_http2(protocol) {
+            with_http2(c)
+        } else {
+            c
+        };
+        self.clusters.insert(cluster.clone(), c);
         let name = format!("{ip}_{port}");
         let http = || {
             http_manager(
