@@ -62,11 +62,13 @@ trap 'rm -rf "$corpus"' EXIT
 )
 
 step "benchmark harness smoke run (numbers not judged)"
-cargo build --locked -p mesh-proxy -p mesh-bench
+cargo build --locked -p mesh-proxy -p mesh-pilot -p mesh-bench
 bench_out=$(mktemp -d)
-# Six rows (4 maximum-throughput, 1 fixed-rate, TCP) and the memory row.
+# Seven rows (5 maximum-throughput incl. gRPC, 1 fixed-rate, TCP) and the
+# memory row, for mesh-proxy from a file and configured by pilot.
 "$target_dir/debug/mesh-bench" run --smoke --out "$bench_out" > "$bench_out/report.txt"
-grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 7 || { cat "$bench_out/report.txt"; exit 1; }
+grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
+grep -c '^| mesh-proxy (via pilot) |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
 rm -rf "$bench_out"
 
 # Last, so the test runner's summary closes the output.

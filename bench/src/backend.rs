@@ -1,6 +1,7 @@
 //! The benchmark's backend: as little work per request as possible, so the
 //! proxies are what is measured. HTTP/1.1 and HTTP/2 (prior knowledge) on
-//! one port, a fixed body; or a TCP sink that discards what it reads.
+//! one port, a fixed body; a TCP sink that discards what it reads; and
+//! gRPC's health service.
 
 use std::convert::Infallible;
 
@@ -29,6 +30,15 @@ pub async fn http(listener: TcpListener, body_size: usize) {
                     .await;
         });
     }
+}
+
+/// Serves gRPC's standard health service (a unary call answering SERVING).
+pub async fn grpc(listener: TcpListener) {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let _ = tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await;
 }
 
 /// Reads and discards everything, for TCP throughput.

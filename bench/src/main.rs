@@ -167,38 +167,72 @@ fn wrk(
     Ok((rps, [pct("50%"), pct("90%"), pct("99%"), None], errors))
 }
 
-/// Runs h2load (HTTP/2, multiplexed).
-fn h2load(addr: SocketAddr, seconds: u64) -> anyhow::Result<(f64, u64)> {
-    let out = run_tool(Command::new("taskset").args([
-        "-c",
-        LOAD_CPU,
-        "h2load",
-        "-c",
-        "4",
-        "-m",
-        "16",
-        "-D",
-        &seconds.to_string(),
-        &format!("http://{addr}/"),
-    ]))?;
+/// Runs h2load (HTTP/2, multiplexed) against `url`; `extra` adds
+/// arguments (a request body, headers).
+fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, u64)> {
+    let out = run_tool(
+        Command::new("taskset")
+            .args(["-c", LOAD_CPU, "h2load", "-c", "4", "-m", "16", "-D"])
+            .arg(seconds.to_string())
+            .args(extra)
+            .arg(url),
+    )?;
     let rps = out
         .lines()
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no rate in h2load output:\n{out}"))?;
-    let failed = out
+    let count = |what: &str| {
+        out.lines()
+            .find(|l| l.starts_with("requests:"))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|p| p.contains(what))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    // Answers that were not 2xx count as errors too.
+    let non_2xx = out
         .lines()
-        .find(|l| l.starts_with("requests:"))
-        .and_then(|l| {
+        .find(|l| l.starts_with("status codes:"))
+        .map(|l| {
             l.split(',')
-                .find(|p| p.contains("failed"))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
+                .filter(|p| !p.contains("2xx"))
+                .filter_map(|p| p.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+                .sum::<u64>()
         })
         .unwrap_or(0);
-    Ok((rps, failed))
+    Ok((rps, count("failed") + count("errored") + non_2xx))
+}
+
+/// One real gRPC call (tonic's health client) through `addr`: the row's
+/// requests count only if the proxy carries gRPC whole (trailers, status).
+fn grpc_works(addr: SocketAddr, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut client = HealthClient::new(channel);
+        let r = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.status == ServingStatus::Serving as i32,
+            "health says {}",
+            r.status
+        );
+        Ok(())
+    })
 }
 
 /// The CPU the proxies run on, and the one load generator and backend share.
@@ -289,9 +323,37 @@ fn scenarios(
         el,
         rps * el,
     ));
-    let ((rps, e), cpu, el) = measure(target, || h2load(target.addrs.small, seconds))?;
+    let small = format!("http://{}/", target.addrs.small);
+    let ((rps, e), cpu, el) = measure(target, || h2load(&small, seconds, &[]))?;
     rows.push(row(
         "HTTP/2, 4 connections × 16 streams (max)",
+        rps,
+        "req/s",
+        [None; 4],
+        e,
+        cpu,
+        el,
+        rps * el,
+    ));
+    // gRPC unary: grpc.health.v1.Health/Check with an empty request (a
+    // 5-byte frame), 4 connections × 16 streams.
+    grpc_works(target.addrs.grpc, rt)
+        .with_context(|| format!("{}: a gRPC call through it failed", target.name))?;
+    let request = tempfile::NamedTempFile::new()?;
+    std::fs::write(request.path(), [0u8; 5])?;
+    let body = request.path().to_string_lossy().into_owned();
+    let url = format!("http://{}/grpc.health.v1.Health/Check", target.addrs.grpc);
+    let args = [
+        "-d",
+        &body,
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+    ];
+    let ((rps, e), cpu, el) = measure(target, || h2load(&url, seconds, &args))?;
+    rows.push(row(
+        "gRPC unary, 4 connections × 16 streams (max)",
         rps,
         "req/s",
         [None; 4],
@@ -377,6 +439,7 @@ fn start_backend() -> anyhow::Result<(std::process::Child, Backends)> {
         small: next("small")?,
         large: next("large")?,
         tcp: next("tcp")?,
+        grpc: next("grpc")?,
     };
     Ok((child, b))
 }
@@ -387,14 +450,17 @@ fn serve_backend() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
-        let (small, large, tcp) = (bind().await?, bind().await?, bind().await?);
+        let (small, large, tcp, grpc) =
+            (bind().await?, bind().await?, bind().await?, bind().await?);
         println!("small {}", small.local_addr()?);
         println!("large {}", large.local_addr()?);
         println!("tcp {}", tcp.local_addr()?);
+        println!("grpc {}", grpc.local_addr()?);
         tokio::join!(
             backend::http(small, 64),
             backend::http(large, 16 * 1024),
-            backend::tcp_sink(tcp)
+            backend::tcp_sink(tcp),
+            backend::grpc(grpc),
         );
         anyhow::Ok(())
     })

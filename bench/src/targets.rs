@@ -15,6 +15,8 @@ pub struct Backends {
     pub large: SocketAddr,
     /// TCP sink.
     pub tcp: SocketAddr,
+    /// gRPC (HTTP/2 prior knowledge): the standard health service.
+    pub grpc: SocketAddr,
 }
 
 /// A measured target.
@@ -103,10 +105,11 @@ fn ports() -> Backends {
         small: a(free_port()),
         large: a(free_port()),
         tcp: a(free_port()),
+        grpc: a(free_port()),
     }
 }
 
-/// An Envoy-format bootstrap with the three listeners; `access_log` adds a
+/// An Envoy-format bootstrap with the four listeners; `access_log` adds a
 /// file access log to the HTTP listeners, as a sidecar has.
 pub fn envoy_bootstrap(
     listen: Backends,
@@ -147,19 +150,26 @@ pub fn envoy_bootstrap(
         )
     };
     let cluster = |name: &str, a: SocketAddr| {
+        let http2 = if name == "grpc" {
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {}\n"
+        } else {
+            ""
+        };
         format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{http2}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
             a.port()
         )
     };
     format!(
-        "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}  - name: tcp\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n  clusters:\n{}{}{}",
+        "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}{}  - name: tcp\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n  clusters:\n{}{}{}{}",
         http("small", listen.small, "small"),
         http("large", listen.large, "large"),
+        http("grpc", listen.grpc, "grpc"),
         listen.tcp.port(),
         cluster("small", to.small),
         cluster("large", to.large),
         cluster("tcp", to.tcp),
+        cluster("grpc", to.grpc),
     )
 }
 
@@ -170,13 +180,17 @@ fn haproxy_config(listen: Backends, to: Backends) -> String {
          backend small\n  mode http\n  http-reuse always\n  server s1 {}\n\
          frontend large\n  mode http\n  bind 127.0.0.1:{}\n  default_backend large\n\
          backend large\n  mode http\n  http-reuse always\n  server s1 {}\n\
-         listen tcp\n  mode tcp\n  bind 127.0.0.1:{}\n  server s1 {}\n",
+         listen tcp\n  mode tcp\n  bind 127.0.0.1:{}\n  server s1 {}\n\
+         frontend grpc\n  mode http\n  bind 127.0.0.1:{} proto h2\n  default_backend grpc\n\
+         backend grpc\n  mode http\n  http-reuse always\n  server s1 {} proto h2\n",
         listen.small.port(),
         to.small,
         listen.large.port(),
         to.large,
         listen.tcp.port(),
         to.tcp,
+        listen.grpc.port(),
+        to.grpc,
     )
 }
 
@@ -242,7 +256,7 @@ const POD_IP: &str = "127.0.20.1";
 /// Starts mesh-pilot (on the load CPU, not measured) and a mesh-proxy
 /// sidecar configured only over ADS, in front of `to`: the backends are
 /// the workload's app, registered as one service with ports
-/// `http-small`, `http-large` and `tcp-sink`; pilot gives the sidecar
+/// `http-small`, `http-large`, `tcp-sink` and `grpc-health`; pilot gives the sidecar
 /// its inbound listeners on the pod address (explicit mode, no capture),
 /// with what a sidecar has on (request ids, tracing).
 pub fn mesh_proxy_via_pilot(
@@ -258,10 +272,11 @@ pub fn mesh_proxy_via_pilot(
     std::fs::write(
         &registry,
         format!(
-            "services:\n- name: bench\n  namespace: default\n  ports:\n  - {{name: http-small, port: {s}, targetPort: {s}}}\n  - {{name: http-large, port: {l}, targetPort: {l}}}\n  - {{name: tcp-sink, port: {t}, targetPort: {t}}}\n  selector: {{app: bench}}\nworkloads:\n- name: bench-1\n  address: {POD_IP}\n  labels: {{app: bench}}\n  serviceAccount: bench\n",
+            "services:\n- name: bench\n  namespace: default\n  ports:\n  - {{name: http-small, port: {s}, targetPort: {s}}}\n  - {{name: http-large, port: {l}, targetPort: {l}}}\n  - {{name: tcp-sink, port: {t}, targetPort: {t}}}\n  - {{name: grpc-health, port: {g}, targetPort: {g}}}\n  selector: {{app: bench}}\nworkloads:\n- name: bench-1\n  address: {POD_IP}\n  labels: {{app: bench}}\n  serviceAccount: bench\n",
             s = to.small.port(),
             l = to.large.port(),
-            t = to.tcp.port()
+            t = to.tcp.port(),
+            g = to.grpc.port()
         ),
     )?;
     let mut pilot = pinned(load_cpu, pilot)
@@ -315,6 +330,7 @@ pub fn mesh_proxy_via_pilot(
             small: format!("{POD_IP}:{}", to.small.port()).parse()?,
             large: format!("{POD_IP}:{}", to.large.port()).parse()?,
             tcp: format!("{POD_IP}:{}", to.tcp.port()).parse()?,
+            grpc: format!("{POD_IP}:{}", to.grpc.port()).parse()?,
         },
         child: None,
         peers: vec![],
