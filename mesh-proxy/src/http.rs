@@ -404,23 +404,38 @@ enum Outcome {
     TimedOut,
 }
 
+/// Sends one try. `head` is the request's head: moved in on the last try,
+/// a copy on earlier ones (a retry needs it again).
 async fn send(
-    parts: &http::request::Parts,
+    head: http::request::Parts,
     body: UpstreamBody,
     cluster: &Cluster,
+    endpoint: &Endpoint,
     address: std::net::SocketAddr,
     upstreams: &Upstreams,
     timeout: Option<Duration>,
 ) -> Outcome {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = match format!("http://{address}{pq}").parse() {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(if address == endpoint.address {
+        endpoint.authority.clone()
+    } else {
+        crate::config::authority(address)
+    });
+    uri.path_and_query = Some(
+        head.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    let uri = match Uri::from_parts(uri) {
         Ok(u) => u,
         Err(e) => return Outcome::ConnectFailed(e.to_string()),
     };
-    let mut r = Request::new(body);
-    *r.method_mut() = parts.method.clone();
+    let mut r = Request::from_parts(head, body);
     *r.uri_mut() = uri;
-    *r.headers_mut() = parts.headers.clone();
+    // What the downstream server attached is not the upstream's business.
+    r.extensions_mut().clear();
     if !cluster.http2 {
         *r.version_mut() = http::Version::HTTP_11;
     }
@@ -439,6 +454,16 @@ async fn send(
     }
 }
 
+/// A copy of a request head for one try (extensions are not carried).
+fn copy_head(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
 /// Forwards with retries. A request without a body can be replayed: it is
 /// retried once when the connection fails before any response (the
 /// keep-alive race: a pooled connection closed by the server as the request
@@ -453,6 +478,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     use hyper::body::Body;
     let (parts, body) = req.into_parts();
+    let mut parts = Some(parts);
     let body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut streamed = (!body.is_end_stream()).then(|| Downstream {
         body,
@@ -485,9 +511,17 @@ async fn forward(
             Some(b) => Either::Left(b),
             None => Either::Right(Full::new(Bytes::new())),
         };
+        // The last try takes the head itself; earlier ones a copy.
+        let Some(head) = (if may_retry {
+            parts.as_ref().map(copy_head)
+        } else {
+            parts.take()
+        }) else {
+            break;
+        };
         let outcome = {
             let _busy = InFlight::new(endpoint);
-            send(&parts, body, cluster, address, upstreams, per_try).await
+            send(head, body, cluster, endpoint, address, upstreams, per_try).await
         };
         let retry = match outcome {
             Outcome::Response(r) => {

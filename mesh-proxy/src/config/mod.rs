@@ -211,6 +211,8 @@ pub enum LbPolicy {
 pub struct Endpoint {
     /// Address.
     pub address: SocketAddr,
+    /// The address as a URI authority, made once rather than per request.
+    pub authority: http::uri::Authority,
     /// Whether it takes new requests.
     pub healthy: bool,
     /// Its counters, shared with the same endpoint of the same cluster in
@@ -234,6 +236,12 @@ impl std::ops::Deref for Endpoint {
     fn deref(&self) -> &EndpointCounters {
         &self.counters
     }
+}
+
+/// `address` as a URI authority (`1.2.3.4:80`, `[::1]:80`).
+pub fn authority(address: SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::try_from(address.to_string())
+        .expect("a socket address is a valid authority")
 }
 
 type CounterKey = (String, SocketAddr);
@@ -593,6 +601,7 @@ fn build_cluster(
                 let healthy = matches!(lb_ep.health_status, 0 | 1 | 5);
                 endpoints.push(Arc::new(Endpoint {
                     address,
+                    authority: authority(address),
                     healthy,
                     counters: counters_for(&c.name, address),
                 }));
@@ -603,6 +612,7 @@ fn build_cluster(
         let address = SocketAddr::from(([0, 0, 0, 0], 0));
         endpoints.push(Arc::new(Endpoint {
             address,
+            authority: authority(address),
             healthy: true,
             counters: counters_for(&c.name, address),
         }));
