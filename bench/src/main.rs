@@ -36,9 +36,15 @@ enum Cmd {
         /// A few seconds per row, to keep the harness working (CI); numbers are not judged.
         #[arg(long)]
         smoke: bool,
-        /// Seconds per measurement (default 10; 1 with --smoke).
+        /// Seconds per measurement (default 4; 1 with --smoke).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Rounds: every target is measured once per round, rounds one
+        /// after the other, and each row reports the round with the median
+        /// throughput (default 3; 1 with --smoke). Interleaving keeps a
+        /// slow minute of a shared machine from landing on one target.
+        #[arg(long)]
+        rounds: Option<usize>,
         /// Where to write the report (Markdown and JSON).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
@@ -114,18 +120,15 @@ fn run_tool(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// `50.000%  123.00us`-style durations from wrk, in ms.
-fn wrk_ms(v: &str) -> Option<f64> {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
+/// wrk's latency percentiles (µs) printed by a `done` hook, as
+/// `PCT <percentile> <microseconds>` lines (wrk's `--latency` table stops
+/// at p99).
+const WRK_PERCENTILES: &str = r#"done = function(summary, latency, requests)
+  for _, p in ipairs({50, 90, 99, 99.9}) do
+    io.write(string.format("PCT %g %d\n", p, latency:percentile(p)))
+  end
+end
+"#;
 
 /// Runs wrk (closed loop, maximum throughput).
 fn wrk(
@@ -133,16 +136,13 @@ fn wrk(
     seconds: u64,
     close: bool,
 ) -> anyhow::Result<(f64, [Option<f64>; 4], u64)> {
+    let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    std::fs::write(script.path(), WRK_PERCENTILES)?;
     let mut cmd = Command::new("taskset");
-    cmd.args([
-        "-c",
-        LOAD_CPU,
-        "wrk",
-        "-t1",
-        "-c16",
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
+    cmd.args(["-c", LOAD_CPU, "wrk", "-t1", "-c16"])
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(script.path());
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -155,25 +155,31 @@ fn wrk(
         .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output:\n{out}"))?;
     let pct = |p: &str| {
         out.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(p))
-            .and_then(|l| wrk_ms(l.split_whitespace().nth(1)?))
+            .filter_map(|l| l.strip_prefix("PCT "))
+            .find_map(|l| {
+                let (q, us) = l.split_once(' ')?;
+                (q == p).then(|| us.trim().parse::<f64>().ok().map(|us| us / 1000.0))?
+            })
     };
     let errors = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok((rps, [pct("50%"), pct("90%"), pct("99%"), None], errors))
+    Ok((rps, [pct("50"), pct("90"), pct("99"), pct("99.9")], errors))
 }
 
 /// Runs h2load (HTTP/2, multiplexed) against `url`; `extra` adds
-/// arguments (a request body, headers).
-fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, u64)> {
+/// arguments (a request body, headers). Latency percentiles come from its
+/// per-request log.
+fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, [Option<f64>; 4], u64)> {
+    let log = tempfile::NamedTempFile::new()?;
     let out = run_tool(
         Command::new("taskset")
             .args(["-c", LOAD_CPU, "h2load", "-c", "4", "-m", "16", "-D"])
             .arg(seconds.to_string())
+            .arg("--log-file")
+            .arg(log.path())
             .args(extra)
             .arg(url),
     )?;
@@ -206,7 +212,23 @@ fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, u64)>
                 .sum::<u64>()
         })
         .unwrap_or(0);
-    Ok((rps, count("failed") + count("errored") + non_2xx))
+    // Log lines: start (µs since the epoch), status, duration (µs).
+    let mut durations: Vec<u64> = std::fs::read_to_string(log.path())?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    durations.sort_unstable();
+    let pct = |q: f64| {
+        (!durations.is_empty()).then(|| {
+            let i = ((q * durations.len() as f64).ceil() as usize).clamp(1, durations.len());
+            durations[i - 1] as f64 / 1000.0
+        })
+    };
+    Ok((
+        rps,
+        [pct(0.50), pct(0.90), pct(0.99), pct(0.999)],
+        count("failed") + count("errored") + non_2xx,
+    ))
 }
 
 /// One real gRPC call (tonic's health client) through `addr`: the row's
@@ -324,12 +346,12 @@ fn scenarios(
         rps * el,
     ));
     let small = format!("http://{}/", target.addrs.small);
-    let ((rps, e), cpu, el) = measure(target, || h2load(&small, seconds, &[]))?;
+    let ((rps, p, e), cpu, el) = measure(target, || h2load(&small, seconds, &[]))?;
     rows.push(row(
         "HTTP/2, 4 connections × 16 streams (max)",
         rps,
         "req/s",
-        [None; 4],
+        p,
         e,
         cpu,
         el,
@@ -351,12 +373,12 @@ fn scenarios(
         "-H",
         "te: trailers",
     ];
-    let ((rps, e), cpu, el) = measure(target, || h2load(&url, seconds, &args))?;
+    let ((rps, p, e), cpu, el) = measure(target, || h2load(&url, seconds, &args))?;
     rows.push(row(
         "gRPC unary, 4 connections × 16 streams (max)",
         rps,
         "req/s",
-        [None; 4],
+        p,
         e,
         cpu,
         el,
@@ -491,10 +513,10 @@ fn report(
     rows: &[Row],
     idle: &[(String, f64)],
     peak: &[(String, f64, f64)],
-    seconds: u64,
-    smoke: bool,
+    plan: &Plan,
 ) -> String {
     use std::fmt::Write;
+    let (seconds, smoke, rounds) = (plan.seconds, plan.smoke, plan.rounds);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -507,7 +529,7 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "Machine: {}. {seconds} s per row. One worker thread per proxy, pinned to CPU {PROXY_CPU}; load generator and backend on CPU {LOAD_CPU}. Envoy has a file access log (to /dev/null) as a sidecar would; mesh-proxy and HAProxy log nothing.\n",
+        "Machine: {}. {seconds} s per row; {rounds} round(s), targets interleaved, each row the round with the median throughput. One worker thread per proxy, pinned to CPU {PROXY_CPU}; load generator and backend on CPU {LOAD_CPU}. Envoy has a file access log (to /dev/null) as a sidecar would; mesh-proxy and HAProxy log nothing.\n",
         machine()
     );
     let mut scenarios: Vec<&str> = Vec::new();
@@ -568,8 +590,49 @@ fn report(
     s
 }
 
-fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> anyhow::Result<()> {
-    let seconds = seconds.unwrap_or(if smoke { 1 } else { 10 });
+/// How long and how often to measure.
+struct Plan {
+    smoke: bool,
+    seconds: u64,
+    rounds: usize,
+}
+
+/// Of rows measured in several rounds, the one with the median throughput
+/// per scenario and target, in first-seen order.
+fn medians(rows: Vec<Row>) -> Vec<Row> {
+    let mut groups: Vec<Vec<Row>> = Vec::new();
+    for r in rows {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].scenario == r.scenario && g[0].target == r.target)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut g| {
+            g.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+            let mid = (g.len() - 1) / 2;
+            g.swap_remove(mid)
+        })
+        .collect()
+}
+
+fn run(
+    smoke: bool,
+    seconds: Option<u64>,
+    rounds: Option<usize>,
+    out: PathBuf,
+    only: Vec<String>,
+) -> anyhow::Result<()> {
+    let plan = Plan {
+        smoke,
+        seconds: seconds.unwrap_or(if smoke { 1 } else { 4 }),
+        rounds: rounds.unwrap_or(if smoke { 1 } else { 3 }).max(1),
+    };
+    let seconds = plan.seconds;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -629,10 +692,13 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> an
             })
             .collect();
         let mut rows = Vec::new();
-        for t in &targets {
-            eprintln!("measuring {} …", t.name);
-            rows.extend(scenarios(t, seconds, smoke, &rt)?);
+        for round in 1..=plan.rounds {
+            for t in &targets {
+                eprintln!("round {round}/{}: measuring {} …", plan.rounds, t.name);
+                rows.extend(scenarios(t, seconds, smoke, &rt)?);
+            }
         }
+        let rows = medians(rows);
         // Under load: the most seen during the rows; start-up: VmHWM.
         let peak: Vec<(String, f64, f64)> = targets
             .iter()
@@ -650,7 +716,7 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> an
     let _ = backend.kill();
     let _ = backend.wait();
     let (rows, idle, peak) = result?;
-    let md = report(&rows, &idle, &peak, seconds, smoke);
+    let md = report(&rows, &idle, &peak, &plan);
     std::fs::create_dir_all(&out)?;
     let stamp = if smoke {
         "smoke".to_owned()
@@ -663,7 +729,7 @@ fn run(smoke: bool, seconds: Option<u64>, out: PathBuf, only: Vec<String>) -> an
         )
     };
     std::fs::write(out.join(format!("{stamp}.md")), &md)?;
-    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
+    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "rounds": plan.rounds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
     std::fs::write(
         out.join(format!("{stamp}.json")),
         serde_json::to_string_pretty(&json)?,
@@ -677,9 +743,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run {
             smoke,
             seconds,
+            rounds,
             out,
             only,
-        } => run(smoke, seconds, out, only),
+        } => run(smoke, seconds, rounds, out, only),
         Cmd::Backend => serve_backend(),
         Cmd::OpenLoop {
             addr,
