@@ -167,41 +167,53 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[k]
 }
 
+/// Starts mesh-pilot (`pilot`: the program, maybe behind `taskset`) on
+/// `store` and `registry`, with ephemeral ports and no warm-up; returns it
+/// once it says `ready`, with its xDS address.
+pub fn start_pilot(
+    mut pilot: Command,
+    store: &Path,
+    registry: &Path,
+) -> anyhow::Result<(std::process::Child, String)> {
+    let mut child = pilot
+        .arg("--store")
+        .arg(store)
+        .arg("--registry")
+        .arg(registry)
+        .args(["--xds-address", "127.0.0.1:0"])
+        .args(["--debug-address", "127.0.0.1:0"])
+        .args(["--warmup", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut xds = None;
+    loop {
+        let Some(l) = lines.next().transpose()? else {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("mesh-pilot exited during start-up");
+        };
+        if let Some(a) = l.trim().strip_prefix("xds ") {
+            xds = Some(a.to_owned());
+        }
+        if l.trim() == "ready" {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let xds = xds.ok_or_else(|| anyhow::anyhow!("mesh-pilot did not say its xds address"))?;
+    Ok((child, xds))
+}
+
 /// Runs the scale benchmark with the pilot binary at `pilot`.
 pub fn run(pilot: &Path, proxies: usize, services: usize) -> anyhow::Result<ScaleReport> {
     let dir = tempfile::tempdir()?;
     let reg = dir.path().join("registry.yaml");
     std::fs::write(&reg, registry(services, proxies))?;
     let store = dir.path().join("store");
-    let mut child = Command::new(pilot)
-        .arg("--store")
-        .arg(&store)
-        .arg("--registry")
-        .arg(&reg)
-        .args([
-            "--xds-address",
-            "127.0.0.1:0",
-            "--debug-address",
-            "127.0.0.1:0",
-        ])
-        .args(["--warmup", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, xds) = start_pilot(Command::new(pilot), &store, &reg)?;
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut xds = String::new();
-    loop {
-        let mut l = String::new();
-        anyhow::ensure!(lines.read_line(&mut l)? > 0, "pilot exited");
-        if let Some(a) = l.trim().strip_prefix("xds ") {
-            xds = a.to_owned();
-        }
-        if l.trim() == "ready" {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines.lines() {});
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

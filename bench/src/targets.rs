@@ -266,7 +266,6 @@ pub fn mesh_proxy_via_pilot(
     cpu: &str,
     load_cpu: &str,
 ) -> anyhow::Result<Target> {
-    use std::io::BufRead;
     let dir = temp_dir("mesh-pilot");
     let registry = dir.join("registry.yaml");
     std::fs::write(
@@ -279,32 +278,8 @@ pub fn mesh_proxy_via_pilot(
             g = to.grpc.port()
         ),
     )?;
-    let mut pilot = pinned(load_cpu, pilot)
-        .arg("--store")
-        .arg(dir.join("store"))
-        .arg("--registry")
-        .arg(&registry)
-        .args([
-            "--xds-address",
-            "127.0.0.1:0",
-            "--debug-address",
-            "127.0.0.1:0",
-        ])
-        .args(["--warmup", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = std::io::BufReader::new(pilot.stdout.take().expect("piped")).lines();
-    let xds = loop {
-        let Some(l) = lines.next().transpose()? else {
-            let _ = pilot.kill();
-            anyhow::bail!("mesh-pilot exited during start-up");
-        };
-        if let Some(a) = l.strip_prefix("xds ") {
-            break a.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+    let (pilot, xds) =
+        crate::pilot_scale::start_pilot(pinned(load_cpu, pilot), &dir.join("store"), &registry)?;
     let local = |p| format!("127.0.0.1:{p}");
     let child = pinned(cpu, proxy)
         .arg("sidecar")
