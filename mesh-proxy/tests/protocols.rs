@@ -280,8 +280,8 @@ fn listener_filters_and_chains_it_cannot_apply_are_refused() {
     assert_eq!(code, Some(1));
     assert!(
         err.starts_with(
-            "Error: FILE:11:7: static_resources.listeners[0].listener_filters[0].typed_config: "
-        ) && err.contains("original_src.v3.OriginalSrc"),
+            "Error: FILE:11:7: static_resources.listeners[0].listener_filters[0].typed_config: typed config envoy.extensions.filters.listener.original_src.v3.OriginalSrc is not supported"
+        ),
         "{err}"
     );
     // Two chains that both take every connection: which one runs is

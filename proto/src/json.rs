@@ -66,8 +66,19 @@ pub fn from_document<T: Message + prost::Name + Default>(
         if let Some(name) = unknown {
             path = path.key(name);
         }
+        let position = doc.locate(&path, unknown.is_some());
+        // An `@type` outside the descriptor set: say what it is to the reader.
+        let message = match message
+            .strip_prefix("message '")
+            .and_then(|rest| rest.split_once("' not found"))
+        {
+            Some((name, _)) => format!(
+                "typed config {name} is not supported (it is not among the xDS types mesh reads)"
+            ),
+            None => message,
+        };
         ReadError {
-            position: doc.locate(&path, unknown.is_some()),
+            position,
             path: path.to_string(),
             message,
         }
