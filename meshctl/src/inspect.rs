@@ -169,6 +169,47 @@ fn resources(dump: &Value, section: Section) -> Vec<Value> {
     out
 }
 
+/// One row per listener: name, address, whether it binds, and each filter
+/// chain's network filter (with the protocols a detected chain takes).
+fn listener_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|l| {
+            // Each chain's network filter; a chain chosen by the
+            // detected protocol shows the protocols it takes.
+            let filter = l["filter_chains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let name = c["filters"][0]["typed_config"]["@type"]
+                        .as_str()
+                        .and_then(|t| t.rsplit('.').next())
+                        .unwrap_or_default();
+                    let protocols: Vec<&str> = c["filter_chain_match"]["application_protocols"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p.as_str())
+                        .collect();
+                    if protocols.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{name} [{}]", protocols.join(","))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" | ");
+            let bind = if l["bind_to_port"] == false {
+                "no"
+            } else {
+                "yes"
+            };
+            vec![s(&l["name"]), address(&l["address"]), bind.into(), filter]
+        })
+        .collect()
+}
+
 fn address(a: &Value) -> String {
     let sa = &a["socket_address"];
     format!("{}:{}", s(&sa["address"]), s(&sa["port_value"]))
@@ -185,22 +226,7 @@ pub async fn proxy_config(section: Section, admin: &str, json: bool) -> anyhow::
     match section {
         Section::Listeners => table(
             &["NAME", "ADDRESS", "BIND", "FILTER"],
-            items
-                .iter()
-                .map(|l| {
-                    let filter = l["filter_chains"][0]["filters"][0]["typed_config"]["@type"]
-                        .as_str()
-                        .and_then(|t| t.rsplit('.').next())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let bind = if l["bind_to_port"] == false {
-                        "no"
-                    } else {
-                        "yes"
-                    };
-                    vec![s(&l["name"]), address(&l["address"]), bind.into(), filter]
-                })
-                .collect(),
+            listener_rows(&items),
         ),
         Section::Routes => {
             let mut rows = Vec::new();
@@ -279,4 +305,33 @@ pub async fn proxy_config(section: Section, admin: &str, json: bool) -> anyhow::
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_rows_show_every_filter_chain() {
+        // pilot's translation for a port of undeclared protocol (a golden
+        // file Envoy also validates).
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../mesh-pilot/tests/golden/svcb-undeclared-port.json"
+        );
+        let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let listeners = golden["static_resources"]["listeners"].as_array().unwrap();
+        let rows = listener_rows(listeners);
+        let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap().clone();
+        assert_eq!(
+            row("10.251.0.11_80"),
+            [
+                "10.251.0.11_80",
+                "10.251.0.11:80",
+                "no",
+                "HttpConnectionManager [http/1.0,http/1.1,h2c] | TcpProxy"
+            ]
+        );
+        assert_eq!(row("virtualOutbound")[2..], ["yes", "TcpProxy"]);
+    }
 }
