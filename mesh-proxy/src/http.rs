@@ -207,6 +207,22 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_str(&s).expect("hex is a valid header value")
 }
 
+/// Counts a request in flight to a cluster (the retry budget's base).
+struct ClusterInFlight<'a>(&'a Cluster);
+
+impl<'a> ClusterInFlight<'a> {
+    fn new(c: &'a Cluster) -> Self {
+        c.in_flight.fetch_add(1, Ordering::Relaxed);
+        ClusterInFlight(c)
+    }
+}
+
+impl Drop for ClusterInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Marks an endpoint busy for the life of a request.
 struct InFlight<'a>(&'a Endpoint);
 
@@ -496,6 +512,22 @@ async fn forward(
     let Some(cluster) = &fwd.clusters.pick().1 else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
     };
+    let _in_flight = ClusterInFlight::new(cluster);
+    // The retry in flight holds a place in the cluster's retry budget.
+    let mut permit: Option<crate::config::RetryPermit<'_>> = None;
+    let mut budget_allows = || match cluster.try_retry() {
+        Some(p) => {
+            permit = Some(p);
+            true
+        }
+        None => {
+            shared
+                .stats
+                .upstream_rq_retry_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    };
     let mut failed: Option<Arc<Endpoint>> = None;
     for attempt in 0..max_tries {
         let may_retry = attempt + 1 < max_tries;
@@ -529,7 +561,9 @@ async fn forward(
                 if server_error {
                     endpoint.failures.fetch_add(1, Ordering::Relaxed);
                 }
-                if !(server_error && policy.on_5xx && may_retry && attempt < policy.num_retries) {
+                let wanted =
+                    server_error && policy.on_5xx && may_retry && attempt < policy.num_retries;
+                if !(wanted && budget_allows()) {
                     return r.map(Either::Left);
                 }
                 true
@@ -547,7 +581,7 @@ async fn forward(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream per-try timeout".into(),
                 );
-                may_retry && attempt < policy.num_retries
+                may_retry && attempt < policy.num_retries && budget_allows()
             }
             Outcome::ConnectFailed(_) if body_failed.load(Ordering::Relaxed) => {
                 let mut r = text(StatusCode::BAD_REQUEST, "malformed request body\n");
@@ -565,7 +599,15 @@ async fn forward(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("upstream connect error or disconnect/reset before headers: {e}"),
                 );
-                may_retry && (attempt == 0 || policy.on_connect_failure)
+                // A first try that never got an answer is tried once more
+                // whatever the policy (the keep-alive race) and outside
+                // the budget; the policy's retries count against it.
+                may_retry
+                    && if policy.on_connect_failure {
+                        budget_allows()
+                    } else {
+                        attempt == 0
+                    }
             }
         };
         if !retry {

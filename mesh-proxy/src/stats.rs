@@ -16,6 +16,8 @@ pub struct Stats {
     pub downstream_rq: [AtomicU64; 6],
     /// Upstream requests retried.
     pub upstream_rq_retry: AtomicU64,
+    /// Retries not made because the cluster's retry budget was spent.
+    pub upstream_rq_retry_overflow: AtomicU64,
     /// Upstream requests that timed out.
     pub upstream_rq_timeout: AtomicU64,
     /// Upstream connect failures and resets.
@@ -59,6 +61,10 @@ impl Stats {
         }
         for (name, c) in [
             ("upstream_rq_retry", &self.upstream_rq_retry),
+            (
+                "upstream_rq_retry_overflow",
+                &self.upstream_rq_retry_overflow,
+            ),
             ("upstream_rq_timeout", &self.upstream_rq_timeout),
             ("upstream_cx_fail", &self.upstream_cx_fail),
             ("config_accepted", &self.config_accepted),

@@ -162,3 +162,39 @@ fn metrics_and_readiness_ports_serve_only_their_path() {
     ]);
     assert!(proxy.child.wait().unwrap().success());
 }
+
+/// Reads one of mesh-proxy's counters from its admin endpoint.
+fn counter(proxy: &common::Process, name: &str) -> u64 {
+    let (_, stats) = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("mesh_proxy_{name} ")))
+        .unwrap_or_else(|| panic!("{name} in\n{stats}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn retries_stop_when_the_retry_budget_is_spent() {
+    // Every endpoint is down, and the route retries connect failures twice.
+    let ports = [(dead_port(), "HEALTHY"), (dead_port(), "HEALTHY")];
+    let routes = "              - match: {prefix: \"/\"}\n                route:\n                  cluster: svc\n                  retry_policy: {retry_on: connect-failure, num_retries: 2}\n";
+    let run = |budget: &str| {
+        let proxy = mesh_proxy(&with_clusters(routes, &cluster("svc", &ports, budget)));
+        let url = format!("http://{}/[1-10]", proxy.listener("http"));
+        let (_, codes) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]);
+        assert_eq!(codes, "503\n".repeat(10));
+        (
+            counter(&proxy, "upstream_cx_fail_total"),
+            counter(&proxy, "upstream_rq_retry_total"),
+            counter(&proxy, "upstream_rq_retry_overflow_total"),
+        )
+    };
+    // The default budget (20 % of requests in flight, at least 3 at once)
+    // lets one-at-a-time requests use all their retries…
+    assert_eq!(run(""), (30, 20, 0));
+    // …a spent budget (Envoy's retry_budget set to nothing) lets none:
+    // one try per request, each refused retry counted.
+    let none = "    circuit_breakers:\n      thresholds:\n      - retry_budget:\n          budget_percent: {value: 0}\n          min_retry_concurrency: 0\n";
+    assert_eq!(run(none), (10, 0, 10));
+}

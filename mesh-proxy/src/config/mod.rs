@@ -285,7 +285,60 @@ pub struct Cluster {
     /// ORIGINAL_DST cluster, the passthrough of ALLOW_ANY); `endpoints`
     /// then holds one placeholder that carries the counters.
     pub original_dst: bool,
+    /// How many retries may be in flight at once.
+    pub retry_budget: RetryBudget,
+    /// Requests in flight to this cluster, and how many of them are retries.
+    pub in_flight: AtomicUsize,
+    /// Retries in flight.
+    pub retries_in_flight: AtomicUsize,
     next: AtomicUsize,
+}
+
+/// A limit on concurrent retries as a share of the requests in flight
+/// (Envoy's `circuit_breakers.thresholds[].retry_budget`; the defaults,
+/// 20 % and at least 3, are Envoy's). Retries then cannot multiply the load
+/// on a cluster that is already failing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// Percent of the requests in flight that may be retries.
+    pub percent: f64,
+    /// Retries always allowed, however few requests are in flight.
+    pub min_concurrency: usize,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20.0,
+            min_concurrency: 3,
+        }
+    }
+}
+
+impl Cluster {
+    /// Takes a place for one retry if the budget has one; the place is
+    /// given back when the returned guard drops.
+    pub fn try_retry(&self) -> Option<RetryPermit<'_>> {
+        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
+        let allowed = ((in_flight * self.retry_budget.percent / 100.0) as usize)
+            .max(self.retry_budget.min_concurrency);
+        let now = self.retries_in_flight.fetch_add(1, Ordering::AcqRel);
+        if now < allowed {
+            Some(RetryPermit(self))
+        } else {
+            self.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+/// A retry in flight, counted against its cluster's budget.
+pub struct RetryPermit<'a>(&'a Cluster);
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.0.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Cluster {
@@ -631,6 +684,36 @@ fn build_cluster(
             );
         }
     }
+    let mut retry_budget = RetryBudget::default();
+    if let Some(cb) = &c.circuit_breakers {
+        let tpath = format!("{path}.circuit_breakers.thresholds");
+        let [t] = cb.thresholds.as_slice() else {
+            return Err(err(
+                tpath,
+                "exactly one threshold (priority DEFAULT) is supported",
+            ));
+        };
+        if t.priority != 0 {
+            return Err(err(
+                format!("{tpath}[0].priority"),
+                "only DEFAULT is supported",
+            ));
+        }
+        if let Some(b) = &t.retry_budget {
+            if let Some(p) = &b.budget_percent {
+                if !(0.0..=100.0).contains(&p.value) {
+                    return Err(err(
+                        format!("{tpath}[0].retry_budget.budget_percent"),
+                        format!("{} is not a percentage (0 to 100)", p.value),
+                    ));
+                }
+                retry_budget.percent = p.value;
+            }
+            if let Some(m) = &b.min_retry_concurrency {
+                retry_budget.min_concurrency = m.value as usize;
+            }
+        }
+    }
     Ok(Cluster {
         name: c.name.clone(),
         healthy: endpoints.iter().filter(|e| e.healthy).cloned().collect(),
@@ -639,6 +722,9 @@ fn build_cluster(
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
         http2,
         original_dst,
+        retry_budget,
+        in_flight: AtomicUsize::new(0),
+        retries_in_flight: AtomicUsize::new(0),
         next: AtomicUsize::new(0),
     })
 }
@@ -833,4 +919,43 @@ fn build_http(
         tracing: m.tracing.is_some(),
         routes: RouteTable::build(rc, &rc_path, clusters)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(budget: RetryBudget) -> Cluster {
+        Cluster {
+            name: "c".into(),
+            endpoints: vec![],
+            healthy: vec![],
+            lb: LbPolicy::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            http2: false,
+            original_dst: false,
+            retry_budget: budget,
+            in_flight: AtomicUsize::new(0),
+            retries_in_flight: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_in_flight() {
+        let c = cluster(RetryBudget::default());
+        // Few requests: the minimum of 3 concurrent retries.
+        c.in_flight.store(4, Ordering::Relaxed);
+        let held: Vec<_> = (0..3).map(|_| c.try_retry().expect("within 3")).collect();
+        assert!(c.try_retry().is_none(), "a 4th retry at once is refused");
+        drop(held);
+        // 50 in flight: 20 % is 10.
+        c.in_flight.store(50, Ordering::Relaxed);
+        let held: Vec<_> = (0..10).map(|_| c.try_retry().expect("within 10")).collect();
+        assert!(c.try_retry().is_none());
+        // A finished retry gives its place back.
+        drop(held);
+        assert_eq!(c.retries_in_flight.load(Ordering::Relaxed), 0);
+        assert!(c.try_retry().is_some());
+    }
 }
