@@ -230,22 +230,28 @@ fn envoy_accepts_every_translation() {
     }
 }
 
+/// The seed's registry with svcb's port renamed (its name declares the
+/// protocol).
+fn svcb_port_named(name: &str) -> mesh_rules::registry::Registry {
+    let mut registry = registry();
+    for s in &mut registry.services {
+        if s.name == "svcb" {
+            s.ports[0].name = name.into();
+        }
+    }
+    registry
+}
+
 #[test]
 fn undeclared_ports_are_detected_per_connection() {
     // svcb's port named `web` declares no protocol: the proxy looks at each
     // connection's first bytes (http_inspector, 100 ms) and routes HTTP by
     // the rules or proxies anything else as TCP, on the way out (svca's
     // listener for svcb's VIP) and on the way in (svcb's own port).
-    let mut registry = registry();
-    for s in &mut registry.services {
-        if s.name == "svcb" {
-            s.ports[0].name = "web".into();
-        }
-    }
     let svcb = node("10.250.0.3", "svcb", "v0.1");
     let r = golden_in(
         "svcb-undeclared-port",
-        &registry,
+        &svcb_port_named("web"),
         &["route-rules-svcb-v0.2-50.yaml"],
         &svcb,
     );
@@ -286,16 +292,10 @@ fn undeclared_ports_are_detected_per_connection() {
 fn grpc_and_http2_ports_use_http2_upstream() {
     // gRPC carries its status in trailers: the proxy must speak HTTP/2 to
     // the endpoints too, on the way out and in.
-    let mut registry = registry();
-    for s in &mut registry.services {
-        if s.name == "svcb" {
-            s.ports[0].name = "grpc".into();
-        }
-    }
     let svcb = node("10.250.0.3", "svcb", "v0.1");
     let r = golden_in(
         "svcb-grpc-port",
-        &registry,
+        &svcb_port_named("grpc"),
         &["route-rules-svcb-v0.2-50.yaml"],
         &svcb,
     );
