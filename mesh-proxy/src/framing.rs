@@ -85,10 +85,7 @@ impl Framing {
                     self.buf.clear();
                 }
                 State::Body(left) => {
-                    let n = (*left).min(bytes.len() as u64);
-                    *left -= n;
-                    bytes = &bytes[n as usize..];
-                    if *left == 0 {
+                    if skip(left, &mut bytes) {
                         self.state = State::Head;
                     }
                 }
@@ -112,10 +109,7 @@ impl Framing {
                     }
                 }
                 State::ChunkData(left) => {
-                    let n = (*left).min(bytes.len() as u64);
-                    *left -= n;
-                    bytes = &bytes[n as usize..];
-                    if *left == 0 {
+                    if skip(left, &mut bytes) {
                         self.state = State::ChunkSize;
                     }
                 }
@@ -191,6 +185,14 @@ impl Framing {
             _ => State::Head,
         }
     }
+}
+
+/// Skips up to `left` of `bytes`; true once all `left` bytes are skipped.
+fn skip(left: &mut u64, bytes: &mut &[u8]) -> bool {
+    let n = (*left).min(bytes.len() as u64);
+    *left -= n;
+    *bytes = &bytes[n as usize..];
+    *left == 0
 }
 
 /// Where `end` finishes in `seen ++ more`, as an index into `more` just

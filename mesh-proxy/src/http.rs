@@ -599,9 +599,11 @@ async fn forward(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("upstream connect error or disconnect/reset before headers: {e}"),
                 );
-                // A first try that never got an answer is tried once more
-                // whatever the policy (the keep-alive race) and outside
-                // the budget; the policy's retries count against it.
+                // Without a connect-failure policy a first try that got no
+                // answer is still tried once more (the keep-alive race),
+                // outside the budget; with one, every retry counts against
+                // it. (hyper-util also resends, on its own, a request that
+                // never left a pooled connection the server had closed.)
                 may_retry
                     && if policy.on_connect_failure {
                         budget_allows()

@@ -127,19 +127,14 @@ impl Listener {
     /// application protocol beats one that names none.
     pub fn chain_for(&self, detected: Option<crate::sniff::Detected>) -> Option<usize> {
         use crate::sniff::Detected;
-        let inspect = self.inspect.unwrap_or(Inspect {
-            http: false,
-            tls: false,
-            timeout: Duration::ZERO,
-            continue_on_timeout: true,
-        });
+        let (http, tls) = self.inspect.map_or((false, false), |i| (i.http, i.tls));
         let transport = match detected {
-            Some(Detected::Tls) if inspect.tls => "tls",
+            Some(Detected::Tls) if tls => "tls",
             _ => "raw_buffer",
         };
         let protocols: &[&str] = match detected {
-            Some(Detected::Http1) if inspect.http => &["http/1.1", "http/1.0"],
-            Some(Detected::Http2) if inspect.http => &["h2c"],
+            Some(Detected::Http1) if http => &["http/1.1", "http/1.0"],
+            Some(Detected::Http2) if http => &["h2c"],
             _ => &[],
         };
         let candidates = self.chains.iter().enumerate().filter(|(_, c)| {
@@ -287,7 +282,7 @@ pub struct Cluster {
     pub original_dst: bool,
     /// How many retries may be in flight at once.
     pub retry_budget: RetryBudget,
-    /// Requests in flight to this cluster, and how many of them are retries.
+    /// Requests in flight to this cluster (the retry budget's base).
     pub in_flight: AtomicUsize,
     /// Retries in flight.
     pub retries_in_flight: AtomicUsize,
@@ -315,6 +310,15 @@ impl Default for RetryBudget {
     }
 }
 
+/// A retry in flight, counted against its cluster's budget.
+pub struct RetryPermit<'a>(&'a Cluster);
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.0.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Cluster {
     /// Takes a place for one retry if the budget has one; the place is
     /// given back when the returned guard drops.
@@ -330,18 +334,7 @@ impl Cluster {
             None
         }
     }
-}
 
-/// A retry in flight, counted against its cluster's budget.
-pub struct RetryPermit<'a>(&'a Cluster);
-
-impl Drop for RetryPermit<'_> {
-    fn drop(&mut self) {
-        self.0.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Cluster {
     /// Where one request or connection goes: an endpoint (for counters) and
     /// the address to connect to.
     ///
