@@ -12,23 +12,14 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::config::{Cluster, Endpoint, Forward, HttpManager, RequestView, Route, RouteAction};
 use crate::server::{Conn, Shared};
+use crate::upstream::{PooledBody, UpstreamBody, Upstreams};
 
 /// Response bodies: streamed from upstream, or made by the proxy.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// How long an idle pooled upstream connection is kept. Shorter than common
-/// servers' keep-alive timeouts (5 s and up), so the proxy closes first and
-/// rarely sends on a connection the server is closing.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// Request bodies sent upstream: streamed from downstream, or replayed.
-type UpstreamBody = Either<Downstream, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// A downstream request body that remembers whether the client's side of it
 /// broke (e.g. a malformed chunk), so the proxy answers 400 rather than
@@ -62,63 +53,6 @@ impl hyper::body::Body for Downstream {
     }
 }
 
-type Pool = Client<HttpConnector, UpstreamBody>;
-
-/// A pool's key: HTTP/2, and the connect timeout.
-type PoolKey = (bool, Duration);
-
-/// Upstream connection pools of one worker: one per protocol and cluster
-/// connect timeout (clusters with the same timeout share connections to
-/// the same endpoints).
-#[derive(Clone)]
-pub struct Upstreams {
-    pools: Arc<std::sync::Mutex<Vec<(PoolKey, Pool)>>>,
-}
-
-fn pool(http2: bool, connect_timeout: Duration) -> Pool {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(connect_timeout));
-    c.enforce_http(true);
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .retry_canceled_requests(true)
-        .set_host(false);
-    if http2 {
-        b.http2_only(true);
-    }
-    b.build(c)
-}
-
-impl Upstreams {
-    /// Pools for the current worker.
-    pub fn new() -> Self {
-        Upstreams {
-            pools: Arc::default(),
-        }
-    }
-
-    /// The pool for `cluster` (its protocol and connect timeout).
-    fn for_cluster(&self, cluster: &Cluster) -> Pool {
-        let key = (cluster.http2, cluster.connect_timeout);
-        // Uncontended (one worker thread) and a handful of entries.
-        let mut pools = self.pools.lock().expect("upstream pools");
-        if let Some((_, p)) = pools.iter().find(|(k, _)| *k == key) {
-            return p.clone();
-        }
-        let p = pool(key.0, key.1);
-        pools.push((key, p.clone()));
-        p
-    }
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(Either::Right(Full::new(body.into())));
     *r.status_mut() = status;
@@ -138,9 +72,19 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes hop-by-hop headers, and Transfer-Encoding: each hop frames the
-/// body itself.
+/// body itself. `TE: trailers` stays, as Envoy keeps it: gRPC servers may
+/// require it.
 fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    // Most messages have none: one pass over the few names present is
+    // cheaper than a lookup per hop-by-hop name.
+    let hop = |n: &HeaderName| *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n);
+    if !h.keys().any(hop) {
+        return;
+    }
     h.remove(header::TRANSFER_ENCODING);
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -151,11 +95,24 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
     for n in listed.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
     }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Writes `n` as lowercase hex, most significant digit first, filling `out`.
+fn hex(mut n: u128, out: &mut [u8]) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(n & 0xF) as usize];
+        n >>= 4;
+    }
 }
 
 /// A random non-zero 64-bit id in 16 hex digits (B3 trace and span ids).
-fn b3_id() -> String {
-    format!("{:016x}", fastrand::u64(1..))
+fn b3_id() -> HeaderValue {
+    let mut s = [0u8; 16];
+    hex(u128::from(fastrand::u64(1..)), &mut s);
+    HeaderValue::from_bytes(&s).expect("hex is a valid header value")
 }
 
 /// Starts a trace (no trace headers yet) or a child span of the caller's
@@ -163,15 +120,14 @@ fn b3_id() -> String {
 /// `traceparent` on to a new parent id the same way. Apps forward these
 /// headers; each sidecar hop is one span.
 fn continue_trace(headers: &mut http::HeaderMap) {
-    let value = |s: &str| HeaderValue::from_str(s).expect("hex is a valid header value");
     match headers.get("x-b3-spanid").cloned() {
         Some(parent) if headers.contains_key("x-b3-traceid") => {
             headers.insert(HeaderName::from_static("x-b3-parentspanid"), parent);
-            headers.insert(HeaderName::from_static("x-b3-spanid"), value(&b3_id()));
+            headers.insert(HeaderName::from_static("x-b3-spanid"), b3_id());
         }
         _ if !headers.contains_key("x-b3-traceid") && !headers.contains_key("b3") => {
-            headers.insert(HeaderName::from_static("x-b3-traceid"), value(&b3_id()));
-            headers.insert(HeaderName::from_static("x-b3-spanid"), value(&b3_id()));
+            headers.insert(HeaderName::from_static("x-b3-traceid"), b3_id());
+            headers.insert(HeaderName::from_static("x-b3-spanid"), b3_id());
             headers.remove("x-b3-parentspanid");
         }
         _ => {}
@@ -183,28 +139,28 @@ fn continue_trace(headers: &mut http::HeaderMap) {
         );
     }
     // traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok())
-        && let [version, trace, _parent, flags] = tp.split('-').collect::<Vec<_>>()[..]
-        && trace.len() == 32
+    if let Some(tp) = headers.get("traceparent")
+        && let Ok::<[u8; 55], _>(mut next) = tp.as_bytes().try_into()
+        && [next[2], next[35], next[52]] == [b'-'; 3]
     {
-        let next = format!("{version}-{trace}-{}-{flags}", b3_id());
-        headers.insert(HeaderName::from_static("traceparent"), value(&next));
+        hex(u128::from(fastrand::u64(1..)), &mut next[36..52]);
+        if let Ok(v) = HeaderValue::from_bytes(&next) {
+            headers.insert(HeaderName::from_static("traceparent"), v);
+        }
     }
 }
 
-/// A random request id in UUID v4 form.
+/// A random request id in UUID v4 form (8-4-4-4-12 hex digits).
 fn request_id() -> HeaderValue {
     let n = fastrand::u128(..);
     let n = (n & !(0xF << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        (n >> 96) as u32,
-        (n >> 80) as u16,
-        (n >> 64) as u16,
-        (n >> 48) as u16,
-        n & 0xFFFF_FFFF_FFFF
-    );
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    let mut s = [b'-'; 36];
+    hex(n >> 96, &mut s[0..8]);
+    hex(n >> 80, &mut s[9..13]);
+    hex(n >> 64, &mut s[14..18]);
+    hex(n >> 48, &mut s[19..23]);
+    hex(n, &mut s[24..36]);
+    HeaderValue::from_bytes(&s).expect("hex is a valid header value")
 }
 
 /// Counts a request in flight to a cluster (the retry budget's base).
@@ -415,7 +371,7 @@ fn prepare_request(
 }
 
 enum Outcome {
-    Response(Response<Incoming>),
+    Response(Response<PooledBody>),
     ConnectFailed(String),
     TimedOut,
 }
@@ -423,41 +379,44 @@ enum Outcome {
 /// Sends one try. `head` is the request's head: moved in on the last try,
 /// a copy on earlier ones (a retry needs it again).
 async fn send(
-    head: http::request::Parts,
+    mut head: http::request::Parts,
     body: UpstreamBody,
     cluster: &Cluster,
-    endpoint: &Endpoint,
     address: std::net::SocketAddr,
     upstreams: &Upstreams,
     timeout: Option<Duration>,
 ) -> Outcome {
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTP);
-    uri.authority = Some(if address == endpoint.address {
-        endpoint.authority.clone()
+    let path = head
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    head.uri = if cluster.http2 {
+        // HTTP/2 carries the host as :authority, from the URI.
+        let host = head.headers.remove(header::HOST);
+        let authority = host
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| crate::config::authority(address));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path);
+        match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(e) => return Outcome::ConnectFailed(e.to_string()),
+        }
     } else {
-        crate::config::authority(address)
-    });
-    uri.path_and_query = Some(
-        head.uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    let uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(e) => return Outcome::ConnectFailed(e.to_string()),
+        head.version = http::Version::HTTP_11;
+        Uri::from(path)
     };
-    let mut r = Request::from_parts(head, body);
-    *r.uri_mut() = uri;
     // What the downstream server attached is not the upstream's business.
-    r.extensions_mut().clear();
-    if !cluster.http2 {
-        *r.version_mut() = http::Version::HTTP_11;
-    }
-    let client = upstreams.for_cluster(cluster);
+    head.extensions.clear();
+    let r = Request::from_parts(head, body);
     let fut = async {
-        match client.request(r).await {
+        match upstreams
+            .send(address, cluster.http2, cluster.connect_timeout, r)
+            .await
+        {
             Ok(r) => Outcome::Response(r),
             Err(e) => Outcome::ConnectFailed(e.to_string()),
         }
@@ -553,7 +512,7 @@ async fn forward(
         };
         let outcome = {
             let _busy = InFlight::new(endpoint);
-            send(head, body, cluster, endpoint, address, upstreams, per_try).await
+            send(head, body, cluster, address, upstreams, per_try).await
         };
         let retry = match outcome {
             Outcome::Response(r) => {
@@ -627,6 +586,25 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let a = request_id();
+        let id = a.to_str().unwrap();
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(
+            id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(groups[2].starts_with('4'), "version 4: {id}");
+        assert!("89ab".contains(&groups[3][..1]), "RFC 9562 variant: {id}");
+        assert_ne!(request_id(), a);
+    }
 
     #[test]
     fn traces_start_and_continue_per_hop() {

@@ -4,7 +4,7 @@
 //! - [`config`]: xDS resources → lookup-ready routing tables ([`config::Snapshot`]),
 //!   refusing any field mesh-proxy does not apply.
 //! - [`server`]: workers, listeners, drain; [`http`] and [`tcp`]: the two
-//!   data paths; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
+//!   data paths; [`upstream`]: pooled upstream connections; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
 //! - [`xds`]: the ADS client that follows pilot.
 //! - [`memory`]: resident size kept to the serving working set.
 
@@ -19,4 +19,5 @@ pub mod server;
 pub mod sniff;
 pub mod stats;
 pub mod tcp;
+pub mod upstream;
 pub mod xds;

@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{HttpManager, ListenerKind, Snapshot};
-use crate::http::Upstreams;
 use crate::stats::Stats;
+use crate::upstream::Upstreams;
 
 /// State every worker shares.
 pub struct Shared {

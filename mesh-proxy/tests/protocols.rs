@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{Backend, bootstrap, curl, mesh_proxy, route_to};
+use common::{Backend, bootstrap, bootstrap_to, curl, mesh_proxy, route_to};
 use futures_util::{SinkExt, StreamExt};
 
 /// Turns the bootstrap's cluster `name` into an HTTP/2 (prior knowledge) cluster.
@@ -17,16 +17,6 @@ fn http2_cluster(config: &str, name: &str) -> String {
             "  - name: {name}\n    type: STATIC\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{}}\n"
         ),
     )
-}
-
-/// A bootstrap routing everything to `cluster` at `addr`.
-fn single(cluster: &str, addr: SocketAddr) -> String {
-    let backend_cfg = format!(
-        "  - name: {cluster}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {cluster}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
-        addr.port()
-    );
-    bootstrap(&route_to(cluster), &[])
-        .replace("  clusters:\n", &format!("  clusters:\n{backend_cfg}"))
 }
 
 #[test]
@@ -65,6 +55,40 @@ fn http2_downstream_with_many_streams_on_one_connection() {
 }
 
 #[test]
+fn http2_upstream_gets_the_host_as_authority_and_te_trailers() {
+    let a = Backend::start("v1");
+    let proxy = mesh_proxy(&http2_cluster(
+        &bootstrap(&route_to("v1"), &[("v1", &a)]),
+        "v1",
+    ));
+    let url = format!("http://{}/x", proxy.listener("http"));
+    let (code, head) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: reviews.default:9080",
+        "-H",
+        "TE: trailers",
+        "-H",
+        "Connection: TE",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-echo-version: http/2.0"), "{head}");
+    // Envoy's way: Host becomes :authority, and gRPC's `TE: trailers` stays.
+    assert!(
+        head.contains("x-echo-authority: reviews.default:9080"),
+        "{head}"
+    );
+    assert!(!head.contains("x-echo-host:"), "{head}");
+    assert!(head.contains("x-echo-te: trailers"), "{head}");
+}
+
+#[test]
 fn grpc_unary_with_trailers_end_to_end() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (reporter, service) = tonic_health::server::health_reporter();
@@ -78,7 +102,7 @@ fn grpc_unary_with_trailers_end_to_end() {
             .add_service(service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let proxy = mesh_proxy(&http2_cluster(&single("grpc", grpc_addr), "grpc"));
+    let proxy = mesh_proxy(&http2_cluster(&bootstrap_to("grpc", grpc_addr), "grpc"));
     let endpoint = format!("http://{}", proxy.listener("http"));
     rt.block_on(async {
         use tonic_health::pb::HealthCheckRequest;
@@ -132,7 +156,7 @@ fn websocket_upgrade_is_tunnelled() {
             });
         }
     });
-    let proxy = mesh_proxy(&single("ws", ws_addr));
+    let proxy = mesh_proxy(&bootstrap_to("ws", ws_addr));
     let url = format!("ws://{}/chat", proxy.listener("http"));
     rt.block_on(async {
         let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();

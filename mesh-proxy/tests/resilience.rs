@@ -4,7 +4,13 @@
 
 mod common;
 
-use common::{Backend, ClosingBackend, bootstrap, curl, mesh_proxy, raw_http, route_to, weighted};
+use std::time::{Duration, Instant};
+
+use common::{
+    Backend, ClosingBackend, CountingBackend, bootstrap, bootstrap_to, curl, mesh_proxy, raw_http,
+    route_to, weighted,
+};
+use mesh_proxy::upstream::UPSTREAM_IDLE_TIMEOUT;
 
 #[test]
 fn config_swaps_under_load_drop_no_request() {
@@ -72,13 +78,7 @@ fn bad_config_is_refused_and_the_last_good_one_keeps_serving() {
 #[test]
 fn servers_closing_keepalive_connections_cause_no_failures() {
     let backend = ClosingBackend::start();
-    let config = bootstrap(&route_to("v1"), &[]).replace(
-        "  clusters:\n",
-        &format!(
-            "  clusters:\n  - name: v1\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: v1\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
-            backend.addr.port()
-        ),
-    );
+    let config = bootstrap_to("v1", backend.addr);
     let proxy = mesh_proxy(&config);
     let url = format!("http://{}/[1-1000]", proxy.listener("http"));
     let (_, statuses) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]);
@@ -92,6 +92,36 @@ fn servers_closing_keepalive_connections_cause_no_failures() {
     assert_eq!(
         backend.requests.load(std::sync::atomic::Ordering::SeqCst),
         1000
+    );
+}
+
+#[test]
+fn upstream_connections_are_reused_then_closed_by_the_proxy_when_idle() {
+    let backend = CountingBackend::start();
+    let proxy = mesh_proxy(&bootstrap_to("v1", backend.addr));
+    let url = format!("http://{}/[1-200]", proxy.listener("http"));
+    // Two clients one after the other, 200 requests each.
+    for _ in 0..2 {
+        let (_, statuses) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}\n", &url]);
+        assert_eq!(statuses.lines().filter(|s| *s == "200").count(), 200);
+    }
+    let last = Instant::now();
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "400 sequential requests take one pooled upstream connection"
+    );
+    // The proxy, not the server, ends the idle connection, a little after
+    // its idle timeout (checked once a second).
+    let closed = backend
+        .closed
+        .recv_timeout(UPSTREAM_IDLE_TIMEOUT + Duration::from_secs(5))
+        .expect("the proxy closes an idle upstream connection");
+    let idle = closed - last;
+    assert!(
+        idle >= UPSTREAM_IDLE_TIMEOUT - Duration::from_millis(500)
+            && idle <= UPSTREAM_IDLE_TIMEOUT + Duration::from_secs(2),
+        "closed after {idle:?} idle"
     );
 }
 

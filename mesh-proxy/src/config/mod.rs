@@ -206,8 +206,6 @@ pub enum LbPolicy {
 pub struct Endpoint {
     /// Address.
     pub address: SocketAddr,
-    /// The address as a URI authority, made once rather than per request.
-    pub authority: http::uri::Authority,
     /// Whether it takes new requests.
     pub healthy: bool,
     /// Its counters, shared with the same endpoint of the same cluster in
@@ -647,7 +645,6 @@ fn build_cluster(
                 let healthy = matches!(lb_ep.health_status, 0 | 1 | 5);
                 endpoints.push(Arc::new(Endpoint {
                     address,
-                    authority: authority(address),
                     healthy,
                     counters: counters_for(&c.name, address),
                 }));
@@ -658,7 +655,6 @@ fn build_cluster(
         let address = SocketAddr::from(([0, 0, 0, 0], 0));
         endpoints.push(Arc::new(Endpoint {
             address,
-            authority: authority(address),
             healthy: true,
             counters: counters_for(&c.name, address),
         }));

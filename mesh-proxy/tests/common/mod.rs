@@ -98,6 +98,14 @@ async fn answer(
     }
     r.headers_mut()
         .insert("x-echo-path", parts.uri.path().parse().unwrap());
+    r.headers_mut().insert(
+        "x-echo-version",
+        format!("{:?}", parts.version).parse().unwrap(),
+    );
+    if let Some(a) = parts.uri.authority() {
+        r.headers_mut()
+            .insert("x-echo-authority", a.as_str().parse().unwrap());
+    }
     r.headers_mut()
         .insert("x-body-len", body.len().to_string().parse().unwrap());
     Ok(r)
@@ -378,6 +386,71 @@ impl ClosingBackend {
         });
         ClosingBackend { addr, requests }
     }
+}
+
+/// An HTTP/1.1 keep-alive backend (answers `ok`) that counts the
+/// connections it accepts and reports when a client closes one.
+pub struct CountingBackend {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    /// When each connection was closed by its client.
+    pub closed: std::sync::mpsc::Receiver<std::time::Instant>,
+}
+
+impl CountingBackend {
+    pub fn start() -> CountingBackend {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, closed) = std::sync::mpsc::channel();
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match s.read(&mut chunk) {
+                            Ok(0) => {
+                                let _ = tx.send(std::time::Instant::now());
+                                return;
+                            }
+                            Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                        // Requests without bodies: one answer per head.
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            pending.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+                            if s.write_all(answer).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        CountingBackend {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+}
+
+/// A bootstrap routing everything to one STATIC cluster `cluster` with the
+/// endpoint `addr`.
+pub fn bootstrap_to(cluster: &str, addr: SocketAddr) -> String {
+    let backend_cfg = format!(
+        "  - name: {cluster}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {cluster}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+        addr.port()
+    );
+    bootstrap(&route_to(cluster), &[])
+        .replace("  clusters:\n", &format!("  clusters:\n{backend_cfg}"))
 }
 
 /// Sends raw bytes to `addr` and returns everything the server answers
