@@ -6,6 +6,7 @@ mod backend;
 mod load;
 mod pilot_scale;
 mod procfs;
+mod relay;
 mod targets;
 
 use std::net::SocketAddr;
@@ -55,6 +56,12 @@ enum Cmd {
     },
     /// Serve the backends (used by `run`; prints their addresses).
     Backend,
+    /// The floor target: relay bytes for each LISTEN=TO pair (used by `run`).
+    Relay {
+        /// `listen=to` address pairs.
+        #[arg(required = true, value_parser = parse_pair)]
+        pairs: Vec<(SocketAddr, SocketAddr)>,
+    },
     /// Fixed-rate open-loop HTTP/1.1 load against one address (what the
     /// fixed-rate rows run), for profiling one proxy by hand.
     OpenLoop {
@@ -83,6 +90,17 @@ enum Cmd {
         #[arg(long)]
         pilot: Option<PathBuf>,
     },
+}
+
+fn parse_pair(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: want LISTEN=TO"))?;
+    let addr = |x: &str| {
+        x.parse()
+            .map_err(|e| format!("{x:?} is not an address: {e}"))
+    };
+    Ok((addr(a)?, addr(b)?))
 }
 
 /// One measured row.
@@ -542,11 +560,23 @@ fn report(
     for sc in scenarios {
         let in_sc: Vec<&Row> = rows.iter().filter(|r| r.scenario == sc).collect();
         let get = |t: &str| in_sc.iter().find(|r| r.target == t).map(|r| r.throughput);
+        let direct = in_sc.iter().find(|r| r.target == "direct");
+        // At a fixed rate what a proxy costs is the latency it adds.
+        let added = |r: &Row, p: fn(&Row) -> Option<f64>| match (p(r), direct.and_then(|d| p(d))) {
+            (Some(v), Some(d)) if r.target != "direct" => format!("{:+.3}", v - d),
+            _ => "—".into(),
+        };
+        let fixed = fixed_rate(sc);
         let _ = writeln!(s, "## {sc}\n");
         let _ = writeln!(
             s,
-            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | RSS MB | vs Envoy | vs direct |",
-            in_sc[0].unit
+            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | RSS MB | {} |",
+            in_sc[0].unit,
+            if fixed {
+                "added p50 ms | added p99 ms"
+            } else {
+                "vs Envoy | vs direct"
+            }
         );
         let _ = writeln!(
             s,
@@ -566,16 +596,24 @@ fn report(
                 f(r.cpu_per_1000),
                 f(r.cpu_cores),
                 r.rss_mb.map_or("—".into(), |v| format!("{v:.1}")),
-                // A chain compares with Envoy's chain.
-                ratio(
-                    r.throughput,
-                    get(if r.target.contains('→') {
-                        "envoy → envoy"
-                    } else {
-                        "envoy"
-                    }),
-                ),
-                ratio(r.throughput, get("direct")),
+                if fixed {
+                    added(r, |r| r.p50_ms)
+                } else {
+                    // A chain compares with Envoy's chain.
+                    ratio(
+                        r.throughput,
+                        get(if r.target.contains('→') {
+                            "envoy → envoy"
+                        } else {
+                            "envoy"
+                        }),
+                    )
+                },
+                if fixed {
+                    added(r, |r| r.p99_ms)
+                } else {
+                    ratio(r.throughput, get("direct"))
+                },
             );
         }
         s.push('\n');
@@ -597,8 +635,14 @@ struct Plan {
     rounds: usize,
 }
 
+/// Whether a scenario holds the request rate fixed (latency is its result).
+fn fixed_rate(scenario: &str) -> bool {
+    scenario.contains("fixed rate")
+}
+
 /// Of rows measured in several rounds, the one with the median throughput
-/// per scenario and target, in first-seen order.
+/// (at a fixed rate: the median p50) per scenario and target, in
+/// first-seen order.
 fn medians(rows: Vec<Row>) -> Vec<Row> {
     let mut groups: Vec<Vec<Row>> = Vec::new();
     for r in rows {
@@ -613,7 +657,12 @@ fn medians(rows: Vec<Row>) -> Vec<Row> {
     groups
         .into_iter()
         .map(|mut g| {
-            g.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+            if fixed_rate(&g[0].scenario) {
+                let p50 = |r: &Row| r.p50_ms.unwrap_or(f64::MAX);
+                g.sort_by(|a, b| p50(a).total_cmp(&p50(b)));
+            } else {
+                g.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+            }
             let mid = (g.len() - 1) / 2;
             g.swap_remove(mid)
         })
@@ -661,6 +710,10 @@ fn run(
             ),
             ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
             ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
+            (
+                "floor (byte relay)",
+                Box::new(|| targets::relay(b, PROXY_CPU)),
+            ),
             // A call in a mesh crosses two sidecars: client side, server side.
             (
                 "mesh-proxy → mesh-proxy",
@@ -748,6 +801,7 @@ fn main() -> anyhow::Result<()> {
             only,
         } => run(smoke, seconds, rounds, out, only),
         Cmd::Backend => serve_backend(),
+        Cmd::Relay { pairs } => relay::run(&pairs),
         Cmd::OpenLoop {
             addr,
             rate,

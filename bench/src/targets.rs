@@ -375,6 +375,34 @@ pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
     })
 }
 
+/// Starts the floor: mesh-bench's byte relay (a blocking thread per
+/// direction) in front of `to`.
+pub fn relay(to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    let listen = ports();
+    let pair = |l: SocketAddr, t: SocketAddr| format!("{l}={t}");
+    let mut child = pinned(cpu, &std::env::current_exe()?)
+        .arg("relay")
+        .args([
+            pair(listen.small, to.small),
+            pair(listen.large, to.large),
+            pair(listen.tcp, to.tcp),
+            pair(listen.grpc, to.grpc),
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_ready(listen.tcp, &mut child, "relay")?;
+    Ok(Target {
+        name: "floor (byte relay)".into(),
+        addrs: listen,
+        child: Some(child),
+        peers: vec![],
+        helpers: vec![],
+        loaded_rss_mb: Default::default(),
+        row_rss_mb: Default::default(),
+        _dir: None,
+    })
+}
+
 /// A program on PATH.
 pub fn which(program: &str) -> anyhow::Result<PathBuf> {
     let out = Command::new("sh")
