@@ -127,7 +127,9 @@ impl Upstreams {
         loop {
             let (mut sender, pooled) = match self.idle_h1(addr) {
                 Some(s) => (s, true),
-                None => (connect_h1(addr, connect_timeout).await?, false),
+                // Boxed: connecting is rare, and its state would otherwise
+                // grow every request's future (copied as it is set up).
+                None => (Box::pin(connect_h1(addr, connect_timeout)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -196,7 +198,10 @@ impl Upstreams {
         loop {
             let (mut sender, fresh) = match self.shared_h2(addr) {
                 Some(s) => (s, false),
-                None => (self.connect_shared_h2(addr, connect_timeout).await?, true),
+                None => (
+                    Box::pin(self.connect_shared_h2(addr, connect_timeout)).await?,
+                    true,
+                ),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|body| PooledBody::new(body, None))),
