@@ -18,8 +18,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// Largest head followed; longer ones are refused by hyper (431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -140,6 +142,11 @@ impl Framing {
         found
     }
 
+    /// Whether part of a request head has arrived but not all of it.
+    pub fn mid_head(&self) -> bool {
+        matches!(self.state, State::Head) && !self.buf.is_empty()
+    }
+
     /// The state after a complete head.
     fn after_head(&self) -> State {
         let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -209,18 +216,47 @@ fn find_end(seen: &[u8], more: &[u8], end: &[u8]) -> Option<usize> {
         .map(|p| p + end.len())
 }
 
-/// A downstream socket whose reads are followed by [`Framing`].
+/// A downstream socket whose reads are followed by [`Framing`], and which
+/// ends the connection when a request head, once begun, is not complete
+/// within the request headers timeout (as Envoy's `request_headers_timeout`:
+/// the clock starts at a head's first byte, so idle keep-alive connections
+/// are not cut; a head that arrives in one read never starts it).
 pub struct Watched<S> {
     inner: S,
     framing: Framing,
+    headers_timeout: Option<Duration>,
+    /// The head's deadline, made once per connection and reset.
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<S> Watched<S> {
-    /// Wraps `inner`; `ambiguous` is raised when a request is framed both ways.
-    pub fn new(inner: S, ambiguous: Arc<AtomicBool>) -> Self {
+    /// Wraps `inner`; `ambiguous` is raised when a request is framed both
+    /// ways; a begun head must be complete within `headers_timeout`.
+    pub fn new(inner: S, ambiguous: Arc<AtomicBool>, headers_timeout: Option<Duration>) -> Self {
         Watched {
             inner,
             framing: Framing::new(ambiguous),
+            headers_timeout,
+            deadline: None,
+            armed: false,
+        }
+    }
+
+    /// Starts or stops the head's clock as a head begins or completes.
+    fn follow_head_clock(&mut self) {
+        let mid = self.framing.mid_head();
+        match (mid, self.armed, self.headers_timeout) {
+            (true, false, Some(t)) => {
+                let at = Instant::now() + t;
+                match &mut self.deadline {
+                    Some(d) => d.as_mut().reset(at),
+                    None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+                }
+                self.armed = true;
+            }
+            (false, true, _) => self.armed = false,
+            _ => {}
         }
     }
 }
@@ -231,6 +267,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.armed
+            && let Some(d) = &mut self.deadline
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request headers timeout",
+            )));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r
@@ -238,6 +283,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         {
             let new = &buf.filled()[before..];
             self.framing.feed(new);
+            self.follow_head_clock();
         }
         r
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::config::{HttpManager, ListenerKind, Snapshot};
+use crate::config::{Codec, HttpManager, ListenerKind, Snapshot};
 use crate::stats::Stats;
 use crate::upstream::Upstreams;
 
@@ -420,7 +421,10 @@ async fn accept_loop(
                 ListenerKind::Tcp(cfg) => {
                     crate::tcp::proxy(stream, cfg, &conn, shared.clone()).await
                 }
-                ListenerKind::Http(_) => serve_http(stream, conn, shared, upstreams).await,
+                ListenerKind::Http(m) => {
+                    let settings = (m.codec, m.request_headers_timeout);
+                    serve_http(stream, conn, shared, upstreams, settings, detected).await
+                }
             }
         });
     }
@@ -442,27 +446,35 @@ pub struct Conn {
 
 /// Largest request head accepted; larger ones get 431.
 const MAX_HEAD: usize = 60 * 1024;
-/// A client that has not sent a full request head by then is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Serves HTTP on a downstream connection: HTTP/1.x or HTTP/2 as the
+/// listener's codec allows and the first bytes (or the inspector that
+/// already looked at them) tell.
 async fn serve_http(
     stream: tokio::net::TcpStream,
     conn_info: Arc<Conn>,
     shared: Arc<Shared>,
     upstreams: Upstreams,
+    settings: (Codec, Option<Duration>),
+    detected: Option<crate::sniff::Detected>,
 ) {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD as u32);
-    let mut stop = shared.shutdown.subscribe();
-    let stream = crate::framing::Watched::new(stream, conn_info.ambiguous_framing.clone());
+    use crate::sniff::{Detected, Prefixed};
+    let (codec, headers_timeout) = settings;
+    let mut stream =
+        crate::framing::Watched::new(stream, conn_info.ambiguous_framing.clone(), headers_timeout);
+    let (http2, first) = match (codec, detected) {
+        (Codec::Http1, _) => (false, Default::default()),
+        (Codec::Http2, _) => (true, Default::default()),
+        (Codec::Auto, Some(d @ (Detected::Http1 | Detected::Http2))) => {
+            (d == Detected::Http2, Default::default())
+        }
+        // One read tells, and hyper gets the bytes read again.
+        (Codec::Auto, _) => match crate::sniff::read_http_version(&mut stream).await {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    let io = TokioIo::new(Prefixed::new(first, stream));
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
         crate::http::handle(
@@ -472,7 +484,33 @@ async fn serve_http(
             upstreams.clone(),
         )
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let stop = shared.shutdown.subscribe();
+    if http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD as u32)
+            .serve_connection(io, svc);
+        until_drained(conn, stop, |c| c.graceful_shutdown()).await;
+    } else {
+        // The head timeout is the socket watcher's (from a head's first
+        // byte); hyper's would also cut idle keep-alive connections.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        until_drained(conn, stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Runs a connection; once draining starts it is told to finish the
+/// request in flight and close (HTTP/1.1 `Connection: close`, HTTP/2
+/// GOAWAY) with `drain`.
+async fn until_drained<C: Future>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    drain: impl FnOnce(Pin<&mut C>),
+) {
     tokio::pin!(conn);
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -480,7 +518,7 @@ async fn serve_http(
     tokio::select! {
         _ = conn.as_mut() => {}
         _ = stopping => {
-            conn.as_mut().graceful_shutdown();
+            drain(conn.as_mut());
             let _ = conn.await;
         }
     }

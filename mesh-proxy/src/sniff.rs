@@ -1,8 +1,13 @@
 //! What a connection speaks, from its first bytes: HTTP/1.x, HTTP/2 with
 //! prior knowledge, TLS, or something else (opaque TCP).
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connection's protocol as far as its first bytes tell.
@@ -90,6 +95,92 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     }
 }
 
+/// Whether an HTTP connection that has sent `first` speaks HTTP/2 with
+/// prior knowledge; `None` while `first` is a short prefix of the preface.
+pub fn is_h2_preface(first: &[u8]) -> Option<bool> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(false)
+    } else {
+        (n == H2_PREFACE.len()).then_some(true)
+    }
+}
+
+/// Reads a connection's first bytes (one read, more only while they could
+/// still be the HTTP/2 preface) and tells whether it speaks HTTP/2. The
+/// bytes read are returned, to be replayed with [`Prefixed`]: the one read
+/// usually holds the whole first request, so it is not read twice.
+pub async fn read_http_version<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(2048);
+    loop {
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok((false, buf.freeze()));
+        }
+        if let Some(h2) = is_h2_preface(&buf) {
+            return Ok((h2, buf.freeze()));
+        }
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again
+/// first, then the stream.
+pub struct Prefixed<S> {
+    first: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `first` was read from `inner`.
+    pub fn new(first: Bytes, inner: S) -> Self {
+        Prefixed { first, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +197,41 @@ mod tests {
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Detected::Tls));
         assert_eq!(classify(b"\x00\x00\x00\x10redis"), Some(Detected::Tcp));
         assert_eq!(classify(b"GETX"), Some(Detected::Tcp));
+    }
+
+    #[test]
+    fn tells_the_h2_preface_from_its_first_bytes() {
+        assert_eq!(
+            is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(true)
+        );
+        assert_eq!(is_h2_preface(b"PRI * HTTP/2"), None);
+        assert_eq!(is_h2_preface(b"PRI / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(is_h2_preface(b"GET / HTTP/1.1\r\n"), Some(false));
+    }
+
+    #[tokio::test]
+    async fn first_bytes_are_replayed_before_the_stream() {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n")
+            .await
+            .unwrap();
+        let mut server = server;
+        let reading = tokio::spawn(async move {
+            let (h2, first) = read_http_version(&mut server).await.unwrap();
+            let mut rest = Vec::new();
+            Prefixed::new(first, server)
+                .read_to_end(&mut rest)
+                .await
+                .unwrap();
+            (h2, rest)
+        });
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"\r\nSM\r\n\r\nframes")
+            .await
+            .unwrap();
+        drop(client);
+        let (h2, all) = reading.await.unwrap();
+        assert!(h2);
+        assert_eq!(all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nframes");
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{Backend, bootstrap, bootstrap_to, curl, mesh_proxy, route_to};
+use common::{Backend, bootstrap, bootstrap_to, curl, mesh_proxy, route_to, with_hcm};
 use futures_util::{SinkExt, StreamExt};
 
 /// Turns the bootstrap's cluster `name` into an HTTP/2 (prior knowledge) cluster.
@@ -86,6 +86,43 @@ fn http2_upstream_gets_the_host_as_authority_and_te_trailers() {
     );
     assert!(!head.contains("x-echo-host:"), "{head}");
     assert!(head.contains("x-echo-te: trailers"), "{head}");
+}
+
+#[test]
+fn codec_type_limits_the_downstream_http_versions() {
+    let a = Backend::start("v1");
+    let base = bootstrap(&route_to("v1"), &[("v1", &a)]);
+    let get = |proxy: &common::Process, h2: bool| {
+        let url = format!("http://{}/", proxy.listener("http"));
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        args.push(&url);
+        curl(&args).1
+    };
+    let h1_only = mesh_proxy(&with_hcm(&base, "codec_type: HTTP1"));
+    assert_eq!(get(&h1_only, false), "200");
+    assert_ne!(get(&h1_only, true), "200", "HTTP1 refuses h2c");
+    let h2_only = mesh_proxy(&with_hcm(&base, "codec_type: HTTP2"));
+    assert_eq!(get(&h2_only, true), "200");
+    assert_ne!(get(&h2_only, false), "200", "HTTP2 refuses HTTP/1.1");
+    let auto = mesh_proxy(&with_hcm(&base, "codec_type: AUTO"));
+    assert_eq!(
+        (get(&auto, false), get(&auto, true)),
+        ("200".into(), "200".into())
+    );
+    let (code, out) = validate(&with_hcm(&base, "codec_type: HTTP3"));
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("codec_type"), "{out}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Backend, ClosingBackend, CountingBackend, bootstrap, bootstrap_to, curl, mesh_proxy, raw_http,
-    route_to, weighted,
+    route_to, weighted, with_hcm,
 };
 use mesh_proxy::upstream::UPSTREAM_IDLE_TIMEOUT;
 
@@ -123,6 +123,47 @@ fn upstream_connections_are_reused_then_closed_by_the_proxy_when_idle() {
             && idle <= UPSTREAM_IDLE_TIMEOUT + Duration::from_secs(2),
         "closed after {idle:?} idle"
     );
+}
+
+#[test]
+fn a_begun_request_head_must_finish_in_time_but_idle_connections_stay() {
+    use std::io::{Read, Write};
+    let a = Backend::start("v1");
+    let proxy = mesh_proxy(&with_hcm(
+        &bootstrap(&route_to("v1"), &[("v1", &a)]),
+        "request_headers_timeout: 1s",
+    ));
+    let addr = proxy.listener("http");
+    let connect = || {
+        let s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // A client that starts a head and never finishes it is cut off.
+    let mut slow = connect();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: svcb\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // An idle keep-alive connection is not: the clock starts at a head's
+    // first byte.
+    let mut idle = connect();
+    let get = b"GET / HTTP/1.1\r\nHost: svcb\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    for _ in 0..2 {
+        idle.write_all(get).unwrap();
+        let n = idle.read(&mut buf).unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Idle for longer than the head timeout.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
 }
 
 #[test]

@@ -177,9 +177,31 @@ pub struct HttpManager {
     /// Trace calls (`tracing` set): start or continue B3 / W3C trace
     /// context on each request.
     pub tracing: bool,
+    /// Which HTTP versions downstream clients may speak (`codec_type`).
+    pub codec: Codec,
+    /// How long a client may take to send a request head
+    /// (`request_headers_timeout`; `None`: no limit, set as 0s).
+    pub request_headers_timeout: Option<Duration>,
     /// Routes.
     pub routes: RouteTable,
 }
+
+/// The downstream HTTP versions of an HTTP listener (Envoy's `codec_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.x, or HTTP/2 with prior knowledge, told by the first bytes.
+    Auto,
+    /// HTTP/1.x only.
+    Http1,
+    /// HTTP/2 (prior knowledge) only.
+    Http2,
+}
+
+/// A request head not complete by then is answered 408 and the connection
+/// closed, when `request_headers_timeout` is not set. (Envoy has no limit
+/// by default; a sidecar in front of every workload should not let slow
+/// clients hold connections open.)
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TCP proxy settings of a listener.
 #[derive(Debug)]
@@ -902,10 +924,28 @@ fn build_http(
             ));
         }
     }
+    use hcm::http_connection_manager::CodecType;
+    let codec = match CodecType::try_from(m.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
+        _ => {
+            return Err(err(
+                format!("{path}.codec_type"),
+                "only AUTO, HTTP1 and HTTP2 are supported",
+            ));
+        }
+    };
     Ok(HttpManager {
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
         tracing: m.tracing.is_some(),
+        codec,
+        request_headers_timeout: match duration(&m.request_headers_timeout) {
+            None => Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            Some(Duration::ZERO) => None,
+            Some(t) => Some(t),
+        },
         routes: RouteTable::build(rc, &rc_path, clusters)?,
     })
 }

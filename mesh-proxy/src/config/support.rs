@@ -50,6 +50,7 @@ const FIELDS: &[&str] = &[
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig.eds_config",
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig.service_name",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.generate_request_id",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.request_headers_timeout",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.name",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter.typed_config",
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.stat_prefix",

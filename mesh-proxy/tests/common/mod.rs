@@ -334,6 +334,15 @@ static_resources:
     )
 }
 
+/// Adds `line` (e.g. `codec_type: HTTP1`) to the HTTP connection manager
+/// of a [`bootstrap`].
+pub fn with_hcm(config: &str, line: &str) -> String {
+    config.replace(
+        "          stat_prefix: http\n",
+        &format!("          stat_prefix: http\n          {line}\n"),
+    )
+}
+
 /// A route to one cluster for every path.
 pub fn route_to(cluster: &str) -> String {
     format!(
