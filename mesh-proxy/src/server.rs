@@ -169,6 +169,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
+    // Accepted sockets inherit it (Linux): no setsockopt per connection.
+    s.set_tcp_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
     s.set_nonblocking(true)?;
@@ -368,7 +370,6 @@ async fn accept_loop(
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
         shared
             .stats
             .downstream_cx_total
@@ -521,5 +522,19 @@ async fn until_drained<C: Future>(
             drain(conn.as_mut());
             let _ = conn.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nagle's algorithm would hold small responses back for up to 40 ms;
+    /// accepted connections must have it off without a call each.
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let l = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }
