@@ -66,6 +66,20 @@ impl Target {
         }
     }
 
+    /// A proxy process measured as `name`, serving on `addrs`.
+    fn process(name: &str, addrs: Backends, child: Child, dir: Option<PathBuf>) -> Target {
+        Target {
+            name: name.into(),
+            addrs,
+            child: Some(child),
+            peers: vec![],
+            helpers: vec![],
+            loaded_rss_mb: Default::default(),
+            row_rss_mb: Default::default(),
+            _dir: dir,
+        }
+    }
+
     /// The pids of every proxy of the target (none for `direct`).
     pub fn pids(&self) -> Vec<u32> {
         self.child
@@ -89,8 +103,6 @@ pub fn chain(
     client_side.peers.push(server_side);
     Ok(client_side)
 }
-
-impl Target {}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -238,16 +250,7 @@ pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Targ
         .stdout(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "mesh-proxy")?;
-    Ok(Target {
-        name: "mesh-proxy".into(),
-        addrs: listen,
-        child: Some(child),
-        peers: vec![],
-        helpers: vec![],
-        loaded_rss_mb: Default::default(),
-        row_rss_mb: Default::default(),
-        _dir: Some(dir),
-    })
+    Ok(Target::process("mesh-proxy", listen, child, Some(dir)))
 }
 
 /// The workload address the sidecar configured by pilot serves on.
@@ -336,16 +339,7 @@ pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         .stderr(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "envoy")?;
-    Ok(Target {
-        name: "envoy".into(),
-        addrs: listen,
-        child: Some(child),
-        peers: vec![],
-        helpers: vec![],
-        loaded_rss_mb: Default::default(),
-        row_rss_mb: Default::default(),
-        _dir: Some(dir),
-    })
+    Ok(Target::process("envoy", listen, child, Some(dir)))
 }
 
 /// Starts HAProxy (`nbthread 1`) in front of `to`.
@@ -363,16 +357,7 @@ pub fn haproxy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         .stderr(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "haproxy")?;
-    Ok(Target {
-        name: "haproxy".into(),
-        addrs: listen,
-        child: Some(child),
-        peers: vec![],
-        helpers: vec![],
-        loaded_rss_mb: Default::default(),
-        row_rss_mb: Default::default(),
-        _dir: Some(dir),
-    })
+    Ok(Target::process("haproxy", listen, child, Some(dir)))
 }
 
 /// Starts the floor: mesh-bench's byte relay (a blocking thread per
@@ -391,16 +376,7 @@ pub fn relay(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         .stdout(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "relay")?;
-    Ok(Target {
-        name: "floor (byte relay)".into(),
-        addrs: listen,
-        child: Some(child),
-        peers: vec![],
-        helpers: vec![],
-        loaded_rss_mb: Default::default(),
-        row_rss_mb: Default::default(),
-        _dir: None,
-    })
+    Ok(Target::process("floor (byte relay)", listen, child, None))
 }
 
 /// A program on PATH.

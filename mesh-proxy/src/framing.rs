@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -228,6 +229,8 @@ pub struct Watched<S> {
     /// The head's deadline, made once per connection and reset.
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// Bytes already read (and followed), to be read again first.
+    replay: Bytes,
 }
 
 impl<S> Watched<S> {
@@ -240,7 +243,14 @@ impl<S> Watched<S> {
             headers_timeout,
             deadline: None,
             armed: false,
+            replay: Bytes::new(),
         }
+    }
+
+    /// Has `first`, read from this stream earlier, read again before the
+    /// rest (the bytes that told the HTTP version go to the HTTP server).
+    pub fn replay(&mut self, first: Bytes) {
+        self.replay = first;
     }
 
     /// Starts or stops the head's clock as a head begins or completes.
@@ -267,6 +277,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            let first = self.replay.split_to(n);
+            buf.put_slice(&first);
+            return Poll::Ready(Ok(()));
+        }
         if self.armed
             && let Some(d) = &mut self.deadline
             && d.as_mut().poll(cx).is_ready()

@@ -459,7 +459,7 @@ async fn serve_http(
     settings: (Codec, Option<Duration>),
     detected: Option<crate::sniff::Detected>,
 ) {
-    use crate::sniff::{Detected, Prefixed};
+    use crate::sniff::Detected;
     let (codec, headers_timeout) = settings;
     let mut stream =
         crate::framing::Watched::new(stream, conn_info.ambiguous_framing.clone(), headers_timeout);
@@ -475,7 +475,8 @@ async fn serve_http(
             Err(_) => return,
         },
     };
-    let io = TokioIo::new(Prefixed::new(first, stream));
+    stream.replay(first);
+    let io = TokioIo::new(stream);
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
         crate::http::handle(

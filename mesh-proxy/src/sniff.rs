@@ -2,12 +2,10 @@
 //! prior knowledge, TLS, or something else (opaque TCP).
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// A connection's protocol as far as its first bytes tell.
@@ -108,8 +106,9 @@ pub fn is_h2_preface(first: &[u8]) -> Option<bool> {
 
 /// Reads a connection's first bytes (one read, more only while they could
 /// still be the HTTP/2 preface) and tells whether it speaks HTTP/2. The
-/// bytes read are returned, to be replayed with [`Prefixed`]: the one read
-/// usually holds the whole first request, so it is not read twice.
+/// bytes read are returned, to be replayed to the HTTP server with
+/// [`crate::framing::Watched::replay`]: the one read usually holds the
+/// whole first request, so it is not read twice.
 pub async fn read_http_version<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(bool, Bytes)> {
     let mut buf = BytesMut::with_capacity(2048);
     loop {
@@ -119,65 +118,6 @@ pub async fn read_http_version<S: AsyncRead + Unpin>(io: &mut S) -> io::Result<(
         if let Some(h2) = is_h2_preface(&buf) {
             return Ok((h2, buf.freeze()));
         }
-    }
-}
-
-/// A stream whose first bytes were already read: they are read again
-/// first, then the stream.
-pub struct Prefixed<S> {
-    first: Bytes,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    /// `first` was read from `inner`.
-    pub fn new(first: Bytes, inner: S) -> Self {
-        Prefixed { first, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.first.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.first.len().min(buf.remaining());
-        buf.put_slice(&self.first.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -216,14 +156,12 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n")
             .await
             .unwrap();
-        let mut server = server;
         let reading = tokio::spawn(async move {
-            let (h2, first) = read_http_version(&mut server).await.unwrap();
+            let mut watched = crate::framing::Watched::new(server, Default::default(), None);
+            let (h2, first) = read_http_version(&mut watched).await.unwrap();
+            watched.replay(first);
             let mut rest = Vec::new();
-            Prefixed::new(first, server)
-                .read_to_end(&mut rest)
-                .await
-                .unwrap();
+            watched.read_to_end(&mut rest).await.unwrap();
             (h2, rest)
         });
         tokio::io::AsyncWriteExt::write_all(&mut client, b"\r\nSM\r\n\r\nframes")
