@@ -197,8 +197,8 @@ pub enum Codec {
     Http2,
 }
 
-/// A request head not complete by then is answered 408 and the connection
-/// closed, when `request_headers_timeout` is not set. (Envoy has no limit
+/// A request head begun but not complete by then has its connection
+/// closed (no answer, as Envoy), when `request_headers_timeout` is not set. (Envoy has no limit
 /// by default; a sidecar in front of every workload should not let slow
 /// clients hold connections open.)
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
