@@ -61,8 +61,13 @@ trap 'rm -rf "$corpus"' EXIT
   done
 )
 
+step "build every binary the tests, the demo and the benchmarks start"
+# cargo test builds only the package under test's own binaries; the
+# end-to-end tests also start mesh-proxy, mesh-pilot, meshctl and the
+# sample apps (svca, svcb, msgd), so build them all first.
+cargo build --workspace --bins --locked
+
 step "benchmark harness smoke run (numbers not judged)"
-cargo build --locked -p mesh-proxy -p mesh-pilot -p mesh-bench
 bench_out=$(mktemp -d)
 # Seven rows (5 maximum-throughput incl. gRPC, 1 fixed-rate, TCP) and the
 # memory row, for mesh-proxy from a file and configured by pilot, and for
