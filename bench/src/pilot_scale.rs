@@ -183,6 +183,8 @@ pub fn start_pilot(
         .args(["--xds-address", "127.0.0.1:0"])
         .args(["--debug-address", "127.0.0.1:0"])
         .args(["--warmup", "0"])
+        // JSON log lines, read back as messages below.
+        .env("MESH_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -194,6 +196,7 @@ pub fn start_pilot(
             let _ = child.wait();
             anyhow::bail!("mesh-pilot exited during start-up");
         };
+        let l = mesh_runtime::log::json_message(&l).unwrap_or(l);
         if let Some(a) = l.trim().strip_prefix("xds ") {
             xds = Some(a.to_owned());
         }

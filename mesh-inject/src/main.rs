@@ -37,6 +37,7 @@ fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    mesh_runtime::log::init().context("MESH_LOG")?;
     let cfg = match &args.mesh_config {
         Some(p) => InjectConfig::from_yaml(
             &p.display().to_string(),
@@ -51,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     // The readiness line: tests and supervisors wait for it.
-    println!(
+    tracing::info!(
         "mesh-inject listening on https://{}{INJECT_PATH}",
         listener.local_addr()?
     );

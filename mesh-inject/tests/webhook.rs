@@ -56,6 +56,7 @@ fn start() -> Webhook {
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
+        .env("MESH_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -63,6 +64,7 @@ fn start() -> Webhook {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let line = mesh_runtime::log::json_message(&line).unwrap_or(line);
     let url = line
         .trim()
         .strip_prefix("mesh-inject listening on ")

@@ -644,7 +644,7 @@ impl Stream {
         let short = short_type(type_url).to_owned();
         match error {
             Some(reason) => {
-                eprintln!(
+                tracing::warn!(
                     "NACK from {} for {short} (nonce {nonce}): {reason}",
                     self.node
                 );

@@ -2,7 +2,9 @@
 //! `/debug/syncz` (connected proxies and their sync state, what
 //! `meshctl proxy-status` shows), `/debug/push_history`, and
 //! `/debug/config_dump?proxy=NODE_ID` (the current translation for a
-//! connected proxy, as it would be sent).
+//! connected proxy, as it would be sent); `/debug/logging` lists the log
+//! levels (GET) and changes them (POST `?level=debug` or
+//! `?mesh_pilot::ads=trace`), as the proxy's admin `/logging` does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -67,12 +69,46 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
     )
 }
 
+/// What the debug endpoints read and change.
+pub struct Debug {
+    /// The ADS server's state.
+    pub discovery: Discovery,
+    /// Log levels; `None` when the process has no logger of its own.
+    pub logging: Option<mesh_runtime::log::Logging>,
+}
+
+fn logging(debug: &Debug, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(logging) = &debug.logging else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "no logger in this process"}),
+        );
+    };
+    let levels = |l: &mesh_runtime::log::Levels| serde_json::json!({"levels": l.directives()});
+    match (req.method(), req.uri().query().filter(|q| !q.is_empty())) {
+        (&http::Method::POST, Some(q)) => match logging.apply_query(q) {
+            Ok(l) => json(StatusCode::OK, &levels(&l)),
+            Err(e) => json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": e.to_string()}),
+            ),
+        },
+        (&http::Method::GET, Some(_)) => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "changing log levels needs POST"}),
+        ),
+        _ => json(StatusCode::OK, &levels(&logging.current())),
+    }
+}
+
 async fn handle(
-    d: Arc<Discovery>,
+    debug: Arc<Debug>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let d = &debug.discovery;
     let query = req.uri().query().unwrap_or("");
     Ok(match req.uri().path() {
+        "/debug/logging" => logging(&debug, &req),
         "/ready" => json(StatusCode::OK, &"ready"),
         "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
         "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
@@ -82,7 +118,7 @@ async fn handle(
                 .find_map(|kv| kv.strip_prefix("proxy="))
                 .map(|v| v.replace("%7E", "~").replace("%7e", "~"));
             match proxy {
-                Some(p) => config_dump(&d, &p),
+                Some(p) => config_dump(d, &p),
                 None => json(
                     StatusCode::BAD_REQUEST,
                     &serde_json::json!({"error": "give ?proxy=NODE_ID (see /debug/syncz)"}),
@@ -91,13 +127,13 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID"]}),
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/logging"]}),
         ),
     })
 }
 
 /// Serves the debug endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, d: Arc<Discovery>) {
+pub async fn serve(listener: TcpListener, d: Arc<Debug>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

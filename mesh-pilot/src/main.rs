@@ -10,6 +10,7 @@ use mesh_pilot::ads::Discovery;
 use mesh_pilot::store::{LocalStore, RuleStore};
 use mesh_pilot::translate::{MeshConfig, OutboundPolicy};
 use mesh_pilot::world::{self, Update};
+use tracing::{info, warn};
 
 /// The mesh's control plane.
 #[derive(Parser)]
@@ -53,56 +54,27 @@ fn read_registry(path: &PathBuf) -> anyhow::Result<mesh_rules::registry::Registr
 
 /// Reloads the registry file when it changes; a broken file is reported and
 /// the last good registry stays.
-fn follow_registry(path: PathBuf, updates: world::Updates) -> anyhow::Result<()> {
-    use notify::Watcher;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_owned();
-    let file_name = path.file_name().map(|f| f.to_owned());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        if let Ok(e) = e
-            && (e.kind.is_create() || e.kind.is_modify())
-            && e.paths
-                .iter()
-                .any(|p| p.file_name() == file_name.as_deref())
-        {
-            let _ = tx.send(());
+fn follow_registry(
+    path: PathBuf,
+    updates: world::Updates,
+) -> anyhow::Result<mesh_runtime::watch::FileWatch> {
+    let last = std::fs::read(&path).unwrap_or_default();
+    let file = path.clone();
+    let watch = mesh_runtime::watch::follow(&path, last, move |_| match read_registry(&file) {
+        Ok(r) => {
+            info!(
+                "registry reloaded: {} services, {} workloads",
+                r.services.len(),
+                r.workloads.len()
+            );
+            updates.send(Update::Registry(r));
         }
+        Err(e) => warn!("registry not reloaded, keeping the last good one: {e:#}"),
     })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    std::thread::Builder::new()
-        .name("registry-watch".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            let mut last = std::fs::read(&path).unwrap_or_default();
-            while rx.recv().is_ok() {
-                let Ok(now) = std::fs::read(&path) else {
-                    continue;
-                };
-                if now == last {
-                    continue;
-                }
-                last = now;
-                match read_registry(&path) {
-                    Ok(r) => {
-                        println!(
-                            "registry reloaded: {} services, {} workloads",
-                            r.services.len(),
-                            r.workloads.len()
-                        );
-                        updates.send(Update::Registry(r));
-                    }
-                    Err(e) => eprintln!("registry not reloaded, keeping the last good one: {e:#}"),
-                }
-            }
-        })?;
-    Ok(())
+    Ok(watch)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<()> {
     mesh_proto::descriptors::keep_loaded();
     let registry = match &args.registry {
         Some(p) => read_registry(p)?,
@@ -122,28 +94,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
     let (updates, worlds) = world::spawn(mesh, registry, rules.current(), warmup);
-    if let Some(p) = args.registry.clone() {
-        follow_registry(p, updates.clone())?;
-    }
+    let _registry_watch = match args.registry.clone() {
+        Some(p) => Some(follow_registry(p, updates.clone())?),
+        None => None,
+    };
     {
         let updates = updates.clone();
         tokio::spawn(async move {
             while let Some(s) = rules.changed().await {
-                println!("rules changed: revision {}", s.revision);
+                info!("rules changed: revision {}", s.revision);
                 updates.send(Update::Rules(s));
             }
         });
     }
     let discovery = Discovery::new(worlds, updates);
-    let debug = tokio::net::TcpListener::bind(args.debug_address)
+    let debug_listener = tokio::net::TcpListener::bind(args.debug_address)
         .await
         .with_context(|| format!("debug: cannot bind {}", args.debug_address))?;
     let xds = tokio::net::TcpListener::bind(args.xds_address)
         .await
         .with_context(|| format!("xds: cannot bind {}", args.xds_address))?;
-    println!("xds {}", xds.local_addr()?);
-    println!("debug {}", debug.local_addr()?);
-    tokio::spawn(mesh_pilot::debug::serve(debug, Arc::new(discovery.clone())));
+    info!("xds {}", xds.local_addr()?);
+    info!("debug {}", debug_listener.local_addr()?);
+    let debug_state = mesh_pilot::debug::Debug {
+        discovery: discovery.clone(),
+        logging: Some(logging),
+    };
+    tokio::spawn(mesh_pilot::debug::serve(
+        debug_listener,
+        Arc::new(debug_state),
+    ));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -156,23 +136,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         });
-    println!("ready");
+    info!("ready");
     server.await?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let logging = match mesh_runtime::log::init() {
+        Ok(l) => l,
+        Err(e) => return fail(anyhow::anyhow!("MESH_LOG: {e}")),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, logging)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+/// The process's exit diagnostic (not a log line: logging may not be up).
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("Error: {e:#}");
+    ExitCode::FAILURE
 }

@@ -1,5 +1,7 @@
 //! The admin endpoint (Envoy's paths): `/ready`, `/config_dump`,
-//! `/clusters`, `/stats/prometheus`, `/quitquitquit`.
+//! `/clusters`, `/stats/prometheus`, `/logging`, `/quitquitquit`; and the
+//! pod-facing metrics (15090) and health (15021) ports. It reads the
+//! data path's state and never sits on the data path.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -11,7 +13,8 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use tokio::net::TcpListener;
 
-use crate::server::Shared;
+use crate::state::Shared;
+use crate::telemetry::stats::EndpointRow;
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -23,21 +26,21 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-/// Per endpoint: (cluster, address, requests, failures, active).
-pub fn endpoint_counters(shared: &Shared) -> Vec<(String, String, u64, u64, usize)> {
+/// Every endpoint's counters, clusters in name order.
+pub fn endpoint_rows(shared: &Shared) -> Vec<EndpointRow> {
     let snap = shared.config.load();
     let mut names: Vec<_> = snap.clusters.keys().collect();
     names.sort();
     let mut rows = Vec::new();
     for name in names {
         for e in &snap.clusters[name].endpoints {
-            rows.push((
-                name.clone(),
-                e.address.to_string(),
-                e.requests.load(Ordering::Relaxed),
-                e.failures.load(Ordering::Relaxed),
-                e.active.load(Ordering::Relaxed),
-            ));
+            rows.push(EndpointRow {
+                cluster: name.clone(),
+                address: e.address.to_string(),
+                requests: e.requests.load(Ordering::Relaxed),
+                failures: e.failures.load(Ordering::Relaxed),
+                active: e.active.load(Ordering::Relaxed),
+            });
         }
     }
     rows
@@ -74,7 +77,14 @@ fn config_dump(shared: &Shared) -> String {
 fn clusters_text(shared: &Shared) -> String {
     let snap = shared.config.load();
     let mut out = String::new();
-    for (cluster, addr, rq, failed, active) in endpoint_counters(shared) {
+    for row in endpoint_rows(shared) {
+        let EndpointRow {
+            cluster,
+            address: addr,
+            requests: rq,
+            failures: failed,
+            active,
+        } = row;
         let healthy = snap.clusters[&cluster]
             .endpoints
             .iter()
@@ -108,11 +118,21 @@ pub enum Scope {
     Health,
 }
 
+/// What the admin endpoints read and change.
+pub struct Admin {
+    /// The data path's state.
+    pub shared: Arc<Shared>,
+    /// Log levels (`/logging`); `None` when the process has no logger of
+    /// its own (e.g. a proxy embedded in a test).
+    pub logging: Option<Arc<mesh_runtime::log::Logging>>,
+}
+
 async fn handle(
     req: Request<Incoming>,
-    shared: Arc<Shared>,
+    admin: Arc<Admin>,
     scope: Scope,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let shared = &admin.shared;
     let text = "text/plain; charset=utf-8";
     let path = req.uri().path();
     let allowed = match scope {
@@ -133,20 +153,18 @@ async fn handle(
                 reply(StatusCode::OK, text, "LIVE\n".into())
             }
         }
-        (&Method::GET, "/config_dump") => reply(StatusCode::OK, "application/json", config_dump(&shared)),
-        (&Method::GET, "/clusters") => reply(StatusCode::OK, text, clusters_text(&shared)),
+        (&Method::GET, "/config_dump") => reply(StatusCode::OK, "application/json", config_dump(shared)),
+        (&Method::GET, "/clusters") => reply(StatusCode::OK, text, clusters_text(shared)),
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/stats") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared.stats.render(&endpoint_counters(&shared)),
+            shared.stats.render(&endpoint_rows(shared)),
         ),
         (&Method::POST, "/quitquitquit") => {
             shared.shutdown();
             reply(StatusCode::OK, text, "OK\n".into())
         }
-        (&Method::POST, "/logging") | (&Method::GET, "/logging") => {
-            reply(StatusCode::OK, text, "active loggers:\n  mesh_proxy: info\n".into())
-        }
+        (method, "/logging") => logging(&admin, method, req.uri().query(), text),
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
@@ -155,15 +173,94 @@ async fn handle(
     })
 }
 
+/// `GET /logging` lists the levels; `POST /logging?level=debug` sets
+/// every logger, `POST /logging?mesh_proxy::http=trace` one (Envoy's
+/// admin changes levels only on POST).
+fn logging(
+    admin: &Admin,
+    method: &Method,
+    query: Option<&str>,
+    text: &'static str,
+) -> Response<Full<Bytes>> {
+    let Some(logging) = &admin.logging else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            text,
+            "no logger in this process\n".into(),
+        );
+    };
+    match (method, query.filter(|q| !q.is_empty())) {
+        (&Method::POST, Some(q)) => match logging.apply_query(q) {
+            Ok(_) => reply(
+                StatusCode::OK,
+                text,
+                format!("active loggers:\n{}", logging.list()),
+            ),
+            Err(e) => reply(StatusCode::BAD_REQUEST, text, format!("{e}\n")),
+        },
+        (&Method::GET, Some(_)) => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            text,
+            "changing log levels needs POST\n".into(),
+        ),
+        _ => reply(
+            StatusCode::OK,
+            text,
+            format!("active loggers:\n{}", logging.list()),
+        ),
+    }
+}
+
+/// One bound admin-style port and what it serves.
+pub struct Endpoint {
+    /// The bound socket.
+    pub listener: std::net::TcpListener,
+    /// What it serves.
+    pub scope: Scope,
+}
+
+/// Binds `addr` for `scope`; `what` names it in the error.
+pub fn bind(addr: std::net::SocketAddr, scope: Scope) -> anyhow::Result<Endpoint> {
+    use anyhow::Context;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{scope:?} endpoint: cannot bind {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(Endpoint { listener, scope })
+}
+
+/// Serves `endpoints` on a thread of their own until the proxy drains.
+pub fn spawn(
+    endpoints: Vec<Endpoint>,
+    admin: Admin,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let admin = Arc::new(admin);
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("admin runtime");
+            rt.block_on(async move {
+                for e in endpoints {
+                    let l = TcpListener::from_std(e.listener).expect("admin listener");
+                    tokio::spawn(serve(l, admin.clone(), e.scope));
+                }
+                let mut stop = admin.shared.shutdown_signal();
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        })
+}
+
 /// Serves the endpoints of `scope` on `listener`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, scope: Scope) {
+async fn serve(listener: TcpListener, admin: Arc<Admin>, scope: Scope) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone(), scope));
+            let svc = hyper::service::service_fn(move |req| handle(req, admin.clone(), scope));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;

@@ -1,23 +1,32 @@
 //! The mesh's data plane: a sidecar proxy configured with Envoy's xDS v3
 //! resources.
 //!
-//! - [`config`]: xDS resources → lookup-ready routing tables ([`config::Snapshot`]),
-//!   refusing any field mesh-proxy does not apply.
-//! - [`server`]: workers, listeners, drain; [`http`] and [`tcp`]: the two
-//!   data paths; [`upstream`]: pooled upstream connections; [`admin`]: Envoy-style admin endpoints; [`stats`]: counters.
-//! - [`xds`]: the ADS client that follows pilot.
+//! Data flows one way: [`listener`] (accept, original destination,
+//! chain choice) → [`http`] or [`tcp`] (the protocols; routing tables in
+//! [`config`]) → [`upstream`] (pooled connections). They read [`state`]
+//! (the configuration in force, counters, drain) and count through
+//! [`telemetry`]. Around them, and never imported by them:
+//!
+//! - [`server`]: workers, binding listeners as configurations change;
+//! - [`xds`]: the ADS client that follows pilot; [`admin`]: Envoy-style
+//!   admin, metrics and health ports;
+//! - [`config`]: xDS resources → lookup-ready tables ([`config::Snapshot`]),
+//!   refusing any field mesh-proxy does not apply;
+//! - [`capture`]: the pod's packet redirection (`mesh-proxy init`);
 //! - [`memory`]: resident size kept to the serving working set.
 
 pub mod admin;
+pub mod capture;
 pub mod config;
 pub mod framing;
 pub mod http;
-pub mod init;
+pub mod listener;
 pub mod memory;
 pub mod orig_dst;
 pub mod server;
 pub mod sniff;
-pub mod stats;
+pub mod state;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
 pub mod xds;

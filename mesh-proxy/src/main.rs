@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
+use mesh_proxy::admin::{Admin, Scope};
 use mesh_proxy::config::Snapshot;
-use mesh_proxy::server::{Options, start};
+use mesh_proxy::server::{Options, Proxy, Running, start};
 use mesh_rules::FieldPath;
+use tracing::{error, info, warn};
 
 /// The mesh's sidecar proxy.
 #[derive(Parser)]
@@ -125,11 +127,11 @@ fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String>
         .collect()
 }
 
-/// Runs as a sidecar: starts empty, binds what pilot sends. Prints
+/// Runs as a sidecar: starts empty, binds what pilot sends. Logs
 /// `connected`, `config applied version V`, `config rejected: …` and
-/// `listener NAME ADDR` lines as they happen, and `ready` after the first
+/// `listener NAME ADDR` as they happen, and `ready` after the first
 /// configuration is in force.
-fn sidecar(a: SidecarArgs) -> ExitCode {
+fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let ip = a.ip.map(|i| i.to_string()).unwrap_or_default();
     let meta = mesh_proto::node::NodeMeta {
         id: a.node_id.clone().unwrap_or_else(|| {
@@ -150,18 +152,19 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
     let opts = Options {
         concurrency: a.concurrency,
         drain_timeout: Duration::from_secs(a.drain_timeout),
-        metrics: Some(a.metrics_address),
-        health: Some(a.health_address),
     };
-    let running = match start(Snapshot::empty(), Some(a.admin_address), opts) {
+    let endpoints = [
+        (Some(a.admin_address), Scope::Admin),
+        (Some(a.metrics_address), Scope::Metrics),
+        (Some(a.health_address), Scope::Health),
+    ];
+    let running = match start(Snapshot::empty(), opts)
+        .and_then(|r| serve_admin(&r, &endpoints, logging).map(|()| r))
+    {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
-    print_endpoints(&running);
-    let shared = running.shared.clone();
+    let proxy = running.proxy.clone();
     let node = meta.to_node();
     let address = a.xds_address;
     std::thread::spawn(move || {
@@ -170,24 +173,21 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
             .build()
             .expect("runtime");
         let mut first = true;
-        rt.block_on(mesh_proxy::xds::run(address, node, shared, move |event| {
+        rt.block_on(mesh_proxy::xds::run(address, node, proxy, move |event| {
             use mesh_proxy::xds::Event;
             match event {
-                Event::Connected => println!("connected"),
-                Event::Disconnected(why) => eprintln!("xds: {why}; retrying"),
+                Event::Connected => info!("connected"),
+                Event::Disconnected(why) => warn!("xds: {why}; retrying"),
                 Event::Applied { version, bound } => {
-                    for (name, addr) in bound {
-                        println!("listener {name} {addr}");
-                    }
-                    println!("config applied version {version}");
+                    log_bound(&bound);
+                    info!("config applied version {version}");
                     if std::mem::take(&mut first) {
-                        println!("ready");
+                        info!("ready");
                     }
                 }
                 Event::Idle => mesh_proxy::memory::release_after_config(),
                 Event::Rejected { type_url, reason } => {
-                    eprintln!("config rejected ({type_url}): {reason}");
-                    println!("config rejected: {reason}");
+                    warn!(type_url, "config rejected: {reason}");
                 }
             }
         }));
@@ -196,21 +196,50 @@ fn sidecar(a: SidecarArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print_endpoints(running: &mesh_proxy::server::Running) {
-    for (what, addr) in [
-        ("admin", running.admin),
-        ("metrics", running.metrics),
-        ("health", running.health),
-    ] {
-        if let Some(a) = addr {
-            println!("{what} {a}");
-        }
+/// The process's exit diagnostic (not a log line: logging may not be up).
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("Error: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn log_bound(bound: &[mesh_proxy::server::Bound]) {
+    for b in bound {
+        info!("listener {} {}", b.name, b.address);
     }
 }
 
+/// Binds the admin, metrics and health ports that are asked for, logs
+/// where they are, and serves them until the proxy drains.
+fn serve_admin(
+    running: &Running,
+    endpoints: &[(Option<std::net::SocketAddr>, Scope)],
+    logging: mesh_runtime::log::Logging,
+) -> anyhow::Result<()> {
+    let mut bound = Vec::new();
+    for (addr, scope) in endpoints {
+        let Some(addr) = addr else { continue };
+        let e = mesh_proxy::admin::bind(*addr, *scope)?;
+        let what = match scope {
+            Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
+            Scope::Health => "health",
+        };
+        info!("{what} {}", e.listener.local_addr()?);
+        bound.push(e);
+    }
+    if !bound.is_empty() {
+        let admin = Admin {
+            shared: running.proxy.shared.clone(),
+            logging: Some(std::sync::Arc::new(logging)),
+        };
+        mesh_proxy::admin::spawn(bound, admin)?;
+    }
+    Ok(())
+}
+
 /// Blocks until SIGTERM or SIGINT, then drains and returns when every worker stopped.
-fn wait_for_signal_then_drain(running: mesh_proxy::server::Running) {
-    let shared = running.shared.clone();
+fn wait_for_signal_then_drain(running: Running) {
+    let shared = running.proxy.shared.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -289,7 +318,7 @@ struct InitArgs {
 }
 
 fn init(a: InitArgs) -> ExitCode {
-    use mesh_proxy::init::{Capture, apply, cleanup, restore_input};
+    use mesh_proxy::capture::{Capture, apply, cleanup, restore_input};
     let mut exclude_inbound = vec![15090, 15021];
     exclude_inbound.extend(
         a.exclude_inbound_ports
@@ -322,10 +351,7 @@ fn init(a: InitArgs) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -354,81 +380,51 @@ fn load_inner(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::Sock
 
 /// Follows the config file: a new valid version is swapped in without
 /// dropping a connection; an invalid one is refused (the last good one keeps
-/// serving) and the reason printed. Each outcome prints one line on stdout
-/// (`config applied version N` / `config rejected: …`).
+/// serving) and the reason logged (`config applied version N` /
+/// `config rejected: …`).
 fn watch_config(
     path: PathBuf,
-    mut last: Vec<u8>,
-    shared: std::sync::Arc<mesh_proxy::server::Shared>,
-) -> anyhow::Result<()> {
-    use notify::Watcher;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_owned();
-    let file_name = path.file_name().map(|f| f.to_owned());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-        // Reading the file raises access events: only changes count.
-        if let Ok(e) = e
-            && (e.kind.is_create() || e.kind.is_modify())
-            && e.paths
-                .iter()
-                .any(|p| p.file_name() == file_name.as_deref())
-        {
-            let _ = tx.send(());
+    last: Vec<u8>,
+    proxy: std::sync::Arc<Proxy>,
+) -> anyhow::Result<mesh_runtime::watch::FileWatch> {
+    let mut version = 1u64;
+    let file = path.clone();
+    let watch = mesh_runtime::watch::follow(&path, last, move |_| {
+        let result = load(&file).and_then(|(mut snap, _)| {
+            snap.version = (version + 1).to_string();
+            proxy.apply(snap)
+        });
+        match result {
+            Ok(bound) => {
+                version += 1;
+                log_bound(&bound);
+                info!("config applied version {version}");
+            }
+            Err(e) => {
+                let shared = &proxy.shared;
+                let rejected = &shared.stats.config_rejected;
+                rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let keeping = shared.config.load().version.clone();
+                error!(keeping, "config rejected: {e:#}");
+            }
         }
     })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    std::thread::Builder::new()
-        .name("config-watch".into())
-        .spawn(move || {
-            let _watcher = watcher;
-            let mut version = 1u64;
-            while rx.recv().is_ok() {
-                let Ok(now) = std::fs::read(&path) else {
-                    continue;
-                };
-                if now == last {
-                    continue;
-                }
-                last = now;
-                let result = load(&path).and_then(|(mut snap, _)| {
-                    snap.version = (version + 1).to_string();
-                    shared.apply(snap)
-                });
-                match result {
-                    Ok(bound) => {
-                        version += 1;
-                        for (name, addr) in bound {
-                            println!("listener {name} {addr}");
-                        }
-                        println!("config applied version {version}");
-                    }
-                    Err(e) => {
-                        shared
-                            .stats
-                            .config_rejected
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        eprintln!(
-                            "config rejected, keeping version {}: {e:#}",
-                            shared.config.load().version
-                        );
-                        println!("config rejected: {e:#}");
-                    }
-                }
-            }
-        })?;
-    Ok(())
+    Ok(watch)
 }
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
-    match args.command.take() {
+    let sidecar_args = match args.command.take() {
         Some(Sub::Init(a)) => return init(a),
-        Some(Sub::Sidecar(a)) => return sidecar(a),
-        None => {}
+        Some(Sub::Sidecar(a)) => Some(a),
+        None => None,
+    };
+    let logging = match mesh_runtime::log::init() {
+        Ok(l) => l,
+        Err(e) => return fail(anyhow::anyhow!("MESH_LOG: {e}")),
+    };
+    if let Some(a) = sidecar_args {
+        return sidecar(a, logging);
     }
     let config = args
         .config
@@ -438,13 +434,11 @@ fn main() -> ExitCode {
     let loaded_bytes = std::fs::read(&config).unwrap_or_default();
     let (mut snapshot, admin) = match load(&config) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     snapshot.version = "1".into();
     if args.validate {
+        // The command's answer, not a log line.
         println!("{}: valid", config.display());
         return ExitCode::SUCCESS;
     }
@@ -455,25 +449,23 @@ fn main() -> ExitCode {
     let opts = Options {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
-        metrics: args.metrics_address,
-        health: args.health_address,
     };
-    let running = match start(snapshot, admin, opts) {
+    let endpoints = [
+        (admin, Scope::Admin),
+        (args.metrics_address, Scope::Metrics),
+        (args.health_address, Scope::Health),
+    ];
+    let running = match start(snapshot, opts)
+        .and_then(|r| serve_admin(&r, &endpoints, logging).map(|()| r))
+    {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
-    for (name, addr) in &running.listeners {
-        println!("listener {name} {addr}");
-    }
-    print_endpoints(&running);
-    if let Err(e) = watch_config(config, loaded_bytes, running.shared.clone()) {
-        eprintln!("Warning: the config file will not be reloaded: {e:#}");
-    }
-    // The readiness line: every socket is bound and accepting, and config changes are followed.
-    println!("ready");
+    log_bound(&running.listeners);
+    let _watch = watch_config(config, loaded_bytes, running.proxy.clone())
+        .inspect_err(|e| warn!("the config file will not be reloaded: {e:#}"));
+    // Every socket is bound and accepting, and config changes are followed.
+    info!("ready");
     wait_for_signal_then_drain(running);
     ExitCode::SUCCESS
 }

@@ -4,7 +4,6 @@
 //! REGISTRY_ONLY) is refused: an HTTP/1 client gets a 502 naming the
 //! destination, anything else is closed.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::TcpProxy;
-use crate::server::{Conn, Shared};
 use crate::sniff::{Detected, detect};
+use crate::state::{Conn, Shared};
 
 /// Copy buffer per direction.
 const TCP_BUFFER: usize = 64 * 1024;
@@ -22,7 +21,7 @@ const TCP_BUFFER: usize = 64 * 1024;
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Proxies one accepted connection.
-pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, shared: Arc<Shared>) {
+pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, shared: &Shared) {
     let Some(cluster) = &cfg.clusters.pick().1 else {
         return;
     };
@@ -30,8 +29,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
         refuse(downstream, conn).await;
         return;
     };
-    endpoint.active.fetch_add(1, Ordering::Relaxed);
-    endpoint.requests.fetch_add(1, Ordering::Relaxed);
+    let _busy = endpoint.start();
     let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address)).await;
     match connect {
         Ok(Ok(mut upstream)) => {
@@ -54,7 +52,6 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
             endpoint.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
-    endpoint.active.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Refuses a connection the mesh does not allow.

@@ -10,7 +10,6 @@
 //! sent again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::config::{ConfigError, Resources, Snapshot};
-use crate::server::Shared;
+use crate::server::{Bound, Proxy};
+use tracing::Instrument;
 
 /// What happened on the stream, for the caller to report.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub enum Event {
         /// The configuration version.
         version: String,
         /// Listeners newly bound.
-        bound: Vec<(String, SocketAddr)>,
+        bound: Vec<Bound>,
     },
     /// No response for a while: memory used for checking was let go.
     Idle,
@@ -80,7 +80,7 @@ fn known_type(type_url: &str) -> Option<&'static str> {
 }
 
 /// Follows pilot at `address` (`host:port`) for ever.
-pub async fn run(address: String, node: Node, shared: Arc<Shared>, mut report: impl FnMut(Event)) {
+pub async fn run(address: String, node: Node, proxy: Arc<Proxy>, mut report: impl FnMut(Event)) {
     let mut held: Held = HashMap::new();
     // Types pilot answered at least once: the first configuration is
     // applied only when all four arrived, so a listener never serves
@@ -91,15 +91,16 @@ pub async fn run(address: String, node: Node, shared: Arc<Shared>, mut report: i
         let outcome = stream_once(
             &address,
             &node,
-            &shared,
+            &proxy,
             &mut held,
             &mut seen,
             &mut report,
             &mut backoff,
         )
+        .instrument(tracing::info_span!("xds", pilot = %address))
         .await;
         report(Event::Disconnected(outcome));
-        if shared.draining() {
+        if proxy.shared.draining() {
             return;
         }
         tokio::time::sleep(backoff).await;
@@ -111,7 +112,7 @@ pub async fn run(address: String, node: Node, shared: Arc<Shared>, mut report: i
 async fn stream_once(
     address: &str,
     node: &Node,
-    shared: &Shared,
+    proxy: &Proxy,
     held: &mut Held,
     seen: &mut Vec<&'static str>,
     report: &mut impl FnMut(Event),
@@ -169,8 +170,11 @@ async fn stream_once(
             Err(e) => return format!("stream error: {}", e.message()),
         };
         let pool = checking.get_or_insert_with(mesh_proto::descriptors::pool);
-        let error = handle(&r, pool, shared, held, seen, report).err();
+        let error = handle(&r, pool, proxy, held, seen, report).err();
         if let Some(reason) = &error {
+            // A NACK is a refused configuration like a refused file.
+            let rejected = &proxy.shared.stats.config_rejected;
+            rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             report(Event::Rejected {
                 type_url: r.type_url.clone(),
                 reason: reason.clone(),
@@ -194,7 +198,7 @@ async fn stream_once(
 fn handle(
     r: &DeltaDiscoveryResponse,
     pool: &prost_reflect::DescriptorPool,
-    shared: &Shared,
+    proxy: &Proxy,
     held: &mut Held,
     seen: &mut Vec<&'static str>,
     report: &mut impl FnMut(Event),
@@ -233,7 +237,7 @@ fn handle(
         .and_then(|res| Snapshot::from_xds(&label, res))
         .map_err(|e| e.to_string())?;
     if complete {
-        let bound = shared.apply(snapshot).map_err(|e| format!("{e:#}"))?;
+        let bound = proxy.apply(snapshot).map_err(|e| format!("{e:#}"))?;
         report(Event::Applied {
             version: label,
             bound,

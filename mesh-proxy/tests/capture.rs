@@ -120,14 +120,10 @@ fn start_proxy(
         Stdio::piped(),
     );
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while line.trim() != "ready" {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "mesh-proxy in {ns} exited before it was ready"
-        );
-    }
+    while mesh_testbed::read_message(&mut stdout)
+        .unwrap_or_else(|| panic!("mesh-proxy in {ns} exited before it was ready"))
+        != "ready"
+    {}
     Sidecar {
         config: path,
         stdout,
@@ -140,14 +136,12 @@ impl Sidecar {
         std::fs::write(&tmp, config).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
-        let mut line = String::new();
-        while !line.starts_with("config ") {
-            line.clear();
-            assert!(
-                self.stdout.read_line(&mut line).unwrap() > 0,
-                "sidecar exited"
-            );
-        }
+        let line = loop {
+            let line = mesh_testbed::read_message(&mut self.stdout).expect("sidecar exited");
+            if line.starts_with("config ") {
+                break line;
+            }
+        };
         assert!(line.starts_with("config applied"), "{line}");
     }
 }

@@ -125,6 +125,7 @@ fn applies_acks_and_nacks_what_it_cannot_apply() {
         ])
         .args(["--health-address", "127.0.0.1:0", "--concurrency", "1"])
         .args(["--workload", "web-1", "--labels", "app=web"])
+        .env(mesh_testbed::LOG_ENV.0, mesh_testbed::LOG_ENV.1)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

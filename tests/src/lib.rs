@@ -45,6 +45,27 @@ pub fn binary(name: &str) -> PathBuf {
         })
 }
 
+/// The environment a mesh server started by a test gets: JSON log lines,
+/// which [`log_message`] reads back.
+pub const LOG_ENV: (&str, &str) = ("MESH_LOG_FORMAT", "json");
+
+/// What a line of a mesh server's output says: the message of a JSON log
+/// event with its fields (`listener bound name=x`), or the line itself
+/// (apps print plain lines).
+pub fn log_message(line: &str) -> String {
+    mesh_runtime::log::json_message(line).unwrap_or_else(|| line.trim_end().to_owned())
+}
+
+/// Reads the next line of a child's output as [`log_message`] does;
+/// `None` once the output ended.
+pub fn read_message(reader: &mut impl BufRead) -> Option<String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => Some(log_message(&line)),
+        _ => None,
+    }
+}
+
 /// Lines a child prints, read on a thread so waits can time out.
 pub struct Lines {
     rx: mpsc::Receiver<String>,
@@ -59,7 +80,7 @@ impl Lines {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx.send(log_message(&line)).is_err() {
                     break;
                 }
             }

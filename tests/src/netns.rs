@@ -302,6 +302,7 @@ impl World {
             _ => Stdio::inherit(),
         };
         cmd.args(args).stdout(stdout).stderr(stderr);
+        cmd.env(crate::LOG_ENV.0, crate::LOG_ENV.1);
         self.processes.push(cmd.spawn().unwrap());
         self.processes.last_mut().unwrap()
     }

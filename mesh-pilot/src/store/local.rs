@@ -158,35 +158,16 @@ impl LocalStore {
 
     /// Starts following the store folder.
     pub fn watch_blocking(&self) -> Result<RuleWatch, StoreError> {
-        use notify::Watcher;
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let (tx, rx) = watch::channel(Arc::new(self.read()?));
         let tx = Arc::new(tx);
         let (store, feed) = (self.clone(), tx.clone());
-        let notify_err = |e: notify::Error| StoreError::Io {
-            path: self.dir.display().to_string(),
-            source: std::io::Error::other(e),
-        };
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Reading the file raises access events: only changes count.
-                let touches_data = match &event {
-                    Ok(e) => {
-                        (e.kind.is_create() || e.kind.is_modify())
-                            && e.paths
-                                .iter()
-                                .any(|p| p.file_name() == Some(DATA_FILE.as_ref()))
-                    }
-                    Err(_) => true,
-                };
-                if touches_data {
-                    store.refresh(&feed);
-                }
-            })
-            .map_err(notify_err)?;
-        watcher
-            .watch(&self.dir, notify::RecursiveMode::NonRecursive)
-            .map_err(notify_err)?;
+        let watcher =
+            mesh_runtime::watch::on_change(&self.dir.join(DATA_FILE), move || store.refresh(&feed))
+                .map_err(|e| StoreError::Io {
+                    path: self.dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
         // A write between the first read and the start of the watch would be missed otherwise.
         self.refresh(&tx);
         Ok(RuleWatch::new(rx, Box::new(watcher)))

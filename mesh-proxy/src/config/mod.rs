@@ -246,6 +246,29 @@ pub struct EndpointCounters {
     pub failures: AtomicU64,
 }
 
+impl EndpointCounters {
+    /// Counts a request (or TCP connection) to the endpoint and marks it
+    /// busy until the guard is dropped.
+    pub fn start(&self) -> InFlight<'_> {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// An endpoint busy with one request or connection (see [`EndpointCounters::start`]).
+pub struct InFlight<'a>(&'a EndpointCounters);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl std::ops::Deref for Endpoint {
     type Target = EndpointCounters;
     fn deref(&self) -> &EndpointCounters {
@@ -470,6 +493,15 @@ fn type_name(any: &Any) -> &str {
 }
 
 impl Snapshot {
+    /// The HTTP settings of chain `chain` of listener `name`, if that is an
+    /// HTTP chain.
+    pub fn http_manager(&self, name: &str, chain: usize) -> Option<&HttpManager> {
+        match &self.listeners.get(name)?.chains.get(chain)?.kind {
+            ListenerKind::Http(m) => Some(m),
+            ListenerKind::Tcp(_) => None,
+        }
+    }
+
     /// No listeners, no clusters: what a sidecar has before its first xDS response.
     pub fn empty() -> Snapshot {
         Snapshot {

@@ -7,7 +7,7 @@
 pub use mesh_testbed::netns;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -142,18 +142,16 @@ pub fn mesh_proxy_with(config: &str, extra: &[&str]) -> Process {
         .arg(&path)
         .args(["--concurrency", "1"])
         .args(extra)
+        .env(mesh_testbed::LOG_ENV.0, mesh_testbed::LOG_ENV.1)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = HashMap::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "mesh-proxy exited before it was ready"
-        );
-        let line = line.trim();
+        let line =
+            mesh_testbed::read_message(&mut reader).expect("mesh-proxy exited before it was ready");
+        let line = line.as_str();
         if line == "ready" {
             break;
         }
@@ -182,13 +180,10 @@ impl Process {
     pub fn wait_line(&mut self, prefix: &str) -> String {
         let reader = self.stdout.as_mut().expect("stdout is piped");
         loop {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).unwrap() > 0,
-                "process exited while waiting for {prefix:?}"
-            );
+            let line = mesh_testbed::read_message(reader)
+                .unwrap_or_else(|| panic!("process exited while waiting for {prefix:?}"));
             if line.starts_with(prefix) {
-                return line.trim_end().to_owned();
+                return line;
             }
         }
     }

@@ -5,6 +5,21 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// One endpoint's counters, as `/clusters` and Prometheus show them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The endpoint's address.
+    pub address: String,
+    /// Requests (or TCP connections) sent.
+    pub requests: u64,
+    /// Of those, failed.
+    pub failures: u64,
+    /// In flight now.
+    pub active: usize,
+}
+
 /// Proxy-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -36,7 +51,7 @@ impl Stats {
     }
 
     /// The counters in Prometheus text format.
-    pub fn render(&self, clusters: &[(String, String, u64, u64, usize)]) -> String {
+    pub fn render(&self, endpoints: &[EndpointRow]) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx_total counter");
@@ -74,24 +89,27 @@ impl Stats {
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));
         }
         let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_total counter");
-        for (cluster, endpoint, rq, _, _) in clusters {
+        for e in endpoints {
             let _ = writeln!(
                 s,
-                "mesh_proxy_upstream_rq_total{{cluster=\"{cluster}\",endpoint=\"{endpoint}\"}} {rq}"
+                "mesh_proxy_upstream_rq_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                e.cluster, e.address, e.requests
             );
         }
         let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_failed_total counter");
-        for (cluster, endpoint, _, failed, _) in clusters {
+        for e in endpoints {
             let _ = writeln!(
                 s,
-                "mesh_proxy_upstream_rq_failed_total{{cluster=\"{cluster}\",endpoint=\"{endpoint}\"}} {failed}"
+                "mesh_proxy_upstream_rq_failed_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                e.cluster, e.address, e.failures
             );
         }
         let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_active gauge");
-        for (cluster, endpoint, _, _, active) in clusters {
+        for e in endpoints {
             let _ = writeln!(
                 s,
-                "mesh_proxy_upstream_rq_active{{cluster=\"{cluster}\",endpoint=\"{endpoint}\"}} {active}"
+                "mesh_proxy_upstream_rq_active{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+                e.cluster, e.address, e.active
             );
         }
         s

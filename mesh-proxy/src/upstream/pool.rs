@@ -1,15 +1,6 @@
-//! Upstream connections of one worker: HTTP/1.1 connections pooled per
-//! endpoint (the most recently used first, closed after
-//! [`UPSTREAM_IDLE_TIMEOUT`] idle) and one multiplexed HTTP/2 connection
-//! per endpoint.
-//!
-//! Built on hyper's connection API rather than hyper-util's pooled client:
-//! that client hashes a (scheme, authority) key and spawns a task per
-//! request to see the connection back into its pool, and it cannot hand
-//! back a request it never wrote for the caller to send elsewhere. Here a
-//! connection goes back to the pool when its response body ends, and a
-//! request refused by a pooled connection that was closing is sent again
-//! on a fresh one without a copy.
+//! The pools of one worker: HTTP/1.1 connections per endpoint (the most
+//! recently used first, closed after [`UPSTREAM_IDLE_TIMEOUT`] idle) and
+//! one multiplexed HTTP/2 connection per endpoint.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,30 +12,9 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-/// How long an idle pooled upstream connection is kept. Shorter than common
-/// servers' keep-alive timeouts (5 s and up), so the proxy closes first and
-/// rarely sends on a connection the server is closing.
-pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// Request bodies sent upstream.
-pub type UpstreamBody =
-    http_body_util::Either<crate::http::Downstream, http_body_util::Full<Bytes>>;
-
-/// Why an upstream request got no response.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// The TCP connect did not finish in the cluster's connect timeout.
-    #[error("connect timeout after {0:?}")]
-    ConnectTimeout(Duration),
-    /// The TCP connect failed.
-    #[error("connect: {0}")]
-    Connect(#[source] std::io::Error),
-    /// The connection failed, or closed before the response head.
-    #[error("{0}")]
-    Http(#[source] hyper::Error),
-}
+use super::connect::{connect_h1, connect_h2};
+use super::{UPSTREAM_IDLE_TIMEOUT, UpstreamBody, UpstreamError};
 
 /// An idle HTTP/1.1 connection.
 struct IdleH1 {
@@ -268,46 +238,6 @@ impl Upstreams {
             }
         });
     }
-}
-
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(timeout))?
-        .map_err(UpstreamError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
-}
-
-async fn connect_h1(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-    let io = connect(addr, timeout).await?;
-    let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
-}
-
-async fn connect_h2(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
-    let io = connect(addr, timeout).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(io)
-        .await
-        .map_err(UpstreamError::Http)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
 }
 
 /// Returns an HTTP/1.1 connection to the pool.

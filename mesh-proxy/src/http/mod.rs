@@ -1,0 +1,242 @@
+//! The HTTP path of a connection: serve the downstream connection
+//! (HTTP/1.x or HTTP/2), route each request in the configuration in force,
+//! forward it ([`forward`]) and answer errors the way Envoy users know
+//! (503 no healthy upstream, 504 upstream request timeout, 404 no route).
+//!
+//! - `headers.rs`: hop-by-hop headers, upgrades, framing refusals.
+//! - `forward.rs`: cluster and endpoint choice, tries, retries, budget.
+
+mod forward;
+mod headers;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::config::{Codec, Forward, HttpManager, RequestView, Route, RouteAction};
+use crate::sniff::Detected;
+use crate::state::{Conn, Shared};
+use crate::telemetry::trace::{continue_trace, request_id};
+use crate::upstream::{PooledBody, Upstreams};
+use forward::forward;
+use headers::{refuse_framing, strip_hop_by_hop, upgrade_protocol};
+
+/// Response bodies: streamed from upstream, or made by the proxy.
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Right(Full::new(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Largest request head accepted; larger ones get 431.
+const MAX_HEAD: usize = 60 * 1024;
+
+/// Serves HTTP on a downstream connection handled by `manager`: HTTP/1.x
+/// or HTTP/2 as its codec allows and the first bytes (or the inspector
+/// that already looked at them) tell.
+pub async fn serve(
+    stream: tokio::net::TcpStream,
+    conn: Arc<Conn>,
+    manager: &HttpManager,
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+    detected: Option<Detected>,
+) {
+    let mut stream = crate::framing::Watched::new(
+        stream,
+        conn.ambiguous_framing.clone(),
+        manager.request_headers_timeout,
+    );
+    let (http2, first) = match (manager.codec, detected) {
+        (Codec::Http1, _) => (false, Default::default()),
+        (Codec::Http2, _) => (true, Default::default()),
+        (Codec::Auto, Some(d @ (Detected::Http1 | Detected::Http2))) => {
+            (d == Detected::Http2, Default::default())
+        }
+        // One read tells, and hyper gets the bytes read again.
+        (Codec::Auto, _) => match crate::sniff::read_http_version(&mut stream).await {
+            Ok(v) => v,
+            Err(_) => return,
+        },
+    };
+    stream.replay(first);
+    let io = TokioIo::new(stream);
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (conn, shared, upstreams) = (conn.clone(), svc_shared.clone(), upstreams.clone());
+        async move {
+            // One snapshot for the whole request: a swap mid-request does
+            // not affect it, and the next request on this connection sees
+            // the configuration in force then (route changes reach
+            // keep-alive connections).
+            let snap = shared.config.load_full();
+            let r = match snap.http_manager(&conn.listener, conn.chain) {
+                Some(manager) => handle(req, manager, &conn, &shared, &upstreams).await,
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
+            };
+            shared.stats.response(r.status().as_u16());
+            Ok::<_, Infallible>(r)
+        }
+    });
+    let stop = shared.shutdown_signal();
+    if http2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD as u32)
+            .serve_connection(io, svc);
+        until_drained(conn, stop, |c| c.graceful_shutdown()).await;
+    } else {
+        // The head timeout is the socket watcher's (from a head's first
+        // byte); hyper's would also cut idle keep-alive connections.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        until_drained(conn, stop, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Runs a connection; once draining starts it is told to finish the
+/// request in flight and close (HTTP/1.1 `Connection: close`, HTTP/2
+/// GOAWAY) with `drain`.
+async fn until_drained<C: Future>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    drain: impl FnOnce(Pin<&mut C>),
+) {
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopping => {
+            drain(conn.as_mut());
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Handles one request arriving on `conn`, routed by `manager`.
+async fn handle(
+    mut req: Request<Incoming>,
+    manager: &HttpManager,
+    conn: &Conn,
+    shared: &Shared,
+    upstreams: &Upstreams,
+) -> Response<ProxyBody> {
+    if let Some(r) = refuse_framing(&req, conn) {
+        return r;
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let route = {
+        let view = RequestView {
+            method: req.method().as_str(),
+            authority: &authority,
+            path: req.uri().path(),
+            headers: req.headers(),
+        };
+        manager.routes.route(&view)
+    };
+    let Some(route) = route else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no route for {authority}{}\n", req.uri().path()),
+        );
+    };
+    let fwd = match &route.action {
+        RouteAction::Direct { status, body } => {
+            let mut r = text(*status, body.clone());
+            route.response_headers.apply(r.headers_mut());
+            return r;
+        }
+        RouteAction::Forward(f) => f,
+    };
+    // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers
+    // and, once the upstream agrees (101), becomes a byte tunnel.
+    let upgrade = upgrade_protocol(&req);
+    let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    prepare_request(&mut req, manager, route, fwd, &authority);
+    if let Some(proto) = &upgrade {
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, proto.clone());
+    }
+    let mut resp = forward(req, fwd, conn.original_dst, shared, upstreams).await;
+    if let (Some(proto), Some(down)) = (upgrade, downstream_upgrade)
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Either::Left(_) = resp.body()
+    {
+        let up = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (down.await, up.await) {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+        strip_hop_by_hop(resp.headers_mut());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::UPGRADE, proto);
+        return resp;
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    route.response_headers.apply(resp.headers_mut());
+    resp
+}
+
+fn prepare_request(
+    req: &mut Request<Incoming>,
+    manager: &HttpManager,
+    route: &Route,
+    fwd: &Forward,
+    authority: &str,
+) {
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if manager.generate_request_id && !headers.contains_key("x-request-id") {
+        headers.insert(HeaderName::from_static("x-request-id"), request_id());
+    }
+    if manager.tracing {
+        continue_trace(headers);
+    }
+    route.request_headers.apply(headers);
+    let host = fwd
+        .host_rewrite
+        .clone()
+        .or_else(|| HeaderValue::from_str(authority).ok());
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+    if let (Some(new_prefix), crate::config::PathMatch::Prefix(old)) =
+        (&fwd.prefix_rewrite, &route.path)
+    {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let rewritten = format!("{new_prefix}{}", &pq[old.len().min(pq.len())..]);
+        if let Ok(uri) = rewritten.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Listening sockets and what happens to an accepted connection: the
+//! original-destination hand-off of a capture listener, the inspectors
+//! that pick a filter chain, then the chain's protocol (HTTP or TCP).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+use crate::config::ListenerKind;
+use crate::state::{Conn, Shared};
+use crate::upstream::Upstreams;
+
+/// A listening socket on `addr` that shares the port with the other
+/// workers' (SO_REUSEPORT: the kernel spreads connections).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    // Accepted sockets inherit it (Linux): no setsockopt per connection.
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// One socket per worker on `addr` (port 0: the port the first one got).
+pub fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr)?;
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind(addr)?);
+    }
+    Ok(all)
+}
+
+/// Counts a worker's open connections so draining can wait for them.
+#[derive(Default)]
+pub struct Connections {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+impl Connections {
+    /// Waits until every connection closed, or `deadline`.
+    pub async fn drained(&self, deadline: tokio::time::Instant) {
+        while self.open.load(Ordering::Acquire) > 0 {
+            let wait = self.closed.notified();
+            if self.open.load(Ordering::Acquire) == 0
+                || tokio::time::timeout_at(deadline, wait).await.is_err()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// One open connection, counted until dropped.
+struct ConnectionGuard(Arc<Connections>, Arc<Shared>);
+
+impl ConnectionGuard {
+    fn open(conns: &Arc<Connections>, shared: &Arc<Shared>) -> Self {
+        let stats = &shared.stats;
+        stats.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        stats.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
+        conns.open.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(conns.clone(), shared.clone())
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let stats = &self.1.stats;
+        stats.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Accepts on `listener` (listener `name`) until aborted.
+pub async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+    conns: Arc<Connections>,
+) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        let guard = ConnectionGuard::open(&conns, &shared);
+        let (name, shared, upstreams) = (name.clone(), shared.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            handle(stream, &name, shared, upstreams).await;
+        });
+    }
+}
+
+/// Takes one accepted connection to the listener and chain that handle it.
+async fn handle(
+    stream: tokio::net::TcpStream,
+    name: &str,
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+) {
+    let snap = shared.config.load_full();
+    let Some(own) = snap.listeners.get(name).cloned() else {
+        return;
+    };
+    // A capture listener hands the connection to the listener for where it
+    // was going; without one, its own chain handles it.
+    let original_dst = own
+        .use_original_dst
+        .then(|| crate::orig_dst::original_dst(&stream))
+        .flatten();
+    let target = original_dst
+        .and_then(|d| snap.listener_for(d))
+        .filter(|l| l.name != own.name)
+        .cloned()
+        .unwrap_or(own);
+    // The connection keeps its listener, not the whole configuration.
+    drop(snap);
+    // Inspector filters look at the first bytes to pick a chain.
+    let detected = match target.inspect {
+        Some(i) => match crate::sniff::detect(&stream, i.timeout).await {
+            Some(d) => Some(d),
+            None if i.continue_on_timeout => None,
+            None => return,
+        },
+        None => None,
+    };
+    // No chain for this connection: closed, as Envoy does.
+    let Some(chain) = target.chain_for(detected) else {
+        return;
+    };
+    let conn = Arc::new(Conn {
+        listener: target.name.as_str().into(),
+        chain,
+        original_dst,
+        ambiguous_framing: Arc::default(),
+    });
+    match &target.chains[chain].kind {
+        ListenerKind::Tcp(cfg) => crate::tcp::proxy(stream, cfg, &conn, &shared).await,
+        ListenerKind::Http(manager) => {
+            crate::http::serve(stream, conn, manager, shared, upstreams, detected).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nagle's algorithm would hold small responses back for up to 40 ms;
+    /// accepted connections must have it off without a call each.
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let l = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        l.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+}

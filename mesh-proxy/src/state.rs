@@ -1,0 +1,79 @@
+//! State the data path reads: the configuration in force (swapped whole,
+//! so a request sees one version from start to end), counters, readiness
+//! and the drain signal; and what a connection came in on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Snapshot;
+use crate::telemetry::stats::Stats;
+
+/// State every worker shares.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: ArcSwap<Snapshot>,
+    /// Counters.
+    pub stats: Stats,
+    /// Whether a first configuration was applied (readiness; a sidecar on
+    /// xDS starts empty).
+    ready: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            config: ArcSwap::from_pointee(Snapshot::empty()),
+            stats: Stats::default(),
+            ready: AtomicBool::new(false),
+            shutdown: watch::channel(false).0,
+        }
+    }
+}
+
+impl Shared {
+    /// Starts draining: listeners stop accepting, connections finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// True once draining started.
+    pub fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Becomes `true` when draining starts.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// True once a configuration was applied.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Puts `snapshot` in force; requests in flight keep the old one.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.config.store(Arc::new(snapshot));
+        self.ready.store(true, Ordering::Release);
+        self.stats.config_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection came in on.
+#[derive(Debug)]
+pub struct Conn {
+    /// The listener that handles it (after any original-destination hand-off).
+    pub listener: Arc<str>,
+    /// The listener's filter chain that handles it.
+    pub chain: usize,
+    /// Where it was going before the capture rules redirected it.
+    pub original_dst: Option<SocketAddr>,
+    /// Raised when a request on it carried both Content-Length and
+    /// Transfer-Encoding (see [`crate::framing`]).
+    pub ambiguous_framing: Arc<AtomicBool>,
+}

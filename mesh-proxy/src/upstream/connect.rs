@@ -1,0 +1,51 @@
+//! Connecting to an upstream endpoint: TCP within the cluster's connect
+//! timeout, then the HTTP/1.1 or HTTP/2 handshake; the connection task is
+//! spawned on the worker's runtime.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{UpstreamBody, UpstreamError};
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(timeout))?
+        .map_err(UpstreamError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+pub(super) async fn connect_h1(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    let io = connect(addr, timeout).await?;
+    let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+pub(super) async fn connect_h2(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+    let io = connect(addr, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(UpstreamError::Http)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
