@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::config::ListenerKind;
 use crate::state::{Conn, Shared};
@@ -91,15 +92,20 @@ pub async fn accept_loop(
     conns: Arc<Connections>,
 ) {
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let guard = ConnectionGuard::open(&conns, &shared);
         let (name, shared, upstreams) = (name.clone(), shared.clone(), upstreams.clone());
-        tokio::spawn(async move {
-            let _guard = guard;
-            handle(stream, &name, shared, upstreams).await;
-        });
+        // Disabled unless debug is on for this module: one check per connection.
+        let span = tracing::debug_span!("conn", listener = %name, %peer);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                handle(stream, &name, shared, upstreams).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -138,8 +144,10 @@ async fn handle(
     };
     // No chain for this connection: closed, as Envoy does.
     let Some(chain) = target.chain_for(detected) else {
+        tracing::debug!(?detected, "no filter chain matches; closed");
         return;
     };
+    tracing::debug!(handler = %target.name, chain, ?original_dst, "connection accepted");
     let conn = Arc::new(Conn {
         listener: target.name.as_str().into(),
         chain,

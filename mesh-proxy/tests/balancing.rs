@@ -198,3 +198,53 @@ fn retries_stop_when_the_retry_budget_is_spent() {
     let none = "    circuit_breakers:\n      thresholds:\n      - retry_budget:\n          budget_percent: {value: 0}\n          min_retry_concurrency: 0\n";
     assert_eq!(run(none), (10, 0, 10));
 }
+
+/// Admin `/logging` lists levels (GET), changes them (POST, Envoy's
+/// `level=` for all or `logger=level` for one) and refuses a level it does
+/// not know; a level turned on shows at once in the proxy's output.
+#[test]
+fn admin_logging_changes_levels_at_run_time() {
+    let a = Backend::start("a");
+    let mut proxy = mesh_proxy(&bootstrap(&route_to("a"), &[("a", &a)]));
+    let logging = format!("http://{}/logging", proxy.admin());
+    let (_, list) = curl(&["-s", &logging]);
+    assert_eq!(list, "active loggers:\ndefault: info\n");
+    let (_, refused) = curl(&[
+        "-s",
+        "-w",
+        " %{http_code}",
+        "-X",
+        "POST",
+        &format!("{logging}?mesh_proxy=loud"),
+    ]);
+    assert!(
+        refused.starts_with("unknown level `loud`") && refused.ends_with(" 400"),
+        "{refused}"
+    );
+    let (_, get_change) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{logging}?level=debug"),
+    ]);
+    assert_eq!(get_change, "405", "changes need POST");
+    let (_, set) = curl(&[
+        "-s",
+        "-X",
+        "POST",
+        &format!("{logging}?mesh_proxy%3A%3Alistener=debug"),
+    ]);
+    assert_eq!(
+        set,
+        "active loggers:\ndefault: info\nmesh_proxy::listener: debug\n"
+    );
+    // Debug for the listener module: each connection is logged now.
+    assert_eq!(hits(&proxy, 1), "a\n");
+    let line = proxy.wait_line("connection accepted");
+    assert!(line.contains("handler=http"), "{line}");
+    // level= sets every logger, overrides included.
+    let (_, all) = curl(&["-s", "-X", "POST", &format!("{logging}?level=warning")]);
+    assert_eq!(all, "active loggers:\ndefault: warn\n");
+}
