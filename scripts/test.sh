@@ -66,6 +66,9 @@ step "build every binary the tests, the demo and the benchmarks start"
 # end-to-end tests also start mesh-proxy, mesh-pilot, meshctl and the
 # sample apps (svca, svcb, msgd), so build them all first.
 cargo build --workspace --bins --locked
+# Network namespaces (and their processes) left by a killed test or demo
+# run would hold addresses and rules the tests create again.
+"$target_dir/debug/meshctl" demo --cleanup
 
 step "benchmark harness smoke run (numbers not judged)"
 bench_out=$(mktemp -d)
