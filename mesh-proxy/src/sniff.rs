@@ -82,14 +82,19 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
         if n == buf.len() {
             return Some(Detected::Tcp);
         }
-        // Not enough yet: wait for more bytes to arrive.
+        // Not enough yet. Peeking leaves the socket readable, so first
+        // clear that (only if no newer readiness came meanwhile: tokio
+        // compares event ticks), then wait for more bytes; otherwise a
+        // client that sends one byte and waits keeps the worker spinning.
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
         if tokio::time::timeout_at(deadline, stream.readable())
             .await
             .is_err()
         {
             return None;
         }
-        tokio::task::yield_now().await;
     }
 }
 

@@ -305,6 +305,45 @@ fn undeclared_protocol_is_detected_per_connection() {
     detects_protocol_per_connection(mesh_proxy, "mesh-proxy");
 }
 
+/// CPU time (user + system) a process used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces): state is the 3rd
+    // field, utime and stime the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A client that sends one byte and then waits must not keep a worker
+/// busy while the inspector waits for more (peeking leaves the socket
+/// readable; waiting on readiness alone would spin until the timeout).
+#[test]
+fn a_slow_first_byte_does_not_spin_the_worker() {
+    use std::io::Write;
+    let http = Backend::start("v1");
+    let tcp = greeting_echo_server();
+    let config = sniffing_bootstrap(&http, tcp).replace(
+        "listener_filters_timeout: 0.1s",
+        "listener_filters_timeout: 5s",
+    );
+    let proxy = mesh_proxy(&config);
+    let pid = proxy.child.id();
+    let mut s = std::net::TcpStream::connect(proxy.listener("http")).unwrap();
+    s.write_all(b"G").unwrap();
+    let before = cpu_ticks(pid);
+    // The scenario itself: a client silent after its first byte.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    // A tick is 10 ms; a spinning worker would use about 100 in this second.
+    assert!(used <= 5, "the proxy used {used} ticks of CPU while the client waited");
+    // The request finishes once the rest arrives.
+    s.write_all(b"ET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
 #[test]
 fn envoy_detects_protocol_with_the_same_listener() {
     detects_protocol_per_connection(common::envoy, "envoy");
