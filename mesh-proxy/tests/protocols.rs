@@ -336,9 +336,13 @@ fn a_slow_first_byte_does_not_spin_the_worker() {
     std::thread::sleep(std::time::Duration::from_secs(1));
     let used = cpu_ticks(pid) - before;
     // A tick is 10 ms; a spinning worker would use about 100 in this second.
-    assert!(used <= 5, "the proxy used {used} ticks of CPU while the client waited");
+    assert!(
+        used <= 5,
+        "the proxy used {used} ticks of CPU while the client waited"
+    );
     // The request finishes once the rest arrives.
-    s.write_all(b"ET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"ET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut s, &mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");

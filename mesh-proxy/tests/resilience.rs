@@ -239,6 +239,48 @@ fn request_smuggling_shapes_and_oversized_heads_are_refused() {
     assert_eq!(a.count(), 0, "nothing ambiguous reaches the backend");
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host, with two Host lines,
+/// or with an invalid Host gets 400 and the connection is closed; nothing
+/// reaches the backend. HTTP/1.0 may omit Host.
+#[test]
+fn http11_host_is_required_single_and_valid() {
+    let a = Backend::start("v1");
+    let proxy = mesh_proxy(&bootstrap(&route_to("v1"), &[("v1", &a)]));
+    let addr = proxy.listener("http");
+    for (what, request) in [
+        ("missing", "GET / HTTP/1.1\r\n\r\n"),
+        ("empty", "GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+        (
+            "repeated",
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        ),
+        ("invalid", "GET / HTTP/1.1\r\nHost: a.example b\r\n\r\n"),
+        (
+            "user info",
+            "GET / HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+        ),
+    ] {
+        let answer = raw_http(&addr, request.as_bytes()).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains("connection: close"), "{what}: {answer}");
+    }
+    assert_eq!(
+        a.count(),
+        0,
+        "no request with a bad Host reaches the backend"
+    );
+    let answer = raw_http(&addr, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "HTTP/1.0 without Host: {answer}"
+    );
+    let answer = raw_http(
+        &addr,
+        b"GET / HTTP/1.1\r\nHost: svcb:80\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "a valid Host: {answer}");
+}
+
 #[test]
 fn sigterm_drains_requests_in_flight() {
     let a = Backend::start("v1");

@@ -96,3 +96,30 @@ pub(super) fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
 }
+
+/// Refuses an HTTP/1.1 request whose Host is missing, repeated or not a
+/// valid `host[:port]` (RFC 9112 §3.2: a server MUST answer 400). HTTP/1.0
+/// may omit it; HTTP/2 carries `:authority` instead.
+pub(super) fn refuse_host(req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let problem = match (hosts.next(), hosts.next()) {
+        (None, _) => "missing Host header",
+        (Some(_), Some(_)) => "more than one Host header",
+        (Some(h), None) if !valid_host(h.as_bytes()) => "invalid Host header",
+        _ => return None,
+    };
+    let mut r = text(StatusCode::BAD_REQUEST, format!("{problem}\n"));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
+}
+
+/// `uri-host [":" port]`: an authority without user info, not empty.
+fn valid_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && !v.contains(&b'@')
+        && http::uri::Authority::try_from(v).is_ok_and(|a| !a.host().is_empty())
+}

@@ -26,7 +26,7 @@ use crate::state::{Conn, Shared};
 use crate::telemetry::trace::{continue_trace, request_id};
 use crate::upstream::{PooledBody, Upstreams};
 use forward::forward;
-use headers::{refuse_framing, strip_hop_by_hop, upgrade_protocol};
+use headers::{refuse_framing, refuse_host, strip_hop_by_hop, upgrade_protocol};
 
 /// Response bodies: streamed from upstream, or made by the proxy.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -137,7 +137,7 @@ async fn handle(
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
-    if let Some(r) = refuse_framing(&req, conn) {
+    if let Some(r) = refuse_framing(&req, conn).or_else(|| refuse_host(&req)) {
         return r;
     }
     let authority = req
