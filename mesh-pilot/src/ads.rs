@@ -119,8 +119,53 @@ type SharedOutbound = Arc<HashMap<&'static str, Arc<Typed>>>;
 /// that holds one and is moving to the other).
 #[derive(Default)]
 pub struct OutboundCache {
-    translations: Mutex<HashMap<OutboundKey, (u64, SharedOutbound)>>,
+    translations: PerGeneration<OutboundKey, SharedOutbound>,
     diffs: Mutex<Vec<DiffEntry>>,
+}
+
+/// Locks `m`; a panic elsewhere while it was held (which poisons it) does
+/// not stop every other stream. Callers keep what they guard consistent
+/// at every step that can fail.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Values built once per key and generation and shared by every stream
+/// that asks. The map's lock is held only to find the key's cell; the
+/// building happens outside it, so the streams of one generation wait for
+/// the first of them rather than all building, and a build that fails
+/// (panics) leaves the cell empty for the next caller and no lock poisoned.
+struct PerGeneration<K, V> {
+    cells: Mutex<HashMap<K, (u64, Cell<V>)>>,
+}
+
+/// A value some stream builds and every other waits for.
+type Cell<V> = Arc<std::sync::OnceLock<V>>;
+
+impl<K, V> Default for PerGeneration<K, V> {
+    fn default() -> Self {
+        PerGeneration {
+            cells: Mutex::default(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash, V: Clone> PerGeneration<K, V> {
+    fn get_or_build(&self, key: K, generation: u64, build: impl FnOnce() -> V) -> V {
+        let cell = {
+            let mut cells = lock(&self.cells);
+            match cells.get(&key) {
+                Some((g, cell)) if *g == generation => cell.clone(),
+                _ => {
+                    cells.retain(|_, (g, _)| *g == generation);
+                    let cell = Arc::new(std::sync::OnceLock::new());
+                    cells.insert(key, (generation, cell.clone()));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(build).clone()
+    }
 }
 
 type DiffEntry = (std::sync::Weak<Typed>, std::sync::Weak<Typed>, Arc<Diff>);
@@ -161,7 +206,7 @@ fn diff(old: &Typed, new: &Typed) -> Diff {
 impl OutboundCache {
     /// The difference from `old` to `new`, computed once for all proxies.
     fn diff(&self, old: &Arc<Typed>, new: &Arc<Typed>) -> Arc<Diff> {
-        let mut diffs = self.diffs.lock().expect("diff cache");
+        let mut diffs = lock(&self.diffs);
         let hit = diffs.iter().find(|(o, n, _)| {
             o.upgrade().is_some_and(|o| Arc::ptr_eq(&o, old))
                 && n.upgrade().is_some_and(|n| Arc::ptr_eq(&n, new))
@@ -184,21 +229,9 @@ impl OutboundCache {
             mesh: &world.mesh,
         };
         let key = outbound_key(&inputs, node);
-        let shared = {
-            // Translating under the lock: the streams of one generation
-            // wait for the first of them instead of all translating.
-            let mut cache = self.translations.lock().expect("outbound cache");
-            match cache.get(&key) {
-                Some((g, v)) if *g == world.generation => v.clone(),
-                _ => {
-                    let v: SharedOutbound =
-                        Arc::new(by_type(for_ads(translate_outbound(&inputs, node))));
-                    cache.retain(|_, (g, _)| *g == world.generation);
-                    cache.insert(key, (world.generation, v.clone()));
-                    v
-                }
-            }
-        };
+        let shared = self.translations.get_or_build(key, world.generation, || {
+            Arc::new(by_type(for_ads(translate_outbound(&inputs, node))))
+        });
         let own = by_type(for_ads(translate_inbound(&inputs, node)));
         PUSH_ORDER
             .into_iter()
@@ -337,29 +370,18 @@ pub struct Status {
 impl Status {
     /// Every connected proxy, by node id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let mut v: Vec<_> = self
-            .proxies
-            .lock()
-            .expect("status")
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = lock(&self.proxies).values().cloned().collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
         v
     }
 
     /// Recent pushes, oldest first.
     pub fn history(&self) -> Vec<PushRecord> {
-        self.history
-            .lock()
-            .expect("history")
-            .iter()
-            .cloned()
-            .collect()
+        lock(&self.history).iter().cloned().collect()
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut ProxyStatus)) {
-        if let Some(p) = self.proxies.lock().expect("status").get_mut(&id) {
+        if let Some(p) = lock(&self.proxies).get_mut(&id) {
             f(p);
             p.states = p
                 .types
@@ -370,7 +392,7 @@ impl Status {
     }
 
     fn record(&self, r: PushRecord) {
-        let mut h = self.history.lock().expect("history");
+        let mut h = lock(&self.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
@@ -556,7 +578,7 @@ impl Stream {
         cache: Arc<OutboundCache>,
         protocol: &'static str,
     ) -> Stream {
-        status.proxies.lock().expect("status").insert(
+        lock(&status.proxies).insert(
             id,
             ProxyStatus {
                 node: meta.id.clone(),
@@ -927,7 +949,7 @@ impl Discovery {
 
     fn disconnect(&self, id: u64) {
         self.updates.send(Update::Unregister(id));
-        self.status.proxies.lock().expect("status").remove(&id);
+        lock(&self.status.proxies).remove(&id);
     }
 }
 
@@ -1137,6 +1159,43 @@ impl AggregatedDiscoveryService for Discovery {
 mod tests {
     /// Versions must not depend on the build: XXH3-64 of "abc" is fixed by
     /// its specification (the reference implementation's test vector).
+    /// One stream whose translation fails (panics) must not stop the
+    /// others: no lock stays poisoned, and the next caller builds again.
+    #[test]
+    fn a_failed_build_does_not_poison_the_shared_cache() {
+        let cache = std::sync::Arc::new(super::PerGeneration::<&str, u32>::default());
+        let c = cache.clone();
+        let failed =
+            std::thread::spawn(move || c.get_or_build("k", 1, || panic!("translation failed")))
+                .join();
+        assert!(failed.is_err(), "the failing stream's task panics");
+        assert_eq!(
+            cache.get_or_build("k", 1, || 7),
+            7,
+            "the next stream builds"
+        );
+        assert_eq!(
+            cache.get_or_build("k", 1, || 8),
+            7,
+            "built once per generation"
+        );
+        assert_eq!(
+            cache.get_or_build("k", 2, || 9),
+            9,
+            "a new generation builds anew"
+        );
+        // A panic while holding a status lock is recovered the same way.
+        let m = std::sync::Arc::new(std::sync::Mutex::new(1));
+        let m2 = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = m2.lock().unwrap();
+            panic!("a stream fails while it holds the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        assert_eq!(*super::lock(&m), 1);
+    }
+
     #[test]
     fn resource_versions_are_the_specified_hash() {
         assert_eq!(super::version_of(b"abc"), "78af5f94892f3950");
