@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use mesh_proto::node::{NodeMeta, PUSH_ORDER, ROUTE_TYPE};
+use mesh_proto::node::NodeMeta;
+use mesh_proto::types::XdsType;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -109,10 +110,10 @@ async fn proxy(
                 }
             };
         let (tx, rx) = mpsc::unbounded_channel();
-        for t in PUSH_ORDER {
+        for t in XdsType::PUSH_ORDER {
             let _ = tx.send(DeltaDiscoveryRequest {
                 node: Some(meta.to_node()),
-                type_url: t.to_owned(),
+                type_url: t.type_url().to_owned(),
                 ..Default::default()
             });
         }
@@ -143,7 +144,10 @@ async fn proxy(
             response_nonce: r.nonce.clone(),
             ..Default::default()
         });
-        if let Some(k) = PUSH_ORDER.iter().position(|t| *t == r.type_url) {
+        if let Some(k) = XdsType::PUSH_ORDER
+            .iter()
+            .position(|t| t.type_url() == r.type_url)
+        {
             let bit = 1 << k;
             if seen & bit == 0 {
                 seen |= bit;
@@ -153,7 +157,10 @@ async fn proxy(
             }
         }
         let m = mark.load(Ordering::SeqCst);
-        if m != 0 && r.type_url == ROUTE_TYPE && changed_at.load(Ordering::SeqCst) == 0 {
+        if m != 0
+            && r.type_url == XdsType::Route.type_url()
+            && changed_at.load(Ordering::SeqCst) == 0
+        {
             changed_at.store(epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
         }
     }

@@ -17,7 +17,7 @@ use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use mesh_proto::google::rpc::Status;
-use mesh_proto::node::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, ROUTE_TYPE};
+use mesh_proto::types::XdsType;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -50,16 +50,16 @@ pub enum Event {
     },
 }
 
-/// Resources held, per type URL: name → (version, encoded resource).
-type Held = HashMap<&'static str, BTreeMap<String, (String, Vec<u8>)>>;
+/// Resources held, per type: name → (version, encoded resource).
+type Held = HashMap<XdsType, BTreeMap<String, (String, Vec<u8>)>>;
 
-fn decode_all<M: Message + Default>(held: &Held, type_url: &str) -> Result<Vec<M>, ConfigError> {
-    held.get(type_url)
+fn decode_all<M: Message + Default>(held: &Held, kind: XdsType) -> Result<Vec<M>, ConfigError> {
+    held.get(&kind)
         .into_iter()
         .flatten()
         .map(|(name, (_, bytes))| {
             M::decode(bytes.as_slice()).map_err(|e| ConfigError {
-                path: format!("{}[{name}]", mesh_proto::node::short_type(type_url)),
+                path: format!("{kind}[{name}]"),
                 message: format!("cannot decode: {e}"),
             })
         })
@@ -68,15 +68,11 @@ fn decode_all<M: Message + Default>(held: &Held, type_url: &str) -> Result<Vec<M
 
 fn resources(held: &Held) -> Result<Resources, ConfigError> {
     Ok(Resources {
-        listeners: decode_all(held, LISTENER_TYPE)?,
-        clusters: decode_all(held, CLUSTER_TYPE)?,
-        routes: decode_all(held, ROUTE_TYPE)?,
-        endpoints: decode_all(held, ENDPOINT_TYPE)?,
+        listeners: decode_all(held, XdsType::Listener)?,
+        clusters: decode_all(held, XdsType::Cluster)?,
+        routes: decode_all(held, XdsType::Route)?,
+        endpoints: decode_all(held, XdsType::Endpoint)?,
     })
-}
-
-fn known_type(type_url: &str) -> Option<&'static str> {
-    PUSH_ORDER.into_iter().find(|t| *t == type_url)
 }
 
 /// Follows pilot at `address` (`host:port`) for ever.
@@ -85,7 +81,7 @@ pub async fn run(address: String, node: Node, proxy: Arc<Proxy>, mut report: imp
     // Types pilot answered at least once: the first configuration is
     // applied only when all four arrived, so a listener never serves
     // before its routes and clusters exist.
-    let mut seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<XdsType> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome = stream_once(
@@ -114,7 +110,7 @@ async fn stream_once(
     node: &Node,
     proxy: &Proxy,
     held: &mut Held,
-    seen: &mut Vec<&'static str>,
+    seen: &mut Vec<XdsType>,
     report: &mut impl FnMut(Event),
     backoff: &mut Duration,
 ) -> String {
@@ -124,16 +120,16 @@ async fn stream_once(
             Err(e) => return format!("cannot connect to {address}: {e}"),
         };
     let (tx, rx) = mpsc::unbounded_channel();
-    for type_url in PUSH_ORDER {
+    for kind in XdsType::PUSH_ORDER {
         let initial_resource_versions = held
-            .get(type_url)
+            .get(&kind)
             .into_iter()
             .flatten()
             .map(|(n, (v, _))| (n.clone(), v.clone()))
             .collect();
         let _ = tx.send(DeltaDiscoveryRequest {
             node: Some(node.clone()),
-            type_url: type_url.to_owned(),
+            type_url: kind.type_url().to_owned(),
             initial_resource_versions,
             ..Default::default()
         });
@@ -200,14 +196,14 @@ fn handle(
     pool: &prost_reflect::DescriptorPool,
     proxy: &Proxy,
     held: &mut Held,
-    seen: &mut Vec<&'static str>,
+    seen: &mut Vec<XdsType>,
     report: &mut impl FnMut(Event),
 ) -> Result<(), String> {
-    let Some(type_url) = known_type(&r.type_url) else {
+    let Some(kind) = XdsType::from_type_url(&r.type_url) else {
         return Err(format!("type {} is not supported", r.type_url));
     };
     let mut next = held.clone();
-    let of_type = next.entry(type_url).or_default();
+    let of_type = next.entry(kind).or_default();
     for name in &r.removed_resources {
         of_type.remove(name);
     }
@@ -221,13 +217,13 @@ fn handle(
                 res.name, any.type_url, r.type_url
             ));
         }
-        crate::config::check_resource(pool, type_url, &res.name, &any.value)
+        crate::config::check_resource(pool, kind, &res.name, &any.value)
             .map_err(|e| e.to_string())?;
         of_type.insert(res.name.clone(), (res.version.clone(), any.value.clone()));
     }
-    let complete = PUSH_ORDER
+    let complete = XdsType::PUSH_ORDER
         .iter()
-        .all(|t| *t == type_url || seen.contains(t));
+        .all(|t| *t == kind || seen.contains(t));
     let label = if r.system_version_info.is_empty() {
         r.nonce.clone()
     } else {
@@ -243,8 +239,8 @@ fn handle(
             bound,
         });
     }
-    if !seen.contains(&type_url) {
-        seen.push(type_url);
+    if !seen.contains(&kind) {
+        seen.push(kind);
     }
     *held = next;
     Ok(())

@@ -18,7 +18,12 @@ use mesh_proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use mesh_proto::google::protobuf::Any;
-use mesh_proto::node::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use mesh_proto::types::XdsType;
+
+const CLUSTER_TYPE: &str = XdsType::Cluster.type_url();
+const ENDPOINT_TYPE: &str = XdsType::Endpoint.type_url();
+const LISTENER_TYPE: &str = XdsType::Listener.type_url();
+const ROUTE_TYPE: &str = XdsType::Route.type_url();
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

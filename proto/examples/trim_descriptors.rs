@@ -12,19 +12,10 @@ use std::collections::BTreeSet;
 
 use prost::Message;
 
-/// Messages whose files (and their imports) are kept.
-const ROOTS: &[&str] = &[
+/// Messages whose files (and their imports) are kept, besides the xDS
+/// resource types and the typed configs the mesh applies.
+const OTHER_ROOTS: &[&str] = &[
     "envoy.config.bootstrap.v3.Bootstrap",
-    "envoy.config.listener.v3.Listener",
-    "envoy.config.route.v3.RouteConfiguration",
-    "envoy.config.cluster.v3.Cluster",
-    "envoy.config.endpoint.v3.ClusterLoadAssignment",
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-    "envoy.extensions.filters.http.router.v3.Router",
-    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
-    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.admin.v3.ConfigDump",
     "envoy.admin.v3.ListenersConfigDump",
     "envoy.admin.v3.ClustersConfigDump",
@@ -43,8 +34,12 @@ fn main() {
         prost_reflect::DescriptorPool::decode(std::fs::read(input).expect("read input").as_slice())
             .expect("a FileDescriptorSet");
     let mut keep = BTreeSet::new();
-    let mut stack: Vec<prost_reflect::FileDescriptor> = ROOTS
+    let roots = mesh_proto::types::XdsType::PUSH_ORDER
         .iter()
+        .map(|t| t.message_name())
+        .chain(mesh_proto::types::TYPED_CONFIGS.iter().copied())
+        .chain(OTHER_ROOTS.iter().copied());
+    let mut stack: Vec<prost_reflect::FileDescriptor> = roots
         .map(|m| {
             pool.get_message_by_name(m)
                 .unwrap_or_else(|| panic!("{m} not in {input}"))

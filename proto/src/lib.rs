@@ -6,7 +6,8 @@
 //! - [`descriptors`]: the xDS descriptor pool, for reading Envoy-style
 //!   JSON/YAML (with `"@type"` Any fields) into those types ([`json`]) and
 //!   for walking every field a message sets ([`fields`]).
-//! - [`node`]: what a proxy tells pilot about itself, and the xDS type URLs.
+//! - [`node`]: what a proxy tells pilot about itself.
+//! - [`types`]: the xDS resource types and typed configs the mesh speaks.
 
 pub use envoy_types::pb::{envoy, google, xds};
 
@@ -14,3 +15,4 @@ pub mod descriptors;
 pub mod fields;
 pub mod json;
 pub mod node;
+pub mod types;

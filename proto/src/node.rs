@@ -1,39 +1,13 @@
 //! Who a proxy is, as it tells pilot in the xDS `Node`: the metadata keys
 //! Istio's proxies send (`NAMESPACE`, `LABELS`, `INSTANCE_IPS`,
 //! `WORKLOAD_NAME`, `SERVICE_ACCOUNT`), so an Envoy bootstrap written for
-//! Istio works unchanged, and the xDS type URLs both sides use.
+//! Istio works unchanged.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::envoy::config::core::v3::Node;
 use crate::google::protobuf::{Struct, Value, value::Kind};
-
-/// Type URL of listeners (LDS).
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-/// Type URL of route configurations (RDS).
-pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-/// Type URL of clusters (CDS).
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-/// Type URL of endpoints (EDS).
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-
-/// The four types in the order a proxy should apply them (clusters before
-/// the endpoints that fill them, listeners before the routes they name),
-/// the order Envoy's documentation asks a management server to push in.
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
-
-/// A short name of a type URL for logs and status (`CDS`, `EDS`, `LDS`, `RDS`).
-pub fn short_type(type_url: &str) -> &str {
-    match type_url {
-        LISTENER_TYPE => "LDS",
-        ROUTE_TYPE => "RDS",
-        CLUSTER_TYPE => "CDS",
-        ENDPOINT_TYPE => "EDS",
-        other => other.rsplit('.').next().unwrap_or(other),
-    }
-}
 
 /// What a proxy says about its workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -457,18 +457,17 @@ pub(crate) fn socket_address(
     Ok(SocketAddr::new(ip, port))
 }
 
-/// Refuses a resource as xDS carries it (`type_url`, encoded bytes) when it
+/// Refuses a resource as xDS carries it (its type, encoded bytes) when it
 /// sets a field mesh-proxy does not apply; the error names the resource
 /// (`LDS[name]`) and the field, so the NACK says exactly what was not
 /// understood.
 pub fn check_resource(
     pool: &prost_reflect::DescriptorPool,
-    type_url: &str,
+    kind: mesh_proto::types::XdsType,
     name: &str,
     bytes: &[u8],
 ) -> Result<(), ConfigError> {
-    let kind = mesh_proto::node::short_type(type_url);
-    let full = type_url.rsplit('/').next().unwrap_or_default();
+    let full = kind.message_name();
     let Some(desc) = pool.get_message_by_name(full) else {
         return Err(err(
             format!("{kind}[{name}]"),

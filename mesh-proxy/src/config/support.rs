@@ -130,16 +130,6 @@ const FIELDS: &[&str] = &[
     "envoy.config.endpoint.v3.Endpoint.address",
 ];
 
-/// Typed configs (`"@type"`) mesh-proxy applies.
-const ANY_TYPES: &[&str] = &[
-    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-    "envoy.extensions.filters.http.router.v3.Router",
-    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
-    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-];
-
 /// Why a configuration is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -167,7 +157,7 @@ pub fn check(msg: &DynamicMessage) -> Result<(), Vec<Unsupported>> {
 
 fn refuse(f: &SetField) -> Option<Unsupported> {
     if let Some(t) = &f.any_type {
-        return (!ANY_TYPES.contains(&t.as_str())).then(|| Unsupported {
+        return (!mesh_proto::types::TYPED_CONFIGS.contains(&t.as_str())).then(|| Unsupported {
             path: f.path.to_string(),
             message: format!("typed config {t} is not supported by mesh-proxy"),
         });

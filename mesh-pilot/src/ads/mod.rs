@@ -1,0 +1,227 @@
+//! The ADS server: one gRPC stream per proxy, State-of-the-World or Delta,
+//! carrying listeners, routes, clusters and endpoints.
+//!
+//! Each stream translates the current [`World`] for its proxy and sends,
+//! per type in [`XdsType::PUSH_ORDER`], only what differs from what the proxy holds.
+//! A proxy that is not affected by a change gets nothing. A NACK is logged
+//! and shown in [`Status`]; what the proxy holds is rolled back to before
+//! the refused response, so the refused resources are not sent again
+//! until the inputs change.
+
+mod cache;
+mod flavor;
+mod status;
+mod stream;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use mesh_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use mesh_proto::node::NodeMeta;
+use mesh_proto::types::XdsType;
+use mesh_rules::registry::{Health, Workload};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Streaming};
+
+pub use cache::{Layers, OutboundCache};
+pub use status::{ProxyStatus, PushRecord, Status, TypeStatus};
+
+use cache::lock;
+use flavor::{Delta, Flavor, Sotw};
+use stream::Stream;
+
+use crate::translate::{Interception, ProxyNode};
+use crate::world::{Update, Updates, World};
+
+/// What translation needs to know of a proxy.
+pub fn proxy_node(meta: &NodeMeta) -> ProxyNode {
+    ProxyNode {
+        namespace: meta.namespace.clone(),
+        ip: meta.ip,
+        labels: meta.labels.clone(),
+        interception: if meta.explicit {
+            Interception::Explicit {
+                app_ip: meta
+                    .app_ip
+                    .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            }
+        } else {
+            Interception::Capture
+        },
+    }
+}
+
+/// Proxies with an unanswered subscription answer at the same time: a
+/// thousand proxies connecting together get their (full) configuration in
+/// waves. Changes, which are small, are not gated.
+const PUSH_CONCURRENCY: usize = 32;
+
+/// How long a stream waits for a push permit before pushing anyway.
+const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The discovery service.
+#[derive(Clone)]
+pub struct Discovery {
+    worlds: watch::Receiver<Arc<World>>,
+    updates: Updates,
+    status: Arc<Status>,
+    cache: Arc<OutboundCache>,
+    /// Bounds the proxies with an unanswered push ([`PUSH_CONCURRENCY`]).
+    gate: Arc<tokio::sync::Semaphore>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Discovery {
+    /// A service translating the worlds it is given; proxies' workloads are
+    /// registered through `updates`.
+    pub fn new(worlds: watch::Receiver<Arc<World>>, updates: Updates) -> Self {
+        Discovery {
+            worlds,
+            updates,
+            status: Arc::default(),
+            cache: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENCY)),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Status of connected proxies.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// The current world.
+    pub fn world(&self) -> Arc<World> {
+        self.worlds.borrow().clone()
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Discovery> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+impl Discovery {
+    fn register(&self, id: u64, meta: &NodeMeta) {
+        if let (false, Some(ip)) = (meta.workload.is_empty(), meta.ip) {
+            self.updates.send(Update::Register(
+                id,
+                Workload {
+                    name: meta.workload.clone(),
+                    namespace: meta.namespace.clone(),
+                    address: ip,
+                    labels: meta.labels.clone(),
+                    service_account: if meta.service_account.is_empty() {
+                        "default".into()
+                    } else {
+                        meta.service_account.clone()
+                    },
+                    health: Health::default(),
+                },
+            ));
+        }
+    }
+
+    fn disconnect(&self, id: u64) {
+        self.updates.send(Update::Unregister(id));
+        lock(&self.status.proxies).remove(&id);
+    }
+}
+
+impl Discovery {
+    /// Serves one proxy's stream until it ends: requests (subscriptions,
+    /// ACKs, NACKs) and new worlds, each answered with what changed.
+    fn drive<F: Flavor>(&self, mut requests: Streaming<F::Request>) -> ResponseStream<F::Response>
+    where
+        Streaming<F::Request>: Send,
+        F::Request: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Ok(Some(first)) = requests.message().await else {
+                return;
+            };
+            let meta = NodeMeta::from_node(&F::node(&first).cloned().unwrap_or_default());
+            let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), F::NAME);
+            this.register(id, &meta);
+            let mut worlds = this.worlds.clone();
+            if worlds.wait_for(|w| w.warm).await.is_err() {
+                return;
+            }
+            let mut next = Some(first);
+            'stream: loop {
+                if let Some(req) = next.take() {
+                    let Some(kind) = XdsType::from_type_url(F::type_url(&req)) else {
+                        continue;
+                    };
+                    s.refresh(&worlds.borrow_and_update().clone());
+                    if !F::nonce(&req).is_empty() {
+                        s.answer(kind, F::nonce(&req), F::error(&req));
+                    }
+                    let (changed, force) = F::subscribe(s.subs.entry(kind).or_default(), &req);
+                    if changed {
+                        s.take_permit(&this.gate).await;
+                        if let Some(p) = s.push(kind, force, F::SOTW, false)
+                            && tx.send(Ok(F::response(p))).await.is_err()
+                        {
+                            break 'stream;
+                        }
+                    }
+                    s.handled();
+                }
+                tokio::select! {
+                    r = requests.message() => match r {
+                        Ok(Some(req)) => next = Some(req),
+                        _ => break 'stream,
+                    },
+                    c = worlds.changed() => {
+                        if c.is_err() { break 'stream; }
+                        let world = worlds.borrow_and_update().clone();
+                        s.refresh(&world);
+                        for p in s.pushes(F::SOTW) {
+                            if tx.send(Ok(F::response(p))).await.is_err() {
+                                break 'stream;
+                            }
+                        }
+                        s.handled();
+                    }
+                }
+            }
+            this.disconnect(id);
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Discovery {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        Ok(Response::new(self.drive::<Sotw>(request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        Ok(Response::new(self.drive::<Delta>(request.into_inner())))
+    }
+}
