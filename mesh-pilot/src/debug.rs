@@ -17,7 +17,7 @@ use mesh_proto::json::to_json;
 use tokio::net::TcpListener;
 
 use crate::ads::Discovery;
-use crate::translate::{Inputs, for_ads, translate};
+use crate::translate::{Inputs, translate};
 
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_string_pretty(v).expect("JSON") + "\n";
@@ -54,7 +54,7 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
         rules: &world.rules,
         mesh: &world.mesh,
     };
-    let r = for_ads(translate(&inputs, &node));
+    let r = translate(&inputs, &node);
     json(
         StatusCode::OK,
         &serde_json::json!({

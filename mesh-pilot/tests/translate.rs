@@ -54,11 +54,47 @@ fn node(ip: &str, app: &str, version: &str) -> ProxyNode {
     }
 }
 
+/// The same configuration as a static bootstrap (routes inline, endpoints
+/// in their clusters), which Envoy validates without a control plane.
 fn bootstrap(r: &Resources) -> Bootstrap {
+    use mesh_proto::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    use mesh_proto::envoy::config::listener::v3::filter::ConfigType;
+    use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    };
+    use prost::Message;
+    let mut listeners = r.listeners.clone();
+    for f in listeners
+        .iter_mut()
+        .flat_map(|l| &mut l.filter_chains)
+        .flat_map(|c| &mut c.filters)
+    {
+        let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
+            continue;
+        };
+        let Ok(mut m) = HttpConnectionManager::decode(any.value.as_slice()) else {
+            continue;
+        };
+        if let Some(RouteSpecifier::Rds(rds)) = &m.route_specifier {
+            let rc = r.routes.iter().find(|rc| rc.name == rds.route_config_name);
+            let rc = rc.unwrap_or_else(|| panic!("no RDS {}", rds.route_config_name));
+            m.route_specifier = Some(RouteSpecifier::RouteConfig(rc.clone()));
+            any.value = m.encode_to_vec();
+        }
+    }
+    let mut clusters = r.clusters.clone();
+    for c in &mut clusters {
+        if let Some(la) = r.endpoints.iter().find(|e| e.cluster_name == c.name) {
+            c.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+            c.eds_cluster_config = None;
+            c.load_assignment = Some(la.clone());
+        }
+    }
     Bootstrap {
         static_resources: Some(StaticResources {
-            listeners: r.listeners.clone(),
-            clusters: r.clusters.clone(),
+            listeners,
+            clusters,
             ..Default::default()
         }),
         ..Default::default()
@@ -99,8 +135,9 @@ fn golden_in(
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (MESH_BLESS=1 creates it)", path.display()));
     assert_eq!(json, expected, "{name} differs from its golden file");
-    // pilot serves the same thing in two parts: the outbound part shared by
-    // every proxy with the same outbound key, and the proxy's own inbound.
+    // pilot serves the same thing in two parts, the outbound part shared by
+    // every proxy with the same outbound key and the proxy's own inbound:
+    // no resource is in both.
     let inputs = Inputs {
         registry: &registry,
         rules: &rules,
@@ -110,24 +147,33 @@ fn golden_in(
         mesh_pilot::translate::translate_outbound(&inputs, node),
         mesh_pilot::translate::translate_inbound(&inputs, node),
     );
-    let mut listeners = outbound.listeners.clone();
-    listeners.extend(inbound.listeners.clone());
-    let mut clusters = outbound.clusters.clone();
-    clusters.extend(inbound.clusters.clone());
-    let sorted = |mut v: Vec<String>| {
-        v.sort();
-        v
+    let names = |r: &Resources| -> std::collections::BTreeSet<String> {
+        r.listeners
+            .iter()
+            .map(|l| format!("LDS {}", l.name))
+            .chain(r.routes.iter().map(|x| format!("RDS {}", x.name)))
+            .chain(r.clusters.iter().map(|c| format!("CDS {}", c.name)))
+            .chain(
+                r.endpoints
+                    .iter()
+                    .map(|e| format!("EDS {}", e.cluster_name)),
+            )
+            .collect()
     };
-    assert_eq!(
-        sorted(listeners.iter().map(|l| format!("{l:?}")).collect()),
-        sorted(out.listeners.iter().map(|l| format!("{l:?}")).collect()),
-        "{name}: outbound + inbound listeners differ from the whole"
-    );
-    assert_eq!(
-        sorted(clusters.iter().map(|c| format!("{c:?}")).collect()),
-        sorted(out.clusters.iter().map(|c| format!("{c:?}")).collect()),
-        "{name}: outbound + inbound clusters differ from the whole"
-    );
+    let both: Vec<_> = names(&outbound)
+        .intersection(&names(&inbound))
+        .cloned()
+        .collect();
+    assert!(both.is_empty(), "{name}: in both parts: {both:?}");
+    // mesh-proxy applies it as pilot sends it (RDS, EDS) and as a file.
+    let xds = mesh_proxy::config::Resources {
+        listeners: out.listeners.clone(),
+        clusters: out.clusters.clone(),
+        routes: out.routes.clone(),
+        endpoints: out.endpoints.clone(),
+    };
+    mesh_proxy::config::Snapshot::from_xds("1", xds)
+        .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses it over xDS: {e}"));
     mesh_proxy::config::Snapshot::from_bootstrap(&bootstrap(&out))
         .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses: {e}"));
     out
@@ -351,12 +397,15 @@ fn explicit_proxy_without_capture() {
         [("10.250.0.2_15001", true), ("10.250.0.2_8080", true)]
     );
     let egress = r
-        .clusters
+        .endpoints
         .iter()
-        .find(|c| c.name == "outbound|9997||10.100.35.27")
-        .expect("the egress cluster");
-    assert!(
-        egress.load_assignment.is_some(),
-        "a static cluster to the rule's address"
+        .find(|e| e.cluster_name == "outbound|9997||10.100.35.27")
+        .expect("the egress cluster's endpoints");
+    assert_eq!(
+        format!("{:?}", egress.endpoints)
+            .matches("10.100.35.27")
+            .count(),
+        1,
+        "a cluster to the rule's address"
     );
 }

@@ -12,7 +12,7 @@ use mesh_proto::types::XdsType;
 use prost::{Message, Name};
 
 use crate::translate::{
-    Inputs, OutboundKey, ProxyNode, for_ads, outbound_key, translate_inbound, translate_outbound,
+    Inputs, OutboundKey, ProxyNode, outbound_key, translate_inbound, translate_outbound,
 };
 use crate::world::World;
 
@@ -79,7 +79,7 @@ impl Layers {
     }
 }
 
-pub(super) fn by_type(r: crate::translate::AdsResources) -> HashMap<XdsType, Arc<Typed>> {
+pub(super) fn by_type(r: crate::translate::Resources) -> HashMap<XdsType, Arc<Typed>> {
     HashMap::from([
         (
             XdsType::Listener,
@@ -212,9 +212,9 @@ impl OutboundCache {
         };
         let key = outbound_key(&inputs, node);
         let shared = self.translations.get_or_build(key, world.generation, || {
-            Arc::new(by_type(for_ads(translate_outbound(&inputs, node))))
+            Arc::new(by_type(translate_outbound(&inputs, node)))
         });
-        let own = by_type(for_ads(translate_inbound(&inputs, node)));
+        let own = by_type(translate_inbound(&inputs, node));
         XdsType::PUSH_ORDER
             .into_iter()
             .map(|t| {

@@ -53,7 +53,36 @@ fn duration(d: std::time::Duration) -> PbDuration {
     }
 }
 
-fn static_cluster(name: &str, endpoints: &[(String, u16)]) -> Cluster {
+/// Where proxies get RDS and EDS: the same aggregated stream.
+fn ads_source() -> xcore::ConfigSource {
+    xcore::ConfigSource {
+        config_source_specifier: Some(xcore::config_source::ConfigSourceSpecifier::Ads(
+            xcore::AggregatedConfigSource {},
+        )),
+        resource_api_version: xcore::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// A cluster whose endpoints come over EDS (see [`load_assignment`]), so an
+/// endpoint change is one ClusterLoadAssignment and does not drain the
+/// cluster's connection pools.
+fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
+            xcluster::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(xcluster::cluster::EdsClusterConfig {
+            eds_config: Some(ads_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+        ..Default::default()
+    }
+}
+
+fn load_assignment(name: &str, endpoints: &[(String, u16)]) -> xendpoint::ClusterLoadAssignment {
     let lb_endpoints = endpoints
         .iter()
         .map(|(ip, port)| xendpoint::LbEndpoint {
@@ -66,20 +95,12 @@ fn static_cluster(name: &str, endpoints: &[(String, u16)]) -> Cluster {
             ..Default::default()
         })
         .collect();
-    Cluster {
-        name: name.to_owned(),
-        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(
-            xcluster::cluster::DiscoveryType::Static as i32,
-        )),
-        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
-        load_assignment: Some(xendpoint::ClusterLoadAssignment {
-            cluster_name: name.to_owned(),
-            endpoints: vec![xendpoint::LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }],
+    xendpoint::ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![xendpoint::LocalityLbEndpoints {
+            lb_endpoints,
             ..Default::default()
-        }),
+        }],
         ..Default::default()
     }
 }
@@ -148,16 +169,16 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> xlistener::Filter {
     )
 }
 
-fn http_manager(name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistener::Filter {
+/// An HTTP connection manager whose routes are the RDS resource `name`.
+fn http_manager(name: &str) -> xlistener::Filter {
     filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm::HttpConnectionManager {
             stat_prefix: name.to_owned(),
-            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
-                xroute::RouteConfiguration {
-                    name: name.to_owned(),
-                    virtual_hosts,
-                    ..Default::default()
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: Some(ads_source()),
+                    route_config_name: name.to_owned(),
                 },
             )),
             http_filters: vec![hcm::HttpFilter {
@@ -409,14 +430,18 @@ pub enum Mode {
 /// The explicit proxy's outbound listener port (the capture port's number).
 pub const EXPLICIT_PROXY_PORT: u16 = 15001;
 
-/// Collects resources while translation walks the inputs.
+/// Collects one part (outbound or inbound) of a proxy's resources while
+/// translation walks the inputs; routes and endpoints are their own (RDS,
+/// EDS) resources from the start.
 pub struct Builder {
     outbound: OutboundPolicy,
     mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
     listeners: BTreeMap<String, Listener>,
+    routes: BTreeMap<String, xroute::RouteConfiguration>,
     clusters: BTreeMap<String, Cluster>,
+    endpoints: BTreeMap<String, xendpoint::ClusterLoadAssignment>,
 }
 
 impl Builder {
@@ -427,8 +452,32 @@ impl Builder {
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
             listeners: BTreeMap::new(),
+            routes: BTreeMap::new(),
             clusters: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
         }
+    }
+
+    /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.
+    fn endpoints_cluster(&mut self, name: &str, endpoints: &[(String, u16)], http2: bool) {
+        let c = eds_cluster(name);
+        let c = if http2 { with_http2(c) } else { c };
+        self.clusters.insert(name.to_owned(), c);
+        self.endpoints
+            .insert(name.to_owned(), load_assignment(name, endpoints));
+    }
+
+    /// An HTTP connection manager for `name` with its routes (RDS `name`).
+    fn http(&mut self, name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistener::Filter {
+        self.routes.insert(
+            name.to_owned(),
+            xroute::RouteConfiguration {
+                name: name.to_owned(),
+                virtual_hosts,
+                ..Default::default()
+            },
+        );
+        http_manager(name)
     }
 
     /// The names a client may call `service` by on `port`.
@@ -460,65 +509,29 @@ impl Builder {
         endpoints: &[&Workload],
         rules: &[&RouteRule],
     ) {
-        let target = port.target_port();
-        let addrs = |ws: &mut dyn Iterator<Item = &&Workload>| {
-            ws.map(|w| (w.address.to_string(), target))
-                .collect::<Vec<_>>()
-        };
-        let cluster = |name: &str, addrs: Vec<(String, u16)>| {
-            let c = static_cluster(name, &addrs);
-            if upstream_http2(protocol) {
-                with_http2(c)
-            } else {
-                c
-            }
-        };
         let default_cluster = outbound_cluster_name(port.port, "", host);
-        self.clusters.insert(
-            default_cluster.clone(),
-            cluster(&default_cluster, addrs(&mut endpoints.iter())),
-        );
-        for rule in rules {
-            for r in &rule.route {
-                let name = outbound_cluster_name(port.port, &subset_name(&r.labels), host);
-                let mut subset = endpoints
-                    .iter()
-                    .filter(|w| labels_match(&r.labels, &w.labels));
-                self.clusters
-                    .insert(name.clone(), cluster(&name, addrs(&mut subset)));
-            }
-        }
-        let routes = || {
-            let mut routes: Vec<_> = rules
-                .iter()
-                .map(|r| rule_route(r, port.port, host, &default_cluster))
-                .collect();
-            routes.push(default_route(&default_cluster));
-            routes
-        };
+        self.service_clusters(port, protocol, host, endpoints, rules);
+        let mut routes: Vec<_> = rules
+            .iter()
+            .map(|r| rule_route(r, port.port, host, &default_cluster))
+            .collect();
+        routes.push(default_route(&default_cluster));
+        let vhost_name = format!("{host}:{}", port.port);
         match (protocol, service.vip, self.mode) {
             (None, Some(vip), Mode::Capture) => {
                 // Undeclared, reached through its VIP: the connection's
                 // first bytes choose HTTP routing or a TCP proxy.
                 let name = format!("{vip}_{}", port.port);
-                let http = http_manager(
-                    &name,
-                    vec![xroute::VirtualHost {
-                        name: format!("{host}:{}", port.port),
-                        // The VIP already names the service.
-                        domains: vec!["*".into()],
-                        routes: routes(),
-                        ..Default::default()
-                    }],
-                );
-                let l = sniffing_listener(
-                    &name,
-                    &vip.to_string(),
-                    port.port,
-                    false,
-                    http,
-                    tcp_proxy(&default_cluster, &default_cluster),
-                );
+                let vhost = xroute::VirtualHost {
+                    name: vhost_name,
+                    // The VIP already names the service.
+                    domains: vec!["*".into()],
+                    routes,
+                    ..Default::default()
+                };
+                let http = self.http(&name, vec![vhost]);
+                let tcp = tcp_proxy(&default_cluster, &default_cluster);
+                let l = sniffing_listener(&name, &vip.to_string(), port.port, false, http, tcp);
                 self.listeners.insert(name, l);
             }
             // Undeclared without a VIP to tell it apart, or behind an
@@ -529,26 +542,49 @@ impl Builder {
                     .entry(port.port)
                     .or_default()
                     .push(xroute::VirtualHost {
-                        name: format!("{host}:{}", port.port),
+                        name: vhost_name,
                         domains,
-                        routes: routes(),
+                        routes,
                         ..Default::default()
                     });
             }
             // (An explicit proxy has no way to see opaque TCP to a VIP.)
             (Some(Protocol::Tcp | Protocol::Https), Some(vip), Mode::Capture) => {
                 let name = format!("{vip}_{}", port.port);
-                let l = listener(
-                    &name,
-                    &vip.to_string(),
-                    port.port,
-                    false,
-                    false,
-                    tcp_proxy(&default_cluster, &default_cluster),
-                );
+                let tcp = tcp_proxy(&default_cluster, &default_cluster);
+                let l = listener(&name, &vip.to_string(), port.port, false, false, tcp);
                 self.listeners.insert(name, l);
             }
             (Some(Protocol::Tcp | Protocol::Https), ..) => {}
+        }
+    }
+
+    /// The service port's clusters: the whole service, and one per subset
+    /// a rule routes to.
+    fn service_clusters(
+        &mut self,
+        port: &ServicePort,
+        protocol: Option<Protocol>,
+        host: &str,
+        endpoints: &[&Workload],
+        rules: &[&RouteRule],
+    ) {
+        let target = port.target_port();
+        let http2 = upstream_http2(protocol);
+        let addrs = |ws: &mut dyn Iterator<Item = &&Workload>| {
+            ws.map(|w| (w.address.to_string(), target))
+                .collect::<Vec<_>>()
+        };
+        let default_cluster = outbound_cluster_name(port.port, "", host);
+        self.endpoints_cluster(&default_cluster, &addrs(&mut endpoints.iter()), http2);
+        for rule in rules {
+            for r in &rule.route {
+                let name = outbound_cluster_name(port.port, &subset_name(&r.labels), host);
+                let mut subset = endpoints
+                    .iter()
+                    .filter(|w| labels_match(&r.labels, &w.labels));
+                self.endpoints_cluster(&name, &addrs(&mut subset), http2);
+            }
         }
     }
 
@@ -560,59 +596,46 @@ impl Builder {
             Mode::Capture => ("127.0.0.1".to_owned(), false),
             Mode::Explicit { app, .. } => (app.to_string(), true),
         };
-        let c = static_cluster(&cluster, &[(app, port)]);
-        let c = if upstream_http2(protocol) {
-            with_http2(c)
-        } else {
-            c
-        };
-        self.clusters.insert(cluster.clone(), c);
+        self.endpoints_cluster(&cluster, &[(app, port)], upstream_http2(protocol));
         let name = format!("{ip}_{port}");
-        let http = || {
-            http_manager(
-                &name,
-                vec![xroute::VirtualHost {
-                    name: "inbound".into(),
-                    domains: vec!["*".into()],
-                    routes: vec![default_route(&cluster)],
-                    ..Default::default()
-                }],
-            )
+        let tcp = || tcp_proxy(&cluster, &cluster);
+        let vhost = xroute::VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes: vec![default_route(&cluster)],
+            ..Default::default()
         };
+        let ip = ip.to_string();
         let l = match protocol {
-            Some(p) if p.is_http() => listener(&name, &ip.to_string(), port, bind, false, http()),
-            Some(_) => listener(
-                &name,
-                &ip.to_string(),
-                port,
-                bind,
-                false,
-                tcp_proxy(&cluster, &cluster),
-            ),
-            None => sniffing_listener(
-                &name,
-                &ip.to_string(),
-                port,
-                bind,
-                http(),
-                tcp_proxy(&cluster, &cluster),
-            ),
+            Some(p) if p.is_http() => {
+                let http = self.http(&name, vec![vhost]);
+                listener(&name, &ip, port, bind, false, http)
+            }
+            Some(_) => listener(&name, &ip, port, bind, false, tcp()),
+            None => {
+                let http = self.http(&name, vec![vhost]);
+                sniffing_listener(&name, &ip, port, bind, http, tcp())
+            }
         };
-        self.listeners.insert(name.clone(), l);
+        self.listeners.insert(name, l);
     }
 
     /// An external HTTP host opened by an egress rule: the request goes to
     /// where the app connected (resolved by the app), if its Host matches.
     pub fn egress_http(&mut self, host: &str, port: u16, _protocol: Protocol) {
         let cluster = outbound_cluster_name(port, "", host);
-        let c = match (self.mode, host.parse::<IpAddr>()) {
-            (Mode::Capture, _) => original_dst_cluster(&cluster),
+        match (self.mode, host.parse::<IpAddr>()) {
+            (Mode::Capture, _) => {
+                self.clusters
+                    .insert(cluster.clone(), original_dst_cluster(&cluster));
+            }
             // An explicit proxy has no original destination: the rule's
             // address is the destination.
-            (Mode::Explicit { .. }, Ok(ip)) => static_cluster(&cluster, &[(ip.to_string(), port)]),
+            (Mode::Explicit { .. }, Ok(ip)) => {
+                self.endpoints_cluster(&cluster, &[(ip.to_string(), port)], false)
+            }
             (Mode::Explicit { .. }, Err(_)) => return, // DNS names need a DNS cluster: not yet.
-        };
-        self.clusters.insert(cluster.clone(), c);
+        }
         self.http_ports
             .entry(port)
             .or_default()
@@ -633,30 +656,41 @@ impl Builder {
         self.clusters
             .insert(cluster.clone(), original_dst_cluster(&cluster));
         let name = format!("{host}_{port}");
-        self.listeners.insert(
-            name.clone(),
-            listener(
-                &name,
-                host,
-                port,
-                false,
-                false,
-                tcp_proxy(&cluster, &cluster),
-            ),
-        );
+        let tcp = tcp_proxy(&cluster, &cluster);
+        self.listeners
+            .insert(name.clone(), listener(&name, host, port, false, false, tcp));
     }
 
-    /// The resources, in a stable order.
-    pub fn finish(self) -> Resources {
+    /// The inbound part, in a stable order.
+    pub fn finish_inbound(self) -> Resources {
+        self.resources(Vec::new())
+    }
+
+    /// The outbound part, in a stable order: the listeners traffic enters
+    /// by (capture listeners, or the explicit proxy listener) first, with
+    /// the HTTP listeners of the outbound ports and the shared clusters.
+    pub fn finish_outbound(self) -> Resources {
         match self.mode {
             Mode::Capture => self.finish_capture(),
             Mode::Explicit { bind, .. } => self.finish_explicit(bind),
         }
     }
 
+    fn resources(self, entry: Vec<Listener>) -> Resources {
+        Resources {
+            listeners: entry
+                .into_iter()
+                .chain(self.listeners.into_values())
+                .collect(),
+            routes: self.routes.into_values().collect(),
+            clusters: self.clusters.into_values().collect(),
+            endpoints: self.endpoints.into_values().collect(),
+        }
+    }
+
     /// One HTTP proxy listener on `bind:15001` with every HTTP host of
     /// every port (a host on port 80 also by its bare name, as a client
-    /// writes `http://svcb/`), and the inbound listeners bound.
+    /// writes `http://svcb/`).
     fn finish_explicit(mut self, bind: IpAddr) -> Resources {
         let mut vhosts = Vec::new();
         for (port, hosts) in std::mem::take(&mut self.http_ports) {
@@ -675,19 +709,16 @@ impl Builder {
             ..Default::default()
         });
         let name = format!("{bind}_{EXPLICIT_PROXY_PORT}");
-        let mut listeners = vec![listener(
+        let http = self.http(&name, vhosts);
+        let entry = listener(
             &name,
             &bind.to_string(),
             EXPLICIT_PROXY_PORT,
             true,
             false,
-            http_manager(&name, vhosts),
-        )];
-        listeners.extend(self.listeners.into_values());
-        Resources {
-            listeners,
-            clusters: self.clusters.into_values().collect(),
-        }
+            http,
+        );
+        self.resources(vec![entry])
     }
 
     fn finish_capture(mut self) -> Resources {
@@ -710,19 +741,11 @@ impl Builder {
                 ..Default::default()
             });
             let name = format!("0.0.0.0_{port}");
-            self.listeners.insert(
-                name.clone(),
-                listener(
-                    &name,
-                    "0.0.0.0",
-                    port,
-                    false,
-                    false,
-                    http_manager(&name, vhosts),
-                ),
-            );
+            let http = self.http(&name, vhosts);
+            let l = listener(&name, "0.0.0.0", port, false, false, http);
+            self.listeners.insert(name, l);
         }
-        let mut listeners = vec![
+        let entry = vec![
             listener(
                 "virtualOutbound",
                 "0.0.0.0",
@@ -740,18 +763,11 @@ impl Builder {
                 tcp_proxy(BLACKHOLE_CLUSTER, BLACKHOLE_CLUSTER),
             ),
         ];
-        listeners.extend(self.listeners.into_values());
-        self.clusters.insert(
-            BLACKHOLE_CLUSTER.into(),
-            static_cluster(BLACKHOLE_CLUSTER, &[]),
-        );
+        self.endpoints_cluster(BLACKHOLE_CLUSTER, &[], false);
         self.clusters.insert(
             PASSTHROUGH_CLUSTER.into(),
             original_dst_cluster(PASSTHROUGH_CLUSTER),
         );
-        Resources {
-            listeners,
-            clusters: self.clusters.into_values().collect(),
-        }
+        self.resources(entry)
     }
 }

@@ -10,22 +10,29 @@
 //!   (0.0.0.0:15006), which hand connections to the virtual listeners
 //!   `0.0.0.0_<port>` (outbound HTTP, routed by Host), `<vip>_<port>`
 //!   (outbound TCP) and `<pod-ip>_<port>` (inbound).
+//! - route configurations (RDS) named after their listener; endpoints
+//!   (EDS) named after their cluster.
+//!
+//! A proxy's resources come in two parts, each translated on its own: the
+//! outbound part, the same for every proxy with the same [`OutboundKey`]
+//! (so pilot translates it once per key), and the inbound part of its own
+//! workload.
 
-mod ads;
 mod build;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use mesh_proto::envoy::config::cluster::v3::Cluster;
+use mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use mesh_proto::envoy::config::listener::v3::Listener;
+use mesh_proto::envoy::config::route::v3::RouteConfiguration;
 use mesh_rules::registry::{
     DEFAULT_DOMAIN, Protocol, Registry, Service, ServicePort, Workload, labels_match,
 };
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
-pub use ads::{AdsResources, for_ads};
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 
 /// What the outbound capture does with destinations nothing configures.
@@ -85,13 +92,33 @@ pub enum Interception {
     },
 }
 
-/// The resources for one proxy.
+/// The resources for one proxy, or one part of them, by xDS type.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
-    /// Listeners, capture listeners first, then by name.
+    /// LDS: the outbound part's listeners (those traffic enters by first,
+    /// then by name), then the inbound part's (by name).
     pub listeners: Vec<Listener>,
-    /// Clusters, by name.
+    /// RDS, by name.
+    pub routes: Vec<RouteConfiguration>,
+    /// CDS, by name.
     pub clusters: Vec<Cluster>,
+    /// EDS, by cluster name.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+}
+
+impl Resources {
+    /// Both parts together (`self` the outbound part).
+    fn merge(mut self, inbound: Resources) -> Resources {
+        self.listeners.extend(inbound.listeners);
+        self.routes.extend(inbound.routes);
+        self.clusters.extend(inbound.clusters);
+        self.endpoints.extend(inbound.endpoints);
+        self.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        self.endpoints
+            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        self
+    }
 }
 
 /// Everything translation reads.
@@ -164,12 +191,10 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
     build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
 }
 
-/// Translates for one proxy.
+/// Translates for one proxy: [`translate_outbound`] and
+/// [`translate_inbound`] together.
 pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = builder(inputs, node);
-    outbound(&mut b, inputs, node);
-    inbound(&mut b, inputs, node);
-    b.finish()
+    translate_outbound(inputs, node).merge(translate_inbound(inputs, node))
 }
 
 /// What a proxy's outbound configuration depends on besides the inputs:
@@ -207,33 +232,20 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
 }
 
 /// The resources every proxy with `node`'s [`OutboundKey`] shares: capture
-/// listeners, outbound listeners, routes and clusters, egress.
+/// listeners (or the explicit proxy listener), outbound listeners, routes
+/// and clusters, egress.
 pub fn translate_outbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
     let mut b = builder(inputs, node);
     outbound(&mut b, inputs, node);
-    b.finish()
+    b.finish_outbound()
 }
 
 /// The resources of `node`'s own workload only: inbound listeners
-/// `<ip>_<port>` and their clusters `inbound|<port>||`. With
-/// [`translate_outbound`] this is [`translate`].
+/// `<ip>_<port>`, their routes, and their clusters `inbound|<port>||`.
 pub fn translate_inbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
     let mut b = builder(inputs, node);
     inbound(&mut b, inputs, node);
-    let all = b.finish();
-    // (The explicit proxy listener `<ip>_15001` belongs to the outbound part.)
-    let proxy_listener = format!("{}_{}", proxy_ip(node), build::EXPLICIT_PROXY_PORT);
-    let own = |name: &str| {
-        name.starts_with("inbound|")
-            || (name != proxy_listener
-                && node
-                    .ip
-                    .is_some_and(|ip| name.starts_with(&format!("{ip}_"))))
-    };
-    Resources {
-        listeners: all.listeners.into_iter().filter(|l| own(&l.name)).collect(),
-        clusters: all.clusters.into_iter().filter(|c| own(&c.name)).collect(),
-    }
+    b.finish_inbound()
 }
 
 fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
