@@ -2,7 +2,9 @@
 //! `/debug/syncz` (connected proxies and their sync state, what
 //! `meshctl proxy-status` shows), `/debug/push_history`, and
 //! `/debug/config_dump?proxy=NODE_ID` (the current translation for a
-//! connected proxy, as it would be sent); `/debug/logging` lists the log
+//! connected proxy, as it would be sent); `/debug/analyze` (what `meshctl
+//! analyze` shows: rules that select nothing pilot knows, stored fields it
+//! does not act on); `/debug/logging` lists the log
 //! levels (GET) and changes them (POST `?level=debug` or
 //! `?mesh_pilot::ads=trace`), as the proxy's admin `/logging` does.
 
@@ -109,6 +111,11 @@ async fn handle(
     let query = req.uri().query().unwrap_or("");
     Ok(match req.uri().path() {
         "/debug/logging" => logging(&debug, &req),
+        "/debug/analyze" => {
+            let w = d.world();
+            let findings = crate::analyze::analyze(&w.registry, &w.rules, &w.mesh.domain);
+            json(StatusCode::OK, &findings)
+        }
         "/ready" => json(StatusCode::OK, &"ready"),
         "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
         "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
@@ -127,7 +134,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/logging"]}),
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging"]}),
         ),
     })
 }

@@ -11,6 +11,7 @@
 //!   status of every proxy; [`debug`]: its HTTP view.
 
 pub mod ads;
+pub mod analyze;
 pub mod debug;
 pub mod registry;
 pub mod store;

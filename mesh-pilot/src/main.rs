@@ -74,6 +74,17 @@ fn follow_registry(
     Ok(watch)
 }
 
+/// Warns about fields of stored rules the mesh does not act on (rules
+/// stored before such fields were refused at write time); `meshctl
+/// analyze` lists them too.
+fn warn_not_acted_on(rules: &mesh_pilot::store::Snapshot) {
+    for stored in rules.rules.values() {
+        for p in mesh_rules::support::unsupported(&stored.rule.spec) {
+            warn!(rule = %stored.rule.key(), field = %p.path, "{}", p.message);
+        }
+    }
+}
+
 async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<()> {
     mesh_proto::descriptors::keep_loaded();
     let registry = match &args.registry {
@@ -92,6 +103,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             Outbound::AllowAny => OutboundPolicy::AllowAny,
         },
     };
+    warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
     let (updates, worlds) = world::spawn(mesh, registry, rules.current(), warmup);
     let _registry_watch = match args.registry.clone() {
@@ -103,6 +115,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
         tokio::spawn(async move {
             while let Some(s) = rules.changed().await {
                 info!("rules changed: revision {}", s.revision);
+                warn_not_acted_on(&s);
                 updates.send(Update::Rules(s));
             }
         });

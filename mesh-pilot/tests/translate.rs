@@ -409,3 +409,44 @@ fn explicit_proxy_without_capture() {
         "a cluster to the rule's address"
     );
 }
+
+/// `match.source.name` admits the workloads that service selects, in the
+/// rule's namespace unless the source names another.
+#[test]
+fn a_rule_source_names_the_calling_service() {
+    let text = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: from-svca\nspec:\n  destination:\n    name: svcb\n  match:\n    source:\n      name: svca\n  route:\n  - labels: {version: v0.2}\n";
+    let rules: Vec<Rule> = load(&[Source {
+        name: "r.yaml",
+        text,
+    }])
+    .unwrap()
+    .rules
+    .into_iter()
+    .map(|r| r.value)
+    .collect();
+    let registry = registry();
+    let mesh = MeshConfig::default();
+    let inputs = Inputs {
+        registry: &registry,
+        rules: &rules,
+        mesh: &mesh,
+    };
+    let key = |n: &ProxyNode| mesh_pilot::translate::outbound_key(&inputs, n).sources;
+    assert_eq!(
+        key(&node(SVCA.0, SVCA.1, SVCA.2)),
+        [true],
+        "svca's workload"
+    );
+    assert_eq!(
+        key(&node("10.250.0.3", "svcb", "v0.1")),
+        [false],
+        "svcb's workload"
+    );
+    let mut elsewhere = node(SVCA.0, SVCA.1, SVCA.2);
+    elsewhere.namespace = "prod".into();
+    assert_eq!(
+        key(&elsewhere),
+        [false],
+        "svca's labels in another namespace"
+    );
+}

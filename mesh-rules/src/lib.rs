@@ -9,6 +9,8 @@
 //!   problem reported as `file:line:column: document N: field.path: message`.
 //! - [`registry`]: services, ports, workloads and host-name rules, shared by
 //!   pilot (which builds configuration from them) and proxy.
+//! - [`support`]: the fields the mesh does not act on yet, refused by
+//!   [`load()`] rather than stored and ignored.
 //!
 //! ```
 //! use mesh_rules::{Source, load};
@@ -25,6 +27,7 @@ pub mod names;
 mod path;
 pub mod registry;
 pub mod rules;
+pub mod support;
 pub mod yaml;
 
 pub use check::{Checker, Problem};

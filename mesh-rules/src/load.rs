@@ -248,6 +248,11 @@ pub fn load(sources: &[Source<'_>]) -> Result<Loaded, Diagnostics> {
                 Err(problems) => diags.extend(problems.iter().map(diag)),
                 Ok(Document::Foreign(f)) => out.foreign.push(Located { value: f, origin }),
                 Ok(Document::Rule(rule)) => {
+                    let not_acted_on = crate::support::unsupported(&rule.spec);
+                    if !not_acted_on.is_empty() {
+                        diags.extend(not_acted_on.iter().map(diag));
+                        continue;
+                    }
                     let key = rule.key();
                     if let Some(first) = seen.get(&key) {
                         let name = FieldPath::root().key("metadata").key("name");

@@ -111,6 +111,22 @@ pub async fn proxy_status(pilot: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `meshctl analyze`: rules that cannot do what they say with the services
+/// and workloads pilot knows, and stored fields pilot does not act on.
+/// Exits 1 when anything is found, so scripts and CI can gate on it.
+pub async fn analyze(pilot: &str) -> anyhow::Result<ExitCode> {
+    let findings = get_json(pilot, "/debug/analyze").await?;
+    let list = findings.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no problems found in the rules pilot at {pilot} serves");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &list {
+        println!("{}: {}: {}", s(&f["rule"]), s(&f["path"]), s(&f["message"]));
+    }
+    Ok(ExitCode::FAILURE)
+}
+
 /// The resources of one kind in an admin.v3 config dump (static and dynamic).
 fn resources(dump: &Value, section: Section) -> Vec<Value> {
     let mut out = Vec::new();

@@ -95,6 +95,13 @@ enum Command {
         #[arg(long, env = "MESH_PILOT_DEBUG", default_value = "127.0.0.1:15014")]
         pilot: String,
     },
+    /// Rules that select no known service or version, and stored fields
+    /// the mesh does not act on (from pilot); exits 1 when any is found.
+    Analyze {
+        /// pilot's debug address.
+        #[arg(long, env = "MESH_PILOT_DEBUG", default_value = "127.0.0.1:15014")]
+        pilot: String,
+    },
     /// What a proxy runs, from its admin endpoint (mesh-proxy or Envoy).
     ProxyConfig {
         /// listeners, routes, clusters or endpoints.
@@ -151,6 +158,7 @@ async fn main() -> ExitCode {
         }
         Command::KubeInject(args) => kube_inject::run(args),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
+        Command::Analyze { pilot } => inspect::analyze(&pilot).await,
         Command::ProxyConfig {
             section,
             admin,
@@ -185,6 +193,7 @@ async fn main() -> ExitCode {
                     | Command::Demo { .. }
                     | Command::KubeInject(_)
                     | Command::ProxyStatus { .. }
+                    | Command::Analyze { .. }
                     | Command::ProxyConfig { .. } => unreachable!("handled above"),
                 }
             }

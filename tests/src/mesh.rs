@@ -392,6 +392,15 @@ static_resources:
         )
     }
 
+    /// Runs meshctl in the node namespace, where pilot's debug address is
+    /// (`proxy-status`, `analyze`); returns (exit code, stdout).
+    pub fn meshctl_on_node(&self, args: &[&str]) -> (i32, String) {
+        let meshctl = binary("meshctl");
+        let mut full = vec![meshctl.to_str().unwrap()];
+        full.extend_from_slice(args);
+        self.world.exec(&self.world.node, &full)
+    }
+
     /// Writes `yaml` to a file and runs `meshctl VERB -f FILE`; asserts
     /// success and returns the store revision it reached.
     pub fn apply_rules(&self, verb: &str, yaml: &str) -> u64 {

@@ -315,10 +315,29 @@ fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
     let (code, out) = mesh.meshctl(&["create", "-f", path.to_str().unwrap()]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("weight"), "the error names the problem: {out}");
+    // A field the mesh would store and not act on is refused by name.
+    let fault = SPLIT_50.replace(
+        "  route:\n",
+        "  httpFault:\n    abort: {percent: 50, httpStatus: 503}\n  route:\n",
+    );
+    std::fs::write(&path, fault).unwrap();
+    let (code, out) = mesh.meshctl(&["create", "-f", path.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("spec.httpFault: not supported yet: HTTP fault injection"),
+        "{out}"
+    );
     // A valid write afterwards is the first change pilot sees.
     let revision = mesh.apply_rules("create", SPLIT_50);
-    assert_eq!(revision, 1, "the refused write did not take a revision");
+    assert_eq!(revision, 1, "the refused writes did not take a revision");
     mesh.wait_synced(&client, revision);
     let history = mesh.pilot_debug("/debug/push_history");
     assert!(history.as_array().unwrap().len() > pushes);
+    // No svcb workload is up: analyze says the split's versions get nothing.
+    let (code, out) = mesh.meshctl_on_node(&["analyze", "--pilot", &mesh.debug_address()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("route-rule/default/route-rules-svcb: spec.route[0].labels: no workload of svcb.default has version=v0.1"),
+        "{out}"
+    );
 }

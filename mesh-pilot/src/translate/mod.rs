@@ -152,27 +152,31 @@ fn applies(
     rule_ns: &str,
     service: &Service,
     node: &ProxyNode,
-    domain: &str,
+    inputs: &Inputs<'_>,
 ) -> bool {
     let host = rule.destination.host(rule_ns);
-    if host.as_ref() != Some(&service.host(domain)) {
+    if host.as_ref() != Some(&service.host(&inputs.mesh.domain)) {
         return false;
     }
-    source_matches(rule, node)
+    source_matches(rule, rule_ns, node, inputs.registry)
 }
 
-/// Whether `node` is a source the rule's `match.source` admits.
-fn source_matches(rule: &RouteRule, node: &ProxyNode) -> bool {
-    match rule.match_.as_ref().and_then(|m| m.source.as_ref()) {
-        None => true,
-        Some(src) => {
-            labels_match(&src.labels, &node.labels)
-                && src
-                    .namespace
-                    .as_deref()
-                    .is_none_or(|ns| ns == node.namespace)
-        }
-    }
+/// Whether `node` is a source the rule's `match.source` admits: in its
+/// namespace (the rule's when not given), with its labels, and, when it
+/// names a service, a workload that service selects.
+fn source_matches(rule: &RouteRule, rule_ns: &str, node: &ProxyNode, registry: &Registry) -> bool {
+    let Some(src) = rule.match_.as_ref().and_then(|m| m.source.as_ref()) else {
+        return true;
+    };
+    let namespace = src.namespace.as_deref().unwrap_or(rule_ns);
+    let in_service = |name: &str| {
+        registry.services.iter().any(|s| {
+            s.name == name && s.namespace == namespace && labels_match(&s.selector, &node.labels)
+        })
+    };
+    labels_match(&src.labels, &node.labels)
+        && namespace == node.namespace
+        && src.name.as_deref().is_none_or(in_service)
 }
 
 /// Where an explicit proxy listens: its workload's IP, else loopback.
@@ -217,7 +221,12 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
         .rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::RouteRule(rr) => Some(source_matches(rr, node)),
+            Spec::RouteRule(rr) => Some(source_matches(
+                rr,
+                r.metadata.namespace(),
+                node,
+                inputs.registry,
+            )),
             _ => None,
         })
         .collect();
@@ -264,7 +273,7 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         for port in &service.ports {
             let mut rules: Vec<&RouteRule> = route_rules
                 .iter()
-                .filter(|(r, ns)| applies(r, ns, service, node, domain))
+                .filter(|(r, ns)| applies(r, ns, service, node, inputs))
                 .map(|(r, _)| *r)
                 .collect();
             // Highest precedence first; ties keep their stable order.

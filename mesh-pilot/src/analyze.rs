@@ -1,0 +1,113 @@
+//! What `meshctl analyze` reports: rules that cannot do what they say with
+//! the services and workloads pilot knows (a destination no service has, a
+//! version no workload carries, a source service that does not exist), and
+//! fields of stored rules the mesh does not act on (stored before such
+//! rules were refused at write time).
+
+use mesh_rules::registry::{Registry, Service, labels_match};
+use mesh_rules::rules::IstioService;
+use mesh_rules::{FieldPath, Rule, Spec};
+use serde::Serialize;
+
+/// One thing found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// The rule (`route-rule/default/name`).
+    pub rule: String,
+    /// The field at fault.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Everything wrong with `rules` against `registry`, rule by rule.
+pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let key = rule.key().to_string();
+        let mut found = |path: FieldPath, message: String| {
+            out.push(Finding {
+                rule: key.clone(),
+                path: path.to_string(),
+                message,
+            })
+        };
+        for p in mesh_rules::support::unsupported(&rule.spec) {
+            found(
+                p.path,
+                format!("{} (stored earlier; pilot does not act on it)", p.message),
+            );
+        }
+        let ns = rule.metadata.namespace();
+        let spec = FieldPath::root().key("spec");
+        let service =
+            |s: &IstioService, at: FieldPath, found: &mut dyn FnMut(FieldPath, String)| {
+                let host = s.host(ns)?;
+                let svc = registry
+                    .services
+                    .iter()
+                    .find(|svc| svc.host(domain) == host);
+                if svc.is_none() {
+                    found(at, format!("no service {} is known", host.as_str()));
+                }
+                svc
+            };
+        match &rule.spec {
+            Spec::RouteRule(r) => {
+                let svc = service(&r.destination, spec.key("destination"), &mut found);
+                for (i, d) in r.route.iter().enumerate() {
+                    if let Some(svc) = svc {
+                        versions(
+                            registry,
+                            svc,
+                            &d.labels,
+                            spec.key("route").index(i),
+                            &mut found,
+                        );
+                    }
+                }
+                if let Some(src) = r.match_.as_ref().and_then(|m| m.source.as_ref())
+                    && src.name.is_some()
+                {
+                    let at = spec.key("match").key("source");
+                    service(src, at, &mut found);
+                }
+            }
+            Spec::DestinationPolicy(p) => {
+                if let Some(svc) = service(&p.destination, spec.key("destination"), &mut found) {
+                    let at = spec.key("destination");
+                    versions(registry, svc, &p.destination.labels, at, &mut found);
+                }
+            }
+            Spec::EgressRule(_) => {}
+        }
+    }
+    out
+}
+
+/// Reports labels that no workload of `svc` carries.
+fn versions(
+    registry: &Registry,
+    svc: &Service,
+    labels: &std::collections::BTreeMap<String, String>,
+    at: FieldPath,
+    found: &mut dyn FnMut(FieldPath, String),
+) {
+    if labels.is_empty()
+        || registry
+            .endpoints(svc)
+            .any(|w| labels_match(labels, &w.labels))
+    {
+        return;
+    }
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    found(
+        at.key("labels"),
+        format!(
+            "no workload of {}.{} has {}: this subset gets no traffic",
+            svc.name,
+            svc.namespace,
+            want.join(",")
+        ),
+    );
+}

@@ -1,0 +1,174 @@
+//! What the mesh acts on today. The rule kinds carry Istio 0.4's whole
+//! schema, so every file its users wrote parses; but a field that parses
+//! and then does nothing is worse than an error. [`unsupported`] names
+//! every set field that translation does not act on yet: [`crate::load()`]
+//! refuses a rule with one ("not supported yet", with its place), and
+//! pilot warns about any in a rule stored before it was refused.
+//!
+//! Keep this in step with the translator: a field leaves this list in the
+//! change that makes it act.
+
+use crate::check::Problem;
+use crate::path::FieldPath;
+use crate::rules::{DestinationPolicy, EgressRule, IstioService, RouteRule};
+use crate::{Spec, registry};
+
+fn refuse(out: &mut Vec<Problem>, path: FieldPath, what: &str) {
+    out.push(Problem {
+        path,
+        message: format!(
+            "not supported yet: {what}; the rule is refused rather than stored and ignored"
+        ),
+        at_key: true,
+    });
+}
+
+/// Every set field of `spec` that the mesh would store and not act on, with
+/// its path from the document root.
+pub fn unsupported(spec: &Spec) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let root = FieldPath::root().key("spec");
+    match spec {
+        Spec::RouteRule(r) => route_rule(&mut out, &root, r),
+        Spec::DestinationPolicy(p) => destination_policy(&mut out, &root, p),
+        Spec::EgressRule(e) => egress_rule(&mut out, &root, e),
+    }
+    out
+}
+
+fn route_rule(out: &mut Vec<Problem>, root: &FieldPath, r: &RouteRule) {
+    let fields = [
+        ("redirect", r.redirect.is_some(), "HTTP redirects"),
+        ("httpFault", r.http_fault.is_some(), "HTTP fault injection"),
+        ("l4Fault", r.l4_fault.is_some(), "TCP fault injection"),
+        ("mirror", r.mirror.is_some(), "traffic mirroring"),
+        ("corsPolicy", r.cors_policy.is_some(), "CORS policies"),
+    ];
+    for (name, set, what) in fields {
+        if set {
+            refuse(out, root.key(name), what);
+        }
+    }
+    if !r.destination.labels.is_empty() {
+        let what = "labels on a route rule's destination (route versions with `route[].labels`)";
+        refuse(out, root.key("destination").key("labels"), what);
+    }
+    if let Some(m) = &r.match_ {
+        let at = root.key("match");
+        if m.tcp.is_some() {
+            refuse(out, at.key("tcp"), "matching TCP subnets");
+        }
+        if m.udp.is_some() {
+            refuse(out, at.key("udp"), "matching UDP subnets");
+        }
+        if let Some(src) = &m.source {
+            source(out, &at.key("source"), src);
+        }
+    }
+    for (i, d) in r.route.iter().enumerate() {
+        if d.destination.is_some() {
+            let what = "routing to another service (route to versions of the destination)";
+            refuse(out, root.key("route").index(i).key("destination"), what);
+        }
+    }
+    if let Some(t) = &r.http_req_timeout
+        && t.simple_timeout.override_header_name.is_some()
+    {
+        let at = root.key("httpReqTimeout").key("simpleTimeout");
+        refuse(
+            out,
+            at.key("overrideHeaderName"),
+            "timeouts set by a request header",
+        );
+    }
+    if let Some(t) = &r.http_req_retries
+        && t.simple_retry.override_header_name.is_some()
+    {
+        let at = root.key("httpReqRetries").key("simpleRetry");
+        refuse(
+            out,
+            at.key("overrideHeaderName"),
+            "retries set by a request header",
+        );
+    }
+}
+
+/// A rule's source: by namespace, labels and service name (the services
+/// whose selector takes the calling workload).
+fn source(out: &mut Vec<Problem>, at: &FieldPath, s: &IstioService) {
+    if s.service.is_some() {
+        refuse(out, at.key("service"), "a source by host name (use `name`)");
+    }
+    if s.domain
+        .as_deref()
+        .is_some_and(|d| d != registry::DEFAULT_DOMAIN)
+    {
+        refuse(out, at.key("domain"), "a source in another DNS domain");
+    }
+}
+
+fn destination_policy(out: &mut Vec<Problem>, root: &FieldPath, p: &DestinationPolicy) {
+    let fields = [
+        ("source", p.source.is_some()),
+        ("loadBalancing", p.load_balancing.is_some()),
+        ("circuitBreaker", p.circuit_breaker.is_some()),
+    ];
+    for (name, set) in fields {
+        if set {
+            refuse(out, root.key(name), "destination policies");
+        }
+    }
+}
+
+fn egress_rule(out: &mut Vec<Problem>, root: &FieldPath, e: &EgressRule) {
+    if e.use_egress_proxy {
+        refuse(out, root.key("useEgressProxy"), "an egress proxy");
+    }
+    let host = e.destination.service.as_deref().unwrap_or_default();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return;
+    }
+    // A name or a subnet: HTTP finds the host in the request; TCP would
+    // need the destination matched by subnet or SNI.
+    for (i, p) in e.ports.iter().enumerate() {
+        if p.protocol().is_some_and(|proto| !proto.is_http()) {
+            let what = "TCP egress to a host name or subnet (give an IP address, or an HTTP port)";
+            refuse(out, root.key("ports").index(i).key("protocol"), what);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Source, load};
+
+    fn errors(spec: &str) -> String {
+        let text = format!(
+            "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: r\nspec:\n  destination:\n    name: svcb\n{spec}"
+        );
+        match load(&[Source {
+            name: "r.yaml",
+            text: &text,
+        }]) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn fields_not_acted_on_are_refused_with_their_place() {
+        let e = errors("  httpFault:\n    abort: {percent: 10, httpStatus: 503}\n");
+        assert_eq!(
+            e,
+            "r.yaml:8:3: document 1: spec.httpFault: not supported yet: HTTP fault injection; the rule is refused rather than stored and ignored"
+        );
+        let e = errors("  route:\n  - destination: {name: other}\n    weight: 100\n");
+        assert!(
+            e.contains("spec.route[0].destination: not supported yet"),
+            "{e}"
+        );
+        // What acts is accepted.
+        let ok = "  precedence: 2\n  match:\n    source: {name: svca, labels: {version: v1}}\n  route:\n  - labels: {version: v0.2}\n  httpReqRetries:\n    simpleRetry: {attempts: 3, perTryTimeout: 1s}\n  appendHeaders: {x-a: b}\n";
+        assert_eq!(errors(ok), "");
+    }
+}
