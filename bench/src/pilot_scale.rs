@@ -82,6 +82,7 @@ async fn proxy(
             ip(254, i)
         ),
         namespace: "default".into(),
+        name: format!("wl-{i}"),
         workload: format!("wl-{i}"),
         ip: ip(254, i).parse().ok(),
         labels: [

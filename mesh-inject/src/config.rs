@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the injection template; recorded in every injected pod so
 /// an upgrade can tell which pods carry an older sidecar.
-pub const TEMPLATE_VERSION: &str = "1";
+pub const TEMPLATE_VERSION: &str = "2";
 
 /// How the sidecar joins the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -10,7 +10,8 @@ use mesh_rules::FieldPath;
 
 use crate::config::{InjectConfig, SidecarMode};
 use crate::template::{
-    self, INIT_CONTAINER, INJECT_ANNOTATION, PROXY_CONTAINER, PROXY_VOLUME, STATUS_ANNOTATION,
+    self, INIT_CONTAINER, INJECT_ANNOTATION, PODINFO_VOLUME, PROXY_CONTAINER, PROXY_VOLUME,
+    STATUS_ANNOTATION,
 };
 
 /// Options of one injection run.
@@ -198,8 +199,9 @@ fn inject_at(
             ));
         }
     }
+    let workload = workload_name(&kind, obj);
     let (template, tpath) = descend(obj, path.clone(), template_path)?;
-    let action = inject_template(template, &tpath, cfg)?;
+    let action = inject_template(template, &tpath, cfg, &workload)?;
     Ok(vec![Report {
         object,
         action,
@@ -250,11 +252,50 @@ fn annotations_of(template: &Value) -> Option<&Map<String, Value>> {
         .and_then(Value::as_object)
 }
 
-/// Adds the sidecar to a pod template (`metadata` + `spec`).
+/// The workload a pod belongs to, as Istio's `WORKLOAD_NAME`: the
+/// object's own name for a workload kind; for a bare pod, its owner's
+/// (a ReplicaSet's name without the `pod-template-hash` suffix, which is
+/// the Deployment's), else its own name or `generateName` prefix.
+pub fn workload_name(kind: &str, obj: &Value) -> String {
+    let meta = |k: &str| {
+        obj.pointer(&format!("/metadata/{k}"))
+            .and_then(Value::as_str)
+    };
+    if kind != "Pod" {
+        return meta("name").unwrap_or_default().to_owned();
+    }
+    let owner = obj
+        .pointer("/metadata/ownerReferences/0")
+        .filter(|o| o.get("controller").and_then(Value::as_bool) != Some(false));
+    if let Some(o) = owner {
+        let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
+        let hash = obj
+            .pointer("/metadata/labels/pod-template-hash")
+            .and_then(Value::as_str);
+        return match (o.get("kind").and_then(Value::as_str), hash) {
+            (Some("ReplicaSet"), Some(h)) => name
+                .strip_suffix(h)
+                .and_then(|n| n.strip_suffix('-'))
+                .unwrap_or(name)
+                .to_owned(),
+            _ => name.to_owned(),
+        };
+    }
+    match meta("name") {
+        Some(n) if !n.is_empty() => n.to_owned(),
+        _ => meta("generateName")
+            .unwrap_or_default()
+            .trim_end_matches('-')
+            .to_owned(),
+    }
+}
+
+/// Adds the sidecar to a pod template (`metadata` + `spec`) of `workload`.
 pub fn inject_template(
     template: &mut Value,
     path: &FieldPath,
     cfg: &InjectConfig,
+    workload: &str,
 ) -> Result<Action, InjectError> {
     let opted_out = annotations_of(template)
         .and_then(|a| a.get(INJECT_ANNOTATION))
@@ -289,12 +330,32 @@ pub fn inject_template(
             ));
         }
     }
-    // Remove what an earlier injection added, so injecting twice equals injecting once.
-    let ours = |v: &Value, names: &[&str]| {
-        v.get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| names.contains(&n))
-    };
+    remove_earlier(spec, &spec_path, injected_before)?;
+    add_sidecar(spec, &spec_path, cfg, workload)?;
+    annotate(template, path, cfg)?;
+    Ok(Action::Injected)
+}
+
+/// Is `v` (a container or volume) named one of `names`?
+fn named(v: &Value, names: &[&str]) -> bool {
+    v.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| names.contains(&n))
+}
+
+/// Removes what an earlier injection added, so injecting twice equals
+/// injecting once; refuses the mesh's names in a pod never injected.
+fn remove_earlier(
+    spec: &mut Map<String, Value>,
+    spec_path: &FieldPath,
+    injected_before: bool,
+) -> Result<(), InjectError> {
+    let reserved = [
+        PROXY_CONTAINER,
+        INIT_CONTAINER,
+        PROXY_VOLUME,
+        PODINFO_VOLUME,
+    ];
     if !injected_before {
         for field in ["containers", "initContainers", "volumes"] {
             let list = spec
@@ -302,10 +363,7 @@ pub fn inject_template(
                 .and_then(Value::as_array)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if let Some(i) = list
-                .iter()
-                .position(|v| ours(v, &[PROXY_CONTAINER, INIT_CONTAINER, PROXY_VOLUME]))
-            {
+            if let Some(i) = list.iter().position(|v| named(v, &reserved)) {
                 let name = list[i]["name"].as_str().unwrap_or_default();
                 return Err(err(
                     &spec_path.key(field).index(i).key("name"),
@@ -317,10 +375,10 @@ pub fn inject_template(
     for (field, names) in [
         ("containers", &[PROXY_CONTAINER][..]),
         ("initContainers", &[INIT_CONTAINER, PROXY_CONTAINER][..]),
-        ("volumes", &[PROXY_VOLUME][..]),
+        ("volumes", &[PROXY_VOLUME, PODINFO_VOLUME][..]),
     ] {
         if let Some(list) = spec.get_mut(field).and_then(Value::as_array_mut) {
-            list.retain(|v| !ours(v, names));
+            list.retain(|v| !named(v, names));
         }
         if spec
             .get(field)
@@ -331,12 +389,24 @@ pub fn inject_template(
             spec.remove(field);
         }
     }
+    Ok(())
+}
+
+/// Adds the init container (first, so capture is in place before any
+/// other init container talks to the network), the sidecar and its
+/// volumes.
+fn add_sidecar(
+    spec: &mut Map<String, Value>,
+    spec_path: &FieldPath,
+    cfg: &InjectConfig,
+    workload: &str,
+) -> Result<(), InjectError> {
     let mut init = vec![to_value(&template::init_container(cfg))];
-    let proxy = to_value(&template::proxy_container(cfg));
+    let proxy = to_value(&template::proxy_container(cfg, workload));
     let containers = spec
         .get_mut("containers")
         .and_then(Value::as_array_mut)
-        .expect("checked above");
+        .expect("checked by the caller");
     match cfg.sidecar_mode {
         SidecarMode::Container => containers.push(proxy),
         SidecarMode::Native => init.push(proxy),
@@ -351,14 +421,18 @@ pub fn inject_template(
                 "initContainers must be a list",
             )
         })?;
-    // Capture must be in place before any other init container talks to the network.
     init_list.splice(0..0, init);
     spec.entry("volumes")
         .or_insert_with(|| Value::Array(vec![]))
         .as_array_mut()
         .ok_or_else(|| err(&spec_path.key("volumes"), "volumes must be a list"))?
-        .push(to_value(&template::proxy_volume()));
+        .extend(template::proxy_volumes().iter().map(to_value));
+    Ok(())
+}
 
+/// Records what was injected and asks Prometheus to scrape the sidecar
+/// (scrape annotations the pod has are kept).
+fn annotate(template: &mut Value, path: &FieldPath, cfg: &InjectConfig) -> Result<(), InjectError> {
     let (meta, meta_path) = descend(template, path.clone(), &["metadata"])?;
     let (annotations, apath) = descend(meta, meta_path, &["annotations"])?;
     let annotations = object_mut(annotations, &apath, "annotations")?;
@@ -371,9 +445,39 @@ pub fn inject_template(
     ] {
         annotations.entry(k).or_insert(Value::String(v));
     }
-    Ok(Action::Injected)
+    Ok(())
 }
 
 fn to_value<T: serde::Serialize>(t: &T) -> Value {
     serde_json::to_value(t).expect("Kubernetes API types serialize")
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use serde_json::json;
+
+    #[test]
+    fn pods_belong_to_their_owner() {
+        let name = super::workload_name;
+        assert_eq!(
+            name("Deployment", &json!({"metadata": {"name": "svcb-v0.1"}})),
+            "svcb-v0.1"
+        );
+        let from_rs = json!({"metadata": {
+            "generateName": "svcb-v0.1-5d4f8c9b7-",
+            "labels": {"pod-template-hash": "5d4f8c9b7"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "svcb-v0.1-5d4f8c9b7", "controller": true}],
+        }});
+        assert_eq!(name("Pod", &from_rs), "svcb-v0.1", "the Deployment's name");
+        let from_sts = json!({"metadata": {"name": "db-0", "ownerReferences": [{"kind": "StatefulSet", "name": "db"}]}});
+        assert_eq!(name("Pod", &from_sts), "db");
+        assert_eq!(
+            name("Pod", &json!({"metadata": {"generateName": "job-x-"}})),
+            "job-x"
+        );
+        assert_eq!(
+            name("Pod", &json!({"metadata": {"name": "alone"}})),
+            "alone"
+        );
+    }
 }

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -20,6 +20,11 @@ pub const INIT_CONTAINER: &str = "mesh-init";
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
 /// Name of the sidecar's scratch volume (its root filesystem is read-only).
 pub const PROXY_VOLUME: &str = "mesh-proxy-run";
+/// Name of the downward-API volume with the pod's labels.
+pub const PODINFO_VOLUME: &str = "mesh-podinfo";
+/// Where the sidecar finds the pod's labels (`key="value"` lines, kept up
+/// to date by the kubelet when the labels change).
+pub const LABELS_FILE: &str = "/var/run/mesh/pod/labels";
 /// The user id the proxy runs as; capture rules let its traffic through.
 pub const PROXY_UID: i64 = 1337;
 /// Prometheus metrics port of the sidecar.
@@ -144,8 +149,20 @@ pub fn init_container(cfg: &InjectConfig) -> Container {
     }
 }
 
-/// The sidecar container.
-pub fn proxy_container(cfg: &InjectConfig) -> Container {
+fn literal_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The sidecar container of a pod of `workload` (the Deployment,
+/// StatefulSet, … that owns it, as Istio's `WORKLOAD_NAME`). Everything
+/// else pilot needs to place the pod comes from the downward API: its
+/// name, namespace, IP and service account as environment, its labels as
+/// a file that follows label changes.
+pub fn proxy_container(cfg: &InjectConfig, workload: &str) -> Container {
     let port = |n: i32, name: &str| ContainerPort {
         container_port: n,
         name: Some(name.into()),
@@ -168,11 +185,9 @@ pub fn proxy_container(cfg: &InjectConfig) -> Container {
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("INSTANCE_IP", "status.podIP"),
             field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            EnvVar {
-                name: "MESH_PILOT_ADDRESS".into(),
-                value: Some(cfg.pilot_address.clone()),
-                ..Default::default()
-            },
+            literal_env("WORKLOAD_NAME", workload),
+            literal_env("MESH_LABELS_FILE", LABELS_FILE),
+            literal_env("MESH_PILOT_ADDRESS", &cfg.pilot_address),
         ]),
         ports: Some(vec![
             port(METRICS_PORT, "mesh-metrics"),
@@ -204,25 +219,50 @@ pub fn proxy_container(cfg: &InjectConfig) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: PROXY_VOLUME.into(),
-            mount_path: "/var/run/mesh".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: PROXY_VOLUME.into(),
+                mount_path: "/var/run/mesh".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: PODINFO_VOLUME.into(),
+                mount_path: "/var/run/mesh/pod".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     }
 }
 
-/// The sidecar's scratch volume.
-pub fn proxy_volume() -> Volume {
-    Volume {
-        name: PROXY_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            medium: Some("Memory".into()),
+/// The sidecar's volumes: its scratch space, and the pod's labels.
+pub fn proxy_volumes() -> [Volume; 2] {
+    [
+        Volume {
+            name: PROXY_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    }
+        },
+        Volume {
+            name: PODINFO_VOLUME.into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "labels".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
 }
 
 /// What injection records about itself.
@@ -235,6 +275,6 @@ pub fn status(cfg: &InjectConfig) -> Status {
         version: TEMPLATE_VERSION.into(),
         init_containers: init,
         containers,
-        volumes: vec![PROXY_VOLUME.into()],
+        volumes: vec![PROXY_VOLUME.into(), PODINFO_VOLUME.into()],
     }
 }

@@ -44,6 +44,7 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
     let node = crate::ads::proxy_node(&mesh_proto::node::NodeMeta {
         id: p.node.clone(),
         namespace: p.namespace.clone(),
+        name: p.name.clone(),
         workload: p.workload.clone(),
         ip: p.ip.as_deref().and_then(|i| i.parse().ok()),
         labels: p.labels.clone(),

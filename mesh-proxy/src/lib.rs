@@ -13,6 +13,7 @@
 //! - [`config`]: xDS resources → lookup-ready tables ([`config::Snapshot`]),
 //!   refusing any field mesh-proxy does not apply;
 //! - [`capture`]: the pod's packet redirection (`mesh-proxy init`);
+//!   [`podinfo`]: the pod's labels from the downward API;
 //! - [`memory`]: resident size kept to the serving working set.
 
 pub mod admin;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod listener;
 pub mod memory;
 pub mod orig_dst;
+pub mod podinfo;
 pub mod server;
 pub mod sniff;
 pub mod state;

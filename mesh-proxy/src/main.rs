@@ -49,7 +49,7 @@ enum Sub {
     /// Program the pod's packet redirection to the proxy (nat table, chains MESH_*).
     Init(InitArgs),
     /// Run as a workload's sidecar, configured by pilot over xDS (ADS).
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
 }
 
 #[derive(clap::Args)]
@@ -57,8 +57,12 @@ struct SidecarArgs {
     /// Pilot's xDS address (`host:port`).
     #[arg(long, env = "MESH_PILOT_ADDRESS", value_name = "HOST:PORT")]
     xds_address: String,
-    /// Workload (pod) name; pilot registers the workload while the proxy is connected.
+    /// The pod's name; pilot registers the pod while the proxy is connected.
     #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    /// The workload the pod belongs to (its Deployment, StatefulSet, …);
+    /// the pod's name when not given.
+    #[arg(long, env = "WORKLOAD_NAME", default_value = "")]
     workload: String,
     /// Namespace of the workload.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -69,6 +73,11 @@ struct SidecarArgs {
     /// The workload's labels, `key=value,…`.
     #[arg(long, env = "MESH_LABELS", default_value = "", value_parser = labels)]
     labels: std::collections::BTreeMap<String, String>,
+    /// A file of the pod's labels as the Kubernetes downward API writes it
+    /// (`key="value"` lines); followed, so label changes reach pilot.
+    /// `--labels` are added on top.
+    #[arg(long, env = "MESH_LABELS_FILE", value_name = "FILE")]
+    labels_file: Option<PathBuf>,
     /// The workload's service account.
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
@@ -133,18 +142,36 @@ fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String>
 /// configuration is in force.
 fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let ip = a.ip.map(|i| i.to_string()).unwrap_or_default();
+    let pod = if a.pod_name.is_empty() {
+        a.workload.clone()
+    } else {
+        a.pod_name.clone()
+    };
+    let mut labels = match &a.labels_file {
+        Some(path) => match read_labels(path) {
+            Ok(l) => l,
+            Err(e) => return fail(e),
+        },
+        None => Default::default(),
+    };
+    labels.extend(a.labels.clone());
     let meta = mesh_proto::node::NodeMeta {
         id: a.node_id.clone().unwrap_or_else(|| {
             format!(
-                "sidecar~{ip}~{}.{}~{}.svc.cluster.local",
-                a.workload, a.namespace, a.namespace
+                "sidecar~{ip}~{pod}.{}~{}.svc.cluster.local",
+                a.namespace, a.namespace
             )
         }),
-        namespace: a.namespace,
-        workload: a.workload,
+        namespace: a.namespace.clone(),
+        name: pod.clone(),
+        workload: if a.workload.is_empty() {
+            pod
+        } else {
+            a.workload.clone()
+        },
         ip: a.ip,
-        labels: a.labels,
-        service_account: a.service_account,
+        labels,
+        service_account: a.service_account.clone(),
         explicit: a.interception_mode == Interception::None,
         app_ip: a.app_ip,
     };
@@ -165,7 +192,15 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         Err(e) => return fail(e),
     };
     let proxy = running.proxy.clone();
-    let node = meta.to_node();
+    let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
+    // Label changes (the kubelet rewrites the file) re-announce the pod.
+    let _labels_watch = match &a.labels_file {
+        Some(path) => match follow_labels(path, meta, a.labels.clone(), node_tx) {
+            Ok(w) => Some(w),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
     let address = a.xds_address;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -194,6 +229,43 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     });
     wait_for_signal_then_drain(running);
     ExitCode::SUCCESS
+}
+
+fn read_labels(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the labels file {}", path.display()))?;
+    mesh_proxy::podinfo::parse_labels(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Follows the labels file; each change is sent as a new node (the xDS
+/// client reconnects to tell pilot).
+fn follow_labels(
+    path: &std::path::Path,
+    mut meta: mesh_proto::node::NodeMeta,
+    extra: std::collections::BTreeMap<String, String>,
+    node: tokio::sync::watch::Sender<mesh_proto::envoy::config::core::v3::Node>,
+) -> anyhow::Result<mesh_runtime::watch::FileWatch> {
+    let last = std::fs::read(path).unwrap_or_default();
+    let shown = path.display().to_string();
+    let watch =
+        mesh_runtime::watch::follow(
+            path,
+            last,
+            move |bytes| match mesh_proxy::podinfo::parse_labels(&String::from_utf8_lossy(bytes)) {
+                Ok(mut labels) => {
+                    labels.extend(extra.clone());
+                    if labels != meta.labels {
+                        info!(?labels, "labels changed; telling pilot");
+                        meta.labels = labels;
+                        node.send_replace(meta.to_node());
+                    }
+                }
+                Err(e) => warn!("{shown}: {e}; keeping the labels in force"),
+            },
+        )?;
+    Ok(watch)
 }
 
 /// The process's exit diagnostic (not a log line: logging may not be up).
@@ -416,7 +488,7 @@ fn main() -> ExitCode {
     let mut args = Args::parse();
     let sidecar_args = match args.command.take() {
         Some(Sub::Init(a)) => return init(a),
-        Some(Sub::Sidecar(a)) => Some(a),
+        Some(Sub::Sidecar(a)) => Some(*a),
         None => None,
     };
     let logging = match mesh_runtime::log::init() {

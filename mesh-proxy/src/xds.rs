@@ -19,7 +19,7 @@ use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDisc
 use mesh_proto::google::rpc::Status;
 use mesh_proto::types::XdsType;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{ConfigError, Resources, Snapshot};
 use crate::server::{Bound, Proxy};
@@ -75,8 +75,15 @@ fn resources(held: &Held) -> Result<Resources, ConfigError> {
     })
 }
 
-/// Follows pilot at `address` (`host:port`) for ever.
-pub async fn run(address: String, node: Node, proxy: Arc<Proxy>, mut report: impl FnMut(Event)) {
+/// Follows pilot at `address` (`host:port`) for ever, as `node` says who
+/// the proxy is; when `node` changes (the pod's labels did), the stream is
+/// opened again so pilot learns it.
+pub async fn run(
+    address: String,
+    mut node: watch::Receiver<Node>,
+    proxy: Arc<Proxy>,
+    mut report: impl FnMut(Event),
+) {
     let mut held: Held = HashMap::new();
     // Types pilot answered at least once: the first configuration is
     // applied only when all four arrived, so a listener never serves
@@ -84,17 +91,30 @@ pub async fn run(address: String, node: Node, proxy: Arc<Proxy>, mut report: imp
     let mut seen: Vec<XdsType> = Vec::new();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let outcome = stream_once(
+        let current = node.borrow_and_update().clone();
+        let stream = stream_once(
             &address,
-            &node,
+            &current,
             &proxy,
             &mut held,
             &mut seen,
             &mut report,
             &mut backoff,
         )
-        .instrument(tracing::info_span!("xds", pilot = %address))
-        .await;
+        .instrument(tracing::info_span!("xds", pilot = %address));
+        let changed = async {
+            if node.changed().await.is_err() {
+                // Nobody can change the node any more.
+                std::future::pending::<()>().await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = stream => outcome,
+            () = changed => {
+                report(Event::Disconnected("the node changed; reconnecting".into()));
+                continue;
+            }
+        };
         report(Event::Disconnected(outcome));
         if proxy.shared.draining() {
             return;

@@ -1,7 +1,9 @@
 //! Following a file as it changes, for configuration that is re-read
 //! while the process runs (the proxy's bootstrap, pilot's registry, the
 //! rule store). The folder is watched, not the file, so a file replaced by
-//! rename (how editors and `kubectl` ConfigMap mounts write) is seen too.
+//! rename (how editors write) is seen too, and so is a Kubernetes volume
+//! (ConfigMap, Secret, downward API) whose files are links through a
+//! `..data` link the kubelet swaps.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,13 @@ pub fn on_change(
         let relevant = match e {
             Ok(e) => {
                 (e.kind.is_create() || e.kind.is_modify())
-                    && e.paths.iter().any(|p| p.file_name() == name.as_deref())
+                    && e.paths.iter().any(|p| {
+                        let file = p.file_name();
+                        // Kubernetes' atomic writer (ConfigMap, Secret and
+                        // downward-API volumes) swaps a `..data` link.
+                        file == name.as_deref()
+                            || file.is_some_and(|f| f.to_string_lossy().starts_with(".."))
+                    })
             }
             Err(_) => true,
         };
@@ -87,11 +95,13 @@ mod tests {
             let _ = tx.send(b.to_vec());
         })
         .unwrap();
-        // Same bytes again: nothing; new bytes (written by rename): once.
-        std::fs::write(&path, "a").unwrap();
+        // Same bytes again: nothing; new bytes: once. (Each written whole
+        // by rename: an in-place write is seen half done, as any reader would.)
         let tmp = dir.path().join(".f.tmp");
-        std::fs::write(&tmp, "b").unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
+        for text in ["a", "b"] {
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
         let got = rx.recv_timeout(Duration::from_secs(10)).expect("a change");
         assert_eq!(got, b"b");
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());

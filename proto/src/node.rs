@@ -1,5 +1,5 @@
 //! Who a proxy is, as it tells pilot in the xDS `Node`: the metadata keys
-//! Istio's proxies send (`NAMESPACE`, `LABELS`, `INSTANCE_IPS`,
+//! Istio's proxies send (`NAME`, `NAMESPACE`, `LABELS`, `INSTANCE_IPS`,
 //! `WORKLOAD_NAME`, `SERVICE_ACCOUNT`), so an Envoy bootstrap written for
 //! Istio works unchanged.
 
@@ -16,7 +16,11 @@ pub struct NodeMeta {
     pub id: String,
     /// Namespace of the workload.
     pub namespace: String,
-    /// Workload (pod) name; with an address, the proxy registers it.
+    /// The pod's name (Istio's `NAME`); with an address, the proxy
+    /// registers it as a workload instance.
+    pub name: String,
+    /// The workload the pod belongs to: its Deployment, StatefulSet, …
+    /// (Istio's `WORKLOAD_NAME`).
     pub workload: String,
     /// The workload's IP.
     pub ip: Option<IpAddr>,
@@ -50,6 +54,9 @@ impl NodeMeta {
     pub fn to_node(&self) -> Node {
         let mut fields = std::collections::HashMap::new();
         fields.insert("NAMESPACE".into(), string(&self.namespace));
+        if !self.name.is_empty() {
+            fields.insert("NAME".into(), string(&self.name));
+        }
         if !self.workload.is_empty() {
             fields.insert("WORKLOAD_NAME".into(), string(&self.workload));
         }
@@ -107,6 +114,7 @@ impl NodeMeta {
                 .filter(|s| !s.is_empty())
                 .unwrap_or("default")
                 .to_owned(),
+            name: get_string(md, "NAME").unwrap_or_default().to_owned(),
             workload: get_string(md, "WORKLOAD_NAME")
                 .unwrap_or_default()
                 .to_owned(),
@@ -131,6 +139,7 @@ mod tests {
         let meta = NodeMeta {
             id: "sidecar~10.250.0.2~svca-1.default~default.svc.cluster.local".into(),
             namespace: "default".into(),
+            name: "svca-1-7f9c".into(),
             workload: "svca-1".into(),
             ip: Some("10.250.0.2".parse().unwrap()),
             labels: [("app".to_owned(), "svca".to_owned())].into(),

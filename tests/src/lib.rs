@@ -3,6 +3,8 @@
 //! - [`netns`]: network namespaces with no link to the machine's root
 //!   namespace: a node (bridge, counting drop rule for escaped VIP
 //!   packets) and hosts on it.
+//! - [`kubelet`]: pods started from injected Kubernetes pod templates
+//!   with exactly the arguments and environment the template gives.
 //! - [`mesh`]: pilot in the node namespace and pods with real capture
 //!   (`mesh-proxy init`) and a sidecar (mesh-proxy or an unmodified Envoy)
 //!   running as uid 1337 and following pilot over ADS.
@@ -10,6 +12,7 @@
 //! Everything a world starts or creates is removed when it is dropped,
 //! also when a test fails.
 
+pub mod kubelet;
 pub mod mesh;
 pub mod netns;
 pub mod walk;

@@ -113,12 +113,19 @@ impl Discovery {
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
 impl Discovery {
+    /// Registers the proxy's pod as a workload instance (by its pod name,
+    /// else its workload's) while its stream is up.
     fn register(&self, id: u64, meta: &NodeMeta) {
-        if let (false, Some(ip)) = (meta.workload.is_empty(), meta.ip) {
+        let name = if meta.name.is_empty() {
+            &meta.workload
+        } else {
+            &meta.name
+        };
+        if let (false, Some(ip)) = (name.is_empty(), meta.ip) {
             self.updates.send(Update::Register(
                 id,
                 Workload {
-                    name: meta.workload.clone(),
+                    name: name.clone(),
                     namespace: meta.namespace.clone(),
                     address: ip,
                     labels: meta.labels.clone(),

@@ -51,7 +51,9 @@ pub struct ProxyStatus {
     pub node: String,
     /// Namespace.
     pub namespace: String,
-    /// Workload name.
+    /// The pod's name.
+    pub name: String,
+    /// Its workload (Deployment, StatefulSet, …).
     pub workload: String,
     /// Workload IP.
     pub ip: Option<String>,

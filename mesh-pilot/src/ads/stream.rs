@@ -152,6 +152,7 @@ impl Stream {
             ProxyStatus {
                 node: meta.id.clone(),
                 namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
                 workload: meta.workload.clone(),
                 ip: meta.ip.map(|i| i.to_string()),
                 labels: meta.labels.clone(),
