@@ -248,3 +248,89 @@ fn admin_logging_changes_levels_at_run_time() {
     let (_, all) = curl(&["-s", "-X", "POST", &format!("{logging}?level=warning")]);
     assert_eq!(all, "active loggers:\ndefault: warn\n");
 }
+
+/// Each `retry_on` token means what it means in Envoy: the same bootstrap
+/// and the same first failure give the same final answer from mesh-proxy
+/// and from Envoy.
+#[test]
+fn retry_conditions_act_as_in_envoy() {
+    // (retry_on and extra policy fields, how the first try fails, final status)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("5xx", "500", "", "200"),
+        ("5xx", "reset", "", "200"),
+        ("gateway-error", "500", "", "500"),
+        ("gateway-error", "503", "", "200"),
+        ("gateway-error", "reset", "", "200"),
+        ("reset", "reset", "", "200"),
+        ("reset", "503", "", "503"),
+        ("connect-failure", "503", "", "503"),
+        ("retriable-4xx", "409", "", "200"),
+        ("retriable-4xx", "404", "", "404"),
+        (
+            "retriable-status-codes, retriable_status_codes: [418]",
+            "418",
+            "",
+            "200",
+        ),
+        (
+            "retriable-status-codes, retriable_status_codes: [418]",
+            "500",
+            "",
+            "500",
+        ),
+        (
+            "retriable-headers, retriable_headers: [{name: x-try-again, string_match: {exact: \"yes\"}}]",
+            "500",
+            "x-try-again=yes",
+            "200",
+        ),
+        (
+            "retriable-headers, retriable_headers: [{name: x-try-again, string_match: {exact: \"yes\"}}]",
+            "500",
+            "x-try-again=no",
+            "500",
+        ),
+    ];
+    let a = Backend::start("a");
+    let mut expected = Vec::new();
+    let mut routes = String::new();
+    for (i, (policy, _, _, want)) in cases.iter().enumerate() {
+        let (on, extra) = policy.split_once(", ").unwrap_or((policy, ""));
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        routes += &format!(
+            "              - match: {{path: \"/case{i}\"}}\n                route:\n                  cluster: a\n                  retry_policy: {{retry_on: \"{on}\", num_retries: 1{extra}, retry_back_off: {{base_interval: 0.001s}}}}\n"
+        );
+        expected.push(format!("case{i} {want}"));
+    }
+    let config = bootstrap(&routes, &[("a", &a)]);
+    for (who, proxy) in [
+        ("mesh-proxy", mesh_proxy(&config)),
+        ("envoy", common::envoy(&config)),
+    ] {
+        let mut got = Vec::new();
+        for (i, (_, fail, header, _)) in cases.iter().enumerate() {
+            let url = format!("http://{}/case{i}", proxy.listener("http"));
+            let id = format!("x-fail-id: {who}-{i}");
+            let (_, code) = curl(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("x-fail-once: {fail}"),
+                "-H",
+                &id,
+                "-H",
+                &format!("x-fail-header: {header}"),
+                &url,
+            ]);
+            got.push(format!("case{i} {code}"));
+        }
+        assert_eq!(got, expected, "{who}");
+    }
+}

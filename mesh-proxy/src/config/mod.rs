@@ -3,6 +3,7 @@
 //! lookup-ready tables, and swapped in whole: a request sees one snapshot
 //! from start to end.
 
+mod retry;
 mod route;
 pub mod support;
 
@@ -24,9 +25,10 @@ use mesh_proto::envoy::extensions::upstreams::http::v3 as upstream_http;
 use mesh_proto::google::protobuf::Any;
 use prost::Message;
 
+pub use retry::{Failure, RETRY_ON, RetryPolicy};
 pub use route::{
-    Forward, HeaderMatch, HeaderOps, PathMatch, RequestView, RetryPolicy, Route, RouteAction,
-    RouteTable, StringMatch, VirtualHost, WeightedSchedule,
+    Forward, HeaderMatch, HeaderOps, PathMatch, RequestView, Route, RouteAction, RouteTable,
+    StringMatch, VirtualHost, WeightedSchedule,
 };
 
 /// A configuration that cannot be applied, and where.

@@ -13,7 +13,7 @@ use mesh_proto::envoy::config::core::v3 as xcore;
 use mesh_proto::envoy::config::route::v3 as xroute;
 use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
 
-use super::{Cluster, ConfigError, err};
+use super::{Cluster, ConfigError, RetryPolicy, err};
 
 /// Virtual hosts of one listener, with the domain index Envoy's rules imply:
 /// exact names first, then the longest `*.suffix`, then the longest
@@ -92,7 +92,7 @@ pub struct HeaderMatch {
 #[derive(Debug)]
 pub enum RouteAction {
     /// To upstream clusters.
-    Forward(Forward),
+    Forward(Box<Forward>),
     /// Answered by the proxy.
     Direct {
         /// Status.
@@ -115,19 +115,6 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Retries.
     pub retry: RetryPolicy,
-}
-
-/// When and how often to retry.
-#[derive(Debug, Clone, Default)]
-pub struct RetryPolicy {
-    /// Retries after the first try.
-    pub num_retries: u32,
-    /// Retry on 5xx responses.
-    pub on_5xx: bool,
-    /// Retry on connect failures and resets (`connect-failure`, `reset`).
-    pub on_connect_failure: bool,
-    /// Timeout of each try.
-    pub per_try_timeout: Option<Duration>,
 }
 
 /// One route.
@@ -184,6 +171,36 @@ pub struct RequestView<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+impl HeaderMatch {
+    /// Whether a header's value (`None`: absent) satisfies this match.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let ok = match (&self.value, value) {
+            (None, v) => v.is_some(),
+            (Some(m), Some(v)) => m.matches(v),
+            (Some(_), None) => false,
+        };
+        ok != self.invert
+    }
+}
+
+/// Reads an Envoy HeaderMatcher (`string_match` or `present_match`).
+pub(super) fn header_match(
+    h: &xroute::HeaderMatcher,
+    hp: &str,
+) -> Result<HeaderMatch, ConfigError> {
+    use xroute::header_matcher::HeaderMatchSpecifier as H;
+    let value = match &h.header_match_specifier {
+        Some(H::StringMatch(s)) => Some(string_match(s, &format!("{hp}.string_match"))?),
+        Some(H::PresentMatch(true)) => None,
+        _ => return Err(err(hp, "use string_match or present_match: true")),
+    };
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        value,
+        invert: h.invert_match,
+    })
+}
+
 impl Route {
     fn matches(&self, req: &RequestView<'_>) -> bool {
         let path_ok = match &self.path {
@@ -199,12 +216,7 @@ impl Route {
                     ":path" => Some(req.path),
                     name => req.headers.get(name).and_then(|v| v.to_str().ok()),
                 };
-                let ok = match (&h.value, value) {
-                    (None, v) => v.is_some(),
-                    (Some(m), Some(v)) => m.matches(v),
-                    (Some(_), None) => false,
-                };
-                ok != h.invert
+                h.matches(value)
             })
     }
 }
@@ -405,28 +417,19 @@ fn build_route(
         }
         _ => return Err(err(&mpath, "use prefix, path or safe_regex")),
     };
-    let mut headers = Vec::new();
-    for (i, h) in m.headers.iter().enumerate() {
-        use xroute::header_matcher::HeaderMatchSpecifier as H;
-        let hp = format!("{mpath}.headers[{i}]");
-        let value = match &h.header_match_specifier {
-            Some(H::StringMatch(s)) => Some(string_match(s, &format!("{hp}.string_match"))?),
-            Some(H::PresentMatch(true)) => None,
-            _ => return Err(err(&hp, "use string_match or present_match: true")),
-        };
-        headers.push(HeaderMatch {
-            name: h.name.to_ascii_lowercase(),
-            value,
-            invert: h.invert_match,
-        });
-    }
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| header_match(h, &format!("{mpath}.headers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let action = match &r.action {
-        Some(Action::Route(ra)) => RouteAction::Forward(build_forward(
+        Some(Action::Route(ra)) => RouteAction::Forward(Box::new(build_forward(
             ra,
             &format!("{path}.route"),
             clusters,
             &path_match,
-        )?),
+        )?)),
         Some(Action::DirectResponse(d)) => {
             let status = u16::try_from(d.status)
                 .ok()
@@ -511,17 +514,7 @@ fn build_forward(
     };
     let retry = match &ra.retry_policy {
         None => RetryPolicy::default(),
-        Some(rp) => {
-            let on: Vec<&str> = rp.retry_on.split(',').map(str::trim).collect();
-            RetryPolicy {
-                num_retries: rp.num_retries.as_ref().map_or(1, |n| n.value),
-                on_5xx: on.contains(&"5xx") || on.contains(&"gateway-error"),
-                on_connect_failure: on
-                    .iter()
-                    .any(|o| matches!(*o, "connect-failure" | "reset" | "5xx" | "gateway-error")),
-                per_try_timeout: super::duration(&rp.per_try_timeout).filter(|d| !d.is_zero()),
-            }
-        }
+        Some(rp) => RetryPolicy::build(rp, &format!("{path}.retry_policy"))?,
     };
     Ok(Forward {
         clusters: WeightedSchedule::new(&entries, clusters, &format!("{path}.weighted_clusters"))?,

@@ -12,9 +12,9 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 
 use super::{ProxyBody, text};
-use crate::config::{Cluster, Endpoint, Forward};
+use crate::config::{Cluster, Endpoint, Failure, Forward, RetryPolicy};
 use crate::state::Shared;
-use crate::upstream::{Downstream, PooledBody, UpstreamBody, Upstreams};
+use crate::upstream::{Downstream, PooledBody, UpstreamBody, UpstreamError, Upstreams};
 
 /// Counts a request in flight to a cluster (the retry budget's base).
 struct ClusterInFlight<'a>(&'a Cluster);
@@ -34,8 +34,28 @@ impl Drop for ClusterInFlight<'_> {
 
 enum Outcome {
     Response(Response<PooledBody>),
-    ConnectFailed(String),
+    /// No response: how, and the error's words.
+    Failed(Failure, String),
     TimedOut,
+}
+
+/// How an upstream request that got no response failed.
+fn failure_of(e: &UpstreamError) -> Failure {
+    match e {
+        UpstreamError::ConnectTimeout(_) | UpstreamError::Connect(_) => Failure::Connect,
+        UpstreamError::Http(h) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(h);
+            while let Some(s) = source {
+                if let Some(h2) = s.downcast_ref::<h2::Error>()
+                    && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                {
+                    return Failure::RefusedStream;
+                }
+                source = s.source();
+            }
+            Failure::Reset
+        }
+    }
 }
 
 /// Sends one try. `head` is the request's head: moved in on the last try,
@@ -65,7 +85,7 @@ async fn send(
         uri.path_and_query = Some(path);
         match Uri::from_parts(uri) {
             Ok(u) => u,
-            Err(e) => return Outcome::ConnectFailed(e.to_string()),
+            Err(e) => return Outcome::Failed(Failure::Reset, e.to_string()),
         }
     } else {
         head.version = http::Version::HTTP_11;
@@ -80,7 +100,7 @@ async fn send(
             .await
         {
             Ok(r) => Outcome::Response(r),
-            Err(e) => Outcome::ConnectFailed(e.to_string()),
+            Err(e) => Outcome::Failed(failure_of(&e), e.to_string()),
         }
     };
     match timeout {
@@ -101,6 +121,139 @@ fn copy_head(p: &http::request::Parts) -> http::request::Parts {
     r.into_parts().0
 }
 
+/// What to do after a try.
+// Returned and matched at once, never stored: boxing the response would
+// only add an allocation per answer.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// Answer the client with this.
+    Answer(Response<ProxyBody>),
+    /// Try again: `policy` when the route's policy asked (it waits its
+    /// back-off first), else the keep-alive race's one immediate retry.
+    Retry { policy: bool },
+    /// Stop: answer with the last failure.
+    Stop,
+}
+
+/// One request's tries: what the route allows, the cluster's retry
+/// budget, and the failure to answer with when tries run out.
+struct Tries<'a> {
+    policy: &'a RetryPolicy,
+    cluster: &'a Cluster,
+    shared: &'a Shared,
+    max: u32,
+    deadline: Option<tokio::time::Instant>,
+    /// The retry in flight holds a place in the cluster's retry budget.
+    permit: Option<crate::config::RetryPermit<'a>>,
+    last: (StatusCode, String),
+}
+
+impl<'a> Tries<'a> {
+    /// Takes a place in the retry budget, or counts the refusal.
+    fn budget_allows(&mut self) -> bool {
+        match self.cluster.try_retry() {
+            Some(p) => {
+                self.permit = Some(p);
+                true
+            }
+            None => {
+                let overflow = &self.shared.stats.upstream_rq_retry_overflow;
+                overflow.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The timeout of the next try: the per-try timeout within what is
+    /// left of the request's.
+    fn per_try(&self) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let remaining = self.deadline.map(|d| d.saturating_duration_since(now));
+        match (self.policy.per_try_timeout, remaining) {
+            (Some(p), Some(r)) => Some(p.min(r)),
+            (p, r) => p.or(r),
+        }
+    }
+
+    /// Decides after try `attempt` (0-based) to `endpoint` ended with `outcome`.
+    fn next(
+        &mut self,
+        attempt: u32,
+        outcome: Outcome,
+        endpoint: &Endpoint,
+        body_failed: bool,
+    ) -> Next {
+        let may_retry = attempt + 1 < self.max;
+        let by_policy = may_retry && attempt < self.policy.num_retries;
+        let stats = &self.shared.stats;
+        match outcome {
+            Outcome::Response(r) => {
+                let status = r.status().as_u16();
+                if r.status().is_server_error() {
+                    endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                let wanted = by_policy && self.policy.retries_response(status, r.headers());
+                if wanted && self.budget_allows() {
+                    Next::Retry { policy: true }
+                } else {
+                    Next::Answer(r.map(Either::Left))
+                }
+            }
+            Outcome::TimedOut => {
+                stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .deadline
+                    .is_some_and(|d| tokio::time::Instant::now() >= d)
+                {
+                    return Next::Answer(text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout\n",
+                    ));
+                }
+                self.last = (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream per-try timeout".into(),
+                );
+                let wanted = by_policy && self.policy.retries_failure(Failure::Timeout);
+                if wanted && self.budget_allows() {
+                    Next::Retry { policy: true }
+                } else {
+                    Next::Stop
+                }
+            }
+            Outcome::Failed(..) if body_failed => {
+                let mut r = text(StatusCode::BAD_REQUEST, "malformed request body\n");
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Next::Answer(r)
+            }
+            Outcome::Failed(kind, e) => {
+                stats.upstream_cx_fail.fetch_add(1, Ordering::Relaxed);
+                endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                self.last = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("upstream connect error or disconnect/reset before headers: {e}"),
+                );
+                // With a policy for this failure every retry counts against
+                // the budget; without one a first try that got no answer is
+                // still tried once more (the keep-alive race), outside it.
+                if by_policy && self.policy.retries_failure(kind) {
+                    if self.budget_allows() {
+                        Next::Retry { policy: true }
+                    } else {
+                        Next::Stop
+                    }
+                } else if may_retry && attempt == 0 {
+                    Next::Retry { policy: false }
+                } else {
+                    Next::Stop
+                }
+            }
+        }
+    }
+}
+
 /// Forwards with retries. A request without a body can be replayed: it is
 /// retried once when the connection fails before any response (the
 /// keep-alive race: a pooled connection closed by the server as the request
@@ -118,120 +271,59 @@ pub(super) async fn forward(
     let mut parts = Some(parts);
     let body_failed = Arc::new(AtomicBool::new(false));
     let mut streamed = (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone()));
-    let policy = &fwd.retry;
-    let max_tries = if streamed.is_none() {
-        1 + policy.num_retries.max(1)
-    } else {
-        1
-    };
-    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
-    let (mut status, mut last_error) = (StatusCode::SERVICE_UNAVAILABLE, String::new());
     // The cluster is chosen once per request; retries stay in it.
     let Some(cluster) = &fwd.clusters.pick().1 else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
     };
     let _in_flight = ClusterInFlight::new(cluster);
-    // The retry in flight holds a place in the cluster's retry budget.
-    let mut permit: Option<crate::config::RetryPermit<'_>> = None;
-    let mut budget_allows = || match cluster.try_retry() {
-        Some(p) => {
-            permit = Some(p);
-            true
-        }
-        None => {
-            shared
-                .stats
-                .upstream_rq_retry_overflow
-                .fetch_add(1, Ordering::Relaxed);
-            false
-        }
+    let mut tries = Tries {
+        policy: &fwd.retry,
+        cluster,
+        shared,
+        max: if streamed.is_none() {
+            1 + fwd.retry.num_retries.max(1)
+        } else {
+            1
+        },
+        deadline: fwd.timeout.map(|t| tokio::time::Instant::now() + t),
+        permit: None,
+        last: (StatusCode::SERVICE_UNAVAILABLE, String::new()),
     };
     let mut failed: Option<Arc<Endpoint>> = None;
-    for attempt in 0..max_tries {
-        let may_retry = attempt + 1 < max_tries;
+    let mut retries = 0;
+    for attempt in 0..tries.max {
         let Some((endpoint, address)) = cluster.target(original_dst, failed.as_ref()) else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
-        };
-        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        let per_try = match (policy.per_try_timeout, remaining) {
-            (Some(p), Some(r)) => Some(p.min(r)),
-            (p, r) => p.or(r),
         };
         let body = match streamed.take() {
             Some(b) => Either::Left(b),
             None => Either::Right(Full::new(Bytes::new())),
         };
         // The last try takes the head itself; earlier ones a copy.
-        let Some(head) = (if may_retry {
+        let head = if attempt + 1 < tries.max {
             parts.as_ref().map(copy_head)
         } else {
             parts.take()
-        }) else {
-            break;
         };
+        let Some(head) = head else { break };
         let outcome = {
             let _busy = endpoint.start();
-            send(head, body, cluster, address, upstreams, per_try).await
+            send(head, body, cluster, address, upstreams, tries.per_try()).await
         };
-        let retry = match outcome {
-            Outcome::Response(r) => {
-                let server_error = r.status().is_server_error();
-                if server_error {
-                    endpoint.failures.fetch_add(1, Ordering::Relaxed);
+        match tries.next(
+            attempt,
+            outcome,
+            endpoint,
+            body_failed.load(Ordering::Relaxed),
+        ) {
+            Next::Answer(r) => return r,
+            Next::Stop => break,
+            Next::Retry { policy } => {
+                if policy {
+                    retries += 1;
+                    tokio::time::sleep(fwd.retry.wait_before(retries)).await;
                 }
-                let wanted =
-                    server_error && policy.on_5xx && may_retry && attempt < policy.num_retries;
-                if !(wanted && budget_allows()) {
-                    return r.map(Either::Left);
-                }
-                true
             }
-            Outcome::TimedOut => {
-                shared
-                    .stats
-                    .upstream_rq_timeout
-                    .fetch_add(1, Ordering::Relaxed);
-                endpoint.failures.fetch_add(1, Ordering::Relaxed);
-                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
-                }
-                (status, last_error) = (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream per-try timeout".into(),
-                );
-                may_retry && attempt < policy.num_retries && budget_allows()
-            }
-            Outcome::ConnectFailed(_) if body_failed.load(Ordering::Relaxed) => {
-                let mut r = text(StatusCode::BAD_REQUEST, "malformed request body\n");
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
-            }
-            Outcome::ConnectFailed(e) => {
-                shared
-                    .stats
-                    .upstream_cx_fail
-                    .fetch_add(1, Ordering::Relaxed);
-                endpoint.failures.fetch_add(1, Ordering::Relaxed);
-                (status, last_error) = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("upstream connect error or disconnect/reset before headers: {e}"),
-                );
-                // Without a connect-failure policy a first try that got no
-                // answer is still tried once more (the keep-alive race),
-                // outside the budget; with one, every retry counts against
-                // it. (hyper-util also resends, on its own, a request that
-                // never left a pooled connection the server had closed.)
-                may_retry
-                    && if policy.on_connect_failure {
-                        budget_allows()
-                    } else {
-                        attempt == 0
-                    }
-            }
-        };
-        if !retry {
-            break;
         }
         failed = Some(endpoint.clone());
         shared
@@ -239,5 +331,6 @@ pub(super) async fn forward(
             .upstream_rq_retry
             .fetch_add(1, Ordering::Relaxed);
     }
-    text(status, format!("{last_error}\n"))
+    let (status, error) = tries.last;
+    text(status, format!("{error}\n"))
 }

@@ -19,7 +19,10 @@ use hyper::body::Bytes;
 
 /// An HTTP backend on 127.0.0.1 answering `NAME\n`, echoing request headers
 /// as `x-echo-<name>` response headers, counting complete requests, and
-/// waiting `x-delay-ms` before answering when asked to.
+/// waiting `x-delay-ms` before answering when asked to. A request with
+/// `x-fail-once: CODE` (or `reset`: the connection is closed unanswered)
+/// fails the first time its `x-fail-id` is seen, with the response header
+/// `x-fail-header: name=value` if given; its retries succeed.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -40,15 +43,16 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let (n, count) = (name.to_owned(), requests.clone());
+        let failed: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         rt.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, count) = (n.clone(), count.clone());
+                let (n, count, failed) = (n.clone(), count.clone(), failed.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        answer(req, n.clone(), count.clone())
+                        answer(req, n.clone(), count.clone(), failed.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -77,12 +81,31 @@ async fn answer(
     req: hyper::Request<hyper::body::Incoming>,
     name: String,
     count: Arc<AtomicUsize>,
-) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    failed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return Ok(hyper::Response::new(Full::new(Bytes::new())));
     };
     count.fetch_add(1, Ordering::SeqCst);
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    if let (Some(fail), Some(id)) = (header("x-fail-once"), header("x-fail-id"))
+        && failed.lock().unwrap().insert(id.to_owned())
+    {
+        if fail == "reset" {
+            // An error from the service: hyper closes the connection unanswered.
+            return Err(std::io::Error::other("reset as asked"));
+        }
+        let mut r = hyper::Response::new(Full::new(Bytes::from("failed once\n")));
+        *r.status_mut() = fail.parse().expect("a status code");
+        if let Some((k, v)) = header("x-fail-header").and_then(|h| h.split_once('=')) {
+            r.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        return Ok(r);
+    }
     let delay = parts
         .headers
         .get("x-delay-ms")
