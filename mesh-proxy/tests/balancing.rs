@@ -334,3 +334,75 @@ fn retry_conditions_act_as_in_envoy() {
         assert_eq!(got, expected, "{who}");
     }
 }
+
+/// `append_action` of added headers as Envoy applies it, for a header the
+/// request has and one it has not: the backend echoes what it got.
+#[test]
+fn header_append_actions_act_as_in_envoy() {
+    let a = Backend::start("a");
+    let mut adds = String::new();
+    for (i, action) in [
+        "APPEND_IF_EXISTS_OR_ADD",
+        "ADD_IF_ABSENT",
+        "OVERWRITE_IF_EXISTS_OR_ADD",
+        "OVERWRITE_IF_EXISTS",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for which in ["present", "absent"] {
+            adds += &format!(
+                "                - header: {{key: x-{which}-{i}, value: mesh}}\n                  append_action: {action}\n"
+            );
+        }
+    }
+    let routes = format!(
+        "              - match: {{prefix: \"/\"}}\n                route: {{cluster: a}}\n                request_headers_to_add:\n{adds}"
+    );
+    let config = bootstrap(&routes, &[("a", &a)]);
+    // Per action: (the header the request had, the one it had not).
+    let expected = [
+        ("app, mesh", "mesh"),
+        ("app", "mesh"),
+        ("mesh", "mesh"),
+        ("mesh", "-"),
+    ];
+    for (who, proxy) in [
+        ("mesh-proxy", mesh_proxy(&config)),
+        ("envoy", common::envoy(&config)),
+    ] {
+        let url = format!("http://{}/", proxy.listener("http"));
+        let mut args = vec!["-s", "-D", "-", "-o", "/dev/null"];
+        let present: Vec<String> = (0..4).map(|i| format!("x-present-{i}: app")).collect();
+        for h in &present {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        let (_, head) = curl(&args);
+        let head = head.to_ascii_lowercase();
+        let echoed = |name: &str| {
+            let values: Vec<&str> = head
+                .lines()
+                .filter_map(|l| l.strip_prefix(&format!("x-echo-{name}: ")))
+                .map(str::trim)
+                .collect();
+            if values.is_empty() {
+                "-".to_owned()
+            } else {
+                values.join(", ")
+            }
+        };
+        for (i, (present, absent)) in expected.iter().enumerate() {
+            assert_eq!(
+                echoed(&format!("x-present-{i}")),
+                *present,
+                "{who}: action {i}, header present"
+            );
+            assert_eq!(
+                echoed(&format!("x-absent-{i}")),
+                *absent,
+                "{who}: action {i}, header absent"
+            );
+        }
+    }
+}

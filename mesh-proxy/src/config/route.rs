@@ -134,11 +134,35 @@ pub struct Route {
     pub response_headers: HeaderOps,
 }
 
+/// How a header is added (Envoy's `HeaderAppendAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddAction {
+    /// `APPEND_IF_EXISTS_OR_ADD`: another value beside any there.
+    Append,
+    /// `ADD_IF_ABSENT`: only when the header is not there.
+    AddIfAbsent,
+    /// `OVERWRITE_IF_EXISTS_OR_ADD`: this value only.
+    Overwrite,
+    /// `OVERWRITE_IF_EXISTS`: replace a header that is there, else nothing.
+    OverwriteIfExists,
+}
+
+/// One header to add.
+#[derive(Debug)]
+pub struct HeaderAdd {
+    /// The header.
+    pub name: HeaderName,
+    /// Its value.
+    pub value: HeaderValue,
+    /// How.
+    pub action: AddAction,
+}
+
 /// Header changes: removals first, then additions.
 #[derive(Debug, Default)]
 pub struct HeaderOps {
-    /// Headers to add: name, value, and whether to append (else replace).
-    pub add: Vec<(HeaderName, HeaderValue, bool)>,
+    /// Headers to add, in order.
+    pub add: Vec<HeaderAdd>,
     /// Headers to remove.
     pub remove: Vec<HeaderName>,
 }
@@ -149,11 +173,22 @@ impl HeaderOps {
         for n in &self.remove {
             h.remove(n);
         }
-        for (n, v, append) in &self.add {
-            if *append {
-                h.append(n.clone(), v.clone());
-            } else {
-                h.insert(n.clone(), v.clone());
+        for a in &self.add {
+            let present = h.contains_key(&a.name);
+            match a.action {
+                AddAction::Append => {
+                    h.append(a.name.clone(), a.value.clone());
+                }
+                AddAction::AddIfAbsent if !present => {
+                    h.insert(a.name.clone(), a.value.clone());
+                }
+                AddAction::Overwrite => {
+                    h.insert(a.name.clone(), a.value.clone());
+                }
+                AddAction::OverwriteIfExists if present => {
+                    h.insert(a.name.clone(), a.value.clone());
+                }
+                AddAction::AddIfAbsent | AddAction::OverwriteIfExists => {}
             }
         }
     }
@@ -379,8 +414,24 @@ fn header_ops(
         })?;
         let value = HeaderValue::from_str(&hv.value)
             .map_err(|_| err(format!("{p}.header.value"), "not a valid header value"))?;
-        // HeaderAppendAction: APPEND_IF_EXISTS_OR_ADD(0) appends; the others replace or keep.
-        adds.push((name, value, h.append_action == 0));
+        // (The deprecated `append` is not in the allowlist: refused.)
+        let action = match h.append_action {
+            0 => AddAction::Append,
+            1 => AddAction::AddIfAbsent,
+            2 => AddAction::Overwrite,
+            3 => AddAction::OverwriteIfExists,
+            n => {
+                return Err(err(
+                    format!("{p}.append_action"),
+                    format!("unknown action {n}"),
+                ));
+            }
+        };
+        adds.push(HeaderAdd {
+            name,
+            value,
+            action,
+        });
     }
     let mut removes = Vec::new();
     for (i, r) in remove.iter().enumerate() {
