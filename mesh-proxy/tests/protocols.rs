@@ -214,6 +214,11 @@ fn websocket_upgrade_is_tunnelled() {
 /// A server-first TCP service (it speaks first, as MySQL or SMTP do), then
 /// echoes what it reads.
 fn greeting_echo_server() -> SocketAddr {
+    greeter("tcp")
+}
+
+/// [`greeting_echo_server`] greeting with `hello from NAME`.
+fn greeter(name: &'static str) -> SocketAddr {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -221,7 +226,7 @@ fn greeting_echo_server() -> SocketAddr {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                let _ = s.write_all(b"hello from tcp\n");
+                let _ = s.write_all(format!("hello from {name}\n").as_bytes());
                 let mut buf = [0u8; 1024];
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 || s.write_all(&buf[..n]).is_err() {
@@ -400,4 +405,107 @@ fn listener_filters_and_chains_it_cannot_apply_are_refused() {
         err.contains("static_resources.listeners[0].filter_chains: more than one filter chain matches every connection"),
         "{err}"
     );
+}
+
+/// The first TLS record a real client (openssl s_client) sends: its
+/// ClientHello, offering `alpn` (none when empty).
+fn client_hello(alpn: &[&str]) -> Vec<u8> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &listener.local_addr().unwrap().to_string(),
+    ]);
+    if !alpn.is_empty() {
+        cmd.args(["-alpn", &alpn.join(",")]);
+    }
+    let mut client = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (scripts/test.sh installs it)");
+    let (mut s, _) = listener.accept().unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let mut record = head.to_vec();
+    record.resize(5 + usize::from(u16::from_be_bytes([head[3], head[4]])), 0);
+    s.read_exact(&mut record[5..]).unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    record
+}
+
+/// tls_inspector reads the ClientHello's ALPN list and transport: chains
+/// matching `application_protocols` and `transport_protocol` take their
+/// connections (passed through as TCP), the same in mesh-proxy and Envoy.
+#[test]
+fn tls_chains_are_chosen_by_alpn_and_transport_as_in_envoy() {
+    let backends = [
+        ("h2", greeter("h2")),
+        ("h1", greeter("h1")),
+        ("tls", greeter("tls")),
+        ("plain", greeter("plain")),
+    ];
+    let chain = |matcher: &str, cluster: &str| {
+        format!(
+            "    - {matcher}filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {cluster}\n          cluster: {cluster}\n"
+        )
+    };
+    let mut config = String::from(
+        "admin:\n  address:\n    socket_address: {address: 127.0.0.1, port_value: 0}\nstatic_resources:\n  listeners:\n  - name: tls\n    address:\n      socket_address: {address: 127.0.0.1, port_value: 0}\n    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector\n    listener_filters_timeout: 1s\n    continue_on_listener_filters_timeout: true\n    filter_chains:\n",
+    );
+    // Envoy matches level by level: the chains naming the transport
+    // exactly first, then among them by ALPN; anything that is not TLS
+    // takes the chain naming no transport.
+    config += &chain(
+        "filter_chain_match: {transport_protocol: tls, application_protocols: [h2]}\n      ",
+        "h2",
+    );
+    config += &chain(
+        "filter_chain_match: {transport_protocol: tls, application_protocols: [http/1.1]}\n      ",
+        "h1",
+    );
+    config += &chain(
+        "filter_chain_match: {transport_protocol: tls}\n      ",
+        "tls",
+    );
+    config += &chain("", "plain");
+    config += "  clusters:\n";
+    for (name, addr) in &backends {
+        config += &format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+            addr.port()
+        );
+    }
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "ALPN h2",
+            client_hello(&["h2", "http/1.1"]),
+            "hello from h2\n",
+        ),
+        (
+            "ALPN http/1.1",
+            client_hello(&["http/1.1"]),
+            "hello from h1\n",
+        ),
+        (
+            "ALPN of no chain",
+            client_hello(&["imap"]),
+            "hello from tls\n",
+        ),
+        ("no ALPN", client_hello(&[]), "hello from tls\n"),
+        ("not TLS", b"\x00\x01binary".to_vec(), "hello from plain\n"),
+    ];
+    for (who, proxy) in [
+        ("mesh-proxy", mesh_proxy(&config)),
+        ("envoy", common::envoy(&config)),
+    ] {
+        for (what, first, greeting) in &cases {
+            let got = tcp_exchange(&proxy.listener("tls"), first, greeting.len());
+            assert_eq!(String::from_utf8_lossy(&got), *greeting, "{who}: {what}");
+        }
+    }
 }

@@ -124,40 +124,62 @@ pub struct FilterChain {
 
 impl Listener {
     /// The chain for a connection whose first bytes showed `detected`
-    /// (`None`: not inspected or timed out), as Envoy matches: the
-    /// transport protocol must agree, then a chain naming the detected
-    /// application protocol beats one that names none.
-    pub fn chain_for(&self, detected: Option<crate::sniff::Detected>) -> Option<usize> {
+    /// (`None`: not inspected or timed out) and whose TLS ClientHello
+    /// offered `alpn`, as Envoy matches: level by level (transport
+    /// protocol, then application protocols), the chains naming the
+    /// connection's value exactly are kept if there are any, else the
+    /// chains naming none; the first left wins.
+    pub fn chain_for(
+        &self,
+        detected: Option<crate::sniff::Detected>,
+        alpn: &[String],
+    ) -> Option<usize> {
         use crate::sniff::Detected;
         let (http, tls) = self.inspect.map_or((false, false), |i| (i.http, i.tls));
         let transport = match detected {
             Some(Detected::Tls) if tls => "tls",
             _ => "raw_buffer",
         };
-        let protocols: &[&str] = match detected {
-            Some(Detected::Http1) if http => &["http/1.1", "http/1.0"],
-            Some(Detected::Http2) if http => &["h2c"],
-            _ => &[],
+        let offered: Vec<&str> = match detected {
+            Some(Detected::Http1) if http => vec!["http/1.1", "http/1.0"],
+            Some(Detected::Http2) if http => vec!["h2c"],
+            Some(Detected::Tls) if tls => alpn.iter().map(String::as_str).collect(),
+            _ => vec![],
         };
-        let candidates = self.chains.iter().enumerate().filter(|(_, c)| {
-            c.transport_protocol
-                .as_deref()
-                .is_none_or(|t| t == transport)
+        let all: Vec<(usize, &FilterChain)> = self.chains.iter().enumerate().collect();
+        let by_transport = most_specific(all, |c| match c.transport_protocol.as_deref() {
+            None => Some(false),
+            Some(t) => (t == transport).then_some(true),
         });
-        let mut fallback = None;
-        for (i, c) in candidates {
+        let by_protocol = most_specific(by_transport, |c| {
             if c.application_protocols.is_empty() {
-                fallback = fallback.or(Some(i));
-            } else if c
-                .application_protocols
-                .iter()
-                .any(|p| protocols.contains(&p.as_str()))
-            {
-                return Some(i);
+                Some(false)
+            } else {
+                let named = c.application_protocols.iter();
+                named
+                    .clone()
+                    .any(|p| offered.contains(&p.as_str()))
+                    .then_some(true)
             }
-        }
-        fallback
+        });
+        by_protocol.first().map(|(i, _)| *i)
     }
+}
+
+/// One level of Envoy's filter-chain match: `level` says of a chain
+/// whether it names the connection's value (`Some(true)`), names nothing
+/// (`Some(false)`), or names something else (`None`, out). The exact ones
+/// are kept when there are any, else the ones that name nothing.
+fn most_specific(
+    chains: Vec<(usize, &FilterChain)>,
+    level: impl Fn(&FilterChain) -> Option<bool>,
+) -> Vec<(usize, &FilterChain)> {
+    let (exact, any): (Vec<_>, Vec<_>) = chains
+        .into_iter()
+        .filter_map(|(i, c)| level(c).map(|e| (e, (i, c))))
+        .partition(|(e, _)| *e);
+    let pick = if exact.is_empty() { any } else { exact };
+    pick.into_iter().map(|(_, c)| c).collect()
 }
 
 /// A listener's network filter.
