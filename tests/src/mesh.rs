@@ -19,6 +19,8 @@ pub enum Sidecar {
     /// An unmodified Envoy bootstrapped only with the ADS cluster
     /// (State-of-the-World).
     Envoy,
+    /// The same Envoy on an incremental (Delta) ADS stream.
+    EnvoyDelta,
 }
 
 /// A pod: a namespace on the bridge, maybe with a sidecar.
@@ -218,7 +220,8 @@ impl Mesh {
                 );
                 match kind {
                     Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg),
-                    Sidecar::Envoy => self.start_envoy(&pod, name, labels),
+                    Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC"),
+                    Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC"),
                 }
             }
         }
@@ -265,7 +268,9 @@ impl Mesh {
         lines.discard_rest();
     }
 
-    fn start_envoy(&mut self, pod: &Pod, name: &str, labels: &[(&str, &str)]) {
+    /// Envoy with an ADS bootstrap; `api_type` `GRPC` (State of the World)
+    /// or `DELTA_GRPC`.
+    fn start_envoy(&mut self, pod: &Pod, name: &str, labels: &[(&str, &str)], api_type: &str) {
         let labels_yaml = labels
             .iter()
             .map(|(k, v)| format!("{k}: \"{v}\""))
@@ -285,7 +290,7 @@ admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 15000}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services:
     - envoy_grpc: {{cluster_name: xds-grpc}}

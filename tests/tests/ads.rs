@@ -93,7 +93,11 @@ fn follows_pilot(proxy: Sidecar) {
     // Envoy draws at random per request (binomial: a 1000-request sample
     // leaves 470..=530 about 6 % of the time), so it gets 4000 requests
     // and the same ±3 % band, which it then misses about once in 10^4 runs.
-    let n = if proxy == Sidecar::Envoy { 4000 } else { 1000 };
+    let n = if proxy == Sidecar::MeshProxy {
+        1000
+    } else {
+        4000
+    };
     let bodies = calls(&mesh, &client, n, &[]);
     let (a, b) = (count(&bodies, "svcb-v0.1"), count(&bodies, "svcb-v0.2"));
     assert_eq!(a + b, n, "every request answered");
@@ -207,6 +211,72 @@ fn envoy_follows_pilot() {
 #[test]
 fn mesh_proxy_follows_pilot() {
     follows_pilot(Sidecar::MeshProxy);
+}
+
+/// The same with Envoy on pilot's incremental (Delta) ADS.
+#[test]
+fn envoy_follows_pilot_over_delta() {
+    follows_pilot(Sidecar::EnvoyDelta);
+}
+
+/// A header regex too big for Envoy's RE2 limit (program size 100): pilot
+/// sends it, Envoy refuses it (NACK), `proxy-status` shows the refusal
+/// with Envoy's own reason while Envoy serves on with what it had, and the
+/// next good rule clears it.
+#[test]
+fn an_envoy_nack_shows_in_proxy_status_until_a_good_push() {
+    let mut mesh = Mesh::new();
+    mesh.write_registry(REGISTRY);
+    mesh.set_names(&names());
+    mesh.start_pilot();
+    let v1 = mesh.pod(
+        "svcb-v1",
+        &[("app", "svcb"), ("version", "v0.1")],
+        Some(Sidecar::MeshProxy),
+    );
+    mesh.sample(&v1, "svcb", &["--version", "v0.1"]);
+    let client = mesh.pod("client", &[("app", "svca")], Some(Sidecar::Envoy));
+    mesh.wait_synced(&client, 0);
+    let big = HEADER_RULE.replace(
+        "exact: jason",
+        "regex: \"(alice|bob|carol|dave|erin|frank|grace|heidi|ivan|judy){1,20}\"",
+    );
+    mesh.apply_rules("create", &big);
+    let reason = mesh_testbed::eventually(
+        "Envoy's NACK in proxy-status",
+        Duration::from_secs(10),
+        || {
+            let syncz = mesh.pilot_debug("/debug/syncz");
+            let p = syncz
+                .as_array()?
+                .iter()
+                .find(|p| p["node"] == client.node_id.as_str())?
+                .clone();
+            (p["states"]["RDS"] == "NACKED").then(|| {
+                p["types"]["RDS"]["nacked"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        },
+    );
+    assert!(
+        reason.contains("program size"),
+        "Envoy's own reason: {reason}"
+    );
+    let (_, status) = mesh.meshctl_on_node(&["proxy-status", "--pilot", &mesh.debug_address()]);
+    assert!(
+        status.contains(&format!("NACK {} RDS:", client.node_id)),
+        "{status}"
+    );
+    // Envoy serves on with the configuration it had.
+    let bodies = calls(&mesh, &client, 10, &[]);
+    assert_eq!(count(&bodies, "svcb-v0.1"), 10, "{bodies:?}");
+    // A good rule in its place is accepted and clears the NACK.
+    let revision = mesh.apply_rules("replace", HEADER_RULE);
+    mesh.wait_synced(&client, revision);
+    let tester = calls(&mesh, &client, 5, &["-H", "end-user: jason"]);
+    assert_eq!(count(&tester, "svcb-v0.1"), 5, "{tester:?}");
 }
 
 /// Starts `n` requests to svcb at `rate` per second in `pod`, in the
