@@ -57,6 +57,10 @@ struct SidecarArgs {
     /// Pilot's xDS address (`host:port`).
     #[arg(long, env = "MESH_PILOT_ADDRESS", value_name = "HOST:PORT")]
     xds_address: String,
+    /// The aggregated stream's flavour: incremental (`delta`) or State of
+    /// the World (`sotw`).
+    #[arg(long, env = "MESH_XDS_FLAVOR", value_enum, default_value = "delta")]
+    xds_flavor: XdsFlavor,
     /// The pod's name; pilot registers the pod while the proxy is connected.
     #[arg(long, env = "POD_NAME", default_value = "")]
     pod_name: String,
@@ -113,6 +117,15 @@ struct SidecarArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_timeout: u64,
+}
+
+/// The xDS stream's flavour.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum XdsFlavor {
+    /// Incremental.
+    Delta,
+    /// State of the World.
+    Sotw,
 }
 
 /// How traffic reaches the sidecar.
@@ -202,30 +215,40 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         None => None,
     };
     let address = a.xds_address;
+    let flavor = match a.xds_flavor {
+        XdsFlavor::Delta => mesh_proxy::xds::Flavor::Delta,
+        XdsFlavor::Sotw => mesh_proxy::xds::Flavor::Sotw,
+    };
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let mut first = true;
-        rt.block_on(mesh_proxy::xds::run(address, node, proxy, move |event| {
-            use mesh_proxy::xds::Event;
-            match event {
-                Event::Connected => info!("connected"),
-                Event::Disconnected(why) => warn!("xds: {why}; retrying"),
-                Event::Applied { version, bound } => {
-                    log_bound(&bound);
-                    info!("config applied version {version}");
-                    if std::mem::take(&mut first) {
-                        info!("ready");
+        rt.block_on(mesh_proxy::xds::run(
+            address,
+            flavor,
+            node,
+            proxy,
+            move |event| {
+                use mesh_proxy::xds::Event;
+                match event {
+                    Event::Connected => info!("connected"),
+                    Event::Disconnected(why) => warn!("xds: {why}; retrying"),
+                    Event::Applied { version, bound } => {
+                        log_bound(&bound);
+                        info!("config applied version {version}");
+                        if std::mem::take(&mut first) {
+                            info!("ready");
+                        }
+                    }
+                    Event::Idle => mesh_proxy::memory::release_after_config(),
+                    Event::Rejected { type_url, reason } => {
+                        warn!(type_url, "config rejected: {reason}");
                     }
                 }
-                Event::Idle => mesh_proxy::memory::release_after_config(),
-                Event::Rejected { type_url, reason } => {
-                    warn!(type_url, "config rejected: {reason}");
-                }
-            }
-        }));
+            },
+        ));
     });
     wait_for_signal_then_drain(running);
     ExitCode::SUCCESS

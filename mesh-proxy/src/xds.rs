@@ -1,4 +1,5 @@
-//! The xDS client: one incremental (Delta) aggregated stream to pilot.
+//! The xDS client: one aggregated stream to pilot, incremental (Delta, the
+//! default) or State of the World (as Envoy's default; `--xds-flavor sotw`).
 //!
 //! The proxy subscribes to every listener, route, cluster and endpoint
 //! pilot has for it (wildcard). Each response is checked by building the
@@ -15,7 +16,10 @@ use std::time::Duration;
 
 use mesh_proto::envoy::config::core::v3::Node;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use mesh_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use mesh_proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use mesh_proto::google::protobuf::Any;
 use mesh_proto::google::rpc::Status;
 use mesh_proto::types::XdsType;
 use prost::Message;
@@ -80,6 +84,7 @@ fn resources(held: &Held) -> Result<Resources, ConfigError> {
 /// opened again so pilot learns it.
 pub async fn run(
     address: String,
+    flavor: Flavor,
     mut node: watch::Receiver<Node>,
     proxy: Arc<Proxy>,
     mut report: impl FnMut(Event),
@@ -94,6 +99,7 @@ pub async fn run(
         let current = node.borrow_and_update().clone();
         let stream = stream_once(
             &address,
+            flavor,
             &current,
             &proxy,
             &mut held,
@@ -124,21 +130,127 @@ pub async fn run(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_once(
-    address: &str,
-    node: &Node,
-    proxy: &Proxy,
-    held: &mut Held,
-    seen: &mut Vec<XdsType>,
-    report: &mut impl FnMut(Event),
-    backoff: &mut Duration,
-) -> String {
-    let mut client =
-        match AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await {
-            Ok(c) => c,
-            Err(e) => return format!("cannot connect to {address}: {e}"),
+/// The wire flavour of the aggregated stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Incremental: only changes cross the wire; a reconnecting proxy says
+    /// what it holds.
+    #[default]
+    Delta,
+    /// State of the World: each response holds every resource of its type.
+    Sotw,
+}
+
+/// One response, whatever the flavour: resources added or changed (name,
+/// version, body), names removed, or (SotW) the whole set of the type.
+struct Update {
+    type_url: String,
+    nonce: String,
+    /// The version the response states (SotW `version_info`, Delta
+    /// `system_version_info`); the nonce when it states none.
+    label: String,
+    resources: Vec<(String, String, Any)>,
+    removed: Vec<String>,
+    /// The resources are the type's whole set (SotW).
+    whole: bool,
+}
+
+/// The name a resource carries, for SotW responses (which do not name
+/// them beside the body).
+fn resource_name(kind: XdsType, any: &Any) -> Result<String, String> {
+    use mesh_proto::envoy::config as c;
+    let bytes = any.value.as_slice();
+    let name = match kind {
+        XdsType::Cluster => c::cluster::v3::Cluster::decode(bytes).map(|m| m.name),
+        XdsType::Endpoint => {
+            c::endpoint::v3::ClusterLoadAssignment::decode(bytes).map(|m| m.cluster_name)
+        }
+        XdsType::Listener => c::listener::v3::Listener::decode(bytes).map(|m| m.name),
+        XdsType::Route => c::route::v3::RouteConfiguration::decode(bytes).map(|m| m.name),
+    };
+    name.map_err(|e| format!("a {kind} resource cannot be decoded: {e}"))
+}
+
+impl Update {
+    fn delta(r: DeltaDiscoveryResponse) -> Update {
+        let label = if r.system_version_info.is_empty() {
+            r.nonce.clone()
+        } else {
+            r.system_version_info
         };
+        Update {
+            type_url: r.type_url,
+            nonce: r.nonce,
+            label,
+            resources: r
+                .resources
+                .into_iter()
+                .map(|res| (res.name, res.version, res.resource.unwrap_or_default()))
+                .collect(),
+            removed: r.removed_resources,
+            whole: false,
+        }
+    }
+
+    fn sotw(r: DiscoveryResponse) -> Incoming {
+        let mut u = Update {
+            type_url: r.type_url,
+            nonce: r.nonce.clone(),
+            label: if r.version_info.is_empty() {
+                r.nonce
+            } else {
+                r.version_info
+            },
+            resources: vec![],
+            removed: vec![],
+            whole: true,
+        };
+        let Some(kind) = XdsType::from_type_url(&u.type_url) else {
+            return Incoming::Update(u); // refused in `handle`, with the type's name
+        };
+        for any in r.resources {
+            match resource_name(kind, &any) {
+                Ok(name) => u.resources.push((name, u.label.clone(), any)),
+                Err(e) => return Incoming::Unreadable(u, e),
+            }
+        }
+        Incoming::Update(u)
+    }
+}
+
+/// What arrives on a stream.
+enum Incoming {
+    /// A response.
+    Update(Update),
+    /// A response that cannot be read (to be NACKed with the reason).
+    Unreadable(Update, String),
+    /// The stream ended, and why.
+    End(String),
+}
+
+/// Sends the ACK (no error) or NACK of a response.
+type Answer = Box<dyn FnMut(&Update, Option<String>) + Send>;
+
+/// An open stream: its responses, and where its ACKs and NACKs go.
+struct Wire {
+    updates: mpsc::UnboundedReceiver<Incoming>,
+    answer: Answer,
+}
+
+fn nack_status(message: String) -> Status {
+    Status {
+        code: 3, // INVALID_ARGUMENT
+        message,
+        details: vec![],
+    }
+}
+
+/// Opens a Delta stream, telling pilot what is held.
+async fn open_delta(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: &Node,
+    held: &Held,
+) -> Result<Wire, String> {
     let (tx, rx) = mpsc::unbounded_channel();
     for kind in XdsType::PUSH_ORDER {
         let initial_resource_versions = held
@@ -154,12 +266,109 @@ async fn stream_once(
             ..Default::default()
         });
     }
-    let response = client
+    let stream = client
         .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await;
-    let mut responses = match response {
-        Ok(r) => r.into_inner(),
-        Err(e) => return format!("pilot refused the stream: {}", e.message()),
+        .await
+        .map_err(|e| format!("pilot refused the stream: {}", e.message()))?
+        .into_inner();
+    let updates = forward_updates(stream, |r| Incoming::Update(Update::delta(r)));
+    let answer = Box::new(move |u: &Update, error: Option<String>| {
+        let _ = tx.send(DeltaDiscoveryRequest {
+            type_url: u.type_url.clone(),
+            response_nonce: u.nonce.clone(),
+            error_detail: error.map(nack_status),
+            ..Default::default()
+        });
+    });
+    Ok(Wire { updates, answer })
+}
+
+/// Opens a State-of-the-World stream: one wildcard request per type; an
+/// ACK repeats the response's version, a NACK the last accepted one.
+async fn open_sotw(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: &Node,
+) -> Result<Wire, String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for kind in XdsType::PUSH_ORDER {
+        let _ = tx.send(DiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: kind.type_url().to_owned(),
+            ..Default::default()
+        });
+    }
+    let stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("pilot refused the stream: {}", e.message()))?
+        .into_inner();
+    let updates = forward_updates(stream, Update::sotw);
+    let mut accepted: HashMap<String, String> = HashMap::new();
+    let answer = Box::new(move |u: &Update, error: Option<String>| {
+        if error.is_none() {
+            accepted.insert(u.type_url.clone(), u.label.clone());
+        }
+        let _ = tx.send(DiscoveryRequest {
+            type_url: u.type_url.clone(),
+            version_info: accepted.get(&u.type_url).cloned().unwrap_or_default(),
+            response_nonce: u.nonce.clone(),
+            error_detail: error.map(nack_status),
+            ..Default::default()
+        });
+    });
+    Ok(Wire { updates, answer })
+}
+
+/// Reads a stream's responses on a task of their own.
+fn forward_updates<R: Send + 'static>(
+    mut stream: tonic::Streaming<R>,
+    to_incoming: impl Fn(R) -> Incoming + Send + 'static,
+) -> mpsc::UnboundedReceiver<Incoming> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (item, end) = match stream.message().await {
+                Ok(Some(r)) => (to_incoming(r), false),
+                Ok(None) => (Incoming::End("pilot closed the stream".into()), true),
+                Err(e) => (
+                    Incoming::End(format!("stream error: {}", e.message())),
+                    true,
+                ),
+            };
+            if tx.send(item).is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_once(
+    address: &str,
+    flavor: Flavor,
+    node: &Node,
+    proxy: &Proxy,
+    held: &mut Held,
+    seen: &mut Vec<XdsType>,
+    report: &mut impl FnMut(Event),
+    backoff: &mut Duration,
+) -> String {
+    let mut client =
+        match AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await {
+            Ok(c) => c,
+            Err(e) => return format!("cannot connect to {address}: {e}"),
+        };
+    let opened = match flavor {
+        Flavor::Delta => open_delta(&mut client, node, held).await,
+        Flavor::Sotw => open_sotw(&mut client, node).await,
+    };
+    let Wire {
+        mut updates,
+        mut answer,
+    } = match opened {
+        Ok(w) => w,
+        Err(e) => return e,
     };
     report(Event::Connected);
     *backoff = Duration::from_millis(100);
@@ -169,7 +378,7 @@ async fn stream_once(
     let mut checking = None;
     loop {
         let next = if checking.is_some() {
-            match tokio::time::timeout(Duration::from_secs(2), responses.message()).await {
+            match tokio::time::timeout(Duration::from_secs(2), updates.recv()).await {
                 Ok(r) => r,
                 Err(_) => {
                     checking = None;
@@ -178,41 +387,35 @@ async fn stream_once(
                 }
             }
         } else {
-            responses.message().await
-        };
-        let r: DeltaDiscoveryResponse = match next {
-            Ok(Some(r)) => r,
-            Ok(None) => return "pilot closed the stream".into(),
-            Err(e) => return format!("stream error: {}", e.message()),
+            updates.recv().await
         };
         let pool = checking.get_or_insert_with(mesh_proto::descriptors::pool);
-        let error = handle(&r, pool, proxy, held, seen, report).err();
+        let (u, error) = match next {
+            Some(Incoming::Update(u)) => {
+                let error = handle(&u, pool, proxy, held, seen, report).err();
+                (u, error)
+            }
+            Some(Incoming::Unreadable(u, why)) => (u, Some(why)),
+            Some(Incoming::End(why)) => return why,
+            None => return "pilot closed the stream".into(),
+        };
         if let Some(reason) = &error {
             // A NACK is a refused configuration like a refused file.
             let rejected = &proxy.shared.stats.config_rejected;
             rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             report(Event::Rejected {
-                type_url: r.type_url.clone(),
+                type_url: u.type_url.clone(),
                 reason: reason.clone(),
             });
         }
-        let _ = tx.send(DeltaDiscoveryRequest {
-            type_url: r.type_url.clone(),
-            response_nonce: r.nonce.clone(),
-            error_detail: error.map(|message| Status {
-                code: 3, // INVALID_ARGUMENT
-                message,
-                details: vec![],
-            }),
-            ..Default::default()
-        });
+        answer(&u, error);
     }
 }
 
 /// Applies one response to a copy of what is held; keeps the copy only
 /// when the whole configuration builds and applies.
 fn handle(
-    r: &DeltaDiscoveryResponse,
+    r: &Update,
     pool: &prost_reflect::DescriptorPool,
     proxy: &Proxy,
     held: &mut Held,
@@ -224,31 +427,26 @@ fn handle(
     };
     let mut next = held.clone();
     let of_type = next.entry(kind).or_default();
-    for name in &r.removed_resources {
+    if r.whole {
+        of_type.clear();
+    }
+    for name in &r.removed {
         of_type.remove(name);
     }
-    for res in &r.resources {
-        let Some(any) = &res.resource else {
-            return Err(format!("resource {} has no body", res.name));
-        };
+    for (name, version, any) in &r.resources {
         if any.type_url != r.type_url {
             return Err(format!(
-                "resource {} is a {}, the response is for {}",
-                res.name, any.type_url, r.type_url
+                "resource {name} is a {}, the response is for {}",
+                any.type_url, r.type_url
             ));
         }
-        crate::config::check_resource(pool, kind, &res.name, &any.value)
-            .map_err(|e| e.to_string())?;
-        of_type.insert(res.name.clone(), (res.version.clone(), any.value.clone()));
+        crate::config::check_resource(pool, kind, name, &any.value).map_err(|e| e.to_string())?;
+        of_type.insert(name.clone(), (version.clone(), any.value.clone()));
     }
     let complete = XdsType::PUSH_ORDER
         .iter()
         .all(|t| *t == kind || seen.contains(t));
-    let label = if r.system_version_info.is_empty() {
-        r.nonce.clone()
-    } else {
-        r.system_version_info.clone()
-    };
+    let label = r.label.clone();
     let snapshot = resources(&next)
         .and_then(|res| Snapshot::from_xds(&label, res))
         .map_err(|e| e.to_string())?;

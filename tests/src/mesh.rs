@@ -16,11 +16,20 @@ use crate::{Lines, binary, envoy_binary, eventually};
 pub enum Sidecar {
     /// `mesh-proxy sidecar` on a Delta ADS stream.
     MeshProxy,
+    /// `mesh-proxy sidecar --xds-flavor sotw` (State of the World).
+    MeshProxySotw,
     /// An unmodified Envoy bootstrapped only with the ADS cluster
     /// (State-of-the-World).
     Envoy,
     /// The same Envoy on an incremental (Delta) ADS stream.
     EnvoyDelta,
+}
+
+impl Sidecar {
+    /// mesh-proxy, whatever its xDS flavour.
+    pub fn is_mesh_proxy(self) -> bool {
+        matches!(self, Sidecar::MeshProxy | Sidecar::MeshProxySotw)
+    }
 }
 
 /// A pod: a namespace on the bridge, maybe with a sidecar.
@@ -215,11 +224,14 @@ impl Mesh {
                     assert_eq!(code, 0, "mesh-proxy init failed in {}: {out}", pod.ns);
                 }
                 assert!(
-                    kind == Sidecar::MeshProxy || !self.world.loopback,
+                    kind.is_mesh_proxy() || !self.world.loopback,
                     "Envoy sidecars run in the network-namespace world only"
                 );
                 match kind {
-                    Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg),
+                    Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg, "delta"),
+                    Sidecar::MeshProxySotw => {
+                        self.start_mesh_proxy(&pod, name, &labels_arg, "sotw")
+                    }
                     Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC"),
                     Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC"),
                 }
@@ -228,7 +240,7 @@ impl Mesh {
         pod
     }
 
-    fn start_mesh_proxy(&mut self, pod: &Pod, name: &str, labels: &str) {
+    fn start_mesh_proxy(&mut self, pod: &Pod, name: &str, labels: &str, flavor: &str) {
         let proxy = binary("mesh-proxy");
         let (xds, ip) = (self.xds_address(), pod.ip.to_string());
         let mut args = vec![
@@ -244,6 +256,8 @@ impl Mesh {
             labels.into(),
             "--node-id".into(),
             pod.node_id.clone(),
+            "--xds-flavor".into(),
+            flavor.into(),
             "--concurrency".into(),
             "1".into(),
         ];

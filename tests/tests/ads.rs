@@ -93,11 +93,7 @@ fn follows_pilot(proxy: Sidecar) {
     // Envoy draws at random per request (binomial: a 1000-request sample
     // leaves 470..=530 about 6 % of the time), so it gets 4000 requests
     // and the same ±3 % band, which it then misses about once in 10^4 runs.
-    let n = if proxy == Sidecar::MeshProxy {
-        1000
-    } else {
-        4000
-    };
+    let n = if proxy.is_mesh_proxy() { 1000 } else { 4000 };
     let bodies = calls(&mesh, &client, n, &[]);
     let (a, b) = (count(&bodies, "svcb-v0.1"), count(&bodies, "svcb-v0.2"));
     assert_eq!(a + b, n, "every request answered");
@@ -105,7 +101,7 @@ fn follows_pilot(proxy: Sidecar) {
         (n * 47 / 100..=n * 53 / 100).contains(&a),
         "{proxy:?}: split {a}/{b} is not 50/50 within 3 %"
     );
-    if proxy == Sidecar::MeshProxy {
+    if proxy.is_mesh_proxy() {
         assert_eq!((a, b), (500, 500), "mesh-proxy's split is exact");
     }
 
@@ -211,6 +207,12 @@ fn envoy_follows_pilot() {
 #[test]
 fn mesh_proxy_follows_pilot() {
     follows_pilot(Sidecar::MeshProxy);
+}
+
+/// The same with mesh-proxy on State-of-the-World ADS.
+#[test]
+fn mesh_proxy_follows_pilot_over_sotw() {
+    follows_pilot(Sidecar::MeshProxySotw);
 }
 
 /// The same with Envoy on pilot's incremental (Delta) ADS.
