@@ -89,6 +89,10 @@ enum Cmd {
         /// The mesh-pilot binary (default: next to mesh-bench).
         #[arg(long)]
         pilot: Option<PathBuf>,
+        /// Where to write the raw result (JSON with the command that
+        /// produced it and the machine), as `<unix-time>-pilot-scale.json`.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
     },
 }
 
@@ -822,6 +826,7 @@ fn main() -> anyhow::Result<()> {
             proxies,
             services,
             pilot,
+            out,
         } => {
             let pilot = match pilot {
                 Some(p) => p,
@@ -846,7 +851,18 @@ fn main() -> anyhow::Result<()> {
                 r.pilot_peak_rss_mb,
                 r.pilot_cpu_s
             );
-            println!("{}", serde_json::to_string(&r)?);
+            let raw = serde_json::json!({
+                "command": format!("bench/run pilot-scale --proxies {proxies} --services {services}"),
+                "machine": machine(),
+                "result": r,
+            });
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            std::fs::create_dir_all(&out)?;
+            let path = out.join(format!("{stamp}-pilot-scale.json"));
+            std::fs::write(&path, serde_json::to_string_pretty(&raw)? + "\n")?;
+            println!("raw result: {}", path.display());
             Ok(())
         }
     }
