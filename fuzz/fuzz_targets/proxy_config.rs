@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(b) = mesh_proto::json::from_yaml::<Bootstrap>(text) {
-        let _ = mesh_proxy::config::Snapshot::from_bootstrap(&b);
+        let _ = mesh_proxy::config::Snapshot::from_bootstrap(&b, None);
     }
 });

@@ -172,9 +172,9 @@ fn golden_in(
         routes: out.routes.clone(),
         endpoints: out.endpoints.clone(),
     };
-    mesh_proxy::config::Snapshot::from_xds("1", xds)
+    mesh_proxy::config::Snapshot::from_xds("1", xds, None)
         .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses it over xDS: {e}"));
-    mesh_proxy::config::Snapshot::from_bootstrap(&bootstrap(&out))
+    mesh_proxy::config::Snapshot::from_bootstrap(&bootstrap(&out), None)
         .unwrap_or_else(|e| panic!("{name}: mesh-proxy refuses: {e}"));
     out
 }

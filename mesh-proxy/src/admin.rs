@@ -158,7 +158,9 @@ async fn handle(
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/stats") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared.stats.render(&endpoint_rows(shared)),
+            shared
+                .stats
+                .render(&endpoint_rows(shared), &shared.config.load().prefix_stats),
         ),
         (&Method::POST, "/quitquitquit") => {
             shared.shutdown();

@@ -451,13 +451,20 @@ fn init(a: InitArgs) -> ExitCode {
 }
 
 /// Reads a bootstrap file, naming file, line:column and field of any problem.
-fn load(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
-    let loaded = load_inner(path);
+/// `previous`: the configuration in force, whose counters carry over.
+fn load(
+    path: &PathBuf,
+    previous: Option<&Snapshot>,
+) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
+    let loaded = load_inner(path, previous);
     mesh_proxy::memory::release_after_config();
     loaded
 }
 
-fn load_inner(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
+fn load_inner(
+    path: &PathBuf,
+    previous: Option<&Snapshot>,
+) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
     let docs = mesh_rules::yaml::read_stream(&text)
@@ -467,7 +474,7 @@ fn load_inner(path: &PathBuf) -> anyhow::Result<(Snapshot, Option<std::net::Sock
     };
     let bootstrap: Bootstrap = mesh_proto::json::from_document(doc)
         .map_err(|e| anyhow::anyhow!("{name}:{}: {}: {}", e.position, e.path, e.message))?;
-    Snapshot::from_bootstrap(&bootstrap).map_err(|e| {
+    Snapshot::from_bootstrap(&bootstrap, previous).map_err(|e| {
         let pos = doc.locate(&FieldPath::parse(&e.path), true);
         anyhow::anyhow!("{name}:{pos}: {}: {}", e.path, e.message)
     })
@@ -485,7 +492,8 @@ fn watch_config(
     let mut version = 1u64;
     let file = path.clone();
     let watch = mesh_runtime::watch::follow(&path, last, move |_| {
-        let result = load(&file).and_then(|(mut snap, _)| {
+        let in_force = proxy.shared.config.load_full();
+        let result = load(&file, Some(&in_force)).and_then(|(mut snap, _)| {
             snap.version = (version + 1).to_string();
             proxy.apply(snap)
         });
@@ -527,7 +535,7 @@ fn main() -> ExitCode {
         .expect("clap requires --config without a subcommand");
     // What the running config was read from; a change is anything else.
     let loaded_bytes = std::fs::read(&config).unwrap_or_default();
-    let (mut snapshot, admin) = match load(&config) {
+    let (mut snapshot, admin) = match load(&config, None) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };

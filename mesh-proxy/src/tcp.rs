@@ -22,6 +22,9 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Proxies one accepted connection.
 pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, shared: &Shared) {
+    cfg.stats
+        .downstream_cx_total
+        .fetch_add(1, Ordering::Relaxed);
     let Some(cluster) = &cfg.clusters.pick().1 else {
         return;
     };

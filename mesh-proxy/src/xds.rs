@@ -448,7 +448,7 @@ fn handle(
         .all(|t| *t == kind || seen.contains(t));
     let label = r.label.clone();
     let snapshot = resources(&next)
-        .and_then(|res| Snapshot::from_xds(&label, res))
+        .and_then(|res| Snapshot::from_xds(&label, res, Some(&proxy.shared.config.load())))
         .map_err(|e| e.to_string())?;
     if complete {
         let bound = proxy.apply(snapshot).map_err(|e| format!("{e:#}"))?;

@@ -406,3 +406,56 @@ fn header_append_actions_act_as_in_envoy() {
         }
     }
 }
+
+/// `stat_prefix` names the connection manager's counters, as Envoy's
+/// `http.<prefix>.downstream_rq_<class>`: the same requests give the same
+/// counts in both, and a new configuration does not reset them.
+#[test]
+fn stat_prefix_names_the_counters_as_in_envoy() {
+    let a = Backend::start("a");
+    let routes = "              - match: {path: \"/missing\"}\n                direct_response: {status: 404}\n              - match: {prefix: \"/\"}\n                route: {cluster: a}\n";
+    let config =
+        bootstrap(routes, &[("a", &a)]).replace("stat_prefix: http", "stat_prefix: ingress");
+    let send = |proxy: &common::Process| {
+        let base = format!("http://{}", proxy.listener("http"));
+        for path in ["/", "/x", "/y", "/missing", "/missing"] {
+            curl(&["-s", "-o", "/dev/null", &format!("{base}{path}")]);
+        }
+    };
+    let envoy = common::envoy(&config);
+    send(&envoy);
+    let (_, stats) = curl(&[
+        "-s",
+        "-g",
+        &format!(
+            "http://{}/stats?filter=^http\\.ingress\\.downstream_rq_[24]xx$",
+            envoy.admin()
+        ),
+    ]);
+    assert_eq!(
+        stats, "http.ingress.downstream_rq_2xx: 3\nhttp.ingress.downstream_rq_4xx: 2\n",
+        "envoy"
+    );
+    let mut proxy = mesh_proxy(&config);
+    send(&proxy);
+    let class = |proxy: &common::Process, c: &str| {
+        counter(
+            proxy,
+            &format!(
+                "http_downstream_rq_total{{stat_prefix=\"ingress\",response_code_class=\"{c}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (class(&proxy, "2xx"), class(&proxy, "4xx")),
+        (3, 2),
+        "mesh-proxy"
+    );
+    proxy.rewrite_config(&config.replace("status: 404", "status: 410"));
+    proxy.wait_line("config applied");
+    assert_eq!(
+        (class(&proxy, "2xx"), class(&proxy, "4xx")),
+        (3, 2),
+        "kept across a new configuration"
+    );
+}

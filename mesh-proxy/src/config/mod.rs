@@ -63,6 +63,80 @@ pub struct Snapshot {
     pub resources: Resources,
     /// Whether the resources came from xDS (else from the bootstrap file).
     pub dynamic: bool,
+    /// Counters by `stat_prefix` (HTTP connection managers, TCP proxies).
+    pub prefix_stats: PrefixStatsByName,
+}
+
+/// Counters of one `stat_prefix`, as Envoy keeps `http.<prefix>.*` and
+/// `tcp.<prefix>.*`.
+#[derive(Debug, Default)]
+pub struct PrefixStats {
+    /// Downstream connections handled.
+    pub downstream_cx_total: AtomicU64,
+    /// Downstream requests by response class (index 1..=5: 1xx..5xx; HTTP).
+    pub downstream_rq: [AtomicU64; 6],
+}
+
+impl PrefixStats {
+    /// Counts a finished request.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.downstream_rq[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The counters of every `stat_prefix` a snapshot uses, HTTP and TCP apart.
+#[derive(Debug, Default)]
+pub struct PrefixStatsByName {
+    /// `http.<prefix>`.
+    pub http: std::collections::BTreeMap<String, Arc<PrefixStats>>,
+    /// `tcp.<prefix>`.
+    pub tcp: std::collections::BTreeMap<String, Arc<PrefixStats>>,
+}
+
+/// What building a snapshot reads besides the resource at hand: the
+/// clusters and routes built so far, and the snapshot before this one,
+/// whose counters (per endpoint, per `stat_prefix`) this one takes over,
+/// so a new configuration never resets what `/stats` shows.
+struct Build<'a> {
+    clusters: HashMap<String, Arc<Cluster>>,
+    routes: &'a [xroute::RouteConfiguration],
+    previous: Option<&'a Snapshot>,
+    stats: PrefixStatsByName,
+}
+
+impl Build<'_> {
+    fn http_stats(&mut self, prefix: &str) -> Arc<PrefixStats> {
+        let old = self.previous.and_then(|p| p.prefix_stats.http.get(prefix));
+        self.stats
+            .http
+            .entry(prefix.to_owned())
+            .or_insert_with(|| old.cloned().unwrap_or_default())
+            .clone()
+    }
+
+    fn tcp_stats(&mut self, prefix: &str) -> Arc<PrefixStats> {
+        let old = self.previous.and_then(|p| p.prefix_stats.tcp.get(prefix));
+        self.stats
+            .tcp
+            .entry(prefix.to_owned())
+            .or_insert_with(|| old.cloned().unwrap_or_default())
+            .clone()
+    }
+}
+
+/// The counters of endpoint `address` of cluster `cluster` in `previous`,
+/// or new ones.
+fn endpoint_counters(
+    previous: Option<&Snapshot>,
+    cluster: &str,
+    address: SocketAddr,
+) -> Arc<EndpointCounters> {
+    previous
+        .and_then(|p| p.clusters.get(cluster))
+        .and_then(|c| c.endpoints.iter().find(|e| e.address == address))
+        .map(|e| e.counters.clone())
+        .unwrap_or_default()
 }
 
 /// The xDS resources of a snapshot.
@@ -196,6 +270,8 @@ pub enum ListenerKind {
 pub struct HttpManager {
     /// Stats prefix.
     pub stat_prefix: String,
+    /// Its counters (`http.<stat_prefix>`).
+    pub stats: Arc<PrefixStats>,
     /// Generate `x-request-id` when absent (default true, as Envoy).
     pub generate_request_id: bool,
     /// Trace calls (`tracing` set): start or continue B3 / W3C trace
@@ -232,6 +308,8 @@ pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TcpProxy {
     /// Stats prefix.
     pub stat_prefix: String,
+    /// Its counters (`tcp.<stat_prefix>`).
+    pub stats: Arc<PrefixStats>,
     /// Clusters, chosen per connection.
     pub clusters: WeightedSchedule,
 }
@@ -304,28 +382,6 @@ impl std::ops::Deref for Endpoint {
 pub fn authority(address: SocketAddr) -> http::uri::Authority {
     http::uri::Authority::try_from(address.to_string())
         .expect("a socket address is a valid authority")
-}
-
-type CounterKey = (String, SocketAddr);
-
-/// The counters of every endpoint some configuration still uses, by
-/// cluster and address: a new configuration picks up the old counts.
-static COUNTERS: std::sync::Mutex<Option<HashMap<CounterKey, std::sync::Weak<EndpointCounters>>>> =
-    std::sync::Mutex::new(None);
-
-fn counters_for(cluster: &str, address: SocketAddr) -> Arc<EndpointCounters> {
-    let mut all = COUNTERS.lock().expect("counters lock");
-    let map = all.get_or_insert_with(HashMap::new);
-    let key = (cluster.to_owned(), address);
-    if let Some(c) = map.get(&key).and_then(std::sync::Weak::upgrade) {
-        return c;
-    }
-    if map.len() > 1024 {
-        map.retain(|_, w| w.strong_count() > 0);
-    }
-    let c = Arc::new(EndpointCounters::default());
-    map.insert(key, Arc::downgrade(&c));
-    c
 }
 
 /// An upstream cluster.
@@ -534,13 +590,18 @@ impl Snapshot {
             clusters: HashMap::new(),
             resources: Resources::default(),
             dynamic: true,
+            prefix_stats: PrefixStatsByName::default(),
         }
     }
 
     /// Builds a snapshot from xDS resources. Each resource is expected to
     /// have passed [`check_resource`] when it arrived.
-    pub fn from_xds(version: &str, resources: Resources) -> Result<Snapshot, ConfigError> {
-        let mut snap = Snapshot::build(version, resources, "")?;
+    pub fn from_xds(
+        version: &str,
+        resources: Resources,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, ConfigError> {
+        let mut snap = Snapshot::build(version, resources, "", previous)?;
         snap.dynamic = true;
         Ok(snap)
     }
@@ -560,7 +621,10 @@ impl Snapshot {
 
     /// Builds a snapshot from a bootstrap's static resources, refusing
     /// anything mesh-proxy does not apply. Returns the admin address too.
-    pub fn from_bootstrap(b: &Bootstrap) -> Result<(Snapshot, Option<SocketAddr>), ConfigError> {
+    pub fn from_bootstrap(
+        b: &Bootstrap,
+        previous: Option<&Snapshot>,
+    ) -> Result<(Snapshot, Option<SocketAddr>), ConfigError> {
         if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
             let p = &problems[0];
             return Err(err(p.path.clone(), p.message.clone()));
@@ -581,6 +645,7 @@ impl Snapshot {
                 ..Resources::default()
             },
             "static_resources.",
+            previous,
         )?;
         Ok((snap, admin))
     }
@@ -593,6 +658,7 @@ impl Snapshot {
         version: &str,
         resources: Resources,
         prefix: &str,
+        previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
         let assignments: HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)> = resources
             .endpoints
@@ -603,7 +669,7 @@ impl Snapshot {
         let mut clusters = HashMap::new();
         for (i, c) in resources.clusters.iter().enumerate() {
             let path = format!("{prefix}clusters[{i}]");
-            let cluster = build_cluster(c, &path, &assignments)?;
+            let cluster = build_cluster(c, &path, &assignments, previous)?;
             if clusters.insert(c.name.clone(), Arc::new(cluster)).is_some() {
                 return Err(err(
                     format!("{path}.name"),
@@ -613,9 +679,15 @@ impl Snapshot {
         }
         let mut listeners = HashMap::new();
         let mut by_address = HashMap::new();
+        let mut b = Build {
+            clusters,
+            routes: &resources.routes,
+            previous,
+            stats: PrefixStatsByName::default(),
+        };
         for (i, l) in resources.listeners.iter().enumerate() {
             let path = format!("{prefix}listeners[{i}]");
-            let built = Arc::new(build_listener(l, &path, &clusters, &resources.routes)?);
+            let built = Arc::new(build_listener(l, &path, &mut b)?);
             // Port 0 asks the kernel for any port: no two can clash.
             if built.address.port() != 0
                 && let Some(other) = by_address.insert(built.address, built.clone())
@@ -635,6 +707,9 @@ impl Snapshot {
                 ));
             }
         }
+        let Build {
+            clusters, stats, ..
+        } = b;
         Ok(Snapshot {
             version: version.to_owned(),
             listeners,
@@ -642,6 +717,7 @@ impl Snapshot {
             clusters,
             resources,
             dynamic: false,
+            prefix_stats: stats,
         })
     }
 }
@@ -650,6 +726,7 @@ fn build_cluster(
     c: &xcluster::Cluster,
     path: &str,
     assignments: &HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)>,
+    previous: Option<&Snapshot>,
 ) -> Result<Cluster, ConfigError> {
     use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as X};
     if c.name.is_empty() {
@@ -723,7 +800,7 @@ fn build_cluster(
                 endpoints.push(Arc::new(Endpoint {
                     address,
                     healthy,
-                    counters: counters_for(&c.name, address),
+                    counters: endpoint_counters(previous, &c.name, address),
                 }));
             }
         }
@@ -733,7 +810,7 @@ fn build_cluster(
         endpoints.push(Arc::new(Endpoint {
             address,
             healthy: true,
-            counters: counters_for(&c.name, address),
+            counters: endpoint_counters(previous, &c.name, address),
         }));
     }
     let mut http2 = false;
@@ -798,8 +875,7 @@ fn build_cluster(
 fn build_listener(
     l: &xlistener::Listener,
     path: &str,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    routes: &[xroute::RouteConfiguration],
+    b: &mut Build<'_>,
 ) -> Result<Listener, ConfigError> {
     let address = socket_address(&l.address, &format!("{path}.address"))?;
     if l.filter_chains.is_empty() {
@@ -812,14 +888,7 @@ fn build_listener(
         .filter_chains
         .iter()
         .enumerate()
-        .map(|(i, chain)| {
-            build_chain(
-                chain,
-                &format!("{path}.filter_chains[{i}]"),
-                clusters,
-                routes,
-            )
-        })
+        .map(|(i, chain)| build_chain(chain, &format!("{path}.filter_chains[{i}]"), b))
         .collect::<Result<Vec<_>, _>>()?;
     let mut inspect: Option<Inspect> = None;
     for (i, f) in l.listener_filters.iter().enumerate() {
@@ -876,8 +945,7 @@ fn build_listener(
 fn build_chain(
     chain: &xlistener::FilterChain,
     path: &str,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    routes: &[xroute::RouteConfiguration],
+    b: &mut Build<'_>,
 ) -> Result<FilterChain, ConfigError> {
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
@@ -893,7 +961,7 @@ fn build_chain(
     let kind = match type_name(any) {
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
             let m: hcm::HttpConnectionManager = unpack(any, &fpath)?;
-            ListenerKind::Http(Arc::new(build_http(&m, &fpath, clusters, routes)?))
+            ListenerKind::Http(Arc::new(build_http(&m, &fpath, b)?))
         }
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
             let t: tcp_proxy::TcpProxy = unpack(any, &fpath)?;
@@ -908,10 +976,11 @@ fn build_chain(
                 None => return Err(err(format!("{fpath}.cluster"), "a cluster is required")),
             };
             ListenerKind::Tcp(TcpProxy {
+                stats: b.tcp_stats(&t.stat_prefix),
                 stat_prefix: t.stat_prefix,
                 clusters: WeightedSchedule::new(
                     &entries,
-                    clusters,
+                    &b.clusters,
                     &format!("{fpath}.weighted_clusters"),
                 )?,
             })
@@ -944,9 +1013,9 @@ fn build_chain(
 fn build_http(
     m: &hcm::HttpConnectionManager,
     path: &str,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    routes: &[xroute::RouteConfiguration],
+    b: &mut Build<'_>,
 ) -> Result<HttpManager, ConfigError> {
+    let routes = b.routes;
     use hcm::http_connection_manager::RouteSpecifier;
     let pending = xroute::RouteConfiguration::default();
     let (rc, rc_path) = match &m.route_specifier {
@@ -992,6 +1061,7 @@ fn build_http(
         }
     };
     Ok(HttpManager {
+        stats: b.http_stats(&m.stat_prefix),
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
         tracing: m.tracing.is_some(),
@@ -1001,7 +1071,7 @@ fn build_http(
             Some(Duration::ZERO) => None,
             Some(t) => Some(t),
         },
-        routes: RouteTable::build(rc, &rc_path, clusters)?,
+        routes: RouteTable::build(rc, &rc_path, &b.clusters)?,
     })
 }
 

@@ -53,6 +53,10 @@ pub async fn serve(
     upstreams: Upstreams,
     detected: Option<Detected>,
 ) {
+    manager
+        .stats
+        .downstream_cx_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut stream = crate::framing::Watched::new(
         stream,
         conn.ambiguous_framing.clone(),
@@ -82,7 +86,11 @@ pub async fn serve(
             // keep-alive connections).
             let snap = shared.config.load_full();
             let r = match snap.http_manager(&conn.listener, conn.chain) {
-                Some(manager) => handle(req, manager, &conn, &shared, &upstreams).await,
+                Some(manager) => {
+                    let r = handle(req, manager, &conn, &shared, &upstreams).await;
+                    manager.stats.response(r.status().as_u16());
+                    r
+                }
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
             };
             shared.stats.response(r.status().as_u16());

@@ -5,6 +5,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::PrefixStatsByName;
+
 /// One endpoint's counters, as `/clusters` and Prometheus show them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointRow {
@@ -50,8 +52,9 @@ impl Stats {
         self.downstream_rq[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters in Prometheus text format.
-    pub fn render(&self, endpoints: &[EndpointRow]) -> String {
+    /// The counters in Prometheus text format: the proxy's own, those of
+    /// each `stat_prefix`, and each endpoint's.
+    pub fn render(&self, endpoints: &[EndpointRow], prefixes: &PrefixStatsByName) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx_total counter");
@@ -88,6 +91,7 @@ impl Stats {
             let _ = writeln!(s, "# TYPE mesh_proxy_{name}_total counter");
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));
         }
+        render_prefixes(&mut s, prefixes);
         let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_total counter");
         for e in endpoints {
             let _ = writeln!(
@@ -113,5 +117,38 @@ impl Stats {
             );
         }
         s
+    }
+}
+
+/// `mesh_proxy_http_downstream_{cx,rq}_total{stat_prefix=…}` and
+/// `mesh_proxy_tcp_downstream_cx_total{stat_prefix=…}`: Envoy's
+/// `http.<prefix>.*` and `tcp.<prefix>.*`.
+fn render_prefixes(s: &mut String, prefixes: &PrefixStatsByName) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_cx_total counter");
+    for (prefix, st) in &prefixes.http {
+        let _ = writeln!(
+            s,
+            "mesh_proxy_http_downstream_cx_total{{stat_prefix=\"{prefix}\"}} {}",
+            get(&st.downstream_cx_total)
+        );
+    }
+    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_rq_total counter");
+    for (prefix, st) in &prefixes.http {
+        for class in 1..=5 {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_http_downstream_rq_total{{stat_prefix=\"{prefix}\",response_code_class=\"{class}xx\"}} {}",
+                get(&st.downstream_rq[class])
+            );
+        }
+    }
+    let _ = writeln!(s, "# TYPE mesh_proxy_tcp_downstream_cx_total counter");
+    for (prefix, st) in &prefixes.tcp {
+        let _ = writeln!(
+            s,
+            "mesh_proxy_tcp_downstream_cx_total{{stat_prefix=\"{prefix}\"}} {}",
+            get(&st.downstream_cx_total)
+        );
     }
 }
