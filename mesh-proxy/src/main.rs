@@ -149,11 +149,8 @@ fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String>
         .collect()
 }
 
-/// Runs as a sidecar: starts empty, binds what pilot sends. Logs
-/// `connected`, `config applied version V`, `config rejected: …` and
-/// `listener NAME ADDR` as they happen, and `ready` after the first
-/// configuration is in force.
-fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
+/// Who the sidecar is, from its arguments (and the labels file).
+fn node_meta(a: &SidecarArgs) -> anyhow::Result<mesh_proto::node::NodeMeta> {
     let ip = a.ip.map(|i| i.to_string()).unwrap_or_default();
     let pod = if a.pod_name.is_empty() {
         a.workload.clone()
@@ -161,14 +158,11 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         a.pod_name.clone()
     };
     let mut labels = match &a.labels_file {
-        Some(path) => match read_labels(path) {
-            Ok(l) => l,
-            Err(e) => return fail(e),
-        },
+        Some(path) => read_labels(path)?,
         None => Default::default(),
     };
     labels.extend(a.labels.clone());
-    let meta = mesh_proto::node::NodeMeta {
+    Ok(mesh_proto::node::NodeMeta {
         id: a.node_id.clone().unwrap_or_else(|| {
             format!(
                 "sidecar~{ip}~{pod}.{}~{}.svc.cluster.local",
@@ -187,6 +181,17 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         service_account: a.service_account.clone(),
         explicit: a.interception_mode == Interception::None,
         app_ip: a.app_ip,
+    })
+}
+
+/// Runs as a sidecar: starts empty, binds what pilot sends. Logs
+/// `connected`, `config applied version V`, `config rejected: …` and
+/// `listener NAME ADDR` as they happen, and `ready` after the first
+/// configuration is in force.
+fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
+    let meta = match node_meta(&a) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
     };
     mesh_proxy::memory::limit_malloc_arenas(a.concurrency);
     let opts = Options {
@@ -204,7 +209,6 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let proxy = running.proxy.clone();
     let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
     // Label changes (the kubelet rewrites the file) re-announce the pod.
     let _labels_watch = match &a.labels_file {
@@ -214,44 +218,48 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         },
         None => None,
     };
-    let address = a.xds_address;
     let flavor = match a.xds_flavor {
         XdsFlavor::Delta => mesh_proxy::xds::Flavor::Delta,
         XdsFlavor::Sotw => mesh_proxy::xds::Flavor::Sotw,
     };
+    follow_pilot(a.xds_address, flavor, node, running.proxy.clone());
+    wait_for_signal_then_drain(running);
+    ExitCode::SUCCESS
+}
+
+/// Follows pilot on a thread of its own, logging what happens.
+fn follow_pilot(
+    address: String,
+    flavor: mesh_proxy::xds::Flavor,
+    node: tokio::sync::watch::Receiver<mesh_proto::envoy::config::core::v3::Node>,
+    proxy: std::sync::Arc<Proxy>,
+) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let mut first = true;
-        rt.block_on(mesh_proxy::xds::run(
-            address,
-            flavor,
-            node,
-            proxy,
-            move |event| {
-                use mesh_proxy::xds::Event;
-                match event {
-                    Event::Connected => info!("connected"),
-                    Event::Disconnected(why) => warn!("xds: {why}; retrying"),
-                    Event::Applied { version, bound } => {
-                        log_bound(&bound);
-                        info!("config applied version {version}");
-                        if std::mem::take(&mut first) {
-                            info!("ready");
-                        }
-                    }
-                    Event::Idle => mesh_proxy::memory::release_after_config(),
-                    Event::Rejected { type_url, reason } => {
-                        warn!(type_url, "config rejected: {reason}");
+        let report = move |event| {
+            use mesh_proxy::xds::Event;
+            match event {
+                Event::Connected => info!("connected"),
+                Event::Disconnected(why) => warn!("xds: {why}; retrying"),
+                Event::Applied { version, bound } => {
+                    log_bound(&bound);
+                    info!("config applied version {version}");
+                    if std::mem::take(&mut first) {
+                        info!("ready");
                     }
                 }
-            },
-        ));
+                Event::Idle => mesh_proxy::memory::release_after_config(),
+                Event::Rejected { type_url, reason } => {
+                    warn!(type_url, "config rejected: {reason}");
+                }
+            }
+        };
+        rt.block_on(mesh_proxy::xds::run(address, flavor, node, proxy, report));
     });
-    wait_for_signal_then_drain(running);
-    ExitCode::SUCCESS
 }
 
 fn read_labels(

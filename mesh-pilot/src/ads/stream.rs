@@ -100,7 +100,43 @@ impl Held {
     }
 }
 
+/// A set of resources' version: names and versions, each ended by a 0
+/// byte (neither contains one), so no two sets read alike.
+fn set_version(wanted: &BTreeMap<&str, &(String, Any)>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (n, (v, _)) in wanted {
+        for part in [n.as_bytes(), v.as_bytes()] {
+            h.update(part);
+            h.update(&[0]);
+        }
+    }
+    format!("{:016x}", h.digest())
+}
+
 impl Sub {
+    /// What of `wanted` the proxy does not hold as it is (to send), and
+    /// what it holds that is not wanted any more (by name).
+    fn difference(&self, wanted: &BTreeMap<&str, &(String, Any)>) -> (Vec<Resource>, Vec<String>) {
+        let changed = wanted
+            .iter()
+            .filter(|(n, (v, _))| self.has.version(n) != Some(v.as_str()))
+            .map(|(n, (v, any))| Resource {
+                name: (*n).to_owned(),
+                version: v.clone(),
+                resource: Some(any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let gone = self
+            .has
+            .names()
+            .into_iter()
+            .filter(|n| !wanted.contains_key(n))
+            .map(str::to_owned)
+            .collect();
+        (changed, gone)
+    }
+
     fn wanted<'a>(&self, all: &'a Layers) -> BTreeMap<&'a str, &'a (String, Any)> {
         all.iter()
             .filter(|(n, _)| self.wildcard || self.names.contains(*n))
@@ -295,23 +331,7 @@ impl Stream {
             }
         }
         let mut wanted = sub.wanted(all);
-        let changed: Vec<Resource> = wanted
-            .iter()
-            .filter(|(n, (v, _))| sub.has.version(n) != Some(v.as_str()))
-            .map(|(n, (v, any))| Resource {
-                name: (*n).to_owned(),
-                version: v.clone(),
-                resource: Some(any.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let gone: Vec<String> = sub
-            .has
-            .names()
-            .into_iter()
-            .filter(|n| !wanted.contains_key(n))
-            .map(str::to_owned)
-            .collect();
+        let (changed, gone) = sub.difference(&wanted);
         let mut kept = BTreeMap::new();
         let removed = if keep {
             for n in &gone {
@@ -333,16 +353,7 @@ impl Stream {
             }
             return None;
         }
-        // The set's version: names and versions, each ended by a 0 byte
-        // (neither contains one), so no two sets read alike.
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for (n, (v, _)) in &wanted {
-            for part in [n.as_bytes(), v.as_bytes()] {
-                h.update(part);
-                h.update(&[0]);
-            }
-        }
-        let version = format!("{:016x}", h.digest());
+        let version = set_version(&wanted);
         let has = if sub.wildcard && kept.is_empty() {
             Held::Exactly(all.clone())
         } else {

@@ -746,11 +746,13 @@ fn build_cluster(
             ));
         }
     };
-    if eds && c.load_assignment.is_some() {
-        return Err(err(
-            format!("{path}.load_assignment"),
-            "an EDS cluster takes its endpoints from EDS",
-        ));
+    if (eds || original_dst) && c.load_assignment.is_some() {
+        let why = if eds {
+            "an EDS cluster takes its endpoints from EDS"
+        } else {
+            "an ORIGINAL_DST cluster has no endpoints"
+        };
+        return Err(err(format!("{path}.load_assignment"), why));
     }
     let lb = match X::try_from(c.lb_policy) {
         Ok(X::RoundRobin) => LbPolicy::RoundRobin,
@@ -764,61 +766,93 @@ fn build_cluster(
             ));
         }
     };
-    if original_dst && c.load_assignment.is_some() {
-        return Err(err(
-            format!("{path}.load_assignment"),
-            "an ORIGINAL_DST cluster has no endpoints",
-        ));
-    }
-    let mut endpoints = Vec::new();
-    let assignment = if eds {
-        let service = c
-            .eds_cluster_config
-            .as_ref()
-            .map(|e| e.service_name.as_str())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&c.name);
-        assignments
-            .get(service)
-            .map(|(k, a)| (*a, format!("endpoints[{k}]")))
-    } else {
-        c.load_assignment
-            .as_ref()
-            .map(|a| (a, format!("{path}.load_assignment")))
+    let assignment = assignment_of(c, path, eds, assignments);
+    let counters = |address| endpoint_counters(previous, &c.name, address);
+    let mut endpoints = match assignment {
+        Some((la, lpath)) => cluster_endpoints(la, &lpath, counters)?,
+        None => Vec::new(),
     };
-    if let Some((la, lpath)) = assignment {
-        for (i, group) in la.endpoints.iter().enumerate() {
-            for (j, lb_ep) in group.lb_endpoints.iter().enumerate() {
-                let epath = format!("{lpath}.endpoints[{i}].lb_endpoints[{j}]");
-                use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-                let Some(HostIdentifier::Endpoint(ep)) = &lb_ep.host_identifier else {
-                    return Err(err(&epath, "an endpoint with an address is required"));
-                };
-                let address = socket_address(&ep.address, &format!("{epath}.endpoint.address"))?;
-                // HealthStatus: UNKNOWN(0), HEALTHY(1), DEGRADED(5) take traffic; others do not.
-                let healthy = matches!(lb_ep.health_status, 0 | 1 | 5);
-                endpoints.push(Arc::new(Endpoint {
-                    address,
-                    healthy,
-                    counters: endpoint_counters(previous, &c.name, address),
-                }));
-            }
-        }
-    }
     if original_dst {
         let address = SocketAddr::from(([0, 0, 0, 0], 0));
         endpoints.push(Arc::new(Endpoint {
             address,
             healthy: true,
-            counters: endpoint_counters(previous, &c.name, address),
+            counters: counters(address),
         }));
     }
+    Ok(Cluster {
+        name: c.name.clone(),
+        healthy: endpoints.iter().filter(|e| e.healthy).cloned().collect(),
+        endpoints,
+        lb,
+        connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
+        http2: upstream_http2(c, path)?,
+        original_dst,
+        retry_budget: retry_budget(c, path)?,
+        in_flight: AtomicUsize::new(0),
+        retries_in_flight: AtomicUsize::new(0),
+        next: AtomicUsize::new(0),
+    })
+}
+
+/// The cluster's load assignment and its path: from EDS (by service name,
+/// else the cluster's name) or its own.
+fn assignment_of<'a>(
+    c: &'a xcluster::Cluster,
+    path: &str,
+    eds: bool,
+    assignments: &HashMap<&str, (usize, &'a xendpoint::ClusterLoadAssignment)>,
+) -> Option<(&'a xendpoint::ClusterLoadAssignment, String)> {
+    if !eds {
+        let la = c.load_assignment.as_ref()?;
+        return Some((la, format!("{path}.load_assignment")));
+    }
+    let service = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&c.name);
+    assignments
+        .get(service)
+        .map(|(k, a)| (*a, format!("endpoints[{k}]")))
+}
+
+/// A load assignment's endpoints; `counters` gives each its counters.
+fn cluster_endpoints(
+    la: &xendpoint::ClusterLoadAssignment,
+    lpath: &str,
+    counters: impl Fn(SocketAddr) -> Arc<EndpointCounters>,
+) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
+    use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut endpoints = Vec::new();
+    for (i, group) in la.endpoints.iter().enumerate() {
+        for (j, lb_ep) in group.lb_endpoints.iter().enumerate() {
+            let epath = format!("{lpath}.endpoints[{i}].lb_endpoints[{j}]");
+            let Some(HostIdentifier::Endpoint(ep)) = &lb_ep.host_identifier else {
+                return Err(err(&epath, "an endpoint with an address is required"));
+            };
+            let address = socket_address(&ep.address, &format!("{epath}.endpoint.address"))?;
+            // HealthStatus: UNKNOWN(0), HEALTHY(1), DEGRADED(5) take traffic; others do not.
+            let healthy = matches!(lb_ep.health_status, 0 | 1 | 5);
+            endpoints.push(Arc::new(Endpoint {
+                address,
+                healthy,
+                counters: counters(address),
+            }));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// Whether the cluster's protocol options ask for HTTP/2 upstream.
+fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, ConfigError> {
+    use upstream_http::http_protocol_options::UpstreamProtocolOptions;
+    use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
     let mut http2 = false;
     for (key, any) in &c.typed_extension_protocol_options {
         let p = format!("{path}.typed_extension_protocol_options.{key}");
         let opts: upstream_http::HttpProtocolOptions = unpack(any, &p)?;
-        use upstream_http::http_protocol_options::UpstreamProtocolOptions;
-        use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
         if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) = opts.upstream_protocol_options
         {
             http2 = matches!(
@@ -827,49 +861,43 @@ fn build_cluster(
             );
         }
     }
+    Ok(http2)
+}
+
+/// The cluster's retry budget (its one DEFAULT circuit-breaker threshold).
+fn retry_budget(c: &xcluster::Cluster, path: &str) -> Result<RetryBudget, ConfigError> {
     let mut retry_budget = RetryBudget::default();
-    if let Some(cb) = &c.circuit_breakers {
-        let tpath = format!("{path}.circuit_breakers.thresholds");
-        let [t] = cb.thresholds.as_slice() else {
-            return Err(err(
-                tpath,
-                "exactly one threshold (priority DEFAULT) is supported",
-            ));
-        };
-        if t.priority != 0 {
-            return Err(err(
-                format!("{tpath}[0].priority"),
-                "only DEFAULT is supported",
-            ));
+    let Some(cb) = &c.circuit_breakers else {
+        return Ok(retry_budget);
+    };
+    let tpath = format!("{path}.circuit_breakers.thresholds");
+    let [t] = cb.thresholds.as_slice() else {
+        return Err(err(
+            tpath,
+            "exactly one threshold (priority DEFAULT) is supported",
+        ));
+    };
+    if t.priority != 0 {
+        return Err(err(
+            format!("{tpath}[0].priority"),
+            "only DEFAULT is supported",
+        ));
+    }
+    if let Some(b) = &t.retry_budget {
+        if let Some(p) = &b.budget_percent {
+            if !(0.0..=100.0).contains(&p.value) {
+                return Err(err(
+                    format!("{tpath}[0].retry_budget.budget_percent"),
+                    format!("{} is not a percentage (0 to 100)", p.value),
+                ));
+            }
+            retry_budget.percent = p.value;
         }
-        if let Some(b) = &t.retry_budget {
-            if let Some(p) = &b.budget_percent {
-                if !(0.0..=100.0).contains(&p.value) {
-                    return Err(err(
-                        format!("{tpath}[0].retry_budget.budget_percent"),
-                        format!("{} is not a percentage (0 to 100)", p.value),
-                    ));
-                }
-                retry_budget.percent = p.value;
-            }
-            if let Some(m) = &b.min_retry_concurrency {
-                retry_budget.min_concurrency = m.value as usize;
-            }
+        if let Some(m) = &b.min_retry_concurrency {
+            retry_budget.min_concurrency = m.value as usize;
         }
     }
-    Ok(Cluster {
-        name: c.name.clone(),
-        healthy: endpoints.iter().filter(|e| e.healthy).cloned().collect(),
-        endpoints,
-        lb,
-        connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
-        http2,
-        original_dst,
-        retry_budget,
-        in_flight: AtomicUsize::new(0),
-        retries_in_flight: AtomicUsize::new(0),
-        next: AtomicUsize::new(0),
-    })
+    Ok(retry_budget)
 }
 
 fn build_listener(
