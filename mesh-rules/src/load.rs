@@ -101,25 +101,27 @@ fn typed<S: DeserializeOwned>(value: Value) -> Result<(Metadata, S), Problem> {
 }
 
 /// Reads and checks one document's value.
-fn document(value: Value) -> Result<Document, Vec<Problem>> {
+fn one_problem(path: FieldPath, message: String) -> Vec<Problem> {
+    vec![Problem {
+        path,
+        message,
+        at_key: false,
+    }]
+}
+
+/// The kind a document's `apiVersion` and `kind` name: one of ours, or
+/// another API's object (passed through), or an error.
+fn kind_of(
+    map: &serde_json::Map<String, Value>,
+) -> Result<Result<Kind, ForeignObject>, Vec<Problem>> {
     let root = FieldPath::root();
-    let fail = |path: FieldPath, message: String| {
-        vec![Problem {
-            path,
-            message,
-            at_key: false,
-        }]
-    };
-    let Value::Object(map) = &value else {
-        return Err(fail(
-            root,
-            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
-        ));
-    };
     let text_field = |name: &str| match map.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(fail(root.key(name), format!("`{name}` must be a string"))),
-        None => Err(fail(
+        Some(_) => Err(one_problem(
+            root.key(name),
+            format!("`{name}` must be a string"),
+        )),
+        None => Err(one_problem(
             root.clone(),
             format!("`{name}` is missing: every document needs apiVersion and kind"),
         )),
@@ -130,23 +132,22 @@ fn document(value: Value) -> Result<Document, Vec<Problem>> {
         .iter()
         .any(|v| api_group(v) == api_group(&api_version));
     let allowed = API_VERSIONS.join(" or ");
-    let kind = match Kind::from_manifest(&kind_name) {
-        Some(_) if !API_VERSIONS.contains(&api_version.as_str()) => {
-            return Err(fail(
-                root.key("apiVersion"),
-                format!("unknown apiVersion `{api_version}` for kind {kind_name}: use {allowed}"),
-            ));
-        }
-        Some(kind) => kind,
+    let known = API_VERSIONS.contains(&api_version.as_str());
+    match Kind::from_manifest(&kind_name) {
+        Some(_) if !known => Err(one_problem(
+            root.key("apiVersion"),
+            format!("unknown apiVersion `{api_version}` for kind {kind_name}: use {allowed}"),
+        )),
+        Some(kind) => Ok(Ok(kind)),
         None if ours => {
             let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-            return Err(fail(
+            Err(one_problem(
                 root.key("kind"),
                 format!(
                     "unknown kind `{kind_name}` in {api_version}: allowed kinds are {}",
                     kinds.join(", ")
                 ),
-            ));
+            ))
         }
         None => {
             let name = map
@@ -154,19 +155,28 @@ fn document(value: Value) -> Result<Document, Vec<Problem>> {
                 .and_then(|m| m.get("name"))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            return Ok(Document::Foreign(ForeignObject {
+            Ok(Err(ForeignObject {
                 api_version,
                 kind: kind_name,
                 name,
-            }));
+            }))
         }
-    };
-    if ours && !API_VERSIONS.contains(&api_version.as_str()) {
-        return Err(fail(
-            root.key("apiVersion"),
-            format!("unknown apiVersion `{api_version}`: use {allowed}"),
-        ));
     }
+}
+
+fn document(value: Value) -> Result<Document, Vec<Problem>> {
+    let root = FieldPath::root();
+    let Value::Object(map) = &value else {
+        return Err(one_problem(
+            root,
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    let kind = match kind_of(map)? {
+        Ok(kind) => kind,
+        Err(foreign) => return Ok(Document::Foreign(foreign)),
+    };
+    let api_version = map["apiVersion"].as_str().unwrap_or_default().to_owned();
     let one = |p: Problem| vec![p];
     let (metadata, spec) = match kind {
         Kind::RouteRule => typed(value)

@@ -376,7 +376,37 @@ impl RouteRule {
         if let Some(m) = &self.match_ {
             m.check(c, &path.key("match"));
         }
-        let route = path.key("route");
+        self.check_routes(c, &path.key("route"));
+        self.check_redirect_and_rewrite(c, path);
+        if let Some(t) = &self.http_req_timeout {
+            let p = path.key("httpReqTimeout").key("simpleTimeout");
+            check_positive(c, &p.key("timeout"), &t.simple_timeout.timeout);
+            check_override_header(c, &p, &t.simple_timeout.override_header_name);
+        }
+        if let Some(r) = &self.http_req_retries {
+            let p = path.key("httpReqRetries").key("simpleRetry");
+            c.range(
+                &p.key("attempts"),
+                "attempts",
+                r.simple_retry.attempts,
+                0,
+                100,
+            );
+            if let Some(d) = &r.simple_retry.per_try_timeout {
+                check_positive(c, &p.key("perTryTimeout"), d);
+            }
+            check_override_header(c, &p, &r.simple_retry.override_header_name);
+        }
+        self.check_faults_mirror_cors(c, path);
+        for name in self.append_headers.keys() {
+            if let Err(m) = names::check_header_name(name) {
+                c.fail_key(&path.key("appendHeaders").key(name.clone()), m);
+            }
+        }
+    }
+
+    /// Each route's destination, labels and weight; weights sum to 100.
+    fn check_routes(&self, c: &mut Checker, route: &FieldPath) {
         for (i, r) in self.route.iter().enumerate() {
             let p = route.index(i);
             if let Some(d) = &r.destination {
@@ -398,12 +428,12 @@ impl RouteRule {
         if all_given && in_range && !weights.is_empty() {
             let sum: i64 = weights.iter().sum();
             if sum != 100 {
-                c.fail(
-                    &route,
-                    format!("weights sum to {sum}; they must sum to 100"),
-                );
+                c.fail(route, format!("weights sum to {sum}; they must sum to 100"));
             }
         }
+    }
+
+    fn check_redirect_and_rewrite(&self, c: &mut Checker, path: &FieldPath) {
         if self.redirect.is_some() && !self.route.is_empty() {
             c.fail_key(
                 &path.key("redirect"),
@@ -434,25 +464,9 @@ impl RouteRule {
                 "a rewrite needs `uri`, `authority` or both",
             );
         }
-        if let Some(t) = &self.http_req_timeout {
-            let p = path.key("httpReqTimeout").key("simpleTimeout");
-            check_positive(c, &p.key("timeout"), &t.simple_timeout.timeout);
-            check_override_header(c, &p, &t.simple_timeout.override_header_name);
-        }
-        if let Some(r) = &self.http_req_retries {
-            let p = path.key("httpReqRetries").key("simpleRetry");
-            c.range(
-                &p.key("attempts"),
-                "attempts",
-                r.simple_retry.attempts,
-                0,
-                100,
-            );
-            if let Some(d) = &r.simple_retry.per_try_timeout {
-                check_positive(c, &p.key("perTryTimeout"), d);
-            }
-            check_override_header(c, &p, &r.simple_retry.override_header_name);
-        }
+    }
+
+    fn check_faults_mirror_cors(&self, c: &mut Checker, path: &FieldPath) {
         if let Some(f) = &self.http_fault {
             f.check(c, &path.key("httpFault"));
         }
@@ -477,11 +491,6 @@ impl RouteRule {
                 for (i, h) in list.iter().enumerate() {
                     c.check(&p.key(field).index(i), names::check_header_name(h));
                 }
-            }
-        }
-        for name in self.append_headers.keys() {
-            if let Err(m) = names::check_header_name(name) {
-                c.fail_key(&path.key("appendHeaders").key(name.clone()), m);
             }
         }
     }
