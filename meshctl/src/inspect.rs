@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde_json::Value;
 
+use crate::output::table;
+
 /// What `proxy-config` shows.
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
 pub enum Section {
@@ -40,27 +42,6 @@ async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
         String::from_utf8_lossy(&body).trim()
     );
     serde_json::from_slice(&body).with_context(|| format!("{addr}{path} did not answer JSON"))
-}
-
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| (*h).to_owned()).collect());
-    for r in rows {
-        line(r);
-    }
 }
 
 fn s(v: &Value) -> String {
@@ -231,6 +212,75 @@ fn address(a: &Value) -> String {
     format!("{}:{}", s(&sa["address"]), s(&sa["port_value"]))
 }
 
+/// One row per route: its configuration, first domain, match and target.
+fn route_rows(items: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for rc in items {
+        for vh in rc["virtual_hosts"].as_array().into_iter().flatten() {
+            let domains: Vec<String> = vh["domains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            for r in vh["routes"].as_array().into_iter().flatten() {
+                let m = &r["match"];
+                let matched = ["prefix", "path"]
+                    .iter()
+                    .find_map(|k| m[k].as_str().map(|v| format!("{k} {v}")))
+                    .unwrap_or_else(|| "regex".into());
+                let headers = if m["headers"].is_array() {
+                    " +headers"
+                } else {
+                    ""
+                };
+                rows.push(vec![
+                    s(&rc["name"]),
+                    domains.first().cloned().unwrap_or_default()
+                        + if domains.len() > 1 { " …" } else { "" },
+                    format!("{matched}{headers}"),
+                    route_target(r),
+                ]);
+            }
+        }
+    }
+    rows
+}
+
+/// Where a route sends requests: a cluster, weighted clusters, or a
+/// direct response.
+fn route_target(r: &Value) -> String {
+    if let Some(c) = r["route"]["cluster"].as_str() {
+        c.to_owned()
+    } else if let Some(w) = r["route"]["weighted_clusters"]["clusters"].as_array() {
+        w.iter()
+            .map(|c| format!("{} {}", s(&c["name"]), s(&c["weight"])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else if r["direct_response"].is_object() {
+        format!("direct {}", s(&r["direct_response"]["status"]))
+    } else {
+        String::new()
+    }
+}
+
+/// One row per endpoint: address, health, cluster.
+fn endpoint_rows(items: &[Value]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for la in items {
+        for group in la["endpoints"].as_array().into_iter().flatten() {
+            for e in group["lb_endpoints"].as_array().into_iter().flatten() {
+                rows.push(vec![
+                    address(&e["endpoint"]["address"]),
+                    e["health_status"].as_str().unwrap_or("HEALTHY").to_owned(),
+                    s(&la["cluster_name"]),
+                ]);
+            }
+        }
+    }
+    rows
+}
+
 /// `meshctl proxy-config SECTION ADMIN_ADDRESS [-o json]`.
 pub async fn proxy_config(section: Section, admin: &str, json: bool) -> anyhow::Result<ExitCode> {
     let dump = get_json(admin, "/config_dump?include_eds").await?;
@@ -244,53 +294,7 @@ pub async fn proxy_config(section: Section, admin: &str, json: bool) -> anyhow::
             &["NAME", "ADDRESS", "BIND", "FILTER"],
             listener_rows(&items),
         ),
-        Section::Routes => {
-            let mut rows = Vec::new();
-            for rc in &items {
-                for vh in rc["virtual_hosts"].as_array().into_iter().flatten() {
-                    let domains: Vec<String> = vh["domains"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(s)
-                        .collect();
-                    for r in vh["routes"].as_array().into_iter().flatten() {
-                        let m = &r["match"];
-                        let matched = ["prefix", "path"]
-                            .iter()
-                            .find_map(|k| m[k].as_str().map(|v| format!("{k} {v}")))
-                            .unwrap_or_else(|| "regex".into());
-                        let headers = if m["headers"].is_array() {
-                            " +headers"
-                        } else {
-                            ""
-                        };
-                        let to = if let Some(c) = r["route"]["cluster"].as_str() {
-                            c.to_owned()
-                        } else if let Some(w) =
-                            r["route"]["weighted_clusters"]["clusters"].as_array()
-                        {
-                            w.iter()
-                                .map(|c| format!("{} {}", s(&c["name"]), s(&c["weight"])))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        } else if r["direct_response"].is_object() {
-                            format!("direct {}", s(&r["direct_response"]["status"]))
-                        } else {
-                            String::new()
-                        };
-                        rows.push(vec![
-                            s(&rc["name"]),
-                            domains.first().cloned().unwrap_or_default()
-                                + if domains.len() > 1 { " …" } else { "" },
-                            format!("{matched}{headers}"),
-                            to,
-                        ]);
-                    }
-                }
-            }
-            table(&["NAME", "DOMAINS", "MATCH", "TO"], rows)
-        }
+        Section::Routes => table(&["NAME", "DOMAINS", "MATCH", "TO"], route_rows(&items)),
         Section::Clusters => table(
             &["NAME", "TYPE", "LB"],
             items
@@ -304,21 +308,7 @@ pub async fn proxy_config(section: Section, admin: &str, json: bool) -> anyhow::
                 })
                 .collect(),
         ),
-        Section::Endpoints => {
-            let mut rows = Vec::new();
-            for la in &items {
-                for group in la["endpoints"].as_array().into_iter().flatten() {
-                    for e in group["lb_endpoints"].as_array().into_iter().flatten() {
-                        rows.push(vec![
-                            address(&e["endpoint"]["address"]),
-                            e["health_status"].as_str().unwrap_or("HEALTHY").to_owned(),
-                            s(&la["cluster_name"]),
-                        ]);
-                    }
-                }
-            }
-            table(&["ENDPOINT", "STATUS", "CLUSTER"], rows)
-        }
+        Section::Endpoints => table(&["ENDPOINT", "STATUS", "CLUSTER"], endpoint_rows(&items)),
     }
     Ok(ExitCode::SUCCESS)
 }

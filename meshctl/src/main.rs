@@ -4,6 +4,7 @@ mod demo;
 mod files;
 mod inspect;
 mod kube_inject;
+mod output;
 mod rules;
 
 use std::path::PathBuf;

@@ -219,11 +219,11 @@ pub async fn get(
     }
     match output {
         Output::Table => {
-            let rows: Vec<[String; 4]> = rules
+            let rows = rules
                 .iter()
                 .map(|r| {
                     let k = r.rule.key();
-                    [
+                    vec![
                         k.kind.cli_name().to_owned(),
                         k.name,
                         k.namespace,
@@ -231,21 +231,7 @@ pub async fn get(
                     ]
                 })
                 .collect();
-            let header = ["KIND", "NAME", "NAMESPACE", "REVISION"].map(String::from);
-            let mut widths = [0usize; 4];
-            for row in std::iter::once(&header).chain(&rows) {
-                for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            for row in std::iter::once(&header).chain(&rows) {
-                let line: Vec<String> = row
-                    .iter()
-                    .zip(widths)
-                    .map(|(c, w)| format!("{c:<w$}"))
-                    .collect();
-                println!("{}", line.join("   ").trim_end());
-            }
+            crate::output::table(&["KIND", "NAME", "NAMESPACE", "REVISION"], rows);
         }
         Output::Yaml => {
             for (i, r) in rules.iter().enumerate() {
