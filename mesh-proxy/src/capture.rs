@@ -58,10 +58,51 @@ impl Default for Capture {
     }
 }
 
-/// The rules as `iptables-restore` input. Declaring a chain flushes it, so
-/// this replaces any earlier version of our chains; the jumps from
-/// PREROUTING and OUTPUT are removed beforehand by [`apply`].
-pub fn restore_input(c: &Capture) -> String {
+/// An IP family: the same chains are programmed with `iptables` and
+/// `ip6tables`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 (`iptables`).
+    V4,
+    /// IPv6 (`ip6tables`).
+    V6,
+}
+
+impl Family {
+    fn tool(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.0/8",
+            Family::V6 => "::1/128",
+        }
+    }
+
+    /// Whether `cidr` (an address or CIDR) is of this family.
+    fn holds(self, cidr: &str) -> bool {
+        cidr.contains(':') == (self == Family::V6)
+    }
+
+    /// Families this pod has: IPv6 only when the kernel has it.
+    fn present() -> Vec<Family> {
+        let mut all = vec![Family::V4];
+        if std::path::Path::new("/proc/net/if_inet6").exists() {
+            all.push(Family::V6);
+        }
+        all
+    }
+}
+
+/// The rules of `family` as `iptables-restore` input (CIDRs of the other
+/// family left out). Declaring a chain flushes it, so this replaces any
+/// earlier version of our chains; the jumps from PREROUTING and OUTPUT
+/// are removed beforehand by [`apply`].
+pub fn restore_input(c: &Capture, family: Family) -> String {
     let mut s = String::from("*nat\n");
     for chain in CHAINS {
         let _ = writeln!(s, ":{chain} - [0:0]");
@@ -106,17 +147,18 @@ pub fn restore_input(c: &Capture) -> String {
         c.proxy_gid
     );
     let _ = writeln!(s, "-A MESH_OUTPUT -o lo -j RETURN");
-    let _ = writeln!(s, "-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN");
+    let _ = writeln!(s, "-A MESH_OUTPUT -d {} -j RETURN", family.loopback());
     for p in &c.exclude_outbound_ports {
         let _ = writeln!(s, "-A MESH_OUTPUT -p tcp --dport {p} -j RETURN");
     }
-    for cidr in &c.exclude_outbound_cidrs {
+    for cidr in c.exclude_outbound_cidrs.iter().filter(|c| family.holds(c)) {
         let _ = writeln!(s, "-A MESH_OUTPUT -d {cidr} -j RETURN");
     }
     if c.outbound_cidrs.is_empty() {
         let _ = writeln!(s, "-A MESH_OUTPUT -j MESH_REDIRECT");
     } else {
-        for cidr in &c.outbound_cidrs {
+        // Only the listed destinations: none of this family, none captured.
+        for cidr in c.outbound_cidrs.iter().filter(|c| family.holds(c)) {
             let _ = writeln!(s, "-A MESH_OUTPUT -d {cidr} -j MESH_REDIRECT");
         }
     }
@@ -159,12 +201,9 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn iptables(args: &[&str]) -> anyhow::Result<String> {
-    run("iptables", args, None)
-}
-
 /// Removes our jumps from the built-in chains.
-fn remove_jumps() -> anyhow::Result<()> {
+fn remove_jumps(family: Family) -> anyhow::Result<()> {
+    let iptables = |args: &[&str]| run(family.tool(), args, None);
     for builtin in ["PREROUTING", "OUTPUT"] {
         let rules = iptables(&["-t", "nat", "-S", builtin])?;
         for rule in rules
@@ -180,24 +219,31 @@ fn remove_jumps() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Programs the rules (idempotent).
+/// Programs the rules for IPv4 and, where the pod has it, IPv6
+/// (idempotent).
 pub fn apply(c: &Capture) -> anyhow::Result<()> {
-    remove_jumps()?;
-    run("iptables-restore", &["--noflush"], Some(&restore_input(c)))?;
+    for family in Family::present() {
+        remove_jumps(family)?;
+        let restore = format!("{}-restore", family.tool());
+        run(&restore, &["--noflush"], Some(&restore_input(c, family)))?;
+    }
     Ok(())
 }
 
 /// Removes every rule and chain of ours (idempotent).
 pub fn cleanup() -> anyhow::Result<()> {
-    remove_jumps()?;
-    let existing = iptables(&["-t", "nat", "-S"])?;
-    for chain in CHAINS {
-        if existing.lines().any(|l| l == format!("-N {chain}")) {
+    for family in Family::present() {
+        remove_jumps(family)?;
+        let iptables = |args: &[&str]| run(family.tool(), args, None);
+        let existing = iptables(&["-t", "nat", "-S"])?;
+        let ours: Vec<&str> = CHAINS
+            .into_iter()
+            .filter(|chain| existing.lines().any(|l| l == format!("-N {chain}")))
+            .collect();
+        for chain in &ours {
             iptables(&["-t", "nat", "-F", chain])?;
         }
-    }
-    for chain in CHAINS {
-        if existing.lines().any(|l| l == format!("-N {chain}")) {
+        for chain in &ours {
             iptables(&["-t", "nat", "-X", chain])?;
         }
     }
@@ -210,7 +256,7 @@ mod tests {
 
     #[test]
     fn default_rules() {
-        let r = restore_input(&Capture::default());
+        let r = restore_input(&Capture::default(), Family::V4);
         assert!(r.starts_with("*nat\n:MESH_INBOUND - [0:0]\n"));
         assert!(r.contains("-A MESH_OUTPUT -m owner --uid-owner 1337 -j RETURN\n"));
         assert!(r.contains("-A MESH_INBOUND -p tcp --dport 15021 -j RETURN\n"));
@@ -226,12 +272,19 @@ mod tests {
     fn lists_and_exclusions() {
         let c = Capture {
             inbound_ports: vec![8080],
-            outbound_cidrs: vec!["10.96.0.0/12".into()],
+            outbound_cidrs: vec!["10.96.0.0/12".into(), "fd00:96::/108".into()],
             exclude_outbound_cidrs: vec!["169.254.169.254/32".into()],
             exclude_outbound_ports: vec![5432],
             ..Capture::default()
         };
-        let r = restore_input(&c);
+        let r = restore_input(&c, Family::V4);
+        let r6 = restore_input(&c, Family::V6);
+        assert!(r6.contains("-A MESH_OUTPUT -d ::1/128 -j RETURN\n"));
+        assert!(r6.contains("-A MESH_OUTPUT -d fd00:96::/108 -j MESH_REDIRECT\n"));
+        assert!(
+            !r6.contains("10.96.0.0/12") && !r.contains("fd00:96::"),
+            "each family its own"
+        );
         assert!(r.contains("-A MESH_INBOUND -p tcp --dport 8080 -j MESH_IN_REDIRECT\n"));
         assert!(!r.contains("-A MESH_INBOUND -p tcp -j MESH_IN_REDIRECT"));
         assert!(r.contains("-A MESH_OUTPUT -d 10.96.0.0/12 -j MESH_REDIRECT\n"));

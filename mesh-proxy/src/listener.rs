@@ -14,10 +14,14 @@ use crate::state::{Conn, Shared};
 use crate::upstream::Upstreams;
 
 /// A listening socket on `addr` that shares the port with the other
-/// workers' (SO_REUSEPORT: the kernel spreads connections).
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// workers' (SO_REUSEPORT: the kernel spreads connections); on an IPv6
+/// address, IPv6 only unless `dual_stack`.
+pub fn bind(addr: SocketAddr, dual_stack: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(!dual_stack)?;
+    }
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     // Accepted sockets inherit it (Linux): no setsockopt per connection.
@@ -29,12 +33,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// One socket per worker on `addr` (port 0: the port the first one got).
-pub fn bind_all(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let first = bind(addr)?;
+pub fn bind_all(
+    addr: SocketAddr,
+    dual_stack: bool,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr, dual_stack)?;
     let addr = first.local_addr()?;
     let mut all = vec![first];
     for _ in 1..workers {
-        all.push(bind(addr)?);
+        all.push(bind(addr, dual_stack)?);
     }
     Ok(all)
 }
@@ -176,10 +184,22 @@ mod tests {
     /// accepted connections must have it off without a call each.
     #[test]
     fn accepted_connections_inherit_nodelay() {
-        let l = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = super::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
         l.set_nonblocking(false).unwrap();
         let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (accepted, _) = l.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
+    }
+
+    /// `::` with ipv4_compat takes IPv4 connections too; without, only IPv6.
+    #[test]
+    fn dual_stack_takes_both_families() {
+        let dual = super::bind("[::]:0".parse().unwrap(), true).unwrap();
+        let port = dual.local_addr().unwrap().port();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(std::net::TcpStream::connect(("::1", port)).is_ok());
+        let v6 = super::bind("[::]:0".parse().unwrap(), false).unwrap();
+        let port = v6.local_addr().unwrap().port();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 }

@@ -421,7 +421,7 @@ struct InitArgs {
 }
 
 fn init(a: InitArgs) -> ExitCode {
-    use mesh_proxy::capture::{Capture, apply, cleanup, restore_input};
+    use mesh_proxy::capture::{Capture, Family, apply, cleanup, restore_input};
     let mut exclude_inbound = vec![15090, 15021];
     exclude_inbound.extend(
         a.exclude_inbound_ports
@@ -440,7 +440,10 @@ fn init(a: InitArgs) -> ExitCode {
     };
     let result = match (a.dry_run, a.cleanup) {
         (true, false) => {
-            print!("{}", restore_input(&capture));
+            println!("# iptables-restore --noflush");
+            print!("{}", restore_input(&capture, Family::V4));
+            println!("# ip6tables-restore --noflush (where the pod has IPv6)");
+            print!("{}", restore_input(&capture, Family::V6));
             Ok(())
         }
         (true, true) => {

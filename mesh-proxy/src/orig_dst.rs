@@ -17,11 +17,13 @@ pub fn original_dst(stream: &tokio::net::TcpStream) -> Option<SocketAddr> {
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let level = if local.is_ipv4() {
-            libc::SOL_IP
-        } else {
-            libc::SOL_IPV6
+        // An IPv4 connection on a dual-stack socket has a v4-mapped local
+        // address; its conntrack entry is IPv4's.
+        let v4 = match local {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
         };
+        let level = if v4 { libc::SOL_IP } else { libc::SOL_IPV6 };
         let rc = libc::getsockopt(
             fd,
             level,

@@ -35,7 +35,8 @@ pub struct Proxy {
 
 /// The bound listeners and the workers that accept on them.
 struct Binder {
-    bound: BTreeMap<String, SocketAddr>,
+    /// Name → address and whether dual-stack.
+    bound: BTreeMap<String, (SocketAddr, bool)>,
     workers: Vec<mpsc::UnboundedSender<WorkerCommand>>,
 }
 
@@ -67,22 +68,21 @@ impl Proxy {
         // A panic elsewhere while holding it leaves the map consistent:
         // every change below happens after the last fallible step.
         let mut binder = self.binder.lock().unwrap_or_else(|p| p.into_inner());
-        let wanted: BTreeMap<String, SocketAddr> = snapshot
+        let wanted: BTreeMap<String, (SocketAddr, bool)> = snapshot
             .listeners
             .values()
             .filter(|l| l.bind)
-            .map(|l| (l.name.clone(), l.address))
+            .map(|l| (l.name.clone(), (l.address, l.dual_stack)))
             .collect();
         let mut opened = Vec::new();
-        for (name, addr) in &wanted {
-            let same = binder
-                .bound
-                .get(name)
-                .is_some_and(|b| b == addr || (addr.port() == 0 && b.ip() == addr.ip()));
+        for (name, (addr, dual)) in &wanted {
+            let same = binder.bound.get(name).is_some_and(|(b, d)| {
+                d == dual && (b == addr || (addr.port() == 0 && b.ip() == addr.ip()))
+            });
             if same {
                 continue;
             }
-            let sockets = bind_all(*addr, binder.workers.len())
+            let sockets = bind_all(*addr, *dual, binder.workers.len())
                 .with_context(|| format!("listener {name}: cannot bind {addr}"))?;
             let address = sockets[0].local_addr()?;
             opened.push((name.clone(), address, sockets));
@@ -103,7 +103,9 @@ impl Proxy {
         }
         let mut added = Vec::new();
         for (name, address, sockets) in opened {
-            binder.bound.insert(name.clone(), address);
+            binder
+                .bound
+                .insert(name.clone(), (address, wanted[&name].1));
             let shared_name: Arc<str> = name.as_str().into();
             for (w, s) in binder.workers.iter().zip(sockets) {
                 let _ = w.send(WorkerCommand::Accept(shared_name.clone(), s));
@@ -118,7 +120,7 @@ impl Proxy {
         let b = self.binder.lock().unwrap_or_else(|p| p.into_inner());
         b.bound
             .iter()
-            .map(|(n, a)| Bound {
+            .map(|(n, (a, _))| Bound {
                 name: n.clone(),
                 address: *a,
             })

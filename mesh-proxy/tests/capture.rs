@@ -17,10 +17,20 @@ const VIP: &str = "10.251.0.10";
 /// A capture listener (15001 or 15006): hands connections to the listener
 /// for their original destination, else to the black hole (REGISTRY_ONLY).
 fn capture_listener(name: &str, port: u16) -> String {
+    capture_listener_on(name, "0.0.0.0", port)
+}
+
+/// [`capture_listener`] on `address` (`::` is bound dual-stack).
+fn capture_listener_on(name: &str, address: &str, port: u16) -> String {
+    let compat = if address == "::" {
+        ", ipv4_compat: true"
+    } else {
+        ""
+    };
     format!(
         r#"  - name: {name}
     address:
-      socket_address: {{address: 0.0.0.0, port_value: {port}}}
+      socket_address: {{address: "{address}", port_value: {port}{compat}}}
     use_original_dst: true
     filter_chains:
     - filters:
@@ -147,19 +157,22 @@ impl Sidecar {
 }
 
 fn app(world: &mut World, ns: &str, name: &str, port: u16, log: &std::path::Path) {
-    let child = world.spawn(
-        ns,
-        None,
-        &[
-            "/usr/bin/python3",
-            "-c",
-            APP,
-            name,
-            &port.to_string(),
-            log.to_str().unwrap(),
-        ],
-        Stdio::piped(),
-    );
+    app_on(world, ns, name, port, log, "0.0.0.0")
+}
+
+/// [`app`] listening on `bind` (`::` for IPv6).
+fn app_on(world: &mut World, ns: &str, name: &str, port: u16, log: &std::path::Path, bind: &str) {
+    let port = port.to_string();
+    let args = [
+        "/usr/bin/python3",
+        "-c",
+        APP,
+        name,
+        &port,
+        log.to_str().unwrap(),
+        bind,
+    ];
+    let child = world.spawn(ns, None, &args, Stdio::piped());
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -332,8 +345,13 @@ fn init_is_idempotent_and_cleanup_removes_everything() {
     assert_eq!(rules(&world), once, "applying twice gives the same rules");
     let (_, dry) = world.exec(&pod, &[bin, "init", "--dry-run"]);
     assert!(
-        dry.starts_with("*nat\n") && dry.ends_with("COMMIT\n"),
+        dry.starts_with("# iptables-restore --noflush\n*nat\n") && dry.ends_with("COMMIT\n"),
         "{dry}"
+    );
+    assert!(
+        dry.contains("# ip6tables-restore --noflush (where the pod has IPv6)\n*nat\n")
+            && dry.contains("-A MESH_OUTPUT -d ::1/128 -j RETURN"),
+        "both families: {dry}"
     );
     assert_eq!(rules(&world), once, "--dry-run changes nothing");
     assert_eq!(world.exec(&pod, &[bin, "init", "--cleanup"]).0, 0);
@@ -384,4 +402,54 @@ fn a_cluster_connect_timeout_bounds_the_wait_for_a_silent_endpoint() {
     );
     assert_eq!(code, 0, "no answer within 3 s: {out}");
     assert!(out.ends_with("\n503"), "{out}");
+}
+
+/// The same path over IPv6 only: pods with unique local addresses, the
+/// capture rules `mesh-proxy init` programs with ip6tables, capture
+/// listeners on `::` (dual-stack), original destinations of IPv6
+/// connections, and no packet to the IPv6 VIPs escaping.
+#[test]
+fn ipv6_pod_to_pod_through_both_sidecars() {
+    use common::netns::VIP_CIDR6;
+    let mut world = World::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (client, _) = world.host6("client6");
+    let (server, server_ip) = world.host6("server6");
+    let log = dir.path().join("server6.log");
+    app_on(&mut world, &server, "svcb-v6", 8080, &log, "::");
+    let vip = VIP_CIDR6.replace("::/64", "::10");
+    let captures = |extra: &str, clusters: &str| {
+        format!(
+            "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: 15000}}\nstatic_resources:\n  listeners:\n{}{}{extra}  clusters:\n  - name: BlackHoleCluster\n    type: STATIC\n    connect_timeout: 1s\n{clusters}",
+            capture_listener_on("virtualOutbound", "::", 15001),
+            capture_listener_on("virtualInbound", "::", 15006),
+        )
+    };
+    let inbound = http_listener(
+        "inbound|8080",
+        &server_ip.to_string(),
+        8080,
+        "\"*\"",
+        "inbound|8080||",
+    );
+    let server_cfg = captures(&inbound, &static_cluster("inbound|8080||", "::1", 8080));
+    let _server_sidecar = sidecar(&mut world, &server, dir.path(), &server_cfg);
+    let domains = format!("\"svcb\", \"[{vip}]\", \"[{vip}]:80\"");
+    let outbound = http_listener("v6_80", "\"::\"", 80, &domains, "outbound|80||svcb");
+    let svcb = static_cluster("outbound|80||svcb", &server_ip.to_string(), 8080);
+    let _client_sidecar = sidecar(&mut world, &client, dir.path(), &captures(&outbound, &svcb));
+    let (code, out) = world.exec(
+        &client,
+        &["curl", "-s", "-g", &format!("http://[{vip}]/pay")],
+    );
+    assert_eq!((code, out.as_str()), (0, "svcb-v6\n"));
+    assert_eq!(requests(&log), 1, "the server app got the request");
+    let (_, rules) = world.exec(&client, &["ip6tables", "-t", "nat", "-S", "MESH_OUTPUT"]);
+    assert!(rules.contains("-d ::1/128 -j RETURN"), "{rules}");
+    assert_eq!(
+        world.escaped_packets(),
+        0,
+        "a packet to {VIP_CIDR6} escaped capture"
+    );
 }

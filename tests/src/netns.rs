@@ -14,6 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const POD_NET: &str = "10.250.0";
 /// The service VIP range, routed to the bridge and dropped there.
 pub const VIP_CIDR: &str = "10.251.0.0/16";
+/// The IPv6 pod network (unique local addresses; the node is `::1` on it),
+/// for IPv6-only hosts ([`World::host6`]); nothing outside the world has it.
+pub const POD_NET6: &str = "fd00:250:";
+/// IPv6 service VIPs, routed and counted like [`VIP_CIDR`].
+pub const VIP_CIDR6: &str = "fd00:251::/64";
 
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
 
@@ -133,22 +138,17 @@ impl World {
             "dev",
             "br0",
         ]);
-        run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        let node6 = format!("{POD_NET6}:1/64");
         run(&[
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "iptables",
-            "-t",
-            "raw",
-            "-A",
-            "PREROUTING",
-            "-d",
-            VIP_CIDR,
-            "-j",
-            "DROP",
+            "ip", "-n", &node, "addr", "add", &node6, "dev", "br0", "nodad",
         ]);
+        run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        for (iptables, vips) in [("iptables", VIP_CIDR), ("ip6tables", VIP_CIDR6)] {
+            let drop = ["-t", "raw", "-A", "PREROUTING", "-d", vips, "-j", "DROP"];
+            let mut args = vec!["ip", "netns", "exec", &node, iptables];
+            args.extend(drop);
+            run(&args);
+        }
         w
     }
 
@@ -266,6 +266,39 @@ impl World {
         (ns, ip)
     }
 
+    /// A host with only an IPv6 address (`fd00:250::N`) on the bridge; the
+    /// IPv6 VIP range is routed to the node, as [`World::host`] does for
+    /// IPv4.
+    pub fn host6(&mut self, name: &str) -> (String, std::net::Ipv6Addr) {
+        assert!(
+            !self.loopback,
+            "IPv6 hosts live in the network-namespace world"
+        );
+        self.hosts += 1;
+        let n = self.hosts;
+        let ns = format!("{}-{name}", self.id);
+        let ip: std::net::Ipv6Addr = format!("{POD_NET6}:{:x}", n + 1).parse().unwrap();
+        self.add_ns(&ns);
+        let peer = format!("v{}-{n}", self.id);
+        run(&[
+            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+            &self.node,
+        ]);
+        let cidr = format!("{ip}/64");
+        run(&[
+            "ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0", "nodad",
+        ]);
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        run(&[
+            "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        let via = format!("{POD_NET6}:1");
+        run(&[
+            "ip", "-n", &ns, "-6", "route", "add", VIP_CIDR6, "via", &via,
+        ]);
+        (ns, ip)
+    }
+
     /// Starts a process in namespace `ns` (as `uid` when given); it is
     /// killed when the world is dropped.
     pub fn spawn(
@@ -344,25 +377,20 @@ impl World {
         (!self.loopback).then(|| self.escaped_packets())
     }
 
-    /// Packets to the VIP range that escaped capture and reached the node.
+    /// Packets to the VIP ranges (IPv4 and IPv6) that escaped capture and
+    /// reached the node.
     pub fn escaped_packets(&self) -> u64 {
-        let (_, out) = self.exec(
-            &self.node,
-            &[
-                "iptables",
-                "-t",
-                "raw",
-                "-L",
-                "PREROUTING",
-                "-v",
-                "-x",
-                "-n",
-            ],
-        );
-        out.lines()
-            .find(|l| l.contains("DROP") && l.contains(VIP_CIDR))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no counting rule in\n{out}"))
+        [("iptables", VIP_CIDR), ("ip6tables", VIP_CIDR6)]
+            .into_iter()
+            .map(|(iptables, vips)| {
+                let list = [iptables, "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"];
+                let (_, out) = self.exec(&self.node, &list);
+                out.lines()
+                    .find(|l| l.contains("DROP") && l.contains(vips))
+                    .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no counting rule in\n{out}"))
+            })
+            .sum()
     }
 }
 
@@ -383,7 +411,9 @@ impl Drop for World {
 /// `NAME\n` on `port` and appending one line per request to `log`.
 pub const APP: &str = r#"
 import http.server, sys
+import socket
 name, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+bind = sys.argv[4] if len(sys.argv) > 4 else "0.0.0.0"
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -396,7 +426,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-s = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+s = S((bind, port), H)
 print("ready", flush=True)
 s.serve_forever()
 "#;

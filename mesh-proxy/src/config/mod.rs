@@ -161,6 +161,9 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Bind a socket (`false`: a virtual listener reached by hand-off only).
     pub bind: bool,
+    /// On `::`, take IPv4 connections too (`ipv4_compat`): one dual-stack
+    /// socket, as Envoy binds it.
+    pub dual_stack: bool,
     /// Hand connections that were redirected to it to the listener matching
     /// their original destination (the capture ports 15001 and 15006).
     pub use_original_dst: bool,
@@ -508,6 +511,26 @@ impl Cluster {
 fn duration(d: &Option<mesh_proto::google::protobuf::Duration>) -> Option<Duration> {
     d.as_ref()
         .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+}
+
+/// A listener address's `ipv4_compat`, which only `::` may ask for.
+fn ipv4_compat(
+    a: &Option<xcore::Address>,
+    address: SocketAddr,
+    path: &str,
+) -> Result<bool, ConfigError> {
+    use xcore::address::Address as A;
+    let compat = match a.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(A::SocketAddress(sa)) => sa.ipv4_compat,
+        _ => false,
+    };
+    if compat && address.ip() != std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) {
+        return Err(err(
+            format!("{path}.socket_address.ipv4_compat"),
+            "ipv4_compat needs the address `::`",
+        ));
+    }
+    Ok(compat)
 }
 
 pub(crate) fn socket_address(
@@ -906,6 +929,7 @@ fn build_listener(
     b: &mut Build<'_>,
 ) -> Result<Listener, ConfigError> {
     let address = socket_address(&l.address, &format!("{path}.address"))?;
+    let dual_stack = ipv4_compat(&l.address, address, &format!("{path}.address"))?;
     if l.filter_chains.is_empty() {
         return Err(err(
             format!("{path}.filter_chains"),
@@ -963,6 +987,7 @@ fn build_listener(
     Ok(Listener {
         name: l.name.clone(),
         address,
+        dual_stack,
         bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         chains,

@@ -19,6 +19,7 @@ const FIELDS: &[&str] = &[
     "envoy.config.core.v3.Address.socket_address",
     "envoy.config.core.v3.SocketAddress.address",
     "envoy.config.core.v3.SocketAddress.port_value",
+    "envoy.config.core.v3.SocketAddress.ipv4_compat",
     "envoy.config.listener.v3.Listener.name",
     "envoy.config.listener.v3.Listener.address",
     "envoy.config.listener.v3.Listener.filter_chains",
