@@ -164,7 +164,21 @@ fn kind_of(
     }
 }
 
+/// How much of a document to check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// Every rule: what users write.
+    All,
+    /// Shape only (fields and types): what the store wrote after checking
+    /// it once, when it was written.
+    Shape,
+}
+
 fn document(value: Value) -> Result<Document, Vec<Problem>> {
+    document_with(value, Checks::All)
+}
+
+fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<Problem>> {
     let root = FieldPath::root();
     let Value::Object(map) = &value else {
         return Err(one_problem(
@@ -189,12 +203,14 @@ fn document(value: Value) -> Result<Document, Vec<Problem>> {
             .map(|(m, s)| (m, Spec::EgressRule(s)))
             .map_err(one)?,
     };
-    let mut c = Checker::default();
-    metadata.check(&mut c, &root.key("metadata"));
-    spec.check(&mut c, &root.key("spec"));
-    let problems = c.into_problems();
-    if !problems.is_empty() {
-        return Err(problems);
+    if checks == Checks::All {
+        let mut c = Checker::default();
+        metadata.check(&mut c, &root.key("metadata"));
+        spec.check(&mut c, &root.key("spec"));
+        let problems = c.into_problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
     }
     Ok(Document::Rule(Rule {
         api_version,
@@ -204,10 +220,22 @@ fn document(value: Value) -> Result<Document, Vec<Problem>> {
 }
 
 impl Rule {
-    /// Reads and checks a rule from a JSON value (e.g. one read back from a
-    /// store); the error lists every problem as `field.path: message`.
+    /// Reads and checks a rule from a JSON value; the error lists every
+    /// problem as `field.path: message`.
     pub fn from_value(value: Value) -> Result<Rule, String> {
-        match document(value) {
+        Rule::read(value, Checks::All)
+    }
+
+    /// Reads a rule a store wrote: its shape (fields, types) is checked,
+    /// not its rules, which were checked once, when it was written — so a
+    /// write validates each rule once, not again on every read of the
+    /// store by each writer and by pilot.
+    pub fn from_stored(value: Value) -> Result<Rule, String> {
+        Rule::read(value, Checks::Shape)
+    }
+
+    fn read(value: Value, checks: Checks) -> Result<Rule, String> {
+        match document_with(value, checks) {
             Ok(Document::Rule(r)) => Ok(r),
             Ok(Document::Foreign(f)) => {
                 Err(format!("{} {} is not a mesh rule", f.api_version, f.kind))

@@ -465,3 +465,31 @@ fn rules_round_trip_through_values() {
     let again = mesh_rules::Rule::from_value(rule.to_value()).unwrap();
     assert_eq!(rule, again);
 }
+
+/// A rule read back from the store is checked for its shape only: its
+/// rules were checked once, when it was written.
+#[test]
+fn stored_rules_are_read_without_checking_them_again() {
+    let text = include_str!("../../samples/istio-0.4-walk/route-rules-svcb-v0.2-50.yaml");
+    let rule = load(&[Source { name: "r", text }])
+        .unwrap()
+        .rules
+        .remove(0)
+        .value;
+    let mut value = rule.to_value();
+    value["spec"]["route"][0]["weight"] = serde_json::json!(40);
+    assert!(
+        mesh_rules::Rule::from_value(value.clone()).is_err(),
+        "checked when written"
+    );
+    assert!(
+        mesh_rules::Rule::from_stored(value.clone()).is_ok(),
+        "not again when read"
+    );
+    value["spec"]["routes"] = serde_json::json!([]);
+    let err = mesh_rules::Rule::from_stored(value).unwrap_err();
+    assert!(
+        err.contains("unknown field `routes`"),
+        "the shape still is: {err}"
+    );
+}

@@ -80,7 +80,7 @@ impl LocalStore {
             ..Snapshot::default()
         };
         for r in file.rules {
-            let rule = Rule::from_value(r.object).map_err(corrupt)?;
+            let rule = Rule::from_stored(r.object).map_err(corrupt)?;
             snap.rules.insert(
                 rule.key(),
                 StoredRule {
