@@ -24,6 +24,51 @@ const OTHER_ROOTS: &[&str] = &[
     "envoy.service.discovery.v3.DiscoveryRequest",
 ];
 
+/// Drops what reading and writing messages never uses: comments (source
+/// info) and options (validation rules, annotations), except the two that
+/// change how a message is read: `map_entry` and `packed`. Every mesh
+/// process that decodes the pool holds less.
+fn lean(mut f: prost_types::FileDescriptorProto) -> prost_types::FileDescriptorProto {
+    fn message(m: &mut prost_types::DescriptorProto) {
+        let map_entry = m.options.as_ref().and_then(|o| o.map_entry);
+        m.options = map_entry.map(|e| prost_types::MessageOptions {
+            map_entry: Some(e),
+            ..Default::default()
+        });
+        for field in &mut m.field {
+            let packed = field.options.as_ref().and_then(|o| o.packed);
+            field.options = packed.map(|p| prost_types::FieldOptions {
+                packed: Some(p),
+                ..Default::default()
+            });
+        }
+        for o in &mut m.oneof_decl {
+            o.options = None;
+        }
+        for e in &mut m.enum_type {
+            enumeration(e);
+        }
+        m.nested_type.iter_mut().for_each(message);
+    }
+    fn enumeration(e: &mut prost_types::EnumDescriptorProto) {
+        e.options = None;
+        for v in &mut e.value {
+            v.options = None;
+        }
+    }
+    f.source_code_info = None;
+    f.options = None;
+    f.message_type.iter_mut().for_each(message);
+    f.enum_type.iter_mut().for_each(enumeration);
+    for s in &mut f.service {
+        s.options = None;
+        for m in &mut s.method {
+            m.options = None;
+        }
+    }
+    f
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, input, output] = args.as_slice() else {
@@ -55,7 +100,7 @@ fn main() {
     let files: Vec<_> = pool
         .files()
         .filter(|f| keep.contains(f.name()))
-        .map(|f| f.file_descriptor_proto().clone())
+        .map(|f| lean(f.file_descriptor_proto().clone()))
         .collect();
     let set = prost_types::FileDescriptorSet { file: files };
     std::fs::write(output, set.encode_to_vec()).expect("write output");
