@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proxy::admin::{Admin, Scope};
-use mesh_proxy::config::Snapshot;
+use mesh_proxy::config::{Bootstrapped, Snapshot};
 use mesh_proxy::server::{Options, Proxy, Running, start};
 use mesh_rules::FieldPath;
 use tracing::{error, info, warn};
@@ -463,19 +463,13 @@ fn init(a: InitArgs) -> ExitCode {
 
 /// Reads a bootstrap file, naming file, line:column and field of any problem.
 /// `previous`: the configuration in force, whose counters carry over.
-fn load(
-    path: &PathBuf,
-    previous: Option<&Snapshot>,
-) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
+fn load(path: &PathBuf, previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
     let loaded = load_inner(path, previous);
     mesh_proxy::memory::release_after_config();
     loaded
 }
 
-fn load_inner(
-    path: &PathBuf,
-    previous: Option<&Snapshot>,
-) -> anyhow::Result<(Snapshot, Option<std::net::SocketAddr>)> {
+fn load_inner(path: &PathBuf, previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
     let docs = mesh_rules::yaml::read_stream(&text)
@@ -504,7 +498,8 @@ fn watch_config(
     let file = path.clone();
     let watch = mesh_runtime::watch::follow(&path, last, move |_| {
         let in_force = proxy.shared.config.load_full();
-        let result = load(&file, Some(&in_force)).and_then(|(mut snap, _)| {
+        let result = load(&file, Some(&in_force)).and_then(|loaded| {
+            let mut snap = loaded.snapshot;
             snap.version = (version + 1).to_string();
             proxy.apply(snap)
         });
@@ -546,7 +541,10 @@ fn main() -> ExitCode {
         .expect("clap requires --config without a subcommand");
     // What the running config was read from; a change is anything else.
     let loaded_bytes = std::fs::read(&config).unwrap_or_default();
-    let (mut snapshot, admin) = match load(&config, None) {
+    let Bootstrapped {
+        mut snapshot,
+        admin,
+    } = match load(&config, None) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };

@@ -25,7 +25,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
     cfg.stats
         .downstream_cx_total
         .fetch_add(1, Ordering::Relaxed);
-    let Some(cluster) = &cfg.clusters.pick().1 else {
+    let Some(cluster) = &cfg.clusters.pick().cluster else {
         return;
     };
     let Some((endpoint, address)) = cluster.target(conn.original_dst, None) else {

@@ -139,6 +139,16 @@ fn endpoint_counters(
         .unwrap_or_default()
 }
 
+/// What a bootstrap file gives: the configuration, and where the admin
+/// endpoint listens (if it says).
+#[derive(Debug)]
+pub struct Bootstrapped {
+    /// The configuration.
+    pub snapshot: Snapshot,
+    /// `admin.address`.
+    pub admin: Option<SocketAddr>,
+}
+
 /// The xDS resources of a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
@@ -647,7 +657,7 @@ impl Snapshot {
     pub fn from_bootstrap(
         b: &Bootstrap,
         previous: Option<&Snapshot>,
-    ) -> Result<(Snapshot, Option<SocketAddr>), ConfigError> {
+    ) -> Result<Bootstrapped, ConfigError> {
         if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
             let p = &problems[0];
             return Err(err(p.path.clone(), p.message.clone()));
@@ -670,7 +680,10 @@ impl Snapshot {
             "static_resources.",
             previous,
         )?;
-        Ok((snap, admin))
+        Ok(Bootstrapped {
+            snapshot: snap,
+            admin,
+        })
     }
 
     /// Builds a snapshot from resources; `prefix` is prepended to error paths.

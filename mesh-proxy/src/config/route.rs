@@ -585,11 +585,20 @@ fn build_forward(
 /// weight's share (a 50/50 split alternates).
 #[derive(Debug)]
 pub struct WeightedSchedule {
-    /// The clusters by name, resolved when the configuration was built
-    /// (`None`: named but not configured; requests get 503, as Envoy).
-    pub clusters: Vec<(String, Option<Arc<Cluster>>)>,
+    /// The clusters it picks from, in the order written.
+    pub clusters: Vec<Target>,
     order: Vec<u16>,
     next: AtomicUsize,
+}
+
+/// A cluster a route or TCP proxy names.
+#[derive(Debug)]
+pub struct Target {
+    /// The name written.
+    pub name: String,
+    /// The cluster, resolved when the configuration was built (`None`:
+    /// named but not configured; requests get 503, as in Envoy).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Longest schedule kept; weights are reduced by their common divisor first.
@@ -641,7 +650,10 @@ impl WeightedSchedule {
         Ok(WeightedSchedule {
             clusters: entries
                 .iter()
-                .map(|(n, _)| (n.clone(), clusters.get(n).cloned()))
+                .map(|(n, _)| Target {
+                    name: n.clone(),
+                    cluster: clusters.get(n).cloned(),
+                })
                 .collect(),
             order,
             next: AtomicUsize::new(0),
@@ -649,7 +661,7 @@ impl WeightedSchedule {
     }
 
     /// The next cluster.
-    pub fn pick(&self) -> &(String, Option<Arc<Cluster>>) {
+    pub fn pick(&self) -> &Target {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.order.len();
         &self.clusters[self.order[i] as usize]
     }
@@ -660,7 +672,7 @@ mod tests {
     use super::*;
 
     fn names(s: &WeightedSchedule, n: usize) -> Vec<String> {
-        (0..n).map(|_| s.pick().0.clone()).collect()
+        (0..n).map(|_| s.pick().name.clone()).collect()
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub(super) async fn forward(
     let body_failed = Arc::new(AtomicBool::new(false));
     let mut streamed = (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone()));
     // The cluster is chosen once per request; retries stay in it.
-    let Some(cluster) = &fwd.clusters.pick().1 else {
+    let Some(cluster) = &fwd.clusters.pick().cluster else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
     };
     let _in_flight = ClusterInFlight::new(cluster);
