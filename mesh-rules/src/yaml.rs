@@ -135,6 +135,41 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The rest of a mapping (after its start event), keys in order.
+    fn mapping(
+        &mut self,
+        path: &FieldPath,
+        positions: &mut HashMap<FieldPath, NodePosition>,
+    ) -> Result<Value> {
+        let mut map = Map::new();
+        loop {
+            let (ev, sp) = self.next()?;
+            if matches!(ev, Event::MappingEnd) {
+                return Ok(Value::Object(map));
+            }
+            let key_pos = pos(&sp);
+            let key = match ev {
+                Event::Scalar(text, ..) => text.into_owned(),
+                _ => {
+                    return Err(self.error(
+                        key_pos,
+                        "mapping keys must be plain strings, not sequences or mappings".into(),
+                    ));
+                }
+            };
+            if map.contains_key(&key) {
+                return Err(self.error(
+                    key_pos,
+                    format!("duplicate key `{key}`: each key may appear once in a mapping"),
+                ));
+            }
+            let (ev, sp) = self.next()?;
+            let child = path.key(key.clone());
+            let v = self.node(ev, sp, child, Some(key_pos), positions)?;
+            map.insert(key, v);
+        }
+    }
+
     fn node(
         &mut self,
         event: Event<'a>,
@@ -173,37 +208,7 @@ impl<'a> Reader<'a> {
                 }
                 (Value::Array(items), anchor)
             }
-            Event::MappingStart(anchor, _) => {
-                let mut map = Map::new();
-                loop {
-                    let (ev, sp) = self.next()?;
-                    if matches!(ev, Event::MappingEnd) {
-                        break;
-                    }
-                    let key_pos = pos(&sp);
-                    let key = match ev {
-                        Event::Scalar(text, ..) => text.into_owned(),
-                        _ => {
-                            return Err(self.error(
-                                key_pos,
-                                "mapping keys must be plain strings, not sequences or mappings"
-                                    .into(),
-                            ));
-                        }
-                    };
-                    if map.contains_key(&key) {
-                        return Err(self.error(
-                            key_pos,
-                            format!("duplicate key `{key}`: each key may appear once in a mapping"),
-                        ));
-                    }
-                    let (ev, sp) = self.next()?;
-                    let child = path.key(key.clone());
-                    let v = self.node(ev, sp, child, Some(key_pos), positions)?;
-                    map.insert(key, v);
-                }
-                (Value::Object(map), anchor)
-            }
+            Event::MappingStart(anchor, _) => (self.mapping(&path, positions)?, anchor),
             Event::Alias(id) => match self.anchors.get(&id) {
                 Some(v) => (v.clone(), 0),
                 None => return Err(self.error(here, "alias refers to an unknown anchor".into())),
