@@ -32,6 +32,14 @@ fn run(args: &[&str]) {
     );
 }
 
+/// Runs a command; whether it succeeded (for what a machine may lack).
+fn try_run(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Fails with a clear reason when the test cannot build namespaces.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -94,6 +102,8 @@ pub struct World {
     /// No namespaces: hosts are addresses on loopback (127.10.0.N) and
     /// processes run as the current user (the demo without root).
     pub loopback: bool,
+    /// The node has IPv6 (its address and counting rule): [`World::host6`].
+    pub ipv6: bool,
 }
 
 /// The loopback flavour's host network (127.10.0.N; .1 is pilot's).
@@ -125,6 +135,7 @@ impl World {
             names: vec![],
             logs: None,
             loopback: false,
+            ipv6: false,
         };
         w.add_ns(&node);
         run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
@@ -138,17 +149,18 @@ impl World {
             "dev",
             "br0",
         ]);
-        let node6 = format!("{POD_NET6}:1/64");
-        run(&[
-            "ip", "-n", &node, "addr", "add", &node6, "dev", "br0", "nodad",
-        ]);
         run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
-        for (iptables, vips) in [("iptables", VIP_CIDR), ("ip6tables", VIP_CIDR6)] {
-            let drop = ["-t", "raw", "-A", "PREROUTING", "-d", vips, "-j", "DROP"];
+        let drop = |iptables, vips| {
             let mut args = vec!["ip", "netns", "exec", &node, iptables];
-            args.extend(drop);
-            run(&args);
-        }
+            args.extend(["-t", "raw", "-A", "PREROUTING", "-d", vips, "-j", "DROP"]);
+            args
+        };
+        run(&drop("iptables", VIP_CIDR));
+        // IPv6, where the machine has it: IPv4 tests do not depend on it.
+        let node6 = format!("{POD_NET6}:1/64");
+        w.ipv6 = try_run(&[
+            "ip", "-n", &node, "addr", "add", &node6, "dev", "br0", "nodad",
+        ]) && try_run(&drop("ip6tables", VIP_CIDR6));
         w
     }
 
@@ -168,6 +180,7 @@ impl World {
             names: vec![],
             logs: None,
             loopback: true,
+            ipv6: false,
         }
     }
 
@@ -380,8 +393,10 @@ impl World {
     /// Packets to the VIP ranges (IPv4 and IPv6) that escaped capture and
     /// reached the node.
     pub fn escaped_packets(&self) -> u64 {
+        let families = if self.ipv6 { 2 } else { 1 };
         [("iptables", VIP_CIDR), ("ip6tables", VIP_CIDR6)]
             .into_iter()
+            .take(families)
             .map(|(iptables, vips)| {
                 let list = [iptables, "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"];
                 let (_, out) = self.exec(&self.node, &list);
