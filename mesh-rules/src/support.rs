@@ -71,25 +71,29 @@ fn route_rule(out: &mut Vec<Problem>, root: &FieldPath, r: &RouteRule) {
             refuse(out, root.key("route").index(i).key("destination"), what);
         }
     }
-    if let Some(t) = &r.http_req_timeout
-        && t.simple_timeout.override_header_name.is_some()
-    {
-        let at = root.key("httpReqTimeout").key("simpleTimeout");
-        refuse(
-            out,
-            at.key("overrideHeaderName"),
+    let overrides = [
+        (
+            "httpReqTimeout",
+            "simpleTimeout",
+            r.http_req_timeout
+                .as_ref()
+                .and_then(|t| t.simple_timeout.override_header_name.as_ref()),
             "timeouts set by a request header",
-        );
-    }
-    if let Some(t) = &r.http_req_retries
-        && t.simple_retry.override_header_name.is_some()
-    {
-        let at = root.key("httpReqRetries").key("simpleRetry");
-        refuse(
-            out,
-            at.key("overrideHeaderName"),
+        ),
+        (
+            "httpReqRetries",
+            "simpleRetry",
+            r.http_req_retries
+                .as_ref()
+                .and_then(|t| t.simple_retry.override_header_name.as_ref()),
             "retries set by a request header",
-        );
+        ),
+    ];
+    for (field, policy, header, what) in overrides {
+        if header.is_some() {
+            let at = root.key(field).key(policy).key("overrideHeaderName");
+            refuse(out, at, what);
+        }
     }
 }
 

@@ -107,22 +107,27 @@ struct Build<'a> {
 
 impl Build<'_> {
     fn http_stats(&mut self, prefix: &str) -> Arc<PrefixStats> {
-        let old = self.previous.and_then(|p| p.prefix_stats.http.get(prefix));
-        self.stats
-            .http
-            .entry(prefix.to_owned())
-            .or_insert_with(|| old.cloned().unwrap_or_default())
-            .clone()
+        let old = self.previous.map(|p| &p.prefix_stats.http);
+        carried(&mut self.stats.http, old, prefix)
     }
 
     fn tcp_stats(&mut self, prefix: &str) -> Arc<PrefixStats> {
-        let old = self.previous.and_then(|p| p.prefix_stats.tcp.get(prefix));
-        self.stats
-            .tcp
-            .entry(prefix.to_owned())
-            .or_insert_with(|| old.cloned().unwrap_or_default())
-            .clone()
+        let old = self.previous.map(|p| &p.prefix_stats.tcp);
+        carried(&mut self.stats.tcp, old, prefix)
     }
+}
+
+/// `prefix`'s counters in `now`: those of the configuration before, when
+/// it had them, else new ones.
+fn carried(
+    now: &mut std::collections::BTreeMap<String, Arc<PrefixStats>>,
+    before: Option<&std::collections::BTreeMap<String, Arc<PrefixStats>>>,
+    prefix: &str,
+) -> Arc<PrefixStats> {
+    let old = before.and_then(|b| b.get(prefix)).cloned();
+    now.entry(prefix.to_owned())
+        .or_insert_with(|| old.unwrap_or_default())
+        .clone()
 }
 
 /// The counters of endpoint `address` of cluster `cluster` in `previous`,
