@@ -76,57 +76,8 @@ async fn proxy(
     changed_at: Arc<AtomicU64>,
     epoch: Instant,
 ) {
-    let meta = NodeMeta {
-        id: format!(
-            "sidecar~{}~wl-{i}.default~default.svc.cluster.local",
-            ip(254, i)
-        ),
-        namespace: "default".into(),
-        name: format!("wl-{i}"),
-        workload: format!("wl-{i}"),
-        ip: ip(254, i).parse().ok(),
-        labels: [
-            ("app".to_owned(), format!("svc-{}", i % services)),
-            ("version".to_owned(), "v1".to_owned()),
-        ]
-        .into(),
-        service_account: "default".into(),
-        explicit: false,
-        app_ip: None,
-    };
-    // A connection storm may see refused or reset connections; retry like
-    // a proxy would, until the first configuration arrived.
-    let mut attempt = 0u64;
-    let connected = loop {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100 * attempt.min(20))).await;
-        }
-        attempt += 1;
-        let mut client =
-            match AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await {
-                Ok(c) => c.max_decoding_message_size(256 << 20),
-                Err(e) => {
-                    eprintln!("proxy {i}: connect failed ({e}), retrying");
-                    continue;
-                }
-            };
-        let (tx, rx) = mpsc::unbounded_channel();
-        for t in XdsType::PUSH_ORDER {
-            let _ = tx.send(DeltaDiscoveryRequest {
-                node: Some(meta.to_node()),
-                type_url: t.type_url().to_owned(),
-                ..Default::default()
-            });
-        }
-        match client
-            .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => break (r.into_inner(), tx),
-            Err(e) => eprintln!("proxy {i}: stream refused ({e}), retrying"),
-        }
-    };
-    let (mut stream, tx) = connected;
+    let meta = node(i, services);
+    let (mut stream, tx) = connect(&xds, i, &meta).await;
     let mut seen = 0u8;
     loop {
         let r = match stream.message().await {
@@ -163,6 +114,71 @@ async fn proxy(
             && changed_at.load(Ordering::SeqCst) == 0
         {
             changed_at.store(epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Proxy `i`'s node: workload `wl-i` of service `svc-(i mod services)`.
+fn node(i: usize, services: usize) -> NodeMeta {
+    NodeMeta {
+        id: format!(
+            "sidecar~{}~wl-{i}.default~default.svc.cluster.local",
+            ip(254, i)
+        ),
+        namespace: "default".into(),
+        name: format!("wl-{i}"),
+        workload: format!("wl-{i}"),
+        ip: ip(254, i).parse().ok(),
+        labels: [
+            ("app".to_owned(), format!("svc-{}", i % services)),
+            ("version".to_owned(), "v1".to_owned()),
+        ]
+        .into(),
+        service_account: "default".into(),
+        explicit: false,
+        app_ip: None,
+    }
+}
+
+/// Opens proxy `i`'s Delta stream, subscribed to every type. A connection
+/// storm may see refused or reset connections; it retries like a proxy
+/// would, until pilot takes the stream.
+async fn connect(
+    xds: &str,
+    i: usize,
+    meta: &NodeMeta,
+) -> (
+    tonic::Streaming<mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryResponse>,
+    mpsc::UnboundedSender<DeltaDiscoveryRequest>,
+) {
+    let mut attempt = 0u64;
+    loop {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100 * attempt.min(20))).await;
+        }
+        attempt += 1;
+        let mut client =
+            match AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await {
+                Ok(c) => c.max_decoding_message_size(256 << 20),
+                Err(e) => {
+                    eprintln!("proxy {i}: connect failed ({e}), retrying");
+                    continue;
+                }
+            };
+        let (tx, rx) = mpsc::unbounded_channel();
+        for t in XdsType::PUSH_ORDER {
+            let _ = tx.send(DeltaDiscoveryRequest {
+                node: Some(meta.to_node()),
+                type_url: t.type_url().to_owned(),
+                ..Default::default()
+            });
+        }
+        match client
+            .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => return (r.into_inner(), tx),
+            Err(e) => eprintln!("proxy {i}: stream refused ({e}), retrying"),
         }
     }
 }
