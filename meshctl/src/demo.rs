@@ -164,6 +164,32 @@ mod network {
         Ok(())
     }
 
+    /// What to type to reach the mesh that `--keep` leaves running.
+    fn how_to_reach(mesh: &Mesh, id: &str, loopback: bool) {
+        println!();
+        println!("The mesh keeps running until Ctrl-C. Try:");
+        if loopback {
+            println!("  curl http://127.10.0.3:8080/pay            # svca's sidecar, inbound");
+            println!("  curl -x 127.10.0.5:15001 http://svca/pay   # through the client's sidecar");
+            println!("  meshctl proxy-status --pilot 127.10.0.1:15014");
+            println!("  meshctl proxy-config routes 127.10.0.3:15000");
+        } else {
+            let node = &mesh.world.node;
+            let ns = |name: &str| format!("{id}-{name}");
+            println!("  sudo ip netns exec {} curl http://svca/pay", ns("client"));
+            println!("  sudo ip netns exec {node} meshctl proxy-status");
+            println!(
+                "  sudo ip netns exec {} meshctl proxy-config routes",
+                ns("svca-v0.1-1")
+            );
+            println!(
+                "  sudo ip netns exec {} curl -s 127.0.0.1:15000/stats/prometheus",
+                ns("svca-v0.1-1")
+            );
+        }
+        println!("  meshctl --store {} get all", mesh.store.display());
+    }
+
     pub async fn run(keep: bool, loopback: bool) -> anyhow::Result<ExitCode> {
         ensure_binaries()?;
         if !loopback {
@@ -221,32 +247,8 @@ mod network {
             checks.len(),
             started.elapsed().as_secs_f32()
         );
-        if keep && loopback {
-            println!();
-            println!("The mesh keeps running until Ctrl-C. Try:");
-            println!("  curl http://127.10.0.3:8080/pay            # svca's sidecar, inbound");
-            println!("  curl -x 127.10.0.5:15001 http://svca/pay   # through the client's sidecar");
-            println!("  meshctl proxy-status --pilot 127.10.0.1:15014");
-            println!("  meshctl proxy-config routes 127.10.0.3:15000");
-            println!("  meshctl --store {} get all", mesh.store.display());
-            let _ = tokio::signal::ctrl_c().await;
-            println!("cleaning up");
-        } else if keep {
-            let node = &mesh.world.node;
-            let ns = |name: &str| format!("{id}-{name}");
-            println!();
-            println!("The mesh keeps running until Ctrl-C. Try:");
-            println!("  sudo ip netns exec {} curl http://svca/pay", ns("client"));
-            println!("  sudo ip netns exec {node} meshctl proxy-status");
-            println!(
-                "  sudo ip netns exec {} meshctl proxy-config routes",
-                ns("svca-v0.1-1")
-            );
-            println!(
-                "  sudo ip netns exec {} curl -s 127.0.0.1:15000/stats/prometheus",
-                ns("svca-v0.1-1")
-            );
-            println!("  meshctl --store {} get all", mesh.store.display());
+        if keep {
+            how_to_reach(&mesh, &id, loopback);
             let _ = tokio::signal::ctrl_c().await;
             println!("cleaning up");
         }
