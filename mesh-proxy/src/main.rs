@@ -1,6 +1,6 @@
 //! `mesh-proxy`: the sidecar proxy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -461,18 +461,23 @@ fn init(a: InitArgs) -> ExitCode {
     }
 }
 
-/// Reads a bootstrap file, naming file, line:column and field of any problem.
-/// `previous`: the configuration in force, whose counters carry over.
-fn load(path: &PathBuf, previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
-    let loaded = load_inner(path, previous);
+/// Reads a bootstrap file's contents (`bytes`, read from `path`), naming
+/// file, line:column and field of any problem. `previous`: the
+/// configuration in force, whose counters carry over.
+fn load(path: &Path, bytes: &[u8], previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
+    let loaded = load_inner(path, bytes, previous);
     mesh_proxy::memory::release_after_config();
     loaded
 }
 
-fn load_inner(path: &PathBuf, previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
+fn load_inner(
+    path: &Path,
+    bytes: &[u8],
+    previous: Option<&Snapshot>,
+) -> anyhow::Result<Bootstrapped> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {name}"))?;
-    let docs = mesh_rules::yaml::read_stream(&text)
+    let text = std::str::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8"))?;
+    let docs = mesh_rules::yaml::read_stream(text)
         .map_err(|e| anyhow::anyhow!("{name}:{}: {}", e.position, e.message))?;
     let Some((_, doc)) = docs.first() else {
         anyhow::bail!("{name}: the file is empty");
@@ -496,9 +501,10 @@ fn watch_config(
 ) -> anyhow::Result<mesh_runtime::watch::FileWatch> {
     let mut version = 1u64;
     let file = path.clone();
-    let watch = mesh_runtime::watch::follow(&path, last, move |_| {
+    // The contents `follow` compared are the ones applied (no second read).
+    let watch = mesh_runtime::watch::follow(&path, last, move |bytes| {
         let in_force = proxy.shared.config.load_full();
-        let result = load(&file, Some(&in_force)).and_then(|loaded| {
+        let result = load(&file, bytes, Some(&in_force)).and_then(|loaded| {
             let mut snap = loaded.snapshot;
             snap.version = (version + 1).to_string();
             proxy.apply(snap)
@@ -540,11 +546,14 @@ fn main() -> ExitCode {
         .clone()
         .expect("clap requires --config without a subcommand");
     // What the running config was read from; a change is anything else.
-    let loaded_bytes = std::fs::read(&config).unwrap_or_default();
+    let loaded_bytes = match std::fs::read(&config) {
+        Ok(b) => b,
+        Err(e) => return fail(anyhow::anyhow!("cannot read {}: {e}", config.display())),
+    };
     let Bootstrapped {
         mut snapshot,
         admin,
-    } = match load(&config, None) {
+    } = match load(&config, &loaded_bytes, None) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };

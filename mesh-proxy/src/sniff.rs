@@ -82,20 +82,24 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Detected> {
         if n == buf.len() {
             return Some(Detected::Tcp);
         }
-        // Not enough yet. Peeking leaves the socket readable, so first
-        // clear that (only if no newer readiness came meanwhile: tokio
-        // compares event ticks), then wait for more bytes; otherwise a
-        // client that sends one byte and waits keeps the worker spinning.
-        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        if tokio::time::timeout_at(deadline, stream.readable())
-            .await
-            .is_err()
-        {
+        if !more_bytes(stream, deadline).await {
             return None;
         }
     }
+}
+
+/// Waits for bytes beyond those already peeked; false at `deadline`.
+/// Peeking leaves the socket readable, so that readiness is cleared first
+/// (only if no newer readiness came meanwhile: tokio compares event
+/// ticks); otherwise a client that sends one byte and waits keeps the
+/// worker spinning.
+async fn more_bytes(stream: &TcpStream, deadline: tokio::time::Instant) -> bool {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+    tokio::time::timeout_at(deadline, stream.readable())
+        .await
+        .is_ok()
 }
 
 /// The largest ClientHello record read to find its ALPN list (a TLS record
@@ -180,14 +184,7 @@ pub async fn offered_alpn(stream: &TcpStream, deadline: tokio::time::Instant) ->
             buf.resize((buf.len() * 2).min(MAX_CLIENT_HELLO), 0);
             continue;
         }
-        // As in `detect`: clear the readiness a peek leaves, then wait.
-        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        if tokio::time::timeout_at(deadline, stream.readable())
-            .await
-            .is_err()
-        {
+        if !more_bytes(stream, deadline).await {
             return vec![];
         }
     }
