@@ -32,7 +32,7 @@ pub fn labels_file_text(labels: &BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("{k}={v:?}\n")).collect()
 }
 
-fn container<'a>(spec: &'a Value, list: &str, name: &str) -> &'a Value {
+fn entry<'a>(spec: &'a Value, list: &str, name: &str) -> &'a Value {
     spec[list]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == name))
@@ -64,14 +64,14 @@ impl Mesh {
         let proxy = binary("mesh-proxy");
         let proxy = proxy.to_str().unwrap();
         // The init container, as root with its capabilities.
-        let init = container(spec, "initContainers", "mesh-init");
+        let init = entry(spec, "initContainers", "mesh-init");
         let mut args = vec![proxy.to_owned()];
         args.extend(strings(&init["args"]));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out) = self.world.exec(&ns, &args);
         assert_eq!(code, 0, "mesh-init failed in {ns}: {out}");
         // The sidecar: its environment as the kubelet resolves it.
-        let sidecar = container(spec, "containers", "mesh-proxy");
+        let sidecar = entry(spec, "containers", "mesh-proxy");
         let service_account = spec["serviceAccountName"].as_str().unwrap_or("default");
         let env: Vec<(String, String)> = sidecar["env"]
             .as_array()
@@ -151,7 +151,7 @@ impl Mesh {
         let mut labels_file = PathBuf::new();
         for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
             let vol_name = m["name"].as_str().unwrap();
-            let vol = container(spec, "volumes", vol_name);
+            let vol = entry(spec, "volumes", vol_name);
             let host = self.dir.path().join(format!("{name}-{vol_name}"));
             make_dir(&host);
             for item in vol["downwardAPI"]["items"].as_array().into_iter().flatten() {
