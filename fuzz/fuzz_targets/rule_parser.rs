@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(problems) => {
             for p in problems.iter() {
-                assert!(p.position.line >= 1 && p.position.column >= 1, "{p}");
+                let located = p.error.position;
+                assert!(located.is_some_and(|at| at.line >= 1 && at.column >= 1), "{p}");
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use mesh_rules::{Diagnostic, FieldError, FieldPath};
 use serde::{Deserialize, Serialize};
 
 /// The version of the injection template; recorded in every injected pod so
@@ -107,19 +108,28 @@ impl InjectConfig {
     /// Reads a configuration: either the configuration itself, or a
     /// ConfigMap whose `data.mesh` holds it (as `kubectl get cm -o yaml`
     /// prints it). `name` is used in errors.
-    pub fn from_yaml(name: &str, text: &str) -> Result<Self, String> {
-        let docs = mesh_rules::yaml::read_stream(text)
-            .map_err(|e| format!("{name}:{}: {}", e.position, e.message))?;
-        let Some((_, doc)) = docs.into_iter().next() else {
+    pub fn from_yaml(name: &str, text: &str) -> Result<Self, Diagnostic> {
+        let doc = mesh_rules::yaml::read_one(text).map_err(|e| e.in_file(name, 0))?;
+        let Some(doc) = doc else {
             return Ok(Self::default());
         };
         if doc.value.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") {
-            let inner = doc.value.pointer("/data/mesh").and_then(|m| m.as_str()).ok_or_else(|| {
-                format!("{name}: the ConfigMap has no `data.mesh` key holding the mesh configuration")
-            })?;
+            let inner = doc
+                .value
+                .pointer("/data/mesh")
+                .and_then(|m| m.as_str())
+                .ok_or_else(|| {
+                    let data = FieldPath::root().key("data");
+                    let position = doc.locate(&data, true);
+                    FieldError::new(
+                        data,
+                        "the ConfigMap has no `mesh` key holding the mesh configuration",
+                    )
+                    .located(position)
+                    .in_file(name, 0)
+                })?;
             return Self::from_yaml(&format!("{name} (data.mesh)"), inner);
         }
-        doc.deserialize()
-            .map_err(|e| format!("{name}:{}: {}: {}", e.position, e.path, e.message))
+        doc.deserialize().map_err(|e| e.in_file(name, 0))
     }
 }

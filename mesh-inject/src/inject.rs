@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use mesh_rules::FieldPath;
+use mesh_rules::{FieldError, FieldPath};
 
 use crate::config::{InjectConfig, SidecarMode};
 use crate::template::{
@@ -44,21 +44,8 @@ pub struct Report {
     pub warnings: Vec<String>,
 }
 
-/// A document that cannot be injected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct InjectError {
-    /// The field at fault.
-    pub path: FieldPath,
-    /// What is wrong.
-    pub message: String,
-}
-
-fn err(path: &FieldPath, message: impl Into<String>) -> InjectError {
-    InjectError {
-        path: path.clone(),
-        message: message.into(),
-    }
+fn err(path: &FieldPath, message: impl Into<String>) -> FieldError {
+    FieldError::new(path.clone(), message)
 }
 
 /// Where the pod template of a workload kind is, and the API versions the
@@ -104,7 +91,7 @@ fn object_mut<'a>(
     v: &'a mut Value,
     path: &FieldPath,
     what: &str,
-) -> Result<&'a mut Map<String, Value>, InjectError> {
+) -> Result<&'a mut Map<String, Value>, FieldError> {
     v.as_object_mut()
         .ok_or_else(|| err(path, format!("{what} must be a mapping")))
 }
@@ -114,7 +101,7 @@ fn descend<'a>(
     mut v: &'a mut Value,
     mut path: FieldPath,
     keys: &[&str],
-) -> Result<(&'a mut Value, FieldPath), InjectError> {
+) -> Result<(&'a mut Value, FieldPath), FieldError> {
     for k in keys {
         let here = path.clone();
         path = path.key(*k);
@@ -140,7 +127,7 @@ pub fn inject_object(
     obj: &mut Value,
     cfg: &InjectConfig,
     opts: &Options,
-) -> Result<Vec<Report>, InjectError> {
+) -> Result<Vec<Report>, FieldError> {
     inject_at(obj, FieldPath::root(), cfg, opts)
 }
 
@@ -149,7 +136,7 @@ fn inject_at(
     path: FieldPath,
     cfg: &InjectConfig,
     opts: &Options,
-) -> Result<Vec<Report>, InjectError> {
+) -> Result<Vec<Report>, FieldError> {
     let kind = obj
         .get("kind")
         .and_then(Value::as_str)
@@ -216,7 +203,7 @@ fn upgrade(
     path: &FieldPath,
     current: &str,
     template_path: &[&str],
-) -> Result<(), InjectError> {
+) -> Result<(), FieldError> {
     obj["apiVersion"] = Value::String(current.to_owned());
     if current != "apps/v1" {
         return Ok(());
@@ -296,7 +283,7 @@ pub fn inject_template(
     path: &FieldPath,
     cfg: &InjectConfig,
     workload: &str,
-) -> Result<Action, InjectError> {
+) -> Result<Action, FieldError> {
     let opted_out = annotations_of(template)
         .and_then(|a| a.get(INJECT_ANNOTATION))
         .and_then(Value::as_str)
@@ -349,7 +336,7 @@ fn remove_earlier(
     spec: &mut Map<String, Value>,
     spec_path: &FieldPath,
     injected_before: bool,
-) -> Result<(), InjectError> {
+) -> Result<(), FieldError> {
     let reserved = [
         PROXY_CONTAINER,
         INIT_CONTAINER,
@@ -400,7 +387,7 @@ fn add_sidecar(
     spec_path: &FieldPath,
     cfg: &InjectConfig,
     workload: &str,
-) -> Result<(), InjectError> {
+) -> Result<(), FieldError> {
     let mut init = vec![to_value(&template::init_container(cfg))];
     let proxy = to_value(&template::proxy_container(cfg, workload));
     let containers = spec
@@ -432,7 +419,7 @@ fn add_sidecar(
 
 /// Records what was injected and asks Prometheus to scrape the sidecar
 /// (scrape annotations the pod has are kept).
-fn annotate(template: &mut Value, path: &FieldPath, cfg: &InjectConfig) -> Result<(), InjectError> {
+fn annotate(template: &mut Value, path: &FieldPath, cfg: &InjectConfig) -> Result<(), FieldError> {
     let (meta, meta_path) = descend(template, path.clone(), &["metadata"])?;
     let (annotations, apath) = descend(meta, meta_path, &["annotations"])?;
     let annotations = object_mut(annotations, &apath, "annotations")?;

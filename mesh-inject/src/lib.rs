@@ -14,5 +14,5 @@ pub mod template;
 pub mod webhook;
 
 pub use config::{InjectConfig, SidecarMode};
-pub use inject::{Action, InjectError, Options, Report, inject_object, inject_template};
+pub use inject::{Action, Options, Report, inject_object, inject_template};
 pub use manifests::{Injected, inject_manifests};

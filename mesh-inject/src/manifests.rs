@@ -1,6 +1,6 @@
 //! `meshctl kube-inject` over a multi-document YAML (or JSON) file.
 
-use mesh_rules::{Diagnostic, Diagnostics, yaml};
+use mesh_rules::{Diagnostics, FieldError, yaml};
 
 use crate::config::InjectConfig;
 use crate::inject::{Options, Report, inject_object};
@@ -24,15 +24,10 @@ pub fn inject_manifests(
     cfg: &InjectConfig,
     opts: &Options,
 ) -> Result<Injected, Diagnostics> {
-    let diag = |document, position, path: String, message| Diagnostic {
-        file: name.to_owned(),
-        document,
-        position,
-        path,
-        message,
-    };
-    let docs = yaml::read_stream(text)
-        .map_err(|e| Diagnostics(vec![diag(e.document, e.position, String::new(), e.message)]))?;
+    let docs = yaml::read_stream(text).map_err(|e| {
+        let document = e.document;
+        Diagnostics(vec![e.into_error().in_file(name, document)])
+    })?;
     let mut problems = Vec::new();
     let mut out = Injected {
         yaml: String::new(),
@@ -42,19 +37,18 @@ pub fn inject_manifests(
     for (index, doc) in docs {
         let mut value = doc.value.clone();
         if !value.is_object() {
-            problems.push(diag(
-                index,
-                doc.start,
-                String::new(),
-                "a manifest document must be a mapping".into(),
-            ));
+            problems.push(
+                FieldError::message("a manifest document must be a mapping")
+                    .located(doc.start)
+                    .in_file(name, index),
+            );
             continue;
         }
         match inject_object(&mut value, cfg, opts) {
             Ok(reports) => out.reports.extend(reports),
             Err(e) => {
-                let position = doc.locate(&e.path, false);
-                problems.push(diag(index, position, e.path.to_string(), e.message));
+                let position = doc.locate(&e.path, e.at_key);
+                problems.push(e.located(position).in_file(name, index));
             }
         }
         out.documents.push(value);

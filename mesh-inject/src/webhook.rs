@@ -14,6 +14,7 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use mesh_rules::{FieldError, FieldPath};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -30,14 +31,14 @@ const MAX_BODY: usize = 4 << 20;
 /// Answers one AdmissionReview. A pod is injected through a JSON patch;
 /// other kinds and skipped pods are allowed unchanged; a pod that cannot be
 /// injected is refused with the reason, so it never runs unmeshed by mistake.
-pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, String> {
-    let request = body
-        .get("request")
-        .ok_or("the AdmissionReview has no `request`")?;
+pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
+    let missing = |path: FieldPath| FieldError::new(path, "missing: every AdmissionReview has one");
+    let at = FieldPath::root().key("request");
+    let request = body.get("request").ok_or_else(|| missing(at.clone()))?;
     let uid = request
         .get("uid")
         .and_then(Value::as_str)
-        .ok_or("the AdmissionReview request has no `uid`")?;
+        .ok_or_else(|| missing(at.key("uid")))?;
     let api_version = body
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -76,26 +77,40 @@ pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, String> {
     }))
 }
 
+/// Why a certificate and key cannot serve TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file is not PEM.
+    #[error("the certificate is not valid PEM: {0}")]
+    CertificatePem(rustls::pki_types::pem::Error),
+    /// The certificate file is PEM without a certificate in it.
+    #[error("the certificate file holds no certificate")]
+    NoCertificate,
+    /// The key file is not a PEM private key.
+    #[error("the key is not a valid PEM private key: {0}")]
+    KeyPem(rustls::pki_types::pem::Error),
+    /// rustls refuses the pair.
+    #[error("the certificate and key do not fit together: {0}")]
+    Refused(#[from] rustls::Error),
+}
+
 /// TLS settings from a PEM certificate chain and private key (from the
 /// install bundle's Secret, or issued by mesh-ca).
-pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, String> {
+pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;
+        .map_err(TlsError::CertificatePem)?;
     if certs.is_empty() {
-        return Err("the certificate file holds no certificate".into());
+        return Err(TlsError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| format!("the key is not a valid PEM private key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(TlsError::KeyPem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("the certificate and key do not fit together: {e}"))?;
+        .with_single_cert(certs, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -126,7 +141,7 @@ async fn handle(
                 }
             };
             match serde_json::from_slice::<Value>(&body)
-                .map_err(|e| format!("the body is not JSON: {e}"))
+                .map_err(|e| FieldError::message(format!("the body is not JSON: {e}")))
                 .and_then(|v| review(&v, &cfg))
             {
                 Ok(v) => reply(

@@ -195,6 +195,6 @@ fn other_kinds_opted_out_pods_and_bad_pods() {
     let (code, body) = post(&hook, &json!({"kind": "AdmissionReview"}));
     assert_eq!(
         (code, body.as_str()),
-        (400, "the AdmissionReview has no `request`\n")
+        (400, "request: missing: every AdmissionReview has one\n")
     );
 }

@@ -3,15 +3,10 @@
 //! `samples/registries/istio-0.4-walk.yaml`); the Kubernetes registry and
 //! self-registration of proxies will feed the same model.
 
+use mesh_rules::Diagnostic;
 use mesh_rules::registry::Registry;
 
 /// Reads a registry file, naming file, line:column and field of any problem.
-pub fn from_yaml(name: &str, text: &str) -> Result<Registry, String> {
-    let docs = mesh_rules::yaml::read_stream(text)
-        .map_err(|e| format!("{name}:{}: {}", e.position, e.message))?;
-    let Some((_, doc)) = docs.first() else {
-        return Ok(Registry::default());
-    };
-    doc.deserialize()
-        .map_err(|e| format!("{name}:{}: {}: {}", e.position, e.path, e.message))
+pub fn from_yaml(name: &str, text: &str) -> Result<Registry, Diagnostic> {
+    mesh_rules::yaml::read_file(name, text)
 }

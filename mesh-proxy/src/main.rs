@@ -10,7 +10,6 @@ use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proxy::admin::{Admin, Scope};
 use mesh_proxy::config::{Bootstrapped, Snapshot};
 use mesh_proxy::server::{Options, Proxy, Running, start};
-use mesh_rules::FieldPath;
 use tracing::{error, info, warn};
 
 /// The mesh's sidecar proxy.
@@ -477,17 +476,15 @@ fn load_inner(
 ) -> anyhow::Result<Bootstrapped> {
     let name = path.display().to_string();
     let text = std::str::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8"))?;
-    let docs = mesh_rules::yaml::read_stream(text)
-        .map_err(|e| anyhow::anyhow!("{name}:{}: {}", e.position, e.message))?;
-    let Some((_, doc)) = docs.first() else {
+    let Some(doc) = mesh_rules::yaml::read_one(text).map_err(|e| e.in_file(&name, 0))? else {
         anyhow::bail!("{name}: the file is empty");
     };
-    let bootstrap: Bootstrap = mesh_proto::json::from_document(doc)
-        .map_err(|e| anyhow::anyhow!("{name}:{}: {}: {}", e.position, e.path, e.message))?;
-    Snapshot::from_bootstrap(&bootstrap, previous).map_err(|e| {
-        let pos = doc.locate(&FieldPath::parse(&e.path), true);
-        anyhow::anyhow!("{name}:{pos}: {}: {}", e.path, e.message)
-    })
+    let bootstrap: Bootstrap =
+        mesh_proto::json::from_document(&doc).map_err(|e| e.in_file(&name, 0))?;
+    Ok(Snapshot::from_bootstrap(&bootstrap, previous).map_err(|e| {
+        let position = doc.locate(&e.path, true);
+        e.located(position).in_file(&name, 0)
+    })?)
 }
 
 /// Follows the config file: a new valid version is swapped in without

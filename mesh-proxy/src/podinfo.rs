@@ -5,15 +5,22 @@
 
 use std::collections::BTreeMap;
 
+use mesh_rules::{FieldError, Position};
+
 /// Reads a downward-API labels file. Values are quoted as Go's `%q` does;
 /// a line that is not `key="value"` is an error naming the line.
-pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, FieldError> {
     let mut labels = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = || format!("line {}: `{line}` is not key=\"value\"", i + 1);
+        let bad = || {
+            FieldError::message(format!("`{line}` is not key=\"value\"")).located(Position {
+                line: i + 1,
+                column: 1,
+            })
+        };
         let (key, quoted) = line.split_once('=').ok_or_else(bad)?;
         let inner = quoted
             .strip_prefix('"')
@@ -61,8 +68,8 @@ mod tests {
         assert_eq!(labels["version"], "v0.1");
         assert_eq!(labels["example.com/note"], "a \"b\"");
         assert_eq!(
-            super::parse_labels("app=svcb\n").unwrap_err(),
-            "line 1: `app=svcb` is not key=\"value\""
+            super::parse_labels("app=svcb\n").unwrap_err().to_string(),
+            "1:1: `app=svcb` is not key=\"value\""
         );
     }
 }

@@ -25,8 +25,9 @@ use mesh_proto::types::XdsType;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ConfigError, Resources, Snapshot};
+use crate::config::{Resources, Snapshot};
 use crate::server::{Bound, Proxy};
+use mesh_rules::{FieldError, FieldPath};
 use tracing::Instrument;
 
 /// What happened on the stream, for the caller to report.
@@ -57,20 +58,20 @@ pub enum Event {
 /// Resources held, per type: name → (version, encoded resource).
 type Held = HashMap<XdsType, BTreeMap<String, (String, Vec<u8>)>>;
 
-fn decode_all<M: Message + Default>(held: &Held, kind: XdsType) -> Result<Vec<M>, ConfigError> {
+fn decode_all<M: Message + Default>(held: &Held, kind: XdsType) -> Result<Vec<M>, FieldError> {
     held.get(&kind)
         .into_iter()
         .flatten()
         .map(|(name, (_, bytes))| {
-            M::decode(bytes.as_slice()).map_err(|e| ConfigError {
-                path: format!("{kind}[{name}]"),
-                message: format!("cannot decode: {e}"),
+            M::decode(bytes.as_slice()).map_err(|e| {
+                let at = FieldPath::root().key(kind.to_string()).name(name.clone());
+                FieldError::new(at, format!("cannot decode: {e}"))
             })
         })
         .collect()
 }
 
-fn resources(held: &Held) -> Result<Resources, ConfigError> {
+fn resources(held: &Held) -> Result<Resources, FieldError> {
     Ok(Resources {
         listeners: decode_all(held, XdsType::Listener)?,
         clusters: decode_all(held, XdsType::Cluster)?,

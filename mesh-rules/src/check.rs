@@ -2,49 +2,32 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::FieldError;
 use crate::names;
 use crate::path::FieldPath;
-
-/// One semantic problem: where (a field path) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The field that is wrong.
-    pub path: FieldPath,
-    /// What is wrong and what is allowed.
-    pub message: String,
-    /// Point at the field's key rather than its value (e.g. for a field that must not be there).
-    pub at_key: bool,
-}
 
 /// Gathers problems; checks never stop at the first one.
 #[derive(Debug, Default)]
 pub struct Checker {
-    problems: Vec<Problem>,
+    problems: Vec<FieldError>,
 }
 
 impl Checker {
     /// Records a problem at the value of `path`.
     pub fn fail(&mut self, path: &FieldPath, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.clone(),
-            message: message.into(),
-            at_key: false,
-        });
+        self.problems.push(FieldError::new(path.clone(), message));
     }
 
     /// Records a problem at the key of `path`.
     pub fn fail_key(&mut self, path: &FieldPath, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.clone(),
-            message: message.into(),
-            at_key: true,
-        });
+        self.problems
+            .push(FieldError::at_key(path.clone(), message));
     }
 
-    /// Records `result`'s error, if any, at `path`.
-    pub fn check(&mut self, path: &FieldPath, result: Result<(), String>) {
-        if let Err(m) = result {
-            self.fail(path, m);
+    /// Records `result`'s error, if any, under `path`.
+    pub fn check(&mut self, path: &FieldPath, result: Result<(), FieldError>) {
+        if let Err(e) = result {
+            self.problems.push(e.under(path));
         }
     }
 
@@ -52,8 +35,8 @@ impl Checker {
     pub fn labels(&mut self, path: &FieldPath, labels: &BTreeMap<String, String>) {
         for (k, v) in labels {
             let p = path.key(k.clone());
-            if let Err(m) = names::check_label_key(k) {
-                self.fail_key(&p, m);
+            if let Err(e) = names::check_label_key(k) {
+                self.fail_key(&p, e.message);
             }
             self.check(&p, names::check_label_value(v));
         }
@@ -94,7 +77,7 @@ impl Checker {
     }
 
     /// The problems found, in the order they were found.
-    pub fn into_problems(self) -> Vec<Problem> {
+    pub fn into_problems(self) -> Vec<FieldError> {
         self.problems
     }
 }

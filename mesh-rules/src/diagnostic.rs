@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::error::FieldError;
+
 /// A place in a source file: 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Position {
@@ -17,7 +19,8 @@ impl fmt::Display for Position {
     }
 }
 
-/// One problem found in a source file.
+/// One problem found in a source file: a [`FieldError`] and the file and
+/// document it is in.
 ///
 /// Rendered as `file:line:column: document N: field.path: message`, the shape
 /// compilers use, so editors and terminals can jump to the place.
@@ -27,24 +30,32 @@ pub struct Diagnostic {
     pub file: String,
     /// 1-based index of the YAML document in the file (0 when the file as a whole is unreadable).
     pub document: usize,
-    /// Where the problem is.
-    pub position: Position,
-    /// The field path inside the document, e.g. `spec.route[1].weight`; empty for syntax errors.
-    pub path: String,
-    /// What is wrong, and what is allowed.
-    pub message: String,
+    /// What is wrong, at which field and place.
+    pub error: FieldError,
+}
+
+impl std::error::Error for Diagnostic {}
+
+impl Diagnostic {
+    /// Where the problem is (the file's start when it is not known).
+    pub fn position(&self) -> Position {
+        self.error
+            .position
+            .unwrap_or(Position { line: 1, column: 1 })
+    }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.position)?;
+        write!(f, "{}:{}: ", self.file, self.position())?;
         if self.document > 0 {
             write!(f, "document {}: ", self.document)?;
         }
-        if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
+        let e = &self.error;
+        if !e.path.is_root() {
+            write!(f, "{}: ", e.path)?;
         }
-        f.write_str(&self.message)
+        f.write_str(&e.message)
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration as StdDuration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::FieldError;
+
 /// A duration written as numbers with units `h`, `m`, `s`, `ms`, `us`, `ns`
 /// (Go's syntax, which Istio users write), or protobuf JSON seconds (`1.5s`).
 /// It keeps the text the user wrote so output round-trips.
@@ -16,11 +18,11 @@ pub struct Duration {
 
 impl Duration {
     /// Parses `text`, with the reason when it is not a duration.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, FieldError> {
         let bad = || {
-            format!(
+            FieldError::message(format!(
                 "`{text}` is not a duration: write a number followed by a unit (h, m, s, ms, us, ns), e.g. 500ms, 1.5s or 1m30s"
-            )
+            ))
         };
         if text.is_empty() {
             return Err(bad());
@@ -49,9 +51,9 @@ impl Duration {
             rest = &rest[u..];
         }
         if total > 366.0 * 24.0 * 3600.0 {
-            return Err(format!(
+            return Err(FieldError::message(format!(
                 "`{text}` is too long: durations may be at most a year"
-            ));
+            )));
         }
         Ok(Self {
             text: text.to_owned(),
@@ -80,7 +82,7 @@ impl Serialize for Duration {
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        Duration::parse(&text).map_err(serde::de::Error::custom)
+        Duration::parse(&text).map_err(|e| serde::de::Error::custom(e.message))
     }
 }
 

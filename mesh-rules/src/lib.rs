@@ -22,6 +22,7 @@
 mod check;
 mod diagnostic;
 mod duration;
+mod error;
 mod load;
 pub mod names;
 mod path;
@@ -30,9 +31,10 @@ pub mod rules;
 pub mod support;
 pub mod yaml;
 
-pub use check::{Checker, Problem};
+pub use check::Checker;
 pub use diagnostic::{Diagnostic, Diagnostics, Position};
 pub use duration::Duration;
+pub use error::FieldError;
 pub use load::{ForeignObject, Loaded, Located, Origin, Source, load};
 pub use path::{FieldPath, Segment};
 pub use rules::{Kind, Metadata, Rule, RuleKey, Spec};

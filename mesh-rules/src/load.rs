@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::check::{Checker, Problem};
-use crate::diagnostic::{Diagnostic, Diagnostics, Position};
+use crate::check::Checker;
+use crate::diagnostic::{Diagnostics, Position};
+use crate::error::FieldError;
 use crate::path::FieldPath;
 use crate::rules::{API_VERSIONS, Kind, Metadata, Rule, RuleKey, Spec};
 use crate::yaml;
@@ -85,35 +86,29 @@ fn api_group(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }
 
-fn typed<S: DeserializeOwned>(value: Value) -> Result<(Metadata, S), Problem> {
+fn typed<S: DeserializeOwned>(value: Value) -> Result<(Metadata, S), FieldError> {
     serde_path_to_error::deserialize::<_, Envelope<S>>(value)
         .map(|e| (e.metadata, e.spec))
         .map_err(|e| {
             let path = FieldPath::from_serde(e.path());
             let message = e.into_inner().to_string();
-            let at_key = message.starts_with("unknown field");
-            Problem {
-                path,
-                message,
-                at_key,
+            if message.starts_with("unknown field") {
+                FieldError::at_key(path, message)
+            } else {
+                FieldError::new(path, message)
             }
         })
 }
 
-/// Reads and checks one document's value.
-fn one_problem(path: FieldPath, message: String) -> Vec<Problem> {
-    vec![Problem {
-        path,
-        message,
-        at_key: false,
-    }]
+fn one_problem(path: FieldPath, message: String) -> Vec<FieldError> {
+    vec![FieldError::new(path, message)]
 }
 
 /// The kind a document's `apiVersion` and `kind` name: one of ours, or
 /// another API's object (passed through), or an error.
 fn kind_of(
     map: &serde_json::Map<String, Value>,
-) -> Result<Result<Kind, ForeignObject>, Vec<Problem>> {
+) -> Result<Result<Kind, ForeignObject>, Vec<FieldError>> {
     let root = FieldPath::root();
     let text_field = |name: &str| match map.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -174,11 +169,11 @@ enum Checks {
     Shape,
 }
 
-fn document(value: Value) -> Result<Document, Vec<Problem>> {
+fn document(value: Value) -> Result<Document, Vec<FieldError>> {
     document_with(value, Checks::All)
 }
 
-fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<Problem>> {
+fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldError>> {
     let root = FieldPath::root();
     let Value::Object(map) = &value else {
         return Err(one_problem(
@@ -191,7 +186,7 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<Problem>>
         Err(foreign) => return Ok(Document::Foreign(foreign)),
     };
     let api_version = map["apiVersion"].as_str().unwrap_or_default().to_owned();
-    let one = |p: Problem| vec![p];
+    let one = |p: FieldError| vec![p];
     let (metadata, spec) = match kind {
         Kind::RouteRule => typed(value)
             .map(|(m, s)| (m, Spec::RouteRule(s)))
@@ -220,9 +215,9 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<Problem>>
 }
 
 impl Rule {
-    /// Reads and checks a rule from a JSON value; the error lists every
-    /// problem as `field.path: message`.
-    pub fn from_value(value: Value) -> Result<Rule, String> {
+    /// Reads and checks a rule from a JSON value; the error holds every
+    /// problem.
+    pub fn from_value(value: Value) -> Result<Rule, Vec<FieldError>> {
         Rule::read(value, Checks::All)
     }
 
@@ -230,21 +225,17 @@ impl Rule {
     /// not its rules, which were checked once, when it was written — so a
     /// write validates each rule once, not again on every read of the
     /// store by each writer and by pilot.
-    pub fn from_stored(value: Value) -> Result<Rule, String> {
+    pub fn from_stored(value: Value) -> Result<Rule, Vec<FieldError>> {
         Rule::read(value, Checks::Shape)
     }
 
-    fn read(value: Value, checks: Checks) -> Result<Rule, String> {
-        match document_with(value, checks) {
-            Ok(Document::Rule(r)) => Ok(r),
-            Ok(Document::Foreign(f)) => {
-                Err(format!("{} {} is not a mesh rule", f.api_version, f.kind))
-            }
-            Err(problems) => Err(problems
-                .iter()
-                .map(|p| format!("{}: {}", p.path, p.message))
-                .collect::<Vec<_>>()
-                .join("; ")),
+    fn read(value: Value, checks: Checks) -> Result<Rule, Vec<FieldError>> {
+        match document_with(value, checks)? {
+            Document::Rule(r) => Ok(r),
+            Document::Foreign(f) => Err(one_problem(
+                FieldPath::root().key("kind"),
+                format!("{} {} is not a mesh rule", f.api_version, f.kind),
+            )),
         }
     }
 }
@@ -259,13 +250,8 @@ pub fn load(sources: &[Source<'_>]) -> Result<Loaded, Diagnostics> {
         let docs = match yaml::read_stream(src.text) {
             Ok(d) => d,
             Err(e) => {
-                diags.push(Diagnostic {
-                    file: src.name.to_owned(),
-                    document: e.document,
-                    position: e.position,
-                    path: String::new(),
-                    message: e.message,
-                });
+                let document = e.document;
+                diags.push(e.into_error().in_file(src.name, document));
                 continue;
             }
         };
@@ -275,12 +261,9 @@ pub fn load(sources: &[Source<'_>]) -> Result<Loaded, Diagnostics> {
                 document: index,
                 position: doc.start,
             };
-            let diag = |p: &Problem| Diagnostic {
-                file: src.name.to_owned(),
-                document: index,
-                position: doc.locate(&p.path, p.at_key),
-                path: p.path.to_string(),
-                message: p.message.clone(),
+            let diag = |p: &FieldError| {
+                let position = doc.locate(&p.path, p.at_key);
+                p.clone().located(position).in_file(src.name, index)
             };
             match document(doc.value.clone()) {
                 Err(problems) => diags.extend(problems.iter().map(diag)),
@@ -294,14 +277,13 @@ pub fn load(sources: &[Source<'_>]) -> Result<Loaded, Diagnostics> {
                     let key = rule.key();
                     if let Some(first) = seen.get(&key) {
                         let name = FieldPath::root().key("metadata").key("name");
-                        diags.push(diag(&Problem {
-                            path: name,
-                            message: format!(
+                        diags.push(diag(&FieldError::new(
+                            name,
+                            format!(
                                 "{} {}/{} is defined twice: first in {}, document {} (line {}); names must be unique per kind and namespace",
                                 key.kind, key.namespace, key.name, first.file, first.document, first.position.line
                             ),
-                            at_key: false,
-                        }));
+                        )));
                         continue;
                     }
                     seen.insert(key, origin.clone());

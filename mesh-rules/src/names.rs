@@ -1,19 +1,21 @@
 //! Kubernetes naming rules (names, namespaces, label keys and values) and
 //! HTTP header names, each returning the reason a value is refused.
 
+use crate::error::FieldError;
+
 /// Checks a DNS-1123 subdomain (object names): at most 253 characters of
 /// lowercase letters, digits, `-` and `.`, starting and ending alphanumeric.
-pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
+pub fn check_dns_subdomain(s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > 253 {
-        return Err(format!(
+        return Err(FieldError::message(format!(
             "`{s}` must be 1 to 253 characters long (lowercase letters, digits, '-' and '.')"
-        ));
+        )));
     }
     for part in s.split('.') {
         check_label_chars(part).map_err(|_| {
-            format!(
+            FieldError::message(format!(
                 "`{s}` is not a valid name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
-            )
+            ))
         })?;
     }
     Ok(())
@@ -22,16 +24,16 @@ pub fn check_dns_subdomain(s: &str) -> Result<(), String> {
 /// Checks a DNS-1123 label (namespaces, service names): at most 63
 /// characters of lowercase letters, digits and `-`, starting and ending
 /// alphanumeric.
-pub fn check_dns_label(s: &str) -> Result<(), String> {
+pub fn check_dns_label(s: &str) -> Result<(), FieldError> {
     if s.is_empty() || s.len() > 63 {
-        return Err(format!(
+        return Err(FieldError::message(format!(
             "`{s}` must be 1 to 63 characters long (lowercase letters, digits and '-')"
-        ));
+        )));
     }
     check_label_chars(s).map_err(|_| {
-        format!(
+        FieldError::message(format!(
             "`{s}` is not a valid DNS label: use lowercase letters, digits and '-', starting and ending with a letter or digit"
-        )
+        ))
     })
 }
 
@@ -61,51 +63,51 @@ fn is_qualified_part(s: &str) -> bool {
 
 /// Checks a label key: an optional DNS-subdomain prefix and `/`, then a
 /// name of at most 63 characters.
-pub fn check_label_key(key: &str) -> Result<(), String> {
+pub fn check_label_key(key: &str) -> Result<(), FieldError> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
     if let Some(p) = prefix {
         check_dns_subdomain(p).map_err(|_| {
-            format!("label key `{key}` has an invalid prefix `{p}`: it must be a DNS subdomain such as `example.com`")
+            FieldError::message(format!("label key `{key}` has an invalid prefix `{p}`: it must be a DNS subdomain such as `example.com`"))
         })?;
     }
     if name.len() > 63 || !is_qualified_part(name) {
-        return Err(format!(
+        return Err(FieldError::message(format!(
             "label key `{key}` is invalid: the name part must be 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Checks a label value: empty, or at most 63 characters of letters,
 /// digits, `-`, `_` and `.`, starting and ending alphanumeric.
-pub fn check_label_value(value: &str) -> Result<(), String> {
+pub fn check_label_value(value: &str) -> Result<(), FieldError> {
     if value.is_empty() || (value.len() <= 63 && is_qualified_part(value)) {
         Ok(())
     } else {
-        Err(format!(
+        Err(FieldError::message(format!(
             "label value `{value}` is invalid: it must be empty or 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-        ))
+        )))
     }
 }
 
 /// Checks an HTTP header name (an RFC 9110 token).
-pub fn check_header_name(name: &str) -> Result<(), String> {
+pub fn check_header_name(name: &str) -> Result<(), FieldError> {
     let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
     if !name.is_empty() && name.bytes().all(token) {
         Ok(())
     } else {
-        Err(format!(
+        Err(FieldError::message(format!(
             "`{name}` is not a valid HTTP header name: use letters, digits and !#$%&'*+-.^_`|~"
-        ))
+        )))
     }
 }
 
 /// Checks a host name as used by egress rules: DNS labels separated by
 /// dots, optionally starting with the wildcard label `*`.
-pub fn check_host_name(host: &str) -> Result<(), String> {
+pub fn check_host_name(host: &str) -> Result<(), FieldError> {
     let rest = host.strip_prefix("*.").unwrap_or(host);
     let valid = !rest.is_empty()
         && rest.len() <= 253
@@ -120,9 +122,9 @@ pub fn check_host_name(host: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
+        Err(FieldError::message(format!(
             "`{host}` is not a valid host: use a DNS name (`api.example.com`), a wildcard (`*.example.com`), an IP address or a CIDR"
-        ))
+        )))
     }
 }
 

@@ -9,6 +9,8 @@ pub enum Segment {
     Key(String),
     /// A sequence index.
     Index(usize),
+    /// A sequence element named by its `name` (xDS resources: `CDS[svcb]`).
+    Name(String),
 }
 
 /// The path from a document's root to one of its nodes.
@@ -38,6 +40,13 @@ impl FieldPath {
         p
     }
 
+    /// `rest` continued from this path.
+    pub fn join(&self, rest: &FieldPath) -> Self {
+        let mut p = self.clone();
+        p.0.extend(rest.0.iter().cloned());
+        p
+    }
+
     /// The path one step up, or `None` at the root.
     pub fn parent(&self) -> Option<Self> {
         let mut p = self.clone();
@@ -54,20 +63,36 @@ impl FieldPath {
         &self.0
     }
 
-    /// Reads the text form back (`spec.route[1].weight`); keys may not
-    /// contain `.` or `[` in this form.
+    /// This path extended by a named sequence element.
+    pub fn name(&self, name: impl Into<String>) -> Self {
+        let mut p = self.clone();
+        p.0.push(Segment::Name(name.into()));
+        p
+    }
+
+    /// Reads the text form back (`spec.route[1].weight`, `CDS[a.b].name`);
+    /// keys may not contain `.` or `[` in this form, names may not contain `]`.
     pub fn parse(text: &str) -> Self {
         let mut p = Self::root();
-        for part in text.split('.').filter(|s| !s.is_empty()) {
-            let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-            if !key.is_empty() {
-                p.0.push(Segment::Key(key.to_owned()));
-            }
-            while let Some((n, after)) = rest.split_once(']') {
-                if let Ok(i) = n.parse() {
-                    p.0.push(Segment::Index(i));
+        let mut rest = text;
+        while !rest.is_empty() {
+            if let Some(inner) = rest.strip_prefix('[') {
+                let (step, after) = inner.split_once(']').unwrap_or((inner, ""));
+                p.0.push(match step.parse() {
+                    Ok(i) => Segment::Index(i),
+                    Err(_) => Segment::Name(step.to_owned()),
+                });
+                rest = after;
+            } else {
+                let key_text = rest.strip_prefix('.').unwrap_or(rest);
+                let end = key_text.find(['.', '[']).unwrap_or(key_text.len());
+                if end > 0 {
+                    p.0.push(Segment::Key(key_text[..end].to_owned()));
                 }
-                rest = after.strip_prefix('[').unwrap_or(after);
+                rest = &key_text[end..];
+                if end == 0 && rest.starts_with('.') {
+                    rest = &rest[1..];
+                }
             }
         }
         p
@@ -96,6 +121,7 @@ impl fmt::Display for FieldPath {
                 Segment::Key(k) if i == 0 => f.write_str(k)?,
                 Segment::Key(k) => write!(f, ".{k}")?,
                 Segment::Index(n) => write!(f, "[{n}]")?,
+                Segment::Name(n) => write!(f, "[{n}]")?,
             }
         }
         Ok(())
@@ -108,7 +134,12 @@ mod tests {
 
     #[test]
     fn parse_round_trips() {
-        for t in ["spec.route[1].weight", "a[0][2].b", "x"] {
+        for t in [
+            "spec.route[1].weight",
+            "a[0][2].b",
+            "x",
+            "CDS[outbound|80||a.b].name",
+        ] {
             assert_eq!(FieldPath::parse(t).to_string(), t);
         }
     }

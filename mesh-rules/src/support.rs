@@ -8,24 +8,21 @@
 //! Keep this in step with the translator: a field leaves this list in the
 //! change that makes it act.
 
-use crate::check::Problem;
+use crate::error::FieldError;
 use crate::path::FieldPath;
 use crate::rules::{DestinationPolicy, EgressRule, IstioService, RouteRule};
 use crate::{Spec, registry};
 
-fn refuse(out: &mut Vec<Problem>, path: FieldPath, what: &str) {
-    out.push(Problem {
+fn refuse(out: &mut Vec<FieldError>, path: FieldPath, what: &str) {
+    out.push(FieldError::at_key(
         path,
-        message: format!(
-            "not supported yet: {what}; the rule is refused rather than stored and ignored"
-        ),
-        at_key: true,
-    });
+        format!("not supported yet: {what}; the rule is refused rather than stored and ignored"),
+    ));
 }
 
 /// Every set field of `spec` that the mesh would store and not act on, with
 /// its path from the document root.
-pub fn unsupported(spec: &Spec) -> Vec<Problem> {
+pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
     let mut out = Vec::new();
     let root = FieldPath::root().key("spec");
     match spec {
@@ -36,7 +33,7 @@ pub fn unsupported(spec: &Spec) -> Vec<Problem> {
     out
 }
 
-fn route_rule(out: &mut Vec<Problem>, root: &FieldPath, r: &RouteRule) {
+fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     let fields = [
         ("redirect", r.redirect.is_some(), "HTTP redirects"),
         ("httpFault", r.http_fault.is_some(), "HTTP fault injection"),
@@ -99,7 +96,7 @@ fn route_rule(out: &mut Vec<Problem>, root: &FieldPath, r: &RouteRule) {
 
 /// A rule's source: by namespace, labels and service name (the services
 /// whose selector takes the calling workload).
-fn source(out: &mut Vec<Problem>, at: &FieldPath, s: &IstioService) {
+fn source(out: &mut Vec<FieldError>, at: &FieldPath, s: &IstioService) {
     if s.service.is_some() {
         refuse(out, at.key("service"), "a source by host name (use `name`)");
     }
@@ -111,7 +108,7 @@ fn source(out: &mut Vec<Problem>, at: &FieldPath, s: &IstioService) {
     }
 }
 
-fn destination_policy(out: &mut Vec<Problem>, root: &FieldPath, p: &DestinationPolicy) {
+fn destination_policy(out: &mut Vec<FieldError>, root: &FieldPath, p: &DestinationPolicy) {
     let fields = [
         ("source", p.source.is_some()),
         ("loadBalancing", p.load_balancing.is_some()),
@@ -124,7 +121,7 @@ fn destination_policy(out: &mut Vec<Problem>, root: &FieldPath, p: &DestinationP
     }
 }
 
-fn egress_rule(out: &mut Vec<Problem>, root: &FieldPath, e: &EgressRule) {
+fn egress_rule(out: &mut Vec<FieldError>, root: &FieldPath, e: &EgressRule) {
     if e.use_egress_proxy {
         refuse(out, root.key("useEgressProxy"), "an egress proxy");
     }

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use serde_json::{Map, Number, Value};
 
-use crate::diagnostic::Position;
+use crate::diagnostic::{Diagnostic, Position};
+use crate::error::FieldError;
 use crate::path::FieldPath;
 
 /// Where a node and, for mapping values, its key were.
@@ -53,30 +54,22 @@ impl YamlDocument {
     }
 }
 
-/// A value that did not fit the type it was read into.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypeError {
-    /// The field.
-    pub path: FieldPath,
-    /// Where it is.
-    pub position: Position,
-    /// What is wrong (serde's words: unknown field, missing field, invalid type).
-    pub message: String,
-}
-
 impl YamlDocument {
     /// Reads the document into `T`, naming the field and place of the first
-    /// problem.
-    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> std::result::Result<T, TypeError> {
+    /// problem (serde's words: unknown field, missing field, invalid type).
+    pub fn deserialize<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> std::result::Result<T, FieldError> {
         serde_path_to_error::deserialize(self.value.clone()).map_err(|e| {
             let path = FieldPath::from_serde(e.path());
             let message = e.into_inner().to_string();
-            let position = self.locate(&path, message.starts_with("unknown field"));
-            TypeError {
-                path,
-                position,
-                message,
+            let at_key = message.starts_with("unknown field");
+            let position = self.locate(&path, at_key);
+            FieldError {
+                at_key,
+                ..FieldError::new(path, message)
             }
+            .located(position)
         })
     }
 }
@@ -90,6 +83,13 @@ pub struct SyntaxError {
     pub position: Position,
     /// What.
     pub message: String,
+}
+
+impl SyntaxError {
+    /// The same problem as a located error (the whole text is at fault).
+    pub fn into_error(self) -> FieldError {
+        FieldError::message(self.message).located(self.position)
+    }
 }
 
 fn pos(span: &Span) -> Position {
@@ -270,6 +270,31 @@ pub fn read_stream(text: &str) -> std::result::Result<Vec<(usize, YamlDocument)>
         }
     }
     Ok(docs)
+}
+
+/// Reads a text that holds one document: `None` when it holds none, an
+/// error when it holds several (a second document would be ignored).
+pub fn read_one(text: &str) -> std::result::Result<Option<YamlDocument>, FieldError> {
+    let mut docs = read_stream(text).map_err(SyntaxError::into_error)?;
+    if let Some((_, second)) = docs.get(1) {
+        return Err(FieldError::message(
+            "expected one document, found several: put each in a file of its own",
+        )
+        .located(second.start));
+    }
+    Ok(docs.pop().map(|(_, d)| d))
+}
+
+/// Reads file `name` holding one document of type `T` (`T::default()` when
+/// it is empty), naming file, place and field of any problem.
+pub fn read_file<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    text: &str,
+) -> std::result::Result<T, Diagnostic> {
+    match read_one(text).map_err(|e| e.in_file(name, 0))? {
+        Some(doc) => doc.deserialize().map_err(|e| e.in_file(name, 0)),
+        None => Ok(T::default()),
+    }
 }
 
 /// Resolves a scalar by the YAML 1.2 core schema: plain `null`, booleans,

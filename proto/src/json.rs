@@ -6,53 +6,24 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use mesh_rules::yaml::YamlDocument;
-use mesh_rules::{FieldPath, Position};
+use mesh_rules::{FieldError, FieldPath, Position};
 
 use crate::descriptors;
 
-/// Why a text is not a valid message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{position}: {path}: {message}")]
-pub struct ReadError {
-    /// Where in the text.
-    pub position: Position,
-    /// The field path.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
 /// Reads one YAML or JSON document as message `T`.
-pub fn from_yaml<T: Message + prost::Name + Default>(text: &str) -> Result<T, ReadError> {
-    let docs = mesh_rules::yaml::read_stream(text).map_err(|e| ReadError {
-        position: e.position,
-        path: String::new(),
-        message: e.message,
-    })?;
-    let doc = match docs.as_slice() {
-        [(_, d)] => d,
-        [] => {
-            return Err(ReadError {
-                position: Position { line: 1, column: 1 },
-                path: String::new(),
-                message: "the file is empty".into(),
-            });
+pub fn from_yaml<T: Message + prost::Name + Default>(text: &str) -> Result<T, FieldError> {
+    match mesh_rules::yaml::read_one(text)? {
+        Some(doc) => from_document(&doc),
+        None => {
+            Err(FieldError::message("the file is empty").located(Position { line: 1, column: 1 }))
         }
-        [_, (_, second), ..] => {
-            return Err(ReadError {
-                position: second.start,
-                path: String::new(),
-                message: "expected one document, found several".into(),
-            });
-        }
-    };
-    from_document(doc)
+    }
 }
 
 /// Reads a YAML document (already parsed) as message `T`.
 pub fn from_document<T: Message + prost::Name + Default>(
     doc: &YamlDocument,
-) -> Result<T, ReadError> {
+) -> Result<T, FieldError> {
     let desc = descriptors::message::<T>();
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&doc.value, &mut track);
@@ -66,7 +37,8 @@ pub fn from_document<T: Message + prost::Name + Default>(
         if let Some(name) = unknown {
             path = path.key(name);
         }
-        let position = doc.locate(&path, unknown.is_some());
+        let at_key = unknown.is_some();
+        let position = doc.locate(&path, at_key);
         // An `@type` outside the descriptor set: say what it is to the reader.
         let message = match message
             .strip_prefix("message '")
@@ -77,16 +49,14 @@ pub fn from_document<T: Message + prost::Name + Default>(
             ),
             None => message,
         };
-        ReadError {
-            position,
-            path: path.to_string(),
-            message,
+        FieldError {
+            at_key,
+            ..FieldError::new(path, message)
         }
+        .located(position)
     })?;
-    T::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| ReadError {
-        position: doc.start,
-        path: String::new(),
-        message: format!("cannot decode {}: {e}", T::full_name()),
+    T::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| {
+        FieldError::message(format!("cannot decode {}: {e}", T::full_name())).located(doc.start)
     })
 }
 

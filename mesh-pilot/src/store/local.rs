@@ -80,7 +80,10 @@ impl LocalStore {
             ..Snapshot::default()
         };
         for r in file.rules {
-            let rule = Rule::from_stored(r.object).map_err(corrupt)?;
+            let rule = Rule::from_stored(r.object).map_err(|problems| {
+                let each: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+                corrupt(each.join("; "))
+            })?;
             snap.rules.insert(
                 rule.key(),
                 StoredRule {

@@ -23,6 +23,7 @@ use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp_proxy;
 use mesh_proto::envoy::extensions::upstreams::http::v3 as upstream_http;
 use mesh_proto::google::protobuf::Any;
+use mesh_rules::{FieldError, FieldPath};
 use prost::Message;
 
 pub use retry::{Failure, RETRY_ON, RetryPolicy};
@@ -31,21 +32,10 @@ pub use route::{
     StringMatch, VirtualHost, WeightedSchedule,
 };
 
-/// A configuration that cannot be applied, and where.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ConfigError {
-    /// The field, in proto names.
-    pub path: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-pub(crate) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
+/// A configuration that cannot be applied, at its field (proto names,
+/// resources by name: `CDS[svcb].load_assignment`).
+pub(crate) fn err(path: impl AsRef<str>, message: impl Into<String>) -> FieldError {
+    FieldError::new(FieldPath::parse(path.as_ref()), message)
 }
 
 /// One immutable configuration.
@@ -533,7 +523,7 @@ fn ipv4_compat(
     a: &Option<xcore::Address>,
     address: SocketAddr,
     path: &str,
-) -> Result<bool, ConfigError> {
+) -> Result<bool, FieldError> {
     use xcore::address::Address as A;
     let compat = match a.as_ref().and_then(|a| a.address.as_ref()) {
         Some(A::SocketAddress(sa)) => sa.ipv4_compat,
@@ -551,7 +541,7 @@ fn ipv4_compat(
 pub(crate) fn socket_address(
     a: &Option<xcore::Address>,
     path: &str,
-) -> Result<SocketAddr, ConfigError> {
+) -> Result<SocketAddr, FieldError> {
     use xcore::address::Address as A;
     use xcore::socket_address::PortSpecifier;
     let Some(A::SocketAddress(sa)) = a.as_ref().and_then(|a| a.address.as_ref()) else {
@@ -584,7 +574,7 @@ pub fn check_resource(
     kind: mesh_proto::types::XdsType,
     name: &str,
     bytes: &[u8],
-) -> Result<(), ConfigError> {
+) -> Result<(), FieldError> {
     let full = kind.message_name();
     let Some(desc) = pool.get_message_by_name(full) else {
         return Err(err(
@@ -594,13 +584,14 @@ pub fn check_resource(
     };
     let msg = prost_reflect::DynamicMessage::decode(desc, bytes)
         .map_err(|e| err(format!("{kind}[{name}]"), format!("cannot decode: {e}")))?;
-    support::check(&msg).map_err(|problems| {
-        let p = &problems[0];
-        err(format!("{kind}[{name}].{}", p.path), p.message.clone())
+    support::check(&msg).map_err(|mut problems| {
+        problems
+            .swap_remove(0)
+            .under(&FieldPath::root().key(kind.to_string()).name(name))
     })
 }
 
-fn unpack<M: Message + Default + prost::Name>(any: &Any, path: &str) -> Result<M, ConfigError> {
+fn unpack<M: Message + Default + prost::Name>(any: &Any, path: &str) -> Result<M, FieldError> {
     M::decode(any.value.as_slice())
         .map_err(|e| err(path, format!("cannot decode {}: {e}", M::full_name())))
 }
@@ -638,7 +629,7 @@ impl Snapshot {
         version: &str,
         resources: Resources,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigError> {
+    ) -> Result<Snapshot, FieldError> {
         let mut snap = Snapshot::build(version, resources, "", previous)?;
         snap.dynamic = true;
         Ok(snap)
@@ -662,10 +653,9 @@ impl Snapshot {
     pub fn from_bootstrap(
         b: &Bootstrap,
         previous: Option<&Snapshot>,
-    ) -> Result<Bootstrapped, ConfigError> {
-        if let Err(problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
-            let p = &problems[0];
-            return Err(err(p.path.clone(), p.message.clone()));
+    ) -> Result<Bootstrapped, FieldError> {
+        if let Err(mut problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
+            return Err(problems.swap_remove(0));
         }
         let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
             Some(_) => Some(socket_address(
@@ -700,7 +690,7 @@ impl Snapshot {
         resources: Resources,
         prefix: &str,
         previous: Option<&Snapshot>,
-    ) -> Result<Snapshot, ConfigError> {
+    ) -> Result<Snapshot, FieldError> {
         let assignments: HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)> = resources
             .endpoints
             .iter()
@@ -768,7 +758,7 @@ fn build_cluster(
     path: &str,
     assignments: &HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)>,
     previous: Option<&Snapshot>,
-) -> Result<Cluster, ConfigError> {
+) -> Result<Cluster, FieldError> {
     use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as X};
     if c.name.is_empty() {
         return Err(err(format!("{path}.name"), "a cluster needs a name"));
@@ -864,7 +854,7 @@ fn cluster_endpoints(
     la: &xendpoint::ClusterLoadAssignment,
     lpath: &str,
     counters: impl Fn(SocketAddr) -> Arc<EndpointCounters>,
-) -> Result<Vec<Arc<Endpoint>>, ConfigError> {
+) -> Result<Vec<Arc<Endpoint>>, FieldError> {
     use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
     let mut endpoints = Vec::new();
     for (i, group) in la.endpoints.iter().enumerate() {
@@ -887,7 +877,7 @@ fn cluster_endpoints(
 }
 
 /// Whether the cluster's protocol options ask for HTTP/2 upstream.
-fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, ConfigError> {
+fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, FieldError> {
     use upstream_http::http_protocol_options::UpstreamProtocolOptions;
     use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
     let mut http2 = false;
@@ -906,7 +896,7 @@ fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, ConfigError
 }
 
 /// The cluster's retry budget (its one DEFAULT circuit-breaker threshold).
-fn retry_budget(c: &xcluster::Cluster, path: &str) -> Result<RetryBudget, ConfigError> {
+fn retry_budget(c: &xcluster::Cluster, path: &str) -> Result<RetryBudget, FieldError> {
     let mut retry_budget = RetryBudget::default();
     let Some(cb) = &c.circuit_breakers else {
         return Ok(retry_budget);
@@ -945,7 +935,7 @@ fn build_listener(
     l: &xlistener::Listener,
     path: &str,
     b: &mut Build<'_>,
-) -> Result<Listener, ConfigError> {
+) -> Result<Listener, FieldError> {
     let address = socket_address(&l.address, &format!("{path}.address"))?;
     let dual_stack = ipv4_compat(&l.address, address, &format!("{path}.address"))?;
     if l.filter_chains.is_empty() {
@@ -1017,7 +1007,7 @@ fn build_chain(
     chain: &xlistener::FilterChain,
     path: &str,
     b: &mut Build<'_>,
-) -> Result<FilterChain, ConfigError> {
+) -> Result<FilterChain, FieldError> {
     let [filter] = chain.filters.as_slice() else {
         return Err(err(
             format!("{path}.filters"),
@@ -1085,7 +1075,7 @@ fn build_http(
     m: &hcm::HttpConnectionManager,
     path: &str,
     b: &mut Build<'_>,
-) -> Result<HttpManager, ConfigError> {
+) -> Result<HttpManager, FieldError> {
     let routes = b.routes;
     use hcm::http_connection_manager::RouteSpecifier;
     let pending = xroute::RouteConfiguration::default();

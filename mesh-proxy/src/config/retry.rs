@@ -8,7 +8,7 @@ use std::time::Duration;
 use mesh_proto::envoy::config::route::v3 as xroute;
 
 use super::route::{HeaderMatch, header_match};
-use super::{ConfigError, duration, err};
+use super::{FieldError, duration, err};
 
 /// How a try failed without a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl RetryPolicy {
     }
 
     /// Reads a route's retry policy.
-    pub fn build(rp: &xroute::RetryPolicy, path: &str) -> Result<RetryPolicy, ConfigError> {
+    pub fn build(rp: &xroute::RetryPolicy, path: &str) -> Result<RetryPolicy, FieldError> {
         let mut on = Vec::new();
         for token in rp
             .retry_on
@@ -165,7 +165,7 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    fn policy(yaml: &str) -> Result<RetryPolicy, ConfigError> {
+    fn policy(yaml: &str) -> Result<RetryPolicy, FieldError> {
         let rp: xroute::RetryPolicy = mesh_proto::json::from_yaml(yaml).unwrap();
         RetryPolicy::build(&rp, "retry_policy")
     }
@@ -183,7 +183,7 @@ mod tests {
             policy("retry_on: retriable-status-codes\nretriable_status_codes: [418]").unwrap();
         assert!(codes.retries_response(418, &h) && !codes.retries_response(500, &h));
         let e = policy("retry_on: 5xx,envoy-ratelimited").unwrap_err();
-        assert_eq!(e.path, "retry_policy.retry_on");
+        assert_eq!(e.path.to_string(), "retry_policy.retry_on");
         assert!(
             e.message
                 .starts_with("`envoy-ratelimited` is not a retry condition"),

@@ -13,7 +13,7 @@ use mesh_proto::envoy::config::core::v3 as xcore;
 use mesh_proto::envoy::config::route::v3 as xroute;
 use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
 
-use super::{Cluster, ConfigError, RetryPolicy, err};
+use super::{Cluster, FieldError, RetryPolicy, err};
 
 /// Virtual hosts of one listener, with the domain index Envoy's rules imply:
 /// exact names first, then the longest `*.suffix`, then the longest
@@ -219,10 +219,7 @@ impl HeaderMatch {
 }
 
 /// Reads an Envoy HeaderMatcher (`string_match` or `present_match`).
-pub(super) fn header_match(
-    h: &xroute::HeaderMatcher,
-    hp: &str,
-) -> Result<HeaderMatch, ConfigError> {
+pub(super) fn header_match(h: &xroute::HeaderMatcher, hp: &str) -> Result<HeaderMatch, FieldError> {
     use xroute::header_matcher::HeaderMatchSpecifier as H;
     let value = match &h.header_match_specifier {
         Some(H::StringMatch(s)) => Some(string_match(s, &format!("{hp}.string_match"))?),
@@ -297,7 +294,7 @@ impl RouteTable {
         rc: &xroute::RouteConfiguration,
         path: &str,
         clusters: &HashMap<String, Arc<Cluster>>,
-    ) -> Result<RouteTable, ConfigError> {
+    ) -> Result<RouteTable, FieldError> {
         let mut t = RouteTable {
             name: rc.name.clone(),
             virtual_hosts: Vec::new(),
@@ -361,7 +358,7 @@ fn strip_port(a: &str) -> &str {
     }
 }
 
-fn regex(re: &xmatch::RegexMatcher, path: &str) -> Result<regex::Regex, ConfigError> {
+fn regex(re: &xmatch::RegexMatcher, path: &str) -> Result<regex::Regex, FieldError> {
     regex::Regex::new(&format!("^(?:{})$", re.regex)).map_err(|e| {
         err(
             format!("{path}.regex"),
@@ -370,7 +367,7 @@ fn regex(re: &xmatch::RegexMatcher, path: &str) -> Result<regex::Regex, ConfigEr
     })
 }
 
-fn string_match(m: &xmatch::StringMatcher, path: &str) -> Result<StringMatch, ConfigError> {
+fn string_match(m: &xmatch::StringMatcher, path: &str) -> Result<StringMatch, FieldError> {
     use xmatch::string_matcher::MatchPattern as P;
     if m.ignore_case {
         return Err(err(
@@ -398,7 +395,7 @@ fn header_ops(
     remove: &[String],
     path: &str,
     what: &str,
-) -> Result<HeaderOps, ConfigError> {
+) -> Result<HeaderOps, FieldError> {
     let mut adds = Vec::new();
     for (i, h) in add.iter().enumerate() {
         let p = format!("{path}.{what}_headers_to_add[{i}]");
@@ -452,7 +449,7 @@ fn build_route(
     r: &xroute::Route,
     path: &str,
     clusters: &HashMap<String, Arc<Cluster>>,
-) -> Result<Route, ConfigError> {
+) -> Result<Route, FieldError> {
     use xroute::route::Action;
     use xroute::route_match::PathSpecifier;
     let m = r
@@ -533,7 +530,7 @@ fn build_forward(
     path: &str,
     clusters: &HashMap<String, Arc<Cluster>>,
     path_match: &PathMatch,
-) -> Result<Forward, ConfigError> {
+) -> Result<Forward, FieldError> {
     use xroute::route_action::{ClusterSpecifier, HostRewriteSpecifier};
     let entries: Vec<(String, u32)> = match &ra.cluster_specifier {
         Some(ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
@@ -614,7 +611,7 @@ impl WeightedSchedule {
         entries: &[(String, u32)],
         clusters: &HashMap<String, Arc<Cluster>>,
         path: &str,
-    ) -> Result<WeightedSchedule, ConfigError> {
+    ) -> Result<WeightedSchedule, FieldError> {
         if entries.is_empty() || entries.len() > u16::MAX as usize {
             return Err(err(path, "between 1 and 65535 clusters are required"));
         }

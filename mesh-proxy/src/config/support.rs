@@ -3,6 +3,7 @@
 //! silently.
 
 use mesh_proto::fields::SetField;
+use mesh_rules::FieldError;
 use prost_reflect::DynamicMessage;
 
 /// Fields mesh-proxy applies, as `message.field` (proto names).
@@ -136,18 +137,8 @@ const FIELDS: &[&str] = &[
     "envoy.config.endpoint.v3.Endpoint.address",
 ];
 
-/// Why a configuration is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct Unsupported {
-    /// The field, in proto names from the checked message's root.
-    pub path: String,
-    /// What is not supported.
-    pub message: String,
-}
-
 /// Checks every set field of `msg` against what mesh-proxy applies.
-pub fn check(msg: &DynamicMessage) -> Result<(), Vec<Unsupported>> {
+pub fn check(msg: &DynamicMessage) -> Result<(), Vec<FieldError>> {
     let mut problems = Vec::new();
     for f in mesh_proto::fields::set_fields(msg) {
         if let Some(e) = refuse(&f) {
@@ -161,22 +152,26 @@ pub fn check(msg: &DynamicMessage) -> Result<(), Vec<Unsupported>> {
     }
 }
 
-fn refuse(f: &SetField) -> Option<Unsupported> {
+fn refuse(f: &SetField) -> Option<FieldError> {
     if let Some(t) = &f.any_type {
-        return (!mesh_proto::types::TYPED_CONFIGS.contains(&t.as_str())).then(|| Unsupported {
-            path: f.path.to_string(),
-            message: format!("typed config {t} is not supported by mesh-proxy"),
+        return (!mesh_proto::types::TYPED_CONFIGS.contains(&t.as_str())).then(|| {
+            FieldError::at_key(
+                f.path.clone(),
+                format!("typed config {t} is not supported by mesh-proxy"),
+            )
         });
     }
     if f.message.starts_with("google.protobuf.") {
         return None;
     }
     let full = format!("{}.{}", f.message, f.field);
-    (!FIELDS.contains(&full.as_str())).then(|| Unsupported {
-        path: f.path.to_string(),
-        message: format!(
-            "field `{}` of {} is not supported by mesh-proxy",
-            f.field, f.message
-        ),
+    (!FIELDS.contains(&full.as_str())).then(|| {
+        FieldError::at_key(
+            f.path.clone(),
+            format!(
+                "field `{}` of {} is not supported by mesh-proxy",
+                f.field, f.message
+            ),
+        )
     })
 }

@@ -399,8 +399,8 @@ impl RouteRule {
         }
         self.check_faults_mirror_cors(c, path);
         for name in self.append_headers.keys() {
-            if let Err(m) = names::check_header_name(name) {
-                c.fail_key(&path.key("appendHeaders").key(name.clone()), m);
+            if let Err(e) = names::check_header_name(name) {
+                c.fail_key(&path.key("appendHeaders").key(name.clone()), e.message);
             }
         }
     }
@@ -517,7 +517,7 @@ impl MatchCondition {
             for (name, m) in &r.headers {
                 let hp = p.key(name.clone());
                 if let Err(e) = names::check_header_name(name) {
-                    c.fail_key(&hp, e);
+                    c.fail_key(&hp, e.message);
                 }
                 m.check(c, &hp);
             }
