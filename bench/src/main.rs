@@ -128,6 +128,60 @@ struct Row {
     rss_mb: Option<f64>,
 }
 
+/// What one load achieved: throughput per second, latency percentiles
+/// (p50, p90, p99, p99.9 in ms) and errors. `count` is what the per-1000
+/// cost divides by (requests, or MB for TCP); `None`: throughput × time.
+struct Sample {
+    throughput: f64,
+    latency: [Option<f64>; 4],
+    errors: u64,
+    count: Option<f64>,
+}
+
+impl From<load::OpenLoop> for Sample {
+    fn from(r: load::OpenLoop) -> Sample {
+        Sample {
+            throughput: r.achieved_rps,
+            latency: [
+                Some(r.p50_ms),
+                Some(r.p90_ms),
+                Some(r.p99_ms),
+                Some(r.p999_ms),
+            ],
+            errors: r.errors,
+            count: Some(r.requests as f64),
+        }
+    }
+}
+
+impl Row {
+    fn of(
+        target: &Target,
+        scenario: &str,
+        unit: &str,
+        s: Sample,
+        cpu: Option<f64>,
+        elapsed: f64,
+    ) -> Row {
+        let count = s.count.unwrap_or(s.throughput * elapsed);
+        let [p50_ms, p90_ms, p99_ms, p999_ms] = s.latency;
+        Row {
+            scenario: scenario.into(),
+            target: target.name.clone(),
+            throughput: s.throughput,
+            unit: unit.into(),
+            p50_ms,
+            p90_ms,
+            p99_ms,
+            p999_ms,
+            errors: s.errors,
+            cpu_per_1000: cpu.map(|c| c / (count / 1000.0)),
+            cpu_cores: cpu.map(|c| c / elapsed),
+            rss_mb: cpu.map(|_| target.row_rss_mb.get()),
+        }
+    }
+}
+
 fn run_tool(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .stderr(Stdio::piped())
@@ -153,11 +207,7 @@ end
 "#;
 
 /// Runs wrk (closed loop, maximum throughput).
-fn wrk(
-    addr: SocketAddr,
-    seconds: u64,
-    close: bool,
-) -> anyhow::Result<(f64, [Option<f64>; 4], u64)> {
+fn wrk(addr: SocketAddr, seconds: u64, close: bool) -> anyhow::Result<Sample> {
     let script = tempfile::Builder::new().suffix(".lua").tempfile()?;
     std::fs::write(script.path(), WRK_PERCENTILES)?;
     let mut cmd = Command::new("taskset");
@@ -188,13 +238,18 @@ fn wrk(
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    Ok((rps, [pct("50"), pct("90"), pct("99"), pct("99.9")], errors))
+    Ok(Sample {
+        throughput: rps,
+        latency: [pct("50"), pct("90"), pct("99"), pct("99.9")],
+        errors,
+        count: None,
+    })
 }
 
 /// Runs h2load (HTTP/2, multiplexed) against `url`; `extra` adds
 /// arguments (a request body, headers). Latency percentiles come from its
 /// per-request log.
-fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, [Option<f64>; 4], u64)> {
+fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<Sample> {
     let log = tempfile::NamedTempFile::new()?;
     let out = run_tool(
         Command::new("taskset")
@@ -246,11 +301,12 @@ fn h2load(url: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(f64, [Opti
             durations[i - 1] as f64 / 1000.0
         })
     };
-    Ok((
-        rps,
-        [pct(0.50), pct(0.90), pct(0.99), pct(0.999)],
-        count("failed") + count("errored") + non_2xx,
-    ))
+    Ok(Sample {
+        throughput: rps,
+        latency: [pct(0.50), pct(0.90), pct(0.99), pct(0.999)],
+        errors: count("failed") + count("errored") + non_2xx,
+        count: None,
+    })
 }
 
 /// One real gRPC call (tonic's health client) through `addr`: the row's
@@ -317,6 +373,35 @@ fn measure<T>(
     Ok((r, cpu, elapsed))
 }
 
+/// gRPC unary load: grpc.health.v1.Health/Check with an empty request (a
+/// 5-byte frame), 4 connections × 16 streams.
+struct GrpcLoad {
+    request: tempfile::NamedTempFile,
+    url: String,
+}
+
+impl GrpcLoad {
+    /// Checks one real call through `target` first.
+    fn new(target: &Target, rt: &tokio::runtime::Runtime) -> anyhow::Result<GrpcLoad> {
+        grpc_works(target.addrs.grpc, rt)
+            .with_context(|| format!("{}: a gRPC call through it failed", target.name))?;
+        let request = tempfile::NamedTempFile::new()?;
+        std::fs::write(request.path(), [0u8; 5])?;
+        let url = format!("http://{}/grpc.health.v1.Health/Check", target.addrs.grpc);
+        Ok(GrpcLoad { request, url })
+    }
+
+    fn run(&self, seconds: u64) -> anyhow::Result<Sample> {
+        let body = self.request.path().to_string_lossy().into_owned();
+        let headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"];
+        let mut args = vec!["-d", &body];
+        args.extend(headers);
+        h2load(&self.url, seconds, &args)
+    }
+}
+
+type Load<'a> = &'a mut dyn FnMut() -> anyhow::Result<Sample>;
+
 fn scenarios(
     target: &Target,
     seconds: u64,
@@ -324,141 +409,53 @@ fn scenarios(
     rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let row = |scenario: &str,
-               throughput: f64,
-               unit: &str,
-               p: [Option<f64>; 4],
-               errors,
-               cpu: Option<f64>,
-               elapsed: f64,
-               count: f64| Row {
-        scenario: scenario.into(),
-        target: target.name.clone(),
-        throughput,
-        unit: unit.into(),
-        p50_ms: p[0],
-        p90_ms: p[1],
-        p99_ms: p[2],
-        p999_ms: p[3],
-        errors,
-        cpu_per_1000: cpu.map(|c| c / (count / 1000.0)),
-        cpu_cores: cpu.map(|c| c / elapsed),
-        rss_mb: cpu.map(|_| target.row_rss_mb.get()),
+    let mut add = |scenario: &str, unit: &str, load: Load| {
+        let (sample, cpu, elapsed) = measure(target, load)?;
+        rows.push(Row::of(target, scenario, unit, sample, cpu, elapsed));
+        anyhow::Ok(())
     };
-    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.small, seconds, false))?;
-    rows.push(row(
-        "HTTP/1.1 keep-alive, small body (max)",
-        rps,
-        "req/s",
-        p,
-        e,
-        cpu,
-        el,
-        rps * el,
-    ));
-    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.large, seconds, false))?;
-    rows.push(row(
-        "HTTP/1.1 keep-alive, 16 KiB body (max)",
-        rps,
-        "req/s",
-        p,
-        e,
-        cpu,
-        el,
-        rps * el,
-    ));
-    let small = format!("http://{}/", target.addrs.small);
-    let ((rps, p, e), cpu, el) = measure(target, || h2load(&small, seconds, &[]))?;
-    rows.push(row(
-        "HTTP/2, 4 connections × 16 streams (max)",
-        rps,
-        "req/s",
-        p,
-        e,
-        cpu,
-        el,
-        rps * el,
-    ));
-    // gRPC unary: grpc.health.v1.Health/Check with an empty request (a
-    // 5-byte frame), 4 connections × 16 streams.
-    grpc_works(target.addrs.grpc, rt)
-        .with_context(|| format!("{}: a gRPC call through it failed", target.name))?;
-    let request = tempfile::NamedTempFile::new()?;
-    std::fs::write(request.path(), [0u8; 5])?;
-    let body = request.path().to_string_lossy().into_owned();
-    let url = format!("http://{}/grpc.health.v1.Health/Check", target.addrs.grpc);
-    let args = [
-        "-d",
-        &body,
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
+    let (small, large) = (target.addrs.small, target.addrs.large);
+    let h2 = format!("http://{small}/");
+    let grpc = GrpcLoad::new(target, rt)?;
+    let max: [(&str, Load); 5] = [
+        ("HTTP/1.1 keep-alive, small body (max)", &mut || {
+            wrk(small, seconds, false)
+        }),
+        ("HTTP/1.1 keep-alive, 16 KiB body (max)", &mut || {
+            wrk(large, seconds, false)
+        }),
+        ("HTTP/2, 4 connections × 16 streams (max)", &mut || {
+            h2load(&h2, seconds, &[])
+        }),
+        ("gRPC unary, 4 connections × 16 streams (max)", &mut || {
+            grpc.run(seconds)
+        }),
+        ("HTTP/1.1 new connection per request (max)", &mut || {
+            wrk(small, seconds, true)
+        }),
     ];
-    let ((rps, p, e), cpu, el) = measure(target, || h2load(&url, seconds, &args))?;
-    rows.push(row(
-        "gRPC unary, 4 connections × 16 streams (max)",
-        rps,
-        "req/s",
-        p,
-        e,
-        cpu,
-        el,
-        rps * el,
-    ));
-    let ((rps, p, e), cpu, el) = measure(target, || wrk(target.addrs.small, seconds, true))?;
-    rows.push(row(
-        "HTTP/1.1 new connection per request (max)",
-        rps,
-        "req/s",
-        p,
-        e,
-        cpu,
-        el,
-        rps * el,
-    ));
+    for (scenario, load) in max {
+        add(scenario, "req/s", load)?;
+    }
     let rates: &[u64] = if smoke { &[200] } else { &[1000, 5000] };
     for &rate in rates {
-        let (r, cpu, el) = measure(target, || {
-            load::open_loop(
-                target.addrs.small,
-                &target.addrs.small.to_string(),
-                rate,
-                Duration::from_secs(seconds),
-                16,
-            )
+        let scenario = format!("HTTP/1.1 fixed rate {rate} req/s (open loop)");
+        let time = Duration::from_secs(seconds);
+        add(&scenario, "req/s", &mut || {
+            load::open_loop(small, &small.to_string(), rate, time, 16).map(Sample::from)
         })?;
-        rows.push(row(
-            &format!("HTTP/1.1 fixed rate {rate} req/s (open loop)"),
-            r.achieved_rps,
-            "req/s",
-            [
-                Some(r.p50_ms),
-                Some(r.p90_ms),
-                Some(r.p99_ms),
-                Some(r.p999_ms),
-            ],
-            r.errors,
-            cpu,
-            el,
-            r.requests as f64,
-        ));
     }
-    let tcp = target.addrs.tcp.to_string();
-    let (mbs, cpu, el) = measure(target, || {
-        rt.block_on(load::tcp_throughput(&tcp, Duration::from_secs(seconds)))
-    })?;
     // For TCP, "per 1000" is per GB moved (1000 MB).
-    rows.push(row(
-        "TCP stream throughput",
-        mbs,
-        "MB/s",
-        [None; 4],
-        0,
-        cpu,
-        el,
-        mbs * el,
-    ));
+    let tcp = target.addrs.tcp.to_string();
+    add("TCP stream throughput", "MB/s", &mut || {
+        let mbs = rt.block_on(load::tcp_throughput(&tcp, Duration::from_secs(seconds)))?;
+        Ok(Sample {
+            throughput: mbs,
+            latency: [None; 4],
+            errors: 0,
+            count: None,
+        })
+    })?;
     Ok(rows)
 }
 
@@ -531,6 +528,72 @@ fn ratio(a: f64, b: Option<f64>) -> String {
     }
 }
 
+/// One scenario's table: every target's row, compared with Envoy and a
+/// direct connection (at a fixed rate: the latency each adds).
+fn scenario_table(s: &mut String, sc: &str, rows: &[Row]) {
+    use std::fmt::Write;
+    let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
+    let in_sc: Vec<&Row> = rows.iter().filter(|r| r.scenario == sc).collect();
+    let get = |t: &str| in_sc.iter().find(|r| r.target == t).map(|r| r.throughput);
+    let direct = in_sc.iter().find(|r| r.target == "direct");
+    // At a fixed rate what a proxy costs is the latency it adds.
+    let added = |r: &Row, p: fn(&Row) -> Option<f64>| match (p(r), direct.and_then(|d| p(d))) {
+        (Some(v), Some(d)) if r.target != "direct" => format!("{:+.3}", v - d),
+        _ => "—".into(),
+    };
+    let fixed = fixed_rate(sc);
+    let _ = writeln!(s, "## {sc}\n");
+    let _ = writeln!(
+        s,
+        "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | RSS MB | {} |",
+        in_sc[0].unit,
+        if fixed {
+            "added p50 ms | added p99 ms"
+        } else {
+            "vs Envoy | vs direct"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &in_sc {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.target,
+            r.throughput,
+            f(r.p50_ms),
+            f(r.p90_ms),
+            f(r.p99_ms),
+            f(r.p999_ms),
+            r.errors,
+            f(r.cpu_per_1000),
+            f(r.cpu_cores),
+            r.rss_mb.map_or("—".into(), |v| format!("{v:.1}")),
+            if fixed {
+                added(r, |r| r.p50_ms)
+            } else {
+                // A chain compares with Envoy's chain.
+                ratio(
+                    r.throughput,
+                    get(if r.target.contains('→') {
+                        "envoy → envoy"
+                    } else {
+                        "envoy"
+                    }),
+                )
+            },
+            if fixed {
+                added(r, |r| r.p99_ms)
+            } else {
+                ratio(r.throughput, get("direct"))
+            },
+        );
+    }
+    s.push('\n');
+}
+
 fn report(
     rows: &[Row],
     idle: &[(String, f64)],
@@ -560,67 +623,8 @@ fn report(
             scenarios.push(&r.scenario);
         }
     }
-    let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
     for sc in scenarios {
-        let in_sc: Vec<&Row> = rows.iter().filter(|r| r.scenario == sc).collect();
-        let get = |t: &str| in_sc.iter().find(|r| r.target == t).map(|r| r.throughput);
-        let direct = in_sc.iter().find(|r| r.target == "direct");
-        // At a fixed rate what a proxy costs is the latency it adds.
-        let added = |r: &Row, p: fn(&Row) -> Option<f64>| match (p(r), direct.and_then(|d| p(d))) {
-            (Some(v), Some(d)) if r.target != "direct" => format!("{:+.3}", v - d),
-            _ => "—".into(),
-        };
-        let fixed = fixed_rate(sc);
-        let _ = writeln!(s, "## {sc}\n");
-        let _ = writeln!(
-            s,
-            "| target | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / 1000 | CPU cores | RSS MB | {} |",
-            in_sc[0].unit,
-            if fixed {
-                "added p50 ms | added p99 ms"
-            } else {
-                "vs Envoy | vs direct"
-            }
-        );
-        let _ = writeln!(
-            s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for r in &in_sc {
-            let _ = writeln!(
-                s,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.target,
-                r.throughput,
-                f(r.p50_ms),
-                f(r.p90_ms),
-                f(r.p99_ms),
-                f(r.p999_ms),
-                r.errors,
-                f(r.cpu_per_1000),
-                f(r.cpu_cores),
-                r.rss_mb.map_or("—".into(), |v| format!("{v:.1}")),
-                if fixed {
-                    added(r, |r| r.p50_ms)
-                } else {
-                    // A chain compares with Envoy's chain.
-                    ratio(
-                        r.throughput,
-                        get(if r.target.contains('→') {
-                            "envoy → envoy"
-                        } else {
-                            "envoy"
-                        }),
-                    )
-                },
-                if fixed {
-                    added(r, |r| r.p99_ms)
-                } else {
-                    ratio(r.throughput, get("direct"))
-                },
-            );
-        }
-        s.push('\n');
+        scenario_table(&mut s, sc, rows);
     }
     let _ = writeln!(
         s,
@@ -700,54 +704,11 @@ fn run(
     }
     let (mut backend, b) = start_backend()?;
     let result = (|| {
-        type Start<'a> = Box<dyn Fn() -> anyhow::Result<Target> + 'a>;
-        let proxy = |to| targets::mesh_proxy(&mesh_proxy_bin, to, PROXY_CPU);
-        let all: Vec<(&str, Start)> = vec![
-            ("direct", Box::new(|| Ok(Target::direct(b)))),
-            ("mesh-proxy", Box::new(|| proxy(b))),
-            (
-                "mesh-proxy (via pilot)",
-                Box::new(|| {
-                    let pilot = mesh_proxy_bin.with_file_name("mesh-pilot");
-                    targets::mesh_proxy_via_pilot(&mesh_proxy_bin, &pilot, b, PROXY_CPU, LOAD_CPU)
-                }),
-            ),
-            ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
-            ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
-            (
-                "floor (byte relay)",
-                Box::new(|| targets::relay(b, PROXY_CPU)),
-            ),
-            // A call in a mesh crosses two sidecars: client side, server side.
-            (
-                "mesh-proxy → mesh-proxy",
-                Box::new(|| targets::chain("mesh-proxy → mesh-proxy", proxy, b)),
-            ),
-            (
-                "envoy → envoy",
-                Box::new(|| targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)),
-            ),
-        ];
-        let targets = all
-            .iter()
-            .filter(|(name, _)| {
-                *name == "direct" || only.is_empty() || only.iter().any(|o| o == name)
-            })
-            .map(|(_, start)| start())
-            .collect::<anyhow::Result<Vec<Target>>>()?;
+        let targets = start_targets(&mesh_proxy_bin, b, &only)?;
         // Idle means settled: a sidecar lets its xDS checking memory go
         // after 2 s without a config push.
         std::thread::sleep(Duration::from_secs(3));
-        let idle: Vec<(String, f64)> = targets
-            .iter()
-            .filter(|t| !t.pids().is_empty())
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.pids().into_iter().map(procfs::rss_mb).sum(),
-                )
-            })
-            .collect();
+        let idle = idle_rss(&targets);
         let mut rows = Vec::new();
         for round in 1..=plan.rounds {
             for t in &targets {
@@ -757,25 +718,96 @@ fn run(
         }
         let rows = medians(rows);
         // Under load: the most seen during the rows; start-up: VmHWM.
-        let peak: Vec<(String, f64, f64)> = targets
-            .iter()
-            .filter(|t| !t.pids().is_empty())
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.loaded_rss_mb.get(),
-                    t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
-                )
-            })
-            .collect();
+        let peak = loaded_and_peak_rss(&targets);
         anyhow::Ok((rows, idle, peak))
     })();
     let _ = backend.kill();
     let _ = backend.wait();
     let (rows, idle, peak) = result?;
-    let md = report(&rows, &idle, &peak, &plan);
-    std::fs::create_dir_all(&out)?;
-    let stamp = if smoke {
+    write_results(&out, &plan, &rows, &idle, &peak)
+}
+
+/// Starts the targets: a direct connection and those named in `only` (all
+/// when empty).
+fn start_targets(
+    mesh_proxy_bin: &std::path::Path,
+    b: Backends,
+    only: &[String],
+) -> anyhow::Result<Vec<Target>> {
+    type Start<'a> = Box<dyn Fn() -> anyhow::Result<Target> + 'a>;
+    let proxy = |to| targets::mesh_proxy(mesh_proxy_bin, to, PROXY_CPU);
+    let all: Vec<(&str, Start)> = vec![
+        ("direct", Box::new(|| Ok(Target::direct(b)))),
+        ("mesh-proxy", Box::new(|| proxy(b))),
+        (
+            "mesh-proxy (via pilot)",
+            Box::new(|| {
+                let pilot = mesh_proxy_bin.with_file_name("mesh-pilot");
+                targets::mesh_proxy_via_pilot(mesh_proxy_bin, &pilot, b, PROXY_CPU, LOAD_CPU)
+            }),
+        ),
+        ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
+        ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
+        (
+            "floor (byte relay)",
+            Box::new(|| targets::relay(b, PROXY_CPU)),
+        ),
+        // A call in a mesh crosses two sidecars: client side, server side.
+        (
+            "mesh-proxy → mesh-proxy",
+            Box::new(|| targets::chain("mesh-proxy → mesh-proxy", proxy, b)),
+        ),
+        (
+            "envoy → envoy",
+            Box::new(|| targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)),
+        ),
+    ];
+    all.iter()
+        .filter(|(name, _)| *name == "direct" || only.is_empty() || only.iter().any(|o| o == name))
+        .map(|(_, start)| start())
+        .collect()
+}
+
+/// Resident memory of each target's proxies at rest.
+fn idle_rss(targets: &[Target]) -> Vec<(String, f64)> {
+    targets
+        .iter()
+        .filter(|t| !t.pids().is_empty())
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.pids().into_iter().map(procfs::rss_mb).sum(),
+            )
+        })
+        .collect()
+}
+
+/// Each target's most resident memory under load, and its VmHWM.
+fn loaded_and_peak_rss(targets: &[Target]) -> Vec<(String, f64, f64)> {
+    targets
+        .iter()
+        .filter(|t| !t.pids().is_empty())
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.loaded_rss_mb.get(),
+                t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
+            )
+        })
+        .collect()
+}
+
+/// Writes the report (Markdown and JSON) to `out` and prints it.
+fn write_results(
+    out: &std::path::Path,
+    plan: &Plan,
+    rows: &[Row],
+    idle: &[(String, f64)],
+    peak: &[(String, f64, f64)],
+) -> anyhow::Result<()> {
+    let md = report(rows, idle, peak, plan);
+    std::fs::create_dir_all(out)?;
+    let stamp = if plan.smoke {
         "smoke".to_owned()
     } else {
         format!(
@@ -786,7 +818,7 @@ fn run(
         )
     };
     std::fs::write(out.join(format!("{stamp}.md")), &md)?;
-    let json = serde_json::json!({"machine": machine(), "seconds": seconds, "rounds": plan.rounds, "smoke": smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
+    let json = serde_json::json!({"machine": machine(), "seconds": plan.seconds, "rounds": plan.rounds, "smoke": plan.smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
     std::fs::write(
         out.join(format!("{stamp}.json")),
         serde_json::to_string_pretty(&json)?,

@@ -248,7 +248,7 @@ fn svcb_proxy_with_everything() {
 #[test]
 fn envoy_accepts_every_translation() {
     let dir = tempfile::tempdir().unwrap();
-    let envoy = mesh_testbed::envoy_binary();
+    let envoy = mesh_testbed::envoy_binary().unwrap();
     // Every golden file, so a new one cannot skip Envoy's judgement.
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let mut names: Vec<String> = std::fs::read_dir(&golden)

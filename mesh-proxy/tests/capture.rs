@@ -117,18 +117,20 @@ fn start_proxy(
     let path = dir.join(format!("{ns}.yaml"));
     std::fs::write(&path, config).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let child = world.spawn(
-        ns,
-        uid,
-        &[
-            env!("CARGO_BIN_EXE_mesh-proxy"),
-            "--config",
-            path.to_str().unwrap(),
-            "--concurrency",
-            "1",
-        ],
-        Stdio::piped(),
-    );
+    let child = world
+        .spawn(
+            ns,
+            uid,
+            &[
+                env!("CARGO_BIN_EXE_mesh-proxy"),
+                "--config",
+                path.to_str().unwrap(),
+                "--concurrency",
+                "1",
+            ],
+            Stdio::piped(),
+        )
+        .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     while mesh_testbed::read_message(&mut stdout)
         .unwrap_or_else(|| panic!("mesh-proxy in {ns} exited before it was ready"))
@@ -172,7 +174,7 @@ fn app_on(world: &mut World, ns: &str, name: &str, port: u16, log: &std::path::P
         log.to_str().unwrap(),
         bind,
     ];
-    let child = world.spawn(ns, None, &args, Stdio::piped());
+    let child = world.spawn(ns, None, &args, Stdio::piped()).unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -200,12 +202,12 @@ fn stat(world: &World, ns: &str, needle: &str) -> u64 {
 
 #[test]
 fn pod_to_pod_through_both_sidecars_and_egress_refused_until_allowed() {
-    let mut world = World::new();
+    let mut world = World::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (client, _client_ip) = world.host("client");
-    let (server, server_ip) = world.host("server");
-    let (external, external_ip) = world.host("msgd");
+    let (client, _client_ip) = world.host("client").unwrap();
+    let (server, server_ip) = world.host("server").unwrap();
+    let (external, external_ip) = world.host("msgd").unwrap();
 
     let (server_log, msgd_log) = (dir.path().join("server.log"), dir.path().join("msgd.log"));
     app(&mut world, &server, "svcb-v0.1", 8080, &server_log);
@@ -302,7 +304,7 @@ fn pod_to_pod_through_both_sidecars_and_egress_refused_until_allowed() {
     assert_eq!(requests(&msgd_log), 1);
 
     assert_eq!(
-        world.escaped_packets(),
+        world.escaped_packets().unwrap(),
         0,
         "a packet to a VIP escaped capture"
     );
@@ -310,8 +312,8 @@ fn pod_to_pod_through_both_sidecars_and_egress_refused_until_allowed() {
 
 #[test]
 fn init_is_idempotent_and_cleanup_removes_everything() {
-    let mut world = World::new();
-    let (pod, _) = world.host("pod");
+    let mut world = World::new().unwrap();
+    let (pod, _) = world.host("pod").unwrap();
     let bin = env!("CARGO_BIN_EXE_mesh-proxy");
     let rules = |w: &World| w.exec(&pod, &["iptables", "-t", "nat", "-S"]).1;
     let init = |w: &World| {
@@ -368,11 +370,11 @@ fn a_cluster_connect_timeout_bounds_the_wait_for_a_silent_endpoint() {
     // An endpoint that drops SYNs (a host whose firewall eats them): the
     // cluster's connect_timeout, not a global one, decides how long a
     // request waits before its 503.
-    let mut world = World::new();
+    let mut world = World::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (client, _) = world.host("client");
-    let (silent, silent_ip) = world.host("silent");
+    let (client, _) = world.host("client").unwrap();
+    let (silent, silent_ip) = world.host("silent").unwrap();
     let (code, _) = world.exec(
         &silent,
         &[
@@ -411,11 +413,11 @@ fn a_cluster_connect_timeout_bounds_the_wait_for_a_silent_endpoint() {
 #[test]
 fn ipv6_pod_to_pod_through_both_sidecars() {
     use common::netns::VIP_CIDR6;
-    let mut world = World::new();
+    let mut world = World::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (client, _) = world.host6("client6");
-    let (server, server_ip) = world.host6("server6");
+    let (client, _) = world.host6("client6").unwrap();
+    let (server, server_ip) = world.host6("server6").unwrap();
     let log = dir.path().join("server6.log");
     app_on(&mut world, &server, "svcb-v6", 8080, &log, "::");
     let vip = VIP_CIDR6.replace("::/64", "::10");
@@ -448,7 +450,7 @@ fn ipv6_pod_to_pod_through_both_sidecars() {
     let (_, rules) = world.exec(&client, &["ip6tables", "-t", "nat", "-S", "MESH_OUTPUT"]);
     assert!(rules.contains("-d ::1/128 -j RETURN"), "{rules}");
     assert_eq!(
-        world.escaped_packets(),
+        world.escaped_packets().unwrap(),
         0,
         "a packet to {VIP_CIDR6} escaped capture"
     );

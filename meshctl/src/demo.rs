@@ -1,7 +1,7 @@
 //! `meshctl demo`: the seed's walk on this machine.
 //!
 //! As root, the whole walk runs in network namespaces with no link to the
-//! machine's network (the end-to-end test's world, `mesh_testbed::walk`):
+//! machine's network (`mesh_local`, the world the end-to-end tests use too):
 //! pilot, pods with capture and mesh-proxy sidecars, the sample services,
 //! the seed's rule files. Without root the same walk runs on loopback
 //! addresses with sidecars the apps use explicitly (no capture).
@@ -45,20 +45,19 @@ fn say(applied: &[mesh_pilot::store::Applied]) {
     }
 }
 
-/// Runs the demo: the whole walk as root, else the rule steps.
-pub async fn run(keep: bool, rules_only: bool) -> anyhow::Result<ExitCode> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+/// Runs the demo: the whole walk (on loopback without root or when asked),
+/// or only the rule steps.
+pub async fn run(keep: bool, rules_only: bool, loopback: bool) -> anyhow::Result<ExitCode> {
     if rules_only {
         return rule_steps(keep).await;
     }
-    network::run(keep, !root).await
+    network::run(keep, loopback || !mesh_local::netns::is_root()).await
 }
 
 /// `meshctl demo --cleanup`: removes the network namespaces (and what runs
 /// in them) of demo or test runs whose process is gone.
 pub fn cleanup() -> anyhow::Result<ExitCode> {
-    let removed = mesh_testbed::netns::cleanup_leftovers();
+    let removed = mesh_local::netns::cleanup_leftovers();
     if removed.is_empty() {
         println!("nothing left behind");
     }
@@ -115,51 +114,19 @@ async fn rule_steps(keep: bool) -> anyhow::Result<ExitCode> {
 mod network {
     //! The whole walk in network namespaces.
 
-    use std::path::Path;
-    use std::process::{Command, ExitCode};
+    use std::process::ExitCode;
     use std::time::Instant;
 
     use anyhow::Context;
-    use mesh_testbed::mesh::Mesh;
-    use mesh_testbed::netns::{World, cleanup_leftovers};
-    use mesh_testbed::walk;
+    use mesh_local::mesh::Mesh;
+    use mesh_local::netns::{World, cleanup_leftovers};
+    use mesh_local::walk;
 
-    /// Builds the binaries the walk starts (mesh-proxy, mesh-pilot, the
-    /// samples) when meshctl runs from a cargo build of the workspace, so
-    /// `cargo run -p meshctl -- demo` is all it takes.
-    fn ensure_binaries() -> anyhow::Result<()> {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("workspace folder")?;
-        let exe = std::env::current_exe()?;
-        let profile = exe
-            .parent()
-            .and_then(|d| d.file_name())
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if std::env::var_os("MESH_BIN_DIR").is_none()
-            && workspace.join("Cargo.toml").exists()
-            && (profile == "debug" || profile == "release")
-        {
-            println!("building mesh-proxy, mesh-pilot and the sample services ({profile}) …");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace)
-                .args(["build", "--quiet", "--bins"])
-                .args(["-p", "mesh-proxy", "-p", "mesh-pilot", "-p", "mesh-samples"]);
-            if profile == "release" {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().context("cannot run cargo")?;
-            anyhow::ensure!(status.success(), "building the binaries failed");
-        }
+    /// The binaries the walk starts, found next to meshctl (or in
+    /// `MESH_BIN_DIR`); nothing is built at run time.
+    fn check_binaries() -> anyhow::Result<()> {
         for bin in ["mesh-proxy", "mesh-pilot", "svca", "svcb", "msgd"] {
-            let found = std::panic::catch_unwind(|| mesh_testbed::binary(bin));
-            anyhow::ensure!(
-                found.is_ok(),
-                "{bin} is missing next to meshctl (cargo build --workspace)"
-            );
+            mesh_local::binary(bin)?;
         }
         Ok(())
     }
@@ -191,7 +158,7 @@ mod network {
     }
 
     pub async fn run(keep: bool, loopback: bool) -> anyhow::Result<ExitCode> {
-        ensure_binaries()?;
+        check_binaries()?;
         if !loopback {
             for ns in cleanup_leftovers() {
                 println!("removed leftovers of an earlier run: network namespace {ns}");
@@ -202,10 +169,12 @@ mod network {
             println!(
                 "mesh demo — the Istio 0.4 walk on loopback (not root: no namespaces, no capture; sidecars used as HTTP proxies)"
             );
-            Mesh::loopback()
+            Mesh::loopback().context("cannot set up the loopback mesh")?
         } else {
             println!("mesh demo — the Istio 0.4 walk in network namespaces on this machine");
-            tokio::task::spawn_blocking(Mesh::new).await?
+            tokio::task::spawn_blocking(Mesh::new)
+                .await?
+                .context("cannot set up the network namespaces")?
         };
         let id = mesh.world.id.clone();
         let walk = tokio::task::spawn_blocking(move || {
@@ -222,17 +191,18 @@ mod network {
             (mesh, report)
         });
         let (mesh, report) = tokio::select! {
-            r = walk => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    World::remove_by_id(&id);
-                    anyhow::bail!("the walk stopped: {e}");
-                }
-            },
+            r = walk => r?,
             _ = tokio::signal::ctrl_c() => {
                 println!("interrupted: cleaning up");
                 World::remove_by_id(&id);
                 return Ok(ExitCode::from(130));
+            }
+        };
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                tokio::task::spawn_blocking(move || drop(mesh)).await?;
+                return Err(e).context("the walk stopped");
             }
         };
         let checks = report.checks();

@@ -123,9 +123,13 @@ enum Command {
         /// Only the rule steps (validate, create, replace) in a temporary store.
         #[arg(long)]
         rules_only: bool,
+        /// Run on loopback addresses even as root (no namespaces, no
+        /// capture): what a user without root gets.
+        #[arg(long)]
+        loopback: bool,
         /// Only remove what killed runs left behind (network namespaces and
         /// their processes), then exit.
-        #[arg(long, conflicts_with_all = ["keep", "rules_only"])]
+        #[arg(long, conflicts_with_all = ["keep", "rules_only", "loopback"])]
         cleanup: bool,
     },
 }
@@ -149,12 +153,13 @@ async fn main() -> ExitCode {
         Command::Demo {
             keep,
             rules_only,
+            loopback,
             cleanup,
         } => {
             if cleanup {
                 demo::cleanup()
             } else {
-                demo::run(keep, rules_only).await
+                demo::run(keep, rules_only, loopback).await
             }
         }
         Command::KubeInject(args) => kube_inject::run(args),

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::mesh::{Mesh, Pod, Sidecar};
-use crate::{Lines, binary};
+use mesh_local::mesh::{Mesh, Pod, Sidecar};
+use mesh_local::{Lines, binary};
 
 /// A pod started from a template.
 pub struct KubePod {
@@ -52,16 +52,21 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-impl Mesh {
+/// What a kubelet does with a pod template, on a [`Mesh`].
+pub trait Kubelet {
     /// Starts pod `name` of an injected pod `template` (`metadata` and
     /// `spec`): runs the `mesh-init` container's arguments, then the
     /// `mesh-proxy` container's, and waits until the sidecar serves.
-    pub fn kube_pod(&mut self, name: &str, template: &Value) -> KubePod {
-        let (ns, ip) = self.world.host(name);
+    fn kube_pod(&mut self, name: &str, template: &Value) -> KubePod;
+}
+
+impl Kubelet for Mesh {
+    fn kube_pod(&mut self, name: &str, template: &Value) -> KubePod {
+        let (ns, ip) = self.world.host(name).unwrap();
         let spec = &template["spec"];
         let labels: BTreeMap<String, String> =
             serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
-        let proxy = binary("mesh-proxy");
+        let proxy = binary("mesh-proxy").unwrap();
         let proxy = proxy.to_str().unwrap();
         // The init container, as root with its capabilities.
         let init = entry(spec, "initContainers", "mesh-init");
@@ -89,7 +94,7 @@ impl Mesh {
                 (e["name"].as_str().unwrap().to_owned(), value)
             })
             .collect();
-        let (mounts, labels_file) = self.volumes(name, spec, sidecar, &labels);
+        let (mounts, labels_file) = volumes(self, name, spec, sidecar, &labels);
         let uid = sidecar["securityContext"]["runAsUser"]
             .as_i64()
             .unwrap_or(0);
@@ -118,9 +123,9 @@ impl Mesh {
             "-c",
             &script,
         ];
-        let child = self.world.spawn(&ns, None, &cmd, Stdio::piped());
+        let child = self.world.spawn(&ns, None, &cmd, Stdio::piped()).unwrap();
         let mut lines = Lines::new(child.stdout.take().unwrap());
-        lines.wait_for("ready", Duration::from_secs(30));
+        lines.wait_for("ready", Duration::from_secs(30)).unwrap();
         lines.discard_rest();
         let node_id = format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
         let pod = Pod {
@@ -136,37 +141,37 @@ impl Mesh {
             labels_file,
         }
     }
+}
 
-    /// The sidecar's volume mounts as (mount path, folder on this
-    /// machine), parents first; downward-API files written as the kubelet
-    /// writes them. Returns them with the labels file.
-    fn volumes(
-        &self,
-        name: &str,
-        spec: &Value,
-        sidecar: &Value,
-        labels: &BTreeMap<String, String>,
-    ) -> (Vec<(String, PathBuf)>, PathBuf) {
-        let mut mounts = Vec::new();
-        let mut labels_file = PathBuf::new();
-        for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
-            let vol_name = m["name"].as_str().unwrap();
-            let vol = entry(spec, "volumes", vol_name);
-            let host = self.dir.path().join(format!("{name}-{vol_name}"));
-            make_dir(&host);
-            for item in vol["downwardAPI"]["items"].as_array().into_iter().flatten() {
-                let field = item["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
-                assert_eq!(field, "metadata.labels", "the emulation writes labels only");
-                let path = host.join(item["path"].as_str().unwrap());
-                std::fs::write(&path, labels_file_text(labels)).unwrap();
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-                labels_file = path;
-            }
-            mounts.push((m["mountPath"].as_str().unwrap().to_owned(), host));
+/// The sidecar's volume mounts as (mount path, folder on this
+/// machine), parents first; downward-API files written as the kubelet
+/// writes them. Returns them with the labels file.
+fn volumes(
+    mesh: &Mesh,
+    name: &str,
+    spec: &Value,
+    sidecar: &Value,
+    labels: &BTreeMap<String, String>,
+) -> (Vec<(String, PathBuf)>, PathBuf) {
+    let mut mounts = Vec::new();
+    let mut labels_file = PathBuf::new();
+    for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
+        let vol_name = m["name"].as_str().unwrap();
+        let vol = entry(spec, "volumes", vol_name);
+        let host = mesh.dir.path().join(format!("{name}-{vol_name}"));
+        make_dir(&host);
+        for item in vol["downwardAPI"]["items"].as_array().into_iter().flatten() {
+            let field = item["fieldRef"]["fieldPath"].as_str().unwrap_or_default();
+            assert_eq!(field, "metadata.labels", "the emulation writes labels only");
+            let path = host.join(item["path"].as_str().unwrap());
+            std::fs::write(&path, labels_file_text(labels)).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            labels_file = path;
         }
-        mounts.sort_by_key(|(p, _)| p.len());
-        (mounts, labels_file)
+        mounts.push((m["mountPath"].as_str().unwrap().to_owned(), host));
     }
+    mounts.sort_by_key(|(p, _)| p.len());
+    (mounts, labels_file)
 }
 
 fn make_dir(p: &Path) {

@@ -53,30 +53,36 @@ fn count(bodies: &[String], v: &str) -> usize {
 }
 
 fn follows_pilot(proxy: Sidecar) {
-    let mut mesh = Mesh::new();
-    mesh.write_registry(REGISTRY);
-    mesh.set_names(&names());
-    mesh.start_pilot();
-    let v1 = mesh.pod(
-        "svcb-v1",
-        &[("app", "svcb"), ("version", "v0.1")],
-        Some(Sidecar::MeshProxy),
-    );
-    mesh.sample(&v1, "svcb", &["--version", "v0.1"]);
-    let v2 = mesh.pod(
-        "svcb-v2",
-        &[("app", "svcb"), ("version", "v0.2")],
-        Some(Sidecar::MeshProxy),
-    );
-    mesh.sample(&v2, "svcb", &["--version", "v0.2"]);
-    let msgd = mesh.pod("msgd", &[], None);
-    let msgd_log = mesh.msgd(&msgd);
-    let client = mesh.pod(
-        "client",
-        &[("app", "svca"), ("version", "v0.1")],
-        Some(proxy),
-    );
-    mesh.wait_synced(&client, 0);
+    let mut mesh = Mesh::new().unwrap();
+    mesh.write_registry(REGISTRY).unwrap();
+    mesh.set_names(&names()).unwrap();
+    mesh.start_pilot().unwrap();
+    let v1 = mesh
+        .pod(
+            "svcb-v1",
+            &[("app", "svcb"), ("version", "v0.1")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    mesh.sample(&v1, "svcb", &["--version", "v0.1"]).unwrap();
+    let v2 = mesh
+        .pod(
+            "svcb-v2",
+            &[("app", "svcb"), ("version", "v0.2")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    mesh.sample(&v2, "svcb", &["--version", "v0.2"]).unwrap();
+    let msgd = mesh.pod("msgd", &[], None).unwrap();
+    let msgd_log = mesh.msgd(&msgd).unwrap();
+    let client = mesh
+        .pod(
+            "client",
+            &[("app", "svca"), ("version", "v0.1")],
+            Some(proxy),
+        )
+        .unwrap();
+    mesh.wait_synced(&client, 0).unwrap();
 
     // Both servers registered themselves: without rules, both get traffic.
     let bodies = calls(&mesh, &client, 100, &[]);
@@ -87,8 +93,8 @@ fn follows_pilot(proxy: Sidecar) {
     );
 
     // 50/50 per request, on one connection.
-    let revision = mesh.apply_rules("create", SPLIT_50);
-    mesh.wait_synced(&client, revision);
+    let revision = mesh.apply_rules("create", SPLIT_50).unwrap();
+    mesh.wait_synced(&client, revision).unwrap();
     // mesh-proxy's split is an exact schedule: 1000 requests are 500/500.
     // Envoy draws at random per request (binomial: a 1000-request sample
     // leaves 470..=530 about 6 % of the time), so it gets 4000 requests
@@ -107,7 +113,7 @@ fn follows_pilot(proxy: Sidecar) {
 
     // Replace: everything to v0.2 within 2 s.
     let started = Instant::now();
-    mesh.apply_rules("replace", ALL_V2);
+    mesh.apply_rules("replace", ALL_V2).unwrap();
     loop {
         let bodies = calls(&mesh, &client, 20, &[]);
         if count(&bodies, "svcb-v0.2") == 20 {
@@ -124,8 +130,8 @@ fn follows_pilot(proxy: Sidecar) {
     eprintln!("{proxy:?}: replace took effect in {took:?}");
 
     // A header match wins over the default route.
-    let revision = mesh.apply_rules("create", HEADER_RULE);
-    mesh.wait_synced(&client, revision);
+    let revision = mesh.apply_rules("create", HEADER_RULE).unwrap();
+    mesh.wait_synced(&client, revision).unwrap();
     let tester = calls(&mesh, &client, 20, &["-H", "end-user: jason"]);
     assert_eq!(count(&tester, "svcb-v0.1"), 20, "{tester:?}");
     let others = calls(&mesh, &client, 20, &["-H", "end-user: maria"]);
@@ -152,8 +158,8 @@ spec:
 ",
         msgd.ip
     );
-    let revision = mesh.apply_rules("create", &egress);
-    mesh.wait_synced(&client, revision);
+    let revision = mesh.apply_rules("create", &egress).unwrap();
+    mesh.wait_synced(&client, revision).unwrap();
     let (code, out) = mesh.curl(&client, &[&send]);
     assert_eq!(
         (code, out.as_str()),
@@ -165,7 +171,7 @@ spec:
     assert!(seen[0].contains("x-request-id"), "{}", seen[0]);
 
     // What pilot and the proxy say about it.
-    let meshctl = mesh_testbed::binary("meshctl");
+    let meshctl = mesh_testbed::binary("meshctl").unwrap();
     let meshctl = meshctl.to_str().unwrap();
     let (code, status) = mesh
         .world
@@ -193,7 +199,7 @@ spec:
     }
 
     assert_eq!(
-        mesh.world.escaped_packets(),
+        mesh.world.escaped_packets().unwrap(),
         0,
         "a packet to {VIP_CIDR} escaped capture"
     );
@@ -227,28 +233,32 @@ fn envoy_follows_pilot_over_delta() {
 /// next good rule clears it.
 #[test]
 fn an_envoy_nack_shows_in_proxy_status_until_a_good_push() {
-    let mut mesh = Mesh::new();
-    mesh.write_registry(REGISTRY);
-    mesh.set_names(&names());
-    mesh.start_pilot();
-    let v1 = mesh.pod(
-        "svcb-v1",
-        &[("app", "svcb"), ("version", "v0.1")],
-        Some(Sidecar::MeshProxy),
-    );
-    mesh.sample(&v1, "svcb", &["--version", "v0.1"]);
-    let client = mesh.pod("client", &[("app", "svca")], Some(Sidecar::Envoy));
-    mesh.wait_synced(&client, 0);
+    let mut mesh = Mesh::new().unwrap();
+    mesh.write_registry(REGISTRY).unwrap();
+    mesh.set_names(&names()).unwrap();
+    mesh.start_pilot().unwrap();
+    let v1 = mesh
+        .pod(
+            "svcb-v1",
+            &[("app", "svcb"), ("version", "v0.1")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    mesh.sample(&v1, "svcb", &["--version", "v0.1"]).unwrap();
+    let client = mesh
+        .pod("client", &[("app", "svca")], Some(Sidecar::Envoy))
+        .unwrap();
+    mesh.wait_synced(&client, 0).unwrap();
     let big = HEADER_RULE.replace(
         "exact: jason",
         "regex: \"(alice|bob|carol|dave|erin|frank|grace|heidi|ivan|judy){1,20}\"",
     );
-    mesh.apply_rules("create", &big);
+    mesh.apply_rules("create", &big).unwrap();
     let reason = mesh_testbed::eventually(
         "Envoy's NACK in proxy-status",
         Duration::from_secs(10),
         || {
-            let syncz = mesh.pilot_debug("/debug/syncz");
+            let syncz = mesh.pilot_debug("/debug/syncz").unwrap();
             let p = syncz
                 .as_array()?
                 .iter()
@@ -266,7 +276,9 @@ fn an_envoy_nack_shows_in_proxy_status_until_a_good_push() {
         reason.contains("program size"),
         "Envoy's own reason: {reason}"
     );
-    let (_, status) = mesh.meshctl_on_node(&["proxy-status", "--pilot", &mesh.debug_address()]);
+    let (_, status) = mesh
+        .meshctl_on_node(&["proxy-status", "--pilot", &mesh.debug_address()])
+        .unwrap();
     assert!(
         status.contains(&format!("NACK {} RDS:", client.node_id)),
         "{status}"
@@ -275,8 +287,8 @@ fn an_envoy_nack_shows_in_proxy_status_until_a_good_push() {
     let bodies = calls(&mesh, &client, 10, &[]);
     assert_eq!(count(&bodies, "svcb-v0.1"), 10, "{bodies:?}");
     // A good rule in its place is accepted and clears the NACK.
-    let revision = mesh.apply_rules("replace", HEADER_RULE);
-    mesh.wait_synced(&client, revision);
+    let revision = mesh.apply_rules("replace", HEADER_RULE).unwrap();
+    mesh.wait_synced(&client, revision).unwrap();
     let tester = calls(&mesh, &client, 5, &["-H", "end-user: jason"]);
     assert_eq!(count(&tester, "svcb-v0.1"), 5, "{tester:?}");
 }
@@ -314,25 +326,29 @@ fn load_result(load: std::process::Child) -> (usize, Vec<String>) {
 
 #[test]
 fn pilot_restart_while_traffic_flows() {
-    let mut mesh = Mesh::new();
-    mesh.write_registry(REGISTRY);
-    mesh.set_names(&names());
-    mesh.start_pilot();
+    let mut mesh = Mesh::new().unwrap();
+    mesh.write_registry(REGISTRY).unwrap();
+    mesh.set_names(&names()).unwrap();
+    mesh.start_pilot().unwrap();
     for (name, version) in [("svcb-v1", "v0.1"), ("svcb-v2", "v0.2")] {
-        let pod = mesh.pod(
-            name,
-            &[("app", "svcb"), ("version", version)],
-            Some(Sidecar::MeshProxy),
-        );
-        mesh.sample(&pod, "svcb", &["--version", version]);
+        let pod = mesh
+            .pod(
+                name,
+                &[("app", "svcb"), ("version", version)],
+                Some(Sidecar::MeshProxy),
+            )
+            .unwrap();
+        mesh.sample(&pod, "svcb", &["--version", version]).unwrap();
     }
     let clients = [
-        mesh.pod("mp-client", &[("app", "svca")], Some(Sidecar::MeshProxy)),
-        mesh.pod("envoy-client", &[("app", "svca")], Some(Sidecar::Envoy)),
+        mesh.pod("mp-client", &[("app", "svca")], Some(Sidecar::MeshProxy))
+            .unwrap(),
+        mesh.pod("envoy-client", &[("app", "svca")], Some(Sidecar::Envoy))
+            .unwrap(),
     ];
-    let revision = mesh.apply_rules("create", SPLIT_50);
+    let revision = mesh.apply_rules("create", SPLIT_50).unwrap();
     for c in &clients {
-        mesh.wait_synced(c, revision);
+        mesh.wait_synced(c, revision).unwrap();
     }
 
     let loads: Vec<_> = clients
@@ -343,14 +359,14 @@ fn pilot_restart_while_traffic_flows() {
     // The proxies notice (their streams break) and keep serving meanwhile.
     let before = calls(&mesh, &clients[0], 10, &[]);
     assert_eq!(before.len(), 10, "{before:?}");
-    mesh.start_pilot();
+    mesh.start_pilot().unwrap();
     for c in &clients {
-        mesh.wait_synced(c, revision);
+        mesh.wait_synced(c, revision).unwrap();
     }
     // Resynced for real: a change after the restart reaches both.
-    let revision = mesh.apply_rules("replace", ALL_V2);
+    let revision = mesh.apply_rules("replace", ALL_V2).unwrap();
     for c in &clients {
-        mesh.wait_synced(c, revision);
+        mesh.wait_synced(c, revision).unwrap();
         let bodies = calls(&mesh, c, 20, &[]);
         assert_eq!(
             count(&bodies, "svcb-v0.2"),
@@ -371,20 +387,25 @@ fn pilot_restart_while_traffic_flows() {
 
 #[test]
 fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
-    let mut mesh = Mesh::new();
-    mesh.write_registry(REGISTRY);
-    mesh.start_pilot();
-    let client = mesh.pod("client", &[("app", "svca")], Some(Sidecar::MeshProxy));
-    mesh.wait_synced(&client, 0);
+    let mut mesh = Mesh::new().unwrap();
+    mesh.write_registry(REGISTRY).unwrap();
+    mesh.start_pilot().unwrap();
+    let client = mesh
+        .pod("client", &[("app", "svca")], Some(Sidecar::MeshProxy))
+        .unwrap();
+    mesh.wait_synced(&client, 0).unwrap();
     let pushes = mesh
         .pilot_debug("/debug/push_history")
+        .unwrap()
         .as_array()
         .unwrap()
         .len();
     let bad = SPLIT_50.replace("weight: 50\n", "weight: 60\n");
     let path = mesh.dir.path().join("bad.yaml");
     std::fs::write(&path, bad).unwrap();
-    let (code, out) = mesh.meshctl(&["create", "-f", path.to_str().unwrap()]);
+    let (code, out) = mesh
+        .meshctl(&["create", "-f", path.to_str().unwrap()])
+        .unwrap();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("weight"), "the error names the problem: {out}");
     // A field the mesh would store and not act on is refused by name.
@@ -393,20 +414,24 @@ fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
         "  httpFault:\n    abort: {percent: 50, httpStatus: 503}\n  route:\n",
     );
     std::fs::write(&path, fault).unwrap();
-    let (code, out) = mesh.meshctl(&["create", "-f", path.to_str().unwrap()]);
+    let (code, out) = mesh
+        .meshctl(&["create", "-f", path.to_str().unwrap()])
+        .unwrap();
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("spec.httpFault: not supported yet: HTTP fault injection"),
         "{out}"
     );
     // A valid write afterwards is the first change pilot sees.
-    let revision = mesh.apply_rules("create", SPLIT_50);
+    let revision = mesh.apply_rules("create", SPLIT_50).unwrap();
     assert_eq!(revision, 1, "the refused writes did not take a revision");
-    mesh.wait_synced(&client, revision);
-    let history = mesh.pilot_debug("/debug/push_history");
+    mesh.wait_synced(&client, revision).unwrap();
+    let history = mesh.pilot_debug("/debug/push_history").unwrap();
     assert!(history.as_array().unwrap().len() > pushes);
     // No svcb workload is up: analyze says the split's versions get nothing.
-    let (code, out) = mesh.meshctl_on_node(&["analyze", "--pilot", &mesh.debug_address()]);
+    let (code, out) = mesh
+        .meshctl_on_node(&["analyze", "--pilot", &mesh.debug_address()])
+        .unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("route-rule/default/route-rules-svcb: spec.route[0].labels: no workload of svcb.default has version=v0.1"),

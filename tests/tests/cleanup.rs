@@ -11,12 +11,12 @@ fn namespaces() -> String {
 
 #[test]
 fn leftovers_of_killed_runs_are_removed() {
-    mesh_testbed::netns::require_root();
+    mesh_testbed::require_root();
     // A pid that is gone: a child that already exited.
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
     let dead = format!("m{}-0-node", gone.id());
-    let live = mesh_testbed::netns::World::new();
+    let live = mesh_testbed::netns::World::new().unwrap();
     assert!(
         Command::new("ip")
             .args(["netns", "add", &dead])
@@ -29,7 +29,7 @@ fn leftovers_of_killed_runs_are_removed() {
         .spawn()
         .unwrap();
     let (code, out) = {
-        let o = Command::new(mesh_testbed::binary("meshctl"))
+        let o = Command::new(mesh_testbed::binary("meshctl").unwrap())
             .args(["demo", "--cleanup"])
             .output()
             .unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mesh_testbed::eventually;
-use mesh_testbed::kubelet::relabel;
+use mesh_testbed::kubelet::{Kubelet, relabel};
 use mesh_testbed::mesh::{Mesh, Sidecar};
 use mesh_testbed::netns::POD_NET;
 use mesh_testbed::walk::{REGISTRY, ROUTE_50, names};
@@ -21,7 +21,9 @@ fn injected_template(mesh: &Mesh, file: &str) -> Value {
         env!("CARGO_MANIFEST_DIR")
     );
     let injected = mesh.dir.path().join(format!("injected-{file}"));
-    let (code, out) = mesh.meshctl(&["kube-inject", "-f", &path, "-o", injected.to_str().unwrap()]);
+    let (code, out) = mesh
+        .meshctl(&["kube-inject", "-f", &path, "-o", injected.to_str().unwrap()])
+        .unwrap();
     assert_eq!(code, 0, "{out}");
     let out = std::fs::read_to_string(&injected).unwrap();
     let yaml = out
@@ -34,28 +36,32 @@ fn injected_template(mesh: &Mesh, file: &str) -> Value {
 
 #[test]
 fn injected_seed_pods_join_svcb_and_split_50_50() {
-    let mut mesh = Mesh::new();
-    mesh.write_registry(REGISTRY);
+    let mut mesh = Mesh::new().unwrap();
+    mesh.write_registry(REGISTRY).unwrap();
     // Cluster DNS: the service names, and pilot's name in the injected
     // configuration (mesh-pilot.mesh-system.svc) on the node.
     let mut all: Vec<(&str, std::net::IpAddr)> = names().to_vec();
     let pilot_ip = format!("{POD_NET}.1").parse().unwrap();
     all.push(("mesh-pilot.mesh-system.svc", pilot_ip));
-    mesh.set_names(&all);
-    mesh.start_pilot();
+    mesh.set_names(&all).unwrap();
+    mesh.start_pilot().unwrap();
     let v1 = injected_template(&mesh, "svcb-v0.1.yaml");
     let v2 = injected_template(&mesh, "svcb-v0.2.yaml");
     let b1 = mesh.kube_pod("svcb-v0.1-7d9f", &v1);
-    mesh.sample(&b1.pod, "svcb", &["--version", "v0.1"]);
+    mesh.sample(&b1.pod, "svcb", &["--version", "v0.1"])
+        .unwrap();
     let b2 = mesh.kube_pod("svcb-v0.2-5c8b", &v2);
-    mesh.sample(&b2.pod, "svcb", &["--version", "v0.2"]);
-    let client = mesh.pod("client", &[("app", "svca")], Some(Sidecar::MeshProxy));
-    let revision = mesh.apply_rules("create", ROUTE_50);
-    mesh.wait_synced(&client, revision);
-    mesh.wait_synced(&b1.pod, revision);
+    mesh.sample(&b2.pod, "svcb", &["--version", "v0.2"])
+        .unwrap();
+    let client = mesh
+        .pod("client", &[("app", "svca")], Some(Sidecar::MeshProxy))
+        .unwrap();
+    let revision = mesh.apply_rules("create", ROUTE_50).unwrap();
+    mesh.wait_synced(&client, revision).unwrap();
+    mesh.wait_synced(&b1.pod, revision).unwrap();
     // Both injected pods registered as svcb's endpoints, with the
     // workload names the injector gave them.
-    let syncz = mesh.pilot_debug("/debug/syncz");
+    let syncz = mesh.pilot_debug("/debug/syncz").unwrap();
     let proxy = |pod: &str| -> Value {
         syncz
             .as_array()
@@ -82,7 +88,7 @@ fn injected_seed_pods_join_svcb_and_split_50_50() {
         "pilot to see the new label",
         Duration::from_secs(10),
         || {
-            let syncz = mesh.pilot_debug("/debug/syncz");
+            let syncz = mesh.pilot_debug("/debug/syncz").unwrap();
             let p = syncz
                 .as_array()?
                 .iter()

@@ -4,11 +4,13 @@
 //! expectations live with the walk ([`walk::Report::checks`]) so that
 //! `meshctl demo` shows the same verdicts.
 
+use std::process::Command;
+
 use mesh_testbed::mesh::Mesh;
 use mesh_testbed::walk;
 
 fn walk_holds(mut mesh: Mesh, checks: usize) {
-    let report = walk::run(&mut mesh, &mut |line| eprintln!("{line}"));
+    let report = walk::run(&mut mesh, &mut |line| eprintln!("{line}")).unwrap();
     let failed: Vec<String> = report
         .checks()
         .into_iter()
@@ -25,14 +27,43 @@ fn walk_holds(mut mesh: Mesh, checks: usize) {
 
 #[test]
 fn the_seed_walk() {
-    walk_holds(Mesh::new(), 10);
+    walk_holds(Mesh::new().unwrap(), 10);
 }
 
-/// Pods are loopback addresses, sidecars are used explicitly
-/// (INTERCEPTION_MODE NONE), same pilot, rules and apps — what `meshctl
-/// demo` runs for a user without root. Nothing is captured, so there is no
-/// escape count to check.
+/// `meshctl demo --loopback`, the product a user without root runs, as a
+/// process: pods are loopback addresses, sidecars are used explicitly
+/// (INTERCEPTION_MODE NONE), same pilot, rules and apps. Nothing is
+/// captured, so there is no escape count to check. It finds its binaries
+/// next to meshctl and builds nothing.
 #[test]
-fn the_seed_walk_on_loopback() {
-    walk_holds(Mesh::loopback(), 9);
+fn meshctl_demo_on_loopback() {
+    let out = Command::new(mesh_testbed::binary("meshctl").unwrap())
+        .args(["demo", "--loopback"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("9 of 9 checks hold"), "{stdout}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+    assert!(!stdout.contains("building"), "nothing is built: {stdout}");
+}
+
+/// Without its binaries the demo says which is missing and where it
+/// looked, and exits non-zero; it does not panic or build anything.
+#[test]
+fn meshctl_demo_without_binaries_says_what_is_missing() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(mesh_testbed::binary("meshctl").unwrap())
+        .args(["demo", "--loopback"])
+        .env("MESH_BIN_DIR", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mesh-proxy is missing in") && stderr.contains("MESH_BIN_DIR"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -246,7 +246,7 @@ pub fn envoy(config: &str) -> Process {
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, config).unwrap();
     let admin_path = dir.path().join("admin");
-    let child = Command::new(mesh_testbed::envoy_binary())
+    let child = Command::new(mesh_testbed::envoy_binary().unwrap())
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::mesh::{Mesh, Pod, Sidecar, requests};
+use crate::{Doing, Error, Lines, Result};
 
 /// The seed's rule files, as shipped under samples/istio-0.4-walk/.
 pub const EGRESS_RULE: &str =
@@ -40,8 +41,8 @@ pub const REGISTRY: &str = "services:
 /// The service names of [`REGISTRY`] and their VIPs, for hosts files.
 pub fn names() -> [(&'static str, IpAddr); 2] {
     [
-        ("svca", "10.251.0.10".parse().expect("VIP")),
-        ("svcb", "10.251.0.11".parse().expect("VIP")),
+        ("svca", IpAddr::from([10, 251, 0, 10])),
+        ("svcb", IpAddr::from([10, 251, 0, 11])),
     ]
 }
 
@@ -167,21 +168,32 @@ impl Report {
 }
 
 /// Status and body of one `/pay` from `client`.
-fn pay(mesh: &Mesh, client: &Pod) -> (u16, String) {
+fn pay(mesh: &Mesh, client: &Pod) -> Result<(u16, String)> {
     let (code, out) = mesh.curl(client, &["-w", "\n%{http_code}", "http://svca/pay"]);
-    assert_eq!(code, 0, "curl failed: {out}");
+    curl_ok(code, &out)?;
     let (body, status) = out.rsplit_once('\n').unwrap_or(("", &out));
-    (status.parse().unwrap_or(0), body.to_owned())
+    Ok((status.parse().unwrap_or(0), body.to_owned()))
+}
+
+fn curl_ok(code: i32, out: &str) -> Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command: "curl http://svca/pay".into(),
+            output: format!("exit {code}: {out}"),
+        })
+    }
 }
 
 /// Which svcb versions served `n` calls of `/pay` on one connection, and
 /// how many of the calls went all the way (svca notified the customer).
-fn pay_many(mesh: &Mesh, client: &Pod, n: usize) -> ((usize, usize), usize) {
+fn pay_many(mesh: &Mesh, client: &Pod, n: usize) -> Result<((usize, usize), usize)> {
     let (code, out) = mesh.curl(client, &[&format!("http://svca/pay?n=[1-{n}]")]);
-    assert_eq!(code, 0, "curl failed: {out}");
+    curl_ok(code, &out)?;
     let v1 = out.matches("service_b:v0.1 is serving").count();
     let v2 = out.matches("service_b:v0.2 is serving").count();
-    ((v1, v2), out.matches("notify customer ok").count())
+    Ok(((v1, v2), out.matches("notify customer ok").count()))
 }
 
 /// A counter from a sidecar's Prometheus endpoint (sum of the lines
@@ -194,66 +206,111 @@ pub fn proxy_stat(mesh: &Mesh, pod: &Pod, prefix: &str) -> u64 {
         .sum()
 }
 
+/// The walk's pods.
+struct Pods {
+    msgd: Pod,
+    msgd_log: std::path::PathBuf,
+    msgd_url: String,
+    svca: Pod,
+    svcb: Vec<Pod>,
+    client: Pod,
+}
+
 /// Runs the walk, telling `say` what it does and sees.
-pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
+pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Result<Report> {
     let mut r = Report::default();
+    let mut pods = start(mesh, say)?;
+    refused(mesh, &pods, &mut r, say)?;
+    egress(mesh, &pods, &mut r, say)?;
+    split(mesh, &mut pods, &mut r, say)?;
+    replace(mesh, &pods, &mut r, say)?;
+    metrics(&r, say);
+    r.escaped = mesh.world.escaped()?;
+    if let Some(n) = r.escaped {
+        say(&format!(
+            "packets to service VIPs that escaped capture: {n}"
+        ));
+    }
+    Ok(r)
+}
+
+/// A svcb pod of `version` with its sidecar and app.
+fn add_svcb(mesh: &mut Mesh, name: &str, version: &str, msgd_url: &str) -> Result<Pod> {
+    let pod = mesh.pod(
+        name,
+        &[("app", "svcb"), ("version", version)],
+        Some(Sidecar::MeshProxy),
+    )?;
+    mesh.sample(&pod, "svcb", &["--version", version, "--msgd", msgd_url])?;
+    Ok(pod)
+}
+
+/// pilot, msgd outside the mesh, svca, one svcb, a client.
+fn start(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Result<Pods> {
     say(if mesh.world.loopback {
         "starting pilot and the pods (addresses on loopback, sidecars used explicitly: no root, no capture)"
     } else {
         "starting pilot and the pods (network namespaces with capture, sidecars as uid 1337)"
     });
-    mesh.write_registry(REGISTRY);
-    mesh.set_names(&names());
-    mesh.start_pilot();
-    let msgd = mesh.pod("msgd", &[], None);
-    let msgd_log = mesh.msgd(&msgd);
+    mesh.write_registry(REGISTRY)?;
+    mesh.set_names(&names())?;
+    mesh.start_pilot()?;
+    let msgd = mesh.pod("msgd", &[], None)?;
+    let msgd_log = mesh.msgd(&msgd)?;
     let msgd_url = format!("http://{}:9997", msgd.ip);
     let svca = mesh.pod(
         "svca-v0.1-1",
         &[("app", "svca"), ("version", "v0.1")],
         Some(Sidecar::MeshProxy),
-    );
-    mesh.sample(&svca, "svca", &["--version", "v0.1"]);
-    let add_svcb = |mesh: &mut Mesh, name: &str, version: &str| {
-        let pod = mesh.pod(
-            name,
-            &[("app", "svcb"), ("version", version)],
-            Some(Sidecar::MeshProxy),
-        );
-        mesh.sample(&pod, "svcb", &["--version", version, "--msgd", &msgd_url]);
-        pod
-    };
-    let mut svcb = vec![add_svcb(mesh, "svcb-v0.1-1", "v0.1")];
-    let client = mesh.pod("client", &[("app", "client")], Some(Sidecar::MeshProxy));
-    mesh.wait_synced(&client, 0);
+    )?;
+    mesh.sample(&svca, "svca", &["--version", "v0.1"])?;
+    let svcb = vec![add_svcb(mesh, "svcb-v0.1-1", "v0.1", &msgd_url)?];
+    let client = mesh.pod("client", &[("app", "client")], Some(Sidecar::MeshProxy))?;
+    mesh.wait_synced(&client, 0)?;
+    // Registered workloads reach their callers' sidecars.
+    mesh.wait_endpoints(&client, &cluster("svca", ""), 1)?;
+    mesh.wait_endpoints(&svca, &cluster("svcb", ""), 1)?;
     say(&format!(
         "up: svca-v0.1 {}, svcb-v0.1 {}, msgd {} (outside the mesh), client {}",
         svca.ip, svcb[0].ip, msgd.ip, client.ip
     ));
+    Ok(Pods {
+        msgd,
+        msgd_log,
+        msgd_url,
+        svca,
+        svcb,
+        client,
+    })
+}
 
-    // 1. Outside the mesh is refused.
+/// Step 1: outside the mesh is refused.
+fn refused(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) -> Result<()> {
     say("step 1: curl http://svca/pay — svcb's call to msgd should be refused");
-    r.refused = pay(mesh, &client);
-    r.msgd_before = requests(&msgd_log).len();
+    r.refused = pay(mesh, &pods.client)?;
+    r.msgd_before = requests(&pods.msgd_log).len();
     say(&format!(
         "  /pay answered {}; msgd received {} request(s)\n{}",
         r.refused.0,
         r.msgd_before,
         indent(&r.refused.1)
     ));
+    Ok(())
+}
 
-    // 2. The egress rule opens msgd.
+/// Step 2: the egress rule opens msgd; msgd sees the trace headers.
+fn egress(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) -> Result<()> {
     say(&format!(
         "step 2: meshctl create -f enable-svcb-engress-rule.yaml (destination {})",
-        msgd.ip
+        pods.msgd.ip
     ));
-    let rule = EGRESS_RULE.replace(SEED_MSGD_IP, &msgd.ip.to_string());
-    let revision = mesh.apply_rules("create", &rule);
-    for p in &svcb {
-        mesh.wait_synced(p, revision);
+    let rule = EGRESS_RULE.replace(SEED_MSGD_IP, &pods.msgd.ip.to_string());
+    let revision = mesh.apply_rules("create", &rule)?;
+    for p in &pods.svcb {
+        mesh.wait_synced(p, revision)?;
     }
-    r.allowed = pay(mesh, &client);
-    if let Some(last) = requests(&msgd_log).last()
+    r.allowed = pay(mesh, &pods.client)?;
+    if let Some(last) = requests(&pods.msgd_log).last()
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(last)
         && let Some(h) = v["headers"].as_object()
     {
@@ -274,21 +331,38 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     say(&format!("  msgd saw:\n{}", indent(&traced.join("\n"))));
+    Ok(())
+}
 
-    // 3. svcb v0.2, two replicas of each version, 50/50.
+/// Step 3: svcb v0.2, two replicas of each version, 50/50.
+fn split(
+    mesh: &mut Mesh,
+    pods: &mut Pods,
+    r: &mut Report,
+    say: &mut dyn FnMut(&str),
+) -> Result<()> {
     say(
         "step 3: svcb v0.2 with two replicas of each version, then meshctl create -f route-rules-svcb-v0.2-50.yaml",
     );
-    svcb.push(add_svcb(mesh, "svcb-v0.1-2", "v0.1"));
-    svcb.push(add_svcb(mesh, "svcb-v0.2-1", "v0.2"));
-    svcb.push(add_svcb(mesh, "svcb-v0.2-2", "v0.2"));
-    let revision = mesh.apply_rules("create", ROUTE_50);
-    mesh.wait_synced(&svca, revision);
-    let before: Vec<u64> = svcb.iter().map(|p| inbound(mesh, p)).collect();
-    let (split, ok) = pay_many(mesh, &client, 1000);
+    for (name, version) in [
+        ("svcb-v0.1-2", "v0.1"),
+        ("svcb-v0.2-1", "v0.2"),
+        ("svcb-v0.2-2", "v0.2"),
+    ] {
+        let pod = add_svcb(mesh, name, version, &pods.msgd_url)?;
+        pods.svcb.push(pod);
+    }
+    let revision = mesh.apply_rules("create", ROUTE_50)?;
+    mesh.wait_synced(&pods.svca, revision)?;
+    for version in ["v0.1", "v0.2"] {
+        mesh.wait_endpoints(&pods.svca, &cluster("svcb", version), 2)?;
+    }
+    let before: Vec<u64> = pods.svcb.iter().map(|p| inbound(mesh, p)).collect();
+    let (split, ok) = pay_many(mesh, &pods.client, 1000)?;
     r.split = split;
     r.succeeded += ok;
-    r.replicas = svcb
+    r.replicas = pods
+        .svcb
         .iter()
         .zip(before)
         .map(|(p, b)| (pod_name(p), inbound(mesh, p) - b))
@@ -301,22 +375,25 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
         say(&format!("    {name}: {n} requests"));
     }
     for v in ["v0.1", "v0.2"] {
-        let cluster = format!("outbound|80|{v}|svcb.default.svc.cluster.local");
+        let cluster = cluster("svcb", v);
         let n = proxy_stat(
             mesh,
-            &svca,
+            &pods.svca,
             &format!("mesh_proxy_upstream_rq_total{{cluster=\"{cluster}\""),
         );
         r.by_version.push((cluster, n));
     }
+    Ok(())
+}
 
-    // 4. Everything to v0.2 while traffic flows.
+/// Step 4: everything to v0.2 while traffic flows.
+fn replace(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) -> Result<()> {
     say(
         "step 4: meshctl replace -f route-rules-svcb-v0.2-100.yaml during a steady load (300 × /pay at 100/s)",
     );
     let mut load = mesh
         .curl_command(
-            &client,
+            &pods.client,
             &[
                 "--rate",
                 "100/s",
@@ -328,16 +405,22 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
             ],
         )
         .spawn()
-        .expect("curl");
+        .doing(|| "start curl for the load".into())?;
     // The change lands while the load is flowing: after its first 50 answers.
-    let mut lines = crate::Lines::new(load.stdout.take().expect("piped"));
-    for _ in 0..50 {
-        lines.wait_for("status=", Duration::from_secs(10));
+    let mut lines = Lines::new(load.stdout.take().expect("piped"));
+    let replaced = (|| {
+        for _ in 0..50 {
+            lines.wait_for("status=", Duration::from_secs(10))?;
+        }
+        let revision = mesh.apply_rules("replace", ROUTE_100)?;
+        mesh.wait_synced(&pods.svca, revision)
+    })();
+    if replaced.is_err() {
+        let _ = load.kill();
     }
-    let revision = mesh.apply_rules("replace", ROUTE_100);
-    mesh.wait_synced(&svca, revision);
-    let status = load.wait().expect("curl");
-    lines.wait_for_end(Duration::from_secs(10));
+    let status = load.wait().doing(|| "wait for the load's curl".into())?;
+    replaced?;
+    lines.wait_for_end(Duration::from_secs(10))?;
     let text = lines.seen.join("\n");
     let total = text.lines().filter(|l| l.starts_with("status=")).count();
     let ok = text.lines().filter(|l| *l == "status=200").count();
@@ -353,29 +436,31 @@ pub fn run(mesh: &mut Mesh, say: &mut dyn FnMut(&str)) -> Report {
             status.code()
         ));
     }
-    let (after, ok) = pay_many(mesh, &client, 200);
+    let (after, ok) = pay_many(mesh, &pods.client, 200)?;
     r.after = after;
     r.succeeded += ok;
     say(&format!(
         "  during the change: {} of 300 failed; after it, of 200 × /pay svcb v0.1 served {}, v0.2 served {}",
         r.replace_load.0, r.after.0, r.after.1
     ));
+    Ok(())
+}
 
-    // 5. Metrics by destination version (as they stood after step 3's
-    // split: the replace removed the v0.1 cluster, and its counters with it).
+/// Step 5: metrics by destination version (as they stood after step 3's split:
+/// the replace removed the v0.1 cluster, and its counters with it).
+fn metrics(r: &Report, say: &mut dyn FnMut(&str)) {
     say("step 5: svca's sidecar metrics after step 3, requests by destination (svcb version)");
     for (cluster, n) in &r.by_version {
         say(&format!(
             "  mesh_proxy_upstream_rq_total{{cluster=\"{cluster}\"}} {n}"
         ));
     }
-    r.escaped = mesh.world.escaped();
-    if let Some(n) = r.escaped {
-        say(&format!(
-            "packets to service VIPs that escaped capture: {n}"
-        ));
-    }
-    r
+}
+
+/// The outbound cluster of `service`'s port 80 (a version's subset, or
+/// all versions with `""`), as pilot names it.
+fn cluster(service: &str, version: &str) -> String {
+    format!("outbound|80|{version}|{service}.default.svc.cluster.local")
 }
 
 fn inbound(mesh: &Mesh, pod: &Pod) -> u64 {

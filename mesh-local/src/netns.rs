@@ -10,6 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::{Doing, Error, LOG_ENV, Result};
+
 /// The pod network.
 pub const POD_NET: &str = "10.250.0";
 /// The service VIP range, routed to the bridge and dropped there.
@@ -22,14 +24,32 @@ pub const VIP_CIDR6: &str = "fd00:251::/64";
 
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `cmd` to completion: (exit code, stdout), or (-1, the reason) when
+/// it could not start — a failure callers report like any other exit.
+pub(crate) fn output(mut cmd: Command) -> (i32, String) {
+    match cmd.output() {
+        Ok(out) => (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        Err(e) => (-1, format!("cannot run {:?}: {e}", cmd.get_program())),
+    }
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    let command = args.join(" ");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .doing(|| format!("run {command}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command,
+            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
 }
 
 /// Runs a command; whether it succeeded (for what a machine may lack).
@@ -40,14 +60,10 @@ fn try_run(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Fails with a clear reason when the test cannot build namespaces.
-pub fn require_root() {
+/// True when this process may build namespaces and iptables rules.
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    assert_eq!(
-        uid, 0,
-        "capture tests build network namespaces and iptables rules: run them as root (CI does)"
-    );
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Removes the namespaces (and what runs in them, and their hosts files)
@@ -109,15 +125,14 @@ pub struct World {
 /// The loopback flavour's host network (127.10.0.N; .1 is pilot's).
 pub const LOOPBACK_NET: &str = "127.10.0";
 
-impl Default for World {
-    fn default() -> Self {
-        World::new()
-    }
-}
-
 impl World {
-    pub fn new() -> World {
-        require_root();
+    /// A node namespace with its bridge; needs root.
+    pub fn new() -> Result<World> {
+        if !is_root() {
+            return Err(Error::Unexpected(
+                "network namespaces and iptables rules need root: run as root, or use the loopback world".into(),
+            ));
+        }
         // m<pid>-<n>: the owner's pid, so leftovers of a killed run can
         // be told from worlds in use (see [`cleanup_leftovers`]).
         let id = format!(
@@ -137,8 +152,8 @@ impl World {
             loopback: false,
             ipv6: false,
         };
-        w.add_ns(&node);
-        run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
+        w.add_ns(&node)?;
+        run(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"])?;
         run(&[
             "ip",
             "-n",
@@ -148,20 +163,20 @@ impl World {
             &format!("{POD_NET}.1/24"),
             "dev",
             "br0",
-        ]);
-        run(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+        ])?;
+        run(&["ip", "-n", &node, "link", "set", "br0", "up"])?;
         let drop = |iptables, vips| {
             let mut args = vec!["ip", "netns", "exec", &node, iptables];
             args.extend(["-t", "raw", "-A", "PREROUTING", "-d", vips, "-j", "DROP"]);
             args
         };
-        run(&drop("iptables", VIP_CIDR));
+        run(&drop("iptables", VIP_CIDR))?;
         // IPv6, where the machine has it: IPv4 tests do not depend on it.
         let node6 = format!("{POD_NET6}:1/64");
         w.ipv6 = try_run(&[
             "ip", "-n", &node, "addr", "add", &node6, "dev", "br0", "nodad",
         ]) && try_run(&drop("ip6tables", VIP_CIDR6));
-        w
+        Ok(w)
     }
 
     /// A world without namespaces, for users without root: every host is
@@ -184,34 +199,36 @@ impl World {
         }
     }
 
-    fn add_ns(&mut self, name: &str) {
-        run(&["ip", "netns", "add", name]);
+    fn add_ns(&mut self, name: &str) -> Result<()> {
+        run(&["ip", "netns", "add", name])?;
         self.namespaces.push(name.to_owned());
-        run(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        self.write_hosts(name);
+        run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        self.write_hosts(name)
     }
 
     /// Names every namespace resolves (`ip netns exec` mounts
     /// /etc/netns/NS/hosts over /etc/hosts), as cluster DNS would: the
     /// service names to their VIPs.
-    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) {
+    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) -> Result<()> {
         if self.loopback {
-            return; // Apps name services through their explicit proxy.
+            return Ok(()); // Apps name services through their explicit proxy.
         }
         self.names = names.iter().map(|(n, ip)| ((*n).to_owned(), *ip)).collect();
-        for ns in self.namespaces.clone() {
-            self.write_hosts(&ns);
+        for ns in &self.namespaces {
+            self.write_hosts(ns)?;
         }
+        Ok(())
     }
 
-    fn write_hosts(&self, ns: &str) {
+    fn write_hosts(&self, ns: &str) -> Result<()> {
         let dir = std::path::Path::new("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
         for (n, ip) in &self.names {
             text.push_str(&format!("{ip} {n}\n"));
         }
-        std::fs::write(dir.join("hosts"), text).unwrap();
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("hosts"), text))
+            .doing(|| format!("write {}/hosts", dir.display()))
     }
 
     /// Namespaces of this world.
@@ -234,23 +251,20 @@ impl World {
     }
 
     /// Adds a host on the bridge; returns its namespace name and address.
-    pub fn host(&mut self, name: &str) -> (String, Ipv4Addr) {
+    pub fn host(&mut self, name: &str) -> Result<(String, Ipv4Addr)> {
         self.hosts += 1;
-        let n = self.hosts;
+        let n = self.hosts as u8 + 1;
         if self.loopback {
-            return (
-                String::new(),
-                format!("{LOOPBACK_NET}.{}", n + 1).parse().unwrap(),
-            );
+            return Ok((String::new(), Ipv4Addr::new(127, 10, 0, n)));
         }
         let ns = format!("{}-{name}", self.id);
-        let ip: Ipv4Addr = format!("{POD_NET}.{}", n + 1).parse().unwrap();
-        self.add_ns(&ns);
+        let ip = Ipv4Addr::new(10, 250, 0, n);
+        self.add_ns(&ns)?;
         let peer = format!("v{}-{n}", self.id);
         run(&[
             "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
             &self.node,
-        ]);
+        ])?;
         run(&[
             "ip",
             "-n",
@@ -260,11 +274,11 @@ impl World {
             &format!("{ip}/24"),
             "dev",
             "eth0",
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
         run(&[
             "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
-        ]);
+        ])?;
         // VIPs go to the bridge, so connect() succeeds and capture can see them.
         run(&[
             "ip",
@@ -275,41 +289,42 @@ impl World {
             VIP_CIDR,
             "via",
             &format!("{POD_NET}.1"),
-        ]);
-        (ns, ip)
+        ])?;
+        Ok((ns, ip))
     }
 
     /// A host with only an IPv6 address (`fd00:250::N`) on the bridge; the
     /// IPv6 VIP range is routed to the node, as [`World::host`] does for
     /// IPv4.
-    pub fn host6(&mut self, name: &str) -> (String, std::net::Ipv6Addr) {
-        assert!(
-            !self.loopback,
-            "IPv6 hosts live in the network-namespace world"
-        );
+    pub fn host6(&mut self, name: &str) -> Result<(String, std::net::Ipv6Addr)> {
+        if self.loopback {
+            return Err(Error::Unexpected(
+                "IPv6 hosts live in the network-namespace world".into(),
+            ));
+        }
         self.hosts += 1;
-        let n = self.hosts;
+        let n = self.hosts as u16 + 1;
         let ns = format!("{}-{name}", self.id);
-        let ip: std::net::Ipv6Addr = format!("{POD_NET6}:{:x}", n + 1).parse().unwrap();
-        self.add_ns(&ns);
+        let ip = std::net::Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, n);
+        self.add_ns(&ns)?;
         let peer = format!("v{}-{n}", self.id);
         run(&[
             "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
             &self.node,
-        ]);
+        ])?;
         let cidr = format!("{ip}/64");
         run(&[
             "ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0", "nodad",
-        ]);
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
         run(&[
             "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
-        ]);
+        ])?;
         let via = format!("{POD_NET6}:1");
         run(&[
             "ip", "-n", &ns, "-6", "route", "add", VIP_CIDR6, "via", &via,
-        ]);
-        (ns, ip)
+        ])?;
+        Ok((ns, ip))
     }
 
     /// Starts a process in namespace `ns` (as `uid` when given); it is
@@ -320,7 +335,7 @@ impl World {
         uid: Option<u32>,
         args: &[&str],
         stdout: Stdio,
-    ) -> &mut Child {
+    ) -> Result<&mut Child> {
         let program = std::path::Path::new(args[0])
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -348,9 +363,11 @@ impl World {
             _ => Stdio::inherit(),
         };
         cmd.args(args).stdout(stdout).stderr(stderr);
-        cmd.env(crate::LOG_ENV.0, crate::LOG_ENV.1);
-        self.processes.push(cmd.spawn().unwrap());
-        self.processes.last_mut().unwrap()
+        cmd.env(LOG_ENV.0, LOG_ENV.1);
+        let child = cmd.spawn().doing(|| format!("start {program} in {ns}"))?;
+        let at = self.processes.len();
+        self.processes.push(child);
+        Ok(&mut self.processes[at])
     }
 
     /// Kills the process `pid` this world started (SIGKILL) and reaps it.
@@ -362,13 +379,10 @@ impl World {
         }
     }
 
-    /// Runs a command in `ns` to completion; returns (exit code, stdout).
+    /// Runs a command in `ns` to completion; returns (exit code, stdout),
+    /// or (-1, the reason) when it could not start.
     pub fn exec(&self, ns: &str, args: &[&str]) -> (i32, String) {
-        let out = self.command(ns, args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        output(self.command(ns, args))
     }
 
     /// A command that runs in `ns` (directly, in a loopback world).
@@ -386,13 +400,13 @@ impl World {
 
     /// Packets to the VIP range that escaped capture and reached the node
     /// (`None` in a loopback world: nothing is captured there).
-    pub fn escaped(&self) -> Option<u64> {
-        (!self.loopback).then(|| self.escaped_packets())
+    pub fn escaped(&self) -> Result<Option<u64>> {
+        (!self.loopback).then(|| self.escaped_packets()).transpose()
     }
 
     /// Packets to the VIP ranges (IPv4 and IPv6) that escaped capture and
     /// reached the node.
-    pub fn escaped_packets(&self) -> u64 {
+    pub fn escaped_packets(&self) -> Result<u64> {
         let families = if self.ipv6 { 2 } else { 1 };
         [("iptables", VIP_CIDR), ("ip6tables", VIP_CIDR6)]
             .into_iter()
@@ -403,7 +417,7 @@ impl World {
                 out.lines()
                     .find(|l| l.contains("DROP") && l.contains(vips))
                     .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-                    .unwrap_or_else(|| panic!("no counting rule in\n{out}"))
+                    .ok_or_else(|| Error::Unexpected(format!("no counting rule in\n{out}")))
             })
             .sum()
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::netns::{LOOPBACK_NET, POD_NET, World};
-use crate::{Lines, binary, envoy_binary, eventually};
+use crate::netns::{LOOPBACK_NET, POD_NET, World, output};
+use crate::{Doing, Error, Lines, Result, arg, binary, envoy_binary, poll};
 
 /// Which proxy a pod runs as its sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,39 +65,35 @@ pub struct Mesh {
     pub world: World,
 }
 
-impl Default for Mesh {
-    fn default() -> Self {
-        Mesh::new()
-    }
-}
-
 impl Mesh {
     /// An empty world with an empty store and registry; pilot not started.
-    pub fn new() -> Mesh {
-        Mesh::in_world(World::new())
+    pub fn new() -> Result<Mesh> {
+        Mesh::in_world(World::new()?)
     }
 
     /// The same on loopback, without root: pods are addresses 127.10.0.N,
     /// their apps listen on 127.11.0.N, sidecars are used explicitly (no
     /// capture), everything runs as the current user.
-    pub fn loopback() -> Mesh {
+    pub fn loopback() -> Result<Mesh> {
         Mesh::in_world(World::loopback())
     }
 
-    fn in_world(mut world: World) -> Mesh {
-        let dir = tempfile::tempdir().unwrap();
+    fn in_world(mut world: World) -> Result<Mesh> {
+        let dir = tempfile::tempdir().doing(|| "create the mesh's folder".into())?;
         world.logs = Some(dir.path().to_owned());
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .doing(|| format!("open {} to the proxy user", dir.path().display()))?;
         let store = dir.path().join("store");
         let registry = dir.path().join("registry.yaml");
-        std::fs::write(&registry, "services: []\n").unwrap();
-        Mesh {
+        let mesh = Mesh {
             dir,
             store,
             registry,
             pilot: None,
             world,
-        }
+        };
+        mesh.write_registry("services: []\n")?;
+        Ok(mesh)
     }
 
     /// pilot's xDS address, reachable from every pod.
@@ -119,18 +115,19 @@ impl Mesh {
     }
 
     /// Replaces the registry file (pilot reloads it).
-    pub fn write_registry(&self, yaml: &str) {
+    pub fn write_registry(&self, yaml: &str) -> Result<()> {
         let tmp = self.registry.with_extension("tmp");
-        std::fs::write(&tmp, yaml).unwrap();
-        std::fs::rename(&tmp, &self.registry).unwrap();
+        std::fs::write(&tmp, yaml)
+            .and_then(|()| std::fs::rename(&tmp, &self.registry))
+            .doing(|| format!("write {}", self.registry.display()))
     }
 
     /// Starts pilot in the node namespace and waits for `ready`.
-    pub fn start_pilot(&mut self) {
-        let pilot = binary("mesh-pilot");
+    pub fn start_pilot(&mut self) -> Result<()> {
+        let pilot = binary("mesh-pilot")?;
         let (store, registry, xds, debug) = (
-            self.store.to_str().unwrap().to_owned(),
-            self.registry.to_str().unwrap().to_owned(),
+            arg(&self.store)?.to_owned(),
+            arg(&self.registry)?.to_owned(),
             self.xds_address(),
             self.debug_address(),
         );
@@ -139,7 +136,7 @@ impl Mesh {
             &node,
             None,
             &[
-                pilot.to_str().unwrap(),
+                arg(&pilot)?,
                 "--store",
                 &store,
                 "--registry",
@@ -150,11 +147,12 @@ impl Mesh {
                 &debug,
             ],
             Stdio::piped(),
-        );
+        )?;
         let pid = child.id();
-        let mut lines = Lines::new(child.stdout.take().unwrap());
-        lines.wait_for("ready", Duration::from_secs(30));
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("ready", Duration::from_secs(30))?;
         self.pilot = Some((pid, lines));
+        Ok(())
     }
 
     /// Kills pilot (SIGKILL: no goodbye to the proxies).
@@ -165,22 +163,27 @@ impl Mesh {
     }
 
     /// pilot's `/debug/...` answer as JSON.
-    pub fn pilot_debug(&self, path: &str) -> serde_json::Value {
+    pub fn pilot_debug(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{}{path}", self.debug_address());
         let (code, out) = self.world.exec(&self.world.node, &["curl", "-s", &url]);
-        assert_eq!(code, 0, "pilot's debug endpoint did not answer");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        if code != 0 {
+            return Err(Error::Unexpected(format!(
+                "pilot's debug endpoint {url} did not answer (curl exit {code})"
+            )));
+        }
+        serde_json::from_str(&out)
+            .map_err(|e| Error::Unexpected(format!("pilot's {path} is not JSON ({e}): {out}")))
     }
 
     /// Waits until pilot has sent `pod`'s proxy a configuration computed
     /// from rule store revision `revision` or later, and the proxy ACKed
     /// every type of it (SYNCED).
-    pub fn wait_synced(&self, pod: &Pod, revision: u64) {
-        eventually(
+    pub fn wait_synced(&self, pod: &Pod, revision: u64) -> Result<()> {
+        poll(
             &format!("{} to be SYNCED at revision {revision}", pod.node_id),
             Duration::from_secs(20),
             || {
-                let proxies = self.pilot_debug("/debug/syncz");
+                let proxies = self.pilot_debug("/debug/syncz").ok()?;
                 proxies.as_array()?.iter().find(|p| {
                     p["node"] == pod.node_id.as_str()
                         && p["rules_revision"].as_u64() >= Some(revision)
@@ -190,14 +193,41 @@ impl Mesh {
                 })?;
                 Some(())
             },
-        );
+        )
+    }
+
+    /// Waits until `pod`'s sidecar holds at least `n` healthy endpoints in
+    /// `cluster` (its admin `/clusters`, as Envoy prints it): a registered
+    /// workload has reached the callers' configuration.
+    pub fn wait_endpoints(&self, pod: &Pod, cluster: &str, n: usize) -> Result<()> {
+        let healthy = format!("{cluster}::");
+        poll(
+            &format!(
+                "{n} healthy endpoint(s) of {cluster} in {}'s sidecar",
+                pod.ns
+            ),
+            Duration::from_secs(20),
+            || {
+                let text = self.admin(pod, "/clusters");
+                let count = text
+                    .lines()
+                    .filter(|l| l.starts_with(&healthy) && l.ends_with("::health_flags::healthy"))
+                    .count();
+                (count >= n).then_some(())
+            },
+        )
     }
 
     /// Adds a pod with `labels`; with a sidecar, programs capture and
     /// starts the proxy as uid 1337, and waits until it serves its first
     /// configuration from pilot.
-    pub fn pod(&mut self, name: &str, labels: &[(&str, &str)], sidecar: Option<Sidecar>) -> Pod {
-        let (ns, ip) = self.world.host(name);
+    pub fn pod(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        sidecar: Option<Sidecar>,
+    ) -> Result<Pod> {
+        let (ns, ip) = self.world.host(name)?;
         let node_id = format!("sidecar~{ip}~{name}.default~default.svc.cluster.local");
         // On loopback an app with a sidecar moves aside: the sidecar takes
         // the pod's address, as callers expect.
@@ -215,36 +245,44 @@ impl Mesh {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",");
-        match sidecar {
-            None => {}
-            Some(kind) => {
-                let proxy = binary("mesh-proxy");
-                if !self.world.loopback {
-                    let (code, out) = self.world.exec(&pod.ns, &[proxy.to_str().unwrap(), "init"]);
-                    assert_eq!(code, 0, "mesh-proxy init failed in {}: {out}", pod.ns);
-                }
-                assert!(
-                    kind.is_mesh_proxy() || !self.world.loopback,
-                    "Envoy sidecars run in the network-namespace world only"
-                );
-                match kind {
-                    Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg, "delta"),
-                    Sidecar::MeshProxySotw => {
-                        self.start_mesh_proxy(&pod, name, &labels_arg, "sotw")
-                    }
-                    Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC"),
-                    Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC"),
-                }
+        let Some(kind) = sidecar else {
+            return Ok(pod);
+        };
+        if !kind.is_mesh_proxy() && self.world.loopback {
+            return Err(Error::Unexpected(
+                "Envoy sidecars run in the network-namespace world only".into(),
+            ));
+        }
+        if !self.world.loopback {
+            let proxy = binary("mesh-proxy")?;
+            let (code, out) = self.world.exec(&pod.ns, &[arg(&proxy)?, "init"]);
+            if code != 0 {
+                return Err(Error::Command {
+                    command: format!("mesh-proxy init (in {})", pod.ns),
+                    output: out,
+                });
             }
         }
-        pod
+        match kind {
+            Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg, "delta")?,
+            Sidecar::MeshProxySotw => self.start_mesh_proxy(&pod, name, &labels_arg, "sotw")?,
+            Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC")?,
+            Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC")?,
+        }
+        Ok(pod)
     }
 
-    fn start_mesh_proxy(&mut self, pod: &Pod, name: &str, labels: &str, flavor: &str) {
-        let proxy = binary("mesh-proxy");
+    fn start_mesh_proxy(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        labels: &str,
+        flavor: &str,
+    ) -> Result<()> {
+        let proxy = binary("mesh-proxy")?;
         let (xds, ip) = (self.xds_address(), pod.ip.to_string());
         let mut args = vec![
-            proxy.to_str().unwrap().to_owned(),
+            arg(&proxy)?.to_owned(),
             "sidecar".into(),
             "--xds-address".into(),
             xds,
@@ -276,23 +314,187 @@ impl Mesh {
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self.world.spawn(&pod.ns, Some(1337), &args, Stdio::piped());
-        let mut lines = Lines::new(child.stdout.take().unwrap());
-        lines.wait_for("ready", Duration::from_secs(30));
+        let child = self
+            .world
+            .spawn(&pod.ns, Some(1337), &args, Stdio::piped())?;
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("ready", Duration::from_secs(30))?;
         lines.discard_rest();
+        Ok(())
     }
 
     /// Envoy with an ADS bootstrap; `api_type` `GRPC` (State of the World)
     /// or `DELTA_GRPC`.
-    fn start_envoy(&mut self, pod: &Pod, name: &str, labels: &[(&str, &str)], api_type: &str) {
-        let labels_yaml = labels
-            .iter()
-            .map(|(k, v)| format!("{k}: \"{v}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (xds_ip, xds_port) = (format!("{POD_NET}.1"), XDS_PORT);
-        let bootstrap = format!(
-            r#"node:
+    fn start_envoy(
+        &mut self,
+        pod: &Pod,
+        name: &str,
+        labels: &[(&str, &str)],
+        api_type: &str,
+    ) -> Result<()> {
+        let bootstrap = envoy_bootstrap(pod, name, labels, api_type);
+        let path = self.dir.path().join(format!("{name}-envoy.yaml"));
+        std::fs::write(&path, bootstrap)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)))
+            .doing(|| format!("write {}", path.display()))?;
+        let envoy = envoy_binary()?;
+        self.world.spawn(
+            &pod.ns,
+            Some(1337),
+            &[
+                arg(&envoy)?,
+                "-c",
+                arg(&path)?,
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ],
+            Stdio::null(),
+        )?;
+        // Envoy's readiness signal: /ready says LIVE once its first xDS
+        // configuration is in force.
+        poll(
+            &format!("envoy in {} to be LIVE", pod.ns),
+            Duration::from_secs(30),
+            || {
+                let (_, out) = self
+                    .world
+                    .exec(&pod.ns, &["curl", "-s", "http://127.0.0.1:15000/ready"]);
+                (out.trim() == "LIVE").then_some(())
+            },
+        )
+    }
+
+    /// Starts a sample service (`svca`, `svcb`, `msgd`) in `pod` as an
+    /// ordinary app (not the proxy user, so its calls are captured) and
+    /// waits until it listens.
+    pub fn sample(&mut self, pod: &Pod, bin: &str, args: &[&str]) -> Result<()> {
+        let path = binary(bin)?;
+        let mut full = vec![arg(&path)?.to_owned()];
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        if self.world.loopback {
+            let port = if bin == "msgd" { 9997 } else { 8080 };
+            let listen = pod.app_ip.unwrap_or(pod.ip);
+            full.extend(["--listen".into(), format!("{listen}:{port}")]);
+            if pod.sidecar.is_some() {
+                full.extend(["--proxy".into(), format!("{}:15001", pod.ip)]);
+            }
+        }
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let child = self.world.spawn(&pod.ns, None, &full, Stdio::piped())?;
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("listening", Duration::from_secs(10))?;
+        lines.discard_rest();
+        Ok(())
+    }
+
+    /// Starts msgd in `pod` on 9997; returns its request log (one JSON
+    /// object per request, with the headers it got).
+    pub fn msgd(&mut self, pod: &Pod) -> Result<PathBuf> {
+        let log = self.dir.path().join(format!("{}-msgd.log", pod.ns));
+        std::fs::write(&log, "").doing(|| format!("create {}", log.display()))?;
+        self.sample(pod, "msgd", &["--log", arg(&log)?])?;
+        Ok(log)
+    }
+
+    /// Runs meshctl against the mesh's store; returns (exit code, stdout+stderr).
+    pub fn meshctl(&self, args: &[&str]) -> Result<(i32, String)> {
+        let out = Command::new(binary("meshctl")?)
+            .args(args)
+            .arg("--store")
+            .arg(&self.store)
+            .output()
+            .doing(|| "run meshctl".into())?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    /// Runs meshctl in the node namespace, where pilot's debug address is
+    /// (`proxy-status`, `analyze`); returns (exit code, stdout).
+    pub fn meshctl_on_node(&self, args: &[&str]) -> Result<(i32, String)> {
+        let meshctl = binary("meshctl")?;
+        let mut full = vec![arg(&meshctl)?];
+        full.extend_from_slice(args);
+        Ok(self.world.exec(&self.world.node, &full))
+    }
+
+    /// Writes `yaml` to a file and runs `meshctl VERB -f FILE`; returns the
+    /// store revision it reached.
+    pub fn apply_rules(&self, verb: &str, yaml: &str) -> Result<u64> {
+        let path = self
+            .dir
+            .path()
+            .join(format!("rule-{}.yaml", fastrand_name()));
+        std::fs::write(&path, yaml).doing(|| format!("write {}", path.display()))?;
+        let (code, out) = self.meshctl(&[verb, "-f", arg(&path)?])?;
+        if code != 0 {
+            return Err(Error::Command {
+                command: format!("meshctl {verb}"),
+                output: out,
+            });
+        }
+        // "Created config … at revision N" / "Updated config … to revision N"
+        out.lines()
+            .filter_map(|l| l.rsplit_once("revision ")?.1.trim().parse().ok())
+            .max()
+            .ok_or_else(|| Error::Unexpected(format!("no revision in meshctl's answer: {out}")))
+    }
+
+    /// curl in `pod` as an app would (not the proxy user, so captured;
+    /// on loopback through its sidecar as HTTP proxy).
+    pub fn curl(&self, pod: &Pod, args: &[&str]) -> (i32, String) {
+        output(self.curl_command(pod, args))
+    }
+
+    /// The command [`Mesh::curl`] runs, to start it in the background.
+    pub fn curl_command(&self, pod: &Pod, args: &[&str]) -> Command {
+        let proxy = format!("{}:15001", pod.ip);
+        let mut full = vec!["curl", "-s", "--max-time", "30"];
+        if self.world.loopback && pod.sidecar.is_some() {
+            full.extend(["-x", &proxy]);
+        }
+        full.extend_from_slice(args);
+        let mut c = self.world.command(&pod.ns, &full);
+        c.stdout(Stdio::piped());
+        c
+    }
+
+    /// A GET on `pod`'s sidecar admin endpoint; its body.
+    pub fn admin(&self, pod: &Pod, path: &str) -> String {
+        let host = if self.world.loopback {
+            pod.ip.to_string()
+        } else {
+            "127.0.0.1".into()
+        };
+        let url = format!("http://{host}:15000{path}");
+        self.world.exec(&pod.ns, &["curl", "-s", &url]).1
+    }
+
+    /// Resolves service names to VIPs in every namespace.
+    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) -> Result<()> {
+        self.world.set_names(names)
+    }
+}
+
+/// An Envoy bootstrap that knows only pilot (ADS over `api_type`, `GRPC`
+/// or `DELTA_GRPC`) and tells it the pod's node metadata.
+fn envoy_bootstrap(pod: &Pod, name: &str, labels: &[(&str, &str)], api_type: &str) -> String {
+    let labels_yaml = labels
+        .iter()
+        .map(|(k, v)| format!("{k}: \"{v}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (xds_ip, xds_port) = (format!("{POD_NET}.1"), XDS_PORT);
+    format!(
+        r#"node:
   id: "{id}"
   cluster: "{name}"
   metadata:
@@ -326,155 +528,9 @@ static_resources:
         - endpoint:
             address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}
 "#,
-            id = pod.node_id,
-            ip = pod.ip,
-        );
-        let path = self.dir.path().join(format!("{name}-envoy.yaml"));
-        std::fs::write(&path, bootstrap).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let envoy = envoy_binary();
-        self.world.spawn(
-            &pod.ns,
-            Some(1337),
-            &[
-                envoy.to_str().unwrap(),
-                "-c",
-                path.to_str().unwrap(),
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-            ],
-            Stdio::null(),
-        );
-        // Envoy's readiness signal: /ready says LIVE once its first xDS
-        // configuration is in force.
-        eventually(
-            &format!("envoy in {} to be LIVE", pod.ns),
-            Duration::from_secs(30),
-            || {
-                let (_, out) = self
-                    .world
-                    .exec(&pod.ns, &["curl", "-s", "http://127.0.0.1:15000/ready"]);
-                (out.trim() == "LIVE").then_some(())
-            },
-        );
-    }
-
-    /// Starts a sample service (`svca`, `svcb`, `msgd`) in `pod` as an
-    /// ordinary app (not the proxy user, so its calls are captured) and
-    /// waits until it listens.
-    pub fn sample(&mut self, pod: &Pod, bin: &str, args: &[&str]) {
-        let path = binary(bin);
-        let mut full = vec![path.to_str().unwrap().to_owned()];
-        full.extend(args.iter().map(|a| (*a).to_owned()));
-        if self.world.loopback {
-            let port = if bin == "msgd" { 9997 } else { 8080 };
-            let listen = pod.app_ip.unwrap_or(pod.ip);
-            full.extend(["--listen".into(), format!("{listen}:{port}")]);
-            if pod.sidecar.is_some() {
-                full.extend(["--proxy".into(), format!("{}:15001", pod.ip)]);
-            }
-        }
-        let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        let child = self.world.spawn(&pod.ns, None, &full, Stdio::piped());
-        let mut lines = Lines::new(child.stdout.take().unwrap());
-        lines.wait_for("listening", Duration::from_secs(10));
-        lines.discard_rest();
-    }
-
-    /// Starts msgd in `pod` on 9997; returns its request log (one JSON
-    /// object per request, with the headers it got).
-    pub fn msgd(&mut self, pod: &Pod) -> PathBuf {
-        let log = self.dir.path().join(format!("{}-msgd.log", pod.ns));
-        std::fs::write(&log, "").unwrap();
-        self.sample(pod, "msgd", &["--log", log.to_str().unwrap()]);
-        log
-    }
-
-    /// Runs meshctl against the mesh's store; returns (exit code, stdout+stderr).
-    pub fn meshctl(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(binary("meshctl"))
-            .args(args)
-            .arg("--store")
-            .arg(&self.store)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-
-    /// Runs meshctl in the node namespace, where pilot's debug address is
-    /// (`proxy-status`, `analyze`); returns (exit code, stdout).
-    pub fn meshctl_on_node(&self, args: &[&str]) -> (i32, String) {
-        let meshctl = binary("meshctl");
-        let mut full = vec![meshctl.to_str().unwrap()];
-        full.extend_from_slice(args);
-        self.world.exec(&self.world.node, &full)
-    }
-
-    /// Writes `yaml` to a file and runs `meshctl VERB -f FILE`; asserts
-    /// success and returns the store revision it reached.
-    pub fn apply_rules(&self, verb: &str, yaml: &str) -> u64 {
-        let path = self
-            .dir
-            .path()
-            .join(format!("rule-{}.yaml", fastrand_name()));
-        std::fs::write(&path, yaml).unwrap();
-        let (code, out) = self.meshctl(&[verb, "-f", path.to_str().unwrap()]);
-        assert_eq!(code, 0, "meshctl {verb} failed: {out}");
-        // "Created config … at revision N" / "Updated config … to revision N"
-        out.lines()
-            .filter_map(|l| l.rsplit_once("revision ")?.1.trim().parse().ok())
-            .max()
-            .unwrap_or_else(|| panic!("no revision in meshctl's answer: {out}"))
-    }
-
-    /// curl in `pod` as an app would (not the proxy user, so captured;
-    /// on loopback through its sidecar as HTTP proxy).
-    pub fn curl(&self, pod: &Pod, args: &[&str]) -> (i32, String) {
-        let out = self.curl_command(pod, args).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    /// The command [`Mesh::curl`] runs, to start it in the background.
-    pub fn curl_command(&self, pod: &Pod, args: &[&str]) -> Command {
-        let proxy = format!("{}:15001", pod.ip);
-        let mut full = vec!["curl", "-s", "--max-time", "30"];
-        if self.world.loopback && pod.sidecar.is_some() {
-            full.extend(["-x", &proxy]);
-        }
-        full.extend_from_slice(args);
-        let mut c = self.world.command(&pod.ns, &full);
-        c.stdout(Stdio::piped());
-        c
-    }
-
-    /// A GET on `pod`'s sidecar admin endpoint; its body.
-    pub fn admin(&self, pod: &Pod, path: &str) -> String {
-        let host = if self.world.loopback {
-            pod.ip.to_string()
-        } else {
-            "127.0.0.1".into()
-        };
-        let url = format!("http://{host}:15000{path}");
-        self.world.exec(&pod.ns, &["curl", "-s", &url]).1
-    }
-
-    /// Resolves service names to VIPs in every namespace.
-    pub fn set_names(&mut self, names: &[(&str, IpAddr)]) {
-        self.world.set_names(names);
-    }
+        id = pod.node_id,
+        ip = pod.ip,
+    )
 }
 
 fn fastrand_name() -> String {
