@@ -257,39 +257,12 @@ impl World {
         if self.loopback {
             return Ok((String::new(), Ipv4Addr::new(127, 10, 0, n)));
         }
-        let ns = format!("{}-{name}", self.id);
         let ip = Ipv4Addr::new(10, 250, 0, n);
-        self.add_ns(&ns)?;
-        let peer = format!("v{}-{n}", self.id);
-        run(&[
-            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-            &self.node,
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
+        let ns = self.attach(
+            name,
             &format!("{ip}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-        run(&[
-            "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
-        ])?;
-        // VIPs go to the bridge, so connect() succeeds and capture can see them.
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            VIP_CIDR,
-            "via",
-            &format!("{POD_NET}.1"),
-        ])?;
+            &[VIP_CIDR, &format!("{POD_NET}.1")],
+        )?;
         Ok((ns, ip))
     }
 
@@ -304,27 +277,40 @@ impl World {
         }
         self.hosts += 1;
         let n = self.hosts as u16 + 1;
-        let ns = format!("{}-{name}", self.id);
         let ip = std::net::Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, n);
+        let ns = self.attach(
+            name,
+            &format!("{ip}/64"),
+            &[VIP_CIDR6, &format!("{POD_NET6}:1")],
+        )?;
+        Ok((ns, ip))
+    }
+
+    /// A namespace for host `name` with `eth0` (address `cidr`) on the
+    /// bridge, and `[vips, via]`: the VIP range routed to the node, so
+    /// connect() succeeds and capture can see it.
+    fn attach(&mut self, name: &str, cidr: &str, vip_route: &[&str; 2]) -> Result<String> {
+        let ns = format!("{}-{name}", self.id);
         self.add_ns(&ns)?;
-        let peer = format!("v{}-{n}", self.id);
+        let peer = format!("v{}-{}", self.id, self.hosts);
+        let node = self.node.as_str();
         run(&[
             "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-            &self.node,
+            node,
         ])?;
-        let cidr = format!("{ip}/64");
-        run(&[
-            "ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0", "nodad",
-        ])?;
+        // No duplicate address detection: IPv6 addresses work at once.
+        let mut addr = vec!["ip", "-n", &ns, "addr", "add", cidr, "dev", "eth0"];
+        if cidr.contains(':') {
+            addr.push("nodad");
+        }
+        run(&addr)?;
         run(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
         run(&[
-            "ip", "-n", &self.node, "link", "set", &peer, "master", "br0", "up",
+            "ip", "-n", node, "link", "set", &peer, "master", "br0", "up",
         ])?;
-        let via = format!("{POD_NET6}:1");
-        run(&[
-            "ip", "-n", &ns, "-6", "route", "add", VIP_CIDR6, "via", &via,
-        ])?;
-        Ok((ns, ip))
+        let [vips, via] = vip_route;
+        run(&["ip", "-n", &ns, "route", "add", vips, "via", via])?;
+        Ok(ns)
     }
 
     /// Starts a process in namespace `ns` (as `uid` when given); it is
