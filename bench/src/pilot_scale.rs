@@ -137,6 +137,7 @@ fn node(i: usize, services: usize) -> NodeMeta {
         service_account: "default".into(),
         explicit: false,
         app_ip: None,
+        kind: mesh_proto::node::ProxyKind::MeshProxy,
     }
 }
 

@@ -12,9 +12,10 @@ use crate::netns::{LOOPBACK_NET, POD_NET, World, output};
 use crate::{Doing, Error, Lines, Result, arg, binary, envoy_binary, poll};
 
 /// Which proxy a pod runs as its sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Sidecar {
     /// `mesh-proxy sidecar` on a Delta ADS stream.
+    #[default]
     MeshProxy,
     /// `mesh-proxy sidecar --xds-flavor sotw` (State of the World).
     MeshProxySotw,
@@ -29,6 +30,15 @@ impl Sidecar {
     /// mesh-proxy, whatever its xDS flavour.
     pub fn is_mesh_proxy(self) -> bool {
         matches!(self, Sidecar::MeshProxy | Sidecar::MeshProxySotw)
+    }
+
+    /// How the demo names it.
+    pub fn name(self) -> &'static str {
+        if self.is_mesh_proxy() {
+            "mesh-proxy"
+        } else {
+            "Envoy"
+        }
     }
 }
 
@@ -50,6 +60,11 @@ pub struct Pod {
 
 /// pilot's xDS port on the bridge.
 pub const XDS_PORT: u16 = 15010;
+/// Where pilot tells Envoy sidecars to report spans: the node's port 9411
+/// on the bridge (Zipkin's). No collector listens there yet, so Envoy's
+/// reports are refused inside the world; pilot's tracer is what makes
+/// Envoy add B3 headers at all.
+pub const ZIPKIN_PORT: u16 = 9411;
 
 /// A mesh: the world, a folder for its files, the rule store and pilot.
 pub struct Mesh {
@@ -145,6 +160,8 @@ impl Mesh {
                 &xds,
                 "--debug-address",
                 &debug,
+                "--zipkin-address",
+                &format!("{POD_NET}.1:{ZIPKIN_PORT}"),
             ],
             Stdio::piped(),
         )?;

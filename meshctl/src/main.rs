@@ -127,9 +127,13 @@ enum Command {
         /// capture): what a user without root gets.
         #[arg(long)]
         loopback: bool,
+        /// The sidecar in every pod: mesh-proxy, or an unmodified Envoy
+        /// configured only by pilot (network namespaces, as root).
+        #[arg(long, value_enum, default_value_t = demo::Proxy::MeshProxy)]
+        proxy: demo::Proxy,
         /// Only remove what killed runs left behind (network namespaces and
         /// their processes), then exit.
-        #[arg(long, conflicts_with_all = ["keep", "rules_only", "loopback"])]
+        #[arg(long, conflicts_with_all = ["keep", "rules_only", "loopback", "proxy"])]
         cleanup: bool,
     },
 }
@@ -154,12 +158,15 @@ async fn main() -> ExitCode {
             keep,
             rules_only,
             loopback,
+            proxy,
             cleanup,
         } => {
             if cleanup {
                 demo::cleanup()
+            } else if rules_only {
+                demo::rule_steps(keep).await
             } else {
-                demo::run(keep, rules_only, loopback).await
+                demo::run(keep, loopback || !mesh_local::netns::is_root(), proxy).await
             }
         }
         Command::KubeInject(args) => kube_inject::run(args),

@@ -22,6 +22,8 @@ const OTHER_ROOTS: &[&str] = &[
     "envoy.admin.v3.RoutesConfigDump",
     "envoy.admin.v3.EndpointsConfigDump",
     "envoy.service.discovery.v3.DiscoveryRequest",
+    // Written by pilot for Envoy sidecars (not applied by mesh-proxy).
+    "envoy.config.trace.v3.ZipkinConfig",
 ];
 
 /// Drops what reading and writing messages never uses: comments (source

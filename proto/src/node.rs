@@ -9,6 +9,27 @@ use std::net::IpAddr;
 use crate::envoy::config::core::v3::Node;
 use crate::google::protobuf::{Struct, Value, value::Kind};
 
+/// Which proxy a node is, from its `user_agent_name`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyKind {
+    /// mesh-proxy (or any proxy that does not say it is Envoy).
+    #[default]
+    MeshProxy,
+    /// Envoy (`user_agent_name: envoy`).
+    Envoy,
+}
+
+impl ProxyKind {
+    /// The `user_agent_name` the proxy sends.
+    pub fn user_agent(self) -> &'static str {
+        match self {
+            ProxyKind::MeshProxy => "mesh-proxy",
+            ProxyKind::Envoy => "envoy",
+        }
+    }
+}
+
 /// What a proxy says about its workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeMeta {
@@ -34,6 +55,8 @@ pub struct NodeMeta {
     /// With `explicit`, where the app listens (`MESH_APP_IP`; default
     /// 127.0.0.1).
     pub app_ip: Option<IpAddr>,
+    /// Which proxy it is (its `user_agent_name`).
+    pub kind: ProxyKind,
 }
 
 fn string(v: &str) -> Value {
@@ -87,6 +110,7 @@ impl NodeMeta {
             id: self.id.clone(),
             cluster: self.workload.clone(),
             metadata: Some(Struct { fields }),
+            user_agent_name: self.kind.user_agent().into(),
             ..Node::default()
         }
     }
@@ -126,6 +150,11 @@ impl NodeMeta {
                 .to_owned(),
             explicit: get_string(md, "INTERCEPTION_MODE") == Some("NONE"),
             app_ip: get_string(md, "MESH_APP_IP").and_then(|ip| ip.parse().ok()),
+            kind: if node.user_agent_name == ProxyKind::Envoy.user_agent() {
+                ProxyKind::Envoy
+            } else {
+                ProxyKind::MeshProxy
+            },
         }
     }
 }
@@ -146,8 +175,14 @@ mod tests {
             service_account: "svca".into(),
             explicit: true,
             app_ip: Some("127.11.0.2".parse().unwrap()),
+            kind: ProxyKind::MeshProxy,
         };
         assert_eq!(NodeMeta::from_node(&meta.to_node()), meta);
+        let envoy = Node {
+            user_agent_name: "envoy".into(),
+            ..meta.to_node()
+        };
+        assert_eq!(NodeMeta::from_node(&envoy).kind, ProxyKind::Envoy);
         let mut node = meta.to_node();
         node.metadata
             .as_mut()

@@ -6,11 +6,11 @@
 
 use std::process::Command;
 
-use mesh_testbed::mesh::Mesh;
+use mesh_testbed::mesh::{Mesh, Sidecar};
 use mesh_testbed::walk;
 
-fn walk_holds(mut mesh: Mesh, checks: usize) {
-    let report = walk::run(&mut mesh, &mut |line| eprintln!("{line}")).unwrap();
+fn walk_holds(mut mesh: Mesh, sidecar: Sidecar, checks: usize) {
+    let report = walk::run(&mut mesh, sidecar, &mut |line| eprintln!("{line}")).unwrap();
     let failed: Vec<String> = report
         .checks()
         .into_iter()
@@ -27,7 +27,14 @@ fn walk_holds(mut mesh: Mesh, checks: usize) {
 
 #[test]
 fn the_seed_walk() {
-    walk_holds(Mesh::new().unwrap(), 10);
+    walk_holds(Mesh::new().unwrap(), Sidecar::MeshProxy, 10);
+}
+
+/// The same walk with an unmodified Envoy 1.40 in every pod, configured
+/// only by pilot over ADS: pilot speaks xDS as Envoy understands it.
+#[test]
+fn the_seed_walk_with_envoy_sidecars() {
+    walk_holds(Mesh::new().unwrap(), Sidecar::Envoy, 10);
 }
 
 /// `meshctl demo --loopback`, the product a user without root runs, as a

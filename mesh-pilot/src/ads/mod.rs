@@ -55,6 +55,7 @@ pub fn proxy_node(meta: &NodeMeta) -> ProxyNode {
         } else {
             Interception::Capture
         },
+        kind: meta.kind,
     }
 }
 

@@ -63,6 +63,8 @@ pub struct ProxyStatus {
     pub explicit: Option<String>,
     /// `sotw` or `delta`.
     pub protocol: &'static str,
+    /// `mesh-proxy` or `envoy`.
+    pub proxy: mesh_proto::node::ProxyKind,
     /// The rule store revision of the last inputs this proxy's
     /// configuration was computed from (and sent, when it changed).
     pub rules_revision: u64,

@@ -196,6 +196,7 @@ impl Stream {
                     .explicit
                     .then(|| meta.app_ip.map_or("127.0.0.1".into(), |i| i.to_string())),
                 protocol,
+                proxy: meta.kind,
                 rules_revision: 0,
                 generation: 0,
                 connected_ms: now_ms(),

@@ -169,8 +169,50 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> xlistener::Filter {
     )
 }
 
-/// An HTTP connection manager whose routes are the RDS resource `name`.
-fn http_manager(name: &str) -> xlistener::Filter {
+/// The cluster Envoy sidecars report spans to.
+pub const ZIPKIN_CLUSTER: &str = "zipkin";
+
+/// Envoy's Zipkin tracer, sampling every call: Envoy starts B3 headers only
+/// with a tracer (mesh-proxy starts and continues them on its own).
+fn zipkin_tracing() -> hcm::http_connection_manager::Tracing {
+    use mesh_proto::envoy::config::trace::v3::{self as xtrace, zipkin_config};
+    let zipkin = xtrace::ZipkinConfig {
+        collector_cluster: ZIPKIN_CLUSTER.into(),
+        collector_endpoint: "/api/v2/spans".into(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        ..Default::default()
+    };
+    hcm::http_connection_manager::Tracing {
+        random_sampling: Some(mesh_proto::envoy::r#type::v3::Percent { value: 100.0 }),
+        provider: Some(xtrace::tracing::Http {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(xtrace::tracing::http::ConfigType::TypedConfig(any(&zipkin))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The collector at `host:port` (an address, or a name resolved by DNS).
+fn zipkin_cluster(collector: &str) -> Cluster {
+    let (host, port) = collector.rsplit_once(':').unwrap_or((collector, "9411"));
+    let port = port.parse().unwrap_or(9411);
+    let kind = if host.parse::<IpAddr>().is_ok() {
+        xcluster::cluster::DiscoveryType::Static
+    } else {
+        xcluster::cluster::DiscoveryType::StrictDns
+    };
+    Cluster {
+        name: ZIPKIN_CLUSTER.into(),
+        cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(kind as i32)),
+        connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
+        load_assignment: Some(load_assignment(ZIPKIN_CLUSTER, &[(host.to_owned(), port)])),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager whose routes are the RDS resource `name`,
+/// tracing with Envoy's Zipkin tracer when `zipkin`.
+fn http_manager(name: &str, zipkin: bool) -> xlistener::Filter {
     filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm::HttpConnectionManager {
@@ -189,10 +231,26 @@ fn http_manager(name: &str) -> xlistener::Filter {
                 ..Default::default()
             }],
             // Trace every call: B3 headers are started or continued per hop.
-            tracing: Some(hcm::http_connection_manager::Tracing::default()),
+            tracing: Some(if zipkin {
+                zipkin_tracing()
+            } else {
+                hcm::http_connection_manager::Tracing::default()
+            }),
             ..Default::default()
         }),
     )
+}
+
+/// Marks listeners inbound or outbound: a proxy traces a call it receives
+/// (inbound) in its caller's span, and starts a child span for a call it
+/// makes (outbound), as Envoy does by `traffic_direction`.
+fn set_direction<'a>(
+    listeners: impl IntoIterator<Item = &'a mut Listener>,
+    direction: xcore::TrafficDirection,
+) {
+    for l in listeners {
+        l.traffic_direction = direction as i32;
+    }
 }
 
 fn listener(
@@ -435,6 +493,8 @@ pub const EXPLICIT_PROXY_PORT: u16 = 15001;
 /// EDS) resources from the start.
 pub struct Builder {
     outbound: OutboundPolicy,
+    /// Where an Envoy sidecar reports spans (`host:port`), if it should.
+    zipkin: Option<String>,
     mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
@@ -448,6 +508,7 @@ impl Builder {
     pub fn new(outbound: OutboundPolicy, namespace: &str, mode: Mode) -> Self {
         Builder {
             outbound,
+            zipkin: None,
             mode,
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
@@ -456,6 +517,13 @@ impl Builder {
             clusters: BTreeMap::new(),
             endpoints: BTreeMap::new(),
         }
+    }
+
+    /// HTTP connection managers trace with Envoy's Zipkin tracer, which
+    /// reports to `collector`; the outbound part holds its cluster.
+    pub fn with_zipkin(mut self, collector: Option<&str>) -> Self {
+        self.zipkin = collector.map(str::to_owned);
+        self
     }
 
     /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.
@@ -477,7 +545,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name)
+        http_manager(name, self.zipkin.is_some())
     }
 
     /// The names a client may call `service` by on `port`.
@@ -662,14 +730,22 @@ impl Builder {
     }
 
     /// The inbound part, in a stable order.
-    pub fn finish_inbound(self) -> Resources {
+    pub fn finish_inbound(mut self) -> Resources {
+        set_direction(
+            self.listeners.values_mut(),
+            xcore::TrafficDirection::Inbound,
+        );
         self.resources(Vec::new())
     }
 
     /// The outbound part, in a stable order: the listeners traffic enters
     /// by (capture listeners, or the explicit proxy listener) first, with
     /// the HTTP listeners of the outbound ports and the shared clusters.
-    pub fn finish_outbound(self) -> Resources {
+    pub fn finish_outbound(mut self) -> Resources {
+        if let Some(collector) = &self.zipkin {
+            let c = zipkin_cluster(collector);
+            self.clusters.insert(c.name.clone(), c);
+        }
         match self.mode {
             Mode::Capture => self.finish_capture(),
             Mode::Explicit { bind, .. } => self.finish_explicit(bind),
@@ -718,7 +794,13 @@ impl Builder {
             false,
             http,
         );
-        self.resources(vec![entry])
+        let mut entry = vec![entry];
+        set_direction(&mut entry, xcore::TrafficDirection::Outbound);
+        set_direction(
+            self.listeners.values_mut(),
+            xcore::TrafficDirection::Outbound,
+        );
+        self.resources(entry)
     }
 
     fn finish_capture(mut self) -> Resources {
@@ -767,6 +849,13 @@ impl Builder {
         self.clusters.insert(
             PASSTHROUGH_CLUSTER.into(),
             original_dst_cluster(PASSTHROUGH_CLUSTER),
+        );
+        let mut entry = entry;
+        set_direction(&mut entry[..1], xcore::TrafficDirection::Outbound);
+        set_direction(&mut entry[1..], xcore::TrafficDirection::Inbound);
+        set_direction(
+            self.listeners.values_mut(),
+            xcore::TrafficDirection::Outbound,
         );
         self.resources(entry)
     }

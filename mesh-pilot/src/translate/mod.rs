@@ -33,7 +33,8 @@ use mesh_rules::registry::{
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
-pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, ZIPKIN_CLUSTER};
+pub use mesh_proto::node::ProxyKind;
 
 /// What the outbound capture does with destinations nothing configures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +53,10 @@ pub struct MeshConfig {
     pub domain: String,
     /// Outbound traffic policy.
     pub outbound: OutboundPolicy,
+    /// Where Envoy sidecars report spans (Zipkin v2 JSON, `host:port`);
+    /// without it Envoy adds no B3 headers. mesh-proxy starts and
+    /// continues B3 headers on its own and gets no tracer configuration.
+    pub zipkin: Option<String>,
 }
 
 impl Default for MeshConfig {
@@ -59,6 +64,7 @@ impl Default for MeshConfig {
         MeshConfig {
             domain: DEFAULT_DOMAIN.to_owned(),
             outbound: OutboundPolicy::RegistryOnly,
+            zipkin: None,
         }
     }
 }
@@ -74,6 +80,8 @@ pub struct ProxyNode {
     pub labels: BTreeMap<String, String>,
     /// How traffic reaches the proxy.
     pub interception: Interception,
+    /// Which proxy it is.
+    pub kind: ProxyKind,
 }
 
 /// How a workload's traffic reaches its proxy.
@@ -192,7 +200,11 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
             app: app_ip,
         },
     };
-    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
+    let zipkin = match node.kind {
+        ProxyKind::Envoy => inputs.mesh.zipkin.as_deref(),
+        ProxyKind::MeshProxy => None,
+    };
+    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode).with_zipkin(zipkin)
 }
 
 /// Translates for one proxy: [`translate_outbound`] and
@@ -213,6 +225,8 @@ pub struct OutboundKey {
     pub sources: Vec<bool>,
     /// For an explicit proxy, where its outbound proxy listener binds.
     pub explicit: Option<IpAddr>,
+    /// Which proxy it is (Envoy gets a tracer).
+    pub kind: ProxyKind,
 }
 
 /// The outbound key of `node`.
@@ -237,6 +251,7 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
             Interception::Capture => None,
             Interception::Explicit { .. } => Some(proxy_ip(node)),
         },
+        kind: node.kind,
     }
 }
 

@@ -38,6 +38,20 @@ pub(crate) fn err(path: impl AsRef<str>, message: impl Into<String>) -> FieldErr
     FieldError::new(FieldPath::parse(path.as_ref()), message)
 }
 
+/// How an HTTP connection manager traces the calls it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracing {
+    /// Trace headers pass untouched (no `tracing`).
+    Off,
+    /// Each call is a span of its own, a child of the caller's: calls a
+    /// workload makes (an `OUTBOUND` or unspecified listener).
+    ChildSpan,
+    /// A call keeps its caller's span (the server side of the caller's
+    /// client span, as Envoy's shared span context): calls a workload
+    /// receives (an `INBOUND` listener). A call without one starts a trace.
+    CallerSpan,
+}
+
 /// One immutable configuration.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -89,6 +103,8 @@ pub struct PrefixStatsByName {
 /// whose counters (per endpoint, per `stat_prefix`) this one takes over,
 /// so a new configuration never resets what `/stats` shows.
 struct Build<'a> {
+    /// The listener being built receives calls (`traffic_direction: INBOUND`).
+    inbound: bool,
     clusters: HashMap<String, Arc<Cluster>>,
     routes: &'a [xroute::RouteConfiguration],
     previous: Option<&'a Snapshot>,
@@ -282,9 +298,9 @@ pub struct HttpManager {
     pub stats: Arc<PrefixStats>,
     /// Generate `x-request-id` when absent (default true, as Envoy).
     pub generate_request_id: bool,
-    /// Trace calls (`tracing` set): start or continue B3 / W3C trace
-    /// context on each request.
-    pub tracing: bool,
+    /// Trace calls (`tracing` set), and how (by the listener's
+    /// `traffic_direction`).
+    pub tracing: Tracing,
     /// Which HTTP versions downstream clients may speak (`codec_type`).
     pub codec: Codec,
     /// How long a client may take to send a request head
@@ -711,6 +727,7 @@ impl Snapshot {
         let mut listeners = HashMap::new();
         let mut by_address = HashMap::new();
         let mut b = Build {
+            inbound: false,
             clusters,
             routes: &resources.routes,
             previous,
@@ -944,6 +961,7 @@ fn build_listener(
             "at least one filter chain is required",
         ));
     }
+    b.inbound = l.traffic_direction == xcore::TrafficDirection::Inbound as i32;
     let chains = l
         .filter_chains
         .iter()
@@ -1125,7 +1143,11 @@ fn build_http(
         stats: b.http_stats(&m.stat_prefix),
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
-        tracing: m.tracing.is_some(),
+        tracing: match (&m.tracing, b.inbound) {
+            (None, _) => Tracing::Off,
+            (Some(_), false) => Tracing::ChildSpan,
+            (Some(_), true) => Tracing::CallerSpan,
+        },
         codec,
         request_headers_timeout: match duration(&m.request_headers_timeout) {
             None => Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),

@@ -24,6 +24,7 @@ const FIELDS: &[&str] = &[
     "envoy.config.listener.v3.Listener.name",
     "envoy.config.listener.v3.Listener.address",
     "envoy.config.listener.v3.Listener.filter_chains",
+    "envoy.config.listener.v3.Listener.traffic_direction",
     "envoy.config.listener.v3.Listener.use_original_dst",
     "envoy.config.listener.v3.Listener.bind_to_port",
     "envoy.config.listener.v3.Listener.listener_filters",

@@ -20,7 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::config::{Codec, Forward, HttpManager, RequestView, Route, RouteAction};
+use crate::config::{Codec, Forward, HttpManager, RequestView, Route, RouteAction, Tracing};
 use crate::sniff::Detected;
 use crate::state::{Conn, Shared};
 use crate::telemetry::trace::{continue_trace, request_id};
@@ -227,8 +227,10 @@ fn prepare_request(
     if manager.generate_request_id && !headers.contains_key("x-request-id") {
         headers.insert(HeaderName::from_static("x-request-id"), request_id());
     }
-    if manager.tracing {
-        continue_trace(headers);
+    match manager.tracing {
+        Tracing::Off => {}
+        Tracing::ChildSpan => continue_trace(headers, true),
+        Tracing::CallerSpan => continue_trace(headers, false),
     }
     route.request_headers.apply(headers);
     let host = fwd

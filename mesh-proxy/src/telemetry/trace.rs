@@ -20,12 +20,15 @@ fn b3_id() -> HeaderValue {
     HeaderValue::from_bytes(&s).expect("hex is a valid header value")
 }
 
-/// Starts a trace (no trace headers yet) or a child span of the caller's
-/// (its span becomes the parent), in B3 multi-header form, and moves a W3C
-/// `traceparent` on to a new parent id the same way. Apps forward these
-/// headers; each sidecar hop is one span.
-pub fn continue_trace(headers: &mut http::HeaderMap) {
+/// Starts a trace (no trace headers yet), or continues the caller's: with
+/// `child`, in a child span of the caller's (its span becomes the parent),
+/// in B3 multi-header form, moving a W3C `traceparent` on to a new parent
+/// id the same way; without, in the caller's own span (the receiving side
+/// of a call). Apps forward these headers; each call between two
+/// workloads is one span.
+pub fn continue_trace(headers: &mut http::HeaderMap, child: bool) {
     match headers.get("x-b3-spanid").cloned() {
+        Some(_) if !child && headers.contains_key("x-b3-traceid") => {}
         Some(parent) if headers.contains_key("x-b3-traceid") => {
             headers.insert(HeaderName::from_static("x-b3-parentspanid"), parent);
             headers.insert(HeaderName::from_static("x-b3-spanid"), b3_id());
@@ -44,7 +47,7 @@ pub fn continue_trace(headers: &mut http::HeaderMap) {
         );
     }
     // traceparent: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
-    if let Some(tp) = headers.get("traceparent")
+    if let Some(tp) = headers.get("traceparent").filter(|_| child)
         && let Ok::<[u8; 55], _>(mut next) = tp.as_bytes().try_into()
         && [next[2], next[35], next[52]] == [b'-'; 3]
     {
@@ -94,14 +97,18 @@ mod tests {
     #[test]
     fn traces_start_and_continue_per_hop() {
         let mut h = http::HeaderMap::new();
-        continue_trace(&mut h);
+        continue_trace(&mut h, true);
         let trace = h["x-b3-traceid"].clone();
         let span = h["x-b3-spanid"].clone();
         assert_eq!(trace.len(), 16);
         assert_eq!(h["x-b3-sampled"], "1");
         assert!(!h.contains_key("x-b3-parentspanid"));
-        // The next hop: same trace, the caller's span is the parent.
-        continue_trace(&mut h);
+        // The receiving side keeps the caller's span.
+        let before = h.clone();
+        continue_trace(&mut h, false);
+        assert_eq!(h, before);
+        // The next call: same trace, the caller's span is the parent.
+        continue_trace(&mut h, true);
         assert_eq!(h["x-b3-traceid"], trace);
         assert_eq!(h["x-b3-parentspanid"], span);
         assert_ne!(h["x-b3-spanid"], span);
@@ -112,7 +119,7 @@ mod tests {
             "traceparent",
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         );
-        continue_trace(&mut h);
+        continue_trace(&mut h, true);
         assert_eq!(h["x-b3-sampled"], "0");
         let tp = h["traceparent"].to_str().unwrap();
         assert!(
