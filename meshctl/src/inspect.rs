@@ -63,6 +63,7 @@ pub async fn proxy_status(pilot: &str) -> anyhow::Result<ExitCode> {
         let state = |t: &str| s(&p["states"][t]);
         rows.push(vec![
             s(&p["node"]),
+            s(&p["proxy"]),
             s(&p["protocol"]),
             s(&p["rules_revision"]),
             state("CDS"),
@@ -83,7 +84,9 @@ pub async fn proxy_status(pilot: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     table(
-        &["NAME", "XDS", "REVISION", "CDS", "LDS", "EDS", "RDS"],
+        &[
+            "NAME", "PROXY", "XDS", "REVISION", "CDS", "LDS", "EDS", "RDS",
+        ],
         rows,
     );
     for n in &nacks {

@@ -182,6 +182,12 @@ spec:
         .find(|l| l.starts_with(&client.node_id))
         .unwrap_or_else(|| panic!("{status}"));
     assert_eq!(row.matches("SYNCED").count(), 4, "{status}");
+    let kind = if proxy.is_mesh_proxy() {
+        " mesh-proxy "
+    } else {
+        " envoy "
+    };
+    assert!(row.contains(kind), "{status}");
     let (code, routes) = mesh
         .world
         .exec(&client.ns, &[meshctl, "proxy-config", "routes"]);
