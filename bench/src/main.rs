@@ -594,12 +594,7 @@ fn scenario_table(s: &mut String, sc: &str, rows: &[Row]) {
     s.push('\n');
 }
 
-fn report(
-    rows: &[Row],
-    idle: &[(String, f64)],
-    peak: &[(String, f64, f64)],
-    plan: &Plan,
-) -> String {
+fn report(rows: &[Row], memory: &[Memory], plan: &Plan) -> String {
     use std::fmt::Write;
     let (seconds, smoke, rounds) = (plan.seconds, plan.smoke, plan.rounds);
     let mut s = String::new();
@@ -628,10 +623,14 @@ fn report(
     }
     let _ = writeln!(
         s,
-        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle (3 s after the last one started, no load), the most seen while the rows ran (sampled every 10 ms), and the high-water mark the kernel recorded (VmHWM, which includes start-up).\n\n| target | idle RSS MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|"
+        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle (3 s after the last one started, no load), the start-up peak (the high-water mark the kernel recorded then, VmHWM: starting and reading the configuration), the most seen while the rows ran (sampled every 10 ms), and VmHWM at the end.\n\n| target | idle RSS MB | start-up peak MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|---:|"
     );
-    for ((t, i), (_, l, p)) in idle.iter().zip(peak) {
-        let _ = writeln!(s, "| {t} | {i:.1} | {l:.1} | {p:.1} |");
+    for m in memory {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            m.target, m.idle, m.startup_peak, m.loaded, m.peak
+        );
     }
     s
 }
@@ -708,7 +707,7 @@ fn run(
         // Idle means settled: a sidecar lets its xDS checking memory go
         // after 2 s without a config push.
         std::thread::sleep(Duration::from_secs(3));
-        let idle = idle_rss(&targets);
+        let mut memory = memory_at_rest(&targets);
         let mut rows = Vec::new();
         for round in 1..=plan.rounds {
             for t in &targets {
@@ -717,14 +716,13 @@ fn run(
             }
         }
         let rows = medians(rows);
-        // Under load: the most seen during the rows; start-up: VmHWM.
-        let peak = loaded_and_peak_rss(&targets);
-        anyhow::Ok((rows, idle, peak))
+        memory_after_load(&mut memory, &targets);
+        anyhow::Ok((rows, memory))
     })();
     let _ = backend.kill();
     let _ = backend.wait();
-    let (rows, idle, peak) = result?;
-    write_results(&out, &plan, &rows, &idle, &peak)
+    let (rows, memory) = result?;
+    write_results(&out, &plan, &rows, &memory)
 }
 
 /// Starts the targets: a direct connection and those named in `only` (all
@@ -768,33 +766,46 @@ fn start_targets(
         .collect()
 }
 
-/// Resident memory of each target's proxies at rest.
-fn idle_rss(targets: &[Target]) -> Vec<(String, f64)> {
+/// Resident memory of one target's proxies (a chain: both summed), MB.
+#[derive(Debug, Clone, Serialize)]
+struct Memory {
+    target: String,
+    /// At rest, 3 s after the last target started.
+    idle: f64,
+    /// The high-water mark at rest: what starting and reading the
+    /// configuration took.
+    startup_peak: f64,
+    /// The most seen while the rows ran (sampled every 10 ms).
+    loaded: f64,
+    /// The high-water mark at the end (start-up or load, whichever was
+    /// more).
+    peak: f64,
+}
+
+/// Each target's memory at rest (`loaded` and `peak` filled in later).
+fn memory_at_rest(targets: &[Target]) -> Vec<Memory> {
     targets
         .iter()
         .filter(|t| !t.pids().is_empty())
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.pids().into_iter().map(procfs::rss_mb).sum(),
-            )
+        .map(|t| Memory {
+            target: t.name.clone(),
+            idle: t.pids().into_iter().map(procfs::rss_mb).sum(),
+            startup_peak: t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
+            loaded: 0.0,
+            peak: 0.0,
         })
         .collect()
 }
 
-/// Each target's most resident memory under load, and its VmHWM.
-fn loaded_and_peak_rss(targets: &[Target]) -> Vec<(String, f64, f64)> {
-    targets
-        .iter()
-        .filter(|t| !t.pids().is_empty())
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.loaded_rss_mb.get(),
-                t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
-            )
-        })
-        .collect()
+/// Adds each target's most resident memory under load, and its VmHWM.
+fn memory_after_load(memory: &mut [Memory], targets: &[Target]) {
+    for (m, t) in memory
+        .iter_mut()
+        .zip(targets.iter().filter(|t| !t.pids().is_empty()))
+    {
+        m.loaded = t.loaded_rss_mb.get();
+        m.peak = t.pids().into_iter().map(procfs::peak_rss_mb).sum();
+    }
 }
 
 /// Writes the report (Markdown and JSON) to `out` and prints it.
@@ -802,10 +813,9 @@ fn write_results(
     out: &std::path::Path,
     plan: &Plan,
     rows: &[Row],
-    idle: &[(String, f64)],
-    peak: &[(String, f64, f64)],
+    memory: &[Memory],
 ) -> anyhow::Result<()> {
-    let md = report(rows, idle, peak, plan);
+    let md = report(rows, memory, plan);
     std::fs::create_dir_all(out)?;
     let stamp = if plan.smoke {
         "smoke".to_owned()
@@ -818,7 +828,7 @@ fn write_results(
         )
     };
     std::fs::write(out.join(format!("{stamp}.md")), &md)?;
-    let json = serde_json::json!({"machine": machine(), "seconds": plan.seconds, "rounds": plan.rounds, "smoke": plan.smoke, "rows": rows, "idle_rss_mb": idle, "loaded_and_peak_rss_mb": peak});
+    let json = serde_json::json!({"machine": machine(), "seconds": plan.seconds, "rounds": plan.rounds, "smoke": plan.smoke, "rows": rows, "memory_mb": memory});
     std::fs::write(
         out.join(format!("{stamp}.json")),
         serde_json::to_string_pretty(&json)?,

@@ -15,6 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
+use mesh_proto::descriptors::Schema;
 use mesh_proto::json::to_json;
 use tokio::net::TcpListener;
 
@@ -65,10 +66,10 @@ fn config_dump(d: &Discovery, node_id: &str) -> Response<Full<Bytes>> {
             "node": p.node,
             "generation": world.generation,
             "rules_revision": world.rules_revision,
-            "listeners": r.listeners.iter().map(to_json).collect::<Vec<_>>(),
-            "routes": r.routes.iter().map(to_json).collect::<Vec<_>>(),
-            "clusters": r.clusters.iter().map(to_json).collect::<Vec<_>>(),
-            "endpoints": r.endpoints.iter().map(to_json).collect::<Vec<_>>(),
+            "listeners": r.listeners.iter().map(|m| to_json(Schema::Xds, m)).collect::<Vec<_>>(),
+            "routes": r.routes.iter().map(|m| to_json(Schema::Xds, m)).collect::<Vec<_>>(),
+            "clusters": r.clusters.iter().map(|m| to_json(Schema::Xds, m)).collect::<Vec<_>>(),
+            "endpoints": r.endpoints.iter().map(|m| to_json(Schema::Xds, m)).collect::<Vec<_>>(),
         }),
     )
 }

@@ -91,7 +91,7 @@ fn warn_not_acted_on(rules: &mesh_pilot::store::Snapshot) {
 }
 
 async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<()> {
-    mesh_proto::descriptors::keep_loaded();
+    mesh_proto::descriptors::keep_loaded(mesh_proto::descriptors::Schema::Xds);
     let registry = match &args.registry {
         Some(p) => read_registry(p)?,
         None => Default::default(),

@@ -130,7 +130,7 @@ fn golden_with(
     node: &ProxyNode,
     mesh: &MeshConfig,
 ) -> Resources {
-    mesh_proto::descriptors::keep_loaded();
+    mesh_proto::descriptors::keep_loaded(mesh_proto::descriptors::Schema::Xds);
     let registry = registry.clone();
     let rules = rules(files);
     let out = translate(
@@ -141,8 +141,12 @@ fn golden_with(
         },
         node,
     );
-    let json =
-        serde_json::to_string_pretty(&mesh_proto::json::to_json(&bootstrap(&out))).unwrap() + "\n";
+    let json = serde_json::to_string_pretty(&mesh_proto::json::to_json(
+        mesh_proto::descriptors::Schema::Xds,
+        &bootstrap(&out),
+    ))
+    .unwrap()
+        + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
     if std::env::var_os("MESH_BLESS").is_some() {
         std::fs::write(&path, &json).unwrap();
@@ -278,7 +282,7 @@ fn envoy_sidecars_get_a_zipkin_tracer() {
     let r = golden_with("svca-envoy-zipkin", &registry(), &[], &envoy, &mesh);
     assert!(r.clusters.iter().any(|c| c.name == ZIPKIN_CLUSTER));
     // What mesh-proxy's xDS client checks before applying (else a NACK).
-    let pool = mesh_proto::descriptors::pool();
+    let pool = mesh_proto::descriptors::Schema::Proxy.pool();
     let outbound = r.listeners.iter().find(|l| l.name == "0.0.0.0_80").unwrap();
     let refused = mesh_proxy::config::check_resource(
         &pool,

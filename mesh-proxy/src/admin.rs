@@ -47,6 +47,7 @@ pub fn endpoint_rows(shared: &Shared) -> Vec<EndpointRow> {
 }
 
 fn config_dump(shared: &Shared) -> String {
+    use mesh_proto::descriptors::Schema::Proxy;
     use mesh_proto::json::to_json;
     let snap = shared.config.load();
     let v = &snap.version;
@@ -55,20 +56,20 @@ fn config_dump(shared: &Shared) -> String {
     let dump = if snap.dynamic {
         serde_json::json!({"configs": [
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": v,
-             "dynamic_listeners": r.listeners.iter().map(|l| serde_json::json!({"name": l.name, "active_state": {"version_info": v, "listener": to_json(l)}})).collect::<Vec<_>>()},
+             "dynamic_listeners": r.listeners.iter().map(|l| serde_json::json!({"name": l.name, "active_state": {"version_info": v, "listener": to_json(Proxy, l)}})).collect::<Vec<_>>()},
             {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-             "dynamic_route_configs": r.routes.iter().map(|x| serde_json::json!({"version_info": v, "route_config": to_json(x)})).collect::<Vec<_>>()},
+             "dynamic_route_configs": r.routes.iter().map(|x| serde_json::json!({"version_info": v, "route_config": to_json(Proxy, x)})).collect::<Vec<_>>()},
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": v,
-             "dynamic_active_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(c)})).collect::<Vec<_>>()},
+             "dynamic_active_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(Proxy, c)})).collect::<Vec<_>>()},
             {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-             "dynamic_endpoint_configs": r.endpoints.iter().map(|e| serde_json::json!({"version_info": v, "endpoint_config": to_json(e)})).collect::<Vec<_>>()},
+             "dynamic_endpoint_configs": r.endpoints.iter().map(|e| serde_json::json!({"version_info": v, "endpoint_config": to_json(Proxy, e)})).collect::<Vec<_>>()},
         ]})
     } else {
         serde_json::json!({"configs": [
             {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": v,
-             "static_listeners": r.listeners.iter().map(|l| serde_json::json!({"version_info": v, "listener": to_json(l)})).collect::<Vec<_>>()},
+             "static_listeners": r.listeners.iter().map(|l| serde_json::json!({"version_info": v, "listener": to_json(Proxy, l)})).collect::<Vec<_>>()},
             {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": v,
-             "static_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(c)})).collect::<Vec<_>>()},
+             "static_clusters": r.clusters.iter().map(|c| serde_json::json!({"version_info": v, "cluster": to_json(Proxy, c)})).collect::<Vec<_>>()},
         ]})
     };
     serde_json::to_string_pretty(&dump).expect("JSON") + "\n"

@@ -481,7 +481,8 @@ fn load_inner(
         anyhow::bail!("{name}: the file is empty");
     };
     let bootstrap: Bootstrap =
-        mesh_proto::json::from_document(&doc).map_err(|e| e.in_file(&name, 0))?;
+        mesh_proto::json::from_document(mesh_proto::descriptors::Schema::Proxy, &doc)
+            .map_err(|e| e.in_file(&name, 0))?;
     Ok(Snapshot::from_bootstrap(&bootstrap, previous).map_err(|e| {
         let position = doc.locate(&e.path, true);
         e.located(position).in_file(&name, 0)

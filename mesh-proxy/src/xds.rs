@@ -390,7 +390,7 @@ async fn stream_once(
         } else {
             updates.recv().await
         };
-        let pool = checking.get_or_insert_with(mesh_proto::descriptors::pool);
+        let pool = checking.get_or_insert_with(|| mesh_proto::descriptors::Schema::Proxy.pool());
         let (u, error) = match next {
             Some(Incoming::Update(u)) => {
                 let error = handle(&u, pool, proxy, held, seen, report).err();

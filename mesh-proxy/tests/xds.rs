@@ -101,7 +101,7 @@ address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
 
 #[test]
 fn applies_acks_and_nacks_what_it_cannot_apply() {
-    mesh_proto::descriptors::keep_loaded();
+    mesh_proto::descriptors::keep_loaded(mesh_proto::descriptors::Schema::Xds);
     let backend = Backend::start("v1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (req_tx, mut requests) = mpsc::unbounded_channel();
@@ -169,23 +169,26 @@ fn applies_acks_and_nacks_what_it_cannot_apply() {
     );
 
     let port = dead_port();
-    let cluster: mesh_proto::envoy::config::cluster::v3::Cluster = mesh_proto::json::from_yaml(
+    let cluster: mesh_proto::envoy::config::cluster::v3::Cluster = mesh_proto::json::from_yaml(mesh_proto::descriptors::Schema::Xds,
         "name: web\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}}\nconnect_timeout: 1s\n",
     )
     .unwrap();
     let endpoints: mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment =
-        mesh_proto::json::from_yaml(&format!(
+        mesh_proto::json::from_yaml(mesh_proto::descriptors::Schema::Xds, &format!(
             "cluster_name: web\nendpoints:\n- lb_endpoints:\n  - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
             backend.addr.port()
         ))
         .unwrap();
     let route: mesh_proto::envoy::config::route::v3::RouteConfiguration =
-        mesh_proto::json::from_yaml(
+        mesh_proto::json::from_yaml(mesh_proto::descriptors::Schema::Xds,
             "name: web\nvirtual_hosts:\n- name: web\n  domains: ['*']\n  routes:\n  - match: {prefix: /}\n    route: {cluster: web}\n",
         )
         .unwrap();
-    let good: mesh_proto::envoy::config::listener::v3::Listener =
-        mesh_proto::json::from_yaml(&listener_yaml(port, "")).unwrap();
+    let good: mesh_proto::envoy::config::listener::v3::Listener = mesh_proto::json::from_yaml(
+        mesh_proto::descriptors::Schema::Xds,
+        &listener_yaml(port, ""),
+    )
+    .unwrap();
     let send = |type_url: &str, nonce: &str, resources: Vec<Resource>| {
         rt.block_on(resp_tx.send(DeltaDiscoveryResponse {
             type_url: type_url.to_owned(),
@@ -211,6 +214,7 @@ fn applies_acks_and_nacks_what_it_cannot_apply() {
 
     // A listener with a field mesh-proxy does not apply: NACK naming it.
     let bad: mesh_proto::envoy::config::listener::v3::Listener = mesh_proto::json::from_yaml(
+        mesh_proto::descriptors::Schema::Xds,
         &listener_yaml(port, "per_connection_buffer_limit_bytes: 1024\n"),
     )
     .unwrap();
@@ -231,6 +235,7 @@ fn applies_acks_and_nacks_what_it_cannot_apply() {
     // answers 503 too), but an endpoint with no address is: NACK.
     let broken: mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment =
         mesh_proto::json::from_yaml(
+            mesh_proto::descriptors::Schema::Xds,
             "cluster_name: web\nendpoints:\n- lb_endpoints:\n  - endpoint: {}\n",
         )
         .unwrap();

@@ -5,8 +5,6 @@
 use mesh_rules::FieldPath;
 use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
-use crate::descriptors;
-
 /// One field that is set (non-default) in a message tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetField {
@@ -46,7 +44,7 @@ fn walk(msg: &DynamicMessage, path: &FieldPath, out: &mut Vec<SetField>) {
             .get_field_by_name("value")
             .and_then(|v| v.as_bytes().cloned())
             .unwrap_or_default();
-        if let Some(inner) = descriptors::pool().get_message_by_name(&type_name)
+        if let Some(inner) = desc.parent_pool().get_message_by_name(&type_name)
             && let Ok(inner) = DynamicMessage::decode(inner, bytes)
         {
             walk(&inner, path, out);
@@ -62,6 +60,17 @@ fn walk(msg: &DynamicMessage, path: &FieldPath, out: &mut Vec<SetField>) {
             any_type: None,
         });
         walk_value(value, &p, out);
+    }
+    // Fields the schema does not know (newer than it) are set fields too,
+    // named by number, so they are refused rather than dropped.
+    for unknown in msg.unknown_fields() {
+        let name = format!("#{}", unknown.number());
+        out.push(SetField {
+            path: path.key(name.clone()),
+            message: desc.full_name().to_owned(),
+            field: name,
+            any_type: None,
+        });
     }
 }
 
@@ -106,12 +115,15 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
 "#;
-        let b: Bootstrap = crate::json::from_yaml(yaml).unwrap();
+        let b: Bootstrap = crate::json::from_yaml(crate::descriptors::Schema::Xds, yaml).unwrap();
         assert_eq!(
             b.static_resources.as_ref().unwrap().listeners[0].name,
             "http"
         );
-        let fields = set_fields(&crate::json::to_dynamic(&b));
+        let fields = set_fields(&crate::json::to_dynamic(
+            crate::descriptors::Schema::Xds,
+            &b,
+        ));
         let names: Vec<String> = fields
             .iter()
             .map(|f| format!("{} {}", f.path, f.field))
@@ -132,7 +144,8 @@ static_resources:
     #[test]
     fn unknown_field_is_refused_with_its_position() {
         let yaml = "static_resources:\n  listeners:\n  - name: http\n    stat_prefixx: x\n";
-        let err = crate::json::from_yaml::<Bootstrap>(yaml).unwrap_err();
+        let err =
+            crate::json::from_yaml::<Bootstrap>(crate::descriptors::Schema::Xds, yaml).unwrap_err();
         assert_eq!(err.position.map(|p| p.line), Some(4), "{err}");
         assert!(err.message.contains("stat_prefixx"), "{err}");
     }

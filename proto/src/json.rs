@@ -6,25 +6,33 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use mesh_rules::yaml::YamlDocument;
-use mesh_rules::{FieldError, FieldPath, Position};
+use mesh_rules::{FieldError, FieldPath, Position, Segment};
+use prost_reflect::{Kind, MessageDescriptor};
 
-use crate::descriptors;
+use crate::descriptors::{NOT_SUPPORTED, NOT_SUPPORTED_ENUM, Schema};
 
-/// Reads one YAML or JSON document as message `T`.
-pub fn from_yaml<T: Message + prost::Name + Default>(text: &str) -> Result<T, FieldError> {
+/// Reads one YAML or JSON document as message `T`, as `schema` knows it.
+pub fn from_yaml<T: Message + prost::Name + Default>(
+    schema: Schema,
+    text: &str,
+) -> Result<T, FieldError> {
     match mesh_rules::yaml::read_one(text)? {
-        Some(doc) => from_document(&doc),
+        Some(doc) => from_document(schema, &doc),
         None => {
             Err(FieldError::message("the file is empty").located(Position { line: 1, column: 1 }))
         }
     }
 }
 
-/// Reads a YAML document (already parsed) as message `T`.
+/// Reads a YAML document (already parsed) as message `T`, as `schema`
+/// knows it. In [`Schema::Proxy`] a field mesh-proxy does not apply is
+/// refused by name, whatever it holds.
 pub fn from_document<T: Message + prost::Name + Default>(
+    schema: Schema,
     doc: &YamlDocument,
 ) -> Result<T, FieldError> {
-    let desc = descriptors::message::<T>();
+    let desc = schema.message::<T>();
+    let root = desc.clone();
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(&doc.value, &mut track);
     let dynamic = DynamicMessage::deserialize(desc, de).map_err(|e| {
@@ -36,6 +44,10 @@ pub fn from_document<T: Message + prost::Name + Default>(
             .and_then(|rest| rest.split('\'').next());
         if let Some(name) = unknown {
             path = path.key(name);
+        }
+        if let Some((at, why)) = stand_in(&root, &doc.value, &path) {
+            let position = doc.locate(&at, true);
+            return FieldError::at_key(at, why).located(position);
         }
         let at_key = unknown.is_some();
         let position = doc.locate(&path, at_key);
@@ -60,19 +72,133 @@ pub fn from_document<T: Message + prost::Name + Default>(
     })
 }
 
-/// The message as a descriptor-backed dynamic message.
-pub fn to_dynamic<T: Message + prost::Name>(msg: &T) -> DynamicMessage {
-    DynamicMessage::decode(descriptors::message::<T>(), msg.encode_to_vec().as_slice())
+/// The first field on `path` (in the document `value` of message `desc`)
+/// that the schema only names with a stand-in type: the field to refuse,
+/// and why, instead of a type error somewhere inside it.
+fn stand_in(
+    desc: &MessageDescriptor,
+    value: &serde_json::Value,
+    path: &FieldPath,
+) -> Option<(FieldPath, String)> {
+    let (mut msg, mut value, mut at) = (desc.clone(), value, FieldPath::root());
+    for seg in path.segments() {
+        if msg.full_name() == "google.protobuf.Any" {
+            let url = value.get("@type")?.as_str()?;
+            msg = msg
+                .parent_pool()
+                .get_message_by_name(url.rsplit('/').next()?)?;
+        }
+        match seg {
+            Segment::Key(k) => {
+                let f = msg
+                    .get_field_by_name(k)
+                    .or_else(|| msg.get_field_by_json_name(k))?;
+                at = at.key(k.clone());
+                value = value.get(k)?;
+                let stand_in = match f.kind() {
+                    Kind::Message(m) if m.full_name() == NOT_SUPPORTED => true,
+                    Kind::Enum(e) if e.full_name() == NOT_SUPPORTED_ENUM => true,
+                    Kind::Message(m) => {
+                        msg = m;
+                        false
+                    }
+                    _ => return None,
+                };
+                if stand_in {
+                    let why = format!(
+                        "field `{}` of {} is not supported by mesh-proxy",
+                        f.name(),
+                        msg.full_name()
+                    );
+                    return Some((at, why));
+                }
+            }
+            Segment::Index(i) => {
+                at = at.index(*i);
+                value = value.get(i)?;
+            }
+            Segment::Name(_) => return None,
+        }
+    }
+    None
+}
+
+/// The message as a dynamic message of `schema`.
+pub fn to_dynamic<T: Message + prost::Name>(schema: Schema, msg: &T) -> DynamicMessage {
+    DynamicMessage::decode(schema.message::<T>(), msg.encode_to_vec().as_slice())
         .expect("a generated message decodes with its own descriptor")
 }
 
 /// The message in Envoy's JSON form as its admin API prints it (proto
 /// field names, `"@type"` for Any).
-pub fn to_json<T: Message + prost::Name>(msg: &T) -> serde_json::Value {
+pub fn to_json<T: Message + prost::Name>(schema: Schema, msg: &T) -> serde_json::Value {
     let opts = SerializeOptions::new()
         .skip_default_fields(true)
         .use_proto_field_name(true);
-    to_dynamic(msg)
+    to_dynamic(schema, msg)
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .expect("xDS messages serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envoy::config::bootstrap::v3::Bootstrap;
+
+    const CLUSTER: &str =
+        "static_resources:\n  clusters:\n  - name: backend\n    connect_timeout: 1s\n";
+
+    /// mesh-proxy's schema names the fields it does not apply: whatever
+    /// they hold, the reader refuses them by name, at their key.
+    #[test]
+    fn the_proxy_schema_refuses_fields_it_only_names() {
+        for (extra, field) in [
+            (
+                "    outlier_detection: {consecutive_5xx: 3}\n",
+                "outlier_detection",
+            ),
+            ("    dns_lookup_family: V4_ONLY\n", "dns_lookup_family"),
+        ] {
+            let text = format!("{CLUSTER}{extra}");
+            let err = from_yaml::<Bootstrap>(Schema::Proxy, &text).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "5:5: static_resources.clusters[0].{field}: field `{field}` of envoy.config.cluster.v3.Cluster is not supported by mesh-proxy"
+                )
+            );
+            // The full schema reads it.
+            from_yaml::<Bootstrap>(Schema::Xds, &text).unwrap();
+        }
+        // A field it applies reads as before; a misspelt one is still unknown.
+        from_yaml::<Bootstrap>(Schema::Proxy, CLUSTER).unwrap();
+        let err =
+            from_yaml::<Bootstrap>(Schema::Proxy, &format!("{CLUSTER}    nmae: x\n")).unwrap_err();
+        assert!(
+            err.message.contains("unrecognized field name 'nmae'"),
+            "{err}"
+        );
+    }
+
+    /// A field its schema does not know at all (a number from a newer
+    /// Envoy) is a set field too, named by number: refused, never dropped.
+    #[test]
+    fn fields_unknown_to_the_schema_are_listed_by_number() {
+        use prost::Message;
+        let cluster = crate::envoy::config::cluster::v3::Cluster {
+            name: "backend".into(),
+            ..Default::default()
+        };
+        let mut bytes = cluster.encode_to_vec();
+        // Field 9999, varint 1.
+        prost::encoding::encode_key(9999, prost::encoding::WireType::Varint, &mut bytes);
+        prost::encoding::encode_varint(1, &mut bytes);
+        let desc = Schema::Proxy.message::<crate::envoy::config::cluster::v3::Cluster>();
+        let msg = DynamicMessage::decode(desc, bytes.as_slice()).unwrap();
+        let fields: Vec<String> = crate::fields::set_fields(&msg)
+            .iter()
+            .map(|f| f.path.to_string())
+            .collect();
+        assert_eq!(fields, ["name", "#9999"]);
+    }
 }

@@ -670,7 +670,10 @@ impl Snapshot {
         b: &Bootstrap,
         previous: Option<&Snapshot>,
     ) -> Result<Bootstrapped, FieldError> {
-        if let Err(mut problems) = support::check(&mesh_proto::json::to_dynamic(b)) {
+        if let Err(mut problems) = support::check(&mesh_proto::json::to_dynamic(
+            mesh_proto::descriptors::Schema::Proxy,
+            b,
+        )) {
             return Err(problems.swap_remove(0));
         }
         let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {

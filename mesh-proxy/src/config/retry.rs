@@ -166,7 +166,8 @@ mod tests {
     use super::*;
 
     fn policy(yaml: &str) -> Result<RetryPolicy, FieldError> {
-        let rp: xroute::RetryPolicy = mesh_proto::json::from_yaml(yaml).unwrap();
+        let rp: xroute::RetryPolicy =
+            mesh_proto::json::from_yaml(mesh_proto::descriptors::Schema::Proxy, yaml).unwrap();
         RetryPolicy::build(&rp, "retry_policy")
     }
 
