@@ -1,5 +1,6 @@
 //! `meshctl`: the mesh's command-line tool.
 
+mod cluster;
 mod demo;
 mod files;
 mod inspect;
@@ -90,6 +91,9 @@ enum Command {
     },
     /// Add the mesh sidecar to Kubernetes workloads: `meshctl kube-inject -f app.yaml | kubectl apply -f -`.
     KubeInject(kube_inject::Args),
+    /// A single-node Kubernetes cluster on this machine (no docker needed).
+    #[command(subcommand)]
+    Cluster(cluster::Cluster),
     /// Every proxy connected to pilot: per xDS type SYNCED, STALE or NACKED.
     ProxyStatus {
         /// pilot's debug address.
@@ -170,6 +174,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::KubeInject(args) => kube_inject::run(args),
+        Command::Cluster(c) => cluster::run(c),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
         Command::Analyze { pilot } => inspect::analyze(&pilot).await,
         Command::ProxyConfig {
@@ -205,6 +210,7 @@ async fn main() -> ExitCode {
                     Command::Validate { .. }
                     | Command::Demo { .. }
                     | Command::KubeInject(_)
+                    | Command::Cluster(_)
                     | Command::ProxyStatus { .. }
                     | Command::Analyze { .. }
                     | Command::ProxyConfig { .. } => unreachable!("handled above"),
