@@ -26,9 +26,23 @@ command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The Kubernetes node of the cluster tests: containerd, runc, the CNI
+# plugins, conntrack (kube-proxy).
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# Kubernetes' own binaries, built from their Go modules into a cache
+# outside the clone (about 8 minutes cold, nothing warm). Before any
+# cargo build: two compilers on two cores starve each other.
+step "Kubernetes node binaries (tests/k8s/build.sh)"
+MESH_K8S_BIN=$(tests/k8s/build.sh)
+export MESH_K8S_BIN
+echo "$MESH_K8S_BIN"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
