@@ -94,7 +94,10 @@ pub fn build(image: &Image) -> Result<Vec<u8>> {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Entrypoint": image.entrypoint},
+        "config": {
+            "Entrypoint": image.entrypoint,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
     }))
     .expect("JSON");
@@ -136,6 +139,73 @@ pub fn build(image: &Image) -> Result<Vec<u8>> {
         add(&format!("blobs/sha256/{digest}"), bytes).map_err(pack)?;
     }
     tar.into_inner().map_err(pack)
+}
+
+/// The programs the mesh ships as images, as the install bundle names
+/// them: `{hub}/{program}:{tag}`.
+pub const MESH_PROGRAMS: &[&str] = &[
+    "mesh-proxy",
+    "mesh-pilot",
+    "mesh-inject",
+    "meshctl",
+    "svca",
+    "svcb",
+    "msgd",
+];
+
+/// iptables (nft backend) under the names `mesh-proxy init` runs, with the
+/// extensions it loads by name at run time.
+fn iptables() -> Vec<File> {
+    let multi = Path::new("/usr/sbin/xtables-nft-multi");
+    let mut files = File::binary(multi, "/usr/sbin/iptables");
+    for name in [
+        "iptables-restore",
+        "iptables-save",
+        "ip6tables",
+        "ip6tables-restore",
+        "ip6tables-save",
+    ] {
+        files.push(File {
+            source: multi.to_owned(),
+            path: format!("/usr/sbin/{name}"),
+        });
+    }
+    let xtables = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
+    for e in std::fs::read_dir(xtables).into_iter().flatten().flatten() {
+        files.push(File {
+            source: e.path(),
+            path: e.path().display().to_string(),
+        });
+    }
+    files
+}
+
+/// The mesh's images from the binaries in `bin` (a cargo target folder,
+/// release for users): each program at `/usr/local/bin/NAME` as its
+/// entrypoint; mesh-proxy's with iptables for its capture init container.
+pub fn mesh(bin: &Path, hub: &str, tag: &str) -> Result<Vec<Image>> {
+    MESH_PROGRAMS
+        .iter()
+        .map(|program| {
+            let source = bin.join(program);
+            if !source.exists() {
+                return Err(Error::Setup(format!(
+                    "{program} is missing in {}: cargo build --release --bins",
+                    bin.display()
+                )));
+            }
+            let path = format!("/usr/local/bin/{program}");
+            let mut files = File::binary(&source, &path);
+            if *program == "mesh-proxy" {
+                files.extend(iptables());
+            }
+            Ok(Image {
+                name: format!("{hub}/{program}:{tag}"),
+                files,
+                entrypoint: vec![path],
+            })
+        })
+        .collect()
 }
 
 /// Builds each image and imports it into the cluster's containerd.

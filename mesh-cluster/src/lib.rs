@@ -188,8 +188,17 @@ impl Cluster {
 
     /// `kubectl apply` of a YAML stream.
     pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.apply_in(None, yaml)
+    }
+
+    /// `kubectl apply` of a YAML stream, in `namespace` when given.
+    pub fn apply_in(&self, namespace: Option<&str>, yaml: &str) -> Result<String> {
         use std::io::Write;
-        let mut cmd = self.command(&["kubectl", "apply", "-f", "-"])?;
+        let mut args = vec!["kubectl", "apply", "-f", "-"];
+        if let Some(ns) = namespace {
+            args.extend(["-n", ns]);
+        }
+        let mut cmd = self.command(&args)?;
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -41,6 +41,21 @@ pub enum Cluster {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Build the mesh's images from its binaries and import them into the
+    /// cluster, named as the install bundle names them.
+    Images {
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Where the binaries are (a cargo target folder: target/release).
+        #[arg(long)]
+        bin_dir: PathBuf,
+        /// Image registry part of the names.
+        #[arg(long, default_value = "mesh.local")]
+        hub: String,
+        /// Image tag.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
     /// The node process itself (started by `up` in new namespaces).
     #[command(hide = true)]
     Node {
@@ -91,6 +106,19 @@ pub fn run(cmd: Cluster) -> anyhow::Result<ExitCode> {
                 .status()
                 .context("cannot run nsenter")?;
             Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+        }
+        Cluster::Images {
+            run_dir,
+            bin_dir,
+            hub,
+            tag,
+        } => {
+            let images = mesh_cluster::images::mesh(&bin_dir, &hub, &tag)?;
+            mesh_cluster::images::import(&mesh_cluster::Cluster::at(&run_dir), &images)?;
+            for i in &images {
+                println!("imported {}", i.name);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cluster::Node { run_dir, bin_dir } => {
             mesh_cluster::node::run(&run_dir, &bin_dir)?;

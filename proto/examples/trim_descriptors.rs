@@ -165,14 +165,8 @@ fn prune_message(
     follow: FieldFilter<'_>,
 ) -> prost_types::DescriptorProto {
     use prost_types::field_descriptor_proto::Type;
-    m.nested_type = std::mem::take(&mut m.nested_type)
-        .into_iter()
-        .filter_map(|n| {
-            let inner = desc.child_messages().find(|c| c.name() == n.name())?;
-            keep.contains(inner.full_name())
-                .then(|| prune_message(n, &inner, keep, follow))
-        })
-        .collect();
+    let nested = std::mem::take(&mut m.nested_type);
+    m.nested_type = prune_messages(nested, desc.child_messages(), keep, follow);
     m.enum_type
         .retain(|e| keep.contains(&format!("{}.{}", desc.full_name(), e.name())));
     for f in &mut m.field {
@@ -194,6 +188,23 @@ fn prune_message(
     m
 }
 
+/// The messages of `list` (described by `descs`) that `keep` holds, pruned.
+fn prune_messages(
+    list: Vec<prost_types::DescriptorProto>,
+    descs: impl Iterator<Item = prost_reflect::MessageDescriptor>,
+    keep: &BTreeSet<String>,
+    follow: FieldFilter<'_>,
+) -> Vec<prost_types::DescriptorProto> {
+    let descs: Vec<_> = descs.collect();
+    list.into_iter()
+        .filter_map(|m| {
+            let desc = descs.iter().find(|d| d.name() == m.name())?;
+            keep.contains(desc.full_name())
+                .then(|| prune_message(m, desc, keep, follow))
+        })
+        .collect()
+}
+
 /// The file with only the types in `keep` (fields as `follow` says),
 /// importing only the files that define the types its fields name. `None`
 /// when nothing in it is kept.
@@ -203,14 +214,8 @@ fn prune_file(
     follow: FieldFilter<'_>,
 ) -> Option<prost_types::FileDescriptorProto> {
     let mut p = lean(f.file_descriptor_proto().clone());
-    p.message_type = std::mem::take(&mut p.message_type)
-        .into_iter()
-        .filter_map(|m| {
-            let desc = f.messages().find(|d| d.name() == m.name())?;
-            keep.contains(desc.full_name())
-                .then(|| prune_message(m, &desc, keep, follow))
-        })
-        .collect();
+    let messages = std::mem::take(&mut p.message_type);
+    p.message_type = prune_messages(messages, f.messages(), keep, follow);
     let package = f.package_name();
     p.enum_type.retain(|e| {
         let full = if package.is_empty() {

@@ -2,6 +2,9 @@
 //! pods with real capture, pilot, sidecars, the seed's walk — the same
 //! world `meshctl demo` runs), plus what only tests need:
 //!
+//! - [`kube`]: a namespace of a test's own on a real cluster
+//!   ([`mesh_cluster`]): apply, readiness, rollouts, exec, logs, and every
+//!   pod's logs when the test fails.
 //! - [`kubelet`]: pods started from injected Kubernetes pod templates
 //!   with exactly the arguments and environment the template gives.
 //! - [`eventually`]: polling that fails the test with what it waited for.
@@ -9,6 +12,7 @@
 //! Everything a world starts or creates is removed when it is dropped,
 //! also when a test fails.
 
+pub mod kube;
 pub mod kubelet;
 
 pub use mesh_local::{

@@ -5,9 +5,11 @@
 //! makes (`MESH_K8S_BIN`; scripts/test.sh sets it) and root.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mesh_cluster::images::{File, Image};
-use mesh_cluster::{Cluster, Up, down, up};
+use mesh_cluster::{Up, down, up};
+use mesh_testbed::kube::Namespace;
 
 /// The cluster's run folder; removed (with everything the cluster made)
 /// when dropped, also when the test fails.
@@ -28,39 +30,20 @@ fn bin_dir() -> PathBuf {
 }
 
 fn images() -> Vec<Image> {
+    // The mesh's own images, as the install bundle names them (msgd runs
+    // as the server here).
     let msgd = mesh_testbed::binary("msgd").unwrap();
+    let mut images =
+        mesh_cluster::images::mesh(msgd.parent().unwrap(), "mesh.local", "test").unwrap();
     let pause = bin_dir().join("pause");
-    let mut iptables = File::binary(
-        Path::new("/usr/sbin/xtables-nft-multi"),
-        "/usr/sbin/iptables",
-    );
-    // Its match and target extensions are loaded by name at run time.
-    let xtables = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
-    for e in std::fs::read_dir(xtables).unwrap().flatten() {
-        iptables.push(File {
-            source: e.path(),
-            path: e.path().display().to_string(),
-        });
-    }
     let mut client = File::binary(&pause, "/pause");
     client.extend(File::binary(Path::new("/usr/bin/curl"), "/usr/bin/curl"));
-    vec![
-        Image {
-            name: "mesh.local/msgd:1".into(),
-            files: File::binary(&msgd, "/msgd"),
-            entrypoint: vec!["/msgd".into()],
-        },
-        Image {
-            name: "mesh.local/iptables:1".into(),
-            files: iptables,
-            entrypoint: vec!["/usr/sbin/iptables".into()],
-        },
-        Image {
-            name: "mesh.local/client:1".into(),
-            files: client,
-            entrypoint: vec!["/pause".into()],
-        },
-    ]
+    images.extend([Image {
+        name: "mesh.local/client:1".into(),
+        files: client,
+        entrypoint: vec!["/pause".into()],
+    }]);
+    images
 }
 
 const WORKLOADS: &str = r#"apiVersion: v1
@@ -68,14 +51,21 @@ kind: Pod
 metadata: {name: server, labels: {app: server}}
 spec:
   initContainers:
-  - name: capture
-    image: mesh.local/iptables:1
+  # The mesh-proxy image runs, and its iptables programs the pod's network
+  # namespace (as its capture init container does).
+  - name: version
+    image: mesh.local/mesh-proxy:test
     imagePullPolicy: Never
+    args: [--version]
+  - name: capture
+    image: mesh.local/mesh-proxy:test
+    imagePullPolicy: Never
+    command: [iptables]
     args: [-t, nat, -A, PREROUTING, -p, tcp, --dport, "9999", -j, REDIRECT, --to-ports, "9997"]
     securityContext: {capabilities: {add: [NET_ADMIN]}}
   containers:
   - name: msgd
-    image: mesh.local/msgd:1
+    image: mesh.local/msgd:test
     imagePullPolicy: Never
     readinessProbe:
       httpGet: {path: "/send?msg=probe", port: 9997}
@@ -98,22 +88,6 @@ spec:
     imagePullPolicy: Never
 "#;
 
-/// What `GET /send?msg=MSG` at `url` answers from inside the client pod.
-fn call(c: &Cluster, url: &str) -> String {
-    c.run(&[
-        "kubectl",
-        "exec",
-        "client",
-        "--",
-        "/usr/bin/curl",
-        "-s",
-        "--max-time",
-        "5",
-        url,
-    ])
-    .unwrap_or_else(|e| panic!("{url}: {e}"))
-}
-
 #[test]
 fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     mesh_testbed::require_root();
@@ -129,56 +103,24 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     };
     let c = up(&opts, &mut |step| eprintln!("cluster: {step}")).unwrap();
     mesh_cluster::images::import(&c, &images()).unwrap();
-    c.apply(WORKLOADS).unwrap();
+    let ns = Namespace::create(&c, "smoke");
+    ns.apply(WORKLOADS);
     for pod in ["server", "client"] {
-        c.run(&[
-            "kubectl",
-            "wait",
-            &format!("pod/{pod}"),
-            "--for=condition=Ready",
-            "--timeout=60s",
-        ])
-        .unwrap_or_else(|e| {
-            panic!(
-                "{pod} is not Ready: {e}\n{}",
-                c.run(&["kubectl", "describe", "pods"]).unwrap_or_default()
-            )
-        });
+        ns.wait_ready(pod);
     }
-    let ip = c
-        .run(&[
-            "kubectl",
-            "get",
-            "pod",
-            "server",
-            "-o",
-            "jsonpath={.status.podIP}",
-        ])
-        .unwrap();
+    let ip = ns.field("pod/server", "{.status.podIP}");
     assert!(ip.starts_with("10.244.0."), "{ip}");
     // The Service's EndpointSlice lists the ready pod.
-    let listed = c
-        .run(&[
-            "kubectl",
-            "get",
-            "endpointslices",
-            "-l",
-            "kubernetes.io/service-name=server",
-            "-o",
-            "jsonpath={.items[*].endpoints[*].addresses[*]}",
-        ])
-        .unwrap();
+    let listed = ns.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=server",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].addresses[*]}",
+    ]);
     assert_eq!(listed.trim(), ip);
-    let cluster_ip = c
-        .run(&[
-            "kubectl",
-            "get",
-            "service",
-            "server",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .unwrap();
+    let cluster_ip = ns.field("service/server", "{.spec.clusterIP}");
     // By pod IP, by ClusterIP (kube-proxy's rules), by DNS name (CoreDNS).
     for (url, what) in [
         (format!("http://{ip}:9997/send?msg=pod-ip"), "pod-ip"),
@@ -187,7 +129,7 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
             "cluster-ip",
         ),
         (
-            "http://server.default.svc.cluster.local/send?msg=dns".to_owned(),
+            "http://server.smoke.svc.cluster.local/send?msg=dns".to_owned(),
             "dns",
         ),
         ("http://server/send?msg=search".to_owned(), "search"),
@@ -197,17 +139,26 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
             "redirected",
         ),
     ] {
-        assert_eq!(
-            call(&c, &url),
-            format!("Msgd recv msg ok, msg= {what}\n"),
-            "{url}"
-        );
+        // kube-proxy programs a new Service's rules, and CoreDNS learns its
+        // name, a moment after the EndpointSlice lists the pod; neither
+        // says when, so the call is retried until it answers.
+        let expected = format!("Msgd recv msg ok, msg= {what}\n");
+        let curl = ["/usr/bin/curl", "-s", "--max-time", "2", &url];
+        let mut last = String::new();
+        let answered = mesh_cluster::wait(&url, Duration::from_secs(30), || {
+            let mut args = vec!["kubectl", "-n", "smoke", "exec", "client", "--"];
+            args.extend(curl);
+            last = ns.cluster.run(&args).unwrap_or_else(|e| e.to_string());
+            (last == expected).then_some(())
+        });
+        assert!(answered.is_ok(), "{url}: the last answer was {last:?}");
     }
     // The app's log, through the kubelet.
-    let logs = c.run(&["kubectl", "logs", "server"]).unwrap();
+    let logs = ns.logs("server");
     for what in ["pod-ip", "cluster-ip", "dns", "search", "redirected"] {
         assert!(logs.contains(what), "{what} not in the log:\n{logs}");
     }
+    drop(ns);
     // Down leaves nothing: no process, cgroup, mount or file of the run.
     drop(c);
     let path = run.0.clone();
