@@ -181,6 +181,32 @@ impl Cluster {
         Ok(cmd)
     }
 
+    /// Runs `f` on a thread of its own that joined the cluster's network
+    /// namespace (where the API server and the pods are): a client made
+    /// there (kube-rs on a current-thread runtime) reaches them, while the
+    /// rest of the process stays outside.
+    pub fn in_network<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        use std::os::fd::AsRawFd;
+        let pid = self
+            .node_pid()
+            .ok_or_else(|| Error::Setup(format!("no cluster runs in {}", self.run.display())))?;
+        let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let ns = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns with a valid namespace fd changes this
+                    // thread's network namespace only.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(Error::io("join", &path, std::io::Error::last_os_error()));
+                    }
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     /// Runs `args` inside the cluster; its standard output.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         run_checked(&mut self.command(args)?)
@@ -188,17 +214,8 @@ impl Cluster {
 
     /// `kubectl apply` of a YAML stream.
     pub fn apply(&self, yaml: &str) -> Result<String> {
-        self.apply_in(None, yaml)
-    }
-
-    /// `kubectl apply` of a YAML stream, in `namespace` when given.
-    pub fn apply_in(&self, namespace: Option<&str>, yaml: &str) -> Result<String> {
         use std::io::Write;
-        let mut args = vec!["kubectl", "apply", "-f", "-"];
-        if let Some(ns) = namespace {
-            args.extend(["-n", ns]);
-        }
-        let mut cmd = self.command(&args)?;
+        let mut cmd = self.command(&["kubectl", "apply", "-f", "-"])?;
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

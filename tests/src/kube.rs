@@ -1,10 +1,17 @@
 //! Helpers for tests on a real cluster ([`mesh_cluster`]): a namespace of
-//! the test's own, manifests applied to it, waiting for readiness and
-//! rollouts, exec and logs — through the cluster's own kubectl. When the
-//! test fails, every pod's logs and events are printed before the
-//! namespace goes.
+//! the test's own, manifests applied to it with kube-rs (from a thread in
+//! the cluster's network namespace), waiting for readiness and rollouts,
+//! exec and logs through the cluster's kubectl. When the test fails, every
+//! pod's logs and events are printed before the namespace goes.
 
+use std::path::Path;
+
+use anyhow::Context;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Discovery, Scope};
 use mesh_cluster::Cluster;
+use serde::Deserialize;
 
 /// A namespace for one test; deleted when dropped.
 pub struct Namespace<'a> {
@@ -36,11 +43,32 @@ impl<'a> Namespace<'a> {
             .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
     }
 
-    /// Applies a YAML stream in this namespace.
+    /// Applies a YAML stream in this namespace with kube-rs (server-side
+    /// apply; each object's kind found by discovery), from a thread inside
+    /// the cluster's network namespace.
     pub fn apply(&self, yaml: &str) {
-        self.cluster
-            .apply_in(Some(&self.name), yaml)
-            .unwrap_or_else(|e| panic!("apply: {e}\n{yaml}"));
+        let docs = yaml_documents(yaml);
+        let kubeconfig = self.cluster.kubeconfig();
+        let applied = self
+            .cluster
+            .in_network(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(server_side_apply(&kubeconfig, &self.name, docs))
+            })
+            .unwrap_or_else(|e| panic!("apply: {e}"));
+        applied.unwrap_or_else(|e| panic!("apply: {e:#}\n{yaml}"));
+    }
+
+    /// Runs a client pod `name` from the local image `image` (its
+    /// entrypoint keeps it running; tests `exec` into it) and waits until
+    /// it is Ready.
+    pub fn client_pod(&self, name: &str, image: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - {{name: {name}, image: \"{image}\", imagePullPolicy: Never}}\n"
+        ));
+        self.wait_ready(name);
     }
 
     /// Waits until pod `pod` is Ready.
@@ -107,4 +135,54 @@ impl Drop for Namespace<'_> {
             .cluster
             .run(&["kubectl", "delete", "namespace", &self.name, "--wait=false"]);
     }
+}
+
+/// The documents of a YAML stream, as JSON values (empty ones dropped).
+fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_json::Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Applies each object as its owner "mesh-tests", namespaced objects in
+/// `namespace`.
+async fn server_side_apply(
+    kubeconfig: &Path,
+    namespace: &str,
+    docs: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let discovery = Discovery::new(client.clone()).run().await?;
+    for doc in docs {
+        let obj: DynamicObject = serde_json::from_value(doc)?;
+        let types = obj
+            .types
+            .as_ref()
+            .context("an object without apiVersion and kind")?;
+        let gvk = GroupVersionKind::try_from(types)?;
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .with_context(|| format!("the cluster does not serve {gvk:?}"))?;
+        let api: Api<DynamicObject> = if caps.scope == Scope::Namespaced {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .context("an object without a name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("mesh-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("{} {name}", types.kind))?;
+    }
+    Ok(())
 }

@@ -77,15 +77,6 @@ metadata: {name: server}
 spec:
   selector: {app: server}
   ports: [{port: 80, targetPort: 9997}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client}
-spec:
-  containers:
-  - name: client
-    image: mesh.local/client:1
-    imagePullPolicy: Never
 "#;
 
 #[test]
@@ -105,9 +96,8 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     mesh_cluster::images::import(&c, &images()).unwrap();
     let ns = Namespace::create(&c, "smoke");
     ns.apply(WORKLOADS);
-    for pod in ["server", "client"] {
-        ns.wait_ready(pod);
-    }
+    ns.client_pod("client", "mesh.local/client:1");
+    ns.wait_ready("server");
     let ip = ns.field("pod/server", "{.status.podIP}");
     assert!(ip.starts_with("10.244.0."), "{ip}");
     // The Service's EndpointSlice lists the ready pod.
