@@ -436,6 +436,49 @@ pub fn down(run: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run-folder prefix of clusters a process owns: `mesh-cluster-<pid>-`
+/// (so the leftovers of a killed owner can be told from clusters in use).
+pub fn owned_prefix() -> String {
+    format!("mesh-cluster-{}-", std::process::id())
+}
+
+/// Removes clusters whose run folder names an owner that is gone
+/// ([`owned_prefix`]), e.g. after a test was killed; returns their run
+/// folders. Clusters started by hand (other folders) are left alone.
+pub fn cleanup_leftovers() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return removed;
+    };
+    for p in procs.flatten() {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some(at) = args
+            .windows(3)
+            .position(|w| w[0] == "node" && w[1] == "--run-dir")
+        else {
+            continue;
+        };
+        let run = PathBuf::from(&args[at + 2]);
+        let owner = run
+            .components()
+            .filter_map(|c| c.as_os_str().to_str()?.strip_prefix("mesh-cluster-"))
+            .find_map(|rest| rest.split('-').next()?.parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && down(&run).is_ok()
+        {
+            removed.push(run);
+        }
+    }
+    removed
+}
+
 /// Removes a cgroup folder and the ones the kubelet made under it, deepest
 /// first (a cgroup folder goes with rmdir once it has no tasks).
 fn remove_cgroup(dir: &Path) {

@@ -69,11 +69,15 @@ impl Proxy {
 /// in them) of demo or test runs whose process is gone.
 pub fn cleanup() -> anyhow::Result<ExitCode> {
     let removed = mesh_local::netns::cleanup_leftovers();
-    if removed.is_empty() {
+    let clusters = mesh_cluster::cleanup_leftovers();
+    if removed.is_empty() && clusters.is_empty() {
         println!("nothing left behind");
     }
     for ns in removed {
         println!("removed network namespace {ns}");
+    }
+    for run in clusters {
+        println!("removed the cluster of a killed test in {}", run.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -83,7 +83,7 @@ spec:
 fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     mesh_testbed::require_root();
     let dir = tempfile::Builder::new()
-        .prefix("mesh-cluster-")
+        .prefix(&mesh_cluster::owned_prefix())
         .tempdir()
         .unwrap();
     let run = Run(dir.path().join("run"));
