@@ -295,16 +295,27 @@ pub fn up(opts: &Up, progress: Progress<'_>) -> Result<Cluster> {
     progress("node namespaces and components");
     start_node(run, &bin, &opts.node_program)?;
     let c = Cluster::at(run);
-    wait(
+    let ready = wait(
         &format!("the API server (see {}/log)", run.display()),
         Duration::from_secs(60),
         || {
+            if c.node_pid().is_none() {
+                return Some(false);
+            }
             c.run(&["kubectl", "get", "--raw", "/readyz"])
                 .ok()
                 .filter(|o| o == "ok")
-                .map(|_| ())
+                .map(|_| true)
         },
     )?;
+    if !ready {
+        // The node gave up preparing (its log says why).
+        let log = std::fs::read_to_string(run.join("node.log")).unwrap_or_default();
+        return Err(Error::Setup(format!(
+            "the node process ended:\n{}",
+            log.trim()
+        )));
+    }
     progress("sandbox image");
     let image = images::Image {
         name: SANDBOX_IMAGE.into(),
