@@ -27,7 +27,13 @@ fn rules(files: &[&str]) -> Vec<Rule> {
         .map(|f| {
             (
                 f.to_string(),
-                std::fs::read_to_string(repo().join("samples/istio-0.4-walk").join(f)).unwrap(),
+                // The seed's files by name, others by their path under samples/.
+                std::fs::read_to_string(if f.contains('/') {
+                    repo().join("samples").join(f)
+                } else {
+                    repo().join("samples/istio-0.4-walk").join(f)
+                })
+                .unwrap(),
             )
         })
         .collect();
@@ -243,6 +249,34 @@ fn route_rule_50_50() {
     assert!(
         clusters.contains(&"outbound|80|v0.2|svcb.default.svc.cluster.local"),
         "{clusters:?}"
+    );
+}
+
+/// A redirect rule: the caller's sidecar answers 301 itself (Envoy
+/// validates the golden file like every other).
+#[test]
+fn redirect_rule() {
+    let r = golden(
+        "svca-redirect",
+        &["rules/redirect-svcb-old.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let redirect = r
+        .routes
+        .iter()
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+        .find_map(|route| match &route.action {
+            Some(mesh_proto::envoy::config::route::v3::route::Action::Redirect(to)) => Some(to),
+            _ => None,
+        })
+        .expect("a redirect route");
+    assert!(
+        matches!(
+            &redirect.path_rewrite_specifier,
+            Some(mesh_proto::envoy::config::route::v3::redirect_action::PathRewriteSpecifier::PathRedirect(p)) if p == "/new"
+        ),
+        "{redirect:?}"
     );
 }
 

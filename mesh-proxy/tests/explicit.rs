@@ -235,3 +235,52 @@ fn unsupported_fields_are_refused_with_their_place() {
         )
     );
 }
+
+const REDIRECT_ROUTES: &str = r#"              - match: {prefix: "/moved"}
+                redirect: {path_redirect: "/new", host_redirect: "elsewhere.example"}
+              - match: {prefix: "/query"}
+                redirect: {path_redirect: "/fixed?a=1", response_code: TEMPORARY_REDIRECT}
+              - match: {prefix: "/host"}
+                redirect: {host_redirect: "other.example", response_code: FOUND}
+              - match: {prefix: "/"}
+                route: {cluster: v1}
+"#;
+
+/// Status and `location` of a GET of `path` through `proxy`.
+fn redirected(proxy: &Process, path: &str) -> (String, String) {
+    let url = format!("http://{}{path}", proxy.listener("http"));
+    let (_, head) = curl(&["-s", "-D", "-", "-o", "/dev/null", "-H", "host: svcb", &url]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let location = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, location)
+}
+
+/// `route.redirect` answers as Envoy does: the code, the new host and or
+/// path, the request's query kept unless the new path has its own.
+#[test]
+fn redirects_answer_like_envoy() {
+    let backend = Backend::start("v1");
+    let config = bootstrap(REDIRECT_ROUTES, &[("v1", &backend)]);
+    let (mesh, envoy) = (mesh_proxy(&config), envoy(&config));
+    for path in ["/moved/x?q=1", "/moved", "/query/y?b=2", "/host/z?c=3"] {
+        let ours = redirected(&mesh, path);
+        assert_eq!(ours, redirected(&envoy, path), "{path}");
+        assert!(ours.0.starts_with('3'), "{path}: {ours:?}");
+    }
+    assert_eq!(
+        redirected(&mesh, "/moved/x?q=1"),
+        ("301".into(), "http://elsewhere.example/new?q=1".into())
+    );
+    assert_eq!(redirected(&mesh, "/").0, "200");
+}

@@ -35,7 +35,6 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
 
 fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     let fields = [
-        ("redirect", r.redirect.is_some(), "HTTP redirects"),
         ("httpFault", r.http_fault.is_some(), "HTTP fault injection"),
         ("l4Fault", r.l4_fault.is_some(), "TCP fault injection"),
         ("mirror", r.mirror.is_some(), "traffic mirroring"),

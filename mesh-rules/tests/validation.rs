@@ -494,3 +494,23 @@ fn stored_rules_are_read_without_checking_them_again() {
         "the shape still is: {err:?}"
     );
 }
+
+/// A redirect is accepted (it acts: the proxy answers 301); combined with
+/// what forwards a request it would do nothing, and is refused by name.
+#[test]
+fn redirects_act_and_refuse_forwarding_fields() {
+    let ok = route_rule(
+        "  destination:\n    name: svcb\n  match:\n    request:\n      headers:\n        uri: {prefix: /old}\n  redirect:\n    uri: /new\n    authority: svcb.example\n",
+    );
+    assert_problems(&ok, &[]);
+    let both = route_rule(
+        "  destination:\n    name: svcb\n  redirect:\n    uri: /new\n  httpReqTimeout:\n    simpleTimeout: {timeout: 1s}\n  appendHeaders:\n    x-a: b\n",
+    );
+    assert_problems(
+        &both,
+        &[
+            "rule.yaml:10:3: document 1: spec.httpReqTimeout: a rule with `redirect` forwards nothing, so `httpReqTimeout` would do nothing: drop one of them",
+            "rule.yaml:12:3: document 1: spec.appendHeaders: a rule with `redirect` forwards nothing, so `appendHeaders` would do nothing: drop one of them",
+        ],
+    );
+}

@@ -419,9 +419,21 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
                 Some(xroute::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
         }
     }
+    // A redirect answers the request itself (301, as Istio's).
+    let action = match &rule.redirect {
+        Some(to) => xroute::route::Action::Redirect(xroute::RedirectAction {
+            host_redirect: to.authority.clone().unwrap_or_default(),
+            path_rewrite_specifier: to
+                .uri
+                .clone()
+                .map(xroute::redirect_action::PathRewriteSpecifier::PathRedirect),
+            ..Default::default()
+        }),
+        None => xroute::route::Action::Route(action),
+    };
     xroute::Route {
         r#match: Some(route_match(rule)),
-        action: Some(xroute::route::Action::Route(action)),
+        action: Some(action),
         request_headers_to_add: rule
             .append_headers
             .iter()

@@ -100,6 +100,71 @@ pub enum RouteAction {
         /// Body.
         body: Bytes,
     },
+    /// Answered with a redirect to the same request elsewhere.
+    Redirect(Redirect),
+}
+
+/// A redirect (`route.redirect`): the request's URL with its host and or
+/// path replaced.
+#[derive(Debug)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: StatusCode,
+    /// The new host (`host_redirect`), else the request's.
+    pub host: Option<String>,
+    /// The new path (`path_redirect`), else the request's; without a query
+    /// of its own the request's query is kept.
+    pub path: Option<String>,
+}
+
+impl Redirect {
+    /// The `location` of the redirect for a request to `authority` and
+    /// `path_and_query`.
+    pub fn location(&self, authority: &str, path_and_query: &str) -> String {
+        let host = self.host.as_deref().unwrap_or(authority);
+        let path = match &self.path {
+            Some(p) if p.contains('?') => p.clone(),
+            Some(p) => match path_and_query.split_once('?') {
+                Some((_, query)) => format!("{p}?{query}"),
+                None => p.clone(),
+            },
+            None => path_and_query.to_owned(),
+        };
+        format!("http://{host}{path}")
+    }
+}
+
+fn build_redirect(r: &xroute::RedirectAction, path: &str) -> Result<Redirect, FieldError> {
+    use xroute::redirect_action::{PathRewriteSpecifier, RedirectResponseCode as Code};
+    let status = match Code::try_from(r.response_code) {
+        Ok(Code::MovedPermanently) => StatusCode::MOVED_PERMANENTLY,
+        Ok(Code::Found) => StatusCode::FOUND,
+        Ok(Code::SeeOther) => StatusCode::SEE_OTHER,
+        Ok(Code::TemporaryRedirect) => StatusCode::TEMPORARY_REDIRECT,
+        Ok(Code::PermanentRedirect) => StatusCode::PERMANENT_REDIRECT,
+        Err(_) => return Err(err(format!("{path}.response_code"), "not a redirect code")),
+    };
+    let path_redirect = match &r.path_rewrite_specifier {
+        None => None,
+        Some(PathRewriteSpecifier::PathRedirect(p)) if p.starts_with('/') => Some(p.clone()),
+        Some(PathRewriteSpecifier::PathRedirect(_)) => {
+            return Err(err(
+                format!("{path}.path_redirect"),
+                "a path starts with `/`",
+            ));
+        }
+        Some(_) => {
+            return Err(err(
+                path,
+                "only path_redirect is supported of the path rewrites",
+            ));
+        }
+    };
+    Ok(Redirect {
+        status,
+        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
+        path: path_redirect,
+    })
 }
 
 /// Forwarding settings of a route.
@@ -501,7 +566,10 @@ fn build_route(
             };
             RouteAction::Direct { status, body }
         }
-        _ => return Err(err(path, "use route or direct_response")),
+        Some(Action::Redirect(ra)) => {
+            RouteAction::Redirect(build_redirect(ra, &format!("{path}.redirect"))?)
+        }
+        _ => return Err(err(path, "use route, redirect or direct_response")),
     };
     let request_headers = header_ops(
         &r.request_headers_to_add,

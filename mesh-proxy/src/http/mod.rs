@@ -180,6 +180,16 @@ async fn handle(
             route.response_headers.apply(r.headers_mut());
             return r;
         }
+        RouteAction::Redirect(to) => {
+            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut r = text(to.status, Bytes::new());
+            r.headers_mut().remove(header::CONTENT_TYPE);
+            if let Ok(v) = HeaderValue::from_str(&to.location(&authority, pq)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            route.response_headers.apply(r.headers_mut());
+            return r;
+        }
         RouteAction::Forward(f) => f,
     };
     // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers

@@ -446,6 +446,21 @@ impl RouteRule {
                 "a rule cannot have both `redirect` and `rewrite`",
             );
         }
+        if self.redirect.is_some() {
+            let forwarding = [
+                ("httpReqTimeout", self.http_req_timeout.is_some()),
+                ("httpReqRetries", self.http_req_retries.is_some()),
+                ("appendHeaders", !self.append_headers.is_empty()),
+            ];
+            for (field, set) in forwarding {
+                if set {
+                    c.fail_key(
+                        &path.key(field),
+                        format!("a rule with `redirect` forwards nothing, so `{field}` would do nothing: drop one of them"),
+                    );
+                }
+            }
+        }
         if let Some(r) = &self.redirect
             && r.uri.is_none()
             && r.authority.is_none()
