@@ -280,6 +280,29 @@ fn redirect_rule() {
     );
 }
 
+/// Fault injection: the fault filter before the router, the rule's delay
+/// and abort on its route (mesh-proxy applies it; Envoy validates it).
+#[test]
+fn fault_rule() {
+    let r = golden(
+        "svca-fault",
+        &["rules/fault-svcb-v0.2.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let faulted = r
+        .routes
+        .iter()
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+        .filter(|route| {
+            route
+                .typed_per_filter_config
+                .contains_key("envoy.filters.http.fault")
+        })
+        .count();
+    assert_eq!(faulted, 1);
+}
+
 #[test]
 fn route_rule_100() {
     golden(

@@ -284,3 +284,82 @@ fn redirects_answer_like_envoy() {
     );
     assert_eq!(redirected(&mesh, "/").0, "200");
 }
+
+const FAULT_ROUTES: &str = r#"              - match: {prefix: "/abort"}
+                route: {cluster: v1}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    abort: {http_status: 503, percentage: {numerator: 30, denominator: HUNDRED}}
+              - match: {prefix: "/delay"}
+                route: {cluster: v1}
+                typed_per_filter_config:
+                  envoy.filters.http.fault:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+                    delay: {fixed_delay: 0.3s, percentage: {numerator: 100, denominator: HUNDRED}}
+              - match: {prefix: "/"}
+                route: {cluster: v1}
+"#;
+
+/// The fault filter in the chain before the router.
+fn with_fault_filter(config: &str) -> String {
+    config.replace(
+        "          http_filters:\n",
+        "          http_filters:\n          - name: envoy.filters.http.fault\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\n",
+    )
+}
+
+/// Of 1000 requests to `/abort`, how many were answered 503 and how many
+/// reached the backend; and how long one `/delay` and one `/` took.
+fn faults(proxy: &Process) -> (usize, usize, f64, f64) {
+    let base = format!("http://{}", proxy.listener("http"));
+    let (code, out) = curl(&[
+        "-s",
+        "-H",
+        "Host: svcb",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        &format!("{base}/abort/[1-1000]"),
+    ]);
+    assert_eq!(code, 0);
+    let aborted = out.lines().filter(|l| *l == "503").count();
+    let served = out.lines().filter(|l| *l == "200").count();
+    let took = |path: &str| {
+        let (_, t) = curl(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            &format!("{base}{path}"),
+        ]);
+        t.trim().parse::<f64>().unwrap()
+    };
+    (aborted, served, took("/delay"), took("/"))
+}
+
+/// Fault injection as Envoy's fault filter does it, on one bootstrap: a
+/// share of requests aborted with the status, a delay before forwarding.
+/// mesh-proxy's share is exact; Envoy draws at random (±5 points).
+#[test]
+fn faults_are_injected_like_envoy() {
+    let backend = Backend::start("v1");
+    let config = with_fault_filter(&bootstrap(FAULT_ROUTES, &[("v1", &backend)]));
+    let (aborted, served, delayed, plain) = faults(&mesh_proxy(&config));
+    assert_eq!((aborted, served), (300, 700));
+    assert!(
+        (0.3..0.6).contains(&delayed),
+        "mesh-proxy delayed {delayed} s"
+    );
+    assert!(plain < 0.2, "mesh-proxy: an unfaulted route took {plain} s");
+    let (aborted, served, delayed, plain) = faults(&envoy(&config));
+    assert_eq!(aborted + served, 1000);
+    assert!(
+        (250..=350).contains(&aborted),
+        "envoy aborted {aborted} of 1000"
+    );
+    assert!((0.3..0.6).contains(&delayed), "envoy delayed {delayed} s");
+    assert!(plain < 0.2, "envoy: an unfaulted route took {plain} s");
+}

@@ -35,7 +35,6 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
 
 fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     let fields = [
-        ("httpFault", r.http_fault.is_some(), "HTTP fault injection"),
         ("l4Fault", r.l4_fault.is_some(), "TCP fault injection"),
         ("mirror", r.mirror.is_some(), "traffic mirroring"),
         ("corsPolicy", r.cors_policy.is_some(), "CORS policies"),
@@ -43,6 +42,46 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     for (name, set, what) in fields {
         if set {
             refuse(out, root.key(name), what);
+        }
+    }
+    if let Some(f) = &r.http_fault {
+        let at = root.key("httpFault");
+        if let Some(d) = &f.delay {
+            if d.exponential_delay.is_some() {
+                refuse(
+                    out,
+                    at.key("delay").key("exponentialDelay"),
+                    "exponential delays",
+                );
+            }
+            if d.override_header_name.is_some() {
+                let what = "delays set by a request header";
+                refuse(out, at.key("delay").key("overrideHeaderName"), what);
+            }
+        }
+        if let Some(a) = &f.abort {
+            let p = at.key("abort");
+            for (field, set, what) in [
+                (
+                    "grpcStatus",
+                    a.grpc_status.is_some(),
+                    "aborts with a gRPC status",
+                ),
+                (
+                    "http2Error",
+                    a.http2_error.is_some(),
+                    "aborts with an HTTP/2 error",
+                ),
+                (
+                    "overrideHeaderName",
+                    a.override_header_name.is_some(),
+                    "aborts set by a request header",
+                ),
+            ] {
+                if set {
+                    refuse(out, p.key(field), what);
+                }
+            }
         }
     }
     if !r.destination.labels.is_empty() {
@@ -157,11 +196,14 @@ mod tests {
 
     #[test]
     fn fields_not_acted_on_are_refused_with_their_place() {
-        let e = errors("  httpFault:\n    abort: {percent: 10, httpStatus: 503}\n");
+        let e = errors("  httpFault:\n    abort: {percent: 10, grpcStatus: UNAVAILABLE}\n");
         assert_eq!(
             e,
-            "r.yaml:8:3: document 1: spec.httpFault: not supported yet: HTTP fault injection; the rule is refused rather than stored and ignored"
+            "r.yaml:9:26: document 1: spec.httpFault.abort.grpcStatus: not supported yet: aborts with a gRPC status; the rule is refused rather than stored and ignored"
         );
+        // Delays and HTTP aborts act.
+        let faults = "  httpFault:\n    delay: {percent: 10, fixedDelay: 1s}\n    abort: {percent: 10, httpStatus: 503}\n";
+        assert_eq!(errors(faults), "");
         let e = errors("  route:\n  - destination: {name: other}\n    weight: 100\n");
         assert!(
             e.contains("spec.route[0].destination: not supported yet"),

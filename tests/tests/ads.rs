@@ -204,10 +204,70 @@ spec:
         assert!(endpoints.contains(&format!("{ip}:8080")), "{endpoints}");
     }
 
+    faults(&mut mesh, &client, proxy);
+
     assert_eq!(
         mesh.world.escaped_packets().unwrap(),
         0,
         "a packet to {VIP_CIDR} escaped capture"
+    );
+}
+
+/// `httpFault` through pilot: the caller's sidecar answers a share of the
+/// calls 503 itself, and delays calls by the rule's fixed delay.
+fn faults(mesh: &mut Mesh, client: &Pod, proxy: Sidecar) {
+    let rule = |fault: &str| {
+        format!(
+            "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: svcb-faults\nspec:\n  destination:\n    name: svcb\n  precedence: 5\n  httpFault:\n{fault}"
+        )
+    };
+    let revision = mesh
+        .apply_rules(
+            "create",
+            &rule("    abort: {percent: 30, httpStatus: 503}\n"),
+        )
+        .unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    // mesh-proxy's share is exact; Envoy draws at random (4000 calls, ±3 points).
+    let n = if proxy.is_mesh_proxy() { 1000 } else { 4000 };
+    let url = format!("http://svcb/notify?n=[1-{n}]");
+    let (code, codes) = mesh.curl(client, &["-o", "/dev/null", "-w", "%{http_code}\n", &url]);
+    assert_eq!(code, 0, "curl failed: {codes}");
+    let aborted = codes.lines().filter(|c| *c == "503").count();
+    assert_eq!(
+        aborted + codes.lines().filter(|c| *c == "200").count(),
+        n,
+        "{codes}"
+    );
+    if proxy.is_mesh_proxy() {
+        assert_eq!(aborted, 300, "mesh-proxy's share is exact");
+    }
+    assert!(
+        (n * 27 / 100..=n * 33 / 100).contains(&aborted),
+        "{proxy:?}: {aborted} of {n} aborted, not 30 %"
+    );
+    let revision = mesh
+        .apply_rules(
+            "replace",
+            &rule("    delay: {percent: 100, fixedDelay: 300ms}\n"),
+        )
+        .unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    let (_, took) = mesh.curl(
+        client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            "http://svcb/notify",
+        ],
+    );
+    let took: f64 = took.trim().parse().unwrap();
+    // Measured by curl, whose clock may start a hair after the proxy's.
+    assert!(
+        (0.28..1.0).contains(&took),
+        "{proxy:?}: the call took {took} s"
     );
 }
 
@@ -415,17 +475,14 @@ fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("weight"), "the error names the problem: {out}");
     // A field the mesh would store and not act on is refused by name.
-    let fault = SPLIT_50.replace(
-        "  route:\n",
-        "  httpFault:\n    abort: {percent: 50, httpStatus: 503}\n  route:\n",
-    );
-    std::fs::write(&path, fault).unwrap();
+    let mirror = SPLIT_50.replace("  route:\n", "  mirror:\n    name: svcb-shadow\n  route:\n");
+    std::fs::write(&path, mirror).unwrap();
     let (code, out) = mesh
         .meshctl(&["create", "-f", path.to_str().unwrap()])
         .unwrap();
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("spec.httpFault: not supported yet: HTTP fault injection"),
+        out.contains("spec.mirror: not supported yet: traffic mirroring"),
         "{out}"
     );
     // A valid write afterwards is the first change pilot sees.

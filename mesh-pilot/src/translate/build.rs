@@ -210,9 +210,60 @@ fn zipkin_cluster(collector: &str) -> Cluster {
     }
 }
 
+/// The fault filter's name, which routes use in `typed_per_filter_config`.
+const FAULT_FILTER: &str = "envoy.filters.http.fault";
+
+/// A rule's `httpFault` as Envoy's fault filter config for its route.
+fn fault(f: &mesh_rules::rules::HttpFaultInjection) -> Any {
+    use mesh_proto::envoy::extensions::filters::common::fault::v3 as common;
+    use mesh_proto::envoy::extensions::filters::http::fault::v3 as fault;
+    use mesh_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+    // Percent (0-100, fractions allowed; unset: every request) in millionths.
+    let share = |percent: Option<f64>| FractionalPercent {
+        numerator: (percent.unwrap_or(100.0).clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    };
+    any(&fault::HttpFault {
+        delay: f.delay.as_ref().map(|d| common::FaultDelay {
+            percentage: Some(share(d.percent)),
+            fault_delay_secifier: d
+                .fixed_delay
+                .as_ref()
+                .map(|t| common::fault_delay::FaultDelaySecifier::FixedDelay(duration(t.get()))),
+        }),
+        abort: f.abort.as_ref().map(|a| fault::FaultAbort {
+            percentage: Some(share(a.percent)),
+            error_type: a
+                .http_status
+                .map(|s| fault::fault_abort::ErrorType::HttpStatus(s.clamp(200, 599) as u32)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 /// An HTTP connection manager whose routes are the RDS resource `name`,
-/// tracing with Envoy's Zipkin tracer when `zipkin`.
-fn http_manager(name: &str, zipkin: bool) -> xlistener::Filter {
+/// tracing with Envoy's Zipkin tracer when `zipkin`, with the fault filter
+/// before the router when some route injects faults.
+fn http_manager(name: &str, zipkin: bool, faults: bool) -> xlistener::Filter {
+    use mesh_proto::envoy::extensions::filters::http::fault::v3::HttpFault;
+    let mut http_filters = Vec::new();
+    if faults {
+        http_filters.push(hcm::HttpFilter {
+            name: FAULT_FILTER.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &HttpFault::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    http_filters.push(hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    });
     filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm::HttpConnectionManager {
@@ -223,13 +274,7 @@ fn http_manager(name: &str, zipkin: bool) -> xlistener::Filter {
                     route_config_name: name.to_owned(),
                 },
             )),
-            http_filters: vec![hcm::HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-                    &Router::default(),
-                ))),
-                ..Default::default()
-            }],
+            http_filters,
             // Trace every call: B3 headers are started or continued per hop.
             tracing: Some(if zipkin {
                 zipkin_tracing()
@@ -434,6 +479,11 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
     xroute::Route {
         r#match: Some(route_match(rule)),
         action: Some(action),
+        typed_per_filter_config: rule
+            .http_fault
+            .iter()
+            .map(|f| (FAULT_FILTER.to_owned(), fault(f)))
+            .collect(),
         request_headers_to_add: rule
             .append_headers
             .iter()
@@ -549,6 +599,10 @@ impl Builder {
 
     /// An HTTP connection manager for `name` with its routes (RDS `name`).
     fn http(&mut self, name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistener::Filter {
+        let faults = virtual_hosts
+            .iter()
+            .flat_map(|vh| &vh.routes)
+            .any(|r| r.typed_per_filter_config.contains_key(FAULT_FILTER));
         self.routes.insert(
             name.to_owned(),
             xroute::RouteConfiguration {
@@ -557,7 +611,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name, self.zipkin.is_some())
+        http_manager(name, self.zipkin.is_some(), faults)
     }
 
     /// The names a client may call `service` by on `port`.

@@ -3,6 +3,7 @@
 //! lookup-ready tables, and swapped in whole: a request sees one snapshot
 //! from start to end.
 
+pub mod fault;
 mod retry;
 mod route;
 pub mod support;
@@ -308,6 +309,9 @@ pub struct HttpManager {
     pub request_headers_timeout: Option<Duration>,
     /// Routes.
     pub routes: RouteTable,
+    /// The fault filter's own faults (`http_filters`), for routes without
+    /// faults of their own.
+    pub fault: Option<Arc<fault::Fault>>,
 }
 
 /// The downstream HTTP versions of an HTTP listener (Envoy's `codec_type`).
@@ -1115,19 +1119,31 @@ fn build_http(
             ));
         }
     };
+    let mut fault = None;
     for (i, f) in m.http_filters.iter().enumerate() {
         use hcm::http_filter::ConfigType;
-        let ty = match &f.config_type {
-            Some(ConfigType::TypedConfig(any)) => type_name(any).to_owned(),
-            _ => f.name.clone(),
-        };
-        if ty != "envoy.extensions.filters.http.router.v3.Router"
-            && f.name != "envoy.filters.http.router"
-        {
-            return Err(err(
-                format!("{path}.http_filters[{i}]"),
-                format!("HTTP filter {ty} is not supported; only the router"),
-            ));
+        let fpath = format!("{path}.http_filters[{i}]");
+        match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if type_name(any) == fault::TYPE => {
+                let config = unpack(any, &format!("{fpath}.typed_config"))?;
+                let built = fault::build(&config, &format!("{fpath}.typed_config"))?;
+                // An empty filter config only enables per-route faults.
+                if built.delay.is_some() || built.abort.is_some() {
+                    fault = Some(Arc::new(built));
+                }
+            }
+            Some(ConfigType::TypedConfig(any))
+                if type_name(any) == "envoy.extensions.filters.http.router.v3.Router" => {}
+            None if f.name == "envoy.filters.http.router" => {}
+            _ => {
+                return Err(err(
+                    fpath,
+                    format!(
+                        "HTTP filter {} is not supported (the router and the fault filter are)",
+                        f.name
+                    ),
+                ));
+            }
         }
     }
     use hcm::http_connection_manager::CodecType;
@@ -1157,6 +1173,7 @@ fn build_http(
             Some(Duration::ZERO) => None,
             Some(t) => Some(t),
         },
+        fault,
         routes: RouteTable::build(rc, &rc_path, &b.clusters)?,
     })
 }

@@ -197,6 +197,9 @@ pub struct Route {
     pub request_headers: HeaderOps,
     /// Changes to the response's headers.
     pub response_headers: HeaderOps,
+    /// Faults injected on this route (its `typed_per_filter_config` for
+    /// the fault filter), replacing the filter's own.
+    pub fault: Option<Arc<super::fault::Fault>>,
 }
 
 /// How a header is added (Envoy's `HeaderAppendAction`).
@@ -583,6 +586,24 @@ fn build_route(
         path,
         "response",
     )?;
+    let mut fault = None;
+    for (filter, any) in &r.typed_per_filter_config {
+        let fpath = format!("{path}.typed_per_filter_config[{filter}]");
+        if filter != super::fault::FILTER
+            || any.type_url.rsplit('/').next() != Some(super::fault::TYPE)
+        {
+            return Err(err(
+                fpath,
+                format!(
+                    "only {} ({}) is supported here",
+                    super::fault::FILTER,
+                    super::fault::TYPE
+                ),
+            ));
+        }
+        let config = super::unpack(any, &fpath)?;
+        fault = Some(Arc::new(super::fault::build(&config, &fpath)?));
+    }
     Ok(Route {
         name: r.name.clone(),
         path: path_match,
@@ -590,6 +611,7 @@ fn build_route(
         action,
         request_headers,
         response_headers,
+        fault,
     })
 }
 

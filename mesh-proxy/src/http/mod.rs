@@ -174,6 +174,20 @@ async fn handle(
             format!("no route for {authority}{}\n", req.uri().path()),
         );
     };
+    // The fault filter runs before the router: a share of requests waits,
+    // a share is answered with a status.
+    if let Some(fault) = route.fault.as_deref().or(manager.fault.as_deref()) {
+        if let Some(d) = &fault.delay
+            && d.share.pick()
+        {
+            tokio::time::sleep(d.what).await;
+        }
+        if let Some(a) = &fault.abort
+            && a.share.pick()
+        {
+            return text(a.what, "fault filter abort");
+        }
+    }
     let fwd = match &route.action {
         RouteAction::Direct { status, body } => {
             let mut r = text(*status, body.clone());
