@@ -303,6 +303,30 @@ fn fault_rule() {
     assert_eq!(faulted, 1);
 }
 
+/// DestinationPolicy `loadBalancing` for one version: that version's
+/// cluster balances by least request, the others keep round robin.
+#[test]
+fn load_balancing_per_version() {
+    use mesh_proto::envoy::config::cluster::v3::cluster::LbPolicy;
+    let r = golden(
+        "svca-lb",
+        &["route-rules-svcb-v0.2-50.yaml", "rules/lb-svcb-v0.2.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let lb = |name: &str| {
+        let c = r.clusters.iter().find(|c| c.name == name).unwrap();
+        LbPolicy::try_from(c.lb_policy).unwrap()
+    };
+    assert_eq!(
+        lb("outbound|80|v0.2|svcb.default.svc.cluster.local"),
+        LbPolicy::LeastRequest
+    );
+    assert_eq!(
+        lb("outbound|80|v0.1|svcb.default.svc.cluster.local"),
+        LbPolicy::RoundRobin
+    );
+}
+
 #[test]
 fn route_rule_100() {
     golden(

@@ -148,13 +148,20 @@ fn source(out: &mut Vec<FieldError>, at: &FieldPath, s: &IstioService) {
 
 fn destination_policy(out: &mut Vec<FieldError>, root: &FieldPath, p: &DestinationPolicy) {
     let fields = [
-        ("source", p.source.is_some()),
-        ("loadBalancing", p.load_balancing.is_some()),
-        ("circuitBreaker", p.circuit_breaker.is_some()),
+        (
+            "source",
+            p.source.is_some(),
+            "destination policies for one source",
+        ),
+        (
+            "circuitBreaker",
+            p.circuit_breaker.is_some(),
+            "circuit breakers",
+        ),
     ];
-    for (name, set) in fields {
+    for (name, set, what) in fields {
         if set {
-            refuse(out, root.key(name), "destination policies");
+            refuse(out, root.key(name), what);
         }
     }
 }

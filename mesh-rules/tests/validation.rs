@@ -434,9 +434,8 @@ fn every_field_of_istio_0_4_is_read_and_acts_or_is_refused() {
     assert_problems(&text, &expected);
     let policy = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: svcb-lb\nspec:\n  destination:\n    name: svcb\n    labels: {version: v0.2}\n  source:\n    name: svca\n  loadBalancing:\n    name: RANDOM\n  circuitBreaker:\n    simpleCb:\n      maxConnections: 100\n      httpMaxPendingRequests: 10\n      httpMaxRequests: 1000\n      sleepWindow: 15m\n      httpConsecutiveErrors: 7\n      httpDetectionInterval: 5m\n      httpMaxRequestsPerConnection: 5\n      httpMaxEjectionPercent: 50\n      httpMaxRetries: 3\n";
     let expected = [
-        refused("9:3", "spec.source", "destination policies"),
-        refused("11:3", "spec.loadBalancing", "destination policies"),
-        refused("13:3", "spec.circuitBreaker", "destination policies"),
+        refused("9:3", "spec.source", "destination policies for one source"),
+        refused("13:3", "spec.circuitBreaker", "circuit breakers"),
     ];
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_problems(policy, &expected);

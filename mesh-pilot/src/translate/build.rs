@@ -588,6 +588,38 @@ impl Builder {
         self
     }
 
+    /// The load-balancing algorithm of `host`'s outbound clusters (of
+    /// version `subset` only, when given).
+    pub fn load_balancing(
+        &mut self,
+        host: &str,
+        subset: Option<&str>,
+        lb: mesh_rules::rules::LoadBalancer,
+    ) {
+        use mesh_rules::rules::LoadBalancer;
+        use xcluster::cluster::LbPolicy;
+        let policy = match lb {
+            LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
+            // Istio's LEAST_CONN is Envoy's least request.
+            LoadBalancer::LeastConn => LbPolicy::LeastRequest,
+            LoadBalancer::Random => LbPolicy::Random,
+        };
+        let suffix = format!("|{host}");
+        for (name, c) in &mut self.clusters {
+            let Some(rest) = name
+                .strip_prefix("outbound|")
+                .and_then(|r| r.strip_suffix(&suffix))
+            else {
+                continue;
+            };
+            // rest is `<port>|<subset>`.
+            let version = rest.split_once('|').map_or("", |(_, v)| v);
+            if subset.is_none_or(|s| s == version) {
+                c.lb_policy = policy as i32;
+            }
+        }
+    }
+
     /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.
     fn endpoints_cluster(&mut self, name: &str, endpoints: &[(String, u16)], http2: bool) {
         let c = eds_cluster(name);

@@ -308,6 +308,33 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
             egress(b, e);
         }
     }
+    load_balancing(b, inputs);
+}
+
+/// DestinationPolicy `loadBalancing`: the algorithm of the destination's
+/// outbound clusters (those of its version when the policy names labels).
+fn load_balancing(b: &mut build::Builder, inputs: &Inputs<'_>) {
+    for rule in inputs.rules {
+        let Spec::DestinationPolicy(p) = &rule.spec else {
+            continue;
+        };
+        let Some(lb) = &p.load_balancing else {
+            continue;
+        };
+        let Some(host) = p.destination.host(rule.metadata.namespace()) else {
+            continue;
+        };
+        let known = inputs
+            .registry
+            .services
+            .iter()
+            .any(|s| s.host(&inputs.mesh.domain) == host);
+        if known {
+            let subset =
+                (!p.destination.labels.is_empty()).then(|| subset_name(&p.destination.labels));
+            b.load_balancing(&host.to_string(), subset.as_deref(), lb.name);
+        }
+    }
 }
 
 fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
