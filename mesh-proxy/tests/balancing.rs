@@ -81,7 +81,8 @@ fn route_timeout_gives_504() {
 #[test]
 fn retries_on_connect_failure_hide_a_dead_endpoint() {
     let a = Backend::start("alive");
-    let ports = [(a.addr.port(), "HEALTHY"), (dead_port(), "HEALTHY")];
+    let dead = dead_port();
+    let ports = [(a.addr.port(), "HEALTHY"), (dead.port, "HEALTHY")];
     let routes = "              - match: {prefix: \"/\"}\n                route:\n                  cluster: svc\n                  retry_policy: {retry_on: connect-failure, num_retries: 2}\n";
     let proxy = mesh_proxy(&with_clusters(routes, &cluster("svc", &ports, "")));
     let url = format!("http://{}/[1-100]", proxy.listener("http"));
@@ -177,7 +178,8 @@ fn counter(proxy: &common::Process, name: &str) -> u64 {
 #[test]
 fn retries_stop_when_the_retry_budget_is_spent() {
     // Every endpoint is down, and the route retries connect failures twice.
-    let ports = [(dead_port(), "HEALTHY"), (dead_port(), "HEALTHY")];
+    let dead = [dead_port(), dead_port()];
+    let ports = [(dead[0].port, "HEALTHY"), (dead[1].port, "HEALTHY")];
     let routes = "              - match: {prefix: \"/\"}\n                route:\n                  cluster: svc\n                  retry_policy: {retry_on: connect-failure, num_retries: 2}\n";
     let run = |budget: &str| {
         let proxy = mesh_proxy(&with_clusters(routes, &cluster("svc", &ports, budget)));

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{Backend, Process, curl, dead_port};
+use common::{Backend, Process, curl, free_port};
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -168,7 +168,7 @@ fn applies_acks_and_nacks_what_it_cannot_apply() {
         [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
     );
 
-    let port = dead_port();
+    let port = free_port();
     let cluster: mesh_proto::envoy::config::cluster::v3::Cluster = mesh_proto::json::from_yaml(mesh_proto::descriptors::Schema::Xds,
         "name: web\ntype: EDS\neds_cluster_config: {eds_config: {ads: {}, resource_api_version: V3}}\nconnect_timeout: 1s\n",
     )

@@ -509,10 +509,43 @@ pub fn cluster(name: &str, ports: &[(u16, &str)], extra: &str) -> String {
 }
 
 /// A port nothing listens on.
-pub fn dead_port() -> u16 {
+/// A loopback port free at the moment (for a listener the test makes).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A loopback port where nothing listens, held for as long as the value
+/// lives: a socket bound without `listen`, so connections are refused and
+/// no other test's server can take the port meanwhile.
+pub struct DeadPort {
+    /// The port.
+    pub port: u16,
+    _socket: std::os::fd::OwnedFd,
+}
+
+pub fn dead_port() -> DeadPort {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len);
+        DeadPort {
+            port: u16::from_be(got.sin_port),
+            _socket: socket,
+        }
+    }
 }
