@@ -342,7 +342,9 @@ fn faults(proxy: &Process) -> (usize, usize, f64, f64) {
 
 /// Fault injection as Envoy's fault filter does it, on one bootstrap: a
 /// share of requests aborted with the status, a delay before forwarding.
-/// mesh-proxy's share is exact; Envoy draws at random (±5 points).
+/// mesh-proxy's share is exact; Envoy draws at random (±5 points). Delays
+/// are timed by curl, whose clock may start a hair after the proxy's
+/// timer (Envoy's 300 ms was once measured as 298 ms).
 #[test]
 fn faults_are_injected_like_envoy() {
     let backend = Backend::start("v1");
@@ -350,7 +352,7 @@ fn faults_are_injected_like_envoy() {
     let (aborted, served, delayed, plain) = faults(&mesh_proxy(&config));
     assert_eq!((aborted, served), (300, 700));
     assert!(
-        (0.3..0.6).contains(&delayed),
+        (0.28..0.6).contains(&delayed),
         "mesh-proxy delayed {delayed} s"
     );
     assert!(plain < 0.2, "mesh-proxy: an unfaulted route took {plain} s");
@@ -360,6 +362,6 @@ fn faults_are_injected_like_envoy() {
         (250..=350).contains(&aborted),
         "envoy aborted {aborted} of 1000"
     );
-    assert!((0.3..0.6).contains(&delayed), "envoy delayed {delayed} s");
+    assert!((0.28..0.6).contains(&delayed), "envoy delayed {delayed} s");
     assert!(plain < 0.2, "envoy: an unfaulted route took {plain} s");
 }
