@@ -28,15 +28,9 @@ const PROXY_ROOTS: &[&str] = &[
     "envoy.admin.v3.EndpointsConfigDump",
 ];
 
-/// Messages kept with every type they reach, besides the xDS resource
-/// types and the typed configs the mesh applies.
+/// Messages the full set keeps with every type they reach, besides the
+/// xDS resource types, the typed configs and [`PROXY_ROOTS`].
 const OTHER_ROOTS: &[&str] = &[
-    "envoy.config.bootstrap.v3.Bootstrap",
-    "envoy.admin.v3.ConfigDump",
-    "envoy.admin.v3.ListenersConfigDump",
-    "envoy.admin.v3.ClustersConfigDump",
-    "envoy.admin.v3.RoutesConfigDump",
-    "envoy.admin.v3.EndpointsConfigDump",
     "envoy.service.discovery.v3.DiscoveryRequest",
     // Written by pilot for Envoy sidecars (not applied by mesh-proxy).
     "envoy.config.trace.v3.ZipkinConfig",
@@ -303,6 +297,7 @@ fn main() {
     let mut roots: Vec<&str> = resources.to_vec();
     roots.extend(mesh_proto::types::TYPED_CONFIGS);
     let mut all_roots = roots.clone();
+    all_roots.extend(PROXY_ROOTS);
     all_roots.extend(OTHER_ROOTS);
     let (xds, summary) = trimmed(&pool, &all_roots, &|_| true, None);
     std::fs::write(out.join("xds.bin"), xds).expect("write xds.bin");
