@@ -261,16 +261,42 @@ pub struct Up {
 /// the sandbox image, cluster DNS; returns once the node is Ready and DNS
 /// answers. A killed earlier run in the same folder is removed first.
 pub fn up(opts: &Up, progress: Progress<'_>) -> Result<Cluster> {
-    let (run, bin) = (opts.run.as_path(), opts.bin.as_path());
+    let run = opts.run.as_path();
     let started = Instant::now();
-    let cluster = Cluster::at(run);
-    if cluster.node_pid().is_some() {
+    if Cluster::at(run).node_pid().is_some() {
         return Err(Error::Setup(format!(
             "a cluster already runs in {} (meshctl cluster down first)",
             run.display()
         )));
     }
     down(run)?;
+    let bin = prepare_run(run, &opts.bin)?;
+    progress("certificates");
+    pki::make(run)?;
+    progress("node namespaces and components");
+    start_node(run, &bin, &opts.node_program)?;
+    let c = Cluster::at(run);
+    wait_for_api_server(&c)?;
+    progress("sandbox image");
+    let image = images::Image {
+        name: SANDBOX_IMAGE.into(),
+        files: images::File::binary(&bin.join("pause"), "/pause"),
+        entrypoint: vec!["/pause".into()],
+    };
+    images::import(&c, &[image])?;
+    wait_for_node(&c)?;
+    progress("cluster DNS (CoreDNS as kube-dns)");
+    dns::deploy(&c, &bin)?;
+    progress(&format!(
+        "ready in {:.1} s",
+        started.elapsed().as_secs_f32()
+    ));
+    Ok(c)
+}
+
+/// Checks the binaries are there, makes the run folder and records where
+/// they are; returns their folder's full path.
+fn prepare_run(run: &Path, bin: &Path) -> Result<PathBuf> {
     for b in [
         "kube-apiserver",
         "kubelet",
@@ -290,13 +316,13 @@ pub fn up(opts: &Up, progress: Progress<'_>) -> Result<Cluster> {
     let bin = std::fs::canonicalize(bin).map_err(|e| Error::io("find", bin, e))?;
     std::fs::write(run.join("bin-dir"), bin.display().to_string())
         .map_err(|e| Error::io("write", run, e))?;
-    progress("certificates");
-    pki::make(run)?;
-    progress("node namespaces and components");
-    start_node(run, &bin, &opts.node_program)?;
-    let c = Cluster::at(run);
+    Ok(bin)
+}
+
+/// Waits until the API server is ready, or says why the node gave up.
+fn wait_for_api_server(c: &Cluster) -> Result<()> {
     let ready = wait(
-        &format!("the API server (see {}/log)", run.display()),
+        &format!("the API server (see {}/log)", c.run.display()),
         Duration::from_secs(60),
         || {
             if c.node_pid().is_none() {
@@ -308,31 +334,24 @@ pub fn up(opts: &Up, progress: Progress<'_>) -> Result<Cluster> {
                 .map(|_| true)
         },
     )?;
-    if !ready {
-        // The node gave up preparing (its log says why).
-        let log = std::fs::read_to_string(run.join("node.log")).unwrap_or_default();
-        return Err(Error::Setup(format!(
-            "the node process ended:\n{}",
-            log.trim()
-        )));
+    if ready {
+        return Ok(());
     }
-    progress("sandbox image");
-    let image = images::Image {
-        name: SANDBOX_IMAGE.into(),
-        files: images::File::binary(&bin.join("pause"), "/pause"),
-        entrypoint: vec!["/pause".into()],
-    };
-    images::import(&c, &[image])?;
+    // The node gave up preparing (its log says why).
+    let log = std::fs::read_to_string(c.run.join("node.log")).unwrap_or_default();
+    Err(Error::Setup(format!(
+        "the node process ended:\n{}",
+        log.trim()
+    )))
+}
+
+/// Waits until the node is Ready and the default service account exists
+/// (pods cannot be created before).
+fn wait_for_node(c: &Cluster) -> Result<()> {
+    let ready = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
     wait("the node to be Ready", Duration::from_secs(60), || {
         let out = c
-            .run(&[
-                "kubectl",
-                "get",
-                "node",
-                NODE_NAME,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])
+            .run(&["kubectl", "get", "node", NODE_NAME, "-o", ready])
             .ok()?;
         (out.trim() == "True").then_some(())
     })?;
@@ -342,16 +361,9 @@ pub fn up(opts: &Up, progress: Progress<'_>) -> Result<Cluster> {
         || {
             c.run(&["kubectl", "get", "serviceaccount", "default"])
                 .ok()
-                .map(|_| ())
+                .map(drop)
         },
-    )?;
-    progress("cluster DNS (CoreDNS as kube-dns)");
-    dns::deploy(&c, &bin)?;
-    progress(&format!(
-        "ready in {:.1} s",
-        started.elapsed().as_secs_f32()
-    ));
-    Ok(c)
+    )
 }
 
 /// Starts the node's first process in new namespaces, detached, and waits

@@ -103,22 +103,10 @@ fn bind(from: &Path, to: &Path) -> Result<()> {
     run_checked(Command::new("mount").arg("--bind").arg(from).arg(to)).map(drop)
 }
 
-/// Each component's command line.
-fn components(run: &Path, bin: &Path) -> Vec<(&'static str, Command)> {
-    let p = pki::dir(run);
-    let pki = |f: &str| p.join(f).display().to_string();
-    let kubeconfig = |n: &str| run.join(format!("{n}.kubeconfig")).display().to_string();
-    let tool = |n: &str| Command::new(bin.join(n));
-    let mut etcd = tool("etcd");
-    etcd.arg("--data-dir").arg(run.join("etcd")).args([
-        "--listen-client-urls=http://127.0.0.1:2379",
-        "--advertise-client-urls=http://127.0.0.1:2379",
-        "--listen-peer-urls=http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-        "--initial-cluster=default=http://127.0.0.1:2380",
-        "--quota-backend-bytes=1073741824",
-    ]);
-    let mut apiserver = tool("kube-apiserver");
+/// kube-apiserver: RBAC and the Node authorizer, the run's certificates
+/// and service-account keys, etcd on loopback.
+fn apiserver(bin: &Path, pki: &dyn Fn(&str) -> String) -> Command {
+    let mut apiserver = Command::new(bin.join("kube-apiserver"));
     apiserver.args([
         "--etcd-servers=http://127.0.0.1:2379".to_owned(),
         format!("--advertise-address={NODE_IP}"),
@@ -144,6 +132,25 @@ fn components(run: &Path, bin: &Path) -> Vec<(&'static str, Command)> {
         // The node's name resolves nowhere (no DNS leaves the namespace).
         "--kubelet-preferred-address-types=InternalIP".into(),
     ]);
+    apiserver
+}
+
+/// Each component's command line.
+fn components(run: &Path, bin: &Path) -> Vec<(&'static str, Command)> {
+    let p = pki::dir(run);
+    let pki = |f: &str| p.join(f).display().to_string();
+    let kubeconfig = |n: &str| run.join(format!("{n}.kubeconfig")).display().to_string();
+    let tool = |n: &str| Command::new(bin.join(n));
+    let mut etcd = tool("etcd");
+    etcd.arg("--data-dir").arg(run.join("etcd")).args([
+        "--listen-client-urls=http://127.0.0.1:2379",
+        "--advertise-client-urls=http://127.0.0.1:2379",
+        "--listen-peer-urls=http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+        "--initial-cluster=default=http://127.0.0.1:2380",
+        "--quota-backend-bytes=1073741824",
+    ]);
+    let apiserver = apiserver(bin, &pki);
     let cm = kubeconfig("controller-manager");
     let mut controllers = tool("kube-controller-manager");
     controllers.args([

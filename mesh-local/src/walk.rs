@@ -92,6 +92,13 @@ impl Report {
     /// test asserts them all, the demo prints them.
     pub fn checks(&self) -> Vec<Check> {
         let mut c = Vec::new();
+        self.egress_checks(&mut c);
+        self.traffic_checks(&mut c);
+        c
+    }
+
+    /// Steps 1 and 2: refused, then allowed, with the trace headers.
+    fn egress_checks(&self, c: &mut Vec<Check>) {
         let mut check = |ok: bool, what: String| c.push(Check { ok, what });
         check(
             self.refused.0 == 500
@@ -123,6 +130,12 @@ impl Report {
             missing.is_empty(),
             format!("msgd sees the trace headers (missing: {missing:?})"),
         );
+    }
+
+    /// Steps 3 to 5: the split, the replace under load, the counts, and
+    /// nothing escaping capture.
+    fn traffic_checks(&self, c: &mut Vec<Check>) {
+        let mut check = |ok: bool, what: String| c.push(Check { ok, what });
         let (v1, v2) = self.split;
         // mesh-proxy splits by a deterministic schedule; Envoy draws at
         // random per request (1000 draws: σ ≈ 16, so ±4σ).
@@ -172,7 +185,6 @@ impl Report {
         if let Some(n) = self.escaped {
             check(n == 0, format!("no packet escapes capture ({n} escaped)"));
         }
-        c
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::error::FieldError;
 use crate::path::FieldPath;
-use crate::rules::{DestinationPolicy, EgressRule, IstioService, RouteRule};
+use crate::rules::{DestinationPolicy, EgressRule, HttpFaultInjection, IstioService, RouteRule};
 use crate::{Spec, registry};
 
 fn refuse(out: &mut Vec<FieldError>, path: FieldPath, what: &str) {
@@ -45,44 +45,7 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
         }
     }
     if let Some(f) = &r.http_fault {
-        let at = root.key("httpFault");
-        if let Some(d) = &f.delay {
-            if d.exponential_delay.is_some() {
-                refuse(
-                    out,
-                    at.key("delay").key("exponentialDelay"),
-                    "exponential delays",
-                );
-            }
-            if d.override_header_name.is_some() {
-                let what = "delays set by a request header";
-                refuse(out, at.key("delay").key("overrideHeaderName"), what);
-            }
-        }
-        if let Some(a) = &f.abort {
-            let p = at.key("abort");
-            for (field, set, what) in [
-                (
-                    "grpcStatus",
-                    a.grpc_status.is_some(),
-                    "aborts with a gRPC status",
-                ),
-                (
-                    "http2Error",
-                    a.http2_error.is_some(),
-                    "aborts with an HTTP/2 error",
-                ),
-                (
-                    "overrideHeaderName",
-                    a.override_header_name.is_some(),
-                    "aborts set by a request header",
-                ),
-            ] {
-                if set {
-                    refuse(out, p.key(field), what);
-                }
-            }
-        }
+        http_fault(out, &root.key("httpFault"), f);
     }
     if !r.destination.labels.is_empty() {
         let what = "labels on a route rule's destination (route versions with `route[].labels`)";
@@ -128,6 +91,47 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
         if header.is_some() {
             let at = root.key(field).key(policy).key("overrideHeaderName");
             refuse(out, at, what);
+        }
+    }
+}
+
+/// The parts of `httpFault` that do not act yet.
+fn http_fault(out: &mut Vec<FieldError>, at: &FieldPath, f: &HttpFaultInjection) {
+    if let Some(d) = &f.delay {
+        if d.exponential_delay.is_some() {
+            refuse(
+                out,
+                at.key("delay").key("exponentialDelay"),
+                "exponential delays",
+            );
+        }
+        if d.override_header_name.is_some() {
+            let what = "delays set by a request header";
+            refuse(out, at.key("delay").key("overrideHeaderName"), what);
+        }
+    }
+    if let Some(a) = &f.abort {
+        let p = at.key("abort");
+        for (field, set, what) in [
+            (
+                "grpcStatus",
+                a.grpc_status.is_some(),
+                "aborts with a gRPC status",
+            ),
+            (
+                "http2Error",
+                a.http2_error.is_some(),
+                "aborts with an HTTP/2 error",
+            ),
+            (
+                "overrideHeaderName",
+                a.override_header_name.is_some(),
+                "aborts set by a request header",
+            ),
+        ] {
+            if set {
+                refuse(out, p.key(field), what);
+            }
         }
     }
 }

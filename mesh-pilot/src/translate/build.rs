@@ -415,25 +415,11 @@ fn route_match(rule: &RouteRule) -> xroute::RouteMatch {
     }
 }
 
-/// The routes of one RouteRule for a service port.
-fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) -> xroute::Route {
-    use xroute::route_action::ClusterSpecifier;
-    let specifier = match rule.route.as_slice() {
-        [] => ClusterSpecifier::Cluster(default_cluster.to_owned()),
-        routes => ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
-            clusters: routes
-                .iter()
-                .map(|r| xroute::weighted_cluster::ClusterWeight {
-                    name: outbound_cluster_name(port, &subset_name(&r.labels), host),
-                    weight: Some(UInt32Value {
-                        value: r.weight.unwrap_or(100).clamp(0, 100) as u32,
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }),
-    };
+/// The forwarding part of a rule's route: timeout, retries, rewrite.
+fn forward_action(
+    rule: &RouteRule,
+    specifier: xroute::route_action::ClusterSpecifier,
+) -> xroute::RouteAction {
     let mut action = xroute::RouteAction {
         cluster_specifier: Some(specifier),
         ..Default::default()
@@ -464,6 +450,29 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
                 Some(xroute::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
         }
     }
+    action
+}
+
+/// The routes of one RouteRule for a service port.
+fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) -> xroute::Route {
+    use xroute::route_action::ClusterSpecifier;
+    let specifier = match rule.route.as_slice() {
+        [] => ClusterSpecifier::Cluster(default_cluster.to_owned()),
+        routes => ClusterSpecifier::WeightedClusters(xroute::WeightedCluster {
+            clusters: routes
+                .iter()
+                .map(|r| xroute::weighted_cluster::ClusterWeight {
+                    name: outbound_cluster_name(port, &subset_name(&r.labels), host),
+                    weight: Some(UInt32Value {
+                        value: r.weight.unwrap_or(100).clamp(0, 100) as u32,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+    };
+    let action = forward_action(rule, specifier);
     // A redirect answers the request itself (301, as Istio's).
     let action = match &rule.redirect {
         Some(to) => xroute::route::Action::Redirect(xroute::RedirectAction {

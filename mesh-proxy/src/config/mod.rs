@@ -29,8 +29,8 @@ use prost::Message;
 
 pub use retry::{Failure, RETRY_ON, RetryPolicy};
 pub use route::{
-    Forward, HeaderMatch, HeaderOps, PathMatch, RequestView, Route, RouteAction, RouteTable,
-    StringMatch, VirtualHost, WeightedSchedule,
+    Forward, HeaderMatch, HeaderOps, PathMatch, Redirect, RequestView, Route, RouteAction,
+    RouteTable, StringMatch, VirtualHost, WeightedSchedule,
 };
 
 /// A configuration that cannot be applied, at its field (proto names,
@@ -1096,29 +1096,12 @@ fn build_chain(
     })
 }
 
-fn build_http(
+/// The HTTP filters: the router, and the fault filter whose own faults
+/// (if any) are the default of routes without theirs.
+fn http_filters(
     m: &hcm::HttpConnectionManager,
     path: &str,
-    b: &mut Build<'_>,
-) -> Result<HttpManager, FieldError> {
-    let routes = b.routes;
-    use hcm::http_connection_manager::RouteSpecifier;
-    let pending = xroute::RouteConfiguration::default();
-    let (rc, rc_path) = match &m.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => (rc, format!("{path}.route_config")),
-        Some(RouteSpecifier::Rds(rds)) => {
-            match routes.iter().position(|r| r.name == rds.route_config_name) {
-                Some(k) => (&routes[k], format!("routes[{k}]")),
-                None => (&pending, format!("{path}.rds")),
-            }
-        }
-        _ => {
-            return Err(err(
-                format!("{path}.route_config"),
-                "an inline route_config or rds is required",
-            ));
-        }
-    };
+) -> Result<Option<Arc<fault::Fault>>, FieldError> {
     let mut fault = None;
     for (i, f) in m.http_filters.iter().enumerate() {
         use hcm::http_filter::ConfigType;
@@ -1146,6 +1129,33 @@ fn build_http(
             }
         }
     }
+    Ok(fault)
+}
+
+fn build_http(
+    m: &hcm::HttpConnectionManager,
+    path: &str,
+    b: &mut Build<'_>,
+) -> Result<HttpManager, FieldError> {
+    let routes = b.routes;
+    use hcm::http_connection_manager::RouteSpecifier;
+    let pending = xroute::RouteConfiguration::default();
+    let (rc, rc_path) = match &m.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => (rc, format!("{path}.route_config")),
+        Some(RouteSpecifier::Rds(rds)) => {
+            match routes.iter().position(|r| r.name == rds.route_config_name) {
+                Some(k) => (&routes[k], format!("routes[{k}]")),
+                None => (&pending, format!("{path}.rds")),
+            }
+        }
+        _ => {
+            return Err(err(
+                format!("{path}.route_config"),
+                "an inline route_config or rds is required",
+            ));
+        }
+    };
+    let fault = http_filters(m, path)?;
     use hcm::http_connection_manager::CodecType;
     let codec = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,

@@ -513,6 +513,61 @@ fn header_ops(
     })
 }
 
+/// A route's `direct_response`: a status and an inline body.
+fn direct_response(
+    d: &xroute::DirectResponseAction,
+    path: &str,
+) -> Result<RouteAction, FieldError> {
+    let status = u16::try_from(d.status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| {
+            err(
+                format!("{path}.direct_response.status"),
+                "not an HTTP status",
+            )
+        })?;
+    use xcore::data_source::Specifier;
+    let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+        Some(Specifier::InlineString(s)) => Bytes::from(s.clone()),
+        None => Bytes::new(),
+        Some(_) => {
+            return Err(err(
+                format!("{path}.direct_response.body"),
+                "only inline_string is supported",
+            ));
+        }
+    };
+    Ok(RouteAction::Direct { status, body })
+}
+
+/// A route's faults: its `typed_per_filter_config` for the fault filter
+/// (the only filter configured per route).
+fn route_fault(
+    r: &xroute::Route,
+    path: &str,
+) -> Result<Option<Arc<super::fault::Fault>>, FieldError> {
+    let mut fault = None;
+    for (filter, any) in &r.typed_per_filter_config {
+        let fpath = format!("{path}.typed_per_filter_config[{filter}]");
+        if filter != super::fault::FILTER
+            || any.type_url.rsplit('/').next() != Some(super::fault::TYPE)
+        {
+            return Err(err(
+                fpath,
+                format!(
+                    "only {} ({}) is supported here",
+                    super::fault::FILTER,
+                    super::fault::TYPE
+                ),
+            ));
+        }
+        let config = super::unpack(any, &fpath)?;
+        fault = Some(Arc::new(super::fault::build(&config, &fpath)?));
+    }
+    Ok(fault)
+}
+
 fn build_route(
     r: &xroute::Route,
     path: &str,
@@ -546,29 +601,7 @@ fn build_route(
             clusters,
             &path_match,
         )?)),
-        Some(Action::DirectResponse(d)) => {
-            let status = u16::try_from(d.status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .ok_or_else(|| {
-                    err(
-                        format!("{path}.direct_response.status"),
-                        "not an HTTP status",
-                    )
-                })?;
-            use xcore::data_source::Specifier;
-            let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
-                Some(Specifier::InlineString(s)) => Bytes::from(s.clone()),
-                None => Bytes::new(),
-                Some(_) => {
-                    return Err(err(
-                        format!("{path}.direct_response.body"),
-                        "only inline_string is supported",
-                    ));
-                }
-            };
-            RouteAction::Direct { status, body }
-        }
+        Some(Action::DirectResponse(d)) => direct_response(d, path)?,
         Some(Action::Redirect(ra)) => {
             RouteAction::Redirect(build_redirect(ra, &format!("{path}.redirect"))?)
         }
@@ -586,24 +619,7 @@ fn build_route(
         path,
         "response",
     )?;
-    let mut fault = None;
-    for (filter, any) in &r.typed_per_filter_config {
-        let fpath = format!("{path}.typed_per_filter_config[{filter}]");
-        if filter != super::fault::FILTER
-            || any.type_url.rsplit('/').next() != Some(super::fault::TYPE)
-        {
-            return Err(err(
-                fpath,
-                format!(
-                    "only {} ({}) is supported here",
-                    super::fault::FILTER,
-                    super::fault::TYPE
-                ),
-            ));
-        }
-        let config = super::unpack(any, &fpath)?;
-        fault = Some(Arc::new(super::fault::build(&config, &fpath)?));
-    }
+    let fault = route_fault(r, path)?;
     Ok(Route {
         name: r.name.clone(),
         path: path_match,

@@ -20,7 +20,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use crate::config::{Codec, Forward, HttpManager, RequestView, Route, RouteAction, Tracing};
+use crate::config::{
+    Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction, Tracing,
+};
 use crate::sniff::Detected;
 use crate::state::{Conn, Shared};
 use crate::telemetry::trace::{continue_trace, request_id};
@@ -137,6 +139,36 @@ async fn until_drained<C: Future>(
     }
 }
 
+/// The fault filter, before the router: a share of requests waits, a
+/// share is answered with a status (the answer, when this one is).
+async fn inject_fault(route: &Route, manager: &HttpManager) -> Option<Response<ProxyBody>> {
+    let fault = route.fault.as_deref().or(manager.fault.as_deref())?;
+    if let Some(d) = &fault.delay
+        && d.share.pick()
+    {
+        tokio::time::sleep(d.what).await;
+    }
+    let a = fault.abort.as_ref().filter(|a| a.share.pick())?;
+    Some(text(a.what, "fault filter abort"))
+}
+
+/// A redirect's answer: its status and `location`, no body.
+fn redirect(to: &Redirect, req: &Request<Incoming>, authority: &str) -> Response<ProxyBody> {
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = text(to.status, Bytes::new());
+    r.headers_mut().remove(header::CONTENT_TYPE);
+    if let Ok(v) = HeaderValue::from_str(&to.location(authority, pq)) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// An answer of the proxy's own, with the route's response headers.
+fn local(mut r: Response<ProxyBody>, route: &Route) -> Response<ProxyBody> {
+    route.response_headers.apply(r.headers_mut());
+    r
+}
+
 /// Handles one request arriving on `conn`, routed by `manager`.
 async fn handle(
     mut req: Request<Incoming>,
@@ -174,37 +206,13 @@ async fn handle(
             format!("no route for {authority}{}\n", req.uri().path()),
         );
     };
-    // The fault filter runs before the router: a share of requests waits,
-    // a share is answered with a status.
-    if let Some(fault) = route.fault.as_deref().or(manager.fault.as_deref()) {
-        if let Some(d) = &fault.delay
-            && d.share.pick()
-        {
-            tokio::time::sleep(d.what).await;
-        }
-        if let Some(a) = &fault.abort
-            && a.share.pick()
-        {
-            return text(a.what, "fault filter abort");
-        }
+    if let Some(aborted) = inject_fault(route, manager).await {
+        return aborted;
     }
     let fwd = match &route.action {
-        RouteAction::Direct { status, body } => {
-            let mut r = text(*status, body.clone());
-            route.response_headers.apply(r.headers_mut());
-            return r;
-        }
-        RouteAction::Redirect(to) => {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            let mut r = text(to.status, Bytes::new());
-            r.headers_mut().remove(header::CONTENT_TYPE);
-            if let Ok(v) = HeaderValue::from_str(&to.location(&authority, pq)) {
-                r.headers_mut().insert(header::LOCATION, v);
-            }
-            route.response_headers.apply(r.headers_mut());
-            return r;
-        }
         RouteAction::Forward(f) => f,
+        RouteAction::Direct { status, body } => return local(text(*status, body.clone()), route),
+        RouteAction::Redirect(to) => return local(redirect(to, &req, &authority), route),
     };
     // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers
     // and, once the upstream agrees (101), becomes a byte tunnel.
