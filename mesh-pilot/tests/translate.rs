@@ -327,6 +327,29 @@ fn load_balancing_per_version() {
     );
 }
 
+/// A CORS policy: the CORS filter first in the chain, the rule's policy
+/// on its route (mesh-proxy applies it; Envoy validates it).
+#[test]
+fn cors_rule() {
+    let r = golden(
+        "svca-cors",
+        &["rules/cors-svcb.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let with_cors = r
+        .routes
+        .iter()
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+        .filter(|route| {
+            route
+                .typed_per_filter_config
+                .contains_key("envoy.filters.http.cors")
+        })
+        .count();
+    assert_eq!(with_cors, 1);
+}
+
 #[test]
 fn route_rule_100() {
     golden(

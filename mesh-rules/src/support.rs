@@ -37,7 +37,6 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     let fields = [
         ("l4Fault", r.l4_fault.is_some(), "TCP fault injection"),
         ("mirror", r.mirror.is_some(), "traffic mirroring"),
-        ("corsPolicy", r.cors_policy.is_some(), "CORS policies"),
     ];
     for (name, set, what) in fields {
         if set {

@@ -216,15 +216,16 @@ spec:
 /// `httpFault` through pilot: the caller's sidecar answers a share of the
 /// calls 503 itself, and delays calls by the rule's fixed delay.
 fn faults(mesh: &mut Mesh, client: &Pod, proxy: Sidecar) {
-    let rule = |fault: &str| {
+    // One rule, svcb-faults, whose body changes: faults, then CORS.
+    let rule = |body: &str| {
         format!(
-            "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: svcb-faults\nspec:\n  destination:\n    name: svcb\n  precedence: 5\n  httpFault:\n{fault}"
+            "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: svcb-faults\nspec:\n  destination:\n    name: svcb\n  precedence: 5\n{body}"
         )
     };
     let revision = mesh
         .apply_rules(
             "create",
-            &rule("    abort: {percent: 30, httpStatus: 503}\n"),
+            &rule("  httpFault:\n    abort: {percent: 30, httpStatus: 503}\n"),
         )
         .unwrap();
     mesh.wait_synced(client, revision).unwrap();
@@ -249,7 +250,7 @@ fn faults(mesh: &mut Mesh, client: &Pod, proxy: Sidecar) {
     let revision = mesh
         .apply_rules(
             "replace",
-            &rule("    delay: {percent: 100, fixedDelay: 300ms}\n"),
+            &rule("  httpFault:\n    delay: {percent: 100, fixedDelay: 300ms}\n"),
         )
         .unwrap();
     mesh.wait_synced(client, revision).unwrap();
@@ -268,6 +269,37 @@ fn faults(mesh: &mut Mesh, client: &Pod, proxy: Sidecar) {
     assert!(
         (0.28..1.0).contains(&took),
         "{proxy:?}: the call took {took} s"
+    );
+
+    // CORS (the same rule, now with a policy instead of faults): the
+    // caller's sidecar answers a preflight from the allowed origin.
+    let cors = rule(
+        "  corsPolicy:\n    allowOrigin: [https://shop.example]\n    allowMethods: [GET, POST]\n    maxAge: 1h\n",
+    );
+    let revision = mesh.apply_rules("replace", &cors).unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    let preflight = [
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "OPTIONS",
+        "-H",
+        "origin: https://shop.example",
+        "-H",
+        "access-control-request-method: POST",
+        "http://svcb/notify",
+    ];
+    let (_, head) = mesh.curl(client, &preflight);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200")
+            && head.contains("access-control-allow-origin: https://shop.example")
+            && head.contains("access-control-allow-methods: get,post")
+            && head.contains("access-control-max-age: 3600"),
+        "{proxy:?}: {head}"
     );
 }
 

@@ -212,6 +212,38 @@ fn zipkin_cluster(collector: &str) -> Cluster {
 
 /// The fault filter's name, which routes use in `typed_per_filter_config`.
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// The CORS filter's name, likewise.
+const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// A rule's `corsPolicy` as Envoy's CORS policy for its route (`*` as an
+/// origin: any).
+fn cors(p: &mesh_rules::rules::CorsPolicy) -> Any {
+    use mesh_proto::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+    let origin = |o: &String| xmatch::StringMatcher {
+        match_pattern: Some(if o == "*" {
+            xmatch::string_matcher::MatchPattern::SafeRegex(xmatch::RegexMatcher {
+                regex: ".*".into(),
+                ..Default::default()
+            })
+        } else {
+            xmatch::string_matcher::MatchPattern::Exact(o.clone())
+        }),
+        ..Default::default()
+    };
+    any(&CorsPolicy {
+        allow_origin_string_match: p.allow_origin.iter().map(origin).collect(),
+        allow_methods: p.allow_methods.join(","),
+        allow_headers: p.allow_headers.join(","),
+        expose_headers: p.expose_headers.join(","),
+        max_age: p
+            .max_age
+            .as_ref()
+            .map(|d| d.get().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: p.allow_credentials.map(|value| BoolValue { value }),
+        ..Default::default()
+    })
+}
 
 /// A rule's `httpFault` as Envoy's fault filter config for its route.
 fn fault(f: &mesh_rules::rules::HttpFaultInjection) -> Any {
@@ -245,9 +277,19 @@ fn fault(f: &mesh_rules::rules::HttpFaultInjection) -> Any {
 /// An HTTP connection manager whose routes are the RDS resource `name`,
 /// tracing with Envoy's Zipkin tracer when `zipkin`, with the fault filter
 /// before the router when some route injects faults.
-fn http_manager(name: &str, zipkin: bool, faults: bool) -> xlistener::Filter {
+fn http_manager(name: &str, zipkin: bool, faults: bool, cors: bool) -> xlistener::Filter {
+    use mesh_proto::envoy::extensions::filters::http::cors::v3::Cors;
     use mesh_proto::envoy::extensions::filters::http::fault::v3::HttpFault;
     let mut http_filters = Vec::new();
+    if cors {
+        http_filters.push(hcm::HttpFilter {
+            name: CORS_FILTER.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
+                &Cors::default(),
+            ))),
+            ..Default::default()
+        });
+    }
     if faults {
         http_filters.push(hcm::HttpFilter {
             name: FAULT_FILTER.into(),
@@ -492,6 +534,11 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
             .http_fault
             .iter()
             .map(|f| (FAULT_FILTER.to_owned(), fault(f)))
+            .chain(
+                rule.cors_policy
+                    .iter()
+                    .map(|p| (CORS_FILTER.to_owned(), cors(p))),
+            )
             .collect(),
         request_headers_to_add: rule
             .append_headers
@@ -640,10 +687,13 @@ impl Builder {
 
     /// An HTTP connection manager for `name` with its routes (RDS `name`).
     fn http(&mut self, name: &str, virtual_hosts: Vec<xroute::VirtualHost>) -> xlistener::Filter {
-        let faults = virtual_hosts
-            .iter()
-            .flat_map(|vh| &vh.routes)
-            .any(|r| r.typed_per_filter_config.contains_key(FAULT_FILTER));
+        let uses = |filter: &str| {
+            virtual_hosts
+                .iter()
+                .flat_map(|vh| &vh.routes)
+                .any(|r| r.typed_per_filter_config.contains_key(filter))
+        };
+        let (faults, cors) = (uses(FAULT_FILTER), uses(CORS_FILTER));
         self.routes.insert(
             name.to_owned(),
             xroute::RouteConfiguration {
@@ -652,7 +702,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name, self.zipkin.is_some(), faults)
+        http_manager(name, self.zipkin.is_some(), faults, cors)
     }
 
     /// The names a client may call `service` by on `port`.

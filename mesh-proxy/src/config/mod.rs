@@ -3,6 +3,7 @@
 //! lookup-ready tables, and swapped in whole: a request sees one snapshot
 //! from start to end.
 
+pub mod cors;
 pub mod fault;
 mod retry;
 mod route;
@@ -1116,13 +1117,14 @@ fn http_filters(
                 }
             }
             Some(ConfigType::TypedConfig(any))
-                if type_name(any) == "envoy.extensions.filters.http.router.v3.Router" => {}
+                if type_name(any) == "envoy.extensions.filters.http.router.v3.Router"
+                    || type_name(any) == cors::FILTER_TYPE => {}
             None if f.name == "envoy.filters.http.router" => {}
             _ => {
                 return Err(err(
                     fpath,
                     format!(
-                        "HTTP filter {} is not supported (the router and the fault filter are)",
+                        "HTTP filter {} is not supported (the router, the fault and the CORS filters are)",
                         f.name
                     ),
                 ));

@@ -66,7 +66,7 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
-    fn matches(&self, v: &str) -> bool {
+    pub(super) fn matches(&self, v: &str) -> bool {
         match self {
             StringMatch::Exact(s) => v == s,
             StringMatch::Prefix(s) => v.starts_with(s.as_str()),
@@ -200,6 +200,8 @@ pub struct Route {
     /// Faults injected on this route (its `typed_per_filter_config` for
     /// the fault filter), replacing the filter's own.
     pub fault: Option<Arc<super::fault::Fault>>,
+    /// Its CORS policy (`typed_per_filter_config` for the CORS filter).
+    pub cors: Option<Arc<super::cors::Cors>>,
 }
 
 /// How a header is added (Envoy's `HeaderAppendAction`).
@@ -435,7 +437,10 @@ fn regex(re: &xmatch::RegexMatcher, path: &str) -> Result<regex::Regex, FieldErr
     })
 }
 
-fn string_match(m: &xmatch::StringMatcher, path: &str) -> Result<StringMatch, FieldError> {
+pub(super) fn string_match(
+    m: &xmatch::StringMatcher,
+    path: &str,
+) -> Result<StringMatch, FieldError> {
     use xmatch::string_matcher::MatchPattern as P;
     if m.ignore_case {
         return Err(err(
@@ -543,29 +548,42 @@ fn direct_response(
 
 /// A route's faults: its `typed_per_filter_config` for the fault filter
 /// (the only filter configured per route).
-fn route_fault(
-    r: &xroute::Route,
-    path: &str,
-) -> Result<Option<Arc<super::fault::Fault>>, FieldError> {
-    let mut fault = None;
+fn route_filters(r: &xroute::Route, path: &str) -> Result<Filters, FieldError> {
+    let mut filters = Filters::default();
     for (filter, any) in &r.typed_per_filter_config {
         let fpath = format!("{path}.typed_per_filter_config[{filter}]");
-        if filter != super::fault::FILTER
-            || any.type_url.rsplit('/').next() != Some(super::fault::TYPE)
-        {
-            return Err(err(
-                fpath,
-                format!(
-                    "only {} ({}) is supported here",
-                    super::fault::FILTER,
-                    super::fault::TYPE
-                ),
-            ));
+        let ty = any.type_url.rsplit('/').next().unwrap_or_default();
+        match (filter.as_str(), ty) {
+            (super::fault::FILTER, super::fault::TYPE) => {
+                let config = super::unpack(any, &fpath)?;
+                filters.fault = Some(Arc::new(super::fault::build(&config, &fpath)?));
+            }
+            (super::cors::FILTER, super::cors::POLICY_TYPE) => {
+                let config = super::unpack(any, &fpath)?;
+                filters.cors = Some(Arc::new(super::cors::build(&config, &fpath)?));
+            }
+            _ => {
+                return Err(err(
+                    fpath,
+                    format!(
+                        "only {} ({}) and {} ({}) are supported here",
+                        super::fault::FILTER,
+                        super::fault::TYPE,
+                        super::cors::FILTER,
+                        super::cors::POLICY_TYPE
+                    ),
+                ));
+            }
         }
-        let config = super::unpack(any, &fpath)?;
-        fault = Some(Arc::new(super::fault::build(&config, &fpath)?));
     }
-    Ok(fault)
+    Ok(filters)
+}
+
+/// A route's configs of the HTTP filters (`typed_per_filter_config`).
+#[derive(Default)]
+struct Filters {
+    fault: Option<Arc<super::fault::Fault>>,
+    cors: Option<Arc<super::cors::Cors>>,
 }
 
 fn build_route(
@@ -619,7 +637,7 @@ fn build_route(
         path,
         "response",
     )?;
-    let fault = route_fault(r, path)?;
+    let Filters { fault, cors } = route_filters(r, path)?;
     Ok(Route {
         name: r.name.clone(),
         path: path_match,
@@ -628,6 +646,7 @@ fn build_route(
         request_headers,
         response_headers,
         fault,
+        cors,
     })
 }
 

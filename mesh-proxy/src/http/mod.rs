@@ -20,6 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+use crate::config::cors::Cors;
 use crate::config::{
     Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction, Tracing,
 };
@@ -171,7 +172,7 @@ fn local(mut r: Response<ProxyBody>, route: &Route) -> Response<ProxyBody> {
 
 /// Handles one request arriving on `conn`, routed by `manager`.
 async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     manager: &HttpManager,
     conn: &Conn,
     shared: &Shared,
@@ -206,19 +207,50 @@ async fn handle(
             format!("no route for {authority}{}\n", req.uri().path()),
         );
     };
+    // The CORS filter, first: a preflight from an allowed origin is
+    // answered here; other responses to it carry the origin.
+    let cors = route
+        .cors
+        .as_deref()
+        .and_then(|c| Some((c, c.allowed_origin(req.headers())?)));
+    if let Some((c, origin)) = &cors
+        && Cors::is_preflight(req.method(), req.headers())
+    {
+        let mut r = text(StatusCode::OK, Bytes::new());
+        r.headers_mut().remove(header::CONTENT_TYPE);
+        c.preflight_headers(origin.clone(), r.headers_mut());
+        return r;
+    }
+    let mut resp = dispatch(req, manager, route, &authority, conn, shared, upstreams).await;
+    if let Some((c, origin)) = cors {
+        c.response_headers(origin, resp.headers_mut());
+    }
+    resp
+}
+
+/// Past the filters before it: faults, then the route's action.
+async fn dispatch(
+    mut req: Request<Incoming>,
+    manager: &HttpManager,
+    route: &Route,
+    authority: &str,
+    conn: &Conn,
+    shared: &Shared,
+    upstreams: &Upstreams,
+) -> Response<ProxyBody> {
     if let Some(aborted) = inject_fault(route, manager).await {
         return aborted;
     }
     let fwd = match &route.action {
         RouteAction::Forward(f) => f,
         RouteAction::Direct { status, body } => return local(text(*status, body.clone()), route),
-        RouteAction::Redirect(to) => return local(redirect(to, &req, &authority), route),
+        RouteAction::Redirect(to) => return local(redirect(to, &req, authority), route),
     };
     // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers
     // and, once the upstream agrees (101), becomes a byte tunnel.
     let upgrade = upgrade_protocol(&req);
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, manager, route, fwd, &authority);
+    prepare_request(&mut req, manager, route, fwd, authority);
     if let Some(proto) = &upgrade {
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
