@@ -252,6 +252,21 @@ fn route_rule_50_50() {
     );
 }
 
+/// Every route of every route configuration.
+fn all_routes(r: &Resources) -> impl Iterator<Item = &mesh_proto::envoy::config::route::v3::Route> {
+    r.routes
+        .iter()
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+}
+
+/// How many routes configure HTTP filter `filter` for themselves.
+fn routes_configuring(r: &Resources, filter: &str) -> usize {
+    all_routes(r)
+        .filter(|route| route.typed_per_filter_config.contains_key(filter))
+        .count()
+}
+
 /// A redirect rule: the caller's sidecar answers 301 itself (Envoy
 /// validates the golden file like every other).
 #[test]
@@ -261,11 +276,7 @@ fn redirect_rule() {
         &["rules/redirect-svcb-old.yaml"],
         &node(SVCA.0, SVCA.1, SVCA.2),
     );
-    let redirect = r
-        .routes
-        .iter()
-        .flat_map(|rc| &rc.virtual_hosts)
-        .flat_map(|vh| &vh.routes)
+    let redirect = all_routes(&r)
         .find_map(|route| match &route.action {
             Some(mesh_proto::envoy::config::route::v3::route::Action::Redirect(to)) => Some(to),
             _ => None,
@@ -289,18 +300,7 @@ fn fault_rule() {
         &["rules/fault-svcb-v0.2.yaml"],
         &node(SVCA.0, SVCA.1, SVCA.2),
     );
-    let faulted = r
-        .routes
-        .iter()
-        .flat_map(|rc| &rc.virtual_hosts)
-        .flat_map(|vh| &vh.routes)
-        .filter(|route| {
-            route
-                .typed_per_filter_config
-                .contains_key("envoy.filters.http.fault")
-        })
-        .count();
-    assert_eq!(faulted, 1);
+    assert_eq!(routes_configuring(&r, "envoy.filters.http.fault"), 1);
 }
 
 /// DestinationPolicy `loadBalancing` for one version: that version's
@@ -336,18 +336,7 @@ fn cors_rule() {
         &["rules/cors-svcb.yaml"],
         &node(SVCA.0, SVCA.1, SVCA.2),
     );
-    let with_cors = r
-        .routes
-        .iter()
-        .flat_map(|rc| &rc.virtual_hosts)
-        .flat_map(|vh| &vh.routes)
-        .filter(|route| {
-            route
-                .typed_per_filter_config
-                .contains_key("envoy.filters.http.cors")
-        })
-        .count();
-    assert_eq!(with_cors, 1);
+    assert_eq!(routes_configuring(&r, "envoy.filters.http.cors"), 1);
 }
 
 #[test]
