@@ -218,7 +218,7 @@ fn start(run: &Path, name: &str, mut cmd: Command) -> Result<Child> {
         .stderr(err)
         .spawn()
         .map_err(|e| Error::io("start", Path::new(name), e))?;
-    println!("started {name} (pid {})", child.id());
+    tracing::info!(component = name, pid = child.id(), "started");
     Ok(child)
 }
 
@@ -248,7 +248,7 @@ pub fn run(run: &Path, bin: &Path) -> Result<()> {
     for (name, cmd) in components(run, bin) {
         children.push((name, start(run, name, cmd)?));
     }
-    println!("node up");
+    tracing::info!("node up");
     let mut restarts: Vec<(&'static str, Instant)> = Vec::new();
     while !STOP.load(Ordering::SeqCst) {
         // Reap every orphan the namespace hands us.
@@ -261,8 +261,11 @@ pub fn run(run: &Path, bin: &Path) -> Result<()> {
             }
             if let Some(i) = children.iter().position(|(_, c)| c.id() as i32 == pid) {
                 let (name, _) = children.remove(i);
-                println!(
-                    "{name} (pid {pid}) exited with status {status}; starting it again in 1 s"
+                tracing::warn!(
+                    component = name,
+                    pid,
+                    status,
+                    "exited; starting it again in 1 s"
                 );
                 restarts.push((name, Instant::now() + Duration::from_secs(1)));
             }
@@ -277,7 +280,7 @@ pub fn run(run: &Path, bin: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!("stopping");
+    tracing::info!("stopping");
     for (_, c) in children.iter().rev() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -121,6 +121,9 @@ pub fn run(cmd: Cluster) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cluster::Node { run_dir, bin_dir } => {
+            // A long-running process: its log goes through tracing (to the
+            // node.log `up` gives it).
+            let _logging = mesh_runtime::log::init()?;
             mesh_cluster::node::run(&run_dir, &bin_dir)?;
             Ok(ExitCode::SUCCESS)
         }
