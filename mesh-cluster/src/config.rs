@@ -5,8 +5,10 @@ use std::path::Path;
 
 use crate::{CLUSTER_CIDR, NODE_NAME, POD_CIDR, SANDBOX_IMAGE, pki};
 
-/// containerd: its own root, state and socket in the run folder; the
-/// locally built sandbox image; cgroupfs (no systemd here). Root in this VM
+/// containerd: its own root, state and socket in the run folder (pods'
+/// network namespaces too: by default they are named in the host's
+/// /run/netns, where they would outlive the cluster); the locally built
+/// sandbox image; cgroupfs (no systemd here). Root in this VM
 /// lacks CAP_SYS_RESOURCE: without `restrict_oom_score_adj` every sandbox
 /// fails with "can't get final child's PID from pipe: EOF".
 pub fn containerd(run: &Path) -> String {
@@ -20,6 +22,7 @@ state = "{r}/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{SANDBOX_IMAGE}"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{r}/cni/net.d"

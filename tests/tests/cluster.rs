@@ -92,6 +92,7 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
         bin: bin_dir(),
         node_program: mesh_testbed::binary("meshctl").unwrap(),
     };
+    let netns_before = named_netns();
     let c = up(&opts, &mut |step| eprintln!("cluster: {step}")).unwrap();
     mesh_cluster::images::import(&c, &images()).unwrap();
     let ns = Namespace::create(&c, "smoke");
@@ -172,4 +173,18 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
         .filter(|c| c.contains(&path.display().to_string()))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // Pods' network namespaces were never named in the host's /run/netns.
+    assert_eq!(named_netns(), netns_before);
+}
+
+/// The network namespaces named in the host's /run/netns.
+fn named_netns() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
