@@ -217,7 +217,6 @@ impl Mesh {
     /// `cluster` (its admin `/clusters`, as Envoy prints it): a registered
     /// workload has reached the callers' configuration.
     pub fn wait_endpoints(&self, pod: &Pod, cluster: &str, n: usize) -> Result<()> {
-        let healthy = format!("{cluster}::");
         poll(
             &format!(
                 "{n} healthy endpoint(s) of {cluster} in {}'s sidecar",
@@ -225,14 +224,27 @@ impl Mesh {
             ),
             Duration::from_secs(20),
             || {
-                let text = self.admin(pod, "/clusters");
-                let count = text
-                    .lines()
-                    .filter(|l| l.starts_with(&healthy) && l.ends_with("::health_flags::healthy"))
-                    .count();
+                let flags = self.endpoint_stats(pod, cluster, "health_flags");
+                let count = flags.iter().filter(|f| *f == "healthy").count();
                 (count >= n).then_some(())
             },
         )
+    }
+
+    /// The values of stat `stat` of each endpoint of `cluster` in `pod`'s
+    /// sidecar: its admin `/clusters` rows `CLUSTER::ADDRESS::STAT::VALUE`,
+    /// which mesh-proxy and Envoy print alike.
+    pub fn endpoint_stats(&self, pod: &Pod, cluster: &str, stat: &str) -> Vec<String> {
+        let prefix = format!("{cluster}::");
+        self.admin(pod, "/clusters")
+            .lines()
+            .filter_map(|l| {
+                // An IPv6 address holds `::` too: split from the right.
+                let mut parts = l.strip_prefix(&prefix)?.rsplitn(3, "::");
+                let (value, name) = (parts.next()?, parts.next()?);
+                (name == stat).then(|| value.trim().to_owned())
+            })
+            .collect()
     }
 
     /// Adds a pod with `labels`; with a sidecar, programs capture and

@@ -221,11 +221,9 @@ fn pay_many(mesh: &Mesh, client: &Pod, n: usize) -> Result<((usize, usize), usiz
 /// `rq_total` in the admin `/clusters` page, which mesh-proxy and Envoy
 /// print alike.
 pub fn cluster_requests(mesh: &Mesh, pod: &Pod, cluster: &str) -> u64 {
-    let prefix = format!("{cluster}::");
-    mesh.admin(pod, "/clusters")
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit_once("::rq_total::")?.1.trim().parse::<u64>().ok())
+    mesh.endpoint_stats(pod, cluster, "rq_total")
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
         .sum()
 }
 
