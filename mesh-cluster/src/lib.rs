@@ -516,15 +516,7 @@ fn remove_cgroup(dir: &Path) {
 }
 
 /// Polls `check` every 100 ms until it gives a value or `within` passes.
-pub fn wait<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout(what.to_owned()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn wait<T>(what: &str, within: Duration, check: impl FnMut() -> Option<T>) -> Result<T> {
+    mesh_runtime::poll::until(within, Duration::from_millis(100), check)
+        .ok_or_else(|| Error::Timeout(what.to_owned()))
 }

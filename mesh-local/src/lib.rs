@@ -249,18 +249,11 @@ pub fn envoy_binary() -> Result<PathBuf> {
 /// Polls `check` until it returns `Some`, for conditions that have no
 /// readiness signal of their own (e.g. what a remote proxy serves);
 /// fails naming `what` after `within`.
-pub fn poll<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
+pub fn poll<T>(what: &str, within: Duration, check: impl FnMut() -> Option<T>) -> Result<T> {
+    mesh_runtime::poll::until(within, Duration::from_millis(20), check).ok_or_else(|| {
+        Error::Timeout {
+            what: what.to_owned(),
+            seen: String::new(),
         }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                seen: String::new(),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
