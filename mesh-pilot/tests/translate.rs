@@ -327,6 +327,49 @@ fn load_balancing_per_version() {
     );
 }
 
+/// DestinationPolicy `circuitBreaker.simpleCb` on every version's cluster:
+/// one DEFAULT threshold, consecutive-5xx outlier detection (success-rate
+/// ejection off), requests per connection in the HTTP protocol options.
+#[test]
+fn circuit_breaker_on_every_version() {
+    use mesh_proto::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    use prost::Message;
+    let r = golden(
+        "svca-circuit-breaker",
+        &[
+            "route-rules-svcb-v0.2-50.yaml",
+            "rules/circuit-breaker-svcb.yaml",
+        ],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    for version in ["v0.1", "v0.2"] {
+        let name = format!("outbound|80|{version}|svcb.default.svc.cluster.local");
+        let c = r.clusters.iter().find(|c| c.name == name).unwrap();
+        let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
+        let limits = [
+            t.max_connections,
+            t.max_pending_requests,
+            t.max_requests,
+            t.max_retries,
+        ];
+        assert_eq!(
+            limits.map(|v| v.unwrap().value),
+            [100, 10, 100, 3],
+            "{name}"
+        );
+        let o = c.outlier_detection.as_ref().unwrap();
+        assert_eq!(o.consecutive_5xx.unwrap().value, 3);
+        assert_eq!(o.base_ejection_time.unwrap().seconds, 30);
+        assert_eq!(o.interval.unwrap().seconds, 1);
+        assert_eq!(o.max_ejection_percent.unwrap().value, 50);
+        assert_eq!(o.enforcing_success_rate.unwrap().value, 0);
+        let options = &c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let options = HttpProtocolOptions::decode(options.value.as_slice()).unwrap();
+        let common = options.common_http_protocol_options.unwrap();
+        assert_eq!(common.max_requests_per_connection.unwrap().value, 50);
+    }
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

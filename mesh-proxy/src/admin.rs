@@ -14,7 +14,7 @@ use hyper::body::{Bytes, Incoming};
 use tokio::net::TcpListener;
 
 use crate::state::Shared;
-use crate::telemetry::stats::EndpointRow;
+use crate::telemetry::stats::{ClusterRow, EndpointRow};
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -43,6 +43,22 @@ pub fn endpoint_rows(shared: &Shared) -> Vec<EndpointRow> {
             });
         }
     }
+    rows
+}
+
+/// Every cluster's circuit-breaker counters, in name order.
+fn cluster_rows(shared: &Shared) -> Vec<ClusterRow> {
+    let snap = shared.config.load();
+    let mut rows: Vec<_> = snap
+        .clusters
+        .iter()
+        .map(|(name, c)| ClusterRow {
+            cluster: name.clone(),
+            overflows: c.load.overflows.load(Ordering::Relaxed),
+            ejections: c.load.ejections.load(Ordering::Relaxed),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     rows
 }
 
@@ -75,34 +91,47 @@ fn config_dump(shared: &Shared) -> String {
     serde_json::to_string_pretty(&dump).expect("JSON") + "\n"
 }
 
+/// Envoy's `/clusters` text: each cluster's circuit-breaker thresholds,
+/// then each endpoint's counters and health (`/failed_outlier_check` while
+/// outlier detection holds it out).
 fn clusters_text(shared: &Shared) -> String {
+    use crate::config::breaker::RetryLimit;
     let snap = shared.config.load();
+    let mut names: Vec<_> = snap.clusters.keys().collect();
+    names.sort();
     let mut out = String::new();
-    for row in endpoint_rows(shared) {
-        let EndpointRow {
-            cluster,
-            address: addr,
-            requests: rq,
-            failures: failed,
-            active,
-        } = row;
-        let healthy = snap.clusters[&cluster]
-            .endpoints
-            .iter()
-            .find(|e| e.address.to_string() == addr)
-            .is_some_and(|e| e.healthy);
-        let _ = writeln!(
-            out,
-            "{cluster}::{addr}::health_flags::{}",
-            if healthy {
-                "healthy"
-            } else {
+    for name in names {
+        let c = &snap.clusters[name];
+        let l = &c.limits;
+        let retries = match l.retries {
+            RetryLimit::Max(n) => n.to_string(),
+            RetryLimit::Budget(_) => "budget".to_owned(),
+        };
+        for (field, value) in [
+            ("max_connections", l.max_connections.to_string()),
+            ("max_pending_requests", l.max_pending.to_string()),
+            ("max_requests", l.max_requests.to_string()),
+            ("max_retries", retries),
+        ] {
+            let _ = writeln!(out, "{name}::default_priority::{field}::{value}");
+        }
+        let now = c.load.now_ms();
+        for e in &c.endpoints {
+            let addr = e.address;
+            let flags = if !e.healthy {
                 "/failed_eds_health"
-            }
-        );
-        let _ = writeln!(out, "{cluster}::{addr}::rq_total::{rq}");
-        let _ = writeln!(out, "{cluster}::{addr}::rq_error::{failed}");
-        let _ = writeln!(out, "{cluster}::{addr}::rq_active::{active}");
+            } else if e.health.ejected(now) {
+                "/failed_outlier_check"
+            } else {
+                "healthy"
+            };
+            let _ = writeln!(out, "{name}::{addr}::health_flags::{flags}");
+            let get = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}::{addr}::rq_total::{}", get(&e.requests));
+            let _ = writeln!(out, "{name}::{addr}::rq_error::{}", get(&e.failures));
+            let active = e.active.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}::{addr}::rq_active::{active}");
+        }
     }
     out
 }
@@ -161,7 +190,11 @@ async fn handle(
             "text/plain; version=0.0.4",
             shared
                 .stats
-                .render(&endpoint_rows(shared), &shared.config.load().prefix_stats),
+                .render(
+                    &endpoint_rows(shared),
+                    &cluster_rows(shared),
+                    &shared.config.load().prefix_stats,
+                ),
         ),
         (&Method::POST, "/quitquitquit") => {
             shared.shutdown();

@@ -32,10 +32,16 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
         refuse(downstream, conn).await;
         return;
     };
+    // Over the cluster's connection cap the connection is closed, as Envoy's
+    // TCP proxy does.
+    let Some(_admitted) = cluster.load.admit_connection(&cluster.limits) else {
+        return;
+    };
     let _busy = endpoint.start();
     let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address)).await;
     match connect {
         Ok(Ok(mut upstream)) => {
+            cluster.observe(endpoint, false);
             let _ = upstream.set_nodelay(true);
             // Each direction is shut down when its reader ends (half-close).
             // 64 KiB buffers: a few syscalls per window instead of one per 8 KiB.
@@ -53,6 +59,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
                 .upstream_cx_fail
                 .fetch_add(1, Ordering::Relaxed);
             endpoint.failures.fetch_add(1, Ordering::Relaxed);
+            cluster.observe(endpoint, true);
         }
     }
 }

@@ -150,18 +150,11 @@ fn source(out: &mut Vec<FieldError>, at: &FieldPath, s: &IstioService) {
 }
 
 fn destination_policy(out: &mut Vec<FieldError>, root: &FieldPath, p: &DestinationPolicy) {
-    let fields = [
-        (
-            "source",
-            p.source.is_some(),
-            "destination policies for one source",
-        ),
-        (
-            "circuitBreaker",
-            p.circuit_breaker.is_some(),
-            "circuit breakers",
-        ),
-    ];
+    let fields = [(
+        "source",
+        p.source.is_some(),
+        "destination policies for one source",
+    )];
     for (name, set, what) in fields {
         if set {
             refuse(out, root.key(name), what);

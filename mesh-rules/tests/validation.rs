@@ -432,12 +432,25 @@ fn every_field_of_istio_0_4_is_read_and_acts_or_is_refused() {
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_problems(&text, &expected);
     let policy = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: svcb-lb\nspec:\n  destination:\n    name: svcb\n    labels: {version: v0.2}\n  source:\n    name: svca\n  loadBalancing:\n    name: RANDOM\n  circuitBreaker:\n    simpleCb:\n      maxConnections: 100\n      httpMaxPendingRequests: 10\n      httpMaxRequests: 1000\n      sleepWindow: 15m\n      httpConsecutiveErrors: 7\n      httpDetectionInterval: 5m\n      httpMaxRequestsPerConnection: 5\n      httpMaxEjectionPercent: 50\n      httpMaxRetries: 3\n";
-    let expected = [
-        refused("9:3", "spec.source", "destination policies for one source"),
-        refused("13:3", "spec.circuitBreaker", "circuit breakers"),
-    ];
+    let expected = [refused(
+        "9:3",
+        "spec.source",
+        "destination policies for one source",
+    )];
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     assert_problems(policy, &expected);
+}
+
+#[test]
+fn ejection_times_must_be_positive() {
+    let text = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: p\nspec:\n  destination:\n    name: svcb\n  circuitBreaker:\n    simpleCb:\n      sleepWindow: 0s\n      httpMaxEjectionPercent: 101\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:10:20: document 1: spec.circuitBreaker.simpleCb.sleepWindow: sleepWindow must be longer than 0",
+            "rule.yaml:11:31: document 1: spec.circuitBreaker.simpleCb.httpMaxEjectionPercent: httpMaxEjectionPercent 101 is out of range: it must be between 0 and 100",
+        ],
+    );
 }
 
 #[test]

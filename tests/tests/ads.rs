@@ -205,6 +205,7 @@ spec:
     }
 
     faults(&mut mesh, &client, proxy);
+    circuit_breaker(&mesh, &client, proxy);
 
     assert_eq!(
         mesh.world.escaped_packets().unwrap(),
@@ -301,6 +302,31 @@ fn faults(mesh: &mut Mesh, client: &Pod, proxy: Sidecar) {
             && head.contains("access-control-max-age: 3600"),
         "{proxy:?}: {head}"
     );
+}
+
+/// DestinationPolicy `circuitBreaker` through pilot: the caller's sidecar
+/// shows svcb's thresholds in its admin `/clusters`, as Envoy prints them
+/// (what they do is proved beside Envoy in mesh-proxy's `breaker` tests).
+fn circuit_breaker(mesh: &Mesh, client: &Pod, proxy: Sidecar) {
+    let policy = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: svcb-breaker\nspec:\n  destination:\n    name: svcb\n  circuitBreaker:\n    simpleCb:\n      maxConnections: 7\n      httpMaxRequests: 9\n      httpConsecutiveErrors: 3\n";
+    let revision = mesh.apply_rules("create", policy).unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    for version in ["v0.1", "v0.2"] {
+        let cluster = format!("outbound|80|{version}|svcb.default.svc.cluster.local");
+        for (stat, want) in [
+            ("max_connections", "7"),
+            ("max_requests", "9"),
+            ("max_retries", "3"),
+        ] {
+            // Envoy prints its high-priority thresholds after the default ones.
+            let got = mesh.endpoint_stats(client, &cluster, stat);
+            assert_eq!(
+                got.first().map(String::as_str),
+                Some(want),
+                "{proxy:?}: {cluster} {stat}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -20,12 +20,16 @@ use prost::{Message, Name};
 
 use super::{OutboundPolicy, Resources, outbound_cluster_name, subset_name};
 
+/// The key of a cluster's upstream HTTP protocol options.
+pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
 /// Where refused connections go (a cluster without endpoints).
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// Where ALLOW_ANY lets unknown destinations through.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
-fn any<M: Message + Name>(m: &M) -> Any {
+pub(super) fn any<M: Message + Name>(m: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: m.encode_to_vec(),
@@ -46,7 +50,7 @@ fn socket(ip: &str, port: u16) -> xcore::Address {
     }
 }
 
-fn duration(d: std::time::Duration) -> PbDuration {
+pub(super) fn duration(d: std::time::Duration) -> PbDuration {
     PbDuration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
@@ -130,10 +134,8 @@ fn with_http2(mut c: Cluster) -> Cluster {
         ),
         ..Default::default()
     };
-    c.typed_extension_protocol_options.insert(
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-        any(&options),
-    );
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.into(), any(&options));
     c
 }
 
@@ -644,36 +646,19 @@ impl Builder {
         self
     }
 
-    /// The load-balancing algorithm of `host`'s outbound clusters (of
-    /// version `subset` only, when given).
-    pub fn load_balancing(
-        &mut self,
+    /// `host`'s outbound clusters (of version `subset` only, when given).
+    pub fn outbound_clusters<'a>(
+        &'a mut self,
         host: &str,
-        subset: Option<&str>,
-        lb: mesh_rules::rules::LoadBalancer,
-    ) {
-        use mesh_rules::rules::LoadBalancer;
-        use xcluster::cluster::LbPolicy;
-        let policy = match lb {
-            LoadBalancer::RoundRobin => LbPolicy::RoundRobin,
-            // Istio's LEAST_CONN is Envoy's least request.
-            LoadBalancer::LeastConn => LbPolicy::LeastRequest,
-            LoadBalancer::Random => LbPolicy::Random,
-        };
+        subset: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a mut Cluster> {
         let suffix = format!("|{host}");
-        for (name, c) in &mut self.clusters {
-            let Some(rest) = name
-                .strip_prefix("outbound|")
-                .and_then(|r| r.strip_suffix(&suffix))
-            else {
-                continue;
-            };
-            // rest is `<port>|<subset>`.
+        self.clusters.iter_mut().filter_map(move |(name, c)| {
+            // `outbound|<port>|<subset>|<host>`
+            let rest = name.strip_prefix("outbound|")?.strip_suffix(&suffix)?;
             let version = rest.split_once('|').map_or("", |(_, v)| v);
-            if subset.is_none_or(|s| s == version) {
-                c.lb_policy = policy as i32;
-            }
-        }
+            subset.is_none_or(|s| s == version).then_some(c)
+        })
     }
 
     /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.

@@ -19,6 +19,7 @@
 //! workload.
 
 mod build;
+mod policy;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -308,17 +309,14 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
             egress(b, e);
         }
     }
-    load_balancing(b, inputs);
+    destination_policies(b, inputs);
 }
 
-/// DestinationPolicy `loadBalancing`: the algorithm of the destination's
-/// outbound clusters (those of its version when the policy names labels).
-fn load_balancing(b: &mut build::Builder, inputs: &Inputs<'_>) {
+/// DestinationPolicies: the settings of their destination's outbound
+/// clusters (those of its version when the policy names labels).
+fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
     for rule in inputs.rules {
         let Spec::DestinationPolicy(p) = &rule.spec else {
-            continue;
-        };
-        let Some(lb) = &p.load_balancing else {
             continue;
         };
         let Some(host) = p.destination.host(rule.metadata.namespace()) else {
@@ -332,7 +330,9 @@ fn load_balancing(b: &mut build::Builder, inputs: &Inputs<'_>) {
         if known {
             let subset =
                 (!p.destination.labels.is_empty()).then(|| subset_name(&p.destination.labels));
-            b.load_balancing(&host.to_string(), subset.as_deref(), lb.name);
+            for c in b.outbound_clusters(&host.to_string(), subset.as_deref()) {
+                policy::apply(c, p);
+            }
         }
     }
 }

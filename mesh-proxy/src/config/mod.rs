@@ -3,6 +3,7 @@
 //! lookup-ready tables, and swapped in whole: a request sees one snapshot
 //! from start to end.
 
+pub mod breaker;
 pub mod cors;
 pub mod fault;
 mod retry;
@@ -375,6 +376,8 @@ pub struct EndpointCounters {
     pub requests: AtomicU64,
     /// Requests that failed (connect error, reset, 5xx).
     pub failures: AtomicU64,
+    /// Outlier detection's view of it.
+    pub health: breaker::EndpointHealth,
 }
 
 impl EndpointCounters {
@@ -428,62 +431,26 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Speak HTTP/2 (prior knowledge) to the endpoints.
     pub http2: bool,
+    /// Requests per upstream connection (0: no limit).
+    pub max_requests_per_connection: u32,
     /// Connect to the connection's original destination (Envoy's
     /// ORIGINAL_DST cluster, the passthrough of ALLOW_ANY); `endpoints`
     /// then holds one placeholder that carries the counters.
     pub original_dst: bool,
-    /// How many retries may be in flight at once.
-    pub retry_budget: RetryBudget,
-    /// Requests in flight to this cluster (the retry budget's base).
-    pub in_flight: AtomicUsize,
-    /// Retries in flight.
-    pub retries_in_flight: AtomicUsize,
+    /// Circuit-breaker caps.
+    pub limits: breaker::Limits,
+    /// What is in flight (shared by workers, carried across configurations).
+    pub load: Arc<breaker::Load>,
+    /// Consecutive-5xx ejection, when configured.
+    pub outlier: Option<breaker::Outlier>,
     next: AtomicUsize,
 }
 
-/// A limit on concurrent retries as a share of the requests in flight
-/// (Envoy's `circuit_breakers.thresholds[].retry_budget`; the defaults,
-/// 20 % and at least 3, are Envoy's). Retries then cannot multiply the load
-/// on a cluster that is already failing.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryBudget {
-    /// Percent of the requests in flight that may be retries.
-    pub percent: f64,
-    /// Retries always allowed, however few requests are in flight.
-    pub min_concurrency: usize,
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget {
-            percent: 20.0,
-            min_concurrency: 3,
-        }
-    }
-}
-
-/// A retry in flight, counted against its cluster's budget.
-pub struct RetryPermit<'a>(&'a Cluster);
-
-impl Drop for RetryPermit<'_> {
-    fn drop(&mut self) {
-        self.0.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Cluster {
-    /// Takes a place for one retry if the budget has one; the place is
-    /// given back when the returned guard drops.
-    pub fn try_retry(&self) -> Option<RetryPermit<'_>> {
-        let in_flight = self.in_flight.load(Ordering::Relaxed) as f64;
-        let allowed = ((in_flight * self.retry_budget.percent / 100.0) as usize)
-            .max(self.retry_budget.min_concurrency);
-        let now = self.retries_in_flight.fetch_add(1, Ordering::AcqRel);
-        if now < allowed {
-            Some(RetryPermit(self))
-        } else {
-            self.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
-            None
+    /// Notes how a request to `endpoint` ended, for outlier detection.
+    pub fn observe(&self, endpoint: &Endpoint, failed: bool) {
+        if let Some(o) = &self.outlier {
+            o.observe(&self.load, &self.healthy, endpoint, failed);
         }
     }
 
@@ -504,31 +471,52 @@ impl Cluster {
         self.pick(avoid).map(|e| (e, e.address))
     }
 
-    /// Picks a healthy endpoint.
+    /// Picks a healthy endpoint that outlier detection has not ejected
+    /// (any healthy one when fewer than half are left: Envoy's panic mode).
     fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let h = &self.healthy;
-        let n = h.len();
+        if self.outlier.is_some() {
+            let now = self.load.now_ms();
+            let usable: Vec<usize> = (0..h.len())
+                .filter(|&i| !h[i].health.ejected(now))
+                .collect();
+            if usable.len() < h.len() && usable.len() * 2 >= h.len() {
+                let avoid = avoid.and_then(|a| usable.iter().position(|&i| Arc::ptr_eq(&h[i], a)));
+                return self
+                    .choose(usable.len(), avoid, |k| &h[usable[k]])
+                    .map(|k| &h[usable[k]]);
+            }
+        }
+        let avoid = avoid.and_then(|a| h.iter().position(|e| Arc::ptr_eq(e, a)));
+        self.choose(h.len(), avoid, |k| &h[k]).map(|k| &h[k])
+    }
+
+    /// Chooses one of `n` endpoints (`at` gives the k-th) by the cluster's
+    /// policy; `avoid` is the place of one to skip when there are others.
+    fn choose<'a>(
+        &self,
+        n: usize,
+        avoid: Option<usize>,
+        at: impl Fn(usize) -> &'a Arc<Endpoint>,
+    ) -> Option<usize> {
         if n == 0 {
             return None;
         }
-        if let Some(prev) = avoid.filter(|_| n > 1) {
-            let at = h.iter().position(|e| Arc::ptr_eq(e, prev));
-            return Some(match (self.lb, at) {
-                (LbPolicy::RoundRobin, Some(i)) => &h[(i + 1) % n],
-                (_, Some(i)) => &h[(i + 1 + fastrand::usize(..n - 1)) % n],
-                (_, None) => &h[fastrand::usize(..n)],
+        if n > 1
+            && let Some(i) = avoid
+        {
+            return Some(match self.lb {
+                LbPolicy::RoundRobin => (i + 1) % n,
+                _ => (i + 1 + fastrand::usize(..n - 1)) % n,
             });
         }
         Some(match self.lb {
-            LbPolicy::RoundRobin => &h[self.next.fetch_add(1, Ordering::Relaxed) % n],
-            LbPolicy::Random => &h[fastrand::usize(..n)],
+            LbPolicy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            LbPolicy::Random => fastrand::usize(..n),
             LbPolicy::LeastRequest => {
-                let (a, b) = (&h[fastrand::usize(..n)], &h[fastrand::usize(..n)]);
-                if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
-                    b
-                } else {
-                    a
-                }
+                let (a, b) = (fastrand::usize(..n), fastrand::usize(..n));
+                let busy = |k| at(k).active.load(Ordering::Relaxed);
+                if busy(b) < busy(a) { b } else { a }
             }
         })
     }
@@ -822,6 +810,7 @@ fn build_cluster(
             ));
         }
     };
+    let (http2, max_requests_per_connection) = protocol_options(c, path)?;
     let assignment = assignment_of(c, path, eds, assignments);
     let counters = |address| endpoint_counters(previous, &c.name, address);
     let mut endpoints = match assignment {
@@ -842,11 +831,15 @@ fn build_cluster(
         endpoints,
         lb,
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
-        http2: upstream_http2(c, path)?,
+        http2,
+        max_requests_per_connection,
         original_dst,
-        retry_budget: retry_budget(c, path)?,
-        in_flight: AtomicUsize::new(0),
-        retries_in_flight: AtomicUsize::new(0),
+        limits: breaker::limits(c, path)?,
+        load: previous
+            .and_then(|p| p.clusters.get(&c.name))
+            .map(|p| p.load.clone())
+            .unwrap_or_default(),
+        outlier: breaker::Outlier::from_xds(&c.outlier_detection, path)?,
         next: AtomicUsize::new(0),
     })
 }
@@ -901,14 +894,23 @@ fn cluster_endpoints(
     Ok(endpoints)
 }
 
-/// Whether the cluster's protocol options ask for HTTP/2 upstream.
-fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, FieldError> {
+/// What the cluster's protocol options ask for: HTTP/2 upstream, and how
+/// many requests a connection carries (0: no limit).
+fn protocol_options(c: &xcluster::Cluster, path: &str) -> Result<(bool, u32), FieldError> {
     use upstream_http::http_protocol_options::UpstreamProtocolOptions;
     use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
     let mut http2 = false;
+    let mut max_requests = 0;
     for (key, any) in &c.typed_extension_protocol_options {
         let p = format!("{path}.typed_extension_protocol_options.{key}");
         let opts: upstream_http::HttpProtocolOptions = unpack(any, &p)?;
+        if let Some(n) = opts
+            .common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_requests_per_connection)
+        {
+            max_requests = n.value;
+        }
         if let Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) = opts.upstream_protocol_options
         {
             http2 = matches!(
@@ -917,43 +919,7 @@ fn upstream_http2(c: &xcluster::Cluster, path: &str) -> Result<bool, FieldError>
             );
         }
     }
-    Ok(http2)
-}
-
-/// The cluster's retry budget (its one DEFAULT circuit-breaker threshold).
-fn retry_budget(c: &xcluster::Cluster, path: &str) -> Result<RetryBudget, FieldError> {
-    let mut retry_budget = RetryBudget::default();
-    let Some(cb) = &c.circuit_breakers else {
-        return Ok(retry_budget);
-    };
-    let tpath = format!("{path}.circuit_breakers.thresholds");
-    let [t] = cb.thresholds.as_slice() else {
-        return Err(err(
-            tpath,
-            "exactly one threshold (priority DEFAULT) is supported",
-        ));
-    };
-    if t.priority != 0 {
-        return Err(err(
-            format!("{tpath}[0].priority"),
-            "only DEFAULT is supported",
-        ));
-    }
-    if let Some(b) = &t.retry_budget {
-        if let Some(p) = &b.budget_percent {
-            if !(0.0..=100.0).contains(&p.value) {
-                return Err(err(
-                    format!("{tpath}[0].retry_budget.budget_percent"),
-                    format!("{} is not a percentage (0 to 100)", p.value),
-                ));
-            }
-            retry_budget.percent = p.value;
-        }
-        if let Some(m) = &b.min_retry_concurrency {
-            retry_budget.min_concurrency = m.value as usize;
-        }
-    }
-    Ok(retry_budget)
+    Ok((http2, max_requests))
 }
 
 fn build_listener(
@@ -1188,43 +1154,4 @@ fn build_http(
         fault,
         routes: RouteTable::build(rc, &rc_path, &b.clusters)?,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cluster(budget: RetryBudget) -> Cluster {
-        Cluster {
-            name: "c".into(),
-            endpoints: vec![],
-            healthy: vec![],
-            lb: LbPolicy::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            http2: false,
-            original_dst: false,
-            retry_budget: budget,
-            in_flight: AtomicUsize::new(0),
-            retries_in_flight: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
-        }
-    }
-
-    #[test]
-    fn retry_budget_is_a_share_of_requests_in_flight() {
-        let c = cluster(RetryBudget::default());
-        // Few requests: the minimum of 3 concurrent retries.
-        c.in_flight.store(4, Ordering::Relaxed);
-        let held: Vec<_> = (0..3).map(|_| c.try_retry().expect("within 3")).collect();
-        assert!(c.try_retry().is_none(), "a 4th retry at once is refused");
-        drop(held);
-        // 50 in flight: 20 % is 10.
-        c.in_flight.store(50, Ordering::Relaxed);
-        let held: Vec<_> = (0..10).map(|_| c.try_retry().expect("within 10")).collect();
-        assert!(c.try_retry().is_none());
-        // A finished retry gives its place back.
-        drop(held);
-        assert_eq!(c.retries_in_flight.load(Ordering::Relaxed), 0);
-        assert!(c.try_retry().is_some());
-    }
 }

@@ -1,6 +1,7 @@
-//! Forwarding one request upstream: the cluster picked by weight, the
-//! endpoint by the cluster's policy, then tries with per-try and overall
-//! timeouts and retries within the cluster's retry budget.
+//! Forwarding one request upstream: the cluster picked by weight, admitted
+//! under its circuit breaker, the endpoint by the cluster's policy, then
+//! tries with per-try and overall timeouts and retries within the cluster's
+//! retry limit; each try's outcome feeds outlier detection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,26 +13,13 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 
 use super::{ProxyBody, text};
+use crate::config::breaker::{Refusal, RetryPermit};
 use crate::config::{Cluster, Endpoint, Failure, Forward, RetryPolicy};
 use crate::state::Shared;
-use crate::upstream::{Downstream, PooledBody, UpstreamBody, UpstreamError, Upstreams};
+use crate::upstream::{Connecting, Downstream, PooledBody, UpstreamBody, UpstreamError, Upstreams};
 
-/// Counts a request in flight to a cluster (the retry budget's base).
-struct ClusterInFlight<'a>(&'a Cluster);
-
-impl<'a> ClusterInFlight<'a> {
-    fn new(c: &'a Cluster) -> Self {
-        c.in_flight.fetch_add(1, Ordering::Relaxed);
-        ClusterInFlight(c)
-    }
-}
-
-impl Drop for ClusterInFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
+// Matched as soon as it is returned, never stored (see `Next`).
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Response(Response<PooledBody>),
     /// No response: how, and the error's words.
@@ -55,6 +43,27 @@ fn failure_of(e: &UpstreamError) -> Failure {
             }
             Failure::Reset
         }
+    }
+}
+
+/// The answer to a request past its cluster's circuit breaker, as Envoy
+/// gives it.
+fn overflow() -> Response<ProxyBody> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow\n",
+    );
+    r.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    r
+}
+
+/// How the upstream pools reach `cluster`'s endpoints.
+fn connecting(cluster: &Cluster) -> Connecting {
+    Connecting {
+        http2: cluster.http2,
+        timeout: cluster.connect_timeout,
+        max_requests: cluster.max_requests_per_connection,
     }
 }
 
@@ -95,10 +104,7 @@ async fn send(
     head.extensions.clear();
     let r = Request::from_parts(head, body);
     let fut = async {
-        match upstreams
-            .send(address, cluster.http2, cluster.connect_timeout, r)
-            .await
-        {
+        match upstreams.send(address, connecting(cluster), r).await {
             Ok(r) => Outcome::Response(r),
             Err(e) => Outcome::Failed(failure_of(&e), e.to_string()),
         }
@@ -143,15 +149,15 @@ struct Tries<'a> {
     shared: &'a Shared,
     max: u32,
     deadline: Option<tokio::time::Instant>,
-    /// The retry in flight holds a place in the cluster's retry budget.
-    permit: Option<crate::config::RetryPermit<'a>>,
+    /// The retry in flight holds a place under the cluster's retry limit.
+    permit: Option<RetryPermit>,
     last: (StatusCode, String),
 }
 
 impl<'a> Tries<'a> {
-    /// Takes a place in the retry budget, or counts the refusal.
+    /// Takes a place under the retry limit, or counts the refusal.
     fn budget_allows(&mut self) -> bool {
-        match self.cluster.try_retry() {
+        match self.cluster.load.try_retry(&self.cluster.limits.retries) {
             Some(p) => {
                 self.permit = Some(p);
                 true
@@ -189,9 +195,11 @@ impl<'a> Tries<'a> {
         match outcome {
             Outcome::Response(r) => {
                 let status = r.status().as_u16();
-                if r.status().is_server_error() {
+                let failed = r.status().is_server_error();
+                if failed {
                     endpoint.failures.fetch_add(1, Ordering::Relaxed);
                 }
+                self.cluster.observe(endpoint, failed);
                 let wanted = by_policy && self.policy.retries_response(status, r.headers());
                 if wanted && self.budget_allows() {
                     Next::Retry { policy: true }
@@ -202,6 +210,7 @@ impl<'a> Tries<'a> {
             Outcome::TimedOut => {
                 stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                self.cluster.observe(endpoint, true);
                 if self
                     .deadline
                     .is_some_and(|d| tokio::time::Instant::now() >= d)
@@ -231,6 +240,7 @@ impl<'a> Tries<'a> {
             Outcome::Failed(kind, e) => {
                 stats.upstream_cx_fail.fetch_add(1, Ordering::Relaxed);
                 endpoint.failures.fetch_add(1, Ordering::Relaxed);
+                self.cluster.observe(endpoint, true);
                 self.last = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("upstream connect error or disconnect/reset before headers: {e}"),
@@ -275,7 +285,18 @@ pub(super) async fn forward(
     let Some(cluster) = &fwd.clusters.pick().cluster else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
     };
-    let _in_flight = ClusterInFlight::new(cluster);
+    let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let admission = match cluster
+        .load
+        .admit(&cluster.limits, !cluster.http2, deadline)
+        .await
+    {
+        Ok(a) => a,
+        Err(Refusal::Overflow) => return overflow(),
+        Err(Refusal::Timeout) => {
+            return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+        }
+    };
     let mut tries = Tries {
         policy: &fwd.retry,
         cluster,
@@ -285,7 +306,7 @@ pub(super) async fn forward(
         } else {
             1
         },
-        deadline: fwd.timeout.map(|t| tokio::time::Instant::now() + t),
+        deadline,
         permit: None,
         last: (StatusCode::SERVICE_UNAVAILABLE, String::new()),
     };
@@ -316,7 +337,12 @@ pub(super) async fn forward(
             endpoint,
             body_failed.load(Ordering::Relaxed),
         ) {
-            Next::Answer(r) => return r,
+            Next::Answer(r) => {
+                return r.map(|b| match b {
+                    Either::Left(upstream) => Either::Left(upstream.holding(admission)),
+                    made => made,
+                });
+            }
             Next::Stop => break,
             Next::Retry { policy } => {
                 if policy {

@@ -22,6 +22,17 @@ pub struct EndpointRow {
     pub active: usize,
 }
 
+/// One cluster's circuit-breaker counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRow {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Requests refused by a cap.
+    pub overflows: u64,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: u64,
+}
+
 /// Proxy-wide counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -54,7 +65,12 @@ impl Stats {
 
     /// The counters in Prometheus text format: the proxy's own, those of
     /// each `stat_prefix`, and each endpoint's.
-    pub fn render(&self, endpoints: &[EndpointRow], prefixes: &PrefixStatsByName) -> String {
+    pub fn render(
+        &self,
+        endpoints: &[EndpointRow],
+        clusters: &[ClusterRow],
+        prefixes: &PrefixStatsByName,
+    ) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx_total counter");
@@ -107,6 +123,16 @@ impl Stats {
                 "mesh_proxy_upstream_rq_failed_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
                 e.cluster, e.address, e.failures
             );
+        }
+        for (name, pick) in [
+            ("upstream_rq_pending_overflow_total", 0),
+            ("outlier_detection_ejections_enforced_total", 1),
+        ] {
+            let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
+            for c in clusters {
+                let value = if pick == 0 { c.overflows } else { c.ejections };
+                let _ = writeln!(s, "mesh_proxy_{name}{{cluster=\"{}\"}} {value}", c.cluster);
+            }
         }
         let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_active gauge");
         for e in endpoints {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use hyper::body::{Bytes, Frame, Incoming};
 
-pub use pool::{PooledBody, Upstreams};
+pub use pool::{Connecting, PooledBody, Upstreams};
 
 /// How long an idle pooled upstream connection is kept. Shorter than common
 /// servers' keep-alive timeouts (5 s and up), so the proxy closes first and

@@ -15,17 +15,39 @@ use hyper::client::conn::{http1, http2};
 
 use super::connect::{connect_h1, connect_h2};
 use super::{UPSTREAM_IDLE_TIMEOUT, UpstreamBody, UpstreamError};
+use crate::config::breaker::Admission;
 
-/// An idle HTTP/1.1 connection.
+/// An idle HTTP/1.1 connection and how many requests it carried.
 struct IdleH1 {
     sender: http1::SendRequest<UpstreamBody>,
     since: Instant,
+    requests: u32,
 }
 
-/// An HTTP/2 connection and when a request last used it.
+/// An HTTP/2 connection, when a request last used it and how many did.
 struct SharedH2 {
     sender: http2::SendRequest<UpstreamBody>,
     used: Instant,
+    requests: u32,
+}
+
+/// How to reach one cluster's endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Connecting {
+    /// HTTP/2 with prior knowledge, else HTTP/1.1.
+    pub http2: bool,
+    /// How long a TCP connect may take.
+    pub timeout: Duration,
+    /// Requests a connection carries before it is closed (HTTP/1.1) or no
+    /// longer given new ones (HTTP/2); 0: no limit.
+    pub max_requests: u32,
+}
+
+impl Connecting {
+    /// Whether a connection that carried `requests` takes no more.
+    fn spent(&self, requests: u32) -> bool {
+        self.max_requests != 0 && requests >= self.max_requests
+    }
 }
 
 #[derive(Default)]
@@ -72,43 +94,45 @@ impl Upstreams {
 
     /// Sends `req` to `addr` over HTTP/2 or HTTP/1.1, on a pooled
     /// connection when one is free, else on a new one connected within
-    /// `connect_timeout`. An HTTP/1.1 request wants an origin-form URI and
+    /// `how.timeout`. An HTTP/1.1 request wants an origin-form URI and
     /// a Host header; an HTTP/2 one an absolute URI.
     pub async fn send(
         &self,
         addr: SocketAddr,
-        http2: bool,
-        connect_timeout: Duration,
+        how: Connecting,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        if http2 {
-            self.send_h2(addr, connect_timeout, req).await
+        if how.http2 {
+            self.send_h2(addr, how, req).await
         } else {
-            self.send_h1(addr, connect_timeout, req).await
+            self.send_h1(addr, how, req).await
         }
     }
 
     async fn send_h1(
         &self,
         addr: SocketAddr,
-        connect_timeout: Duration,
+        how: Connecting,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         loop {
-            let (mut sender, pooled) = match self.idle_h1(addr) {
-                Some(s) => (s, true),
+            let (mut sender, requests, pooled) = match self.idle_h1(addr) {
+                Some((s, n)) => (s, n, true),
                 // Boxed: connecting is rare, and its state would otherwise
                 // grow every request's future (copied as it is set up).
-                None => (Box::pin(connect_h1(addr, connect_timeout)).await?, false),
+                None => (Box::pin(connect_h1(addr, how.timeout)).await?, 0, false),
             };
+            let requests = requests + 1;
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     // After 101 the connection belongs to the upgrade.
-                    let reuse = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+                    let reuse =
+                        resp.status() != StatusCode::SWITCHING_PROTOCOLS && !how.spent(requests);
                     let checkin = reuse.then(|| Checkin {
                         pools: self.clone(),
                         addr,
                         sender,
+                        requests,
                     });
                     return Ok(resp.map(|body| PooledBody::new(body, checkin)));
                 }
@@ -124,7 +148,7 @@ impl Upstreams {
 
     /// The most recently used ready idle connection to `addr`. Closed and
     /// expired ones are dropped; ones still finishing a response stay.
-    fn idle_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<UpstreamBody>, u32)> {
         let mut pools = self.lock();
         let idle = pools.h1.get_mut(&addr)?;
         let now = Instant::now();
@@ -137,7 +161,7 @@ impl Upstreams {
                 continue;
             }
             if c.sender.is_ready() {
-                found = Some(c.sender);
+                found = Some((c.sender, c.requests));
                 break;
             }
             busy.push(c);
@@ -146,7 +170,12 @@ impl Upstreams {
         found
     }
 
-    fn checkin_h1(&self, addr: SocketAddr, sender: http1::SendRequest<UpstreamBody>) {
+    fn checkin_h1(
+        &self,
+        addr: SocketAddr,
+        sender: http1::SendRequest<UpstreamBody>,
+        requests: u32,
+    ) {
         if sender.is_closed() {
             return;
         }
@@ -154,6 +183,7 @@ impl Upstreams {
         pools.h1.entry(addr).or_default().push(IdleH1 {
             sender,
             since: Instant::now(),
+            requests,
         });
         self.start_sweeper(&mut pools);
     }
@@ -161,17 +191,14 @@ impl Upstreams {
     async fn send_h2(
         &self,
         addr: SocketAddr,
-        connect_timeout: Duration,
+        how: Connecting,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let mut again = false;
         loop {
-            let (mut sender, fresh) = match self.shared_h2(addr) {
+            let (mut sender, fresh) = match self.shared_h2(addr, how) {
                 Some(s) => (s, false),
-                None => (
-                    Box::pin(self.connect_shared_h2(addr, connect_timeout)).await?,
-                    true,
-                ),
+                None => (Box::pin(self.connect_shared_h2(addr, how)).await?, true),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(|body| PooledBody::new(body, None))),
@@ -188,28 +215,44 @@ impl Upstreams {
         }
     }
 
-    fn shared_h2(&self, addr: SocketAddr) -> Option<http2::SendRequest<UpstreamBody>> {
+    /// The shared connection to `addr`, counting one more request on it; a
+    /// connection that has carried its share leaves the pool (its streams
+    /// finish) and the next request opens another.
+    fn shared_h2(
+        &self,
+        addr: SocketAddr,
+        how: Connecting,
+    ) -> Option<http2::SendRequest<UpstreamBody>> {
         let mut pools = self.lock();
         let c = pools.h2.get_mut(&addr)?;
         if c.sender.is_closed() {
             return None;
         }
         c.used = Instant::now();
-        Some(c.sender.clone())
+        c.requests += 1;
+        let sender = c.sender.clone();
+        if how.spent(c.requests) {
+            pools.h2.remove(&addr);
+        }
+        Some(sender)
     }
 
     async fn connect_shared_h2(
         &self,
         addr: SocketAddr,
-        timeout: Duration,
+        how: Connecting,
     ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
-        let sender = connect_h2(addr, timeout).await?;
+        let sender = connect_h2(addr, how.timeout).await?;
+        if how.spent(1) {
+            return Ok(sender);
+        }
         let mut pools = self.lock();
         pools.h2.insert(
             addr,
             SharedH2 {
                 sender: sender.clone(),
                 used: Instant::now(),
+                requests: 1,
             },
         );
         self.start_sweeper(&mut pools);
@@ -245,28 +288,45 @@ struct Checkin {
     pools: Upstreams,
     addr: SocketAddr,
     sender: http1::SendRequest<UpstreamBody>,
+    requests: u32,
 }
 
 /// A response body that puts its HTTP/1.1 connection back in the pool when
-/// it ends. Dropped before its end, the connection closes with it.
+/// it ends. Dropped before its end, the connection closes with it. Either
+/// way the request's places under its cluster's circuit breaker are given
+/// back then.
 pub struct PooledBody {
     body: Incoming,
     checkin: Option<Checkin>,
+    admission: Option<Admission>,
 }
 
 impl PooledBody {
     fn new(body: Incoming, checkin: Option<Checkin>) -> Self {
-        let mut b = PooledBody { body, checkin };
+        let mut b = PooledBody {
+            body,
+            checkin,
+            admission: None,
+        };
         if b.body.is_end_stream() {
             b.release();
         }
         b
     }
 
+    /// Holds the request's admission until the body ends.
+    pub fn holding(mut self, admission: Admission) -> Self {
+        if !self.body.is_end_stream() {
+            self.admission = Some(admission);
+        }
+        self
+    }
+
     fn release(&mut self) {
         if let Some(c) = self.checkin.take() {
-            c.pools.checkin_h1(c.addr, c.sender);
+            c.pools.checkin_h1(c.addr, c.sender, c.requests);
         }
+        self.admission = None;
     }
 }
 
@@ -283,7 +343,10 @@ impl Body for PooledBody {
             Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
             // A broken body leaves the connection unusable.
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            Poll::Ready(Some(Err(_))) => {
+                self.checkin = None;
+                self.admission = None;
+            }
             _ => {}
         }
         r

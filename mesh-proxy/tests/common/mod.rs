@@ -426,6 +426,12 @@ pub struct CountingBackend {
 
 impl CountingBackend {
     pub fn start() -> CountingBackend {
+        Self::answering(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+    }
+
+    /// The same backend giving `answer` (a whole HTTP/1.1 response) to
+    /// every request.
+    pub fn answering(answer: &'static [u8]) -> CountingBackend {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -452,7 +458,6 @@ impl CountingBackend {
                         // Requests without bodies: one answer per head.
                         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                             pending.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
                             if s.write_all(answer).is_err() {
                                 return;
                             }

@@ -112,6 +112,14 @@ impl DestinationPolicy {
                     c.range(&p.key(field), field, v, 1, i64::from(u32::MAX));
                 }
             }
+            for (field, d) in [
+                ("sleepWindow", &s.sleep_window),
+                ("httpDetectionInterval", &s.http_detection_interval),
+            ] {
+                if d.as_ref().is_some_and(|d| d.get().is_zero()) {
+                    c.fail(&p.key(field), format!("{field} must be longer than 0"));
+                }
+            }
             if let Some(v) = s.http_max_ejection_percent {
                 c.range(
                     &p.key("httpMaxEjectionPercent"),
