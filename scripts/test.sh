@@ -89,9 +89,9 @@ step "benchmark harness smoke run (numbers not judged)"
 bench_out=$(mktemp -d)
 # Seven rows (5 maximum-throughput incl. gRPC, 1 fixed-rate, TCP) and the
 # memory row, for mesh-proxy from a file and configured by pilot, and for
-# the byte-relay floor.
+# the byte-relay floor; mesh-proxy from a file also mirrors (one more row).
 "$target_dir/debug/mesh-bench" run --smoke --out "$bench_out" > "$bench_out/report.txt"
-grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
+grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 9 || { cat "$bench_out/report.txt"; exit 1; }
 grep -c '^| mesh-proxy (via pilot) |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
 grep -c '^| floor (byte relay) |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
 rm -rf "$bench_out"

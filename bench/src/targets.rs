@@ -17,6 +17,9 @@ pub struct Backends {
     pub tcp: SocketAddr,
     /// gRPC (HTTP/2 prior knowledge): the standard health service.
     pub grpc: SocketAddr,
+    /// HTTP, small body, every request also copied to the small backend
+    /// (a mirror): only proxies that mirror have it.
+    pub mirrored: Option<SocketAddr>,
 }
 
 /// A measured target.
@@ -118,11 +121,21 @@ fn ports() -> Backends {
         large: a(free_port()),
         tcp: a(free_port()),
         grpc: a(free_port()),
+        mirrored: None,
     }
 }
 
-/// An Envoy-format bootstrap with the four listeners; `access_log` adds a
-/// file access log to the HTTP listeners, as a sidecar has.
+/// `b` with a mirroring listener too.
+fn with_mirror(b: Backends) -> Backends {
+    Backends {
+        mirrored: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+        ..b
+    }
+}
+
+/// An Envoy-format bootstrap with the four listeners, and the mirroring
+/// one when `listen` has it; `access_log` adds a file access log to the
+/// HTTP listeners, as a sidecar has.
 pub fn envoy_bootstrap(
     listen: Backends,
     to: Backends,
@@ -134,7 +147,7 @@ pub fn envoy_bootstrap(
     } else {
         ""
     };
-    let http = |name: &str, l: SocketAddr, cluster: &str| {
+    let http = |name: &str, l: SocketAddr, cluster: &str, mirror: &str| {
         format!(
             r#"  - name: {name}
     address:
@@ -156,7 +169,7 @@ pub fn envoy_bootstrap(
               domains: ["*"]
               routes:
               - match: {{prefix: "/"}}
-                route: {{cluster: {cluster}}}
+                route: {{cluster: {cluster}{mirror}}}
 "#,
             l.port()
         )
@@ -174,14 +187,20 @@ pub fn envoy_bootstrap(
     };
     format!(
         "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}{}  - name: tcp\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n  clusters:\n{}{}{}{}",
-        http("small", listen.small, "small"),
-        http("large", listen.large, "large"),
-        http("grpc", listen.grpc, "grpc"),
+        http("small", listen.small, "small", "")
+            + &listen.mirrored.map_or_else(String::new, |m| http(
+                "mirrored",
+                m,
+                "small",
+                ", request_mirror_policies: [{cluster: mirror}]"
+            )),
+        http("large", listen.large, "large", ""),
+        http("grpc", listen.grpc, "grpc", ""),
         listen.tcp.port(),
         cluster("small", to.small),
         cluster("large", to.large),
         cluster("tcp", to.tcp),
-        cluster("grpc", to.grpc),
+        cluster("grpc", to.grpc) + &cluster("mirror", to.small),
     )
 }
 
@@ -239,7 +258,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Starts mesh-proxy (one worker) in front of `to`.
 pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Target> {
-    let listen = ports();
+    let listen = with_mirror(ports());
     let dir = temp_dir("mesh-proxy");
     let cfg = dir.join("bootstrap.yaml");
     std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), false))?;
@@ -309,6 +328,7 @@ pub fn mesh_proxy_via_pilot(
             large: format!("{POD_IP}:{}", to.large.port()).parse()?,
             tcp: format!("{POD_IP}:{}", to.tcp.port()).parse()?,
             grpc: format!("{POD_IP}:{}", to.grpc.port()).parse()?,
+            mirrored: None,
         },
         child: None,
         peers: vec![],
@@ -326,7 +346,7 @@ pub fn mesh_proxy_via_pilot(
 
 /// Starts Envoy (`--concurrency 1`, access log on) in front of `to`.
 pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
-    let listen = ports();
+    let listen = with_mirror(ports());
     let dir = temp_dir("envoy");
     let cfg = dir.join("bootstrap.yaml");
     std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), true))?;

@@ -370,6 +370,28 @@ fn circuit_breaker_on_every_version() {
     }
 }
 
+/// A mirror to a version of the destination: the rule's route copies to
+/// that version's cluster, which exists though no route sends to it.
+#[test]
+fn mirror_rule() {
+    use mesh_proto::envoy::config::route::v3::route::Action;
+    let r = golden(
+        "svca-mirror",
+        &["rules/mirror-svcb-v0.2.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let v2 = "outbound|80|v0.2|svcb.default.svc.cluster.local";
+    let mirrors: Vec<&str> = all_routes(&r)
+        .filter_map(|route| match &route.action {
+            Some(Action::Route(a)) => Some(a),
+            _ => None,
+        })
+        .flat_map(|a| a.request_mirror_policies.iter().map(|m| m.cluster.as_str()))
+        .collect();
+    assert_eq!(mirrors, [v2]);
+    assert!(r.clusters.iter().any(|c| c.name == v2));
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

@@ -34,13 +34,17 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
 }
 
 fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
-    let fields = [
-        ("l4Fault", r.l4_fault.is_some(), "TCP fault injection"),
-        ("mirror", r.mirror.is_some(), "traffic mirroring"),
-    ];
-    for (name, set, what) in fields {
-        if set {
-            refuse(out, root.key(name), what);
+    if r.l4_fault.is_some() {
+        refuse(out, root.key("l4Fault"), "TCP fault injection");
+    }
+    // Copies go to a version of the destination, whose clusters the
+    // destination's routes already have.
+    if let Some(m) = &r.mirror {
+        let rule_ns = "";
+        if m.host(rule_ns) != r.destination.host(rule_ns) {
+            let what =
+                "mirroring to another service (mirror to versions of the destination, by `labels`)";
+            refuse(out, root.key("mirror").key("name"), what);
         }
     }
     if let Some(f) = &r.http_fault {

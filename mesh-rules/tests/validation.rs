@@ -426,7 +426,11 @@ fn every_field_of_istio_0_4_is_read_and_acts_or_is_refused() {
     };
     let expected = [
         refused("32:3", "spec.l4Fault", "TCP fault injection"),
-        refused("34:3", "spec.mirror", "traffic mirroring"),
+        refused(
+            "35:5",
+            "spec.mirror.name",
+            "mirroring to another service (mirror to versions of the destination, by `labels`)",
+        ),
         refused("14:5", "spec.match.tcp", "matching TCP subnets"),
     ];
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();

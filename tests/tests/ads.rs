@@ -206,6 +206,7 @@ spec:
 
     faults(&mut mesh, &client, proxy);
     circuit_breaker(&mesh, &client, proxy);
+    mirror(&mesh, &client, &v2, proxy);
 
     assert_eq!(
         mesh.world.escaped_packets().unwrap(),
@@ -327,6 +328,28 @@ fn circuit_breaker(mesh: &Mesh, client: &Pod, proxy: Sidecar) {
             );
         }
     }
+}
+
+/// RouteRule `mirror` through pilot: every call goes to v0.1 and a copy of
+/// it to v0.2, counted by v0.2's own sidecar.
+fn mirror(mesh: &Mesh, client: &Pod, v2: &Pod, proxy: Sidecar) {
+    let rule = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata:\n  name: svcb-mirror\nspec:\n  destination:\n    name: svcb\n  precedence: 9\n  route:\n  - labels: {version: v0.1}\n  mirror:\n    name: svcb\n    labels: {version: v0.2}\n";
+    let received = || -> u64 {
+        let rows = mesh.endpoint_stats(v2, "inbound|8080||", "rq_total");
+        rows.iter().map(|n| n.parse::<u64>().unwrap()).sum()
+    };
+    let revision = mesh.apply_rules("create", rule).unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    let before = received();
+    let bodies = calls(mesh, client, 20, &[]);
+    assert_eq!(count(&bodies, "svcb-v0.1"), 20, "{proxy:?}: {bodies:?}");
+    // The copies travel on their own: wait for them, then count exactly.
+    mesh_testbed::eventually(
+        "the mirrored copies at v0.2",
+        Duration::from_secs(10),
+        || (received() >= before + 20).then_some(()),
+    );
+    assert_eq!(received(), before + 20, "{proxy:?}: copies at v0.2");
 }
 
 #[test]

@@ -516,7 +516,15 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
             ..Default::default()
         }),
     };
-    let action = forward_action(rule, specifier);
+    let mut action = forward_action(rule, specifier);
+    // Copies go to the version the rule names (support.rs refuses other
+    // services), whose cluster `service_clusters` adds.
+    if let Some(m) = &rule.mirror {
+        action.request_mirror_policies = vec![xroute::route_action::RequestMirrorPolicy {
+            cluster: outbound_cluster_name(port, &subset_name(&m.labels), host),
+            ..Default::default()
+        }];
+    }
     // A redirect answers the request itself (301, as Istio's).
     let action = match &rule.redirect {
         Some(to) => xroute::route::Action::Redirect(xroute::RedirectAction {
@@ -770,7 +778,7 @@ impl Builder {
     }
 
     /// The service port's clusters: the whole service, and one per subset
-    /// a rule routes to.
+    /// a rule routes or mirrors to.
     fn service_clusters(
         &mut self,
         port: &ServicePort,
@@ -788,11 +796,10 @@ impl Builder {
         let default_cluster = outbound_cluster_name(port.port, "", host);
         self.endpoints_cluster(&default_cluster, &addrs(&mut endpoints.iter()), http2);
         for rule in rules {
-            for r in &rule.route {
-                let name = outbound_cluster_name(port.port, &subset_name(&r.labels), host);
-                let mut subset = endpoints
-                    .iter()
-                    .filter(|w| labels_match(&r.labels, &w.labels));
+            let versions = rule.route.iter().map(|r| &r.labels);
+            for labels in versions.chain(rule.mirror.iter().map(|m| &m.labels)) {
+                let name = outbound_cluster_name(port.port, &subset_name(labels), host);
+                let mut subset = endpoints.iter().filter(|w| labels_match(labels, &w.labels));
                 self.endpoints_cluster(&name, &addrs(&mut subset), http2);
             }
         }

@@ -32,7 +32,7 @@ pub struct Share {
 }
 
 impl Share {
-    fn new(p: &Option<FractionalPercent>, path: &str) -> Result<Share, FieldError> {
+    pub(crate) fn new(p: &Option<FractionalPercent>, path: &str) -> Result<Share, FieldError> {
         // Envoy: an unset percentage is 100 %.
         let Some(p) = p else {
             return Ok(Share {

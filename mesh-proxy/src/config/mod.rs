@@ -31,7 +31,7 @@ use prost::Message;
 
 pub use retry::{Failure, RETRY_ON, RetryPolicy};
 pub use route::{
-    Forward, HeaderMatch, HeaderOps, PathMatch, Redirect, RequestView, Route, RouteAction,
+    Forward, HeaderMatch, HeaderOps, Mirror, PathMatch, Redirect, RequestView, Route, RouteAction,
     RouteTable, StringMatch, VirtualHost, WeightedSchedule,
 };
 

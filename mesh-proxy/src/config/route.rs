@@ -180,6 +180,58 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Clusters that get a copy of the request (Envoy's
+    /// `request_mirror_policies`).
+    pub mirrors: Vec<Mirror>,
+}
+
+/// Where a copy of a share of the route's requests goes: fire and forget,
+/// the answer dropped, the original never waiting for it.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The cluster (`None`: named but not configured; no copy is sent, as
+    /// in Envoy).
+    pub cluster: Option<Arc<Cluster>>,
+    /// Which requests are copied.
+    pub share: super::fault::Share,
+    /// Whether the copy's host gets Envoy's `-shadow` suffix.
+    pub shadow_suffix: bool,
+}
+
+impl Mirror {
+    fn build(
+        m: &xroute::route_action::RequestMirrorPolicy,
+        path: &str,
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Mirror, FieldError> {
+        if m.cluster.is_empty() {
+            return Err(err(format!("{path}.cluster"), "a mirror needs a cluster"));
+        }
+        let fraction = m.runtime_fraction.as_ref().and_then(|f| f.default_value);
+        Ok(Mirror {
+            cluster: clusters.get(&m.cluster).cloned(),
+            share: super::fault::Share::new(
+                &fraction,
+                &format!("{path}.runtime_fraction.default_value"),
+            )?,
+            shadow_suffix: !m.disable_shadow_host_suffix_append,
+        })
+    }
+
+    /// The copy's host: `-shadow` added to the name (before any port).
+    pub fn host(&self, host: &HeaderValue) -> HeaderValue {
+        if !self.shadow_suffix {
+            return host.clone();
+        }
+        let text = host.to_str().unwrap_or_default();
+        // A port follows the last `:` unless that is inside an IPv6 literal.
+        let split = match text.rfind(':') {
+            Some(i) if !text[..i].contains(':') || text[..i].ends_with(']') => i,
+            _ => text.len(),
+        };
+        let (name, port) = text.split_at(split);
+        HeaderValue::from_str(&format!("{name}-shadow{port}")).unwrap_or_else(|_| host.clone())
+    }
 }
 
 /// One route.
@@ -699,6 +751,14 @@ fn build_forward(
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         host_rewrite,
         retry,
+        mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Mirror::build(m, &format!("{path}.request_mirror_policies[{i}]"), clusters)
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

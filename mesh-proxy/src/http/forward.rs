@@ -117,6 +117,71 @@ async fn send(
     }
 }
 
+/// Sends a copy of the request to each of the route's mirrors whose share
+/// takes it, in a task of its own: the original neither waits for the
+/// copies nor sees how they end.
+fn mirror(
+    head: &http::request::Parts,
+    body: &mut Option<Downstream>,
+    fwd: &Forward,
+    upstreams: &Upstreams,
+) {
+    for m in &fwd.mirrors {
+        let Some(cluster) = &m.cluster else { continue };
+        if !m.share.pick() {
+            continue;
+        }
+        let copied = match body.as_mut().map(Downstream::copy) {
+            None => Either::Right(Full::new(Bytes::new())),
+            Some(Some(b)) => Either::Left(b),
+            Some(None) => continue,
+        };
+        let mut head = copy_head(head);
+        if let Some(host) = head.headers.get(header::HOST) {
+            let shadow = m.host(host);
+            head.headers.insert(header::HOST, shadow);
+        }
+        let (cluster, upstreams) = (cluster.clone(), upstreams.clone());
+        tokio::spawn(shadow(head, copied, cluster, upstreams, fwd.timeout));
+    }
+}
+
+/// One mirrored request: admitted under its cluster's breaker, sent once,
+/// its answer read and dropped (so the connection goes back to the pool).
+async fn shadow(
+    head: http::request::Parts,
+    body: UpstreamBody,
+    cluster: Arc<Cluster>,
+    upstreams: Upstreams,
+    timeout: Option<Duration>,
+) {
+    use http_body_util::BodyExt;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let Ok(admission) = cluster
+        .load
+        .admit(&cluster.limits, !cluster.http2, deadline)
+        .await
+    else {
+        return;
+    };
+    let Some((endpoint, address)) = cluster.target(None, None) else {
+        return;
+    };
+    let _busy = endpoint.start();
+    let failed = match send(head, body, &cluster, address, &upstreams, timeout).await {
+        Outcome::Response(r) => {
+            let failed = r.status().is_server_error();
+            let _ = r.into_body().holding(admission).collect().await;
+            failed
+        }
+        Outcome::Failed(..) | Outcome::TimedOut => true,
+    };
+    if failed {
+        endpoint.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    cluster.observe(endpoint, failed);
+}
+
 /// A copy of a request head for one try (extensions are not carried).
 fn copy_head(p: &http::request::Parts) -> http::request::Parts {
     let mut r = Request::new(());
@@ -297,6 +362,12 @@ pub(super) async fn forward(
             return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
         }
     };
+    if !fwd.mirrors.is_empty()
+        && let Some(head) = &parts
+        && !head.headers.contains_key(header::UPGRADE)
+    {
+        mirror(head, &mut streamed, fwd, upstreams);
+    }
     let mut tries = Tries {
         policy: &fwd.retry,
         cluster,

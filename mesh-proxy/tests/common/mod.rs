@@ -27,6 +27,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub requests: Arc<AtomicUsize>,
+    /// The host (Host header or authority) and body length of each request.
+    pub seen: Seen,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -43,6 +45,8 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let (n, count) = (name.to_owned(), requests.clone());
+        let seen = Seen::default();
+        let seen_by_server = seen.clone();
         let failed: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         rt.spawn(async move {
             loop {
@@ -50,9 +54,10 @@ impl Backend {
                     continue;
                 };
                 let (n, count, failed) = (n.clone(), count.clone(), failed.clone());
+                let seen = seen_by_server.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        answer(req, n.clone(), count.clone(), failed.clone())
+                        answer(req, n.clone(), count.clone(), failed.clone(), seen.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -66,6 +71,7 @@ impl Backend {
             addr,
             name: name.to_owned(),
             requests,
+            seen,
             _rt: rt,
         }
     }
@@ -75,6 +81,9 @@ impl Backend {
     }
 }
 
+/// What a backend saw: each request's host and body length.
+pub type Seen = Arc<std::sync::Mutex<Vec<(String, usize)>>>;
+
 /// The backend's answer: counted once the whole request arrived (a request
 /// cut short was not delivered), then delayed if asked, then echoed.
 async fn answer(
@@ -82,13 +91,19 @@ async fn answer(
     name: String,
     count: Arc<AtomicUsize>,
     failed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    seen: Seen,
 ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return Ok(hyper::Response::new(Full::new(Bytes::new())));
     };
-    count.fetch_add(1, Ordering::SeqCst);
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let host = header("host")
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    seen.lock().unwrap().push((host, body.len()));
+    count.fetch_add(1, Ordering::SeqCst);
     if let (Some(fail), Some(id)) = (header("x-fail-once"), header("x-fail-id"))
         && failed.lock().unwrap().insert(id.to_owned())
     {
