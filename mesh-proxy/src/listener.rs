@@ -103,6 +103,16 @@ pub async fn accept_loop(
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        // Over the proxy's cap a connection is closed at once: shedding it
+        // costs nothing, serving it would cost memory.
+        let stats = &shared.stats;
+        if stats.downstream_cx_active.load(Ordering::Relaxed)
+            >= shared.overload.limits.max_connections as u64
+        {
+            stats.downstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
         let guard = ConnectionGuard::open(&conns, &shared);
         let (name, shared, upstreams) = (name.clone(), shared.clone(), upstreams.clone());
         // Disabled unless debug is on for this module: one check per connection.

@@ -10,6 +10,7 @@ use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proxy::admin::{Admin, Scope};
 use mesh_proxy::config::{Bootstrapped, Snapshot};
 use mesh_proxy::server::{Options, Proxy, Running, start};
+use mesh_proxy::state::OverloadLimits;
 use tracing::{error, info, warn};
 
 /// The mesh's sidecar proxy.
@@ -41,6 +42,29 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     validate: bool,
+    #[command(flatten)]
+    overload: OverloadArgs,
+}
+
+/// Proxy-wide caps: past them the proxy sheds load at once instead of
+/// holding it in memory.
+#[derive(clap::Args)]
+struct OverloadArgs {
+    /// Downstream connections open at once; more are closed as they come.
+    #[arg(long, default_value_t = OverloadLimits::default().max_connections)]
+    max_connections: usize,
+    /// Downstream requests in flight at once; more are answered 503.
+    #[arg(long, default_value_t = OverloadLimits::default().max_requests)]
+    max_requests: usize,
+}
+
+impl OverloadArgs {
+    fn limits(&self) -> OverloadLimits {
+        OverloadLimits {
+            max_connections: self.max_connections,
+            max_requests: self.max_requests,
+        }
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -116,6 +140,8 @@ struct SidecarArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_timeout: u64,
+    #[command(flatten)]
+    overload: OverloadArgs,
 }
 
 /// The xDS stream's flavour.
@@ -197,6 +223,7 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let opts = Options {
         concurrency: a.concurrency,
         drain_timeout: Duration::from_secs(a.drain_timeout),
+        overload: a.overload.limits(),
     };
     let endpoints = [
         (Some(a.admin_address), Scope::Admin),
@@ -569,6 +596,7 @@ fn main() -> ExitCode {
     let opts = Options {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        overload: args.overload.limits(),
     };
     let endpoints = [
         (admin, Scope::Admin),

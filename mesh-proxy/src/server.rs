@@ -24,6 +24,8 @@ pub struct Options {
     pub concurrency: usize,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_timeout: Duration,
+    /// Proxy-wide caps on connections and requests.
+    pub overload: crate::state::OverloadLimits,
 }
 
 /// The running data plane: shared state, and the workers' listeners.
@@ -145,7 +147,7 @@ pub fn start(snapshot: Snapshot, opts: Options) -> anyhow::Result<Running> {
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..concurrency).map(|_| mpsc::unbounded_channel()).unzip();
     let proxy = Arc::new(Proxy {
-        shared: Arc::new(Shared::default()),
+        shared: Arc::new(Shared::new(opts.overload)),
         binder: Mutex::new(Binder {
             bound: BTreeMap::new(),
             workers: senders,

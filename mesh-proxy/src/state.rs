@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -18,6 +18,8 @@ pub struct Shared {
     pub config: ArcSwap<Snapshot>,
     /// Counters.
     pub stats: Stats,
+    /// The proxy-wide caps that keep an overload from growing memory.
+    pub overload: Overload,
     /// Whether a first configuration was applied (readiness; a sidecar on
     /// xDS starts empty).
     ready: AtomicBool,
@@ -26,9 +28,67 @@ pub struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
+        Shared::new(OverloadLimits::default())
+    }
+}
+
+/// Caps on what one proxy holds at once, over all listeners and workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadLimits {
+    /// Downstream connections open; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Downstream requests in flight; past it requests are answered 503.
+    pub max_requests: usize,
+}
+
+impl Default for OverloadLimits {
+    fn default() -> Self {
+        OverloadLimits {
+            max_connections: 16_384,
+            max_requests: 8_192,
+        }
+    }
+}
+
+/// The caps and what they count.
+#[derive(Debug, Default)]
+pub struct Overload {
+    /// The caps.
+    pub limits: OverloadLimits,
+    requests: AtomicUsize,
+}
+
+/// A downstream request counted against the cap until dropped.
+pub struct RequestSlot<'a>(&'a Overload);
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Overload {
+    /// A place for one more request, if the cap leaves one.
+    pub fn request(&self) -> Option<RequestSlot<'_>> {
+        self.requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limits.max_requests).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| RequestSlot(self))
+    }
+}
+
+impl Shared {
+    /// Empty state under the given caps.
+    pub fn new(limits: OverloadLimits) -> Self {
         Shared {
             config: ArcSwap::from_pointee(Snapshot::empty()),
             stats: Stats::default(),
+            overload: Overload {
+                limits,
+                requests: AtomicUsize::new(0),
+            },
             ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
         }

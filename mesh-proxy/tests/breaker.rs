@@ -272,3 +272,69 @@ fn requests_per_connection_like_envoy() {
         assert_eq!(backend.accepted.load(Ordering::SeqCst), 5, "{name}");
     }
 }
+
+/// mesh-proxy's own caps (`--max-requests`, `--max-connections`): past
+/// them requests are answered 503 at once and connections closed at once,
+/// so an overload of any cluster costs no memory.
+#[test]
+fn the_proxy_sheds_past_its_own_caps() {
+    use std::io::{Read, Write};
+    let backend = Backend::start("v1");
+    let config = bootstrap(&route_to("v1"), &[("v1", &backend)]);
+    let proxy = mesh_proxy_with(
+        &config,
+        &["--max-requests", "50", "--max-connections", "30"],
+    );
+    let addr = proxy.listener("http");
+    let answers = burst(&addr, 500, 5, Duration::from_secs(2));
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let shed: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status == 503 && a.overloaded)
+        .collect();
+    assert_eq!((ok, shed.len()), (50, 450));
+    let slowest = shed.iter().map(|a| a.took).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "shedding took {slowest:?}"
+    );
+
+    // 30 connections held open; the 31st is closed unanswered.
+    let held: Vec<std::net::TcpStream> = (0..30)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: svcb\r\n\r\n")
+                .unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nhost: svcb\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "over the cap: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(held);
+    // Below the cap again: served.
+    mesh_testbed::eventually("a connection under the cap", Duration::from_secs(5), || {
+        (status(&proxy) == 200).then_some(())
+    });
+    let stats = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]).1;
+    assert!(
+        stats.contains("mesh_proxy_downstream_rq_overload_total 450"),
+        "{stats}"
+    );
+    assert!(
+        !stats.contains("mesh_proxy_downstream_cx_overflow_total 0\n"),
+        "{stats}"
+    );
+}

@@ -88,7 +88,17 @@ pub async fn serve(
             // the configuration in force then (route changes reach
             // keep-alive connections).
             let snap = shared.config.load_full();
+            let slot = shared.overload.request();
             let r = match snap.http_manager(&conn.listener, conn.chain) {
+                // Over the proxy's cap: shed before any work or buffering.
+                _ if slot.is_none() => {
+                    let overload = &shared.stats.downstream_rq_overload;
+                    overload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n");
+                    r.headers_mut()
+                        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                    r
+                }
                 Some(manager) => {
                     let r = handle(req, manager, &conn, &shared, &upstreams).await;
                     manager.stats.response(r.status().as_u16());
@@ -96,6 +106,7 @@ pub async fn serve(
                 }
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
             };
+            drop(slot);
             shared.stats.response(r.status().as_u16());
             Ok::<_, Infallible>(r)
         }

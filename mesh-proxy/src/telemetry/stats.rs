@@ -40,6 +40,10 @@ pub struct Stats {
     pub downstream_cx_total: AtomicU64,
     /// Downstream connections open.
     pub downstream_cx_active: AtomicU64,
+    /// Downstream connections closed at once: the proxy's cap was reached.
+    pub downstream_cx_overflow: AtomicU64,
+    /// Downstream requests answered 503 at once: the proxy's cap was reached.
+    pub downstream_rq_overload: AtomicU64,
     /// Downstream requests, by response class (index 1..=5 for 1xx..5xx).
     pub downstream_rq: [AtomicU64; 6],
     /// Upstream requests retried.
@@ -100,6 +104,8 @@ impl Stats {
                 &self.upstream_rq_retry_overflow,
             ),
             ("upstream_rq_timeout", &self.upstream_rq_timeout),
+            ("downstream_cx_overflow", &self.downstream_cx_overflow),
+            ("downstream_rq_overload", &self.downstream_rq_overload),
             ("upstream_cx_fail", &self.upstream_cx_fail),
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),
