@@ -392,6 +392,73 @@ fn mirror_rule() {
     assert!(r.clusters.iter().any(|c| c.name == v2));
 }
 
+/// Rate limits: a RouteRule's on the caller's route to svcb (the filter
+/// in svca's outbound chain), a DestinationPolicy's on the inbound route
+/// of the version it names (svcb v0.2's sidecar) and nowhere else.
+#[test]
+fn rate_limits_on_the_caller_and_on_the_destination() {
+    use mesh_proto::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use prost::Message;
+    const FILTER: &str = "envoy.filters.http.local_ratelimit";
+    let files = ["rules/rate-limit-svcb.yaml"];
+    let caller = golden("svca-rate-limit", &files, &node(SVCA.0, SVCA.1, SVCA.2));
+    let limited: Vec<_> = all_routes(&caller)
+        .filter_map(|route| route.typed_per_filter_config.get(FILTER))
+        .map(|any| LocalRateLimit::decode(any.value.as_slice()).unwrap())
+        .collect();
+    assert_eq!(limited.len(), 1, "the rule's one route");
+    let bucket = limited[0].token_bucket.as_ref().unwrap();
+    assert_eq!(
+        (bucket.max_tokens, bucket.tokens_per_fill.unwrap().value),
+        (200, 100)
+    );
+    let header = limited[0].response_headers_to_add[0]
+        .header
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (header.key.as_str(), header.value.as_str()),
+        ("retry-after", "1")
+    );
+    let v2 = golden(
+        "svcb-v0.2-rate-limit",
+        &files,
+        &node("10.250.0.5", "svcb", "v0.2"),
+    );
+    let inbound: Vec<_> = v2
+        .routes
+        .iter()
+        .filter(|rc| rc.name.starts_with("10.250.0.5_"))
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+        .collect();
+    assert!(!inbound.is_empty());
+    for route in inbound {
+        let any = &route.typed_per_filter_config[FILTER];
+        let l = LocalRateLimit::decode(any.value.as_slice()).unwrap();
+        let bucket = l.token_bucket.unwrap();
+        assert_eq!(
+            (bucket.max_tokens, bucket.fill_interval.unwrap().nanos),
+            (50, 500_000_000)
+        );
+    }
+    let v1 = golden_in(
+        "svcb-v0.1-no-rate-limit",
+        &registry(),
+        &files,
+        &node("10.250.0.3", "svcb", "v0.1"),
+    );
+    let inbound_limits = v1
+        .routes
+        .iter()
+        .filter(|rc| rc.name.starts_with("10.250.0.3_"))
+        .flat_map(|rc| &rc.virtual_hosts)
+        .flat_map(|vh| &vh.routes)
+        .filter(|route| route.typed_per_filter_config.contains_key(FILTER))
+        .count();
+    assert_eq!(inbound_limits, 0, "v0.1 is not limited");
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

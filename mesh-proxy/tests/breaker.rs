@@ -148,6 +148,9 @@ fn pending_requests_wait_for_a_connection_like_envoy() {
         ("mesh-proxy", mesh_proxy(&config)),
         ("envoy", envoy(&config)),
     ] {
+        // A connection up first: while Envoy connects, the request waiting
+        // for it is the pending one.
+        assert_eq!(status(&proxy), 200, "{name}");
         let answers = burst(&proxy.listener("http"), 10, 1, hold);
         let mut served: Vec<Duration> = answers
             .iter()

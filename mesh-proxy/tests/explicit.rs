@@ -440,3 +440,77 @@ fn cors_like_envoy() {
     );
     assert!(cors_answer(&mesh, &cases[3]).1.is_empty());
 }
+
+/// A route's token bucket (`typed_per_filter_config` for the local rate
+/// limit filter): `max` tokens, refilled `max` at a time every `fill`.
+fn limited_route(prefix: &str, max: u32, fill: &str) -> String {
+    format!(
+        r#"              - match: {{prefix: "{prefix}"}}
+                route: {{cluster: v1}}
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: http_local_rate_limiter
+                    token_bucket: {{max_tokens: {max}, tokens_per_fill: {max}, fill_interval: {fill}}}
+                    filter_enabled: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+                    filter_enforced: {{default_value: {{numerator: 100, denominator: HUNDRED}}}}
+                    response_headers_to_add:
+                    - header: {{key: retry-after, value: "60"}}
+"#
+    )
+}
+
+/// Status, `retry-after` and body of `n` requests to `path`.
+fn limited_calls(proxy: &Process, path: &str, n: usize) -> Vec<String> {
+    let url = format!("http://{}{path}?n=[1-{n}]", proxy.listener("http"));
+    let (_, out) = curl(&[
+        "-s",
+        "-H",
+        "host: svcb",
+        "-w",
+        "|%{http_code}|%header{retry-after}#",
+        &url,
+    ]);
+    // Bodies may end in a newline: records end in `#`.
+    out.split_terminator('#')
+        .map(|r| r.replace('\n', ""))
+        .collect()
+}
+
+/// Local rate limiting as Envoy's filter: a route's bucket lets `max`
+/// requests through, answers the rest 429 `local_rate_limited` with the
+/// configured `retry-after`, and refills; other routes are not limited.
+#[test]
+fn local_rate_limits_like_envoy() {
+    let backend = Backend::start("v1");
+    let routes = [
+        limited_route("/slow", 5, "60s"),
+        limited_route("/fast", 2, "0.2s"),
+        common::route_to("v1"),
+    ]
+    .concat();
+    let config = bootstrap(&routes, &[("v1", &backend)]).replace(
+        "          http_filters:\n",
+        "          http_filters:\n          - name: envoy.filters.http.local_ratelimit\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n              stat_prefix: http_local_rate_limiter\n",
+    );
+    for (name, proxy) in [
+        ("mesh-proxy", mesh_proxy(&config)),
+        ("envoy", envoy(&config)),
+    ] {
+        let answers = limited_calls(&proxy, "/slow", 20);
+        let passed = answers.iter().filter(|a| a.as_str() == "v1|200|").count();
+        let limited = answers
+            .iter()
+            .filter(|a| a.as_str() == "local_rate_limited|429|60")
+            .count();
+        assert_eq!((passed, limited), (5, 15), "{name}: {answers:?}");
+        let plain = limited_calls(&proxy, "/", 20);
+        assert!(plain.iter().all(|a| a == "v1|200|"), "{name}: {plain:?}");
+        // A bucket refilled every 200 ms lets requests through again.
+        let spent = limited_calls(&proxy, "/fast", 3);
+        assert_eq!(spent.last().unwrap(), "local_rate_limited|429|60", "{name}");
+        mesh_testbed::eventually("a refill", std::time::Duration::from_secs(2), || {
+            (limited_calls(&proxy, "/fast", 1)[0] == "v1|200|").then_some(())
+        });
+    }
+}

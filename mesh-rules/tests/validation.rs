@@ -458,6 +458,18 @@ fn ejection_times_must_be_positive() {
 }
 
 #[test]
+fn rate_limits_are_checked() {
+    let text = "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata:\n  name: r\nspec:\n  destination:\n    name: svcb\n  rateLimit:\n    requests: 0\n    per: 10ms\n";
+    assert_problems(
+        text,
+        &[
+            "rule.yaml:9:15: document 1: spec.rateLimit.requests: requests 0 is out of range: it must be between 1 and 4294967295",
+            "rule.yaml:10:10: document 1: spec.rateLimit.per: per must be at least 50ms",
+        ],
+    );
+}
+
+#[test]
 fn load_balancer_names() {
     let text = "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata:\n  name: p\nspec:\n  destination:\n    name: svcb\n  loadBalancing:\n    name: FASTEST\n";
     assert_problems(

@@ -207,6 +207,7 @@ spec:
     faults(&mut mesh, &client, proxy);
     circuit_breaker(&mesh, &client, proxy);
     mirror(&mesh, &client, &v2, proxy);
+    rate_limit(&mesh, &client, &v2, proxy);
 
     assert_eq!(
         mesh.world.escaped_packets().unwrap(),
@@ -350,6 +351,24 @@ fn mirror(mesh: &Mesh, client: &Pod, v2: &Pod, proxy: Sidecar) {
         || (received() >= before + 20).then_some(()),
     );
     assert_eq!(received(), before + 20, "{proxy:?}: copies at v0.2");
+}
+
+/// `rateLimit` through pilot: a RouteRule's on the caller's sidecar lets 5
+/// calls to v0.2 through, a DestinationPolicy's on v0.2's own sidecar 3 of
+/// those; every other call is answered 429 with `retry-after`.
+fn rate_limit(mesh: &Mesh, client: &Pod, v2: &Pod, proxy: Sidecar) {
+    let rules = "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata:\n  name: svcb-limit\nspec:\n  destination:\n    name: svcb\n  precedence: 10\n  route:\n  - labels: {version: v0.2}\n  rateLimit:\n    requests: 5\n    per: 60s\n---\napiVersion: config.mesh.dev/v1alpha1\nkind: DestinationPolicy\nmetadata:\n  name: svcb-v2-limit\nspec:\n  destination:\n    name: svcb\n    labels: {version: v0.2}\n  rateLimit:\n    requests: 3\n    per: 60s\n";
+    let revision = mesh.apply_rules("create", rules).unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    mesh.wait_synced(v2, revision).unwrap();
+    let url = "http://svcb/notify?n=[1-20]";
+    let format = "%{http_code} %header{retry-after}\n";
+    let (code, out) = mesh.curl(client, &["-o", "/dev/null", "-w", format, url]);
+    assert_eq!(code, 0, "{out}");
+    let answers: Vec<&str> = out.lines().collect();
+    let passed = answers.iter().filter(|a| a.trim() == "200").count();
+    let limited = answers.iter().filter(|a| **a == "429 60").count();
+    assert_eq!((passed, limited), (3, 17), "{proxy:?}: {answers:?}");
 }
 
 #[test]

@@ -8,7 +8,6 @@ use mesh_proto::envoy::config::core::v3 as xcore;
 use mesh_proto::envoy::config::endpoint::v3 as xendpoint;
 use mesh_proto::envoy::config::listener::v3::{self as xlistener, Listener};
 use mesh_proto::envoy::config::route::v3 as xroute;
-use mesh_proto::envoy::extensions::filters::http::router::v3::Router;
 use mesh_proto::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -212,102 +211,11 @@ fn zipkin_cluster(collector: &str) -> Cluster {
     }
 }
 
-/// The fault filter's name, which routes use in `typed_per_filter_config`.
-const FAULT_FILTER: &str = "envoy.filters.http.fault";
-/// The CORS filter's name, likewise.
-const CORS_FILTER: &str = "envoy.filters.http.cors";
-
-/// A rule's `corsPolicy` as Envoy's CORS policy for its route (`*` as an
-/// origin: any).
-fn cors(p: &mesh_rules::rules::CorsPolicy) -> Any {
-    use mesh_proto::envoy::extensions::filters::http::cors::v3::CorsPolicy;
-    let origin = |o: &String| xmatch::StringMatcher {
-        match_pattern: Some(if o == "*" {
-            xmatch::string_matcher::MatchPattern::SafeRegex(xmatch::RegexMatcher {
-                regex: ".*".into(),
-                ..Default::default()
-            })
-        } else {
-            xmatch::string_matcher::MatchPattern::Exact(o.clone())
-        }),
-        ..Default::default()
-    };
-    any(&CorsPolicy {
-        allow_origin_string_match: p.allow_origin.iter().map(origin).collect(),
-        allow_methods: p.allow_methods.join(","),
-        allow_headers: p.allow_headers.join(","),
-        expose_headers: p.expose_headers.join(","),
-        max_age: p
-            .max_age
-            .as_ref()
-            .map(|d| d.get().as_secs().to_string())
-            .unwrap_or_default(),
-        allow_credentials: p.allow_credentials.map(|value| BoolValue { value }),
-        ..Default::default()
-    })
-}
-
-/// A rule's `httpFault` as Envoy's fault filter config for its route.
-fn fault(f: &mesh_rules::rules::HttpFaultInjection) -> Any {
-    use mesh_proto::envoy::extensions::filters::common::fault::v3 as common;
-    use mesh_proto::envoy::extensions::filters::http::fault::v3 as fault;
-    use mesh_proto::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
-    // Percent (0-100, fractions allowed; unset: every request) in millionths.
-    let share = |percent: Option<f64>| FractionalPercent {
-        numerator: (percent.unwrap_or(100.0).clamp(0.0, 100.0) * 10_000.0).round() as u32,
-        denominator: DenominatorType::Million as i32,
-    };
-    any(&fault::HttpFault {
-        delay: f.delay.as_ref().map(|d| common::FaultDelay {
-            percentage: Some(share(d.percent)),
-            fault_delay_secifier: d
-                .fixed_delay
-                .as_ref()
-                .map(|t| common::fault_delay::FaultDelaySecifier::FixedDelay(duration(t.get()))),
-        }),
-        abort: f.abort.as_ref().map(|a| fault::FaultAbort {
-            percentage: Some(share(a.percent)),
-            error_type: a
-                .http_status
-                .map(|s| fault::fault_abort::ErrorType::HttpStatus(s.clamp(200, 599) as u32)),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
 /// An HTTP connection manager whose routes are the RDS resource `name`,
-/// tracing with Envoy's Zipkin tracer when `zipkin`, with the fault filter
-/// before the router when some route injects faults.
-fn http_manager(name: &str, zipkin: bool, faults: bool, cors: bool) -> xlistener::Filter {
-    use mesh_proto::envoy::extensions::filters::http::cors::v3::Cors;
-    use mesh_proto::envoy::extensions::filters::http::fault::v3::HttpFault;
-    let mut http_filters = Vec::new();
-    if cors {
-        http_filters.push(hcm::HttpFilter {
-            name: CORS_FILTER.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-                &Cors::default(),
-            ))),
-            ..Default::default()
-        });
-    }
-    if faults {
-        http_filters.push(hcm::HttpFilter {
-            name: FAULT_FILTER.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-                &HttpFault::default(),
-            ))),
-            ..Default::default()
-        });
-    }
-    http_filters.push(hcm::HttpFilter {
-        name: "envoy.filters.http.router".into(),
-        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(
-            &Router::default(),
-        ))),
-        ..Default::default()
-    });
+/// tracing with Envoy's Zipkin tracer when `zipkin`, with the HTTP filters
+/// its routes configure (`filters`: their names) before the router.
+fn http_manager(name: &str, zipkin: bool, filters: &[&str]) -> xlistener::Filter {
+    let http_filters = super::filters::chain(filters);
     filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm::HttpConnectionManager {
@@ -540,16 +448,7 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
     xroute::Route {
         r#match: Some(route_match(rule)),
         action: Some(action),
-        typed_per_filter_config: rule
-            .http_fault
-            .iter()
-            .map(|f| (FAULT_FILTER.to_owned(), fault(f)))
-            .chain(
-                rule.cors_policy
-                    .iter()
-                    .map(|p| (CORS_FILTER.to_owned(), cors(p))),
-            )
-            .collect(),
+        typed_per_filter_config: super::filters::of_rule(rule),
         request_headers_to_add: rule
             .append_headers
             .iter()
@@ -686,7 +585,11 @@ impl Builder {
                 .flat_map(|vh| &vh.routes)
                 .any(|r| r.typed_per_filter_config.contains_key(filter))
         };
-        let (faults, cors) = (uses(FAULT_FILTER), uses(CORS_FILTER));
+        let used: Vec<&str> = super::filters::ROUTE_FILTERS
+            .iter()
+            .copied()
+            .filter(|f| uses(f))
+            .collect();
         self.routes.insert(
             name.to_owned(),
             xroute::RouteConfiguration {
@@ -695,7 +598,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name, self.zipkin.is_some(), faults, cors)
+        http_manager(name, self.zipkin.is_some(), &used)
     }
 
     /// The names a client may call `service` by on `port`.
@@ -807,7 +710,15 @@ impl Builder {
 
     /// Inbound resources for this proxy's own workload on `port`
     /// (`protocol` `None`: undeclared, detected per connection).
-    pub fn inbound(&mut self, ip: IpAddr, port: u16, protocol: Option<Protocol>) {
+    /// `limit`: a rate limit on the calls it receives (DestinationPolicy
+    /// `rateLimit`), for HTTP.
+    pub fn inbound(
+        &mut self,
+        ip: IpAddr,
+        port: u16,
+        protocol: Option<Protocol>,
+        limit: Option<&mesh_rules::rules::RateLimit>,
+    ) {
         let cluster = format!("inbound|{port}||");
         let (app, bind) = match self.mode {
             Mode::Capture => ("127.0.0.1".to_owned(), false),
@@ -816,10 +727,12 @@ impl Builder {
         self.endpoints_cluster(&cluster, &[(app, port)], upstream_http2(protocol));
         let name = format!("{ip}_{port}");
         let tcp = || tcp_proxy(&cluster, &cluster);
+        let mut route = default_route(&cluster);
+        route.typed_per_filter_config = super::filters::inbound(limit);
         let vhost = xroute::VirtualHost {
             name: "inbound".into(),
             domains: vec!["*".into()],
-            routes: vec![default_route(&cluster)],
+            routes: vec![route],
             ..Default::default()
         };
         let ip = ip.to_string();

@@ -19,6 +19,7 @@
 //! workload.
 
 mod build;
+mod filters;
 mod policy;
 
 use std::collections::BTreeMap;
@@ -344,11 +345,38 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         let own = labels_match(&service.selector, &node.labels)
             && inputs.registry.endpoints(service).any(|w| w.address == ip);
         if own {
+            let limit = inbound_rate_limit(inputs, service, node);
             for port in &service.ports {
-                b.inbound(ip, port.target_port(), service_protocol(port));
+                b.inbound(ip, port.target_port(), service_protocol(port), limit);
             }
         }
     }
+}
+
+/// The rate limit a DestinationPolicy puts on `service`'s calls to this
+/// workload: the policy for its version (by labels) before one for the
+/// whole service.
+fn inbound_rate_limit<'a>(
+    inputs: &Inputs<'a>,
+    service: &Service,
+    node: &ProxyNode,
+) -> Option<&'a mesh_rules::rules::RateLimit> {
+    let host = service.host(&inputs.mesh.domain);
+    let mut policies: Vec<_> = inputs
+        .rules
+        .iter()
+        .filter_map(|rule| match &rule.spec {
+            Spec::DestinationPolicy(p) => Some((rule, p)),
+            _ => None,
+        })
+        .filter(|(rule, p)| {
+            p.destination.host(rule.metadata.namespace()).as_ref() == Some(&host)
+                && labels_match(&p.destination.labels, &node.labels)
+        })
+        .filter_map(|(_, p)| Some((p.destination.labels.len(), p.rate_limit.as_ref()?)))
+        .collect();
+    policies.sort_by_key(|(specific, _)| std::cmp::Reverse(*specific));
+    policies.first().map(|(_, l)| *l)
 }
 
 fn egress(b: &mut build::Builder, e: &EgressRule) {

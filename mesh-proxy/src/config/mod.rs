@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod cors;
 pub mod fault;
+pub mod ratelimit;
 mod retry;
 mod route;
 pub mod support;
@@ -314,6 +315,9 @@ pub struct HttpManager {
     /// The fault filter's own faults (`http_filters`), for routes without
     /// faults of their own.
     pub fault: Option<Arc<fault::Fault>>,
+    /// The local rate limit filter's own bucket, for routes without one of
+    /// their own.
+    pub rate_limit: Option<Arc<ratelimit::RateLimit>>,
 }
 
 /// The downstream HTTP versions of an HTTP listener (Envoy's `codec_type`).
@@ -1065,22 +1069,31 @@ fn build_chain(
 
 /// The HTTP filters: the router, and the fault filter whose own faults
 /// (if any) are the default of routes without theirs.
-fn http_filters(
-    m: &hcm::HttpConnectionManager,
-    path: &str,
-) -> Result<Option<Arc<fault::Fault>>, FieldError> {
-    let mut fault = None;
+/// What the HTTP filters (`http_filters`) configure for every route: the
+/// fault filter's faults and the local rate limit filter's bucket.
+#[derive(Default)]
+struct ManagerFilters {
+    fault: Option<Arc<fault::Fault>>,
+    rate_limit: Option<Arc<ratelimit::RateLimit>>,
+}
+
+fn http_filters(m: &hcm::HttpConnectionManager, path: &str) -> Result<ManagerFilters, FieldError> {
+    let mut out = ManagerFilters::default();
     for (i, f) in m.http_filters.iter().enumerate() {
         use hcm::http_filter::ConfigType;
         let fpath = format!("{path}.http_filters[{i}]");
+        let tpath = format!("{fpath}.typed_config");
         match &f.config_type {
             Some(ConfigType::TypedConfig(any)) if type_name(any) == fault::TYPE => {
-                let config = unpack(any, &format!("{fpath}.typed_config"))?;
-                let built = fault::build(&config, &format!("{fpath}.typed_config"))?;
+                let built = fault::build(&unpack(any, &tpath)?, &tpath)?;
                 // An empty filter config only enables per-route faults.
                 if built.delay.is_some() || built.abort.is_some() {
-                    fault = Some(Arc::new(built));
+                    out.fault = Some(Arc::new(built));
                 }
+            }
+            Some(ConfigType::TypedConfig(any)) if type_name(any) == ratelimit::TYPE => {
+                // Without a bucket it only enables per-route limits.
+                out.rate_limit = ratelimit::build(&unpack(any, &tpath)?, &tpath)?.map(Arc::new);
             }
             Some(ConfigType::TypedConfig(any))
                 if type_name(any) == "envoy.extensions.filters.http.router.v3.Router"
@@ -1090,14 +1103,14 @@ fn http_filters(
                 return Err(err(
                     fpath,
                     format!(
-                        "HTTP filter {} is not supported (the router, the fault and the CORS filters are)",
+                        "HTTP filter {} is not supported (the router, fault, CORS and local rate limit filters are)",
                         f.name
                     ),
                 ));
             }
         }
     }
-    Ok(fault)
+    Ok(out)
 }
 
 fn build_http(
@@ -1123,7 +1136,7 @@ fn build_http(
             ));
         }
     };
-    let fault = http_filters(m, path)?;
+    let ManagerFilters { fault, rate_limit } = http_filters(m, path)?;
     use hcm::http_connection_manager::CodecType;
     let codec = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
@@ -1152,6 +1165,7 @@ fn build_http(
             Some(t) => Some(t),
         },
         fault,
+        rate_limit,
         routes: RouteTable::build(rc, &rc_path, &b.clusters)?,
     })
 }

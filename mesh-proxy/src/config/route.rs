@@ -254,6 +254,9 @@ pub struct Route {
     pub fault: Option<Arc<super::fault::Fault>>,
     /// Its CORS policy (`typed_per_filter_config` for the CORS filter).
     pub cors: Option<Arc<super::cors::Cors>>,
+    /// Its rate limit (`typed_per_filter_config` for the local rate limit
+    /// filter), replacing the filter's own.
+    pub rate_limit: Option<Arc<super::ratelimit::RateLimit>>,
 }
 
 /// How a header is added (Envoy's `HeaderAppendAction`).
@@ -614,15 +617,21 @@ fn route_filters(r: &xroute::Route, path: &str) -> Result<Filters, FieldError> {
                 let config = super::unpack(any, &fpath)?;
                 filters.cors = Some(Arc::new(super::cors::build(&config, &fpath)?));
             }
+            (super::ratelimit::FILTER, super::ratelimit::TYPE) => {
+                let config = super::unpack(any, &fpath)?;
+                filters.rate_limit = super::ratelimit::build(&config, &fpath)?.map(Arc::new);
+            }
             _ => {
                 return Err(err(
                     fpath,
                     format!(
-                        "only {} ({}) and {} ({}) are supported here",
+                        "only {} ({}), {} ({}) and {} ({}) are supported here",
                         super::fault::FILTER,
                         super::fault::TYPE,
                         super::cors::FILTER,
-                        super::cors::POLICY_TYPE
+                        super::cors::POLICY_TYPE,
+                        super::ratelimit::FILTER,
+                        super::ratelimit::TYPE,
                     ),
                 ));
             }
@@ -636,6 +645,7 @@ fn route_filters(r: &xroute::Route, path: &str) -> Result<Filters, FieldError> {
 struct Filters {
     fault: Option<Arc<super::fault::Fault>>,
     cors: Option<Arc<super::cors::Cors>>,
+    rate_limit: Option<Arc<super::ratelimit::RateLimit>>,
 }
 
 fn build_route(
@@ -689,7 +699,11 @@ fn build_route(
         path,
         "response",
     )?;
-    let Filters { fault, cors } = route_filters(r, path)?;
+    let Filters {
+        fault,
+        cors,
+        rate_limit,
+    } = route_filters(r, path)?;
     Ok(Route {
         name: r.name.clone(),
         path: path_match,
@@ -699,6 +713,7 @@ fn build_route(
         response_headers,
         fault,
         cors,
+        rate_limit,
     })
 }
 

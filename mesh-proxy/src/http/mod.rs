@@ -151,6 +151,26 @@ async fn until_drained<C: Future>(
     }
 }
 
+/// The local rate limit filter, before faults: the route's bucket (else the
+/// filter's) has no token left: the answer.
+fn rate_limited(
+    route: &Route,
+    manager: &HttpManager,
+    shared: &Shared,
+) -> Option<Response<ProxyBody>> {
+    let limit = route.rate_limit.as_ref().or(manager.rate_limit.as_ref())?;
+    if limit.admit() {
+        return None;
+    }
+    let counter = &shared.stats.local_rate_limited;
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut r = text(limit.status, "local_rate_limited");
+    for (name, value) in &limit.headers {
+        r.headers_mut().insert(name.clone(), value.clone());
+    }
+    Some(r)
+}
+
 /// The fault filter, before the router: a share of requests waits, a
 /// share is answered with a status (the answer, when this one is).
 async fn inject_fault(route: &Route, manager: &HttpManager) -> Option<Response<ProxyBody>> {
@@ -249,6 +269,9 @@ async fn dispatch(
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
+    if let Some(limited) = rate_limited(route, manager, shared) {
+        return limited;
+    }
     if let Some(aborted) = inject_fault(route, manager).await {
         return aborted;
     }

@@ -44,6 +44,8 @@ pub struct Stats {
     pub downstream_cx_overflow: AtomicU64,
     /// Downstream requests answered 503 at once: the proxy's cap was reached.
     pub downstream_rq_overload: AtomicU64,
+    /// Requests answered by a local rate limit (429).
+    pub local_rate_limited: AtomicU64,
     /// Downstream requests, by response class (index 1..=5 for 1xx..5xx).
     pub downstream_rq: [AtomicU64; 6],
     /// Upstream requests retried.
@@ -106,6 +108,7 @@ impl Stats {
             ("upstream_rq_timeout", &self.upstream_rq_timeout),
             ("downstream_cx_overflow", &self.downstream_cx_overflow),
             ("downstream_rq_overload", &self.downstream_rq_overload),
+            ("local_rate_limited", &self.local_rate_limited),
             ("upstream_cx_fail", &self.upstream_cx_fail),
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),

@@ -23,6 +23,10 @@ pub struct DestinationPolicy {
     /// Connection limits and outlier ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// A local rate limit kept by each of the destination's own proxies
+    /// on the calls they receive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 /// Load-balancing algorithm.
@@ -93,6 +97,9 @@ impl DestinationPolicy {
         self.destination.check(c, &path.key("destination"), true);
         if let Some(s) = &self.source {
             s.check(c, &path.key("source"), true);
+        }
+        if let Some(r) = &self.rate_limit {
+            r.check(c, &path.key("rateLimit"));
         }
         if let Some(cb) = &self.circuit_breaker {
             let p = path.key("circuitBreaker").key("simpleCb");

@@ -3,6 +3,7 @@
 
 mod destination_policy;
 mod egress_rule;
+mod rate_limit;
 mod route_rule;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use destination_policy::*;
 pub use egress_rule::*;
+pub use rate_limit::*;
 pub use route_rule::*;
 
 use crate::check::Checker;

@@ -60,6 +60,9 @@ pub struct RouteRule {
     /// Headers added to the forwarded request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub append_headers: BTreeMap<String, String>,
+    /// A local rate limit on this route, kept by each caller's proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 /// When a route rule applies.
@@ -398,6 +401,9 @@ impl RouteRule {
             check_override_header(c, &p, &r.simple_retry.override_header_name);
         }
         self.check_faults_mirror_cors(c, path);
+        if let Some(r) = &self.rate_limit {
+            r.check(c, &path.key("rateLimit"));
+        }
         for name in self.append_headers.keys() {
             if let Err(e) = names::check_header_name(name) {
                 c.fail_key(&path.key("appendHeaders").key(name.clone()), e.message);
