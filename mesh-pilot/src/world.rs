@@ -143,7 +143,15 @@ impl Inputs {
             generation,
             rules_revision: self.rules.revision,
             registry,
-            rules: self.rules.rules.values().map(|s| s.rule.clone()).collect(),
+            // Today's Istio kinds in terms of the 0.4 ones the translator reads.
+            rules: mesh_rules::convert::expand(
+                &self
+                    .rules
+                    .rules
+                    .values()
+                    .map(|s| s.rule.clone())
+                    .collect::<Vec<_>>(),
+            ),
             mesh: self.mesh.clone(),
             warm: self.warm,
         }

@@ -459,6 +459,38 @@ fn rate_limits_on_the_caller_and_on_the_destination() {
     assert_eq!(inbound_limits, 0, "v0.1 is not limited");
 }
 
+/// One scenario in Istio 0.4's kinds and in today's (VirtualService,
+/// DestinationRule, ServiceEntry): the proxy gets the same configuration.
+#[test]
+fn todays_kinds_give_the_same_configuration_as_0_4_rules() {
+    let n = node(SVCA.0, SVCA.1, SVCA.2);
+    let old = golden("svca-scenario", &["rules/scenario-0.4.yaml"], &n);
+    let today = rules(&["today/scenario.yaml"]);
+    let expanded = mesh_rules::convert::expand(&today);
+    let kinds: Vec<_> = expanded.iter().map(|r| r.kind().as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["RouteRule", "RouteRule", "DestinationPolicy", "EgressRule"],
+        "{expanded:#?}"
+    );
+    let new = translate(
+        &Inputs {
+            registry: &registry(),
+            rules: &expanded,
+            mesh: &MeshConfig::default(),
+        },
+        &n,
+    );
+    let json = |r: &Resources| {
+        serde_json::to_string_pretty(&mesh_proto::json::to_json(
+            mesh_proto::descriptors::Schema::Xds,
+            &bootstrap(r),
+        ))
+        .unwrap()
+    };
+    assert_eq!(json(&new), json(&old));
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

@@ -20,6 +20,7 @@
 //! ```
 
 mod check;
+pub mod convert;
 mod diagnostic;
 mod duration;
 mod error;
@@ -29,6 +30,7 @@ mod path;
 pub mod registry;
 pub mod rules;
 pub mod support;
+mod support_networking;
 pub mod yaml;
 
 pub use check::Checker;

@@ -11,7 +11,7 @@ use crate::check::Checker;
 use crate::diagnostic::{Diagnostics, Position};
 use crate::error::FieldError;
 use crate::path::FieldPath;
-use crate::rules::{API_VERSIONS, Kind, Metadata, Rule, RuleKey, Spec};
+use crate::rules::{Kind, Metadata, Rule, RuleKey, Spec};
 use crate::yaml;
 
 /// One input: its name (a path, or `-` for standard input) and its text.
@@ -123,19 +123,24 @@ fn kind_of(
     };
     let api_version = text_field("apiVersion")?;
     let kind_name = text_field("kind")?;
-    let ours = API_VERSIONS
-        .iter()
-        .any(|v| api_group(v) == api_group(&api_version));
-    let allowed = API_VERSIONS.join(" or ");
-    let known = API_VERSIONS.contains(&api_version.as_str());
+    let group = api_group(&api_version);
+    let in_group = |k: &Kind| k.api_versions().iter().any(|v| api_group(v) == group);
+    let ours = Kind::ALL.iter().any(in_group);
     match Kind::from_manifest(&kind_name) {
-        Some(_) if !known => Err(one_problem(
-            root.key("apiVersion"),
-            format!("unknown apiVersion `{api_version}` for kind {kind_name}: use {allowed}"),
-        )),
+        Some(kind) if !kind.api_versions().contains(&api_version.as_str()) => {
+            let allowed = kind.api_versions().join(" or ");
+            Err(one_problem(
+                root.key("apiVersion"),
+                format!("unknown apiVersion `{api_version}` for kind {kind_name}: use {allowed}"),
+            ))
+        }
         Some(kind) => Ok(Ok(kind)),
         None if ours => {
-            let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            let kinds: Vec<_> = Kind::ALL
+                .iter()
+                .filter(|k| in_group(k))
+                .map(|k| k.as_str())
+                .collect();
             Err(one_problem(
                 root.key("kind"),
                 format!(
@@ -196,6 +201,15 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldErro
             .map_err(one)?,
         Kind::EgressRule => typed(value)
             .map(|(m, s)| (m, Spec::EgressRule(s)))
+            .map_err(one)?,
+        Kind::VirtualService => typed(value)
+            .map(|(m, s)| (m, Spec::VirtualService(s)))
+            .map_err(one)?,
+        Kind::DestinationRule => typed(value)
+            .map(|(m, s)| (m, Spec::DestinationRule(s)))
+            .map_err(one)?,
+        Kind::ServiceEntry => typed(value)
+            .map(|(m, s)| (m, Spec::ServiceEntry(s)))
             .map_err(one)?,
     };
     if checks == Checks::All {

@@ -13,7 +13,7 @@ use crate::path::FieldPath;
 use crate::rules::{DestinationPolicy, EgressRule, HttpFaultInjection, IstioService, RouteRule};
 use crate::{Spec, registry};
 
-fn refuse(out: &mut Vec<FieldError>, path: FieldPath, what: &str) {
+pub(crate) fn refuse(out: &mut Vec<FieldError>, path: FieldPath, what: &str) {
     out.push(FieldError::at_key(
         path,
         format!("not supported yet: {what}; the rule is refused rather than stored and ignored"),
@@ -29,6 +29,9 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
         Spec::RouteRule(r) => route_rule(&mut out, &root, r),
         Spec::DestinationPolicy(p) => destination_policy(&mut out, &root, p),
         Spec::EgressRule(e) => egress_rule(&mut out, &root, e),
+        Spec::VirtualService(v) => crate::support_networking::virtual_service(&mut out, &root, v),
+        Spec::DestinationRule(d) => crate::support_networking::destination_rule(&mut out, &root, d),
+        Spec::ServiceEntry(e) => crate::support_networking::service_entry(&mut out, &root, e),
     }
     out
 }

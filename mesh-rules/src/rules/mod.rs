@@ -1,8 +1,10 @@
 //! The rule kinds of Istio 0.4 (`config.istio.io/v1alpha2`), also served
-//! under the mesh's own API group with the same schema.
+//! under the mesh's own API group with the same schema; and today's Istio
+//! kinds ([`networking`]), translated into them.
 
 mod destination_policy;
 mod egress_rule;
+pub mod networking;
 mod rate_limit;
 mod route_rule;
 
@@ -24,7 +26,7 @@ use crate::path::FieldPath;
 pub const ISTIO_API_VERSION: &str = "config.istio.io/v1alpha2";
 /// The mesh's own API group and version: same kinds, same schema.
 pub const MESH_API_VERSION: &str = "config.mesh.dev/v1alpha1";
-/// Every apiVersion a rule may carry.
+/// Every apiVersion a 0.4 rule may carry.
 pub const API_VERSIONS: [&str; 2] = [ISTIO_API_VERSION, MESH_API_VERSION];
 
 /// The namespace a rule lands in when its metadata names none.
@@ -39,11 +41,34 @@ pub enum Kind {
     DestinationPolicy,
     /// Which destinations outside the mesh may be called.
     EgressRule,
+    /// Today's Istio routing (`networking.istio.io`).
+    VirtualService,
+    /// Today's Istio subsets and traffic policy.
+    DestinationRule,
+    /// Today's Istio external services.
+    ServiceEntry,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 3] = [Kind::RouteRule, Kind::DestinationPolicy, Kind::EgressRule];
+    pub const ALL: [Kind; 6] = [
+        Kind::RouteRule,
+        Kind::DestinationPolicy,
+        Kind::EgressRule,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::ServiceEntry,
+    ];
+
+    /// The apiVersions the kind is written with.
+    pub fn api_versions(self) -> &'static [&'static str] {
+        match self {
+            Kind::RouteRule | Kind::DestinationPolicy | Kind::EgressRule => &API_VERSIONS,
+            Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
+                &networking::NETWORKING_API_VERSIONS
+            }
+        }
+    }
 
     /// The `kind:` field's value.
     pub fn as_str(self) -> &'static str {
@@ -51,6 +76,9 @@ impl Kind {
             Kind::RouteRule => "RouteRule",
             Kind::DestinationPolicy => "DestinationPolicy",
             Kind::EgressRule => "EgressRule",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
         }
     }
 
@@ -60,6 +88,9 @@ impl Kind {
             Kind::RouteRule => "route-rule",
             Kind::DestinationPolicy => "destination-policy",
             Kind::EgressRule => "egress-rule",
+            Kind::VirtualService => "virtual-service",
+            Kind::DestinationRule => "destination-rule",
+            Kind::ServiceEntry => "service-entry",
         }
     }
 
@@ -209,6 +240,12 @@ pub enum Spec {
     DestinationPolicy(DestinationPolicy),
     /// An egress rule.
     EgressRule(EgressRule),
+    /// A VirtualService.
+    VirtualService(networking::VirtualService),
+    /// A DestinationRule.
+    DestinationRule(networking::DestinationRule),
+    /// A ServiceEntry.
+    ServiceEntry(networking::ServiceEntry),
 }
 
 impl Spec {
@@ -218,6 +255,9 @@ impl Spec {
             Spec::RouteRule(_) => Kind::RouteRule,
             Spec::DestinationPolicy(_) => Kind::DestinationPolicy,
             Spec::EgressRule(_) => Kind::EgressRule,
+            Spec::VirtualService(_) => Kind::VirtualService,
+            Spec::DestinationRule(_) => Kind::DestinationRule,
+            Spec::ServiceEntry(_) => Kind::ServiceEntry,
         }
     }
 
@@ -226,6 +266,9 @@ impl Spec {
             Spec::RouteRule(r) => r.check(c, path),
             Spec::DestinationPolicy(r) => r.check(c, path),
             Spec::EgressRule(r) => r.check(c, path),
+            Spec::VirtualService(r) => r.check(c, path),
+            Spec::DestinationRule(r) => r.check(c, path),
+            Spec::ServiceEntry(r) => r.check(c, path),
         }
     }
 }
@@ -281,13 +324,18 @@ impl Rule {
         }
     }
 
-    /// The host of the service the rule is about (its `spec.destination`).
+    /// The host of the service the rule is about (its `spec.destination`;
+    /// the first host of today's kinds).
     pub fn destination_host(&self) -> Option<crate::registry::HostName> {
         let ns = self.metadata.namespace();
+        let host = |h: &str| crate::convert::service(h, ns).host(ns);
         match &self.spec {
             Spec::RouteRule(r) => r.destination.host(ns),
             Spec::DestinationPolicy(r) => r.destination.host(ns),
             Spec::EgressRule(r) => r.destination.host(ns),
+            Spec::VirtualService(v) => host(v.hosts.first()?),
+            Spec::DestinationRule(d) => host(&d.host),
+            Spec::ServiceEntry(e) => host(e.hosts.first()?),
         }
     }
 
@@ -298,6 +346,9 @@ impl Rule {
             Spec::RouteRule(s) => serde_json::to_value(s),
             Spec::DestinationPolicy(s) => serde_json::to_value(s),
             Spec::EgressRule(s) => serde_json::to_value(s),
+            Spec::VirtualService(s) => serde_json::to_value(s),
+            Spec::DestinationRule(s) => serde_json::to_value(s),
+            Spec::ServiceEntry(s) => serde_json::to_value(s),
         }
         .expect("rule specs serialize to JSON");
         serde_json::json!({

@@ -1,0 +1,367 @@
+//! Today's Istio kinds in terms of the 0.4 kinds, which the translator
+//! reads: a VirtualService becomes one RouteRule per HTTP route and match
+//! (earlier routes take precedence), a DestinationRule one
+//! DestinationPolicy for the service and one per subset (its policy laid
+//! over the service's, field by field), a ServiceEntry one EgressRule per
+//! host. Pure: the same rules always give the same result.
+//!
+//! `crate::support` refuses what this cannot express, so nothing here
+//! drops a field a user wrote.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::registry::HostName;
+use crate::rules::networking::{
+    self, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficPolicy, VirtualService,
+};
+use crate::rules::{
+    CircuitBreaker, CorsPolicy, DestinationPolicy, DestinationWeight, EgressPort, EgressRule,
+    HttpFaultInjection, HttpRedirect, HttpRetry, HttpRewrite, HttpTimeout, IstioService,
+    LoadBalancer, LoadBalancing, MESH_API_VERSION, MatchCondition, MatchRequest, Metadata,
+    RouteRule, Rule, SimpleCircuitBreakerPolicy, SimpleRetryPolicy, SimpleTimeoutPolicy, Spec,
+};
+
+/// Where a derived rule came from (an annotation on it).
+pub const FROM_ANNOTATION: &str = "mesh.dev/converted-from";
+
+/// A host as today's kinds write it (`svcb`, or
+/// `svcb.<namespace>.svc.<domain>`) as a 0.4 service; any other host is a
+/// service outside the mesh (`service`).
+pub fn service(host: &str, rule_namespace: &str) -> IstioService {
+    let parts: Vec<&str> = host.split('.').collect();
+    match parts.as_slice() {
+        [name] => IstioService {
+            name: Some((*name).to_owned()),
+            namespace: Some(rule_namespace.to_owned()),
+            ..Default::default()
+        },
+        [name, namespace, "svc", domain @ ..] if !domain.is_empty() => IstioService {
+            name: Some((*name).to_owned()),
+            namespace: Some((*namespace).to_owned()),
+            domain: Some(domain.join(".")),
+            ..Default::default()
+        },
+        _ => IstioService {
+            service: Some(host.to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Whether `host` names a service of the mesh (not one outside it).
+pub fn is_mesh_host(host: &str) -> bool {
+    service(host, "").service.is_none()
+}
+
+/// The subsets DestinationRules define, by service host.
+type Subsets<'a> = HashMap<HostName, BTreeMap<&'a str, &'a BTreeMap<String, String>>>;
+
+/// `rules` with every rule of today's kinds replaced by its 0.4 rules.
+pub fn expand(rules: &[Rule]) -> Vec<Rule> {
+    let mut subsets: Subsets<'_> = HashMap::new();
+    for rule in rules {
+        if let Spec::DestinationRule(d) = &rule.spec
+            && let Some(host) = service(&d.host, rule.metadata.namespace()).host("")
+        {
+            let entry = subsets.entry(host).or_default();
+            for s in &d.subsets {
+                entry.insert(s.name.as_str(), &s.labels);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for rule in rules {
+        match &rule.spec {
+            Spec::RouteRule(_) | Spec::DestinationPolicy(_) | Spec::EgressRule(_) => {
+                out.push(rule.clone());
+            }
+            Spec::VirtualService(v) => virtual_service(rule, v, &subsets, &mut out),
+            Spec::DestinationRule(d) => destination_rule(rule, d, &mut out),
+            Spec::ServiceEntry(e) => service_entry(rule, e, &mut out),
+        }
+    }
+    out
+}
+
+/// A rule derived from `from`, named `<from's name>-<suffix>`.
+fn derived(from: &Rule, suffix: &str, spec: Spec) -> Rule {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(FROM_ANNOTATION.to_owned(), from.key().to_string());
+    Rule {
+        api_version: MESH_API_VERSION.to_owned(),
+        metadata: Metadata {
+            name: format!("{}-{suffix}", from.metadata.name),
+            namespace: from.metadata.namespace.clone(),
+            annotations,
+            ..Default::default()
+        },
+        spec,
+    }
+}
+
+/// The labels of subset `name` of `host`; a subset no DestinationRule
+/// defines selects no workload (calls to it fail 503, as in Istio).
+fn subset_labels(
+    subsets: &Subsets<'_>,
+    host: &IstioService,
+    name: &str,
+) -> BTreeMap<String, String> {
+    host.host("")
+        .and_then(|h| subsets.get(&h)?.get(name).map(|l| (*l).clone()))
+        .unwrap_or_else(|| {
+            BTreeMap::from([("mesh.dev/undefined-subset".to_owned(), name.to_owned())])
+        })
+}
+
+fn virtual_service(rule: &Rule, v: &VirtualService, subsets: &Subsets<'_>, out: &mut Vec<Rule>) {
+    let ns = rule.metadata.namespace();
+    let n = v.http.len();
+    for (h, host) in v.hosts.iter().enumerate() {
+        let destination = service(host, ns);
+        for (i, http) in v.http.iter().enumerate() {
+            let base = route_rule(http, &destination, subsets, ns);
+            let precedence = Some((n - i) as i64);
+            let name = http.name.clone().unwrap_or_else(|| i.to_string());
+            let host_part = if v.hosts.len() > 1 {
+                format!("{h}-")
+            } else {
+                String::new()
+            };
+            let matches: Vec<Option<&HttpMatch>> = if http.matches.is_empty() {
+                vec![None]
+            } else {
+                http.matches.iter().map(Some).collect()
+            };
+            for (j, m) in matches.iter().enumerate() {
+                let mut r = base.clone();
+                r.precedence = precedence;
+                r.match_ = m.map(match_condition);
+                let suffix = if matches.len() > 1 {
+                    format!("{host_part}{name}-{j}")
+                } else {
+                    format!("{host_part}{name}")
+                };
+                out.push(derived(rule, &suffix, Spec::RouteRule(r)));
+            }
+        }
+    }
+}
+
+/// One HTTP route's actions as a RouteRule for `destination` (no match).
+fn route_rule(
+    http: &HttpRoute,
+    destination: &IstioService,
+    subsets: &Subsets<'_>,
+    ns: &str,
+) -> RouteRule {
+    let weight = |r: &networking::RouteDestination| match http.route.len() {
+        1 => Some(100),
+        _ => r.weight,
+    };
+    RouteRule {
+        destination: destination.clone(),
+        precedence: None,
+        match_: None,
+        route: http
+            .route
+            .iter()
+            .map(|r| DestinationWeight {
+                destination: None,
+                labels: r
+                    .destination
+                    .subset
+                    .as_deref()
+                    .map(|s| subset_labels(subsets, &service(&r.destination.host, ns), s))
+                    .unwrap_or_default(),
+                weight: weight(r),
+            })
+            .collect(),
+        redirect: http.redirect.as_ref().map(|r| HttpRedirect {
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+        }),
+        rewrite: http.rewrite.as_ref().map(|r| HttpRewrite {
+            uri: r.uri.clone(),
+            authority: r.authority.clone(),
+        }),
+        websocket_upgrade: false,
+        http_req_timeout: http.timeout.clone().map(|timeout| HttpTimeout {
+            simple_timeout: SimpleTimeoutPolicy {
+                timeout,
+                override_header_name: None,
+            },
+        }),
+        http_req_retries: http.retries.as_ref().map(|r| HttpRetry {
+            simple_retry: SimpleRetryPolicy {
+                attempts: r.attempts,
+                per_try_timeout: r.per_try_timeout.clone(),
+                override_header_name: None,
+            },
+        }),
+        http_fault: http.fault.as_ref().map(fault),
+        l4_fault: None,
+        mirror: http.mirror.as_ref().map(|m| {
+            let mut s = service(&m.host, ns);
+            if let Some(name) = &m.subset {
+                s.labels = subset_labels(subsets, &s, name);
+            }
+            s
+        }),
+        cors_policy: http.cors_policy.as_ref().map(cors),
+        append_headers: http
+            .headers
+            .as_ref()
+            .and_then(|h| h.request.as_ref())
+            .map(|r| r.add.clone())
+            .unwrap_or_default(),
+        rate_limit: None,
+    }
+}
+
+fn match_condition(m: &HttpMatch) -> MatchCondition {
+    let mut headers = m.headers.clone();
+    if let Some(uri) = &m.uri {
+        headers.insert("uri".into(), uri.clone());
+    }
+    if let Some(method) = &m.method {
+        headers.insert(":method".into(), method.clone());
+    }
+    MatchCondition {
+        source: (!m.source_labels.is_empty()).then(|| IstioService {
+            labels: m.source_labels.clone(),
+            ..Default::default()
+        }),
+        tcp: None,
+        udp: None,
+        request: (!headers.is_empty()).then_some(MatchRequest { headers }),
+    }
+}
+
+fn fault(f: &networking::Fault) -> HttpFaultInjection {
+    HttpFaultInjection {
+        delay: f.delay.as_ref().map(|d| crate::rules::Delay {
+            percent: d
+                .percentage
+                .map(|p| p.value)
+                .or(d.percent.map(|p| p as f64)),
+            fixed_delay: d.fixed_delay.clone(),
+            ..Default::default()
+        }),
+        abort: f.abort.as_ref().map(|a| crate::rules::Abort {
+            percent: a.percentage.map(|p| p.value),
+            http_status: a.http_status,
+            ..Default::default()
+        }),
+    }
+}
+
+fn cors(c: &networking::CorsPolicy) -> CorsPolicy {
+    // `regex: ".*"` is any origin, `*` in 0.4 (support.rs refuses other
+    // prefixes and regexes).
+    let origins = c.allow_origins.iter().filter_map(|o| {
+        o.exact
+            .clone()
+            .or_else(|| (o.regex.as_deref() == Some(".*")).then(|| "*".to_owned()))
+    });
+    CorsPolicy {
+        allow_origin: c.allow_origin.iter().cloned().chain(origins).collect(),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.clone(),
+        allow_credentials: c.allow_credentials,
+    }
+}
+
+/// `over`'s parts where it sets them, else `base`'s.
+fn merged(base: Option<&TrafficPolicy>, over: Option<&TrafficPolicy>) -> TrafficPolicy {
+    let base = base.cloned().unwrap_or_default();
+    let Some(over) = over else { return base };
+    TrafficPolicy {
+        load_balancer: over.load_balancer.clone().or(base.load_balancer),
+        connection_pool: over.connection_pool.clone().or(base.connection_pool),
+        outlier_detection: over.outlier_detection.clone().or(base.outlier_detection),
+        ..base
+    }
+}
+
+/// The DestinationPolicy parts of a traffic policy.
+fn policy(destination: IstioService, t: &TrafficPolicy) -> DestinationPolicy {
+    let load_balancing = t
+        .load_balancer
+        .as_ref()
+        .and_then(|l| l.simple.as_deref())
+        .and_then(load_balancer)
+        .map(|name| LoadBalancing { name });
+    let pool = t.connection_pool.as_ref();
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let o = t.outlier_detection.as_ref();
+    let cb = SimpleCircuitBreakerPolicy {
+        max_connections: tcp.and_then(|t| t.max_connections),
+        http_max_pending_requests: http.and_then(|h| h.http1_max_pending_requests),
+        http_max_requests: http.and_then(|h| h.http2_max_requests),
+        http_max_requests_per_connection: http.and_then(|h| h.max_requests_per_connection),
+        http_max_retries: http.and_then(|h| h.max_retries),
+        http_consecutive_errors: o.and_then(|o| o.consecutive_5xx_errors.or(o.consecutive_errors)),
+        http_detection_interval: o.and_then(|o| o.interval.clone()),
+        sleep_window: o.and_then(|o| o.base_ejection_time.clone()),
+        http_max_ejection_percent: o.and_then(|o| o.max_ejection_percent),
+    };
+    DestinationPolicy {
+        destination,
+        source: None,
+        load_balancing,
+        circuit_breaker: (cb != SimpleCircuitBreakerPolicy::default())
+            .then_some(CircuitBreaker { simple_cb: cb }),
+        rate_limit: None,
+    }
+}
+
+/// Today's `simple` balancer names as 0.4's.
+pub fn load_balancer(simple: &str) -> Option<LoadBalancer> {
+    match simple {
+        "ROUND_ROBIN" | "UNSPECIFIED" => Some(LoadBalancer::RoundRobin),
+        "LEAST_REQUEST" | "LEAST_CONN" => Some(LoadBalancer::LeastConn),
+        "RANDOM" => Some(LoadBalancer::Random),
+        _ => None,
+    }
+}
+
+fn destination_rule(rule: &Rule, d: &DestinationRule, out: &mut Vec<Rule>) {
+    let host = service(&d.host, rule.metadata.namespace());
+    let whole = policy(host.clone(), &merged(d.traffic_policy.as_ref(), None));
+    if whole.load_balancing.is_some() || whole.circuit_breaker.is_some() {
+        out.push(derived(rule, "all", Spec::DestinationPolicy(whole)));
+    }
+    for s in &d.subsets {
+        let t = merged(d.traffic_policy.as_ref(), s.traffic_policy.as_ref());
+        let mut destination = host.clone();
+        destination.labels = s.labels.clone();
+        let p = policy(destination, &t);
+        if p.load_balancing.is_some() || p.circuit_breaker.is_some() {
+            out.push(derived(rule, &s.name, Spec::DestinationPolicy(p)));
+        }
+    }
+}
+
+fn service_entry(rule: &Rule, e: &ServiceEntry, out: &mut Vec<Rule>) {
+    for (i, host) in e.hosts.iter().enumerate() {
+        let egress = EgressRule {
+            destination: IstioService {
+                service: Some(host.clone()),
+                ..Default::default()
+            },
+            ports: e
+                .ports
+                .iter()
+                .map(|p| EgressPort {
+                    port: p.number,
+                    protocol: p.protocol.to_ascii_lowercase(),
+                })
+                .collect(),
+            use_egress_proxy: false,
+        };
+        out.push(derived(rule, &i.to_string(), Spec::EgressRule(egress)));
+    }
+}

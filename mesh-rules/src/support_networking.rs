@@ -1,0 +1,485 @@
+//! What of today's Istio kinds the mesh does not act on yet (see
+//! [`crate::support`]): every such field is refused by name.
+
+use crate::convert::{is_mesh_host, load_balancer, service};
+use crate::error::FieldError;
+use crate::path::FieldPath;
+use crate::rules::networking::{
+    DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficPolicy, VirtualService,
+};
+
+use crate::support::refuse;
+
+/// Refuses each field of `fields` (name, whether set, what it is) that is set.
+fn refuse_set(out: &mut Vec<FieldError>, at: &FieldPath, fields: &[(&str, bool, &str)]) {
+    for (name, set, what) in fields {
+        if *set {
+            refuse(out, at.key(*name), what);
+        }
+    }
+}
+
+pub(crate) fn virtual_service(out: &mut Vec<FieldError>, root: &FieldPath, v: &VirtualService) {
+    refuse_set(
+        out,
+        root,
+        &[
+            ("tls", v.tls.is_some(), "TLS routes"),
+            ("tcp", v.tcp.is_some(), "TCP routes"),
+            ("exportTo", v.export_to.is_some(), "visibility (exportTo)"),
+        ],
+    );
+    for (i, g) in v.gateways.iter().enumerate() {
+        if g != "mesh" {
+            let what = "routes at a gateway (only `mesh`, the sidecars)";
+            refuse(out, root.key("gateways").index(i), what);
+        }
+    }
+    for (i, h) in v.hosts.iter().enumerate() {
+        if !is_mesh_host(h) {
+            let what = "routing a host outside the mesh (name a service: `svcb` or `svcb.<namespace>.svc.cluster.local`)";
+            refuse(out, root.key("hosts").index(i), what);
+        }
+    }
+    let hosts: Vec<_> = v.hosts.iter().map(|h| service(h, "").host("")).collect();
+    for (i, http) in v.http.iter().enumerate() {
+        http_route(out, &root.key("http").index(i), http, &hosts);
+    }
+}
+
+fn http_route(
+    out: &mut Vec<FieldError>,
+    at: &FieldPath,
+    h: &HttpRoute,
+    hosts: &[Option<crate::registry::HostName>],
+) {
+    refuse_set(
+        out,
+        at,
+        &[
+            (
+                "mirrorPercentage",
+                h.mirror_percentage.is_some(),
+                "mirroring a share of requests (every request is mirrored)",
+            ),
+            ("mirrors", h.mirrors.is_some(), "several mirrors"),
+            ("delegate", h.delegate.is_some(), "delegation"),
+            (
+                "directResponse",
+                h.direct_response.is_some(),
+                "direct responses",
+            ),
+        ],
+    );
+    let own = |host: &str| {
+        let h = service(host, "").host("");
+        hosts.len() == 1 && hosts[0] == h
+    };
+    for (j, r) in h.route.iter().enumerate() {
+        let d = at.key("route").index(j);
+        if !own(&r.destination.host) {
+            let what = "routing to another service than the VirtualService's one host";
+            refuse(out, d.key("destination").key("host"), what);
+        }
+        refuse_set(
+            out,
+            &d,
+            &[(
+                "headers",
+                r.headers.is_some(),
+                "header changes per destination",
+            )],
+        );
+        let port = r.destination.port.is_some();
+        refuse_set(
+            out,
+            &d.key("destination"),
+            &[("port", port, "choosing a port")],
+        );
+    }
+    if let Some(m) = &h.mirror
+        && !own(&m.host)
+    {
+        let what = "mirroring to another service (mirror to a subset of the host)";
+        refuse(out, at.key("mirror").key("host"), what);
+    }
+    for (j, m) in h.matches.iter().enumerate() {
+        http_match(out, &at.key("match").index(j), m);
+    }
+    actions(out, at, h);
+}
+
+fn http_match(out: &mut Vec<FieldError>, at: &FieldPath, m: &HttpMatch) {
+    refuse_set(
+        out,
+        at,
+        &[
+            ("name", m.name.is_some(), "named matches"),
+            ("scheme", m.scheme.is_some(), "matching the scheme"),
+            ("authority", m.authority.is_some(), "matching the authority"),
+            ("port", m.port.is_some(), "matching the port"),
+            (
+                "queryParams",
+                m.query_params.is_some(),
+                "matching query parameters",
+            ),
+            (
+                "ignoreUriCase",
+                m.ignore_uri_case.is_some(),
+                "case-insensitive paths",
+            ),
+            (
+                "withoutHeaders",
+                m.without_headers.is_some(),
+                "matching absent headers",
+            ),
+            (
+                "sourceNamespace",
+                m.source_namespace.is_some(),
+                "matching the caller's namespace",
+            ),
+            ("gateways", m.gateways.is_some(), "matching gateways"),
+        ],
+    );
+}
+
+/// The actions of a route that the 0.4 model holds only in part.
+fn actions(out: &mut Vec<FieldError>, at: &FieldPath, h: &HttpRoute) {
+    if let Some(r) = &h.redirect {
+        let p = at.key("redirect");
+        refuse_set(
+            out,
+            &p,
+            &[
+                (
+                    "scheme",
+                    r.scheme.is_some(),
+                    "redirecting to another scheme",
+                ),
+                ("port", r.port.is_some(), "redirecting to another port"),
+                ("derivePort", r.derive_port.is_some(), "deriving the port"),
+                (
+                    "redirectCode",
+                    r.redirect_code.is_some_and(|c| c != 301),
+                    "redirect codes other than 301",
+                ),
+            ],
+        );
+    }
+    if let Some(r) = &h.rewrite {
+        let set = r.uri_regex_rewrite.is_some();
+        refuse_set(
+            out,
+            &at.key("rewrite"),
+            &[("uriRegexRewrite", set, "regex rewrites")],
+        );
+    }
+    if let Some(r) = &h.retries {
+        let p = at.key("retries");
+        refuse_set(
+            out,
+            &p,
+            &[
+                (
+                    "retryOn",
+                    r.retry_on.is_some(),
+                    "retry conditions (5xx, connect failures and resets are retried)",
+                ),
+                (
+                    "retryRemoteLocalities",
+                    r.retry_remote_localities.is_some(),
+                    "retries by locality",
+                ),
+            ],
+        );
+    }
+    if let Some(f) = &h.fault {
+        let p = at.key("fault");
+        if let Some(d) = &f.delay {
+            let set = d.exponential_delay.is_some();
+            refuse_set(
+                out,
+                &p.key("delay"),
+                &[("exponentialDelay", set, "exponential delays")],
+            );
+        }
+        if let Some(a) = &f.abort {
+            refuse_set(
+                out,
+                &p.key("abort"),
+                &[
+                    (
+                        "grpcStatus",
+                        a.grpc_status.is_some(),
+                        "aborts with a gRPC status",
+                    ),
+                    (
+                        "http2Error",
+                        a.http2_error.is_some(),
+                        "aborts with an HTTP/2 error",
+                    ),
+                ],
+            );
+        }
+    }
+    if let Some(c) = &h.cors_policy {
+        let p = at.key("corsPolicy");
+        for (i, o) in c.allow_origins.iter().enumerate() {
+            if o.exact.is_none() && o.regex.as_deref() != Some(".*") {
+                let what =
+                    "origins by prefix or pattern (give exact origins, or `regex: \".*\"` for any)";
+                refuse(out, p.key("allowOrigins").index(i), what);
+            }
+        }
+        let set = c.unmatched_preflights.is_some();
+        refuse_set(
+            out,
+            &p,
+            &[("unmatchedPreflights", set, "unmatched preflights")],
+        );
+    }
+    if let Some(hd) = &h.headers {
+        let p = at.key("headers");
+        refuse_set(
+            out,
+            &p,
+            &[("response", hd.response.is_some(), "response header changes")],
+        );
+        if let Some(r) = &hd.request {
+            refuse_set(
+                out,
+                &p.key("request"),
+                &[
+                    (
+                        "set",
+                        r.set.is_some(),
+                        "replacing request headers (`add` appends)",
+                    ),
+                    ("remove", r.remove.is_some(), "removing request headers"),
+                ],
+            );
+        }
+    }
+}
+
+pub(crate) fn destination_rule(out: &mut Vec<FieldError>, root: &FieldPath, d: &DestinationRule) {
+    refuse_set(
+        out,
+        root,
+        &[
+            ("exportTo", d.export_to.is_some(), "visibility (exportTo)"),
+            (
+                "workloadSelector",
+                d.workload_selector.is_some(),
+                "rules for some callers",
+            ),
+        ],
+    );
+    if !is_mesh_host(&d.host) {
+        refuse(out, root.key("host"), "policies for hosts outside the mesh");
+    }
+    if let Some(t) = &d.traffic_policy {
+        traffic_policy(out, &root.key("trafficPolicy"), t);
+    }
+    for (i, s) in d.subsets.iter().enumerate() {
+        if let Some(t) = &s.traffic_policy {
+            traffic_policy(out, &root.key("subsets").index(i).key("trafficPolicy"), t);
+        }
+    }
+}
+
+fn traffic_policy(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) {
+    refuse_set(
+        out,
+        at,
+        &[
+            (
+                "tls",
+                t.tls.is_some(),
+                "TLS to the destination (mTLS comes with the CA)",
+            ),
+            (
+                "portLevelSettings",
+                t.port_level_settings.is_some(),
+                "policies per port",
+            ),
+            ("tunnel", t.tunnel.is_some(), "tunnels"),
+            (
+                "proxyProtocol",
+                t.proxy_protocol.is_some(),
+                "the PROXY protocol",
+            ),
+        ],
+    );
+    if let Some(lb) = &t.load_balancer {
+        let p = at.key("loadBalancer");
+        refuse_set(
+            out,
+            &p,
+            &[
+                (
+                    "consistentHash",
+                    lb.consistent_hash.is_some(),
+                    "session affinity (consistent hashing)",
+                ),
+                (
+                    "localityLbSetting",
+                    lb.locality_lb_setting.is_some(),
+                    "locality balancing",
+                ),
+                (
+                    "warmupDurationSecs",
+                    lb.warmup_duration_secs.is_some(),
+                    "slow start",
+                ),
+            ],
+        );
+        if let Some(simple) = &lb.simple
+            && load_balancer(simple).is_none()
+        {
+            let what = "this balancer (ROUND_ROBIN, LEAST_REQUEST, RANDOM are)";
+            refuse(out, p.key("simple"), what);
+        }
+    }
+    let pool = t.connection_pool.as_ref();
+    if let Some(tcp) = pool.and_then(|p| p.tcp.as_ref()) {
+        refuse_set(
+            out,
+            &at.key("connectionPool").key("tcp"),
+            &[
+                (
+                    "connectTimeout",
+                    tcp.connect_timeout.is_some(),
+                    "connect timeouts",
+                ),
+                (
+                    "tcpKeepalive",
+                    tcp.tcp_keepalive.is_some(),
+                    "TCP keep-alive",
+                ),
+                (
+                    "maxConnectionDuration",
+                    tcp.max_connection_duration.is_some(),
+                    "connection lifetimes",
+                ),
+                ("idleTimeout", tcp.idle_timeout.is_some(), "idle timeouts"),
+            ],
+        );
+    }
+    if let Some(http) = pool.and_then(|p| p.http.as_ref()) {
+        refuse_set(
+            out,
+            &at.key("connectionPool").key("http"),
+            &[
+                ("idleTimeout", http.idle_timeout.is_some(), "idle timeouts"),
+                (
+                    "h2UpgradePolicy",
+                    http.h2_upgrade_policy.is_some(),
+                    "HTTP/2 upgrades",
+                ),
+                (
+                    "useClientProtocol",
+                    http.use_client_protocol.is_some(),
+                    "the client's protocol upstream",
+                ),
+                (
+                    "maxConcurrentStreams",
+                    http.max_concurrent_streams.is_some(),
+                    "stream limits",
+                ),
+            ],
+        );
+    }
+    if let Some(o) = &t.outlier_detection {
+        refuse_set(
+            out,
+            &at.key("outlierDetection"),
+            &[
+                (
+                    "consecutiveGatewayErrors",
+                    o.consecutive_gateway_errors.is_some(),
+                    "gateway-error ejection",
+                ),
+                (
+                    "consecutiveLocalOriginFailures",
+                    o.consecutive_local_origin_failures.is_some(),
+                    "local-origin ejection",
+                ),
+                (
+                    "splitExternalLocalOriginErrors",
+                    o.split_external_local_origin_errors.is_some(),
+                    "split local-origin errors",
+                ),
+                (
+                    "minHealthPercent",
+                    o.min_health_percent.is_some(),
+                    "a minimum healthy share",
+                ),
+            ],
+        );
+    }
+}
+
+pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &ServiceEntry) {
+    refuse_set(
+        out,
+        root,
+        &[
+            (
+                "addresses",
+                e.addresses.is_some(),
+                "addresses (the caller resolves the host)",
+            ),
+            (
+                "endpoints",
+                e.endpoints.is_some(),
+                "endpoints (the caller resolves the host)",
+            ),
+            (
+                "workloadSelector",
+                e.workload_selector.is_some(),
+                "workloads as entries",
+            ),
+            ("exportTo", e.export_to.is_some(), "visibility (exportTo)"),
+            (
+                "subjectAltNames",
+                e.subject_alt_names.is_some(),
+                "TLS names",
+            ),
+            (
+                "location",
+                e.location.as_deref().is_some_and(|l| l != "MESH_EXTERNAL"),
+                "entries inside the mesh (MESH_EXTERNAL is)",
+            ),
+            (
+                "resolution",
+                e.resolution
+                    .as_deref()
+                    .is_some_and(|r| r != "NONE" && r != "DNS"),
+                "this resolution (NONE and DNS are: the caller resolves the host)",
+            ),
+        ],
+    );
+    for (i, p) in e.ports.iter().enumerate() {
+        let at = root.key("ports").index(i);
+        refuse_set(
+            out,
+            &at,
+            &[("targetPort", p.target_port.is_some(), "target ports")],
+        );
+    }
+    // Each host becomes an egress rule; what one cannot do is refused at
+    // the same place (`spec.ports[i].protocol` in both kinds).
+    let as_rule = crate::Rule {
+        api_version: String::new(),
+        metadata: Default::default(),
+        spec: crate::Spec::ServiceEntry(e.clone()),
+    };
+    for rule in crate::convert::expand(&[as_rule]) {
+        for p in crate::support::unsupported(&rule.spec) {
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+}
