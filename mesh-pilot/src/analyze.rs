@@ -64,6 +64,11 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             Spec::RouteRule(r) => {
                 let svc = service(&r.destination, spec.key("destination"), &mut found);
                 for (i, d) in r.route.iter().enumerate() {
+                    if let Some(other) = &d.destination {
+                        let at = spec.key("route").index(i).key("destination");
+                        service(other, at, &mut found);
+                        continue;
+                    }
                     if let Some(svc) = svc {
                         versions(
                             registry,
@@ -91,7 +96,8 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             Spec::EgressRule(_)
             | Spec::VirtualService(_)
             | Spec::DestinationRule(_)
-            | Spec::ServiceEntry(_) => {}
+            | Spec::ServiceEntry(_)
+            | Spec::HttpRoute(_) => {}
         }
     }
     out

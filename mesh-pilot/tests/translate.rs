@@ -491,6 +491,71 @@ fn todays_kinds_give_the_same_configuration_as_0_4_rules() {
     assert_eq!(json(&new), json(&old));
 }
 
+/// Calls split between two Services (one per version), written as 0.4
+/// RouteRules, as a VirtualService and as a Gateway API HTTPRoute: the
+/// proxy gets the same configuration from each.
+#[test]
+fn a_split_between_services_is_the_same_in_three_apis() {
+    let path = repo().join("samples/registries/svcb-versions.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let registry = mesh_pilot::registry::from_yaml("svcb-versions.yaml", &text).unwrap();
+    let n = node(SVCA.0, SVCA.1, SVCA.2);
+    let old = golden_in(
+        "svca-split-services",
+        &registry,
+        &["rules/split-services-0.4.yaml"],
+        &n,
+    );
+    let json = |r: &Resources| {
+        serde_json::to_string_pretty(&mesh_proto::json::to_json(
+            mesh_proto::descriptors::Schema::Xds,
+            &bootstrap(r),
+        ))
+        .unwrap()
+    };
+    for file in [
+        "today/split-services.yaml",
+        "gateway-api/split-services.yaml",
+    ] {
+        let expanded = mesh_rules::convert::expand(&rules(&[file]));
+        let new = translate(
+            &Inputs {
+                registry: &registry,
+                rules: &expanded,
+                mesh: &MeshConfig::default(),
+            },
+            &n,
+        );
+        assert_eq!(json(&new), json(&old), "{file}");
+    }
+    let split = all_routes(&old)
+        .filter_map(|r| match &r.action {
+            Some(mesh_proto::envoy::config::route::v3::route::Action::Route(a)) => a.cluster_specifier.as_ref(),
+            _ => None,
+        })
+        .find_map(|c| match c {
+            mesh_proto::envoy::config::route::v3::route_action::ClusterSpecifier::WeightedClusters(w)
+                if w.clusters.len() == 2 =>
+            {
+                Some(w)
+            }
+            _ => None,
+        })
+        .expect("a weighted route");
+    let names: Vec<_> = split
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight.unwrap().value))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("outbound|80||svcb-v1.default.svc.cluster.local", 80),
+            ("outbound|80||svcb-v2.default.svc.cluster.local", 20)
+        ]
+    );
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

@@ -3,7 +3,9 @@
 //! (earlier routes take precedence), a DestinationRule one
 //! DestinationPolicy for the service and one per subset (its policy laid
 //! over the service's, field by field), a ServiceEntry one EgressRule per
-//! host. Pure: the same rules always give the same result.
+//! host, an HTTPRoute one RouteRule per parent, rule and match (the most
+//! specific match first, as Gateway API orders them). Pure: the same rules
+//! always give the same result.
 //!
 //! `crate::support` refuses what this cannot express, so nothing here
 //! drops a field a user wrote.
@@ -11,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::registry::HostName;
+use crate::rules::gateway;
 use crate::rules::networking::{
     self, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficPolicy, VirtualService,
 };
@@ -78,6 +81,7 @@ pub fn expand(rules: &[Rule]) -> Vec<Rule> {
             Spec::VirtualService(v) => virtual_service(rule, v, &subsets, &mut out),
             Spec::DestinationRule(d) => destination_rule(rule, d, &mut out),
             Spec::ServiceEntry(e) => service_entry(rule, e, &mut out),
+            Spec::HttpRoute(r) => http_route(rule, r, &mut out),
         }
     }
     out
@@ -165,15 +169,20 @@ fn route_rule(
         route: http
             .route
             .iter()
-            .map(|r| DestinationWeight {
-                destination: None,
-                labels: r
-                    .destination
-                    .subset
-                    .as_deref()
-                    .map(|s| subset_labels(subsets, &service(&r.destination.host, ns), s))
-                    .unwrap_or_default(),
-                weight: weight(r),
+            .map(|r| {
+                let to = service(&r.destination.host, ns);
+                let own = to.host("") == destination.host("");
+                DestinationWeight {
+                    labels: r
+                        .destination
+                        .subset
+                        .as_deref()
+                        .map(|s| subset_labels(subsets, &to, s))
+                        .unwrap_or_default(),
+                    // Another service, as a whole (support.rs refuses its subsets).
+                    destination: (!own).then_some(to),
+                    weight: weight(r),
+                }
             })
             .collect(),
         redirect: http.redirect.as_ref().map(|r| HttpRedirect {
@@ -363,5 +372,233 @@ fn service_entry(rule: &Rule, e: &ServiceEntry, out: &mut Vec<Rule>) {
             use_egress_proxy: false,
         };
         out.push(derived(rule, &i.to_string(), Spec::EgressRule(egress)));
+    }
+}
+
+/// An HTTPRoute parent (a Service) as a 0.4 service.
+pub fn parent_service(p: &gateway::ParentRef, rule_namespace: &str) -> IstioService {
+    IstioService {
+        name: Some(p.name.clone()),
+        namespace: Some(
+            p.namespace
+                .clone()
+                .unwrap_or_else(|| rule_namespace.to_owned()),
+        ),
+        ..Default::default()
+    }
+}
+
+fn backend_service(b: &gateway::BackendRef, rule_namespace: &str) -> IstioService {
+    IstioService {
+        name: Some(b.name.clone()),
+        namespace: Some(
+            b.namespace
+                .clone()
+                .unwrap_or_else(|| rule_namespace.to_owned()),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Gateway API's precedence among matches, as a rule precedence: an exact
+/// path first, then a pattern, then the longest prefix; then a method; then
+/// the most headers. (Ties keep the rules' order.)
+fn specificity(m: Option<&gateway::HttpRouteMatch>) -> i64 {
+    let Some(m) = m else { return 1_000_100 };
+    let (kind, len) = match &m.path {
+        None => (1, 1),
+        Some(p) => {
+            let len = p.value.as_deref().unwrap_or("/").len().min(9_999) as i64;
+            match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => (3, len),
+                "RegularExpression" => (2, len),
+                _ => (1, len),
+            }
+        }
+    };
+    kind * 1_000_000
+        + len * 100
+        + i64::from(m.method.is_some()) * 10
+        + (m.headers.len() as i64).min(9)
+}
+
+/// A Gateway API match as a 0.4 condition. A path prefix matches whole
+/// path elements (`/a` takes `/a` and `/a/b`, not `/ab`): a pattern.
+fn gamma_match(m: &gateway::HttpRouteMatch) -> Option<MatchCondition> {
+    let mut headers: BTreeMap<String, crate::rules::StringMatch> = BTreeMap::new();
+    if let Some(p) = &m.path {
+        let value = p.value.clone().unwrap_or_else(|| "/".into());
+        let uri = match p.kind.as_deref().unwrap_or("PathPrefix") {
+            "Exact" => Some(crate::rules::StringMatch {
+                exact: Some(value),
+                ..Default::default()
+            }),
+            "RegularExpression" => Some(crate::rules::StringMatch {
+                regex: Some(value),
+                ..Default::default()
+            }),
+            _ => {
+                let trimmed = value.trim_end_matches('/');
+                (!trimmed.is_empty()).then(|| crate::rules::StringMatch {
+                    regex: Some(format!("{}(/.*)?", regex::escape(trimmed))),
+                    ..Default::default()
+                })
+            }
+        };
+        if let Some(uri) = uri {
+            headers.insert("uri".into(), uri);
+        }
+    }
+    for h in &m.headers {
+        let value = match h.kind.as_deref() {
+            Some("RegularExpression") => crate::rules::StringMatch {
+                regex: Some(h.value.clone()),
+                ..Default::default()
+            },
+            _ => crate::rules::StringMatch {
+                exact: Some(h.value.clone()),
+                ..Default::default()
+            },
+        };
+        headers.insert(h.name.to_ascii_lowercase(), value);
+    }
+    if let Some(method) = &m.method {
+        headers.insert(
+            ":method".into(),
+            crate::rules::StringMatch {
+                exact: Some(method.clone()),
+                ..Default::default()
+            },
+        );
+    }
+    (!headers.is_empty()).then_some(MatchCondition {
+        request: Some(MatchRequest { headers }),
+        ..Default::default()
+    })
+}
+
+/// Relative weights as percentages summing to 100 (largest remainders
+/// round up; ties go to the earlier).
+fn percentages(weights: &[i64]) -> Vec<i64> {
+    let total: i64 = weights.iter().sum();
+    if total <= 0 {
+        return weights.iter().map(|_| 0).collect();
+    }
+    let mut out: Vec<i64> = weights.iter().map(|w| w * 100 / total).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(weights[i] * 100 % total));
+    let short = 100 - out.iter().sum::<i64>();
+    for &i in order.iter().take(short as usize) {
+        out[i] += 1;
+    }
+    out
+}
+
+/// One HTTPRoute rule's actions as a RouteRule for `destination`.
+fn gamma_rule(g: &gateway::HttpRouteRule, destination: &IstioService, ns: &str) -> RouteRule {
+    let weights: Vec<i64> = g
+        .backend_refs
+        .iter()
+        .map(|b| b.weight.unwrap_or(1))
+        .collect();
+    let own = |s: &IstioService| s.host("") == destination.host("");
+    let mut r = RouteRule {
+        destination: destination.clone(),
+        precedence: None,
+        match_: None,
+        route: g
+            .backend_refs
+            .iter()
+            .zip(percentages(&weights))
+            .map(|(b, weight)| {
+                let to = backend_service(b, ns);
+                DestinationWeight {
+                    destination: (!own(&to)).then_some(to),
+                    labels: BTreeMap::new(),
+                    weight: Some(weight),
+                }
+            })
+            .collect(),
+        redirect: None,
+        rewrite: None,
+        websocket_upgrade: false,
+        http_req_timeout: g
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.request.clone())
+            .map(|timeout| HttpTimeout {
+                simple_timeout: SimpleTimeoutPolicy {
+                    timeout,
+                    override_header_name: None,
+                },
+            }),
+        http_req_retries: None,
+        http_fault: None,
+        l4_fault: None,
+        mirror: None,
+        cors_policy: None,
+        append_headers: BTreeMap::new(),
+        rate_limit: None,
+    };
+    for f in &g.filters {
+        if let Some(h) = &f.request_header_modifier {
+            r.append_headers.extend(
+                h.add
+                    .iter()
+                    .map(|nv| (nv.name.to_ascii_lowercase(), nv.value.clone())),
+            );
+        }
+        if let Some(to) = &f.request_redirect {
+            r.redirect = Some(HttpRedirect {
+                uri: to.path.as_ref().and_then(|p| p.replace_full_path.clone()),
+                authority: to.hostname.clone(),
+            });
+        }
+        if let Some(rw) = &f.url_rewrite {
+            r.rewrite = Some(HttpRewrite {
+                uri: rw
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_prefix_match.clone()),
+                authority: rw.hostname.clone(),
+            });
+        }
+        if let Some(m) = &f.request_mirror {
+            let to = backend_service(&m.backend_ref, ns);
+            r.mirror = Some(if own(&to) { destination.clone() } else { to });
+        }
+    }
+    r
+}
+
+fn http_route(rule: &Rule, route: &gateway::HttpRoute, out: &mut Vec<Rule>) {
+    let ns = rule.metadata.namespace();
+    for (p, parent) in route.parent_refs.iter().enumerate() {
+        let destination = parent_service(parent, ns);
+        let parent_part = if route.parent_refs.len() > 1 {
+            format!("{p}-")
+        } else {
+            String::new()
+        };
+        for (i, g) in route.rules.iter().enumerate() {
+            let base = gamma_rule(g, &destination, ns);
+            let name = g.name.clone().unwrap_or_else(|| i.to_string());
+            let matches: Vec<Option<&gateway::HttpRouteMatch>> = if g.matches.is_empty() {
+                vec![None]
+            } else {
+                g.matches.iter().map(Some).collect()
+            };
+            for (j, m) in matches.iter().enumerate() {
+                let mut r = base.clone();
+                r.precedence = Some(specificity(*m));
+                r.match_ = m.and_then(gamma_match);
+                let suffix = if matches.len() > 1 {
+                    format!("{parent_part}{name}-{j}")
+                } else {
+                    format!("{parent_part}{name}")
+                };
+                out.push(derived(rule, &suffix, Spec::RouteRule(r)));
+            }
+        }
     }
 }

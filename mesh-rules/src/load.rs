@@ -211,6 +211,9 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldErro
         Kind::ServiceEntry => typed(value)
             .map(|(m, s)| (m, Spec::ServiceEntry(s)))
             .map_err(one)?,
+        Kind::HttpRoute => typed(value)
+            .map(|(m, s)| (m, Spec::HttpRoute(s)))
+            .map_err(one)?,
     };
     if checks == Checks::All {
         let mut c = Checker::default();

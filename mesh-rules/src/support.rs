@@ -32,6 +32,7 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
         Spec::VirtualService(v) => crate::support_networking::virtual_service(&mut out, &root, v),
         Spec::DestinationRule(d) => crate::support_networking::destination_rule(&mut out, &root, d),
         Spec::ServiceEntry(e) => crate::support_networking::service_entry(&mut out, &root, e),
+        Spec::HttpRoute(r) => crate::support_networking::http_route_gamma(&mut out, &root, r),
     }
     out
 }
@@ -40,14 +41,13 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
     if r.l4_fault.is_some() {
         refuse(out, root.key("l4Fault"), "TCP fault injection");
     }
-    // Copies go to a version of the destination, whose clusters the
-    // destination's routes already have.
+    // Copies go to a version of the destination, or to the whole of
+    // another service.
     if let Some(m) = &r.mirror {
         let rule_ns = "";
-        if m.host(rule_ns) != r.destination.host(rule_ns) {
-            let what =
-                "mirroring to another service (mirror to versions of the destination, by `labels`)";
-            refuse(out, root.key("mirror").key("name"), what);
+        if m.host(rule_ns) != r.destination.host(rule_ns) && !m.labels.is_empty() {
+            let what = "mirroring to a version of another service (mirror to the whole service, or to versions of the destination)";
+            refuse(out, root.key("mirror").key("labels"), what);
         }
     }
     if let Some(f) = &r.http_fault {
@@ -70,9 +70,9 @@ fn route_rule(out: &mut Vec<FieldError>, root: &FieldPath, r: &RouteRule) {
         }
     }
     for (i, d) in r.route.iter().enumerate() {
-        if d.destination.is_some() {
-            let what = "routing to another service (route to versions of the destination)";
-            refuse(out, root.key("route").index(i).key("destination"), what);
+        if d.destination.is_some() && !d.labels.is_empty() {
+            let what = "routing to a version of another service (route to the whole service, or to versions of the destination)";
+            refuse(out, root.key("route").index(i).key("labels"), what);
         }
     }
     let overrides = [
@@ -214,11 +214,15 @@ mod tests {
         // Delays and HTTP aborts act.
         let faults = "  httpFault:\n    delay: {percent: 10, fixedDelay: 1s}\n    abort: {percent: 10, httpStatus: 503}\n";
         assert_eq!(errors(faults), "");
-        let e = errors("  route:\n  - destination: {name: other}\n    weight: 100\n");
-        assert!(
-            e.contains("spec.route[0].destination: not supported yet"),
-            "{e}"
+        // Another service as a whole acts; a version of it does not.
+        assert_eq!(
+            errors("  route:\n  - destination: {name: other}\n    weight: 100\n"),
+            ""
         );
+        let e = errors(
+            "  route:\n  - destination: {name: other}\n    labels: {version: v1}\n    weight: 100\n",
+        );
+        assert!(e.contains("spec.route[0].labels: not supported yet"), "{e}");
         // What acts is accepted.
         let ok = "  precedence: 2\n  match:\n    source: {name: svca, labels: {version: v1}}\n  route:\n  - labels: {version: v0.2}\n  httpReqRetries:\n    simpleRetry: {attempts: 3, perTryTimeout: 1s}\n  appendHeaders: {x-a: b}\n";
         assert_eq!(errors(ok), "");

@@ -77,9 +77,9 @@ fn http_route(
     };
     for (j, r) in h.route.iter().enumerate() {
         let d = at.key("route").index(j);
-        if !own(&r.destination.host) {
-            let what = "routing to another service than the VirtualService's one host";
-            refuse(out, d.key("destination").key("host"), what);
+        if !own(&r.destination.host) && r.destination.subset.is_some() {
+            let what = "routing to a subset of another service than the VirtualService's one host (route to the whole service)";
+            refuse(out, d.key("destination").key("subset"), what);
         }
         refuse_set(
             out,
@@ -99,9 +99,10 @@ fn http_route(
     }
     if let Some(m) = &h.mirror
         && !own(&m.host)
+        && m.subset.is_some()
     {
-        let what = "mirroring to another service (mirror to a subset of the host)";
-        refuse(out, at.key("mirror").key("host"), what);
+        let what = "mirroring to a subset of another service (mirror to the whole service)";
+        refuse(out, at.key("mirror").key("subset"), what);
     }
     for (j, m) in h.matches.iter().enumerate() {
         http_match(out, &at.key("match").index(j), m);
@@ -481,5 +482,240 @@ pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &Ser
                 out.push(p);
             }
         }
+    }
+}
+
+/// Gateway API filter types the mesh applies.
+const FILTERS: [&str; 4] = [
+    "RequestHeaderModifier",
+    "RequestRedirect",
+    "URLRewrite",
+    "RequestMirror",
+];
+
+/// Whether a reference names a core Service (`group` `""`/`core`, `kind`
+/// `Service`; `defaulted` is the kind when absent).
+fn is_service(group: Option<&str>, kind: Option<&str>, defaulted: &str) -> bool {
+    matches!(group, None | Some("") | Some("core")) && kind.unwrap_or(defaulted) == "Service"
+}
+
+pub(crate) fn http_route_gamma(
+    out: &mut Vec<FieldError>,
+    root: &FieldPath,
+    r: &crate::rules::gateway::HttpRoute,
+) {
+    let hostnames = r.hostnames.is_some();
+    refuse_set(
+        out,
+        root,
+        &[("hostnames", hostnames, "host names (a gateway's)")],
+    );
+    for (i, p) in r.parent_refs.iter().enumerate() {
+        let at = root.key("parentRefs").index(i);
+        // A parent's kind defaults to Gateway.
+        if !is_service(p.group.as_deref(), p.kind.as_deref(), "Gateway") {
+            let what =
+                "routes at a Gateway (a parent with `kind: Service` routes the mesh's calls to it)";
+            refuse(out, at.key("kind"), what);
+        }
+        refuse_set(
+            out,
+            &at,
+            &[
+                (
+                    "port",
+                    p.port.is_some(),
+                    "one port of the parent (every port is routed)",
+                ),
+                (
+                    "sectionName",
+                    p.section_name.is_some(),
+                    "a gateway listener",
+                ),
+            ],
+        );
+    }
+    for (i, g) in r.rules.iter().enumerate() {
+        gamma_rule(out, &root.key("rules").index(i), g);
+    }
+}
+
+fn gamma_rule(out: &mut Vec<FieldError>, at: &FieldPath, g: &crate::rules::gateway::HttpRouteRule) {
+    refuse_set(
+        out,
+        at,
+        &[
+            ("retry", g.retry.is_some(), "retries"),
+            (
+                "sessionPersistence",
+                g.session_persistence.is_some(),
+                "session persistence",
+            ),
+        ],
+    );
+    if let Some(t) = &g.timeouts {
+        let set = t.backend_request.is_some();
+        refuse_set(
+            out,
+            &at.key("timeouts"),
+            &[("backendRequest", set, "timeouts per try")],
+        );
+    }
+    for (j, m) in g.matches.iter().enumerate() {
+        let mp = at.key("matches").index(j);
+        refuse_set(
+            out,
+            &mp,
+            &[(
+                "queryParams",
+                m.query_params.is_some(),
+                "matching query parameters",
+            )],
+        );
+        let path_kind = m.path.as_ref().and_then(|p| p.kind.as_deref());
+        if path_kind.is_some_and(|k| !["PathPrefix", "Exact", "RegularExpression"].contains(&k)) {
+            refuse(
+                out,
+                mp.key("path").key("type"),
+                "this path match (PathPrefix, Exact, RegularExpression are)",
+            );
+        }
+        for (k, h) in m.headers.iter().enumerate() {
+            if h.kind
+                .as_deref()
+                .is_some_and(|t| t != "Exact" && t != "RegularExpression")
+            {
+                refuse(
+                    out,
+                    mp.key("headers").index(k).key("type"),
+                    "this header match (Exact, RegularExpression are)",
+                );
+            }
+        }
+    }
+    let ports: Vec<Option<i64>> = g.backend_refs.iter().map(|b| b.port).collect();
+    for (j, b) in g.backend_refs.iter().enumerate() {
+        let bp = at.key("backendRefs").index(j);
+        backend(out, &bp, b);
+        if j > 0 && ports[j] != ports[0] {
+            let what = "backends on different ports (the mesh calls a backend on the port the call came to)";
+            refuse(out, bp.key("port"), what);
+        }
+    }
+    for (j, f) in g.filters.iter().enumerate() {
+        gamma_filter(out, &at.key("filters").index(j), f);
+    }
+}
+
+fn backend(out: &mut Vec<FieldError>, at: &FieldPath, b: &crate::rules::gateway::BackendRef) {
+    if !is_service(b.group.as_deref(), b.kind.as_deref(), "Service") {
+        refuse(out, at.key("kind"), "backends other than Services");
+    }
+    refuse_set(
+        out,
+        at,
+        &[("filters", b.filters.is_some(), "filters per backend")],
+    );
+}
+
+fn gamma_filter(
+    out: &mut Vec<FieldError>,
+    at: &FieldPath,
+    f: &crate::rules::gateway::HttpRouteFilter,
+) {
+    if !FILTERS.contains(&f.kind.as_str()) {
+        let what =
+            "this filter (RequestHeaderModifier, RequestRedirect, URLRewrite, RequestMirror are)";
+        refuse(out, at.key("type"), what);
+    }
+    refuse_set(
+        out,
+        at,
+        &[
+            (
+                "responseHeaderModifier",
+                f.response_header_modifier.is_some(),
+                "response header changes",
+            ),
+            ("extensionRef", f.extension_ref.is_some(), "extensions"),
+            (
+                "cors",
+                f.cors.is_some(),
+                "CORS in HTTPRoute (a VirtualService's corsPolicy acts)",
+            ),
+        ],
+    );
+    if let Some(h) = &f.request_header_modifier {
+        refuse_set(
+            out,
+            &at.key("requestHeaderModifier"),
+            &[
+                (
+                    "set",
+                    h.set.is_some(),
+                    "replacing request headers (`add` appends)",
+                ),
+                ("remove", h.remove.is_some(), "removing request headers"),
+            ],
+        );
+    }
+    if let Some(r) = &f.request_redirect {
+        let rp = at.key("requestRedirect");
+        refuse_set(
+            out,
+            &rp,
+            &[
+                (
+                    "scheme",
+                    r.scheme.is_some(),
+                    "redirecting to another scheme",
+                ),
+                ("port", r.port.is_some(), "redirecting to another port"),
+            ],
+        );
+        if r.status_code != Some(301) {
+            let what =
+                "redirects other than 301 (Gateway API's default is 302: write `statusCode: 301`)";
+            refuse(out, rp.key("statusCode"), what);
+        }
+        if r.path.as_ref().is_some_and(|p| p.kind != "ReplaceFullPath") {
+            refuse(
+                out,
+                rp.key("path").key("type"),
+                "redirects that keep part of the path (ReplaceFullPath is)",
+            );
+        }
+    }
+    if let Some(rw) = &f.url_rewrite
+        && rw
+            .path
+            .as_ref()
+            .is_some_and(|p| p.kind != "ReplacePrefixMatch")
+    {
+        refuse(
+            out,
+            at.key("urlRewrite").key("path").key("type"),
+            "rewriting the whole path (ReplacePrefixMatch is)",
+        );
+    }
+    if let Some(m) = &f.request_mirror {
+        let mp = at.key("requestMirror");
+        refuse_set(
+            out,
+            &mp,
+            &[
+                (
+                    "percent",
+                    m.percent.is_some(),
+                    "mirroring a share of requests (every request is mirrored)",
+                ),
+                (
+                    "fraction",
+                    m.fraction.is_some(),
+                    "mirroring a share of requests (every request is mirrored)",
+                ),
+            ],
+        );
+        backend(out, &mp.key("backendRef"), &m.backend_ref);
     }
 }

@@ -426,11 +426,6 @@ fn every_field_of_istio_0_4_is_read_and_acts_or_is_refused() {
     };
     let expected = [
         refused("32:3", "spec.l4Fault", "TCP fault injection"),
-        refused(
-            "35:5",
-            "spec.mirror.name",
-            "mirroring to another service (mirror to versions of the destination, by `labels`)",
-        ),
         refused("14:5", "spec.match.tcp", "matching TCP subnets"),
     ];
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
@@ -507,6 +502,34 @@ fn todays_kinds_are_refused_precisely() {
         assert!(err.contains(&expected), "missing {expected}\nin\n{err}");
     }
     assert_eq!(err.lines().count(), 8, "{err}");
+}
+
+/// Gateway API's HTTPRoute: what mesh routing cannot do (a Gateway
+/// parent, query matches, Gateway API's 302 default, extensions, backends
+/// on different ports) is refused by name.
+#[test]
+fn http_routes_are_refused_precisely() {
+    let name = "tests/gateway-api-refused.yaml";
+    let text = std::fs::read_to_string(format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let err = load(&[Source { name, text: &text }])
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        "7:5: document 1: spec.parentRefs[0].kind: not supported yet: routes at a Gateway",
+        "11:7: document 1: spec.rules[0].matches[0].queryParams: not supported yet: matching query parameters",
+        "15:7: document 1: spec.rules[0].filters[0].requestRedirect.statusCode: not supported yet: redirects other than 301 (Gateway API's default is 302: write `statusCode: 301`)",
+        "16:7: document 1: spec.rules[0].filters[1].type: not supported yet: this filter",
+        "17:7: document 1: spec.rules[0].filters[1].extensionRef: not supported yet: extensions",
+        "29:23: document 2: spec.rules[0].backendRefs[1].port: not supported yet: backends on different ports",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, want) in lines.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("{name}:{want}")),
+            "{line}\nwanted {want}"
+        );
+    }
 }
 
 #[test]

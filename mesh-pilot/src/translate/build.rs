@@ -14,7 +14,7 @@ use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
 use mesh_proto::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
 use mesh_rules::registry::{Protocol, Service, ServicePort, Workload, labels_match};
-use mesh_rules::rules::{RouteRule, StringMatch};
+use mesh_rules::rules::{IstioService, RouteRule, StringMatch};
 use prost::{Message, Name};
 
 use super::{OutboundPolicy, Resources, outbound_cluster_name, subset_name};
@@ -406,7 +406,28 @@ fn forward_action(
 }
 
 /// The routes of one RouteRule for a service port.
-fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) -> xroute::Route {
+/// The cluster for a version (`labels`) of `host`, or for the whole of
+/// another service `other` (a rule in namespace `ns` names it; its port
+/// with the same number).
+fn target_cluster(
+    other: Option<&IstioService>,
+    labels: &BTreeMap<String, String>,
+    ns: &str,
+    port: u16,
+    host: &str,
+) -> String {
+    match other.and_then(|o| o.host(ns)) {
+        Some(h) if h.as_str() != host => outbound_cluster_name(port, "", h.as_str()),
+        _ => outbound_cluster_name(port, &subset_name(labels), host),
+    }
+}
+
+fn rule_route(
+    (rule, ns): (&RouteRule, &str),
+    port: u16,
+    host: &str,
+    default_cluster: &str,
+) -> xroute::Route {
     use xroute::route_action::ClusterSpecifier;
     let specifier = match rule.route.as_slice() {
         [] => ClusterSpecifier::Cluster(default_cluster.to_owned()),
@@ -414,7 +435,7 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
             clusters: routes
                 .iter()
                 .map(|r| xroute::weighted_cluster::ClusterWeight {
-                    name: outbound_cluster_name(port, &subset_name(&r.labels), host),
+                    name: target_cluster(r.destination.as_ref(), &r.labels, ns, port, host),
                     weight: Some(UInt32Value {
                         value: r.weight.unwrap_or(100).clamp(0, 100) as u32,
                     }),
@@ -425,11 +446,11 @@ fn rule_route(rule: &RouteRule, port: u16, host: &str, default_cluster: &str) ->
         }),
     };
     let mut action = forward_action(rule, specifier);
-    // Copies go to the version the rule names (support.rs refuses other
-    // services), whose cluster `service_clusters` adds.
+    // Copies go to a version of the destination (its cluster added by
+    // `service_clusters`) or to the whole of another service.
     if let Some(m) = &rule.mirror {
         action.request_mirror_policies = vec![xroute::route_action::RequestMirrorPolicy {
-            cluster: outbound_cluster_name(port, &subset_name(&m.labels), host),
+            cluster: target_cluster(Some(m), &m.labels, ns, port, host),
             ..Default::default()
         }];
     }
@@ -628,13 +649,13 @@ impl Builder {
         protocol: Option<Protocol>,
         host: &str,
         endpoints: &[&Workload],
-        rules: &[&RouteRule],
+        rules: &[(&RouteRule, &str)],
     ) {
         let default_cluster = outbound_cluster_name(port.port, "", host);
         self.service_clusters(port, protocol, host, endpoints, rules);
         let mut routes: Vec<_> = rules
             .iter()
-            .map(|r| rule_route(r, port.port, host, &default_cluster))
+            .map(|r| rule_route(*r, port.port, host, &default_cluster))
             .collect();
         routes.push(default_route(&default_cluster));
         let vhost_name = format!("{host}:{}", port.port);
@@ -688,7 +709,7 @@ impl Builder {
         protocol: Option<Protocol>,
         host: &str,
         endpoints: &[&Workload],
-        rules: &[&RouteRule],
+        rules: &[(&RouteRule, &str)],
     ) {
         let target = port.target_port();
         let http2 = upstream_http2(protocol);
@@ -698,7 +719,9 @@ impl Builder {
         };
         let default_cluster = outbound_cluster_name(port.port, "", host);
         self.endpoints_cluster(&default_cluster, &addrs(&mut endpoints.iter()), http2);
-        for rule in rules {
+        for (rule, _) in rules {
+            // (A route or mirror to another service has no labels: the
+            // version named "" is this service's whole cluster.)
             let versions = rule.route.iter().map(|r| &r.labels);
             for labels in versions.chain(rule.mirror.iter().map(|m| &m.labels)) {
                 let name = outbound_cluster_name(port.port, &subset_name(labels), host);

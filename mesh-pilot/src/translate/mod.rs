@@ -288,13 +288,13 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         let host = service.host(domain).to_string();
         let endpoints: Vec<&Workload> = inputs.registry.endpoints(service).collect();
         for port in &service.ports {
-            let mut rules: Vec<&RouteRule> = route_rules
+            let mut rules: Vec<(&RouteRule, &str)> = route_rules
                 .iter()
                 .filter(|(r, ns)| applies(r, ns, service, node, inputs))
-                .map(|(r, _)| *r)
+                .copied()
                 .collect();
             // Highest precedence first; ties keep their stable order.
-            rules.sort_by_key(|r| std::cmp::Reverse(r.precedence.unwrap_or(0)));
+            rules.sort_by_key(|(r, _)| std::cmp::Reverse(r.precedence.unwrap_or(0)));
             b.service_port(
                 service,
                 port,

@@ -4,6 +4,7 @@
 
 mod destination_policy;
 mod egress_rule;
+pub mod gateway;
 pub mod networking;
 mod rate_limit;
 mod route_rule;
@@ -47,17 +48,20 @@ pub enum Kind {
     DestinationRule,
     /// Today's Istio external services.
     ServiceEntry,
+    /// Gateway API routes for mesh calls (parent: a Service).
+    HttpRoute,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::RouteRule,
         Kind::DestinationPolicy,
         Kind::EgressRule,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
+        Kind::HttpRoute,
     ];
 
     /// The apiVersions the kind is written with.
@@ -67,6 +71,7 @@ impl Kind {
             Kind::VirtualService | Kind::DestinationRule | Kind::ServiceEntry => {
                 &networking::NETWORKING_API_VERSIONS
             }
+            Kind::HttpRoute => &gateway::GATEWAY_API_VERSIONS,
         }
     }
 
@@ -79,6 +84,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -91,6 +97,7 @@ impl Kind {
             Kind::VirtualService => "virtual-service",
             Kind::DestinationRule => "destination-rule",
             Kind::ServiceEntry => "service-entry",
+            Kind::HttpRoute => "http-route",
         }
     }
 
@@ -246,6 +253,8 @@ pub enum Spec {
     DestinationRule(networking::DestinationRule),
     /// A ServiceEntry.
     ServiceEntry(networking::ServiceEntry),
+    /// An HTTPRoute.
+    HttpRoute(gateway::HttpRoute),
 }
 
 impl Spec {
@@ -258,6 +267,7 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -269,6 +279,7 @@ impl Spec {
             Spec::VirtualService(r) => r.check(c, path),
             Spec::DestinationRule(r) => r.check(c, path),
             Spec::ServiceEntry(r) => r.check(c, path),
+            Spec::HttpRoute(r) => r.check(c, path),
         }
     }
 }
@@ -336,6 +347,9 @@ impl Rule {
             Spec::VirtualService(v) => host(v.hosts.first()?),
             Spec::DestinationRule(d) => host(&d.host),
             Spec::ServiceEntry(e) => host(e.hosts.first()?),
+            Spec::HttpRoute(r) => {
+                crate::convert::parent_service(r.parent_refs.first()?, ns).host(ns)
+            }
         }
     }
 
@@ -349,6 +363,7 @@ impl Rule {
             Spec::VirtualService(s) => serde_json::to_value(s),
             Spec::DestinationRule(s) => serde_json::to_value(s),
             Spec::ServiceEntry(s) => serde_json::to_value(s),
+            Spec::HttpRoute(s) => serde_json::to_value(s),
         }
         .expect("rule specs serialize to JSON");
         serde_json::json!({
