@@ -556,6 +556,38 @@ fn a_split_between_services_is_the_same_in_three_apis() {
     );
 }
 
+/// Session affinity: svcb's clusters hash on a ring, and every route to
+/// them hashes the header.
+#[test]
+fn affinity_by_header() {
+    use mesh_proto::envoy::config::cluster::v3::cluster::LbPolicy;
+    use mesh_proto::envoy::config::route::v3::route;
+    let r = golden(
+        "svca-affinity",
+        &["route-rules-svcb-v0.2-50.yaml", "rules/affinity-svcb.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let svcb: Vec<_> = r
+        .clusters
+        .iter()
+        .filter(|c| c.name.ends_with("|svcb.default.svc.cluster.local"))
+        .collect();
+    assert_eq!(svcb.len(), 3, "the service and its two versions");
+    assert!(
+        svcb.iter()
+            .all(|c| c.lb_policy == LbPolicy::RingHash as i32)
+    );
+    let hashed: Vec<_> = all_routes(&r)
+        .filter_map(|rt| match &rt.action {
+            Some(route::Action::Route(a)) => Some(a),
+            _ => None,
+        })
+        .filter(|a| format!("{:?}", a.cluster_specifier).contains("svcb"))
+        .map(|a| a.hash_policy.len())
+        .collect();
+    assert_eq!(hashed, [1, 1], "the rule's route and the default one");
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

@@ -178,6 +178,7 @@ async fn handle(
         listener: target.name.as_str().into(),
         chain,
         original_dst,
+        peer: stream.peer_addr().ok(),
         ambiguous_framing: Arc::default(),
     });
     match &target.chains[chain].kind {

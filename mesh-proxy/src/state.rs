@@ -133,6 +133,8 @@ pub struct Conn {
     pub chain: usize,
     /// Where it was going before the capture rules redirected it.
     pub original_dst: Option<SocketAddr>,
+    /// Who connected (for hashing by source address).
+    pub peer: Option<SocketAddr>,
     /// Raised when a request on it carried both Content-Length and
     /// Transfer-Encoding (see [`crate::framing`]).
     pub ambiguous_framing: Arc<AtomicBool>,

@@ -28,7 +28,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
     let Some(cluster) = &cfg.clusters.pick().cluster else {
         return;
     };
-    let Some((endpoint, address)) = cluster.target(conn.original_dst, None) else {
+    let Some((endpoint, address)) = cluster.target(conn.original_dst, None, None) else {
         refuse(downstream, conn).await;
         return;
     };

@@ -461,3 +461,55 @@ fn stat_prefix_names_the_counters_as_in_envoy() {
         "kept across a new configuration"
     );
 }
+
+/// A RING_HASH cluster with route hash policies, as in Envoy: by header,
+/// each user's calls stick to one endpoint and users spread over all; by
+/// source address, one caller's calls all go to one endpoint; without the
+/// header, calls spread.
+#[test]
+fn consistent_hashing_sticks_like_envoy() {
+    let routes = r#"              - match: {prefix: "/user"}
+                route:
+                  cluster: svc
+                  hash_policy: [{header: {header_name: x-user}}]
+              - match: {prefix: "/ip"}
+                route:
+                  cluster: svc
+                  hash_policy: [{connection_properties: {source_ip: true}}]
+"#;
+    for name in ["mesh-proxy", "envoy"] {
+        let backends: Vec<_> = (0..3).map(|i| Backend::start(&format!("e{i}"))).collect();
+        let ports: Vec<_> = backends
+            .iter()
+            .map(|b| (b.addr.port(), "HEALTHY"))
+            .collect();
+        let config = with_clusters(
+            routes,
+            &cluster("svc", &ports, "    lb_policy: RING_HASH\n"),
+        );
+        let proxy = if name == "envoy" {
+            common::envoy(&config)
+        } else {
+            mesh_proxy(&config)
+        };
+        let base = format!("http://{}", proxy.listener("http"));
+        let mut owners = std::collections::BTreeSet::new();
+        for user in 0..30 {
+            let header = format!("x-user: user-{user}");
+            let (_, bodies) = curl(&["-s", "-H", &header, &format!("{base}/user?n=[1-5]")]);
+            let served: std::collections::BTreeSet<&str> = bodies.lines().collect();
+            assert_eq!(served.len(), 1, "{name}: user-{user} went to {served:?}");
+            owners.extend(served.into_iter().map(str::to_owned));
+        }
+        assert_eq!(owners.len(), 3, "{name}: 30 users over {owners:?}");
+        let (_, bodies) = curl(&["-s", &format!("{base}/ip?n=[1-20]")]);
+        let served: std::collections::BTreeSet<&str> = bodies.lines().collect();
+        assert_eq!(served.len(), 1, "{name}: one caller went to {served:?}");
+        let (_, bodies) = curl(&["-s", &format!("{base}/user?n=[1-60]")]);
+        let served: std::collections::BTreeSet<&str> = bodies.lines().collect();
+        assert!(
+            served.len() > 1,
+            "{name}: without a key, calls spread: {served:?}"
+        );
+    }
+}

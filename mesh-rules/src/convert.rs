@@ -324,6 +324,14 @@ fn policy(destination: IstioService, t: &TrafficPolicy) -> DestinationPolicy {
         circuit_breaker: (cb != SimpleCircuitBreakerPolicy::default())
             .then_some(CircuitBreaker { simple_cb: cb }),
         rate_limit: None,
+        consistent_hash: t
+            .load_balancer
+            .as_ref()
+            .and_then(|l| l.consistent_hash.as_ref())
+            .map(|h| crate::rules::ConsistentHash {
+                http_header_name: h.http_header_name.clone(),
+                use_source_ip: h.use_source_ip,
+            }),
     }
 }
 
@@ -340,7 +348,10 @@ pub fn load_balancer(simple: &str) -> Option<LoadBalancer> {
 fn destination_rule(rule: &Rule, d: &DestinationRule, out: &mut Vec<Rule>) {
     let host = service(&d.host, rule.metadata.namespace());
     let whole = policy(host.clone(), &merged(d.traffic_policy.as_ref(), None));
-    if whole.load_balancing.is_some() || whole.circuit_breaker.is_some() {
+    let acts = |p: &DestinationPolicy| {
+        p.load_balancing.is_some() || p.circuit_breaker.is_some() || p.consistent_hash.is_some()
+    };
+    if acts(&whole) {
         out.push(derived(rule, "all", Spec::DestinationPolicy(whole)));
     }
     for s in &d.subsets {
@@ -348,7 +359,7 @@ fn destination_rule(rule: &Rule, d: &DestinationRule, out: &mut Vec<Rule>) {
         let mut destination = host.clone();
         destination.labels = s.labels.clone();
         let p = policy(destination, &t);
-        if p.load_balancing.is_some() || p.circuit_breaker.is_some() {
+        if acts(&p) {
             out.push(derived(rule, &s.name, Spec::DestinationPolicy(p)));
         }
     }

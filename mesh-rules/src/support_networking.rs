@@ -320,8 +320,8 @@ fn traffic_policy(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) 
             &[
                 (
                     "consistentHash",
-                    lb.consistent_hash.is_some(),
-                    "session affinity (consistent hashing)",
+                    lb.consistent_hash.is_some() && lb.simple.is_some(),
+                    "a balancer and affinity at once (they are alternatives)",
                 ),
                 (
                     "localityLbSetting",
@@ -335,6 +335,27 @@ fn traffic_policy(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) 
                 ),
             ],
         );
+        if let Some(h) = &lb.consistent_hash {
+            refuse_set(
+                out,
+                &p.key("consistentHash"),
+                &[
+                    ("httpCookie", h.http_cookie.is_some(), "affinity by cookie"),
+                    (
+                        "httpQueryParameterName",
+                        h.http_query_parameter_name.is_some(),
+                        "affinity by query parameter",
+                    ),
+                    ("ringHash", h.ring_hash.is_some(), "ring settings"),
+                    ("maglev", h.maglev.is_some(), "Maglev"),
+                    (
+                        "minimumRingSize",
+                        h.minimum_ring_size.is_some(),
+                        "ring sizes",
+                    ),
+                ],
+            );
+        }
         if let Some(simple) = &lb.simple
             && load_balancer(simple).is_none()
         {

@@ -589,6 +589,38 @@ impl Builder {
         })
     }
 
+    /// Adds `policy` to every route that sends to one of `clusters` (once).
+    pub fn hash_routes(
+        &mut self,
+        clusters: &std::collections::BTreeSet<String>,
+        policy: xroute::route_action::HashPolicy,
+    ) {
+        use xroute::route_action::ClusterSpecifier;
+        let sends = |a: &xroute::RouteAction| match &a.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => clusters.contains(c),
+            Some(ClusterSpecifier::WeightedClusters(w)) => {
+                w.clusters.iter().any(|c| clusters.contains(&c.name))
+            }
+            _ => false,
+        };
+        // Port listeners' hosts, still being gathered, and route
+        // configurations already made (a VIP's sniffing listener).
+        let gathered = self.http_ports.values_mut().flatten();
+        let made = self
+            .routes
+            .values_mut()
+            .flat_map(|rc| rc.virtual_hosts.iter_mut());
+        let routes = gathered.chain(made).flat_map(|vh| vh.routes.iter_mut());
+        for r in routes {
+            if let Some(xroute::route::Action::Route(a)) = &mut r.action
+                && sends(a)
+                && !a.hash_policy.contains(&policy)
+            {
+                a.hash_policy.push(policy.clone());
+            }
+        }
+    }
+
     /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.
     fn endpoints_cluster(&mut self, name: &str, endpoints: &[(String, u16)], http2: bool) {
         let c = eds_cluster(name);

@@ -331,8 +331,14 @@ fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
         if known {
             let subset =
                 (!p.destination.labels.is_empty()).then(|| subset_name(&p.destination.labels));
+            let mut governed = std::collections::BTreeSet::new();
             for c in b.outbound_clusters(&host.to_string(), subset.as_deref()) {
                 policy::apply(c, p);
+                governed.insert(c.name.clone());
+            }
+            // Affinity: the routes to those clusters say what to hash.
+            if let Some(h) = policy::hash_policy(p) {
+                b.hash_routes(&governed, h);
             }
         }
     }

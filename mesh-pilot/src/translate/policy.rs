@@ -5,6 +5,7 @@
 
 use mesh_proto::envoy::config::cluster::v3::{self as xcluster, Cluster};
 use mesh_proto::envoy::config::core::v3 as xcore;
+use mesh_proto::envoy::config::route::v3 as xroute;
 use mesh_proto::envoy::extensions::upstreams::http::v3 as upstream;
 use mesh_proto::google::protobuf::UInt32Value;
 use mesh_rules::rules::{DestinationPolicy, LoadBalancer, SimpleCircuitBreakerPolicy};
@@ -23,9 +24,30 @@ pub fn apply(c: &mut Cluster, p: &DestinationPolicy) {
             LoadBalancer::Random => LbPolicy::Random,
         } as i32;
     }
+    if p.consistent_hash.is_some() {
+        c.lb_policy = xcluster::cluster::LbPolicy::RingHash as i32;
+    }
     if let Some(cb) = &p.circuit_breaker {
         circuit_breaker(c, &cb.simple_cb);
     }
+}
+
+/// The route hash policy of a consistent-hash policy: the key Envoy hashes
+/// to pick the endpoint.
+pub fn hash_policy(p: &DestinationPolicy) -> Option<xroute::route_action::HashPolicy> {
+    use xroute::route_action::hash_policy::{ConnectionProperties, Header, PolicySpecifier};
+    let h = p.consistent_hash.as_ref()?;
+    let specifier = match &h.http_header_name {
+        Some(name) => PolicySpecifier::Header(Header {
+            header_name: name.to_ascii_lowercase(),
+            ..Default::default()
+        }),
+        None => PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+    };
+    Some(xroute::route_action::HashPolicy {
+        policy_specifier: Some(specifier),
+        terminal: false,
+    })
 }
 
 fn count(v: Option<i64>) -> Option<UInt32Value> {

@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod cors;
 pub mod fault;
+pub mod hash;
 pub mod ratelimit;
 mod retry;
 mod route;
@@ -357,6 +358,8 @@ pub enum LbPolicy {
     LeastRequest,
     /// At random.
     Random,
+    /// By the request's hash on a ring (at random without one).
+    RingHash,
 }
 
 /// An upstream endpoint.
@@ -447,6 +450,8 @@ pub struct Cluster {
     pub load: Arc<breaker::Load>,
     /// Consecutive-5xx ejection, when configured.
     pub outlier: Option<breaker::Outlier>,
+    /// The ring of a `RING_HASH` cluster (over `healthy`).
+    ring: hash::Ring,
     next: AtomicUsize,
 }
 
@@ -464,15 +469,40 @@ impl Cluster {
     /// A retry passes the endpoint that just failed as `avoid`, so it goes
     /// elsewhere when it can (Envoy's "previous hosts" retry predicate) and
     /// does not shift the round-robin order of other requests.
+    ///
+    /// `hash` is the request's key on a `RING_HASH` cluster.
     pub fn target(
         &self,
         original_dst: Option<SocketAddr>,
         avoid: Option<&Arc<Endpoint>>,
+        hash: Option<u64>,
     ) -> Option<(&Arc<Endpoint>, SocketAddr)> {
         if self.original_dst {
             return Some((self.endpoints.first()?, original_dst?));
         }
+        if self.lb == LbPolicy::RingHash
+            && let Some(h) = hash
+        {
+            return self.on_ring(h, avoid).map(|e| (e, e.address));
+        }
         self.pick(avoid).map(|e| (e, e.address))
+    }
+
+    /// The first endpoint clockwise from `hash` that is usable (not
+    /// ejected, unless fewer than half are usable) and not `avoid`.
+    fn on_ring(&self, hash: u64, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        let h = &self.healthy;
+        let now = self.load.now_ms();
+        let ejected = |e: &Endpoint| self.outlier.is_some() && e.health.ejected(now);
+        let usable = h.iter().filter(|e| !ejected(e)).count();
+        let panic = usable * 2 < h.len();
+        let fine =
+            |e: &Arc<Endpoint>| (panic || !ejected(e)) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+        self.ring
+            .from(hash)
+            .map(|i| &h[i])
+            .find(|e| fine(e))
+            .or_else(|| self.ring.from(hash).map(|i| &h[i]).next())
     }
 
     /// Picks a healthy endpoint that outlier detection has not ejected
@@ -516,7 +546,7 @@ impl Cluster {
         }
         Some(match self.lb {
             LbPolicy::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            LbPolicy::Random => fastrand::usize(..n),
+            LbPolicy::Random | LbPolicy::RingHash => fastrand::usize(..n),
             LbPolicy::LeastRequest => {
                 let (a, b) = (fastrand::usize(..n), fastrand::usize(..n));
                 let busy = |k| at(k).active.load(Ordering::Relaxed);
@@ -806,11 +836,12 @@ fn build_cluster(
         Ok(X::RoundRobin) => LbPolicy::RoundRobin,
         Ok(X::LeastRequest) => LbPolicy::LeastRequest,
         Ok(X::Random) => LbPolicy::Random,
+        Ok(X::RingHash) => LbPolicy::RingHash,
         Ok(X::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         _ => {
             return Err(err(
                 format!("{path}.lb_policy"),
-                "use ROUND_ROBIN, LEAST_REQUEST or RANDOM (CLUSTER_PROVIDED with ORIGINAL_DST)",
+                "use ROUND_ROBIN, LEAST_REQUEST, RANDOM or RING_HASH (CLUSTER_PROVIDED with ORIGINAL_DST)",
             ));
         }
     };
@@ -829,9 +860,16 @@ fn build_cluster(
             counters: counters(address),
         }));
     }
+    let healthy: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| e.healthy).cloned().collect();
+    let ring = if lb == LbPolicy::RingHash {
+        hash::Ring::build(&healthy.iter().map(|e| e.address).collect::<Vec<_>>())
+    } else {
+        hash::Ring::default()
+    };
     Ok(Cluster {
         name: c.name.clone(),
-        healthy: endpoints.iter().filter(|e| e.healthy).cloned().collect(),
+        healthy,
+        ring,
         endpoints,
         lb,
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),

@@ -183,6 +183,8 @@ pub struct Forward {
     /// Clusters that get a copy of the request (Envoy's
     /// `request_mirror_policies`).
     pub mirrors: Vec<Mirror>,
+    /// Where a `RING_HASH` cluster's key comes from.
+    pub hash_policy: Vec<super::hash::HashPolicy>,
 }
 
 /// Where a copy of a share of the route's requests goes: fire and forget,
@@ -766,6 +768,7 @@ fn build_forward(
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         host_rewrite,
         retry,
+        hash_policy: super::hash::HashPolicy::build(&ra.hash_policy, path)?,
         mirrors: ra
             .request_mirror_policies
             .iter()

@@ -164,7 +164,7 @@ async fn shadow(
     else {
         return;
     };
-    let Some((endpoint, address)) = cluster.target(None, None) else {
+    let Some((endpoint, address)) = cluster.target(None, None, None) else {
         return;
     };
     let _busy = endpoint.start();
@@ -337,12 +337,13 @@ impl<'a> Tries<'a> {
 pub(super) async fn forward(
     req: Request<Incoming>,
     fwd: &Forward,
-    original_dst: Option<std::net::SocketAddr>,
+    conn: &crate::state::Conn,
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
     use hyper::body::Body;
     let (parts, body) = req.into_parts();
+    let hash = crate::config::hash::request_hash(&fwd.hash_policy, &parts.headers, conn.peer);
     let mut parts = Some(parts);
     let body_failed = Arc::new(AtomicBool::new(false));
     let mut streamed = (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone()));
@@ -384,7 +385,8 @@ pub(super) async fn forward(
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut retries = 0;
     for attempt in 0..tries.max {
-        let Some((endpoint, address)) = cluster.target(original_dst, failed.as_ref()) else {
+        let Some((endpoint, address)) = cluster.target(conn.original_dst, failed.as_ref(), hash)
+        else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         let body = match streamed.take() {

@@ -290,7 +290,7 @@ async fn dispatch(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, proto.clone());
     }
-    let mut resp = forward(req, fwd, conn.original_dst, shared, upstreams).await;
+    let mut resp = forward(req, fwd, conn, shared, upstreams).await;
     if let (Some(proto), Some(down)) = (upgrade, downstream_upgrade)
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Either::Left(_) = resp.body()

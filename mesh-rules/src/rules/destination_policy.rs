@@ -27,6 +27,22 @@ pub struct DestinationPolicy {
     /// on the calls they receive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<super::RateLimit>,
+    /// Session affinity: calls with the same key go to the same endpoint
+    /// while the endpoints stay the same (in place of `loadBalancing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// Where the affinity key comes from: exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHash {
+    /// A request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    /// The caller's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
 }
 
 /// Load-balancing algorithm.
@@ -92,6 +108,13 @@ pub struct SimpleCircuitBreakerPolicy {
     pub http_max_retries: Option<i64>,
 }
 
+fn http_header_name_invalid(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b))
+}
+
 impl DestinationPolicy {
     pub(crate) fn check(&self, c: &mut Checker, path: &FieldPath) {
         self.destination.check(c, &path.key("destination"), true);
@@ -100,6 +123,29 @@ impl DestinationPolicy {
         }
         if let Some(r) = &self.rate_limit {
             r.check(c, &path.key("rateLimit"));
+        }
+        if let Some(h) = &self.consistent_hash {
+            let at = path.key("consistentHash");
+            let keys = usize::from(h.http_header_name.is_some())
+                + usize::from(h.use_source_ip == Some(true));
+            if keys != 1 {
+                c.fail_key(
+                    &at,
+                    "give exactly one of httpHeaderName and useSourceIp: true",
+                );
+            }
+            if let Some(name) = &h.http_header_name
+                && http_header_name_invalid(name)
+            {
+                c.fail(
+                    &at.key("httpHeaderName"),
+                    format!("`{name}` is not a header name"),
+                );
+            }
+            if self.load_balancing.is_some() {
+                let why = "consistentHash picks the endpoint: it replaces loadBalancing";
+                c.fail_key(&path.key("loadBalancing"), why);
+            }
         }
         if let Some(cb) = &self.circuit_breaker {
             let p = path.key("circuitBreaker").key("simpleCb");

@@ -412,15 +412,42 @@ pub struct LoadBalancerSettings {
     /// `ROUND_ROBIN`, `LEAST_REQUEST` (or `LEAST_CONN`), `RANDOM`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<String>,
-    /// Refused: session affinity.
+    /// Session affinity by a header or the caller's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistent_hash: Refused,
+    pub consistent_hash: Option<ConsistentHashLb>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(missing_docs)]
     pub locality_lb_setting: Refused,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(missing_docs)]
     pub warmup_duration_secs: Refused,
+}
+
+/// Session affinity: the key of the endpoint a call goes to.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHashLb {
+    /// A request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_header_name: Option<String>,
+    /// The caller's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    /// Refused: a cookie (made by the proxy when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Refused,
+    /// Refused: a query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Refused,
+    /// Refused: ring settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Refused,
+    /// Refused: Maglev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Refused,
+    /// Refused: the ring's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Refused,
 }
 
 /// Connection limits.
