@@ -588,6 +588,65 @@ fn affinity_by_header() {
     assert_eq!(hashed, [1, 1], "the rule's route and the default one");
 }
 
+/// Locality failover: with outlier detection on svcb, its endpoints come
+/// in priorities by distance from the caller (svca in r1-a): its zone,
+/// then its region, then the other region; without a policy, one level.
+#[test]
+fn endpoints_fail_over_by_locality() {
+    let path = repo().join("samples/registries/svcb-zones.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let registry = mesh_pilot::registry::from_yaml("svcb-zones.yaml", &text).unwrap();
+    let mut n = node(SVCA.0, SVCA.1, SVCA.2);
+    n.labels
+        .insert("topology.kubernetes.io/region".into(), "r1".into());
+    n.labels
+        .insert("topology.kubernetes.io/zone".into(), "r1-a".into());
+    let r = golden_in(
+        "svca-locality",
+        &registry,
+        &["rules/circuit-breaker-svcb.yaml"],
+        &n,
+    );
+    let la = r
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|80||svcb.default.svc.cluster.local")
+        .unwrap();
+    let levels: Vec<(u32, String, usize)> = la
+        .endpoints
+        .iter()
+        .map(|g| {
+            (
+                g.priority,
+                g.locality.as_ref().unwrap().zone.clone(),
+                g.lb_endpoints.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            (0, "r1-a".into(), 1),
+            (1, "r1-b".into(), 1),
+            (2, "r2-a".into(), 2)
+        ]
+    );
+    let plain = translate(
+        &Inputs {
+            registry: &registry,
+            rules: &[],
+            mesh: &MeshConfig::default(),
+        },
+        &n,
+    );
+    let la = plain
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|80||svcb.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(la.endpoints.len(), 1, "no policy: one level");
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

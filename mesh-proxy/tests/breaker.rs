@@ -341,3 +341,37 @@ fn the_proxy_sheds_past_its_own_caps() {
         "{stats}"
     );
 }
+
+/// Endpoints in two priorities (the proxy's zone first, as pilot orders
+/// them by locality): while the first holds a usable endpoint nothing goes
+/// to the second; once outlier detection ejects it, calls fail over.
+#[test]
+fn calls_fail_over_to_the_next_priority_like_envoy() {
+    let bad = CountingBackend::answering(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nbad\n",
+    );
+    let far = Backend::start("far");
+    let cluster = format!(
+        "  - name: v1\n    type: STATIC\n    connect_timeout: 1s\n    outlier_detection:\n      consecutive_5xx: 3\n      interval: 0.2s\n      base_ejection_time: 30s\n      max_ejection_percent: 100\n      enforcing_success_rate: 0\n    load_assignment:\n      cluster_name: v1\n      endpoints:\n      - locality: {{region: r1, zone: z1}}\n        lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n      - locality: {{region: r1, zone: z2}}\n        priority: 1\n        lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n",
+        bad.addr.port(),
+        far.addr.port()
+    );
+    let config = bootstrap(&route_to("v1"), &[])
+        .replace("  clusters:\n", &format!("  clusters:\n{cluster}"));
+    for (name, proxy) in [
+        ("mesh-proxy", mesh_proxy(&config)),
+        ("envoy", envoy(&config)),
+    ] {
+        let before = far.count();
+        let first: Vec<u16> = (0..3).map(|_| status(&proxy)).collect();
+        assert_eq!(first, [500, 500, 500], "{name}: the near priority first");
+        assert_eq!(far.count(), before, "{name}: nothing went far");
+        let bad_addr = bad.addr.to_string();
+        mesh_testbed::eventually("the near endpoint ejected", Duration::from_secs(5), || {
+            (health(&proxy.admin(), "v1", &bad_addr) == "/failed_outlier_check").then_some(())
+        });
+        let after: Vec<u16> = (0..20).map(|_| status(&proxy)).collect();
+        assert!(after.iter().all(|s| *s == 200), "{name}: {after:?}");
+        assert_eq!(far.count() - before, 20, "{name}: failed over");
+    }
+}

@@ -350,3 +350,43 @@ mod tests {
         );
     }
 }
+
+/// The label Kubernetes puts the region of a node (and so its pods) under.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// The label of a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Where a workload runs, from its labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    /// Region.
+    pub region: Option<String>,
+    /// Zone within the region.
+    pub zone: Option<String>,
+}
+
+impl Locality {
+    /// The locality `labels` name.
+    pub fn of(labels: &BTreeMap<String, String>) -> Locality {
+        Locality {
+            region: labels.get(REGION_LABEL).cloned(),
+            zone: labels.get(ZONE_LABEL).cloned(),
+        }
+    }
+
+    /// Whether it names anything.
+    pub fn is_known(&self) -> bool {
+        self.region.is_some() || self.zone.is_some()
+    }
+
+    /// How far `other` is from here: 0 the same zone, 1 the same region,
+    /// 2 elsewhere (or unknown), the failover order.
+    pub fn distance(&self, other: &Locality) -> u32 {
+        match (self.region == other.region, self.zone == other.zone) {
+            _ if self.region.is_none() || other.region.is_none() => 2,
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, _) => 2,
+        }
+    }
+}

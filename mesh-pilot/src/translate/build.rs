@@ -13,7 +13,7 @@ use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3
 use mesh_proto::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
 use mesh_proto::google::protobuf::{Any, BoolValue, Duration as PbDuration, UInt32Value};
-use mesh_rules::registry::{Protocol, Service, ServicePort, Workload, labels_match};
+use mesh_rules::registry::{Locality, Protocol, Service, ServicePort, Workload, labels_match};
 use mesh_rules::rules::{IstioService, RouteRule, StringMatch};
 use prost::{Message, Name};
 
@@ -550,6 +550,10 @@ pub struct Builder {
     routes: BTreeMap<String, xroute::RouteConfiguration>,
     clusters: BTreeMap<String, Cluster>,
     endpoints: BTreeMap<String, xendpoint::ClusterLoadAssignment>,
+    /// Where the proxy runs.
+    locality: Locality,
+    /// Where each endpoint (by address) runs.
+    localities: BTreeMap<String, Locality>,
 }
 
 impl Builder {
@@ -564,6 +568,76 @@ impl Builder {
             routes: BTreeMap::new(),
             clusters: BTreeMap::new(),
             endpoints: BTreeMap::new(),
+            locality: Locality::default(),
+            localities: BTreeMap::new(),
+        }
+    }
+
+    /// The proxy runs in `locality` (the failover order of endpoints).
+    pub fn with_locality(mut self, locality: Locality) -> Self {
+        self.locality = locality;
+        self
+    }
+
+    /// Splits the endpoints of `clusters` by locality into priorities:
+    /// the proxy's zone first, then its region, then the rest (Envoy sends
+    /// to the next priority as the ones before lose healthy endpoints).
+    /// Nothing changes when the proxy's or the endpoints' localities are
+    /// unknown.
+    pub fn locality_failover(&mut self, clusters: &std::collections::BTreeSet<String>) {
+        use xendpoint::lb_endpoint::HostIdentifier;
+        if !self.locality.is_known() {
+            return;
+        }
+        for name in clusters {
+            let Some(la) = self.endpoints.get_mut(name) else {
+                continue;
+            };
+            let all: Vec<xendpoint::LbEndpoint> = la
+                .endpoints
+                .drain(..)
+                .flat_map(|g| g.lb_endpoints)
+                .collect();
+            let mut groups: BTreeMap<(u32, Locality), Vec<xendpoint::LbEndpoint>> = BTreeMap::new();
+            for e in all {
+                let ip = match &e.host_identifier {
+                    Some(HostIdentifier::Endpoint(ep)) => {
+                        ep.address.as_ref().and_then(|a| match &a.address {
+                            Some(xcore::address::Address::SocketAddress(sa)) => {
+                                Some(sa.address.clone())
+                            }
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                };
+                let at = ip
+                    .and_then(|ip| self.localities.get(&ip))
+                    .cloned()
+                    .unwrap_or_default();
+                groups
+                    .entry((self.locality.distance(&at), at))
+                    .or_default()
+                    .push(e);
+            }
+            // Priorities are contiguous from 0 over the distances present.
+            let mut ranks: Vec<u32> = groups.keys().map(|(d, _)| *d).collect();
+            ranks.dedup();
+            la.endpoints = groups
+                .into_iter()
+                .map(
+                    |((distance, at), lb_endpoints)| xendpoint::LocalityLbEndpoints {
+                        locality: at.is_known().then(|| xcore::Locality {
+                            region: at.region.clone().unwrap_or_default(),
+                            zone: at.zone.clone().unwrap_or_default(),
+                            ..Default::default()
+                        }),
+                        lb_endpoints,
+                        priority: ranks.iter().position(|r| *r == distance).unwrap_or(0) as u32,
+                        ..Default::default()
+                    },
+                )
+                .collect();
         }
     }
 
@@ -745,6 +819,12 @@ impl Builder {
     ) {
         let target = port.target_port();
         let http2 = upstream_http2(protocol);
+        for w in endpoints {
+            let at = Locality::of(&w.labels);
+            if at.is_known() {
+                self.localities.insert(w.address.to_string(), at);
+            }
+        }
         let addrs = |ws: &mut dyn Iterator<Item = &&Workload>| {
             ws.map(|w| (w.address.to_string(), target))
                 .collect::<Vec<_>>()

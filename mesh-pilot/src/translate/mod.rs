@@ -206,7 +206,9 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
         ProxyKind::Envoy => inputs.mesh.zipkin.as_deref(),
         ProxyKind::MeshProxy => None,
     };
-    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode).with_zipkin(zipkin)
+    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
+        .with_zipkin(zipkin)
+        .with_locality(mesh_rules::registry::Locality::of(&node.labels))
 }
 
 /// Translates for one proxy: [`translate_outbound`] and
@@ -229,6 +231,8 @@ pub struct OutboundKey {
     pub explicit: Option<IpAddr>,
     /// Which proxy it is (Envoy gets a tracer).
     pub kind: ProxyKind,
+    /// Where it runs (the failover order of endpoints depends on it).
+    pub locality: mesh_rules::registry::Locality,
 }
 
 /// The outbound key of `node`.
@@ -254,6 +258,7 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
             Interception::Explicit { .. } => Some(proxy_ip(node)),
         },
         kind: node.kind,
+        locality: mesh_rules::registry::Locality::of(&node.labels),
     }
 }
 
@@ -339,6 +344,11 @@ fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
             // Affinity: the routes to those clusters say what to hash.
             if let Some(h) = policy::hash_policy(p) {
                 b.hash_routes(&governed, h);
+            }
+            // With ejection, endpoints fail over by locality: this zone
+            // first, then this region, then the rest.
+            else if policy::ejects(p) {
+                b.locality_failover(&governed);
             }
         }
     }

@@ -32,6 +32,21 @@ pub fn apply(c: &mut Cluster, p: &DestinationPolicy) {
     }
 }
 
+/// Whether `p` ejects failing endpoints (outlier detection).
+pub fn ejects(p: &DestinationPolicy) -> bool {
+    p.circuit_breaker
+        .as_ref()
+        .is_some_and(|cb| ejecting(&cb.simple_cb))
+}
+
+/// Whether a simple circuit breaker sets any of outlier detection.
+fn ejecting(s: &SimpleCircuitBreakerPolicy) -> bool {
+    s.http_consecutive_errors.is_some()
+        || s.http_detection_interval.is_some()
+        || s.sleep_window.is_some()
+        || s.http_max_ejection_percent.is_some()
+}
+
 /// The route hash policy of a consistent-hash policy: the key Envoy hashes
 /// to pick the endpoint.
 pub fn hash_policy(p: &DestinationPolicy) -> Option<xroute::route_action::HashPolicy> {
@@ -71,11 +86,7 @@ fn circuit_breaker(c: &mut Cluster, s: &SimpleCircuitBreakerPolicy) {
             ..Default::default()
         });
     }
-    let ejects = s.http_consecutive_errors.is_some()
-        || s.http_detection_interval.is_some()
-        || s.sleep_window.is_some()
-        || s.http_max_ejection_percent.is_some();
-    if ejects {
+    if ejecting(s) {
         c.outlier_detection = Some(xcluster::OutlierDetection {
             consecutive_5xx: count(s.http_consecutive_errors),
             interval: s

@@ -523,6 +523,7 @@ mod tests {
                 Arc::new(super::super::Endpoint {
                     address: std::net::SocketAddr::from(([127, 0, 0, 1], 8000 + i)),
                     healthy: true,
+                    priority: 0,
                     counters: Arc::default(),
                 })
             })

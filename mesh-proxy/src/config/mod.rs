@@ -369,6 +369,9 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Whether it takes new requests.
     pub healthy: bool,
+    /// Its priority (0 first; later ones take load as earlier ones lose
+    /// usable endpoints).
+    pub priority: u32,
     /// Its counters, shared with the same endpoint of the same cluster in
     /// every other configuration, so they survive configuration changes.
     pub counters: Arc<EndpointCounters>,
@@ -452,6 +455,8 @@ pub struct Cluster {
     pub outlier: Option<breaker::Outlier>,
     /// The ring of a `RING_HASH` cluster (over `healthy`).
     ring: hash::Ring,
+    /// Priority levels of the endpoints (1: one level).
+    priorities: u32,
     next: AtomicUsize,
 }
 
@@ -505,24 +510,56 @@ impl Cluster {
             .or_else(|| self.ring.from(hash).map(|i| &h[i]).next())
     }
 
-    /// Picks a healthy endpoint that outlier detection has not ejected
-    /// (any healthy one when fewer than half are left: Envoy's panic mode).
+    /// Picks a healthy endpoint among [`Cluster::candidates`].
     fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let h = &self.healthy;
-        if self.outlier.is_some() {
-            let now = self.load.now_ms();
-            let usable: Vec<usize> = (0..h.len())
-                .filter(|&i| !h[i].health.ejected(now))
-                .collect();
-            if usable.len() < h.len() && usable.len() * 2 >= h.len() {
-                let avoid = avoid.and_then(|a| usable.iter().position(|&i| Arc::ptr_eq(&h[i], a)));
-                return self
-                    .choose(usable.len(), avoid, |k| &h[usable[k]])
-                    .map(|k| &h[usable[k]]);
-            }
+        let Some(some) = self.candidates() else {
+            let avoid = avoid.and_then(|a| h.iter().position(|e| Arc::ptr_eq(e, a)));
+            return self.choose(h.len(), avoid, |k| &h[k]).map(|k| &h[k]);
+        };
+        let avoid = avoid.and_then(|a| some.iter().position(|&i| Arc::ptr_eq(&h[i], a)));
+        self.choose(some.len(), avoid, |k| &h[some[k]])
+            .map(|k| &h[some[k]])
+    }
+
+    /// The healthy endpoints (by place) that may take a request, or `None`
+    /// for all of them: those outlier detection has not ejected, in the
+    /// priority drawn as Envoy draws it — each priority takes its usable
+    /// share × 1.4 (at most what is left) of the load, normalised when they
+    /// fall short. With fewer than half usable, all (panic mode).
+    fn candidates(&self) -> Option<Vec<usize>> {
+        let h = &self.healthy;
+        if self.outlier.is_none() && self.priorities <= 1 {
+            return None;
         }
-        let avoid = avoid.and_then(|a| h.iter().position(|e| Arc::ptr_eq(e, a)));
-        self.choose(h.len(), avoid, |k| &h[k]).map(|k| &h[k])
+        let now = self.load.now_ms();
+        let usable = |i: &usize| self.outlier.is_none() || !h[*i].health.ejected(now);
+        let count = (0..h.len()).filter(usable).count();
+        if count * 2 < h.len() || (count == h.len() && self.priorities <= 1) {
+            return None;
+        }
+        let mut left = 100.0;
+        let mut levels = Vec::new();
+        for level in 0..self.priorities {
+            let members: Vec<usize> = (0..h.len()).filter(|&i| h[i].priority == level).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let up: Vec<usize> = members.iter().copied().filter(usable).collect();
+            let load = (up.len() as f64 / members.len() as f64 * 140.0).min(left);
+            left -= load;
+            levels.push((up, load));
+        }
+        let total: f64 = levels.iter().map(|(_, l)| l).sum();
+        let mut draw = fastrand::f64() * total;
+        let last = levels.iter().rposition(|(up, _)| !up.is_empty())?;
+        for (k, (up, load)) in levels.iter().enumerate() {
+            if draw < *load || k == last {
+                return Some(up.clone());
+            }
+            draw -= load;
+        }
+        None
     }
 
     /// Chooses one of `n` endpoints (`at` gives the k-th) by the cluster's
@@ -857,10 +894,18 @@ fn build_cluster(
         endpoints.push(Arc::new(Endpoint {
             address,
             healthy: true,
+            priority: 0,
             counters: counters(address),
         }));
     }
     let healthy: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| e.healthy).cloned().collect();
+    let priorities = endpoints.iter().map(|e| e.priority + 1).max().unwrap_or(1);
+    if lb == LbPolicy::RingHash && priorities > 1 {
+        return Err(err(
+            format!("{path}.lb_policy"),
+            "RING_HASH over several endpoint priorities is not supported",
+        ));
+    }
     let ring = if lb == LbPolicy::RingHash {
         hash::Ring::build(&healthy.iter().map(|e| e.address).collect::<Vec<_>>())
     } else {
@@ -870,6 +915,7 @@ fn build_cluster(
         name: c.name.clone(),
         healthy,
         ring,
+        priorities,
         endpoints,
         lb,
         connect_timeout: duration(&c.connect_timeout).unwrap_or(Duration::from_secs(5)),
@@ -929,6 +975,7 @@ fn cluster_endpoints(
             endpoints.push(Arc::new(Endpoint {
                 address,
                 healthy,
+                priority: group.priority,
                 counters: counters(address),
             }));
         }
