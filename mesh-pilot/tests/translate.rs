@@ -647,6 +647,63 @@ fn endpoints_fail_over_by_locality() {
     assert_eq!(la.endpoints.len(), 1, "no policy: one level");
 }
 
+/// `meshctl convert` there and back: every 0.4 sample written as today's
+/// kinds and expanded again gives the proxy the configuration the 0.4
+/// rules gave.
+#[test]
+fn rules_converted_to_todays_kinds_and_back_act_the_same() {
+    let n = node(SVCA.0, SVCA.1, SVCA.2);
+    let json = |r: &Resources| {
+        serde_json::to_string_pretty(&mesh_proto::json::to_json(
+            mesh_proto::descriptors::Schema::Xds,
+            &bootstrap(r),
+        ))
+        .unwrap()
+    };
+    let sets: [&[&str]; 9] = [
+        &["rules/scenario-0.4.yaml"],
+        &[
+            "route-rules-svcb-v0.2-50.yaml",
+            "enable-svcb-engress-rule.yaml",
+        ],
+        &["rules/fault-svcb-v0.2.yaml"],
+        &["rules/cors-svcb.yaml"],
+        &["rules/redirect-svcb-old.yaml"],
+        &["route-rules-svcb-v0.2-50.yaml", "rules/lb-svcb-v0.2.yaml"],
+        &["rules/mirror-svcb-v0.2.yaml"],
+        &[
+            "route-rules-svcb-v0.2-50.yaml",
+            "rules/circuit-breaker-svcb.yaml",
+        ],
+        &["route-rules-svcb-v0.2-50.yaml", "rules/affinity-svcb.yaml"],
+    ];
+    for files in sets {
+        let old = rules(files);
+        let (today, losses) = mesh_rules::upgrade::upgrade(&old);
+        let lost: Vec<_> = losses.iter().map(|l| l.what.as_str()).collect();
+        assert!(
+            lost.iter().all(|w| w.starts_with("an address as a host")),
+            "{files:?}: {lost:?}"
+        );
+        let back = mesh_rules::convert::expand(&today);
+        let translated = |rules: &[Rule]| {
+            translate(
+                &Inputs {
+                    registry: &registry(),
+                    rules,
+                    mesh: &MeshConfig::default(),
+                },
+                &n,
+            )
+        };
+        assert_eq!(
+            json(&translated(&back)),
+            json(&translated(&old)),
+            "{files:?}"
+        );
+    }
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

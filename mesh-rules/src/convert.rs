@@ -162,6 +162,14 @@ fn route_rule(
         1 => Some(100),
         _ => r.weight,
     };
+    // The whole destination alone is 0.4's rule without `route`.
+    let whole = match http.route.as_slice() {
+        [only] => {
+            only.destination.subset.is_none()
+                && service(&only.destination.host, ns).host("") == destination.host("")
+        }
+        _ => false,
+    };
     RouteRule {
         destination: destination.clone(),
         precedence: None,
@@ -169,6 +177,7 @@ fn route_rule(
         route: http
             .route
             .iter()
+            .filter(|_| !whole)
             .map(|r| {
                 let to = service(&r.destination.host, ns);
                 let own = to.host("") == destination.host("");

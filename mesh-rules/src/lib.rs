@@ -31,6 +31,7 @@ pub mod registry;
 pub mod rules;
 pub mod support;
 mod support_networking;
+pub mod upgrade;
 pub mod yaml;
 
 pub use check::Checker;

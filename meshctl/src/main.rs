@@ -46,6 +46,18 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<String>,
     },
+    /// Write rules in another API: Istio 0.4's kinds as today's
+    /// (VirtualService, DestinationRule, ServiceEntry), or today's and
+    /// Gateway API's as 0.4's. Prints YAML; what the target cannot say is
+    /// listed on stderr and the exit code is 2.
+    Convert {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<String>,
+        /// The API to write.
+        #[arg(long, value_enum, default_value_t = rules::Api::Today)]
+        to: rules::Api,
+    },
     /// Add rules; fails, changing nothing, if any of them exists or is invalid.
     Create {
         /// Files, folders or `-`.
@@ -158,6 +170,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { files } => rules::validate(&files),
+        Command::Convert { files, to } => rules::convert(&files, to),
         Command::Demo {
             keep,
             rules_only,
@@ -208,6 +221,7 @@ async fn main() -> ExitCode {
                         rules::get(&store, &kind, name.as_deref(), ns, output).await
                     }
                     Command::Validate { .. }
+                    | Command::Convert { .. }
                     | Command::Demo { .. }
                     | Command::KubeInject(_)
                     | Command::Cluster(_)

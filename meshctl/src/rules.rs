@@ -63,6 +63,52 @@ pub fn validate(args: &[String]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The APIs `meshctl convert` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// Today's Istio kinds (networking.istio.io/v1).
+    Today,
+    /// Istio 0.4's kinds (config.istio.io/v1alpha2).
+    #[value(name = "0.4")]
+    V0_4,
+}
+
+/// `meshctl convert`: every rule of the files in `to`'s kinds, as YAML;
+/// exit 2 when something could not be said (listed on stderr).
+pub fn convert(args: &[String], to: Api) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_batch(args)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let rules: Vec<_> = loaded.rules.into_iter().map(|r| r.value).collect();
+    let (out, losses) = match to {
+        Api::Today => mesh_rules::upgrade::upgrade(&rules),
+        Api::V0_4 => (mesh_rules::convert::expand(&rules), Vec::new()),
+    };
+    for (i, r) in out.iter().enumerate() {
+        if i > 0 {
+            println!("---");
+        }
+        let mut v = r.to_value();
+        if to == Api::V0_4 && r.api_version == mesh_rules::rules::MESH_API_VERSION {
+            // Derived from today's kinds: written as Istio 0.4 wrote them.
+            v["apiVersion"] = mesh_rules::rules::ISTIO_API_VERSION.into();
+        }
+        print!("{}", serde_yaml::to_string(&v)?);
+    }
+    for l in &losses {
+        eprintln!("{}: {}: cannot be expressed: {}", l.rule, l.path, l.what);
+    }
+    if losses.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} thing(s) the target API cannot say were left out",
+            losses.len()
+        );
+        Ok(ExitCode::from(2))
+    }
+}
+
 /// Reads the files as one batch of rules; every problem is printed and
 /// nothing is returned when any document is invalid or not a rule.
 fn load_batch(args: &[String]) -> anyhow::Result<Option<Loaded>> {

@@ -324,3 +324,68 @@ fn demo_walks_the_rule_steps() {
             "Updated config route-rule/default/route-rules-svcb to revision 3",
         ));
 }
+
+/// `meshctl convert`: the seed's rules as today's kinds (the IP egress
+/// listed as something Istio says differently, exit 2), today's kinds and
+/// an HTTPRoute as 0.4 rules (exit 0), whose output `validate` accepts.
+#[test]
+fn convert_writes_rules_in_the_other_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = samples();
+    let out = meshctl(dir.path())
+        .args(["convert", "-f"])
+        .arg(seed.join("route-rules-svcb-v0.2-50.yaml"))
+        .arg(seed.join("enable-svcb-engress-rule.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    for want in [
+        "kind: VirtualService",
+        "kind: DestinationRule",
+        "kind: ServiceEntry",
+        "subset: v0-2",
+        "weight: 50",
+    ] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("egress-rule/default/enable-svcb-engress-rule: spec.destination.service: cannot be expressed: an address as a host"),
+        "{err}"
+    );
+    // Back: the output is valid input, and today's kinds become 0.4 rules.
+    let today = dir.path().join("today.yaml");
+    std::fs::write(&today, &text).unwrap();
+    meshctl(dir.path())
+        .args(["validate", "-f"])
+        .arg(&today)
+        .assert()
+        .success();
+    let gateway =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/gateway-api/split-services.yaml");
+    let out = meshctl(dir.path())
+        .args(["convert", "--to", "0.4", "-f"])
+        .arg(&today)
+        .arg(&gateway)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert_eq!(text.matches("kind: RouteRule").count(), 3, "{text}");
+    assert!(
+        text.contains("apiVersion: config.istio.io/v1alpha2"),
+        "{text}"
+    );
+    let old = dir.path().join("old.yaml");
+    std::fs::write(&old, &text).unwrap();
+    meshctl(dir.path())
+        .args(["validate", "-f"])
+        .arg(&old)
+        .assert()
+        .success();
+}
