@@ -20,19 +20,24 @@ pub struct Finding {
     pub message: String,
 }
 
+/// How findings name a rule: one converted from today's kinds as its
+/// source.
+fn reported_name(rule: &Rule) -> String {
+    match rule
+        .metadata
+        .annotations
+        .get(mesh_rules::convert::FROM_ANNOTATION)
+    {
+        Some(from) => format!("{from} (as {})", rule.key()),
+        None => rule.key().to_string(),
+    }
+}
+
 /// Everything wrong with `rules` against `registry`, rule by rule.
 pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     for rule in rules {
-        // A rule converted from today's kinds is reported as its source.
-        let key = match rule
-            .metadata
-            .annotations
-            .get(mesh_rules::convert::FROM_ANNOTATION)
-        {
-            Some(from) => format!("{from} (as {})", rule.key()),
-            None => rule.key().to_string(),
-        };
+        let key = reported_name(rule);
         let mut found = |path: FieldPath, message: String| {
             out.push(Finding {
                 rule: key.clone(),

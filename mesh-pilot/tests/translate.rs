@@ -147,12 +147,7 @@ fn golden_with(
         },
         node,
     );
-    let json = serde_json::to_string_pretty(&mesh_proto::json::to_json(
-        mesh_proto::descriptors::Schema::Xds,
-        &bootstrap(&out),
-    ))
-    .unwrap()
-        + "\n";
+    let json = xds_json(&out) + "\n";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.json"));
     if std::env::var_os("MESH_BLESS").is_some() {
         std::fs::write(&path, &json).unwrap();
@@ -459,6 +454,15 @@ fn rate_limits_on_the_caller_and_on_the_destination() {
     assert_eq!(inbound_limits, 0, "v0.1 is not limited");
 }
 
+/// A translation as the JSON the golden files hold.
+fn xds_json(r: &Resources) -> String {
+    serde_json::to_string_pretty(&mesh_proto::json::to_json(
+        mesh_proto::descriptors::Schema::Xds,
+        &bootstrap(r),
+    ))
+    .unwrap()
+}
+
 /// One scenario in Istio 0.4's kinds and in today's (VirtualService,
 /// DestinationRule, ServiceEntry): the proxy gets the same configuration.
 #[test]
@@ -481,14 +485,7 @@ fn todays_kinds_give_the_same_configuration_as_0_4_rules() {
         },
         &n,
     );
-    let json = |r: &Resources| {
-        serde_json::to_string_pretty(&mesh_proto::json::to_json(
-            mesh_proto::descriptors::Schema::Xds,
-            &bootstrap(r),
-        ))
-        .unwrap()
-    };
-    assert_eq!(json(&new), json(&old));
+    assert_eq!(xds_json(&new), xds_json(&old));
 }
 
 /// Calls split between two Services (one per version), written as 0.4
@@ -506,13 +503,6 @@ fn a_split_between_services_is_the_same_in_three_apis() {
         &["rules/split-services-0.4.yaml"],
         &n,
     );
-    let json = |r: &Resources| {
-        serde_json::to_string_pretty(&mesh_proto::json::to_json(
-            mesh_proto::descriptors::Schema::Xds,
-            &bootstrap(r),
-        ))
-        .unwrap()
-    };
     for file in [
         "today/split-services.yaml",
         "gateway-api/split-services.yaml",
@@ -526,7 +516,7 @@ fn a_split_between_services_is_the_same_in_three_apis() {
             },
             &n,
         );
-        assert_eq!(json(&new), json(&old), "{file}");
+        assert_eq!(xds_json(&new), xds_json(&old), "{file}");
     }
     let split = all_routes(&old)
         .filter_map(|r| match &r.action {
@@ -653,13 +643,6 @@ fn endpoints_fail_over_by_locality() {
 #[test]
 fn rules_converted_to_todays_kinds_and_back_act_the_same() {
     let n = node(SVCA.0, SVCA.1, SVCA.2);
-    let json = |r: &Resources| {
-        serde_json::to_string_pretty(&mesh_proto::json::to_json(
-            mesh_proto::descriptors::Schema::Xds,
-            &bootstrap(r),
-        ))
-        .unwrap()
-    };
     let sets: [&[&str]; 9] = [
         &["rules/scenario-0.4.yaml"],
         &[
@@ -697,8 +680,8 @@ fn rules_converted_to_todays_kinds_and_back_act_the_same() {
             )
         };
         assert_eq!(
-            json(&translated(&back)),
-            json(&translated(&old)),
+            xds_json(&translated(&back)),
+            xds_json(&translated(&old)),
             "{files:?}"
         );
     }

@@ -183,18 +183,7 @@ fn health(admin: &str, c: &str, addr: &str) -> String {
 
 /// Status of one GET through the proxy.
 fn status(proxy: &Process) -> u16 {
-    let url = format!("http://{}/", proxy.listener("http"));
-    let (_, code) = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        "host: svcb",
-        &url,
-    ]);
-    code.parse().unwrap()
+    timed_get(proxy, "/", "svcb").0
 }
 
 /// Three 500s in a row eject the failing endpoint (`/failed_outlier_check`

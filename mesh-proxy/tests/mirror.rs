@@ -52,23 +52,6 @@ fn wait_count(backend: &Backend, n: usize) {
     });
 }
 
-fn get(proxy: &Process, path: &str, host: &str) -> (u16, f64) {
-    let url = format!("http://{}{path}", proxy.listener("http"));
-    let host = format!("host: {host}");
-    let (_, out) = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{time_total}",
-        "-H",
-        &host,
-        &url,
-    ]);
-    let (code, took) = out.split_once(' ').unwrap();
-    (code.parse().unwrap(), took.parse().unwrap())
-}
-
 #[test]
 fn mirrors_copy_requests_like_envoy() {
     let stuck = silent_listener();
@@ -91,7 +74,7 @@ fn mirrors_copy_requests_like_envoy() {
         // Every request copied, the host marked as a shadow's.
         for host in ["svcb", "svcb:80"] {
             for _ in 0..10 {
-                assert_eq!(get(&proxy, "/all", host).0, 200, "{name}");
+                assert_eq!(timed_get(&proxy, "/all", host).0, 200, "{name}");
             }
         }
         wait_count(&shadow, 20);
@@ -142,7 +125,7 @@ fn mirrors_copy_requests_like_envoy() {
         // A share: mesh-proxy's is exact, Envoy draws at random.
         let before = shadow.count();
         for _ in 0..200 {
-            assert_eq!(get(&proxy, "/half", "svcb").0, 200, "{name}");
+            assert_eq!(timed_get(&proxy, "/half", "svcb").0, 200, "{name}");
         }
         let expected = if name == "mesh-proxy" {
             100..=100
@@ -161,7 +144,7 @@ fn mirrors_copy_requests_like_envoy() {
 
         // A mirror that never answers: the original is answered at once.
         for _ in 0..5 {
-            let (code, took) = get(&proxy, "/stuck", "svcb");
+            let (code, took) = timed_get(&proxy, "/stuck", "svcb");
             assert_eq!(code, 200, "{name}");
             assert!(took < 0.5, "{name}: the original took {took} s");
         }

@@ -151,6 +151,42 @@ fn virtual_service(rule: &Rule, v: &VirtualService, subsets: &Subsets<'_>, out: 
     }
 }
 
+/// An HTTP route's destinations as 0.4's weighted versions: a subset by
+/// its labels, another service as a whole; the whole destination alone is
+/// 0.4's rule without `route`.
+fn weights(
+    http: &HttpRoute,
+    destination: &IstioService,
+    subsets: &Subsets<'_>,
+    ns: &str,
+) -> Vec<DestinationWeight> {
+    let own = |s: &IstioService| s.host("") == destination.host("");
+    if let [only] = http.route.as_slice()
+        && only.destination.subset.is_none()
+        && own(&service(&only.destination.host, ns))
+    {
+        return Vec::new();
+    }
+    let single = http.route.len() == 1;
+    http.route
+        .iter()
+        .map(|r| {
+            let to = service(&r.destination.host, ns);
+            DestinationWeight {
+                labels: r
+                    .destination
+                    .subset
+                    .as_deref()
+                    .map(|s| subset_labels(subsets, &to, s))
+                    .unwrap_or_default(),
+                // Another service, as a whole (support.rs refuses its subsets).
+                destination: (!own(&to)).then_some(to),
+                weight: if single { Some(100) } else { r.weight },
+            }
+        })
+        .collect()
+}
+
 /// One HTTP route's actions as a RouteRule for `destination` (no match).
 fn route_rule(
     http: &HttpRoute,
@@ -158,42 +194,11 @@ fn route_rule(
     subsets: &Subsets<'_>,
     ns: &str,
 ) -> RouteRule {
-    let weight = |r: &networking::RouteDestination| match http.route.len() {
-        1 => Some(100),
-        _ => r.weight,
-    };
-    // The whole destination alone is 0.4's rule without `route`.
-    let whole = match http.route.as_slice() {
-        [only] => {
-            only.destination.subset.is_none()
-                && service(&only.destination.host, ns).host("") == destination.host("")
-        }
-        _ => false,
-    };
     RouteRule {
         destination: destination.clone(),
         precedence: None,
         match_: None,
-        route: http
-            .route
-            .iter()
-            .filter(|_| !whole)
-            .map(|r| {
-                let to = service(&r.destination.host, ns);
-                let own = to.host("") == destination.host("");
-                DestinationWeight {
-                    labels: r
-                        .destination
-                        .subset
-                        .as_deref()
-                        .map(|s| subset_labels(subsets, &to, s))
-                        .unwrap_or_default(),
-                    // Another service, as a whole (support.rs refuses its subsets).
-                    destination: (!own).then_some(to),
-                    weight: weight(r),
-                }
-            })
-            .collect(),
+        route: weights(http, destination, subsets, ns),
         redirect: http.redirect.as_ref().map(|r| HttpRedirect {
             uri: r.uri.clone(),
             authority: r.authority.clone(),

@@ -13,6 +13,15 @@ use crate::path::FieldPath;
 use crate::rules::{DestinationPolicy, EgressRule, HttpFaultInjection, IstioService, RouteRule};
 use crate::{Spec, registry};
 
+/// Refuses each field of `fields` (name, whether set, what it is) that is set.
+pub(crate) fn refuse_set(out: &mut Vec<FieldError>, at: &FieldPath, fields: &[(&str, bool, &str)]) {
+    for (name, set, what) in fields {
+        if *set {
+            refuse(out, at.key(*name), what);
+        }
+    }
+}
+
 pub(crate) fn refuse(out: &mut Vec<FieldError>, path: FieldPath, what: &str) {
     out.push(FieldError::at_key(
         path,
@@ -117,28 +126,27 @@ fn http_fault(out: &mut Vec<FieldError>, at: &FieldPath, f: &HttpFaultInjection)
         }
     }
     if let Some(a) = &f.abort {
-        let p = at.key("abort");
-        for (field, set, what) in [
-            (
-                "grpcStatus",
-                a.grpc_status.is_some(),
-                "aborts with a gRPC status",
-            ),
-            (
-                "http2Error",
-                a.http2_error.is_some(),
-                "aborts with an HTTP/2 error",
-            ),
-            (
-                "overrideHeaderName",
-                a.override_header_name.is_some(),
-                "aborts set by a request header",
-            ),
-        ] {
-            if set {
-                refuse(out, p.key(field), what);
-            }
-        }
+        refuse_set(
+            out,
+            &at.key("abort"),
+            &[
+                (
+                    "grpcStatus",
+                    a.grpc_status.is_some(),
+                    "aborts with a gRPC status",
+                ),
+                (
+                    "http2Error",
+                    a.http2_error.is_some(),
+                    "aborts with an HTTP/2 error",
+                ),
+                (
+                    "overrideHeaderName",
+                    a.override_header_name.is_some(),
+                    "aborts set by a request header",
+                ),
+            ],
+        );
     }
 }
 
@@ -157,15 +165,12 @@ fn source(out: &mut Vec<FieldError>, at: &FieldPath, s: &IstioService) {
 }
 
 fn destination_policy(out: &mut Vec<FieldError>, root: &FieldPath, p: &DestinationPolicy) {
-    let fields = [(
-        "source",
-        p.source.is_some(),
-        "destination policies for one source",
-    )];
-    for (name, set, what) in fields {
-        if set {
-            refuse(out, root.key(name), what);
-        }
+    if p.source.is_some() {
+        refuse(
+            out,
+            root.key("source"),
+            "destination policies for one source",
+        );
     }
 }
 

@@ -8,16 +8,7 @@ use crate::rules::networking::{
     DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficPolicy, VirtualService,
 };
 
-use crate::support::refuse;
-
-/// Refuses each field of `fields` (name, whether set, what it is) that is set.
-fn refuse_set(out: &mut Vec<FieldError>, at: &FieldPath, fields: &[(&str, bool, &str)]) {
-    for (name, set, what) in fields {
-        if *set {
-            refuse(out, at.key(*name), what);
-        }
-    }
-}
+use crate::support::{refuse, refuse_set};
 
 pub(crate) fn virtual_service(out: &mut Vec<FieldError>, root: &FieldPath, v: &VirtualService) {
     refuse_set(
@@ -194,6 +185,11 @@ fn actions(out: &mut Vec<FieldError>, at: &FieldPath, h: &HttpRoute) {
             ],
         );
     }
+    effects(out, at, h);
+}
+
+/// The fault, CORS and header parts of a route's actions.
+fn effects(out: &mut Vec<FieldError>, at: &FieldPath, h: &HttpRoute) {
     if let Some(f) = &h.fault {
         let p = at.key("fault");
         if let Some(d) = &f.delay {
@@ -363,6 +359,11 @@ fn traffic_policy(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) 
             refuse(out, p.key("simple"), what);
         }
     }
+    limits(out, at, t);
+}
+
+/// The connection-pool and outlier-detection parts of a traffic policy.
+fn limits(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) {
     let pool = t.connection_pool.as_ref();
     if let Some(tcp) = pool.and_then(|p| p.tcp.as_ref()) {
         refuse_set(
@@ -680,6 +681,15 @@ fn gamma_filter(
             ],
         );
     }
+    gamma_filter_settings(out, at, f);
+}
+
+/// The settings of a filter that the mesh applies in part.
+fn gamma_filter_settings(
+    out: &mut Vec<FieldError>,
+    at: &FieldPath,
+    f: &crate::rules::gateway::HttpRouteFilter,
+) {
     if let Some(r) = &f.request_redirect {
         let rp = at.key("requestRedirect");
         refuse_set(

@@ -191,33 +191,7 @@ impl Upgrade {
                 ..Default::default()
             }];
         }
-        if let Some(m) = &r.match_ {
-            let request = m
-                .request
-                .as_ref()
-                .map(|q| q.headers.clone())
-                .unwrap_or_default();
-            let mut hm = HttpMatch {
-                source_labels: m
-                    .source
-                    .as_ref()
-                    .map(|s| s.labels.clone())
-                    .unwrap_or_default(),
-                ..Default::default()
-            };
-            for (name, value) in request {
-                match name.as_str() {
-                    "uri" => hm.uri = Some(value),
-                    ":method" => hm.method = Some(value),
-                    _ => {
-                        hm.headers.insert(name, value);
-                    }
-                }
-            }
-            if hm != HttpMatch::default() {
-                http.matches = vec![hm];
-            }
-        }
+        http.matches = r.match_.as_ref().and_then(http_match).into_iter().collect();
         actions(&mut http, r, d, &dest_host, &ns);
         d.routes.push((r.precedence.unwrap_or(0), http));
     }
@@ -345,6 +319,29 @@ impl Upgrade {
         out.extend(self.passed);
         (out, self.losses)
     }
+}
+
+/// A 0.4 match as today's (its source's labels only).
+fn http_match(m: &crate::rules::MatchCondition) -> Option<HttpMatch> {
+    let mut hm = HttpMatch {
+        source_labels: m
+            .source
+            .as_ref()
+            .map(|s| s.labels.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let request = m.request.iter().flat_map(|q| q.headers.clone());
+    for (name, value) in request {
+        match name.as_str() {
+            "uri" => hm.uri = Some(value),
+            ":method" => hm.method = Some(value),
+            _ => {
+                hm.headers.insert(name, value);
+            }
+        }
+    }
+    (hm != HttpMatch::default()).then_some(hm)
 }
 
 /// A rule's actions on an HTTP route of today's kinds.

@@ -837,17 +837,10 @@ impl Snapshot {
     }
 }
 
-fn build_cluster(
-    c: &xcluster::Cluster,
-    path: &str,
-    assignments: &HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)>,
-    previous: Option<&Snapshot>,
-) -> Result<Cluster, FieldError> {
-    use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as X};
-    if c.name.is_empty() {
-        return Err(err(format!("{path}.name"), "a cluster needs a name"));
-    }
-    let (original_dst, eds) = match c.cluster_discovery_type {
+/// Whether the cluster is ORIGINAL_DST, and whether EDS fills it.
+fn discovery(c: &xcluster::Cluster, path: &str) -> Result<(bool, bool), FieldError> {
+    use xcluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+    Ok(match c.cluster_discovery_type {
         None => (false, false),
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Static as i32 => (false, false),
         Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::OriginalDst as i32 => {
@@ -860,16 +853,17 @@ fn build_cluster(
                 "use STATIC, EDS or ORIGINAL_DST",
             ));
         }
-    };
-    if (eds || original_dst) && c.load_assignment.is_some() {
-        let why = if eds {
-            "an EDS cluster takes its endpoints from EDS"
-        } else {
-            "an ORIGINAL_DST cluster has no endpoints"
-        };
-        return Err(err(format!("{path}.load_assignment"), why));
-    }
-    let lb = match X::try_from(c.lb_policy) {
+    })
+}
+
+/// The cluster's balancing (CLUSTER_PROVIDED only for ORIGINAL_DST).
+fn lb_policy(
+    c: &xcluster::Cluster,
+    path: &str,
+    original_dst: bool,
+) -> Result<LbPolicy, FieldError> {
+    use xcluster::cluster::LbPolicy as X;
+    Ok(match X::try_from(c.lb_policy) {
         Ok(X::RoundRobin) => LbPolicy::RoundRobin,
         Ok(X::LeastRequest) => LbPolicy::LeastRequest,
         Ok(X::Random) => LbPolicy::Random,
@@ -881,7 +875,28 @@ fn build_cluster(
                 "use ROUND_ROBIN, LEAST_REQUEST, RANDOM or RING_HASH (CLUSTER_PROVIDED with ORIGINAL_DST)",
             ));
         }
-    };
+    })
+}
+
+fn build_cluster(
+    c: &xcluster::Cluster,
+    path: &str,
+    assignments: &HashMap<&str, (usize, &xendpoint::ClusterLoadAssignment)>,
+    previous: Option<&Snapshot>,
+) -> Result<Cluster, FieldError> {
+    if c.name.is_empty() {
+        return Err(err(format!("{path}.name"), "a cluster needs a name"));
+    }
+    let (original_dst, eds) = discovery(c, path)?;
+    if (eds || original_dst) && c.load_assignment.is_some() {
+        let why = if eds {
+            "an EDS cluster takes its endpoints from EDS"
+        } else {
+            "an ORIGINAL_DST cluster has no endpoints"
+        };
+        return Err(err(format!("{path}.load_assignment"), why));
+    }
+    let lb = lb_policy(c, path, original_dst)?;
     let (http2, max_requests_per_connection) = protocol_options(c, path)?;
     let assignment = assignment_of(c, path, eds, assignments);
     let counters = |address| endpoint_counters(previous, &c.name, address);

@@ -119,13 +119,17 @@ async fn send(
 
 /// Sends a copy of the request to each of the route's mirrors whose share
 /// takes it, in a task of its own: the original neither waits for the
-/// copies nor sees how they end.
+/// copies nor sees how they end. A copy without a body leaves once the
+/// original has its answer (when the returned sender drops), so on a busy
+/// worker its work never sits on the original's path; a body is copied as
+/// the original reads it.
 fn mirror(
     head: &http::request::Parts,
     body: &mut Option<Downstream>,
     fwd: &Forward,
     upstreams: &Upstreams,
-) {
+) -> tokio::sync::watch::Sender<()> {
+    let (release, gate) = tokio::sync::watch::channel(());
     for m in &fwd.mirrors {
         let Some(cluster) = &m.cluster else { continue };
         if !m.share.pick() {
@@ -136,14 +140,23 @@ fn mirror(
             Some(Some(b)) => Either::Left(b),
             Some(None) => continue,
         };
+        let fwd_timeout = fwd.timeout;
         let mut head = copy_head(head);
         if let Some(host) = head.headers.get(header::HOST) {
             let shadow = m.host(host);
             head.headers.insert(header::HOST, shadow);
         }
         let (cluster, upstreams) = (cluster.clone(), upstreams.clone());
-        tokio::spawn(shadow(head, copied, cluster, upstreams, fwd.timeout));
+        let gate = body.is_none().then(|| gate.clone());
+        tokio::spawn(async move {
+            if let Some(mut after) = gate {
+                // Err once the original answered (the sender dropped).
+                let _ = after.changed().await;
+            }
+            shadow(head, copied, cluster, upstreams, fwd_timeout).await;
+        });
     }
+    release
 }
 
 /// One mirrored request: admitted under its cluster's breaker, sent once,
@@ -157,11 +170,7 @@ async fn shadow(
 ) {
     use http_body_util::BodyExt;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let Ok(admission) = cluster
-        .load
-        .admit(&cluster.limits, !cluster.http2, deadline)
-        .await
-    else {
+    let Ok(admission) = admit(&cluster, deadline).await else {
         return;
     };
     let Some((endpoint, address)) = cluster.target(None, None, None) else {
@@ -220,6 +229,30 @@ struct Tries<'a> {
 }
 
 impl<'a> Tries<'a> {
+    /// The tries of a request to `cluster` by `fwd`; one only for a
+    /// streamed body (`replayable` false), which cannot be sent twice.
+    fn new(
+        fwd: &'a Forward,
+        cluster: &'a Cluster,
+        shared: &'a Shared,
+        replayable: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
+        Tries {
+            policy: &fwd.retry,
+            cluster,
+            shared,
+            max: if replayable {
+                1 + fwd.retry.num_retries.max(1)
+            } else {
+                1
+            },
+            deadline,
+            permit: None,
+            last: (StatusCode::SERVICE_UNAVAILABLE, String::new()),
+        }
+    }
+
     /// Takes a place under the retry limit, or counts the refusal.
     fn budget_allows(&mut self) -> bool {
         match self.cluster.load.try_retry(&self.cluster.limits.retries) {
@@ -329,6 +362,22 @@ impl<'a> Tries<'a> {
     }
 }
 
+/// A place for the request under `cluster`'s circuit breaker, or the
+/// answer when there is none.
+async fn admit(
+    cluster: &Cluster,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<crate::config::breaker::Admission, Response<ProxyBody>> {
+    let admitted = cluster
+        .load
+        .admit(&cluster.limits, !cluster.http2, deadline)
+        .await;
+    admitted.map_err(|refusal| match refusal {
+        Refusal::Overflow => overflow(),
+        Refusal::Timeout => text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+    })
+}
+
 /// Forwards with retries. A request without a body can be replayed: it is
 /// retried once when the connection fails before any response (the
 /// keep-alive race: a pooled connection closed by the server as the request
@@ -352,36 +401,18 @@ pub(super) async fn forward(
         return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
     };
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
-    let admission = match cluster
-        .load
-        .admit(&cluster.limits, !cluster.http2, deadline)
-        .await
-    {
+    let admission = match admit(cluster, deadline).await {
         Ok(a) => a,
-        Err(Refusal::Overflow) => return overflow(),
-        Err(Refusal::Timeout) => {
-            return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+        Err(refused) => return refused,
+    };
+    // Held until the original is answered (see `mirror`).
+    let _mirrors_wait = match &parts {
+        Some(head) if !fwd.mirrors.is_empty() && !head.headers.contains_key(header::UPGRADE) => {
+            Some(mirror(head, &mut streamed, fwd, upstreams))
         }
+        _ => None,
     };
-    if !fwd.mirrors.is_empty()
-        && let Some(head) = &parts
-        && !head.headers.contains_key(header::UPGRADE)
-    {
-        mirror(head, &mut streamed, fwd, upstreams);
-    }
-    let mut tries = Tries {
-        policy: &fwd.retry,
-        cluster,
-        shared,
-        max: if streamed.is_none() {
-            1 + fwd.retry.num_retries.max(1)
-        } else {
-            1
-        },
-        deadline,
-        permit: None,
-        last: (StatusCode::SERVICE_UNAVAILABLE, String::new()),
-    };
+    let mut tries = Tries::new(fwd, cluster, shared, streamed.is_none(), deadline);
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut retries = 0;
     for attempt in 0..tries.max {

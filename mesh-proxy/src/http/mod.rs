@@ -82,34 +82,7 @@ pub async fn serve(
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (conn, shared, upstreams) = (conn.clone(), svc_shared.clone(), upstreams.clone());
-        async move {
-            // One snapshot for the whole request: a swap mid-request does
-            // not affect it, and the next request on this connection sees
-            // the configuration in force then (route changes reach
-            // keep-alive connections).
-            let snap = shared.config.load_full();
-            let slot = shared.overload.request();
-            let r = match snap.http_manager(&conn.listener, conn.chain) {
-                // Over the proxy's cap: shed before any work or buffering.
-                _ if slot.is_none() => {
-                    let overload = &shared.stats.downstream_rq_overload;
-                    overload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n");
-                    r.headers_mut()
-                        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-                    r
-                }
-                Some(manager) => {
-                    let r = handle(req, manager, &conn, &shared, &upstreams).await;
-                    manager.stats.response(r.status().as_u16());
-                    r
-                }
-                None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
-            };
-            drop(slot);
-            shared.stats.response(r.status().as_u16());
-            Ok::<_, Infallible>(r)
-        }
+        async move { Ok::<_, Infallible>(respond(req, &conn, &shared, &upstreams).await) }
     });
     let stop = shared.shutdown_signal();
     if http2 {
@@ -128,6 +101,40 @@ pub async fn serve(
             .with_upgrades();
         until_drained(conn, stop, |c| c.graceful_shutdown()).await;
     }
+}
+
+/// One request on a connection, counted: under the proxy's cap, in the
+/// configuration in force when it arrived (a swap mid-request does not
+/// affect it; the next request on the connection sees the new one, so route
+/// changes reach keep-alive connections).
+async fn respond(
+    req: Request<Incoming>,
+    conn: &Conn,
+    shared: &Shared,
+    upstreams: &Upstreams,
+) -> Response<ProxyBody> {
+    let snap = shared.config.load_full();
+    let slot = shared.overload.request();
+    let r = match snap.http_manager(&conn.listener, conn.chain) {
+        // Over the proxy's cap: shed before any work or buffering.
+        _ if slot.is_none() => {
+            let overload = &shared.stats.downstream_rq_overload;
+            overload.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n");
+            r.headers_mut()
+                .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+            r
+        }
+        Some(manager) => {
+            let r = handle(req, manager, conn, shared, upstreams).await;
+            manager.stats.response(r.status().as_u16());
+            r
+        }
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
+    };
+    drop(slot);
+    shared.stats.response(r.status().as_u16());
+    r
 }
 
 /// Runs a connection; once draining starts it is told to finish the

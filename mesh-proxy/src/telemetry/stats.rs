@@ -117,41 +117,52 @@ impl Stats {
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));
         }
         render_prefixes(&mut s, prefixes);
-        let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_total counter");
-        for e in endpoints {
-            let _ = writeln!(
-                s,
-                "mesh_proxy_upstream_rq_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                e.cluster, e.address, e.requests
-            );
-        }
-        let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_failed_total counter");
-        for e in endpoints {
-            let _ = writeln!(
-                s,
-                "mesh_proxy_upstream_rq_failed_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                e.cluster, e.address, e.failures
-            );
-        }
-        for (name, pick) in [
-            ("upstream_rq_pending_overflow_total", 0),
-            ("outlier_detection_ejections_enforced_total", 1),
-        ] {
-            let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
-            for c in clusters {
-                let value = if pick == 0 { c.overflows } else { c.ejections };
-                let _ = writeln!(s, "mesh_proxy_{name}{{cluster=\"{}\"}} {value}", c.cluster);
-            }
-        }
-        let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_active gauge");
-        for e in endpoints {
-            let _ = writeln!(
-                s,
-                "mesh_proxy_upstream_rq_active{{cluster=\"{}\",endpoint=\"{}\"}} {}",
-                e.cluster, e.address, e.active
-            );
-        }
+        render_upstreams(&mut s, endpoints, clusters);
         s
+    }
+}
+
+/// Per endpoint: `mesh_proxy_upstream_rq_{total,failed_total,active}`;
+/// per cluster: circuit-breaker overflows and ejections.
+fn render_upstreams(s: &mut String, endpoints: &[EndpointRow], clusters: &[ClusterRow]) {
+    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_total counter");
+    for e in endpoints {
+        let _ = writeln!(
+            s,
+            "mesh_proxy_upstream_rq_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+            e.cluster, e.address, e.requests
+        );
+    }
+    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_failed_total counter");
+    for e in endpoints {
+        let _ = writeln!(
+            s,
+            "mesh_proxy_upstream_rq_failed_total{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+            e.cluster, e.address, e.failures
+        );
+    }
+    let mut per_cluster = |name: &str, value: fn(&ClusterRow) -> u64| {
+        let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
+        for c in clusters {
+            let _ = writeln!(
+                s,
+                "mesh_proxy_{name}{{cluster=\"{}\"}} {}",
+                c.cluster,
+                value(c)
+            );
+        }
+    };
+    per_cluster("upstream_rq_pending_overflow_total", |c| c.overflows);
+    per_cluster("outlier_detection_ejections_enforced_total", |c| {
+        c.ejections
+    });
+    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_active gauge");
+    for e in endpoints {
+        let _ = writeln!(
+            s,
+            "mesh_proxy_upstream_rq_active{{cluster=\"{}\",endpoint=\"{}\"}} {}",
+            e.cluster, e.address, e.active
+        );
     }
 }
 

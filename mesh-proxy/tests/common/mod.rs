@@ -569,3 +569,22 @@ pub fn dead_port() -> DeadPort {
         }
     }
 }
+
+/// Status and seconds taken of one GET of `path` through `proxy`'s `http`
+/// listener with Host `host`.
+pub fn timed_get(proxy: &Process, path: &str, host: &str) -> (u16, f64) {
+    let url = format!("http://{}{path}", proxy.listener("http"));
+    let host = format!("host: {host}");
+    let (_, out) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{time_total}",
+        "-H",
+        &host,
+        &url,
+    ]);
+    let (code, took) = out.split_once(' ').unwrap();
+    (code.parse().unwrap(), took.parse().unwrap())
+}
