@@ -6,7 +6,9 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{Backend, bootstrap, bootstrap_to, curl, mesh_proxy, route_to, with_hcm};
+use common::{
+    Backend, Process, bootstrap, bootstrap_to, curl, envoy, mesh_proxy, route_to, with_hcm,
+};
 use futures_util::{SinkExt, StreamExt};
 
 /// Turns the bootstrap's cluster `name` into an HTTP/2 (prior knowledge) cluster.
@@ -171,8 +173,11 @@ fn grpc_unary_with_trailers_end_to_end() {
     });
 }
 
+/// WebSocket upgrades as Envoy takes them: refused 403 unless the HTTP
+/// connection manager names the upgrade type, tunnelled when it does, and
+/// refused again on a route that turns it off.
 #[test]
-fn websocket_upgrade_is_tunnelled() {
+fn websocket_upgrades_follow_upgrade_configs_like_envoy() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -193,22 +198,42 @@ fn websocket_upgrade_is_tunnelled() {
             });
         }
     });
-    let proxy = mesh_proxy(&bootstrap_to("ws", ws_addr));
-    let url = format!("ws://{}/chat", proxy.listener("http"));
-    rt.block_on(async {
-        let (mut ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
-        assert_eq!(resp.status(), 101);
-        for i in 0..3 {
-            ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
-                "hello {i}"
-            )))
-            .await
-            .unwrap();
-            let got = ws.next().await.unwrap().unwrap();
-            assert_eq!(got.to_text().unwrap(), format!("echo: hello {i}"));
+    let plain = bootstrap_to("ws", ws_addr);
+    let enabled = with_hcm(&plain, "upgrade_configs: [{upgrade_type: websocket}]");
+    let route_off = enabled.replace(
+        "route: {cluster: ws}",
+        "route: {cluster: ws, upgrade_configs: [{upgrade_type: websocket, enabled: false}]}",
+    );
+    assert_ne!(route_off, enabled, "the route was found");
+    for (name, start) in [
+        ("mesh-proxy", mesh_proxy as fn(&str) -> Process),
+        ("envoy", envoy),
+    ] {
+        for (config, allowed) in [(&plain, false), (&enabled, true), (&route_off, false)] {
+            let proxy = start(config);
+            let url = format!("ws://{}/chat", proxy.listener("http"));
+            rt.block_on(async {
+                let connected = tokio_tungstenite::connect_async(url).await;
+                if !allowed {
+                    let err = connected.map(|_| ()).unwrap_err();
+                    let refused = matches!(&err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 403);
+                    assert!(refused, "{name}: {err:?}");
+                    return;
+                }
+                let (mut ws, resp) = connected.unwrap();
+                assert_eq!(resp.status(), 101, "{name}");
+                for i in 0..3 {
+                    let text = format!("hello {i}");
+                    ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+                        .await
+                        .unwrap();
+                    let got = ws.next().await.unwrap().unwrap();
+                    assert_eq!(got.to_text().unwrap(), format!("echo: hello {i}"), "{name}");
+                }
+                ws.close(None).await.unwrap();
+            });
         }
-        ws.close(None).await.unwrap();
-    });
+    }
 }
 
 /// A server-first TCP service (it speaks first, as MySQL or SMTP do), then

@@ -207,7 +207,8 @@ fn route_rule(
             uri: r.uri.clone(),
             authority: r.authority.clone(),
         }),
-        websocket_upgrade: false,
+        // Today's kinds take WebSocket upgrades on every route.
+        websocket_upgrade: true,
         http_req_timeout: http.timeout.clone().map(|timeout| HttpTimeout {
             simple_timeout: SimpleTimeoutPolicy {
                 timeout,
@@ -546,7 +547,8 @@ fn gamma_rule(g: &gateway::HttpRouteRule, destination: &IstioService, ns: &str) 
             .collect(),
         redirect: None,
         rewrite: None,
-        websocket_upgrade: false,
+        // Today's kinds take WebSocket upgrades on every route.
+        websocket_upgrade: true,
         http_req_timeout: g
             .timeouts
             .as_ref()

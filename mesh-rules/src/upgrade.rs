@@ -140,6 +140,11 @@ impl Upgrade {
         for (field, set, what) in [
             ("l4Fault", r.l4_fault.is_some(), "TCP faults"),
             (
+                "websocketUpgrade",
+                !r.websocket_upgrade,
+                "refusing WebSocket upgrades on this route (0.4's default; today's kinds take them on every route)",
+            ),
+            (
                 "rateLimit",
                 r.rate_limit.is_some(),
                 "rate limits (the mesh's own field; keep it as a RouteRule)",

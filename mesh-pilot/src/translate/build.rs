@@ -23,6 +23,9 @@ use super::{OutboundPolicy, Resources, outbound_cluster_name, subset_name};
 pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// The upgrade type of WebSocket, as Envoy names it.
+const WEBSOCKET: &str = "websocket";
+
 /// Where refused connections go (a cluster without endpoints).
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// Where ALLOW_ANY lets unknown destinations through.
@@ -219,6 +222,10 @@ fn http_manager(name: &str, zipkin: bool, filters: &[&str]) -> xlistener::Filter
     filter(
         "envoy.filters.network.http_connection_manager",
         any(&hcm::HttpConnectionManager {
+            upgrade_configs: vec![hcm::http_connection_manager::UpgradeConfig {
+                upgrade_type: WEBSOCKET.into(),
+                ..Default::default()
+            }],
             stat_prefix: name.to_owned(),
             route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
                 hcm::Rds {
@@ -376,6 +383,15 @@ fn forward_action(
         cluster_specifier: Some(specifier),
         ..Default::default()
     };
+    // Istio 0.4: a rule's route takes WebSocket upgrades only when it says
+    // `websocketUpgrade: true` (routes no rule makes take them).
+    if !rule.websocket_upgrade {
+        action.upgrade_configs = vec![xroute::route_action::UpgradeConfig {
+            upgrade_type: WEBSOCKET.into(),
+            enabled: Some(BoolValue { value: false }),
+            ..Default::default()
+        }];
+    }
     if let Some(t) = &rule.http_req_timeout {
         action.timeout = Some(duration(t.simple_timeout.timeout.get()));
     }

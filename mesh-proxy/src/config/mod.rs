@@ -319,6 +319,34 @@ pub struct HttpManager {
     /// The local rate limit filter's own bucket, for routes without one of
     /// their own.
     pub rate_limit: Option<Arc<ratelimit::RateLimit>>,
+    /// Upgrade types (lowercase) it knows, and whether each is on unless a
+    /// route says otherwise (`upgrade_configs`; none: every upgrade is
+    /// refused 403, as in Envoy).
+    pub upgrades: Vec<(String, bool)>,
+}
+
+impl HttpManager {
+    /// Whether an upgrade to `protocol` may go through on a route that
+    /// says `by_route` of its types.
+    pub fn allows_upgrade(&self, protocol: &str, by_route: &[(String, bool)]) -> bool {
+        let protocol = protocol.to_ascii_lowercase();
+        let known = self.upgrades.iter().find(|(t, _)| *t == protocol);
+        let routed = by_route.iter().find(|(t, _)| *t == protocol);
+        match (known, routed) {
+            (None, _) => false,
+            (Some(_), Some((_, on))) => *on,
+            (Some((_, on)), None) => *on,
+        }
+    }
+}
+
+/// `upgrade_configs` as (lowercase type, enabled; unset is on).
+fn upgrade_types<'a>(
+    configs: impl Iterator<Item = (&'a str, Option<bool>)>,
+) -> Vec<(String, bool)> {
+    configs
+        .map(|(t, on)| (t.to_ascii_lowercase(), on.unwrap_or(true)))
+        .collect()
 }
 
 /// The downstream HTTP versions of an HTTP listener (Envoy's `codec_type`).
@@ -1266,6 +1294,11 @@ fn build_http(
         },
         fault,
         rate_limit,
+        upgrades: upgrade_types(
+            m.upgrade_configs
+                .iter()
+                .map(|u| (u.upgrade_type.as_str(), u.enabled.map(|b| b.value))),
+        ),
         routes: RouteTable::build(rc, &rc_path, &b.clusters)?,
     })
 }

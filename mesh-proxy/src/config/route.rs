@@ -185,6 +185,8 @@ pub struct Forward {
     pub mirrors: Vec<Mirror>,
     /// Where a `RING_HASH` cluster's key comes from.
     pub hash_policy: Vec<super::hash::HashPolicy>,
+    /// Upgrade types this route turns on or off (`upgrade_configs`).
+    pub upgrades: Vec<(String, bool)>,
 }
 
 /// Where a copy of a share of the route's requests goes: fire and forget,
@@ -769,6 +771,11 @@ fn build_forward(
         host_rewrite,
         retry,
         hash_policy: super::hash::HashPolicy::build(&ra.hash_policy, path)?,
+        upgrades: super::upgrade_types(
+            ra.upgrade_configs
+                .iter()
+                .map(|u| (u.upgrade_type.as_str(), u.enabled.map(|b| b.value))),
+        ),
         mirrors: ra
             .request_mirror_policies
             .iter()

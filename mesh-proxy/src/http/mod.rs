@@ -290,6 +290,16 @@ async fn dispatch(
     // An HTTP/1.1 upgrade (WebSocket) keeps its Upgrade/Connection headers
     // and, once the upstream agrees (101), becomes a byte tunnel.
     let upgrade = upgrade_protocol(&req);
+    if let Some(proto) = &upgrade
+        && !manager.allows_upgrade(proto.to_str().unwrap_or_default(), &fwd.upgrades)
+    {
+        // Not configured for this upgrade: refused as Envoy does.
+        let mut r = text(StatusCode::FORBIDDEN, Bytes::new());
+        r.headers_mut().remove(header::CONTENT_TYPE);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, manager, route, fwd, authority);
     if let Some(proto) = &upgrade {
