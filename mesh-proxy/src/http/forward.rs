@@ -124,11 +124,14 @@ async fn send(
 /// worker its work never sits on the original's path; a body is copied as
 /// the original reads it.
 fn mirror(
-    head: &http::request::Parts,
+    head: Option<&http::request::Parts>,
     body: &mut Option<Downstream>,
     fwd: &Forward,
     upstreams: &Upstreams,
-) -> tokio::sync::watch::Sender<()> {
+) -> Option<tokio::sync::watch::Sender<()>> {
+    // Upgrades (WebSocket) are not mirrored.
+    let head =
+        head.filter(|h| !fwd.mirrors.is_empty() && !h.headers.contains_key(header::UPGRADE))?;
     let (release, gate) = tokio::sync::watch::channel(());
     for m in &fwd.mirrors {
         let Some(cluster) = &m.cluster else { continue };
@@ -156,7 +159,7 @@ fn mirror(
             shadow(head, copied, cluster, upstreams, fwd_timeout).await;
         });
     }
-    release
+    Some(release)
 }
 
 /// One mirrored request: admitted under its cluster's breaker, sent once,
@@ -406,12 +409,7 @@ pub(super) async fn forward(
         Err(refused) => return refused,
     };
     // Held until the original is answered (see `mirror`).
-    let _mirrors_wait = match &parts {
-        Some(head) if !fwd.mirrors.is_empty() && !head.headers.contains_key(header::UPGRADE) => {
-            Some(mirror(head, &mut streamed, fwd, upstreams))
-        }
-        _ => None,
-    };
+    let _mirrors_wait = mirror(parts.as_ref(), &mut streamed, fwd, upstreams);
     let mut tries = Tries::new(fwd, cluster, shared, streamed.is_none(), deadline);
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut retries = 0;
