@@ -696,6 +696,31 @@ fn rules_converted_to_todays_kinds_and_back_act_the_same() {
     }
 }
 
+/// Session affinity by cookie: the routes to svcb hash a cookie the
+/// sidecar makes (one hour) when the caller has none.
+#[test]
+fn affinity_by_cookie() {
+    use mesh_proto::envoy::config::route::v3::route;
+    use mesh_proto::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let r = golden(
+        "svca-affinity-cookie",
+        &["rules/affinity-cookie-svcb.yaml"],
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let cookies: Vec<_> = all_routes(&r)
+        .filter_map(|rt| match &rt.action {
+            Some(route::Action::Route(a)) => Some(a),
+            _ => None,
+        })
+        .flat_map(|a| &a.hash_policy)
+        .filter_map(|h| match &h.policy_specifier {
+            Some(PolicySpecifier::Cookie(c)) => Some((c.name.as_str(), c.ttl.unwrap().seconds)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cookies, [("svcb-session", 3600)]);
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

@@ -476,6 +476,10 @@ fn consistent_hashing_sticks_like_envoy() {
                 route:
                   cluster: svc
                   hash_policy: [{connection_properties: {source_ip: true}}]
+              - match: {prefix: "/cookie"}
+                route:
+                  cluster: svc
+                  hash_policy: [{cookie: {name: session, ttl: 60s}}]
 "#;
     for name in ["mesh-proxy", "envoy"] {
         let backends: Vec<_> = (0..3).map(|i| Backend::start(&format!("e{i}"))).collect();
@@ -511,5 +515,27 @@ fn consistent_hashing_sticks_like_envoy() {
             served.len() > 1,
             "{name}: without a key, calls spread: {served:?}"
         );
+        // A caller without the cookie is given one; with it, it sticks.
+        let (_, head) = curl(&[
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{base}/cookie"),
+        ]);
+        let set = head
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("{name}: no cookie in {head}"))
+            .trim()
+            .to_owned();
+        let attributes = set.contains("Max-Age=60") && set.contains("HttpOnly");
+        assert!(set.starts_with("session=") && attributes, "{name}: {set}");
+        let jar = format!("cookie: {}", set.split(';').next().unwrap());
+        let (_, bodies) = curl(&["-s", "-H", &jar, &format!("{base}/cookie?n=[1-10]")]);
+        let served: std::collections::BTreeSet<&str> = bodies.lines().collect();
+        assert_eq!(served.len(), 1, "{name}: one session went to {served:?}");
+        eprintln!("{name}: {set}");
     }
 }

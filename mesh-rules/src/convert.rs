@@ -346,6 +346,7 @@ fn policy(destination: IstioService, t: &TrafficPolicy) -> DestinationPolicy {
             .map(|h| crate::rules::ConsistentHash {
                 http_header_name: h.http_header_name.clone(),
                 use_source_ip: h.use_source_ip,
+                http_cookie: h.http_cookie.clone(),
             }),
     }
 }

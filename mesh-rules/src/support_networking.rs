@@ -336,7 +336,6 @@ fn traffic_policy(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) 
                 out,
                 &p.key("consistentHash"),
                 &[
-                    ("httpCookie", h.http_cookie.is_some(), "affinity by cookie"),
                     (
                         "httpQueryParameterName",
                         h.http_query_parameter_name.is_some(),

@@ -451,6 +451,7 @@ fn traffic_policy(p: &DestinationPolicy) -> TrafficPolicy {
             consistent_hash: Some(ConsistentHashLb {
                 http_header_name: h.http_header_name.clone(),
                 use_source_ip: h.use_source_ip,
+                http_cookie: h.http_cookie.clone(),
                 ..Default::default()
             }),
             ..Default::default()

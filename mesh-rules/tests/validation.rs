@@ -489,7 +489,7 @@ fn todays_kinds_are_refused_precisely() {
             "{name}:22:5: document 2: spec.trafficPolicy.tls: not supported yet: TLS to the destination (mTLS comes with the CA); {refused}"
         ),
         format!(
-            "{name}:24:24: document 2: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie: not supported yet: affinity by cookie; {refused}"
+            "{name}:24:24: document 2: spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName: not supported yet: affinity by query parameter; {refused}"
         ),
         format!(
             "{name}:27:7: document 3: kind: unknown kind `Gateway` in networking.istio.io/v1: allowed kinds are VirtualService, DestinationRule, ServiceEntry"

@@ -50,14 +50,24 @@ fn ejecting(s: &SimpleCircuitBreakerPolicy) -> bool {
 /// The route hash policy of a consistent-hash policy: the key Envoy hashes
 /// to pick the endpoint.
 pub fn hash_policy(p: &DestinationPolicy) -> Option<xroute::route_action::HashPolicy> {
-    use xroute::route_action::hash_policy::{ConnectionProperties, Header, PolicySpecifier};
+    use xroute::route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier,
+    };
     let h = p.consistent_hash.as_ref()?;
-    let specifier = match &h.http_header_name {
-        Some(name) => PolicySpecifier::Header(Header {
+    let specifier = match (&h.http_header_name, &h.http_cookie) {
+        (Some(name), _) => PolicySpecifier::Header(Header {
             header_name: name.to_ascii_lowercase(),
             ..Default::default()
         }),
-        None => PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+        (None, Some(c)) => PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            ttl: c.ttl.as_ref().map(|d| super::build::duration(d.get())),
+            path: c.path.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        (None, None) => {
+            PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+        }
     };
     Some(xroute::route_action::HashPolicy {
         policy_specifier: Some(specifier),

@@ -71,6 +71,17 @@ pub enum HashKey {
     Header(HeaderName),
     /// The caller's address.
     SourceIp,
+    /// A cookie's value; when the request has none and `ttl` is set, the
+    /// proxy makes one (from the caller's address, as Envoy does) and
+    /// sets it on the response, so the caller's next calls stick.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// Its lifetime (`Some(0)`: a session cookie).
+        ttl: Option<std::time::Duration>,
+        /// Its path.
+        path: Option<String>,
+    },
 }
 
 /// One `hash_policy` entry.
@@ -101,7 +112,12 @@ impl HashPolicy {
                             .map_err(|_| err(format!("{at}.header.header_name"), "not a header name"))?,
                     ),
                     Some(PolicySpecifier::ConnectionProperties(c)) if c.source_ip => HashKey::SourceIp,
-                    _ => return Err(err(at, "only header and connection_properties.source_ip hash policies are supported")),
+                    Some(PolicySpecifier::Cookie(c)) if !c.name.is_empty() => HashKey::Cookie {
+                        name: c.name.clone(),
+                        ttl: super::duration(&c.ttl),
+                        path: (!c.path.is_empty()).then(|| c.path.clone()),
+                    },
+                    _ => return Err(err(at, "only header, cookie and connection_properties.source_ip hash policies are supported")),
                 };
                 Ok(HashPolicy { key, terminal: p.terminal })
             })
@@ -109,27 +125,81 @@ impl HashPolicy {
     }
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// A request's hash and, for a cookie the proxy made, the `Set-Cookie`
+/// value its response carries.
+pub struct RequestHash {
+    /// The hash (`None`: no key found).
+    pub hash: Option<u64>,
+    /// A cookie to set on the response.
+    pub set_cookie: Option<http::HeaderValue>,
+}
+
+/// A cookie made for a caller without one: its value (from the caller's
+/// address) and the `Set-Cookie` header value.
+fn made_cookie(
+    name: &str,
+    ttl: std::time::Duration,
+    path: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> (String, Option<http::HeaderValue>) {
+    let from = peer.map(|a| a.to_string()).unwrap_or_default();
+    let value = format!("{:016x}", fnv(from.as_bytes()));
+    let mut header = format!("{name}=\"{value}\"");
+    if !ttl.is_zero() {
+        header.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if let Some(p) = path {
+        header.push_str(&format!("; Path={p}"));
+    }
+    header.push_str("; HttpOnly");
+    (value, http::HeaderValue::from_str(&header).ok())
+}
+
 /// A request's hash under `policies`: each key found is folded in (as
-/// Envoy does), until a terminal one; `None` when none is found.
+/// Envoy does), until a terminal one.
 pub fn request_hash(
     policies: &[HashPolicy],
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
-) -> Option<u64> {
-    let mut hash: Option<u64> = None;
+) -> RequestHash {
+    let mut out = RequestHash {
+        hash: None,
+        set_cookie: None,
+    };
     for p in policies {
         let key = match &p.key {
             HashKey::Header(name) => headers.get(name).map(|v| fnv(v.as_bytes())),
             HashKey::SourceIp => peer.map(|a| fnv(a.ip().to_string().as_bytes())),
+            HashKey::Cookie { name, ttl, path } => match (cookie(headers, name), ttl) {
+                (Some(v), _) => Some(fnv(v.as_bytes())),
+                (None, Some(ttl)) => {
+                    let (value, header) = made_cookie(name, *ttl, path.as_deref(), peer);
+                    out.set_cookie = header;
+                    Some(fnv(value.as_bytes()))
+                }
+                (None, None) => None,
+            },
         };
         if let Some(k) = key {
-            hash = Some(hash.map_or(k, |h| h.rotate_left(1) ^ k));
+            out.hash = Some(out.hash.map_or(k, |h| h.rotate_left(1) ^ k));
             if p.terminal {
                 break;
             }
         }
     }
-    hash
+    out
 }
 
 #[cfg(test)]

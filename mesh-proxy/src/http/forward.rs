@@ -395,7 +395,7 @@ pub(super) async fn forward(
 ) -> Response<ProxyBody> {
     use hyper::body::Body;
     let (parts, body) = req.into_parts();
-    let hash = crate::config::hash::request_hash(&fwd.hash_policy, &parts.headers, conn.peer);
+    let keyed = crate::config::hash::request_hash(&fwd.hash_policy, &parts.headers, conn.peer);
     let mut parts = Some(parts);
     let body_failed = Arc::new(AtomicBool::new(false));
     let mut streamed = (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone()));
@@ -414,7 +414,8 @@ pub(super) async fn forward(
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut retries = 0;
     for attempt in 0..tries.max {
-        let Some((endpoint, address)) = cluster.target(conn.original_dst, failed.as_ref(), hash)
+        let Some((endpoint, address)) =
+            cluster.target(conn.original_dst, failed.as_ref(), keyed.hash)
         else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
@@ -439,7 +440,10 @@ pub(super) async fn forward(
             endpoint,
             body_failed.load(Ordering::Relaxed),
         ) {
-            Next::Answer(r) => {
+            Next::Answer(mut r) => {
+                if let Some(c) = keyed.set_cookie {
+                    r.headers_mut().append(header::SET_COOKIE, c);
+                }
                 return r.map(|b| match b {
                     Either::Left(upstream) => Either::Left(upstream.holding(admission)),
                     made => made,

@@ -43,6 +43,25 @@ pub struct ConsistentHash {
     /// The caller's IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_source_ip: Option<bool>,
+    /// A cookie, made by the proxy for a caller without one when `ttl`
+    /// is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_cookie: Option<HttpCookie>,
+}
+
+/// An affinity cookie.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCookie {
+    /// Its name.
+    pub name: String,
+    /// Its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Its lifetime (`0s`: a session cookie); without it the proxy makes
+    /// no cookie and calls without one are not hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
 }
 
 /// Load-balancing algorithm.
@@ -127,12 +146,17 @@ impl DestinationPolicy {
         if let Some(h) = &self.consistent_hash {
             let at = path.key("consistentHash");
             let keys = usize::from(h.http_header_name.is_some())
-                + usize::from(h.use_source_ip == Some(true));
+                + usize::from(h.use_source_ip == Some(true))
+                + usize::from(h.http_cookie.is_some());
             if keys != 1 {
-                c.fail_key(
-                    &at,
-                    "give exactly one of httpHeaderName and useSourceIp: true",
-                );
+                let what = "give exactly one of httpHeaderName, httpCookie and useSourceIp: true";
+                c.fail_key(&at, what);
+            }
+            if let Some(k) = &h.http_cookie
+                && http_header_name_invalid(&k.name)
+            {
+                let at = at.key("httpCookie").key("name");
+                c.fail(&at, format!("`{}` is not a cookie name", k.name));
             }
             if let Some(name) = &h.http_header_name
                 && http_header_name_invalid(name)

@@ -433,9 +433,9 @@ pub struct ConsistentHashLb {
     /// The caller's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_source_ip: Option<bool>,
-    /// Refused: a cookie (made by the proxy when absent).
+    /// A cookie (made by the proxy when absent and `ttl` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_cookie: Refused,
+    pub http_cookie: Option<super::HttpCookie>,
     /// Refused: a query parameter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_query_parameter_name: Refused,
