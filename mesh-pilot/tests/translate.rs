@@ -721,6 +721,46 @@ fn affinity_by_cookie() {
     assert_eq!(cookies, [("svcb-session", 3600)]);
 }
 
+/// A ServiceEntry with STATIC endpoints: calls for the name go to the
+/// endpoint (a cluster holding it), not where the caller connected.
+#[test]
+fn static_service_entry() {
+    let files = ["today/static-entry.yaml"];
+    let expanded = mesh_rules::convert::expand(&rules(&files));
+    let r = translate(
+        &Inputs {
+            registry: &registry(),
+            rules: &expanded,
+            mesh: &MeshConfig::default(),
+        },
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let name = "outbound|9997||msgd.example.internal";
+    let c = r
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .expect("the entry's cluster");
+    assert!(
+        c.cluster_discovery_type.is_some() && c.lb_policy == 0,
+        "{c:?}"
+    );
+    let la = r
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == name)
+        .expect("its endpoints");
+    let json = serde_json::to_string(&mesh_proto::json::to_json(
+        mesh_proto::descriptors::Schema::Xds,
+        la,
+    ))
+    .unwrap();
+    assert!(
+        json.contains("10.100.35.27") && json.contains("9997"),
+        "{json}"
+    );
+}
+
 /// A CORS policy: the CORS filter first in the chain, the rule's policy
 /// on its route (mesh-proxy applies it; Envoy validates it).
 #[test]

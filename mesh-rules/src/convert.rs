@@ -397,6 +397,7 @@ fn service_entry(rule: &Rule, e: &ServiceEntry, out: &mut Vec<Rule>) {
                 })
                 .collect(),
             use_egress_proxy: false,
+            endpoints: e.endpoints.iter().map(|w| w.address.clone()).collect(),
         };
         out.push(derived(rule, &i.to_string(), Spec::EgressRule(egress)));
     }

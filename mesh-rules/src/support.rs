@@ -178,6 +178,14 @@ fn egress_rule(out: &mut Vec<FieldError>, root: &FieldPath, e: &EgressRule) {
     if e.use_egress_proxy {
         refuse(out, root.key("useEgressProxy"), "an egress proxy");
     }
+    let tcp = e
+        .ports
+        .iter()
+        .any(|p| p.protocol().is_some_and(|p| !p.is_http()));
+    if !e.endpoints.is_empty() && tcp {
+        let what = "static endpoints for TCP ports (HTTP ports take them)";
+        refuse(out, root.key("endpoints"), what);
+    }
     let host = e.destination.service.as_deref().unwrap_or_default();
     if host.parse::<std::net::IpAddr>().is_ok() {
         return;

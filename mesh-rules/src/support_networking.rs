@@ -442,6 +442,40 @@ fn limits(out: &mut Vec<FieldError>, at: &FieldPath, t: &TrafficPolicy) {
     }
 }
 
+/// `resolution: STATIC` and its endpoints (addresses only).
+fn static_endpoints(out: &mut Vec<FieldError>, root: &FieldPath, e: &ServiceEntry) {
+    let is_static = e.resolution.as_deref() == Some("STATIC");
+    if is_static && e.endpoints.is_empty() {
+        refuse(out, root.key("resolution"), "STATIC without endpoints");
+    }
+    if !is_static && !e.endpoints.is_empty() {
+        refuse(
+            out,
+            root.key("endpoints"),
+            "endpoints without `resolution: STATIC`",
+        );
+    }
+    for (i, w) in e.endpoints.iter().enumerate() {
+        let at = root.key("endpoints").index(i);
+        refuse_set(
+            out,
+            &at,
+            &[
+                ("ports", w.ports.is_some(), "ports per endpoint"),
+                ("labels", w.labels.is_some(), "endpoint labels"),
+                ("network", w.network.is_some(), "networks"),
+                ("locality", w.locality.is_some(), "endpoint localities"),
+                ("weight", w.weight.is_some(), "endpoint weights"),
+                (
+                    "serviceAccount",
+                    w.service_account.is_some(),
+                    "endpoint identities",
+                ),
+            ],
+        );
+    }
+}
+
 pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &ServiceEntry) {
     refuse_set(
         out,
@@ -451,11 +485,6 @@ pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &Ser
                 "addresses",
                 e.addresses.is_some(),
                 "addresses (the caller resolves the host)",
-            ),
-            (
-                "endpoints",
-                e.endpoints.is_some(),
-                "endpoints (the caller resolves the host)",
             ),
             (
                 "workloadSelector",
@@ -477,11 +506,12 @@ pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &Ser
                 "resolution",
                 e.resolution
                     .as_deref()
-                    .is_some_and(|r| r != "NONE" && r != "DNS"),
-                "this resolution (NONE and DNS are: the caller resolves the host)",
+                    .is_some_and(|r| !["NONE", "DNS", "STATIC"].contains(&r)),
+                "this resolution (NONE and DNS: the caller resolves the host; STATIC: the endpoints)",
             ),
         ],
     );
+    static_endpoints(out, root, e);
     for (i, p) in e.ports.iter().enumerate() {
         let at = root.key("ports").index(i);
         refuse_set(

@@ -239,9 +239,28 @@ impl Upgrade {
                 })
                 .collect(),
             location: Some("MESH_EXTERNAL".into()),
-            resolution: Some("NONE".into()),
+            resolution: Some(
+                if e.endpoints.is_empty() {
+                    "NONE"
+                } else {
+                    "STATIC"
+                }
+                .into(),
+            ),
             addresses: None,
-            endpoints: None,
+            endpoints: e
+                .endpoints
+                .iter()
+                .map(|address| networking::WorkloadEntry {
+                    address: address.clone(),
+                    ports: None,
+                    labels: None,
+                    network: None,
+                    locality: None,
+                    weight: None,
+                    service_account: None,
+                })
+                .collect(),
             workload_selector: None,
             export_to: None,
             subject_alt_names: None,

@@ -498,10 +498,13 @@ fn todays_kinds_are_refused_precisely() {
             "{name}:32:13: document 4: apiVersion: unknown apiVersion `config.istio.io/v1alpha2` for kind VirtualService: use networking.istio.io/v1 or networking.istio.io/v1beta1 or networking.istio.io/v1alpha3"
         ),
         format!("{name}:47:3: document 5: spec.frobnicate: unknown field `frobnicate`"),
+        format!(
+            "{name}:56:3: document 6: spec.resolution: not supported yet: STATIC without endpoints; {refused}"
+        ),
     ] {
         assert!(err.contains(&expected), "missing {expected}\nin\n{err}");
     }
-    assert_eq!(err.lines().count(), 8, "{err}");
+    assert_eq!(err.lines().count(), 9, "{err}");
 }
 
 /// Gateway API's HTTPRoute: what mesh routing cannot do (a Gateway

@@ -903,9 +903,14 @@ impl Builder {
 
     /// An external HTTP host opened by an egress rule: the request goes to
     /// where the app connected (resolved by the app), if its Host matches.
-    pub fn egress_http(&mut self, host: &str, port: u16, _protocol: Protocol) {
+    /// With `endpoints`, calls go there whatever the caller resolved.
+    pub fn egress_http(&mut self, host: &str, port: u16, endpoints: &[String]) {
         let cluster = outbound_cluster_name(port, "", host);
         match (self.mode, host.parse::<IpAddr>()) {
+            _ if !endpoints.is_empty() => {
+                let eps: Vec<(String, u16)> = endpoints.iter().map(|e| (e.clone(), port)).collect();
+                self.endpoints_cluster(&cluster, &eps, false)
+            }
             (Mode::Capture, _) => {
                 self.clusters
                     .insert(cluster.clone(), original_dst_cluster(&cluster));

@@ -404,7 +404,7 @@ fn egress(b: &mut build::Builder, e: &EgressRule) {
             continue;
         };
         match port.protocol() {
-            Some(p) if p.is_http() => b.egress_http(host, number, p),
+            Some(p) if p.is_http() => b.egress_http(host, number, &e.endpoints),
             Some(_) => b.egress_tcp(host, number),
             None => {}
         }

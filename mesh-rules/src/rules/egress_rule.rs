@@ -24,6 +24,11 @@ pub struct EgressRule {
     /// Send the traffic through the egress gateway rather than directly.
     #[serde(default, skip_serializing_if = "is_false")]
     pub use_egress_proxy: bool,
+    /// Addresses (IPs) the proxy sends HTTP calls to, whatever the caller
+    /// resolved the host to (a mesh extension: a ServiceEntry's STATIC
+    /// endpoints); none: where the caller connected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 /// A port of an external destination.
@@ -75,6 +80,12 @@ impl EgressRule {
                 &dest.key("labels"),
                 "egress destinations are outside the mesh and have no labels",
             );
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if e.parse::<std::net::IpAddr>().is_err() {
+                let at = path.key("endpoints").index(i);
+                c.fail(&at, format!("`{e}` is not an IP address"));
+            }
         }
         let is_cidr = match &self.destination.service {
             None => {

@@ -564,9 +564,9 @@ pub struct ServiceEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(missing_docs)]
     pub addresses: Refused,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[allow(missing_docs)]
-    pub endpoints: Refused,
+    /// With `resolution: STATIC`, where calls go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<WorkloadEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(missing_docs)]
     pub workload_selector: Refused,
@@ -576,6 +576,32 @@ pub struct ServiceEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[allow(missing_docs)]
     pub subject_alt_names: Refused,
+}
+
+/// An endpoint of a ServiceEntry: an address only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadEntry {
+    /// Its IP address.
+    pub address: String,
+    /// Refused: per-endpoint ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Refused,
+    /// Refused: labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Refused,
+    /// Refused: network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Refused,
+    /// Refused: locality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Refused,
+    /// Refused: weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Refused,
+    /// Refused: identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Refused,
 }
 
 /// A port of a ServiceEntry.
