@@ -154,8 +154,8 @@ mod tests {
     fn the_proxy_schema_refuses_fields_it_only_names() {
         for (extra, field) in [
             (
-                "    outlier_detection: {consecutive_5xx: 3}\n",
-                "outlier_detection",
+                "    common_lb_config: {healthy_panic_threshold: {value: 10}}\n",
+                "common_lb_config",
             ),
             ("    dns_lookup_family: V4_ONLY\n", "dns_lookup_family"),
         ] {
