@@ -485,7 +485,7 @@ fn local_rate_limits_like_envoy() {
     let backend = Backend::start("v1");
     let routes = [
         limited_route("/slow", 5, "60s"),
-        limited_route("/fast", 2, "0.2s"),
+        limited_route("/fast", 2, "1s"),
         common::route_to("v1"),
     ]
     .concat();
@@ -506,10 +506,15 @@ fn local_rate_limits_like_envoy() {
         assert_eq!((passed, limited), (5, 15), "{name}: {answers:?}");
         let plain = limited_calls(&proxy, "/", 20);
         assert!(plain.iter().all(|a| a == "v1|200|"), "{name}: {plain:?}");
-        // A bucket refilled every 200 ms lets requests through again.
-        let spent = limited_calls(&proxy, "/fast", 3);
-        assert_eq!(spent.last().unwrap(), "local_rate_limited|429|60", "{name}");
-        mesh_testbed::eventually("a refill", std::time::Duration::from_secs(2), || {
+        // A bucket refilled every second lets requests through again (a
+        // slow machine may see one refill while spending it).
+        let spent = limited_calls(&proxy, "/fast", 6);
+        let refused = spent
+            .iter()
+            .filter(|a| *a == "local_rate_limited|429|60")
+            .count();
+        assert!(refused >= 1, "{name}: {spent:?}");
+        mesh_testbed::eventually("a refill", std::time::Duration::from_secs(3), || {
             (limited_calls(&proxy, "/fast", 1)[0] == "v1|200|").then_some(())
         });
     }

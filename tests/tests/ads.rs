@@ -575,14 +575,17 @@ fn invalid_rules_are_refused_at_write_time_and_never_pushed() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("weight"), "the error names the problem: {out}");
     // A field the mesh would store and not act on is refused by name.
-    let mirror = SPLIT_50.replace("  route:\n", "  mirror:\n    name: svcb-shadow\n  route:\n");
-    std::fs::write(&path, mirror).unwrap();
+    let l4 = SPLIT_50.replace(
+        "  route:\n",
+        "  l4Fault:\n    terminate: {percent: 1}\n  route:\n",
+    );
+    std::fs::write(&path, l4).unwrap();
     let (code, out) = mesh
         .meshctl(&["create", "-f", path.to_str().unwrap()])
         .unwrap();
     assert_ne!(code, 0, "{out}");
     assert!(
-        out.contains("spec.mirror: not supported yet: traffic mirroring"),
+        out.contains("spec.l4Fault: not supported yet: TCP fault injection"),
         "{out}"
     );
     // A valid write afterwards is the first change pilot sees.
