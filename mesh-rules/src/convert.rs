@@ -403,29 +403,23 @@ fn service_entry(rule: &Rule, e: &ServiceEntry, out: &mut Vec<Rule>) {
     }
 }
 
-/// An HTTPRoute parent (a Service) as a 0.4 service.
-pub fn parent_service(p: &gateway::ParentRef, rule_namespace: &str) -> IstioService {
+/// A Service named by an HTTPRoute (parent or backend) as a 0.4 service,
+/// in the route's namespace unless it names one.
+fn named_service(name: &str, namespace: Option<&str>, rule_namespace: &str) -> IstioService {
     IstioService {
-        name: Some(p.name.clone()),
-        namespace: Some(
-            p.namespace
-                .clone()
-                .unwrap_or_else(|| rule_namespace.to_owned()),
-        ),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.unwrap_or(rule_namespace).to_owned()),
         ..Default::default()
     }
 }
 
+/// An HTTPRoute parent (a Service) as a 0.4 service.
+pub fn parent_service(p: &gateway::ParentRef, rule_namespace: &str) -> IstioService {
+    named_service(&p.name, p.namespace.as_deref(), rule_namespace)
+}
+
 fn backend_service(b: &gateway::BackendRef, rule_namespace: &str) -> IstioService {
-    IstioService {
-        name: Some(b.name.clone()),
-        namespace: Some(
-            b.namespace
-                .clone()
-                .unwrap_or_else(|| rule_namespace.to_owned()),
-        ),
-        ..Default::default()
-    }
+    named_service(&b.name, b.namespace.as_deref(), rule_namespace)
 }
 
 /// Gateway API's precedence among matches, as a rule precedence: an exact

@@ -526,16 +526,21 @@ impl Cluster {
     fn on_ring(&self, hash: u64, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let h = &self.healthy;
         let now = self.load.now_ms();
-        let ejected = |e: &Endpoint| self.outlier.is_some() && e.health.ejected(now);
-        let usable = h.iter().filter(|e| !ejected(e)).count();
+        let usable = h.iter().filter(|e| !self.ejected(e, now)).count();
         let panic = usable * 2 < h.len();
-        let fine =
-            |e: &Arc<Endpoint>| (panic || !ejected(e)) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+        let fine = |e: &Arc<Endpoint>| {
+            (panic || !self.ejected(e, now)) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e))
+        };
         self.ring
             .from(hash)
             .map(|i| &h[i])
             .find(|e| fine(e))
             .or_else(|| self.ring.from(hash).map(|i| &h[i]).next())
+    }
+
+    /// Whether outlier detection holds `e` out at `now`.
+    fn ejected(&self, e: &Endpoint, now: u64) -> bool {
+        self.outlier.is_some() && e.health.ejected(now)
     }
 
     /// Picks a healthy endpoint among [`Cluster::candidates`].
@@ -561,7 +566,7 @@ impl Cluster {
             return None;
         }
         let now = self.load.now_ms();
-        let usable = |i: &usize| self.outlier.is_none() || !h[*i].health.ejected(now);
+        let usable = |i: &usize| !self.ejected(&h[*i], now);
         let count = (0..h.len()).filter(usable).count();
         if count * 2 < h.len() || (count == h.len() && self.priorities <= 1) {
             return None;
