@@ -62,6 +62,19 @@ fn cluster_rows(shared: &Shared) -> Vec<ClusterRow> {
     rows
 }
 
+/// Every metric in OpenMetrics text: the proxy's own counters, then the
+/// standard per-call metrics.
+fn metrics_text(shared: &Shared) -> String {
+    let mut text = shared.stats.render(
+        &endpoint_rows(shared),
+        &cluster_rows(shared),
+        &shared.config.load().prefix_stats,
+    );
+    shared.telemetry.metrics.render(&mut text);
+    text.push_str("# EOF\n");
+    text
+}
+
 fn config_dump(shared: &Shared) -> String {
     use mesh_proto::descriptors::Schema::Proxy;
     use mesh_proto::json::to_json;
@@ -187,14 +200,8 @@ async fn handle(
         (&Method::GET, "/clusters") => reply(StatusCode::OK, text, clusters_text(shared)),
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/stats") => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared
-                .stats
-                .render(
-                    &endpoint_rows(shared),
-                    &cluster_rows(shared),
-                    &shared.config.load().prefix_stats,
-                ),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics_text(shared),
         ),
         (&Method::POST, "/quitquitquit") => {
             shared.shutdown();

@@ -44,6 +44,37 @@ struct Args {
     validate: bool,
     #[command(flatten)]
     overload: OverloadArgs,
+    /// How the standard metrics are named: `mesh_requests_total`, … or
+    /// exactly as Istio names them (`istio_requests_total`, …).
+    #[arg(long, env = "MESH_METRICS_NAMING", value_enum, default_value = "mesh")]
+    metrics_naming: MetricsNaming,
+}
+
+/// How the standard metrics are named.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MetricsNaming {
+    /// `mesh_requests_total`, `mesh_request_duration_milliseconds`, …
+    Mesh,
+    /// `istio_requests_total`, … so Istio's dashboards and alerts work.
+    Istio,
+}
+
+impl From<MetricsNaming> for mesh_proxy::telemetry::metrics::Naming {
+    fn from(n: MetricsNaming) -> Self {
+        match n {
+            MetricsNaming::Mesh => Self::Mesh,
+            MetricsNaming::Istio => Self::Istio,
+        }
+    }
+}
+
+/// The workload the standard metrics name this proxy by.
+fn workload_of(n: &mesh_proto::node::NodeMeta) -> mesh_proxy::telemetry::peer::Workload {
+    let name = [&n.workload, &n.name, &n.id]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .map_or("", |s| s.as_str());
+    mesh_proxy::telemetry::peer::Workload::local(name, &n.namespace, &n.labels)
 }
 
 /// Proxy-wide caps: past them the proxy sheds load at once instead of
@@ -142,6 +173,9 @@ struct SidecarArgs {
     drain_timeout: u64,
     #[command(flatten)]
     overload: OverloadArgs,
+    /// How the standard metrics are named (`mesh` or `istio`).
+    #[arg(long, env = "MESH_METRICS_NAMING", value_enum, default_value = "mesh")]
+    metrics_naming: MetricsNaming,
 }
 
 /// The xDS stream's flavour.
@@ -224,6 +258,7 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         concurrency: a.concurrency,
         drain_timeout: Duration::from_secs(a.drain_timeout),
         overload: a.overload.limits(),
+        naming: a.metrics_naming.into(),
     };
     let endpoints = [
         (Some(a.admin_address), Scope::Admin),
@@ -236,10 +271,12 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    let telemetry = running.proxy.shared.clone();
+    telemetry.telemetry.set_local(workload_of(&meta));
     let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
     // Label changes (the kubelet rewrites the file) re-announce the pod.
     let _labels_watch = match &a.labels_file {
-        Some(path) => match follow_labels(path, meta, a.labels.clone(), node_tx) {
+        Some(path) => match follow_labels(path, meta, a.labels.clone(), node_tx, telemetry) {
             Ok(w) => Some(w),
             Err(e) => return fail(e),
         },
@@ -304,6 +341,7 @@ fn follow_labels(
     mut meta: mesh_proto::node::NodeMeta,
     extra: std::collections::BTreeMap<String, String>,
     node: tokio::sync::watch::Sender<mesh_proto::envoy::config::core::v3::Node>,
+    shared: std::sync::Arc<mesh_proxy::state::Shared>,
 ) -> anyhow::Result<mesh_runtime::watch::FileWatch> {
     let last = std::fs::read(path).unwrap_or_default();
     let shown = path.display().to_string();
@@ -317,6 +355,7 @@ fn follow_labels(
                     if labels != meta.labels {
                         info!(?labels, "labels changed; telling pilot");
                         meta.labels = labels;
+                        shared.telemetry.set_local(workload_of(&meta));
                         node.send_replace(meta.to_node());
                     }
                 }
@@ -579,6 +618,7 @@ fn main() -> ExitCode {
     let Bootstrapped {
         mut snapshot,
         admin,
+        node,
     } = match load(&config, &loaded_bytes, None) {
         Ok(x) => x,
         Err(e) => return fail(e),
@@ -597,6 +637,7 @@ fn main() -> ExitCode {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         overload: args.overload.limits(),
+        naming: args.metrics_naming.into(),
     };
     let endpoints = [
         (admin, Scope::Admin),
@@ -609,6 +650,9 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+    if let Some(n) = &node {
+        running.proxy.shared.telemetry.set_local(workload_of(n));
+    }
     log_bound(&running.listeners);
     let _watch = watch_config(config, loaded_bytes, running.proxy.clone())
         .inspect_err(|e| warn!("the config file will not be reloaded: {e:#}"));

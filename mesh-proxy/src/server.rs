@@ -26,6 +26,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Proxy-wide caps on connections and requests.
     pub overload: crate::state::OverloadLimits,
+    /// How the standard metrics are named.
+    pub naming: crate::telemetry::metrics::Naming,
 }
 
 /// The running data plane: shared state, and the workers' listeners.
@@ -147,7 +149,7 @@ pub fn start(snapshot: Snapshot, opts: Options) -> anyhow::Result<Running> {
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..concurrency).map(|_| mpsc::unbounded_channel()).unzip();
     let proxy = Arc::new(Proxy {
-        shared: Arc::new(Shared::new(opts.overload)),
+        shared: Arc::new(Shared::new(opts.overload, opts.naming)),
         binder: Mutex::new(Binder {
             bound: BTreeMap::new(),
             workers: senders,

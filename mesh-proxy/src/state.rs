@@ -10,6 +10,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Snapshot;
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::Naming;
 use crate::telemetry::stats::Stats;
 
 /// State every worker shares.
@@ -18,6 +20,8 @@ pub struct Shared {
     pub config: ArcSwap<Snapshot>,
     /// Counters.
     pub stats: Stats,
+    /// Who this proxy is and the standard per-call metrics.
+    pub telemetry: Telemetry,
     /// The proxy-wide caps that keep an overload from growing memory.
     pub overload: Overload,
     /// Whether a first configuration was applied (readiness; a sidecar on
@@ -28,7 +32,7 @@ pub struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared::new(OverloadLimits::default())
+        Shared::new(OverloadLimits::default(), Naming::default())
     }
 }
 
@@ -80,11 +84,12 @@ impl Overload {
 }
 
 impl Shared {
-    /// Empty state under the given caps.
-    pub fn new(limits: OverloadLimits) -> Self {
+    /// Empty state under the given caps, metrics named by `naming`.
+    pub fn new(limits: OverloadLimits, naming: Naming) -> Self {
         Shared {
             config: ArcSwap::from_pointee(Snapshot::empty()),
             stats: Stats::default(),
+            telemetry: Telemetry::new(naming),
             overload: Overload {
                 limits,
                 requests: AtomicUsize::new(0),

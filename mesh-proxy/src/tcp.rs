@@ -13,6 +13,9 @@ use tokio::net::TcpStream;
 use crate::config::TcpProxy;
 use crate::sniff::{Detected, detect};
 use crate::state::{Conn, Shared};
+use crate::telemetry::flags::{Flag, Flags};
+use crate::telemetry::metrics::{Call, Reporter};
+use crate::telemetry::peer::NOBODY;
 
 /// Copy buffer per direction.
 const TCP_BUFFER: usize = 64 * 1024;
@@ -38,22 +41,45 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
         return;
     };
     let _busy = endpoint.start();
+    // TCP carries no peer header: the other side reads `unknown` until
+    // mutual TLS tells it.
+    let mut call = Call {
+        reporter: if cfg.inbound {
+            Reporter::Destination
+        } else {
+            Reporter::Source
+        },
+        local: shared.telemetry.local(),
+        peer: NOBODY.clone(),
+        service: cluster.meta.service.clone(),
+        protocol: "tcp",
+        code: 0,
+        grpc: None,
+        flags: Flags::NONE,
+    };
+    let metrics = &shared.telemetry.metrics;
     let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address)).await;
     match connect {
         Ok(Ok(mut upstream)) => {
             cluster.observe(endpoint, false);
+            metrics.tcp_opened(&call);
             let _ = upstream.set_nodelay(true);
             // Each direction is shut down when its reader ends (half-close).
             // 64 KiB buffers: a few syscalls per window instead of one per 8 KiB.
-            let _ = tokio::io::copy_bidirectional_with_sizes(
+            let copied = tokio::io::copy_bidirectional_with_sizes(
                 &mut downstream,
                 &mut upstream,
                 TCP_BUFFER,
                 TCP_BUFFER,
             )
             .await;
+            let (received, sent) = copied.unwrap_or_default();
+            metrics.tcp_closed(&call, sent, received);
         }
         _ => {
+            call.flags = Flag::UpstreamConnectFailure.into();
+            metrics.tcp_opened(&call);
+            metrics.tcp_closed(&call, 0, 0);
             shared
                 .stats
                 .upstream_cx_fail

@@ -278,6 +278,8 @@ pub const PROXY_FIELDS: &[&str] = &[
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds.max_requests",
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds.max_retries",
     "envoy.config.cluster.v3.Cluster.outlier_detection",
+    "envoy.config.cluster.v3.Cluster.metadata",
+    "envoy.config.core.v3.Metadata.filter_metadata",
     "envoy.config.cluster.v3.OutlierDetection.consecutive_5xx",
     "envoy.config.cluster.v3.OutlierDetection.interval",
     "envoy.config.cluster.v3.OutlierDetection.base_ejection_time",

@@ -10,6 +10,7 @@ pub mod hash;
 pub mod ratelimit;
 mod retry;
 mod route;
+pub mod service;
 pub mod support;
 
 use std::collections::HashMap;
@@ -163,6 +164,8 @@ pub struct Bootstrapped {
     pub snapshot: Snapshot,
     /// `admin.address`.
     pub admin: Option<SocketAddr>,
+    /// Who the proxy is (`node`), for the standard metrics.
+    pub node: Option<mesh_proto::node::NodeMeta>,
 }
 
 /// The xDS resources of a snapshot.
@@ -303,6 +306,9 @@ pub struct HttpManager {
     pub stats: Arc<PrefixStats>,
     /// Generate `x-request-id` when absent (default true, as Envoy).
     pub generate_request_id: bool,
+    /// The listener receives calls (`traffic_direction: INBOUND`): the
+    /// standard metrics report as the destination.
+    pub inbound: bool,
     /// Trace calls (`tracing` set), and how (by the listener's
     /// `traffic_direction`).
     pub tracing: Tracing,
@@ -375,6 +381,8 @@ pub struct TcpProxy {
     pub stats: Arc<PrefixStats>,
     /// Clusters, chosen per connection.
     pub clusters: WeightedSchedule,
+    /// The listener receives calls (`traffic_direction: INBOUND`).
+    pub inbound: bool,
 }
 
 /// How endpoints of a cluster are picked.
@@ -481,6 +489,8 @@ pub struct Cluster {
     pub load: Arc<breaker::Load>,
     /// Consecutive-5xx ejection, when configured.
     pub outlier: Option<breaker::Outlier>,
+    /// The service behind it and whether its endpoints are sidecars.
+    pub meta: service::ClusterMeta,
     /// The ring of a `RING_HASH` cluster (over `healthy`).
     ring: hash::Ring,
     /// Priority levels of the endpoints (1: one level).
@@ -794,6 +804,7 @@ impl Snapshot {
         Ok(Bootstrapped {
             snapshot: snap,
             admin,
+            node: b.node.as_ref().map(mesh_proto::node::NodeMeta::from_node),
         })
     }
 
@@ -976,6 +987,7 @@ fn build_cluster(
             .map(|p| p.load.clone())
             .unwrap_or_default(),
         outlier: breaker::Outlier::from_xds(&c.outlier_detection, path)?,
+        meta: service::ClusterMeta::of(c, path)?,
         next: AtomicUsize::new(0),
     })
 }
@@ -1166,6 +1178,7 @@ fn build_chain(
                 None => return Err(err(format!("{fpath}.cluster"), "a cluster is required")),
             };
             ListenerKind::Tcp(TcpProxy {
+                inbound: b.inbound,
                 stats: b.tcp_stats(&t.stat_prefix),
                 stat_prefix: t.stat_prefix,
                 clusters: WeightedSchedule::new(
@@ -1286,6 +1299,7 @@ fn build_http(
         stats: b.http_stats(&m.stat_prefix),
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
+        inbound: b.inbound,
         tracing: match (&m.tracing, b.inbound) {
             (None, _) => Tracing::Off,
             (Some(_), false) => Tracing::ChildSpan,

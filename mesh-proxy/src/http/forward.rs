@@ -12,10 +12,12 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 
-use super::{ProxyBody, text};
+use super::{ProxyBody, flagged, tally_of, text};
 use crate::config::breaker::{Refusal, RetryPermit};
 use crate::config::{Cluster, Endpoint, Failure, Forward, RetryPolicy};
 use crate::state::Shared;
+use crate::telemetry::flags::Flag;
+use crate::telemetry::peer::{HEADER as PEER_HEADER, Workload};
 use crate::upstream::{Connecting, Downstream, PooledBody, UpstreamBody, UpstreamError, Upstreams};
 
 // Matched as soon as it is returned, never stored (see `Next`).
@@ -55,7 +57,7 @@ fn overflow() -> Response<ProxyBody> {
     );
     r.headers_mut()
         .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-    r
+    flagged(r, Flag::UpstreamOverflow)
 }
 
 /// How the upstream pools reach `cluster`'s endpoints.
@@ -228,7 +230,8 @@ struct Tries<'a> {
     deadline: Option<tokio::time::Instant>,
     /// The retry in flight holds a place under the cluster's retry limit.
     permit: Option<RetryPermit>,
-    last: (StatusCode, String),
+    /// The answer when tries run out: status, words, response flag.
+    last: (StatusCode, String, Flag),
 }
 
 impl<'a> Tries<'a> {
@@ -252,7 +255,11 @@ impl<'a> Tries<'a> {
             },
             deadline,
             permit: None,
-            last: (StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            last: (
+                StatusCode::SERVICE_UNAVAILABLE,
+                String::new(),
+                Flag::UpstreamReset,
+            ),
         }
     }
 
@@ -316,14 +323,13 @@ impl<'a> Tries<'a> {
                     .deadline
                     .is_some_and(|d| tokio::time::Instant::now() >= d)
                 {
-                    return Next::Answer(text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream request timeout\n",
-                    ));
+                    let r = text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+                    return Next::Answer(flagged(r, Flag::UpstreamTimeout));
                 }
                 self.last = (
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream per-try timeout".into(),
+                    Flag::UpstreamTimeout,
                 );
                 let wanted = by_policy && self.policy.retries_failure(Failure::Timeout);
                 if wanted && self.budget_allows() {
@@ -336,7 +342,7 @@ impl<'a> Tries<'a> {
                 let mut r = text(StatusCode::BAD_REQUEST, "malformed request body\n");
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                Next::Answer(r)
+                Next::Answer(flagged(r, Flag::DownstreamProtocolError))
             }
             Outcome::Failed(kind, e) => {
                 stats.upstream_cx_fail.fetch_add(1, Ordering::Relaxed);
@@ -345,6 +351,10 @@ impl<'a> Tries<'a> {
                 self.last = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("upstream connect error or disconnect/reset before headers: {e}"),
+                    match kind {
+                        Failure::Connect => Flag::UpstreamConnectFailure,
+                        _ => Flag::UpstreamReset,
+                    },
                 );
                 // With a policy for this failure every retry counts against
                 // the budget; without one a first try that got no answer is
@@ -377,7 +387,10 @@ async fn admit(
         .await;
     admitted.map_err(|refusal| match refusal {
         Refusal::Overflow => overflow(),
-        Refusal::Timeout => text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+        Refusal::Timeout => flagged(
+            text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+            Flag::UpstreamTimeout,
+        ),
     })
 }
 
@@ -394,15 +407,28 @@ pub(super) async fn forward(
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
     use hyper::body::Body;
-    let (parts, body) = req.into_parts();
+    let tally = tally_of(&req);
+    let (mut parts, body) = req.into_parts();
     let keyed = crate::config::hash::request_hash(&fwd.hash_policy, &parts.headers, conn.peer);
-    let mut parts = Some(parts);
     let body_failed = Arc::new(AtomicBool::new(false));
-    let mut streamed = (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone()));
+    let mut streamed =
+        (!body.is_end_stream()).then(|| Downstream::new(body, body_failed.clone(), tally.clone()));
     // The cluster is chosen once per request; retries stay in it.
     let Some(cluster) = &fwd.clusters.pick().cluster else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
+        let r = text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
+        return flagged(r, Flag::NoCluster);
     };
+    if let Some(t) = &tally {
+        t.service(&cluster.meta.service);
+    }
+    // Calls to mesh workloads tell them who calls (see telemetry::peer).
+    let exchange = cluster.meta.peer_exchange && tally.as_ref().is_some_and(|t| t.outbound());
+    if exchange {
+        parts
+            .headers
+            .insert(PEER_HEADER, shared.telemetry.local_header());
+    }
+    let mut parts = Some(parts);
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let admission = match admit(cluster, deadline).await {
         Ok(a) => a,
@@ -417,7 +443,8 @@ pub(super) async fn forward(
         let Some((endpoint, address)) =
             cluster.target(conn.original_dst, failed.as_ref(), keyed.hash)
         else {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            let r = text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            return flagged(r, Flag::NoHealthyUpstream);
         };
         let body = match streamed.take() {
             Some(b) => Either::Left(b),
@@ -441,6 +468,13 @@ pub(super) async fn forward(
             body_failed.load(Ordering::Relaxed),
         ) {
             Next::Answer(mut r) => {
+                // Who answered, when it is a sidecar; never passed on.
+                let peer = r.headers_mut().remove(PEER_HEADER);
+                if let (Some(t), Some(w)) = (&tally, peer.filter(|_| exchange))
+                    && let Some(w) = Workload::from_header(&w)
+                {
+                    t.peer(w);
+                }
                 if let Some(c) = keyed.set_cookie {
                     r.headers_mut().append(header::SET_COOKIE, c);
                 }
@@ -463,6 +497,10 @@ pub(super) async fn forward(
             .upstream_rq_retry
             .fetch_add(1, Ordering::Relaxed);
     }
-    let (status, error) = tries.last;
-    text(status, format!("{error}\n"))
+    let (status, error, flag) = tries.last;
+    let r = flagged(text(status, format!("{error}\n")), flag);
+    if retries > 0 {
+        return flagged(r, Flag::RetryLimitExceeded);
+    }
+    r
 }

@@ -26,6 +26,10 @@ use crate::config::{
 };
 use crate::sniff::Detected;
 use crate::state::{Conn, Shared};
+use crate::telemetry::flags::{Flag, Flags};
+use crate::telemetry::metrics::Reporter;
+use crate::telemetry::peer::{HEADER as PEER_HEADER, Workload};
+use crate::telemetry::tally::{Metered, Tally};
 use crate::telemetry::trace::{continue_trace, request_id};
 use crate::upstream::{PooledBody, Upstreams};
 use forward::forward;
@@ -40,6 +44,19 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
+}
+
+/// Marks an answer with the response flags that explain it (read back
+/// when the request is counted).
+fn flagged(mut r: Response<ProxyBody>, flag: Flag) -> Response<ProxyBody> {
+    let flags = r.extensions().get::<Flags>().copied().unwrap_or_default();
+    r.extensions_mut().insert(flags.with(flag));
+    r
+}
+
+/// The request's tally (the HTTP path puts one in every request).
+fn tally_of<B>(req: &Request<B>) -> Option<Arc<Tally>> {
+    req.extensions().get::<Arc<Tally>>().cloned()
 }
 
 /// Largest request head accepted; larger ones get 431.
@@ -108,14 +125,25 @@ pub async fn serve(
 /// affect it; the next request on the connection sees the new one, so route
 /// changes reach keep-alive connections).
 async fn respond(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &Conn,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     upstreams: &Upstreams,
-) -> Response<ProxyBody> {
+) -> Response<Metered<ProxyBody>> {
     let snap = shared.config.load_full();
     let slot = shared.overload.request();
-    let r = match snap.http_manager(&conn.listener, conn.chain) {
+    let manager = snap.http_manager(&conn.listener, conn.chain);
+    let reporter = match manager {
+        Some(m) if m.inbound => Reporter::Destination,
+        _ => Reporter::Source,
+    };
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    let tally = Tally::start(reporter, grpc);
+    req.extensions_mut().insert(tally.clone());
+    let r = match manager {
         // Over the proxy's cap: shed before any work or buffering.
         _ if slot.is_none() => {
             let overload = &shared.stats.downstream_rq_overload;
@@ -123,7 +151,7 @@ async fn respond(
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded\n");
             r.headers_mut()
                 .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-            r
+            flagged(r, Flag::Overloaded)
         }
         Some(manager) => {
             let r = handle(req, manager, conn, shared, upstreams).await;
@@ -133,8 +161,14 @@ async fn respond(
         None => text(StatusCode::SERVICE_UNAVAILABLE, "listener removed\n"),
     };
     drop(slot);
-    shared.stats.response(r.status().as_u16());
-    r
+    let status = r.status().as_u16();
+    shared.stats.response(status);
+    if let Some(f) = r.extensions().get::<Flags>() {
+        tally.flag(*f);
+    }
+    let (parts, body) = r.into_parts();
+    let body = Metered::new(body, tally, shared.clone(), status, &parts.headers);
+    Response::from_parts(parts, body)
 }
 
 /// Runs a connection; once draining starts it is told to finish the
@@ -175,20 +209,30 @@ fn rate_limited(
     for (name, value) in &limit.headers {
         r.headers_mut().insert(name.clone(), value.clone());
     }
-    Some(r)
+    Some(flagged(r, Flag::RateLimited))
 }
 
 /// The fault filter, before the router: a share of requests waits, a
 /// share is answered with a status (the answer, when this one is).
-async fn inject_fault(route: &Route, manager: &HttpManager) -> Option<Response<ProxyBody>> {
+async fn inject_fault(
+    route: &Route,
+    manager: &HttpManager,
+    tally: Option<&Tally>,
+) -> Option<Response<ProxyBody>> {
     let fault = route.fault.as_deref().or(manager.fault.as_deref())?;
     if let Some(d) = &fault.delay
         && d.share.pick()
     {
+        if let Some(t) = tally {
+            t.flag(Flag::DelayInjected);
+        }
         tokio::time::sleep(d.what).await;
     }
     let a = fault.abort.as_ref().filter(|a| a.share.pick())?;
-    Some(text(a.what, "fault filter abort"))
+    Some(flagged(
+        text(a.what, "fault filter abort"),
+        Flag::FaultInjected,
+    ))
 }
 
 /// A redirect's answer: its status and `location`, no body.
@@ -217,7 +261,7 @@ async fn handle(
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
     if let Some(r) = refuse_framing(&req, conn).or_else(|| refuse_host(&req)) {
-        return r;
+        return flagged(r, Flag::DownstreamProtocolError);
     }
     let authority = req
         .uri()
@@ -240,10 +284,11 @@ async fn handle(
         manager.routes.route(&view)
     };
     let Some(route) = route else {
-        return text(
+        let r = text(
             StatusCode::NOT_FOUND,
             format!("no route for {authority}{}\n", req.uri().path()),
         );
+        return flagged(r, Flag::NoRoute);
     };
     // The CORS filter, first: a preflight from an allowed origin is
     // answered here; other responses to it carry the origin.
@@ -279,7 +324,8 @@ async fn dispatch(
     if let Some(limited) = rate_limited(route, manager, shared) {
         return limited;
     }
-    if let Some(aborted) = inject_fault(route, manager).await {
+    let tally = tally_of(&req);
+    if let Some(aborted) = inject_fault(route, manager, tally.as_deref()).await {
         return aborted;
     }
     let fwd = match &route.action {
@@ -307,7 +353,17 @@ async fn dispatch(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, proto.clone());
     }
+    // The caller's sidecar said who it is: taken off before the app sees
+    // it, and answered with who this one is.
+    let exchanged = manager.inbound && exchange_in(&mut req, tally.as_deref());
     let mut resp = forward(req, fwd, conn, shared, upstreams).await;
+    if manager.inbound {
+        resp.headers_mut().remove(PEER_HEADER);
+        if exchanged {
+            let me = shared.telemetry.local_header();
+            resp.headers_mut().insert(PEER_HEADER, me);
+        }
+    }
     if let (Some(proto), Some(down)) = (upgrade, downstream_upgrade)
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Either::Left(_) = resp.body()
@@ -328,6 +384,21 @@ async fn dispatch(
     strip_hop_by_hop(resp.headers_mut());
     route.response_headers.apply(resp.headers_mut());
     resp
+}
+
+/// Takes the peer header off an inbound request; true when it named a
+/// workload (noted in `tally`).
+fn exchange_in(req: &mut Request<Incoming>, tally: Option<&Tally>) -> bool {
+    let Some(peer) = req.headers_mut().remove(PEER_HEADER) else {
+        return false;
+    };
+    match (Workload::from_header(&peer), tally) {
+        (Some(w), Some(t)) => {
+            t.peer(w);
+            true
+        }
+        (w, _) => w.is_some(),
+    }
 }
 
 fn prepare_request(

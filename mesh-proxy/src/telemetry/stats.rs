@@ -1,6 +1,7 @@
-//! Counters kept on the hot path as plain atomics and rendered for
-//! Prometheus on demand. (Per-workload telemetry arrives with the
-//! observability work; these are the proxy's own basics.)
+//! The proxy's own counters, kept on the hot path as plain atomics and
+//! rendered on demand in text that reads as OpenMetrics (counter
+//! families named without `_total`) and as Prometheus' older format.
+//! The per-call metrics are [`super::metrics`].
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +80,7 @@ impl Stats {
     ) -> String {
         let mut s = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx_total counter");
+        let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx counter");
         let _ = writeln!(
             s,
             "mesh_proxy_downstream_cx_total {}",
@@ -91,7 +92,7 @@ impl Stats {
             "mesh_proxy_downstream_cx_active {}",
             get(&self.downstream_cx_active)
         );
-        let _ = writeln!(s, "# TYPE mesh_proxy_downstream_rq_total counter");
+        let _ = writeln!(s, "# TYPE mesh_proxy_downstream_rq counter");
         for class in 1..=5 {
             let _ = writeln!(
                 s,
@@ -113,7 +114,7 @@ impl Stats {
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),
         ] {
-            let _ = writeln!(s, "# TYPE mesh_proxy_{name}_total counter");
+            let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));
         }
         render_prefixes(&mut s, prefixes);
@@ -125,7 +126,7 @@ impl Stats {
 /// Per endpoint: `mesh_proxy_upstream_rq_{total,failed_total,active}`;
 /// per cluster: circuit-breaker overflows and ejections.
 fn render_upstreams(s: &mut String, endpoints: &[EndpointRow], clusters: &[ClusterRow]) {
-    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_total counter");
+    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq counter");
     for e in endpoints {
         let _ = writeln!(
             s,
@@ -133,7 +134,7 @@ fn render_upstreams(s: &mut String, endpoints: &[EndpointRow], clusters: &[Clust
             e.cluster, e.address, e.requests
         );
     }
-    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_failed_total counter");
+    let _ = writeln!(s, "# TYPE mesh_proxy_upstream_rq_failed counter");
     for e in endpoints {
         let _ = writeln!(
             s,
@@ -142,7 +143,8 @@ fn render_upstreams(s: &mut String, endpoints: &[EndpointRow], clusters: &[Clust
         );
     }
     let mut per_cluster = |name: &str, value: fn(&ClusterRow) -> u64| {
-        let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
+        let family = name.trim_end_matches("_total");
+        let _ = writeln!(s, "# TYPE mesh_proxy_{family} counter");
         for c in clusters {
             let _ = writeln!(
                 s,
@@ -171,7 +173,7 @@ fn render_upstreams(s: &mut String, endpoints: &[EndpointRow], clusters: &[Clust
 /// `http.<prefix>.*` and `tcp.<prefix>.*`.
 fn render_prefixes(s: &mut String, prefixes: &PrefixStatsByName) {
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_cx_total counter");
+    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_cx counter");
     for (prefix, st) in &prefixes.http {
         let _ = writeln!(
             s,
@@ -179,7 +181,7 @@ fn render_prefixes(s: &mut String, prefixes: &PrefixStatsByName) {
             get(&st.downstream_cx_total)
         );
     }
-    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_rq_total counter");
+    let _ = writeln!(s, "# TYPE mesh_proxy_http_downstream_rq counter");
     for (prefix, st) in &prefixes.http {
         for class in 1..=5 {
             let _ = writeln!(
@@ -189,7 +191,7 @@ fn render_prefixes(s: &mut String, prefixes: &PrefixStatsByName) {
             );
         }
     }
-    let _ = writeln!(s, "# TYPE mesh_proxy_tcp_downstream_cx_total counter");
+    let _ = writeln!(s, "# TYPE mesh_proxy_tcp_downstream_cx counter");
     for (prefix, st) in &prefixes.tcp {
         let _ = writeln!(
             s,

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 
 pub use pool::{Connecting, PooledBody, Upstreams};
 
+use crate::telemetry::tally::Tally;
+
 /// How long an idle pooled upstream connection is kept. Shorter than common
 /// servers' keep-alive timeouts (5 s and up), so the proxy closes first and
 /// rarely sends on a connection the server is closing.
@@ -40,6 +42,8 @@ pub type UpstreamBody = http_body_util::Either<Downstream, http_body_util::Full<
 pub struct Downstream {
     source: Source,
     failed: Arc<AtomicBool>,
+    /// Counts the client's bytes for the standard metrics.
+    tally: Option<Arc<Tally>>,
 }
 
 enum Source {
@@ -70,14 +74,16 @@ const MIRROR_BACKLOG: usize = 16;
 pub struct CopyCut;
 
 impl Downstream {
-    /// Wraps `body`; `failed` is raised when reading it fails.
-    pub fn new(body: Incoming, failed: Arc<AtomicBool>) -> Self {
+    /// Wraps `body`; `failed` is raised when reading it fails; `tally`
+    /// counts its bytes.
+    pub fn new(body: Incoming, failed: Arc<AtomicBool>, tally: Option<Arc<Tally>>) -> Self {
         Downstream {
             source: Source::Client {
                 body,
                 copies: Vec::new(),
             },
             failed,
+            tally,
         }
     }
 
@@ -97,6 +103,7 @@ impl Downstream {
                 hint,
             },
             failed: Arc::new(AtomicBool::new(false)),
+            tally: None,
         })
     }
 }
@@ -125,6 +132,11 @@ impl hyper::body::Body for Downstream {
         match &mut this.source {
             Source::Client { body, copies } => {
                 let r = Pin::new(&mut *body).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(f))), Some(t)) = (&r, &this.tally)
+                    && let Some(d) = f.data_ref()
+                {
+                    t.read(d.len());
+                }
                 match &r {
                     Poll::Ready(Some(Ok(f))) if !copies.is_empty() => {
                         send_copies(copies, Some(f));
