@@ -73,6 +73,11 @@ pub struct Report {
     /// Step 5: svca's sidecar's requests per svcb destination cluster
     /// (`outbound|80|<version>|svcb…`) after step 3.
     pub by_version: Vec<(String, u64)>,
+    /// Step 3 in the standard metrics of mesh-proxy sidecars
+    /// (`mesh_requests_total`), per destination version: as svca's sidecar
+    /// reported the calls (source), and as svcb's sidecars did
+    /// (destination, calls from svca). `None` with Envoy sidecars.
+    pub standard: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
     /// Packets to a VIP that escaped capture (must be 0; `None` on
     /// loopback, where nothing is captured).
     pub escaped: Option<u64>,
@@ -182,6 +187,17 @@ impl Report {
             by.get("v0.1") == Some(&(v1 as u64)) && by.get("v0.2") == Some(&(v2 as u64)),
             format!("svca's sidecar counts the requests per destination version ({by:?})"),
         );
+        if let Some((source, destination)) = &self.standard {
+            let split =
+                |m: &BTreeMap<String, u64>| (m.get("v0.1").copied(), m.get("v0.2").copied());
+            let want = (Some(v1 as u64), Some(v2 as u64));
+            check(
+                split(source) == want && split(destination) == want,
+                format!(
+                    "the standard metrics label the split by version on both sides (svca reported {source:?}, svcb {destination:?})"
+                ),
+            );
+        }
         if let Some(n) = self.escaped {
             check(n == 0, format!("no packet escapes capture ({n} escaped)"));
         }
@@ -392,7 +408,12 @@ fn split(
         mesh.wait_endpoints(&pods.svca, &cluster("svcb", version), 2)?;
     }
     let before: Vec<u64> = pods.svcb.iter().map(|p| inbound(mesh, p)).collect();
+    let standard_before = standard_split(mesh, pods);
     let (split, ok) = pay_many(mesh, &pods.client, 1000)?;
+    r.standard = standard_before.map(|(out0, in0)| {
+        let (out1, in1) = standard_split(mesh, pods).unwrap_or_default();
+        (minus(out1, &out0), minus(in1, &in0))
+    });
     r.split = split;
     r.succeeded += ok;
     r.replicas = pods
@@ -485,6 +506,13 @@ fn metrics(r: &Report, say: &mut dyn FnMut(&str)) {
     for (cluster, n) in &r.by_version {
         say(&format!("  {cluster}: {n} requests"));
     }
+    if let Some((source, destination)) = &r.standard {
+        say("  in the standard metrics (mesh_requests_total) of step 3, by destination_version:");
+        say(&format!("    reporter=source (svca's sidecar): {source:?}"));
+        say(&format!(
+            "    reporter=destination (svcb's sidecars, source_app=svca): {destination:?}"
+        ));
+    }
 }
 
 /// The outbound cluster of `service`'s port 80 (a version's subset, or
@@ -495,6 +523,68 @@ fn cluster(service: &str, version: &str) -> String {
 
 fn inbound(mesh: &Mesh, pod: &Pod) -> u64 {
     cluster_requests(mesh, pod, "inbound|8080||")
+}
+
+/// Requests in `pod`'s sidecar's standard metrics (`mesh_requests_total`)
+/// whose labels include `filter`, summed by the value of label `by`.
+pub fn standard_requests(
+    mesh: &Mesh,
+    pod: &Pod,
+    filter: &[(&str, &str)],
+    by: &str,
+) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for line in mesh.admin(pod, "/stats/prometheus").lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("mesh_requests_total{")
+            .and_then(|l| l.rsplit_once("} "))
+        else {
+            continue;
+        };
+        let labels: BTreeMap<&str, &str> = labels
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\""))
+            .map(|(k, v)| (k, v.trim_end_matches('"')))
+            .collect();
+        if filter.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && let (Some(key), Ok(n)) = (labels.get(by), value.parse::<u64>())
+        {
+            *sums.entry((*key).to_owned()).or_default() += n;
+        }
+    }
+    sums
+}
+
+/// svca's calls to svcb by destination version as svca's sidecar reports
+/// them, and as svcb's sidecars do; `None` unless sidecars are mesh-proxy.
+fn standard_split(
+    mesh: &Mesh,
+    pods: &Pods,
+) -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    if !pods.sidecar.is_mesh_proxy() {
+        return None;
+    }
+    let out = [("reporter", "source"), ("destination_service_name", "svcb")];
+    let source = standard_requests(mesh, &pods.svca, &out, "destination_version");
+    let mut destination = BTreeMap::new();
+    for p in &pods.svcb {
+        let inb = [("reporter", "destination"), ("source_app", "svca")];
+        for (v, n) in standard_requests(mesh, p, &inb, "destination_version") {
+            *destination.entry(v).or_default() += n;
+        }
+    }
+    Some((source, destination))
+}
+
+/// `after` less `before`, key by key.
+fn minus(
+    mut after: BTreeMap<String, u64>,
+    before: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    for (k, n) in after.iter_mut() {
+        *n -= before.get(k).copied().unwrap_or(0).min(*n);
+    }
+    after
 }
 
 fn pod_name(p: &Pod) -> String {

@@ -27,7 +27,7 @@ fn walk_holds(mut mesh: Mesh, sidecar: Sidecar, checks: usize) {
 
 #[test]
 fn the_seed_walk() {
-    walk_holds(Mesh::new().unwrap(), Sidecar::MeshProxy, 10);
+    walk_holds(Mesh::new().unwrap(), Sidecar::MeshProxy, 11);
 }
 
 /// The same walk with an unmodified Envoy 1.40 in every pod, configured
@@ -51,7 +51,7 @@ fn meshctl_demo_on_loopback() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("9 of 9 checks hold"), "{stdout}");
+    assert!(stdout.contains("10 of 10 checks hold"), "{stdout}");
     assert!(!stdout.contains('✗'), "{stdout}");
     assert!(!stdout.contains("building"), "nothing is built: {stdout}");
 }

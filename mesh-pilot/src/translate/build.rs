@@ -88,6 +88,40 @@ fn eds_cluster(name: &str) -> Cluster {
     }
 }
 
+/// A mesh service's cluster metadata: the service as Istio labels it
+/// (`filter_metadata.istio.services`), which the standard metrics read and
+/// which tells mesh-proxy the endpoints are sidecars that take part in
+/// the workload exchange (clusters of outside hosts carry none, so they
+/// never get the header).
+fn mesh_service_metadata(host: &str) -> xcore::Metadata {
+    use mesh_proto::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let structure = |fields: Vec<(&str, Value)>| Struct {
+        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    let mut labels = host.split('.');
+    let name = labels.next().unwrap_or(host);
+    let namespace = labels.next().unwrap_or("default");
+    let service = structure(vec![
+        ("host", string(host)),
+        ("name", string(name)),
+        ("namespace", string(namespace)),
+    ]);
+    let services = Value {
+        kind: Some(Kind::ListValue(ListValue {
+            values: vec![Value {
+                kind: Some(Kind::StructValue(service)),
+            }],
+        })),
+    };
+    xcore::Metadata {
+        filter_metadata: [("istio".to_owned(), structure(vec![("services", services)]))].into(),
+        ..Default::default()
+    }
+}
+
 fn load_assignment(name: &str, endpoints: &[(String, u16)]) -> xendpoint::ClusterLoadAssignment {
     let lb_endpoints = endpoints
         .iter()
@@ -711,6 +745,13 @@ impl Builder {
         }
     }
 
+    /// Marks cluster `name` as reaching mesh service `host`.
+    fn mark_mesh_service(&mut self, name: &str, host: &str) {
+        if let Some(c) = self.clusters.get_mut(name) {
+            c.metadata = Some(mesh_service_metadata(host));
+        }
+    }
+
     /// A cluster with its endpoints (EDS); HTTP/2 to them when `http2`.
     fn endpoints_cluster(&mut self, name: &str, endpoints: &[(String, u16)], http2: bool) {
         let c = eds_cluster(name);
@@ -847,6 +888,7 @@ impl Builder {
         };
         let default_cluster = outbound_cluster_name(port.port, "", host);
         self.endpoints_cluster(&default_cluster, &addrs(&mut endpoints.iter()), http2);
+        self.mark_mesh_service(&default_cluster, host);
         for (rule, _) in rules {
             // (A route or mirror to another service has no labels: the
             // version named "" is this service's whole cluster.)
@@ -855,6 +897,7 @@ impl Builder {
                 let name = outbound_cluster_name(port.port, &subset_name(labels), host);
                 let mut subset = endpoints.iter().filter(|w| labels_match(labels, &w.labels));
                 self.endpoints_cluster(&name, &addrs(&mut subset), http2);
+                self.mark_mesh_service(&name, host);
             }
         }
     }

@@ -3,9 +3,11 @@
 //! endpoints are mesh workloads that take part in the peer exchange.
 //!
 //! Read from the cluster's metadata, where Istio's control plane puts it
-//! (`filter_metadata.istio.services: [{host, name, namespace}]`), plus the
-//! mesh's own `filter_metadata.mesh.peer_exchange: true`; without metadata,
-//! from an Istio-style cluster name (`outbound|80|v1|svcb.default.svc.cluster.local`).
+//! (`filter_metadata.istio.services: [{host, name, namespace}]`); pilot
+//! puts it only on clusters of mesh services, so a cluster that carries it
+//! takes part in the exchange. Without metadata the service is read from
+//! an Istio-style cluster name (`outbound|80|v1|svcb.default.svc.cluster.local`)
+//! and the exchange is off.
 
 use mesh_proto::envoy::config::cluster::v3 as xcluster;
 use mesh_proto::google::protobuf::{Struct, Value, value::Kind};
@@ -98,46 +100,27 @@ fn istio(s: &Struct, path: &str) -> Result<Option<Service>, FieldError> {
     Ok(found)
 }
 
-/// Reads `filter_metadata.mesh`: only `peer_exchange`.
-fn mesh(s: &Struct, path: &str) -> Result<bool, FieldError> {
-    let mut on = false;
-    for (key, v) in &s.fields {
-        match (key.as_str(), v.kind.as_ref()) {
-            ("peer_exchange", Some(Kind::BoolValue(b))) => on = *b,
-            _ => {
-                return Err(err(
-                    format!("{path}.{key}"),
-                    "mesh-proxy reads only `peer_exchange` (a bool)",
-                ));
-            }
-        }
-    }
-    Ok(on)
-}
-
 impl ClusterMeta {
     /// What `c` (at `path`) says about its service; any other metadata is
     /// refused, since nothing would read it.
     pub fn of(c: &xcluster::Cluster, path: &str) -> Result<ClusterMeta, FieldError> {
         let mut service = None;
-        let mut peer_exchange = false;
         let filters = c.metadata.iter().flat_map(|m| &m.filter_metadata);
         for (filter, s) in filters {
             let here = format!("{path}.metadata.filter_metadata.{filter}");
             match filter.as_str() {
                 "istio" => service = istio(s, &here)?,
-                "mesh" => peer_exchange = mesh(s, &here)?,
                 _ => {
                     return Err(err(
                         here,
-                        "mesh-proxy reads only the `istio` (services) and `mesh` (peer_exchange) metadata",
+                        "mesh-proxy reads only the `istio` metadata (services)",
                     ));
                 }
             }
         }
         Ok(ClusterMeta {
+            peer_exchange: service.is_some(),
             service: std::sync::Arc::new(service.unwrap_or_else(|| Service::from_name(&c.name))),
-            peer_exchange,
         })
     }
 }
@@ -156,8 +139,7 @@ mod tests {
     fn metadata_names_the_service_and_the_exchange() {
         let m = cluster(
             r#"{"name": "c", "metadata": {"filter_metadata": {
-                "istio": {"services": [{"host": "svcb.default.svc.cluster.local", "name": "svcb", "namespace": "default"}]},
-                "mesh": {"peer_exchange": true}}}}"#,
+                "istio": {"services": [{"host": "svcb.default.svc.cluster.local", "name": "svcb", "namespace": "default"}]}}}}"#,
         )
         .unwrap();
         assert_eq!(
