@@ -172,6 +172,71 @@ impl Mesh {
         Ok(())
     }
 
+    /// Starts a real Prometheus in the node namespace, scraping the
+    /// sidecars at `targets` (`IP:15090`, `/stats/prometheus`) every
+    /// second, and waits until it is ready. [`Mesh::promql`] queries it.
+    pub fn start_prometheus(&mut self, targets: &[String]) -> Result<()> {
+        let dir = self.dir.path().join("prometheus");
+        let config = dir.join("prometheus.yml");
+        let list = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\nscrape_configs:\n- job_name: sidecars\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{list}]\n"
+        );
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&config, text))
+            .doing(|| format!("write {}", config.display()))?;
+        let node = self.world.node.clone();
+        self.world.spawn(
+            &node,
+            None,
+            &[
+                "prometheus",
+                &format!("--config.file={}", arg(&config)?),
+                &format!("--storage.tsdb.path={}", arg(&dir.join("data"))?),
+                "--web.listen-address=127.0.0.1:9090",
+            ],
+            Stdio::null(),
+        )?;
+        poll("Prometheus to be ready", Duration::from_secs(30), || {
+            let (code, out) = self.world.exec(
+                &self.world.node,
+                &["curl", "-sf", "http://127.0.0.1:9090/-/ready"],
+            );
+            (code == 0 && out.contains("Ready")).then_some(())
+        })
+    }
+
+    /// The result of PromQL `query` (an instant query) against the
+    /// Prometheus of [`Mesh::start_prometheus`]: its `data.result` list.
+    pub fn promql(&self, query: &str) -> Result<Vec<serde_json::Value>> {
+        let (code, out) = self.world.exec(
+            &self.world.node,
+            &[
+                "curl",
+                "-sf",
+                "--data-urlencode",
+                &format!("query={query}"),
+                "http://127.0.0.1:9090/api/v1/query",
+            ],
+        );
+        let answer: serde_json::Value = serde_json::from_str(&out).map_err(|e| {
+            Error::Unexpected(format!(
+                "Prometheus answered {query} with curl exit {code}: {e}: {out}"
+            ))
+        })?;
+        if answer["status"] != "success" {
+            return Err(Error::Unexpected(format!("PromQL {query}: {answer}")));
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Kills pilot (SIGKILL: no goodbye to the proxies).
     pub fn kill_pilot(&mut self) {
         if let Some((pid, _)) = self.pilot.take() {

@@ -78,6 +78,8 @@ pub struct Report {
     /// reported the calls (source), and as svcb's sidecars did
     /// (destination, calls from svca). `None` with Envoy sidecars.
     pub standard: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
+    /// The pods with sidecars: name and address (where their metrics are).
+    pub sidecars: Vec<(String, IpAddr)>,
     /// Packets to a VIP that escaped capture (must be 0; `None` on
     /// loopback, where nothing is captured).
     pub escaped: Option<u64>,
@@ -265,6 +267,11 @@ pub fn run(mesh: &mut Mesh, sidecar: Sidecar, say: &mut dyn FnMut(&str)) -> Resu
     egress(mesh, &pods, &mut r, say)?;
     split(mesh, &mut pods, &mut r, say)?;
     replace(mesh, &pods, &mut r, say)?;
+    r.sidecars = std::iter::once(&pods.svca)
+        .chain(&pods.svcb)
+        .chain([&pods.client])
+        .map(|p| (pod_name(p), IpAddr::V4(p.ip)))
+        .collect();
     metrics(&r, say);
     r.escaped = mesh.world.escaped()?;
     if let Some(n) = r.escaped {

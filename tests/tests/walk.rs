@@ -74,3 +74,100 @@ fn meshctl_demo_without_binaries_says_what_is_missing() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A real Prometheus (Debian's) scrapes the walk's sidecars after the walk
+/// and answers PromQL with what the sidecars counted: requests by
+/// destination version as both sides reported them, the p99 duration,
+/// response sizes — the numbers a user's dashboards show.
+#[test]
+fn prometheus_reads_the_walks_standard_metrics() {
+    let mut mesh = Mesh::new().unwrap();
+    let report = walk::run(&mut mesh, Sidecar::MeshProxy, &mut |_| {}).unwrap();
+    let failed: Vec<String> = report
+        .checks()
+        .into_iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.what)
+        .collect();
+    assert!(failed.is_empty(), "the walk failed: {failed:?}");
+    let targets: Vec<String> = report
+        .sidecars
+        .iter()
+        .map(|(_, ip)| format!("{ip}:15090"))
+        .collect();
+    mesh.start_prometheus(&targets).unwrap();
+    // The traffic is over: once every target was scraped, what Prometheus
+    // holds is what the sidecars hold now.
+    let up = format!("count(up{{job=\"sidecars\"}} == 1) == {}", targets.len());
+    mesh_testbed::eventually(
+        "every sidecar scraped",
+        std::time::Duration::from_secs(30),
+        || (!mesh.promql(&up).ok()?.is_empty()).then_some(()),
+    );
+    let value = |query: &str| -> Vec<(String, f64)> {
+        mesh.promql(query)
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let label = s["metric"]
+                    .as_object()
+                    .and_then(|m| m.values().next())
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                (label, s["value"][1].as_str().unwrap().parse().unwrap())
+            })
+            .collect()
+    };
+    let pods: std::collections::BTreeMap<&str, &std::net::IpAddr> = report
+        .sidecars
+        .iter()
+        .map(|(n, ip)| (n.as_str(), ip))
+        .collect();
+    assert!(pods.contains_key("svca-v0.1-1"), "{pods:?}");
+    // Requests svca made to svcb, by version: Prometheus' sums equal the
+    // sidecars' own counts, on the caller's side and the callee's.
+    let mut totals = Vec::new();
+    for reporter in ["source", "destination"] {
+        let q = format!(
+            "sum by (destination_version) (mesh_requests_total{{reporter=\"{reporter}\",source_app=\"svca\",destination_service_name=\"svcb\",response_code=\"200\"}})"
+        );
+        let got = value(&q);
+        let by: std::collections::BTreeMap<String, f64> = got.into_iter().collect();
+        // Every version served at least its step-3 half; v0.2 took step 4 too.
+        let (v1, v2) = report.split;
+        assert!(
+            by.get("v0.1").copied().unwrap_or(0.0) >= v1 as f64,
+            "{q}: {by:?}"
+        );
+        assert!(
+            by.get("v0.2").copied().unwrap_or(0.0) >= (v2 + 200) as f64,
+            "{q}: {by:?}"
+        );
+        // Steps 2 to 4: the allowed /pay, 1000, 300 and 200 — all 200s.
+        let total: f64 = by.values().sum();
+        assert!(total > (1000 + 300 + 200) as f64, "{q}: {by:?}");
+        totals.push(total);
+    }
+    assert_eq!(totals[0], totals[1], "both sides count the same calls");
+    // The p99 duration of those calls is a real, small number of ms.
+    let p99 = value(
+        "histogram_quantile(0.99, sum by (le) (mesh_request_duration_milliseconds_bucket{reporter=\"source\",source_app=\"svca\"}))",
+    );
+    assert!(
+        p99.len() == 1 && p99[0].1 > 0.0 && p99[0].1 <= 1000.0,
+        "{p99:?}"
+    );
+    // Response sizes: svcb's answers as svcb's sidecars measured them
+    // equal what svca's sidecar measured receiving.
+    let sent = value(
+        "sum(mesh_response_bytes_sum{reporter=\"destination\",destination_app=\"svcb\",source_app=\"svca\"})",
+    );
+    let received = value(
+        "sum(mesh_response_bytes_sum{reporter=\"source\",source_app=\"svca\",destination_service_name=\"svcb\"})",
+    );
+    assert!(
+        sent[0].1 > 0.0 && sent == received,
+        "{sent:?} vs {received:?}"
+    );
+}

@@ -745,6 +745,12 @@ impl Builder {
         }
     }
 
+    /// Names the service whose calls the inbound cluster of `port` takes
+    /// (the metrics' `destination_service` on the receiving side).
+    pub fn mark_inbound_service(&mut self, port: u16, host: &str) {
+        self.mark_mesh_service(&format!("inbound|{port}||"), host);
+    }
+
     /// Marks cluster `name` as reaching mesh service `host`.
     fn mark_mesh_service(&mut self, name: &str, host: &str) {
         if let Some(c) = self.clusters.get_mut(name) {

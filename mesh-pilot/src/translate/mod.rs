@@ -362,8 +362,10 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
             && inputs.registry.endpoints(service).any(|w| w.address == ip);
         if own {
             let limit = inbound_rate_limit(inputs, service, node);
+            let host = service.host(&inputs.mesh.domain).to_string();
             for port in &service.ports {
                 b.inbound(ip, port.target_port(), service_protocol(port), limit);
+                b.mark_inbound_service(port.target_port(), &host);
             }
         }
     }
