@@ -9,8 +9,9 @@ use std::process::Command;
 use mesh_testbed::mesh::{Mesh, Sidecar};
 use mesh_testbed::walk;
 
-fn walk_holds(mut mesh: Mesh, sidecar: Sidecar, checks: usize) {
-    let report = walk::run(&mut mesh, sidecar, &mut |line| eprintln!("{line}")).unwrap();
+/// Runs the walk in `mesh` and asserts every one of its `checks` held.
+fn walk_holds(mesh: &mut Mesh, sidecar: Sidecar, checks: usize) -> walk::Report {
+    let report = walk::run(mesh, sidecar, &mut |line| eprintln!("{line}")).unwrap();
     let failed: Vec<String> = report
         .checks()
         .into_iter()
@@ -23,18 +24,19 @@ fn walk_holds(mut mesh: Mesh, sidecar: Sidecar, checks: usize) {
         failed.join("\n")
     );
     assert_eq!(report.checks().len(), checks);
+    report
 }
 
 #[test]
 fn the_seed_walk() {
-    walk_holds(Mesh::new().unwrap(), Sidecar::MeshProxy, 11);
+    walk_holds(&mut Mesh::new().unwrap(), Sidecar::MeshProxy, 11);
 }
 
 /// The same walk with an unmodified Envoy 1.40 in every pod, configured
 /// only by pilot over ADS: pilot speaks xDS as Envoy understands it.
 #[test]
 fn the_seed_walk_with_envoy_sidecars() {
-    walk_holds(Mesh::new().unwrap(), Sidecar::Envoy, 10);
+    walk_holds(&mut Mesh::new().unwrap(), Sidecar::Envoy, 10);
 }
 
 /// `meshctl demo --loopback`, the product a user without root runs, as a
@@ -82,14 +84,7 @@ fn meshctl_demo_without_binaries_says_what_is_missing() {
 #[test]
 fn prometheus_reads_the_walks_standard_metrics() {
     let mut mesh = Mesh::new().unwrap();
-    let report = walk::run(&mut mesh, Sidecar::MeshProxy, &mut |_| {}).unwrap();
-    let failed: Vec<String> = report
-        .checks()
-        .into_iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.what)
-        .collect();
-    assert!(failed.is_empty(), "the walk failed: {failed:?}");
+    let report = walk_holds(&mut mesh, Sidecar::MeshProxy, 11);
     let targets: Vec<String> = report
         .sidecars
         .iter()

@@ -18,6 +18,7 @@ use crate::config::{Cluster, Endpoint, Failure, Forward, RetryPolicy};
 use crate::state::Shared;
 use crate::telemetry::flags::Flag;
 use crate::telemetry::peer::{HEADER as PEER_HEADER, Workload};
+use crate::telemetry::tally::Tally;
 use crate::upstream::{Connecting, Downstream, PooledBody, UpstreamBody, UpstreamError, Upstreams};
 
 // Matched as soon as it is returned, never stored (see `Next`).
@@ -351,10 +352,7 @@ impl<'a> Tries<'a> {
                 self.last = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("upstream connect error or disconnect/reset before headers: {e}"),
-                    match kind {
-                        Failure::Connect => Flag::UpstreamConnectFailure,
-                        _ => Flag::UpstreamReset,
-                    },
+                    flag_of(kind),
                 );
                 // With a policy for this failure every retry counts against
                 // the budget; without one a first try that got no answer is
@@ -418,16 +416,7 @@ pub(super) async fn forward(
         let r = text(StatusCode::SERVICE_UNAVAILABLE, "cluster not found\n");
         return flagged(r, Flag::NoCluster);
     };
-    if let Some(t) = &tally {
-        t.service(&cluster.meta.service);
-    }
-    // Calls to mesh workloads tell them who calls (see telemetry::peer).
-    let exchange = cluster.meta.peer_exchange && tally.as_ref().is_some_and(|t| t.outbound());
-    if exchange {
-        parts
-            .headers
-            .insert(PEER_HEADER, shared.telemetry.local_header());
-    }
+    let exchange = introduce(tally.as_deref(), cluster, &mut parts.headers, shared);
     let mut parts = Some(parts);
     let deadline = fwd.timeout.map(|t| tokio::time::Instant::now() + t);
     let admission = match admit(cluster, deadline).await {
@@ -446,17 +435,10 @@ pub(super) async fn forward(
             let r = text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
             return flagged(r, Flag::NoHealthyUpstream);
         };
-        let body = match streamed.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Full::new(Bytes::new())),
+        let Some((head, body)) = this_try(attempt + 1 == tries.max, &mut parts, &mut streamed)
+        else {
+            break;
         };
-        // The last try takes the head itself; earlier ones a copy.
-        let head = if attempt + 1 < tries.max {
-            parts.as_ref().map(copy_head)
-        } else {
-            parts.take()
-        };
-        let Some(head) = head else { break };
         let outcome = {
             let _busy = endpoint.start();
             send(head, body, cluster, address, upstreams, tries.per_try()).await
@@ -468,13 +450,7 @@ pub(super) async fn forward(
             body_failed.load(Ordering::Relaxed),
         ) {
             Next::Answer(mut r) => {
-                // Who answered, when it is a sidecar; never passed on.
-                let peer = r.headers_mut().remove(PEER_HEADER);
-                if let (Some(t), Some(w)) = (&tally, peer.filter(|_| exchange))
-                    && let Some(w) = Workload::from_header(&w)
-                {
-                    t.peer(w);
-                }
+                peer_answered(&mut r, tally.as_deref(), exchange);
                 if let Some(c) = keyed.set_cookie {
                     r.headers_mut().append(header::SET_COOKIE, c);
                 }
@@ -497,10 +473,69 @@ pub(super) async fn forward(
             .upstream_rq_retry
             .fetch_add(1, Ordering::Relaxed);
     }
-    let (status, error, flag) = tries.last;
+    ran_out(tries.last, retries)
+}
+
+/// A try's head and body: the last try takes the head itself, earlier ones
+/// a copy; a streamed body goes with the first.
+fn this_try(
+    last: bool,
+    parts: &mut Option<http::request::Parts>,
+    streamed: &mut Option<Downstream>,
+) -> Option<(http::request::Parts, UpstreamBody)> {
+    let head = if last {
+        parts.take()
+    } else {
+        parts.as_ref().map(copy_head)
+    }?;
+    let body = match streamed.take() {
+        Some(b) => Either::Left(b),
+        None => Either::Right(Full::new(Bytes::new())),
+    };
+    Some((head, body))
+}
+
+/// The answer when tries ran out: the last failure's.
+fn ran_out((status, error, flag): (StatusCode, String, Flag), retries: u32) -> Response<ProxyBody> {
     let r = flagged(text(status, format!("{error}\n")), flag);
-    if retries > 0 {
-        return flagged(r, Flag::RetryLimitExceeded);
+    match retries {
+        0 => r,
+        _ => flagged(r, Flag::RetryLimitExceeded),
     }
-    r
+}
+
+/// The response flag of a try that got no response.
+fn flag_of(kind: Failure) -> Flag {
+    match kind {
+        Failure::Connect => Flag::UpstreamConnectFailure,
+        _ => Flag::UpstreamReset,
+    }
+}
+
+/// Notes the request's service and, to a mesh workload's sidecar, says
+/// who calls (see [`crate::telemetry::peer`]); true when it did.
+fn introduce(
+    tally: Option<&Tally>,
+    cluster: &Cluster,
+    headers: &mut http::HeaderMap,
+    shared: &Shared,
+) -> bool {
+    let Some(t) = tally else { return false };
+    t.service(&cluster.meta.service);
+    let exchange = cluster.meta.peer_exchange && t.outbound();
+    if exchange {
+        headers.insert(PEER_HEADER, shared.telemetry.local_header());
+    }
+    exchange
+}
+
+/// Takes the peer header off an answer (never passed on); when this
+/// request introduced itself, the workload it names answered.
+fn peer_answered(r: &mut Response<ProxyBody>, tally: Option<&Tally>, exchanged: bool) {
+    let peer = r.headers_mut().remove(PEER_HEADER);
+    if let (Some(t), Some(w)) = (tally, peer.filter(|_| exchanged))
+        && let Some(w) = Workload::from_header(&w)
+    {
+        t.peer(w);
+    }
 }
