@@ -534,3 +534,63 @@ fn tls_chains_are_chosen_by_alpn_and_transport_as_in_envoy() {
         }
     }
 }
+
+/// The standard metrics count what a user's traffic did, under Istio's
+/// names with `--metrics-naming istio`: HTTP requests by code, and a TCP
+/// connection's bytes each way once it closes.
+#[test]
+fn standard_metrics_count_http_requests_and_tcp_bytes() {
+    let http = Backend::start("v1");
+    let tcp = greeting_echo_server();
+    let proxy = common::mesh_proxy_with(
+        &sniffing_bootstrap(&http, tcp),
+        &["--metrics-naming", "istio"],
+    );
+    let addr = proxy.listener("http");
+    for _ in 0..3 {
+        assert_eq!(
+            curl(&["-s", &format!("http://{addr}/")]),
+            (0, "v1\n".into())
+        );
+    }
+    // 8 bytes up; the greeting (15) and the echo (8) down; then closed.
+    let got = tcp_exchange(&addr, b"\x00\x01binary", 23);
+    assert_eq!(got.len(), 23);
+    let metrics = || curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]).1;
+    let sample = |text: &str, name: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .map(str::to_owned)
+    };
+    mesh_testbed::eventually(
+        "the TCP connection counted as closed",
+        std::time::Duration::from_secs(10),
+        || sample(&metrics(), "istio_tcp_connections_closed_total"),
+    );
+    let text = metrics();
+    let requests = sample(&text, "istio_requests_total").unwrap();
+    for label in [
+        "reporter=\"source\"",
+        "destination_service=\"v1\"",
+        "request_protocol=\"http\"",
+        "response_code=\"200\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(requests.contains(label), "{label}: {requests}");
+    }
+    assert!(requests.ends_with("} 3"), "{requests}");
+    let tcp_sample = |name| sample(&text, name).unwrap();
+    assert!(tcp_sample("istio_tcp_received_bytes_total").ends_with("} 8"));
+    assert!(tcp_sample("istio_tcp_sent_bytes_total").ends_with("} 23"));
+    assert!(tcp_sample("istio_tcp_connections_opened_total").ends_with("} 1"));
+    let closed = tcp_sample("istio_tcp_connections_closed_total");
+    assert!(
+        closed.contains("destination_service=\"tcp\"")
+            && closed.contains("request_protocol=\"tcp\""),
+        "{closed}"
+    );
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+}
