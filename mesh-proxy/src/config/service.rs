@@ -36,6 +36,21 @@ pub struct ClusterMeta {
 }
 
 impl Service {
+    /// Every label `unknown`: a request that reached no service, or one
+    /// past the metrics' cardinality bound.
+    pub fn unknown() -> std::sync::Arc<Service> {
+        static UNKNOWN: std::sync::LazyLock<std::sync::Arc<Service>> =
+            std::sync::LazyLock::new(|| {
+                let unknown = crate::telemetry::peer::UNKNOWN;
+                std::sync::Arc::new(Service {
+                    host: unknown.into(),
+                    name: unknown.into(),
+                    namespace: unknown.into(),
+                })
+            });
+        UNKNOWN.clone()
+    }
+
     /// The service a cluster named `name` reaches when its metadata says
     /// nothing: the host of an Istio-style name, else the name itself.
     fn from_name(name: &str) -> Service {

@@ -197,11 +197,7 @@ fn series<T>(
         key.peer = NOBODY.clone();
     }
     if map.len() >= 2 * MAX_SERIES {
-        key.service = Arc::new(Service {
-            host: UNKNOWN.into(),
-            name: UNKNOWN.into(),
-            namespace: UNKNOWN.into(),
-        });
+        key.service = Service::unknown();
     }
     if let Some(s) = map.get(&key) {
         return s.clone();

@@ -83,7 +83,7 @@ impl Tally {
     /// `response_bytes` of body.
     fn finish(&self, shared: &Shared, code: u16, grpc: Option<u8>, response_bytes: u64) {
         let seen = std::mem::take(&mut *self.seen());
-        let service = seen.service.unwrap_or_else(|| unknown_service().clone());
+        let service = seen.service.unwrap_or_else(Service::unknown);
         let call = Call {
             reporter: self.reporter,
             local: shared.telemetry.local(),
@@ -101,18 +101,6 @@ impl Tally {
         };
         shared.telemetry.metrics.request(&call, measures);
     }
-}
-
-/// The service of a request that reached none (no route, refused).
-fn unknown_service() -> &'static Arc<Service> {
-    static UNKNOWN: std::sync::LazyLock<Arc<Service>> = std::sync::LazyLock::new(|| {
-        Arc::new(Service {
-            host: super::peer::UNKNOWN.into(),
-            name: super::peer::UNKNOWN.into(),
-            namespace: super::peer::UNKNOWN.into(),
-        })
-    });
-    &UNKNOWN
 }
 
 /// The gRPC status in `headers` (`grpc-status`), if any.
