@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_pilot::ads::Discovery;
 use mesh_pilot::store::{LocalStore, RuleStore};
-use mesh_pilot::translate::{MeshConfig, OutboundPolicy};
+use mesh_pilot::translate::{MeshConfig, OutboundPolicy, TraceProtocol, TracingConfig};
 use mesh_pilot::world::{self, Update};
 use tracing::{info, warn};
 
@@ -38,11 +38,53 @@ struct Args {
     /// The cluster DNS domain.
     #[arg(long, default_value = mesh_rules::registry::DEFAULT_DOMAIN)]
     domain: String,
-    /// Where Envoy sidecars report spans (a Zipkin v2 collector,
-    /// `host:port`, as Istio's `zipkinAddress`); Envoy adds B3 headers only
-    /// with one. mesh-proxy adds them without.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Where proxies report spans in Zipkin v2 JSON (`host:port`, as
+    /// Istio's `zipkinAddress`).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "otlp_address")]
     zipkin_address: Option<String>,
+    /// Where proxies report spans by OTLP (`host:port`).
+    #[arg(long, value_name = "HOST:PORT")]
+    otlp_address: Option<String>,
+    /// How OTLP reaches `--otlp-address`.
+    #[arg(long, value_enum, default_value = "grpc")]
+    otlp_protocol: OtlpProtocol,
+    /// The percentage of traces recorded (of those starting at a proxy or
+    /// arriving without a sampling decision; a caller's decision wins).
+    #[arg(long, default_value = "1", value_name = "PERCENT", value_parser = percent)]
+    trace_sampling: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage (0 to 100)")),
+    }
+}
+
+impl Args {
+    fn tracing(&self) -> TracingConfig {
+        let collector = match (&self.zipkin_address, &self.otlp_address) {
+            (Some(z), _) => Some((z.clone(), TraceProtocol::Zipkin)),
+            (None, Some(o)) => Some((
+                o.clone(),
+                match self.otlp_protocol {
+                    OtlpProtocol::Grpc => TraceProtocol::OtlpGrpc,
+                    OtlpProtocol::Http => TraceProtocol::OtlpHttp,
+                },
+            )),
+            (None, None) => None,
+        };
+        TracingConfig {
+            sampling: self.trace_sampling,
+            collector,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -107,7 +149,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             Outbound::RegistryOnly => OutboundPolicy::RegistryOnly,
             Outbound::AllowAny => OutboundPolicy::AllowAny,
         },
-        zipkin: args.zipkin_address.clone(),
+        tracing: args.tracing(),
     };
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));

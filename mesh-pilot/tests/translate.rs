@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use mesh_pilot::translate::{
-    Inputs, MeshConfig, ProxyKind, ProxyNode, Resources, ZIPKIN_CLUSTER, translate,
+    Inputs, MeshConfig, ProxyKind, ProxyNode, Resources, TRACE_CLUSTER, TraceProtocol,
+    TracingConfig, translate,
 };
 use mesh_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
 use mesh_rules::{Rule, Source, load};
@@ -794,47 +795,48 @@ fn svcb_proxy_with_everything() {
     );
 }
 
-/// Envoy starts B3 headers only with a tracer: an Envoy sidecar gets
-/// Envoy's Zipkin tracer (every call sampled) and the collector's cluster.
-/// mesh-proxy starts them on its own and gets neither; given the tracer it
-/// would refuse it by name rather than ignore it.
+/// Both kinds of sidecar get the mesh's tracer: Envoy's Zipkin or
+/// OpenTelemetry tracer (gRPC or HTTP) at the mesh's sampling rate, each
+/// call a span of its own on either side, and the collector's cluster.
+/// Envoy accepts each (the goldens are validated by Envoy) and so does
+/// mesh-proxy's xDS client (else it would NACK them).
 #[test]
-fn envoy_sidecars_get_a_zipkin_tracer() {
-    let mesh = MeshConfig {
-        zipkin: Some("10.250.0.1:9411".into()),
-        ..MeshConfig::default()
-    };
-    let mut envoy = node(SVCA.0, SVCA.1, SVCA.2);
-    envoy.kind = ProxyKind::Envoy;
-    let r = golden_with("svca-envoy-zipkin", &registry(), &[], &envoy, &mesh);
-    assert!(r.clusters.iter().any(|c| c.name == ZIPKIN_CLUSTER));
-    // What mesh-proxy's xDS client checks before applying (else a NACK).
+fn sidecars_get_the_meshs_tracer() {
     let pool = mesh_proto::descriptors::Schema::Proxy.pool();
-    let outbound = r.listeners.iter().find(|l| l.name == "0.0.0.0_80").unwrap();
-    let refused = mesh_proxy::config::check_resource(
-        &pool,
-        mesh_proto::types::XdsType::Listener,
-        &outbound.name,
-        &prost::Message::encode_to_vec(outbound),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        refused.contains(".tracing.") && refused.contains("not supported by mesh-proxy"),
-        "{refused}"
-    );
-    let inputs = Inputs {
-        registry: &registry(),
-        rules: &[],
-        mesh: &mesh,
-    };
-    let mesh_proxy = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
-    assert!(mesh_proxy.clusters.iter().all(|c| c.name != ZIPKIN_CLUSTER));
-    assert_eq!(
-        mesh_proxy,
-        golden("svca-no-rules", &[], &node(SVCA.0, SVCA.1, SVCA.2)),
-        "a mesh-proxy node's configuration does not change with a collector"
-    );
+    for (protocol, golden_name) in [
+        (TraceProtocol::Zipkin, "svca-envoy-zipkin"),
+        (TraceProtocol::OtlpGrpc, "svca-envoy-otlp-grpc"),
+        (TraceProtocol::OtlpHttp, "svca-envoy-otlp-http"),
+    ] {
+        let mesh = MeshConfig {
+            tracing: TracingConfig {
+                sampling: 25.0,
+                collector: Some(("10.250.0.1:9411".into(), protocol)),
+            },
+            ..MeshConfig::default()
+        };
+        let mut envoy = node(SVCA.0, SVCA.1, SVCA.2);
+        envoy.kind = ProxyKind::Envoy;
+        let r = golden_with(golden_name, &registry(), &[], &envoy, &mesh);
+        assert!(r.clusters.iter().any(|c| c.name == TRACE_CLUSTER));
+        let inputs = Inputs {
+            registry: &registry(),
+            rules: &[],
+            mesh: &mesh,
+        };
+        let mesh_proxy = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
+        assert!(mesh_proxy.clusters.iter().any(|c| c.name == TRACE_CLUSTER));
+        for l in &mesh_proxy.listeners {
+            let bytes = prost::Message::encode_to_vec(l);
+            let checked = mesh_proxy::config::check_resource(
+                &pool,
+                mesh_proto::types::XdsType::Listener,
+                &l.name,
+                &bytes,
+            );
+            assert!(checked.is_ok(), "{protocol:?} {}: {checked:?}", l.name);
+        }
+    }
 }
 
 #[test]

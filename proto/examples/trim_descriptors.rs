@@ -30,11 +30,7 @@ const PROXY_ROOTS: &[&str] = &[
 
 /// Messages the full set keeps with every type they reach, besides the
 /// xDS resource types, the typed configs and [`PROXY_ROOTS`].
-const OTHER_ROOTS: &[&str] = &[
-    "envoy.service.discovery.v3.DiscoveryRequest",
-    // Written by pilot for Envoy sidecars (not applied by mesh-proxy).
-    "envoy.config.trace.v3.ZipkinConfig",
-];
+const OTHER_ROOTS: &[&str] = &["envoy.service.discovery.v3.DiscoveryRequest"];
 
 /// Drops what reading and writing messages never uses: comments (source
 /// info) and options (validation rules, annotations), except the two that

@@ -17,7 +17,9 @@ use mesh_rules::registry::{Locality, Protocol, Service, ServicePort, Workload, l
 use mesh_rules::rules::{IstioService, RouteRule, StringMatch};
 use prost::{Message, Name};
 
-use super::{OutboundPolicy, Resources, outbound_cluster_name, subset_name};
+use super::{
+    OutboundPolicy, Resources, TraceProtocol, TracingConfig, outbound_cluster_name, subset_name,
+};
 
 /// The key of a cluster's upstream HTTP protocol options.
 pub(super) const HTTP_PROTOCOL_OPTIONS: &str =
@@ -207,51 +209,114 @@ fn tcp_proxy(stat_prefix: &str, cluster: &str) -> xlistener::Filter {
     )
 }
 
-/// The cluster Envoy sidecars report spans to.
-pub const ZIPKIN_CLUSTER: &str = "zipkin";
+/// The cluster proxies report spans to.
+pub const TRACE_CLUSTER: &str = "tracing";
 
-/// Envoy's Zipkin tracer, sampling every call: Envoy starts B3 headers only
-/// with a tracer (mesh-proxy starts and continues them on its own).
-fn zipkin_tracing() -> hcm::http_connection_manager::Tracing {
+/// Every connection manager's `tracing`: sampled at the mesh's rate, with
+/// Envoy's Zipkin or OpenTelemetry tracer when there is a collector. Each
+/// call is a span of its own on either side (no shared span context), so a
+/// trace reads caller → callee → the callee's calls.
+fn tracing(t: &TracingConfig) -> hcm::http_connection_manager::Tracing {
     use mesh_proto::envoy::config::trace::v3::{self as xtrace, zipkin_config};
-    let zipkin = xtrace::ZipkinConfig {
-        collector_cluster: ZIPKIN_CLUSTER.into(),
-        collector_endpoint: "/api/v2/spans".into(),
-        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
-        ..Default::default()
-    };
+    use xcore::{grpc_service, http_uri};
+    let provider = t.collector.as_ref().map(|(address, protocol)| {
+        let (name, config) = match protocol {
+            TraceProtocol::Zipkin => (
+                "envoy.tracers.zipkin",
+                any(&xtrace::ZipkinConfig {
+                    collector_cluster: TRACE_CLUSTER.into(),
+                    collector_endpoint: "/api/v2/spans".into(),
+                    collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson
+                        as i32,
+                    shared_span_context: Some(BoolValue { value: false }),
+                    trace_id_128bit: true,
+                    ..Default::default()
+                }),
+            ),
+            TraceProtocol::OtlpGrpc => (
+                "envoy.tracers.opentelemetry",
+                any(&xtrace::OpenTelemetryConfig {
+                    grpc_service: Some(xcore::GrpcService {
+                        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                            grpc_service::EnvoyGrpc {
+                                cluster_name: TRACE_CLUSTER.into(),
+                                ..Default::default()
+                            },
+                        )),
+                        timeout: Some(duration(std::time::Duration::from_secs(5))),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            ),
+            TraceProtocol::OtlpHttp => (
+                "envoy.tracers.opentelemetry",
+                any(&xtrace::OpenTelemetryConfig {
+                    http_service: Some(xcore::HttpService {
+                        http_uri: Some(xcore::HttpUri {
+                            uri: format!("http://{address}/v1/traces"),
+                            http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster(
+                                TRACE_CLUSTER.into(),
+                            )),
+                            timeout: Some(duration(std::time::Duration::from_secs(5))),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            ),
+        };
+        xtrace::tracing::Http {
+            name: name.into(),
+            config_type: Some(xtrace::tracing::http::ConfigType::TypedConfig(config)),
+        }
+    });
     hcm::http_connection_manager::Tracing {
-        random_sampling: Some(mesh_proto::envoy::r#type::v3::Percent { value: 100.0 }),
-        provider: Some(xtrace::tracing::Http {
-            name: "envoy.tracers.zipkin".into(),
-            config_type: Some(xtrace::tracing::http::ConfigType::TypedConfig(any(&zipkin))),
-        }),
+        random_sampling: Some(mesh_proto::envoy::r#type::v3::Percent { value: t.sampling }),
+        provider,
         ..Default::default()
     }
 }
 
-/// The collector at `host:port` (an address, or a name resolved by DNS).
-fn zipkin_cluster(collector: &str) -> Cluster {
-    let (host, port) = collector.rsplit_once(':').unwrap_or((collector, "9411"));
-    let port = port.parse().unwrap_or(9411);
+/// The collector at `host:port` (an address, or a name resolved by DNS);
+/// HTTP/2 for OTLP over gRPC.
+fn trace_cluster(collector: &str, protocol: TraceProtocol) -> Cluster {
+    let default_port = match protocol {
+        TraceProtocol::Zipkin => 9411,
+        TraceProtocol::OtlpGrpc => 4317,
+        TraceProtocol::OtlpHttp => 4318,
+    };
+    let (host, port) = match collector.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(default_port)),
+        None => (collector, default_port),
+    };
     let kind = if host.parse::<IpAddr>().is_ok() {
         xcluster::cluster::DiscoveryType::Static
     } else {
         xcluster::cluster::DiscoveryType::StrictDns
     };
-    Cluster {
-        name: ZIPKIN_CLUSTER.into(),
+    let c = Cluster {
+        name: TRACE_CLUSTER.into(),
         cluster_discovery_type: Some(xcluster::cluster::ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(duration(std::time::Duration::from_secs(1))),
-        load_assignment: Some(load_assignment(ZIPKIN_CLUSTER, &[(host.to_owned(), port)])),
+        load_assignment: Some(load_assignment(TRACE_CLUSTER, &[(host.to_owned(), port)])),
         ..Default::default()
+    };
+    if protocol == TraceProtocol::OtlpGrpc {
+        with_http2(c)
+    } else {
+        c
     }
 }
 
 /// An HTTP connection manager whose routes are the RDS resource `name`,
-/// tracing with Envoy's Zipkin tracer when `zipkin`, with the HTTP filters
-/// its routes configure (`filters`: their names) before the router.
-fn http_manager(name: &str, zipkin: bool, filters: &[&str]) -> xlistener::Filter {
+/// tracing as `tracing` says, with the HTTP filters its routes configure
+/// (`filters`: their names) before the router.
+fn http_manager(
+    name: &str,
+    tracing: &hcm::http_connection_manager::Tracing,
+    filters: &[&str],
+) -> xlistener::Filter {
     let http_filters = super::filters::chain(filters);
     filter(
         "envoy.filters.network.http_connection_manager",
@@ -268,12 +333,7 @@ fn http_manager(name: &str, zipkin: bool, filters: &[&str]) -> xlistener::Filter
                 },
             )),
             http_filters,
-            // Trace every call: B3 headers are started or continued per hop.
-            tracing: Some(if zipkin {
-                zipkin_tracing()
-            } else {
-                hcm::http_connection_manager::Tracing::default()
-            }),
+            tracing: Some(tracing.clone()),
             ..Default::default()
         }),
     )
@@ -591,8 +651,10 @@ pub const EXPLICIT_PROXY_PORT: u16 = 15001;
 /// EDS) resources from the start.
 pub struct Builder {
     outbound: OutboundPolicy,
-    /// Where an Envoy sidecar reports spans (`host:port`), if it should.
-    zipkin: Option<String>,
+    /// Every connection manager's `tracing`.
+    tracing: hcm::http_connection_manager::Tracing,
+    /// The collector spans go to, if any.
+    trace_cluster: Option<Cluster>,
     mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
@@ -610,7 +672,8 @@ impl Builder {
     pub fn new(outbound: OutboundPolicy, namespace: &str, mode: Mode) -> Self {
         Builder {
             outbound,
-            zipkin: None,
+            tracing: tracing(&TracingConfig::default()),
+            trace_cluster: None,
             mode,
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
@@ -691,10 +754,14 @@ impl Builder {
         }
     }
 
-    /// HTTP connection managers trace with Envoy's Zipkin tracer, which
-    /// reports to `collector`; the outbound part holds its cluster.
-    pub fn with_zipkin(mut self, collector: Option<&str>) -> Self {
-        self.zipkin = collector.map(str::to_owned);
+    /// HTTP connection managers trace as `t` says; the outbound part
+    /// holds the collector's cluster.
+    pub fn with_tracing(mut self, t: &TracingConfig) -> Self {
+        self.tracing = tracing(t);
+        self.trace_cluster = t
+            .collector
+            .as_ref()
+            .map(|(address, protocol)| trace_cluster(address, *protocol));
         self
     }
 
@@ -788,7 +855,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name, self.zipkin.is_some(), &used)
+        http_manager(name, &self.tracing, &used)
     }
 
     /// The names a client may call `service` by on `port`.
@@ -1009,8 +1076,7 @@ impl Builder {
     /// by (capture listeners, or the explicit proxy listener) first, with
     /// the HTTP listeners of the outbound ports and the shared clusters.
     pub fn finish_outbound(mut self) -> Resources {
-        if let Some(collector) = &self.zipkin {
-            let c = zipkin_cluster(collector);
+        if let Some(c) = self.trace_cluster.clone() {
             self.clusters.insert(c.name.clone(), c);
         }
         match self.mode {

@@ -35,7 +35,7 @@ use mesh_rules::registry::{
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
-pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, ZIPKIN_CLUSTER};
+pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, TRACE_CLUSTER};
 pub use mesh_proto::node::ProxyKind;
 
 /// What the outbound capture does with destinations nothing configures.
@@ -55,10 +55,41 @@ pub struct MeshConfig {
     pub domain: String,
     /// Outbound traffic policy.
     pub outbound: OutboundPolicy,
-    /// Where Envoy sidecars report spans (Zipkin v2 JSON, `host:port`);
-    /// without it Envoy adds no B3 headers. mesh-proxy starts and
-    /// continues B3 headers on its own and gets no tracer configuration.
-    pub zipkin: Option<String>,
+    /// How proxies trace calls.
+    pub tracing: TracingConfig,
+}
+
+/// How proxies trace calls: the share of traces recorded and where spans
+/// go (Istio's `meshConfig` sampling and tracer address).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The percentage (0–100) of traces recorded among those that start
+    /// here or arrive without a decision (Istio's default is 1).
+    pub sampling: f64,
+    /// The collector (`host:port`) and how to reach it; without one,
+    /// proxies carry trace context and export nothing (Envoy does not even
+    /// add B3 headers).
+    pub collector: Option<(String, TraceProtocol)>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            sampling: 1.0,
+            collector: None,
+        }
+    }
+}
+
+/// How spans reach the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceProtocol {
+    /// Zipkin v2 JSON over HTTP (`/api/v2/spans`, port 9411 by default).
+    Zipkin,
+    /// OTLP over gRPC (port 4317 by default).
+    OtlpGrpc,
+    /// OTLP over HTTP, protobuf (`/v1/traces`, port 4318 by default).
+    OtlpHttp,
 }
 
 impl Default for MeshConfig {
@@ -66,7 +97,7 @@ impl Default for MeshConfig {
         MeshConfig {
             domain: DEFAULT_DOMAIN.to_owned(),
             outbound: OutboundPolicy::RegistryOnly,
-            zipkin: None,
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -202,12 +233,8 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
             app: app_ip,
         },
     };
-    let zipkin = match node.kind {
-        ProxyKind::Envoy => inputs.mesh.zipkin.as_deref(),
-        ProxyKind::MeshProxy => None,
-    };
     build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
-        .with_zipkin(zipkin)
+        .with_tracing(&inputs.mesh.tracing)
         .with_locality(mesh_rules::registry::Locality::of(&node.labels))
 }
 

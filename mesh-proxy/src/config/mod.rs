@@ -12,6 +12,7 @@ mod retry;
 mod route;
 pub mod service;
 pub mod support;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,20 +43,6 @@ pub use route::{
 /// resources by name: `CDS[svcb].load_assignment`).
 pub(crate) fn err(path: impl AsRef<str>, message: impl Into<String>) -> FieldError {
     FieldError::new(FieldPath::parse(path.as_ref()), message)
-}
-
-/// How an HTTP connection manager traces the calls it carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tracing {
-    /// Trace headers pass untouched (no `tracing`).
-    Off,
-    /// Each call is a span of its own, a child of the caller's: calls a
-    /// workload makes (an `OUTBOUND` or unspecified listener).
-    ChildSpan,
-    /// A call keeps its caller's span (the server side of the caller's
-    /// client span, as Envoy's shared span context): calls a workload
-    /// receives (an `INBOUND` listener). A call without one starts a trace.
-    CallerSpan,
 }
 
 /// One immutable configuration.
@@ -309,9 +296,9 @@ pub struct HttpManager {
     /// The listener receives calls (`traffic_direction: INBOUND`): the
     /// standard metrics report as the destination.
     pub inbound: bool,
-    /// Trace calls (`tracing` set), and how (by the listener's
-    /// `traffic_direction`).
-    pub tracing: Tracing,
+    /// Trace calls (`tracing` set): each call is a span, a client span on
+    /// an outbound listener, a server span on an inbound one.
+    pub tracing: Option<trace::TraceConfig>,
     /// Which HTTP versions downstream clients may speak (`codec_type`).
     pub codec: Codec,
     /// How long a client may take to send a request head
@@ -1300,10 +1287,13 @@ fn build_http(
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
         inbound: b.inbound,
-        tracing: match (&m.tracing, b.inbound) {
-            (None, _) => Tracing::Off,
-            (Some(_), false) => Tracing::ChildSpan,
-            (Some(_), true) => Tracing::CallerSpan,
+        tracing: match &m.tracing {
+            None => None,
+            Some(t) => Some(trace::TraceConfig::build(
+                t,
+                &format!("{path}.tracing"),
+                &b.clusters,
+            )?),
         },
         codec,
         request_headers_timeout: match duration(&m.request_headers_timeout) {

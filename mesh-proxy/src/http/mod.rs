@@ -21,19 +21,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::config::cors::Cors;
-use crate::config::{
-    Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction, Tracing,
-};
+use crate::config::trace::TraceConfig;
+use crate::config::{Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction};
 use crate::sniff::Detected;
 use crate::state::{Conn, Shared};
 use crate::telemetry::flags::{Flag, Flags};
 use crate::telemetry::metrics::Reporter;
 use crate::telemetry::peer::{HEADER as PEER_HEADER, Workload};
+use crate::telemetry::spans::SpanStart;
 use crate::telemetry::tally::{Metered, Tally};
-use crate::telemetry::trace::{continue_trace, request_id};
+use crate::telemetry::trace::{next_span, request_id};
 use crate::upstream::{PooledBody, Upstreams};
 use forward::forward;
 use headers::{refuse_framing, refuse_host, strip_hop_by_hop, upgrade_protocol};
+use opentelemetry::KeyValue;
 
 /// Response bodies: streamed from upstream, or made by the proxy.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -386,6 +387,53 @@ async fn dispatch(
     resp
 }
 
+/// Makes the call a span of its own, a child of the caller's (headers
+/// rewritten for the app or the upstream to carry on); a sampled span with
+/// a collector is recorded in the request's tally.
+fn trace_call(req: &mut Request<Incoming>, t: &TraceConfig, server: bool, authority: &str) {
+    let ids = next_span(req.headers_mut(), t.sampling);
+    let (Some(collector), Some(tally), true) = (&t.collector, tally_of(req), ids.sampled) else {
+        return;
+    };
+    let method = req.method().as_str().to_owned();
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let version = match req.version() {
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    let path = req.uri().path().to_owned();
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method.clone()),
+        KeyValue::new("server.address", authority.to_owned()),
+        KeyValue::new("network.protocol.version", version),
+        KeyValue::new(
+            "guid:x-request-id",
+            header("x-request-id").unwrap_or("").to_owned(),
+        ),
+    ];
+    if let Some(agent) = header("user-agent") {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+    if server {
+        attributes.push(KeyValue::new("url.path", path));
+        attributes.push(KeyValue::new("url.scheme", "http"));
+    } else {
+        attributes.push(KeyValue::new(
+            "url.full",
+            format!("http://{authority}{path}"),
+        ));
+    }
+    tally.trace(SpanStart {
+        ids,
+        collector: collector.clone(),
+        server,
+        started: std::time::SystemTime::now(),
+        name: format!("{method} {authority}"),
+        attributes,
+    });
+}
+
 /// Takes the peer header off an inbound request; true when it named a
 /// workload (noted in `tally`).
 fn exchange_in(req: &mut Request<Incoming>, tally: Option<&Tally>) -> bool {
@@ -413,11 +461,10 @@ fn prepare_request(
     if manager.generate_request_id && !headers.contains_key("x-request-id") {
         headers.insert(HeaderName::from_static("x-request-id"), request_id());
     }
-    match manager.tracing {
-        Tracing::Off => {}
-        Tracing::ChildSpan => continue_trace(headers, true),
-        Tracing::CallerSpan => continue_trace(headers, false),
+    if let Some(t) = &manager.tracing {
+        trace_call(req, t, manager.inbound, authority);
     }
+    let headers = req.headers_mut();
     route.request_headers.apply(headers);
     let host = fwd
         .host_rewrite

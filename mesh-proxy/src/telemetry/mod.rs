@@ -1,12 +1,13 @@
 //! What the proxy tells about the traffic it carries: its own counters
 //! ([`stats`]), the standard per-call metrics ([`metrics`], labelled by
 //! the workloads on both sides, learned through [`peer`]) counted per
-//! request by [`tally`] with [`flags`], and request ids and trace context
-//! ([`trace`]).
+//! request by [`tally`] with [`flags`], request ids and trace context
+//! ([`trace`]), and recorded spans sent to collectors ([`spans`]).
 
 pub mod flags;
 pub mod metrics;
 pub mod peer;
+pub mod spans;
 pub mod stats;
 pub mod tally;
 pub mod trace;
@@ -24,6 +25,8 @@ pub struct Telemetry {
     local: ArcSwap<(Arc<Workload>, http::HeaderValue)>,
     /// The standard metrics.
     pub metrics: StandardMetrics,
+    /// Recorded spans on their way to collectors.
+    pub spans: spans::Spans,
 }
 
 impl Telemetry {
@@ -32,6 +35,7 @@ impl Telemetry {
         Telemetry {
             local: ArcSwap::from_pointee((NOBODY.clone(), NOBODY.header_value())),
             metrics: StandardMetrics::new(naming),
+            spans: spans::Spans::default(),
         }
     }
 

@@ -17,6 +17,7 @@ use hyper::body::{Body, Bytes, Frame, SizeHint};
 use super::flags::Flags;
 use super::metrics::{Call, Measures, Reporter};
 use super::peer::{NOBODY, Workload};
+use super::spans::{SpanEnd, SpanStart};
 use crate::config::service::Service;
 use crate::state::Shared;
 
@@ -35,6 +36,7 @@ struct Seen {
     peer: Option<Arc<Workload>>,
     service: Option<Arc<Service>>,
     flags: Flags,
+    span: Option<Box<SpanStart>>,
 }
 
 impl Tally {
@@ -79,11 +81,24 @@ impl Tally {
         seen.flags = seen.flags.union(flags.into());
     }
 
+    /// The request is a recorded span.
+    pub fn trace(&self, span: SpanStart) {
+        self.seen().span = Some(Box::new(span));
+    }
+
     /// Counts the request, answered `code` (gRPC status `grpc`) with
-    /// `response_bytes` of body.
-    fn finish(&self, shared: &Shared, code: u16, grpc: Option<u8>, response_bytes: u64) {
+    /// `response_bytes` of body, and ends its span.
+    fn finish(&self, shared: &Arc<Shared>, code: u16, grpc: Option<u8>, response_bytes: u64) {
         let seen = std::mem::take(&mut *self.seen());
         let service = seen.service.unwrap_or_else(Service::unknown);
+        if let Some(span) = seen.span {
+            let end = SpanEnd {
+                code,
+                flags: seen.flags.to_string(),
+                service: &service.host,
+            };
+            shared.telemetry.spans.record(shared, *span, end);
+        }
         let call = Call {
             reporter: self.reporter,
             local: shared.telemetry.local(),
