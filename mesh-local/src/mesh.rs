@@ -60,11 +60,72 @@ pub struct Pod {
 
 /// pilot's xDS port on the bridge.
 pub const XDS_PORT: u16 = 15010;
-/// Where pilot tells Envoy sidecars to report spans: the node's port 9411
-/// on the bridge (Zipkin's). No collector listens there yet, so Envoy's
-/// reports are refused inside the world; pilot's tracer is what makes
-/// Envoy add B3 headers at all.
-pub const ZIPKIN_PORT: u16 = 9411;
+/// How the sidecars report spans, to the node's address on the bridge (or
+/// the loopback node address): Zipkin v2 JSON on 9411, OTLP on 4317 (gRPC)
+/// or 4318 (HTTP) — the ports Jaeger and OpenTelemetry collectors use.
+/// [`Mesh::start_jaeger`] starts a collector there; without one the
+/// sidecars' reports are refused inside the world and counted as dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tracer {
+    /// Zipkin v2 JSON.
+    #[default]
+    Zipkin,
+    /// OTLP over gRPC.
+    OtlpGrpc,
+    /// OTLP over HTTP.
+    OtlpHttp,
+}
+
+impl Tracer {
+    /// pilot's flags for this tracer with a collector on `host`.
+    fn pilot_args(self, host: &str) -> Vec<String> {
+        match self {
+            Tracer::Zipkin => vec!["--zipkin-address".into(), format!("{host}:9411")],
+            Tracer::OtlpGrpc => vec![
+                "--otlp-address".into(),
+                format!("{host}:4317"),
+                "--otlp-protocol".into(),
+                "grpc".into(),
+            ],
+            Tracer::OtlpHttp => vec![
+                "--otlp-address".into(),
+                format!("{host}:4318"),
+                "--otlp-protocol".into(),
+                "http".into(),
+            ],
+        }
+    }
+}
+
+/// Jaeger's configuration: receivers on the collector host (`{host}`),
+/// spans kept in memory, queries on `{query}`.
+const JAEGER_CONFIG: &str = "service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp, zipkin]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics: {level: none}
+    logs: {level: warn}
+extensions:
+  jaeger_storage: {backends: {mem: {memory: {max_traces: 100000}}}}
+  jaeger_query:
+    storage: {traces: mem}
+    http: {endpoint: '{query}:16686'}
+    grpc: {endpoint: '{query}:16685'}
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: '{host}:4317'}
+      http: {endpoint: '{host}:4318'}
+  zipkin: {endpoint: '{host}:9411'}
+processors:
+  batch: {timeout: 100ms}
+exporters:
+  jaeger_storage_exporter: {trace_storage: mem}
+";
 
 /// A mesh: the world, a folder for its files, the rule store and pilot.
 pub struct Mesh {
@@ -76,6 +137,9 @@ pub struct Mesh {
     /// The registry file pilot follows.
     pub registry: PathBuf,
     pilot: Option<(u32, Lines)>,
+    /// How pilot tells the sidecars to report spans (set before
+    /// [`Mesh::start_pilot`]); every trace is recorded.
+    pub tracer: Tracer,
     /// The namespaces and processes (dropped last).
     pub world: World,
 }
@@ -105,6 +169,7 @@ impl Mesh {
             store,
             registry,
             pilot: None,
+            tracer: Tracer::default(),
             world,
         };
         mesh.write_registry("services: []\n")?;
@@ -147,6 +212,7 @@ impl Mesh {
             self.debug_address(),
         );
         let node = self.world.node.clone();
+        let tracer = self.tracer.pilot_args(&self.collector_host());
         let child = self.world.spawn(
             &node,
             None,
@@ -160,9 +226,12 @@ impl Mesh {
                 &xds,
                 "--debug-address",
                 &debug,
-                "--zipkin-address",
-                &format!("{POD_NET}.1:{ZIPKIN_PORT}"),
-            ],
+                "--trace-sampling",
+                "100",
+            ]
+            .into_iter()
+            .chain(tracer.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
             Stdio::piped(),
         )?;
         let pid = child.id();
@@ -170,6 +239,64 @@ impl Mesh {
         lines.wait_for("ready", Duration::from_secs(30))?;
         self.pilot = Some((pid, lines));
         Ok(())
+    }
+
+    /// Where span collectors listen: the node's address as pods see it.
+    fn collector_host(&self) -> String {
+        let net = if self.world.loopback {
+            LOOPBACK_NET
+        } else {
+            POD_NET
+        };
+        format!("{net}.1")
+    }
+
+    /// Starts a real Jaeger (all in one: OTLP and Zipkin receivers, memory
+    /// storage, the query API) in the node namespace, at the collector
+    /// host, and waits until it answers queries. `MESH_JAEGER_BIN` names
+    /// the binary (`tests/jaeger/build.sh` builds it and prints its path).
+    pub fn start_jaeger(&mut self) -> Result<()> {
+        let bin = std::env::var("MESH_JAEGER_BIN").map_err(|_| {
+            Error::Unexpected(
+                "MESH_JAEGER_BIN is not set: run tests/jaeger/build.sh and set it to the path it prints".into(),
+            )
+        })?;
+        let config = self.dir.path().join("jaeger.yaml");
+        let text = JAEGER_CONFIG
+            .replace("{host}", &self.collector_host())
+            .replace("{query}", &self.jaeger_query_host());
+        std::fs::write(&config, text).doing(|| format!("write {}", config.display()))?;
+        let node = self.world.node.clone();
+        self.world.spawn(
+            &node,
+            None,
+            &[&bin, "--config", &format!("file:{}", arg(&config)?)],
+            Stdio::null(),
+        )?;
+        poll("Jaeger to answer queries", Duration::from_secs(30), || {
+            self.jaeger("/api/services").ok().map(|_| ())
+        })
+    }
+
+    fn jaeger_query_host(&self) -> String {
+        if self.world.loopback {
+            self.collector_host()
+        } else {
+            "127.0.0.1".into()
+        }
+    }
+
+    /// Jaeger's query API answer at `path` (`/api/traces?service=…`).
+    pub fn jaeger(&self, path: &str) -> Result<serde_json::Value> {
+        let url = format!("http://{}:16686{path}", self.jaeger_query_host());
+        let (code, out) = self.world.exec(&self.world.node, &["curl", "-sf", &url]);
+        if code != 0 {
+            return Err(Error::Unexpected(format!(
+                "Jaeger did not answer {url} (curl exit {code})"
+            )));
+        }
+        serde_json::from_str(&out)
+            .map_err(|e| Error::Unexpected(format!("Jaeger's {path} is not JSON ({e})")))
     }
 
     /// Starts a real Prometheus in the node namespace, scraping the

@@ -78,6 +78,8 @@ pub struct Report {
     /// reported the calls (source), and as svcb's sidecars did
     /// (destination, calls from svca). `None` with Envoy sidecars.
     pub standard: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
+    /// `/pay` calls the client made in all (each one trace).
+    pub pays: usize,
     /// The pods with sidecars: name and address (where their metrics are).
     pub sidecars: Vec<(String, IpAddr)>,
     /// Packets to a VIP that escaped capture (must be 0; `None` on
@@ -345,6 +347,7 @@ fn start(mesh: &mut Mesh, sidecar: Sidecar, say: &mut dyn FnMut(&str)) -> Result
 fn refused(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) -> Result<()> {
     say("step 1: curl http://svca/pay — svcb's call to msgd should be refused");
     r.refused = pay(mesh, &pods.client)?;
+    r.pays += 1;
     r.msgd_before = requests(&pods.msgd_log).len();
     say(&format!(
         "  /pay answered {}; msgd received {} request(s)\n{}",
@@ -367,6 +370,7 @@ fn egress(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) -
         mesh.wait_synced(p, revision)?;
     }
     r.allowed = pay(mesh, &pods.client)?;
+    r.pays += 1;
     if let Some(last) = requests(&pods.msgd_log).last()
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(last)
         && let Some(h) = v["headers"].as_object()
@@ -417,6 +421,7 @@ fn split(
     let before: Vec<u64> = pods.svcb.iter().map(|p| inbound(mesh, p)).collect();
     let standard_before = standard_split(mesh, pods);
     let (split, ok) = pay_many(mesh, &pods.client, 1000)?;
+    r.pays += 1000;
     r.standard = standard_before.map(|(out0, in0)| {
         let (out1, in1) = standard_split(mesh, pods).unwrap_or_default();
         (minus(out1, &out0), minus(in1, &in0))
@@ -483,6 +488,7 @@ fn replace(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) 
     let total = text.lines().filter(|l| l.starts_with("status=")).count();
     let ok = text.lines().filter(|l| *l == "status=200").count();
     r.replace_load = (300 - ok, total);
+    r.pays += total;
     if ok < 300 {
         let failed: Vec<&str> = text
             .lines()
@@ -495,6 +501,7 @@ fn replace(mesh: &Mesh, pods: &Pods, r: &mut Report, say: &mut dyn FnMut(&str)) 
         ));
     }
     let (after, ok) = pay_many(mesh, &pods.client, 200)?;
+    r.pays += 200;
     r.after = after;
     r.succeeded += ok;
     say(&format!(

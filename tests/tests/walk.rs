@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use mesh_testbed::mesh::{Mesh, Sidecar};
+use mesh_testbed::mesh::{Mesh, Sidecar, Tracer};
 use mesh_testbed::walk;
 
 /// Runs the walk in `mesh` and asserts every one of its `checks` held.
@@ -165,4 +165,144 @@ fn prometheus_reads_the_walks_standard_metrics() {
         sent[0].1 > 0.0 && sent == received,
         "{sent:?} vs {received:?}"
     );
+}
+
+/// One span as Jaeger's query API shows it.
+#[derive(Debug)]
+struct Span {
+    id: String,
+    parent: Option<String>,
+    service: String,
+    kind: String,
+    url: String,
+}
+
+/// The spans of every trace in `answer` (`/api/traces`), by trace id.
+fn spans_by_trace(answer: &serde_json::Value) -> Vec<(String, Vec<Span>)> {
+    let tag = |s: &serde_json::Value, key: &str| {
+        s["tags"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["key"] == key))
+            .and_then(|t| t["value"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let traces = answer["data"].as_array().cloned().unwrap_or_default();
+    traces
+        .iter()
+        .map(|t| {
+            let spans = t["spans"].as_array().cloned().unwrap_or_default();
+            let spans = spans
+                .iter()
+                .map(|s| Span {
+                    id: s["spanID"].as_str().unwrap_or_default().to_owned(),
+                    parent: s["references"]
+                        .as_array()
+                        .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+                        .and_then(|r| r["spanID"].as_str())
+                        .map(str::to_owned),
+                    service:
+                        t["processes"][s["processID"].as_str().unwrap_or_default()]["serviceName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    kind: tag(s, "span.kind"),
+                    url: tag(s, "url.path") + &tag(s, "url.full"),
+                })
+                .collect();
+            (t["traceID"].as_str().unwrap_or_default().to_owned(), spans)
+        })
+        .collect()
+}
+
+/// The chain of one `/pay`: svca receives it (server span), calls svcb
+/// (client span, its child), svcb receives that call (server span, child
+/// of svca's client span) and calls msgd outside the mesh (client span,
+/// child of svcb's server span) — whether it has that last span, or what
+/// is missing.
+fn pay_chain(spans: &[Span]) -> Result<bool, String> {
+    let find = |service: &str, kind: &str, parent: Option<&str>, url: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.service.starts_with(service)
+                    && s.kind == kind
+                    && parent.is_none_or(|p| s.parent.as_deref() == Some(p))
+                    && s.url.contains(url)
+            })
+            .map(|s| s.id.as_str())
+            .ok_or(format!(
+                "no {kind} span of {service} for {url} under {parent:?}"
+            ))
+    };
+    let svca_in = find("svca.", "server", None, "/pay")?;
+    let svca_out = find("svca.", "client", Some(svca_in), "svcb")?;
+    let svcb_in = find("svcb.", "server", Some(svca_out), "/")?;
+    Ok(find("svcb.", "client", Some(svcb_in), "/send").is_ok())
+}
+
+/// A real Jaeger receives the walk's spans from the mesh-proxy sidecars,
+/// through `tracer`: one trace per `/pay` the client made, each with
+/// svca-in → svca-out → svcb-in → svcb-out (egress to msgd), parent ids
+/// matching across the sidecars.
+fn jaeger_sees_one_trace_per_pay(tracer: Tracer) {
+    let mut mesh = Mesh::new().unwrap();
+    mesh.tracer = tracer;
+    mesh.start_jaeger().unwrap();
+    let report = walk_holds(&mut mesh, Sidecar::MeshProxy, 11);
+    let services = mesh.jaeger("/api/services").unwrap();
+    let service = services["data"]
+        .as_array()
+        .and_then(|s| {
+            s.iter()
+                .filter_map(|s| s.as_str())
+                .find(|s| s.starts_with("svca."))
+        })
+        .unwrap_or_else(|| panic!("no svca service in Jaeger: {services}"))
+        .to_owned();
+    // Spans leave the sidecars in batches: wait until every /pay is there.
+    let query = format!("/api/traces?service={service}&limit=100000&lookback=1h");
+    let traces = mesh_testbed::eventually(
+        "a trace in Jaeger for every /pay",
+        std::time::Duration::from_secs(30),
+        || {
+            let traces = spans_by_trace(&mesh.jaeger(&query).ok()?);
+            let pays = traces
+                .iter()
+                .filter(|(_, spans)| spans.iter().any(|s| s.kind == "server" && s.url == "/pay"))
+                .count();
+            (pays >= report.pays).then_some(traces)
+        },
+    );
+    let pays: Vec<&(String, Vec<Span>)> = traces
+        .iter()
+        .filter(|(_, spans)| spans.iter().any(|s| s.kind == "server" && s.url == "/pay"))
+        .collect();
+    assert_eq!(pays.len(), report.pays, "one trace per /pay");
+    let mut without_egress = Vec::new();
+    for (id, spans) in pays {
+        match pay_chain(spans) {
+            Ok(true) => {}
+            Ok(false) => without_egress.push(spans),
+            Err(missing) => panic!("trace {id}: {missing}: {spans:#?}"),
+        }
+    }
+    // Step 1's call to msgd, before the egress rule, is cut at the TCP
+    // level (no HTTP listener knows the outside host): no HTTP span.
+    assert_eq!(without_egress.len(), 1, "{without_egress:#?}");
+}
+
+#[test]
+fn jaeger_receives_the_walks_traces_by_zipkin() {
+    jaeger_sees_one_trace_per_pay(Tracer::Zipkin);
+}
+
+#[test]
+fn jaeger_receives_the_walks_traces_by_otlp_grpc() {
+    jaeger_sees_one_trace_per_pay(Tracer::OtlpGrpc);
+}
+
+#[test]
+fn jaeger_receives_the_walks_traces_by_otlp_http() {
+    jaeger_sees_one_trace_per_pay(Tracer::OtlpHttp);
 }

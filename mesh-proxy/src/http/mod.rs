@@ -322,6 +322,15 @@ async fn dispatch(
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
+    // Every routed call is traced, also those the proxy answers itself
+    // (rate limits, faults, direct responses): users look for them.
+    if manager.generate_request_id && !req.headers().contains_key("x-request-id") {
+        req.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), request_id());
+    }
+    if let Some(t) = &manager.tracing {
+        trace_call(&mut req, t, manager.inbound, authority);
+    }
     if let Some(limited) = rate_limited(route, manager, shared) {
         return limited;
     }
@@ -348,7 +357,7 @@ async fn dispatch(
         return r;
     }
     let downstream_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, manager, route, fwd, authority);
+    prepare_request(&mut req, route, fwd, authority);
     if let Some(proto) = &upgrade {
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -449,22 +458,9 @@ fn exchange_in(req: &mut Request<Incoming>, tally: Option<&Tally>) -> bool {
     }
 }
 
-fn prepare_request(
-    req: &mut Request<Incoming>,
-    manager: &HttpManager,
-    route: &Route,
-    fwd: &Forward,
-    authority: &str,
-) {
+fn prepare_request(req: &mut Request<Incoming>, route: &Route, fwd: &Forward, authority: &str) {
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    if manager.generate_request_id && !headers.contains_key("x-request-id") {
-        headers.insert(HeaderName::from_static("x-request-id"), request_id());
-    }
-    if let Some(t) = &manager.tracing {
-        trace_call(req, t, manager.inbound, authority);
-    }
-    let headers = req.headers_mut();
     route.request_headers.apply(headers);
     let host = fwd
         .host_rewrite
