@@ -45,6 +45,10 @@ step "Kubernetes node binaries (tests/k8s/build.sh)"
 MESH_K8S_BIN=$(tests/k8s/build.sh)
 export MESH_K8S_BIN
 echo "$MESH_K8S_BIN"
+step "Jaeger, the tracing backend (tests/jaeger/build.sh)"
+MESH_JAEGER_BIN=$(tests/jaeger/build.sh)
+export MESH_JAEGER_BIN
+echo "$MESH_JAEGER_BIN"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
