@@ -594,3 +594,82 @@ fn standard_metrics_count_http_requests_and_tcp_bytes() {
         "OpenMetrics text ends with # EOF"
     );
 }
+
+/// A Zipkin tracer (every call recorded) sending to the cluster `zipkin`.
+const ZIPKIN_TRACING: &str = r#"tracing: {random_sampling: {value: 100}, provider: {name: envoy.tracers.zipkin, typed_config: {"@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig, collector_cluster: zipkin, collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON, shared_span_context: false}}}"#;
+
+/// A bootstrap whose connection manager traces with `tracing`, spans going
+/// to the cluster `zipkin` at `collector_port`.
+fn traced_bootstrap(http: &Backend, tracing: &str, collector_port: u16) -> String {
+    with_hcm(&bootstrap(&route_to("v1"), &[("v1", http)]), tracing)
+        + &common::cluster("zipkin", &[(collector_port, "HEALTHY")], "")
+}
+
+/// The collector is down: every call is still served at once, with trace
+/// headers; the spans are dropped and counted (the data path never waits
+/// for a collector). A caller's `x-b3-sampled: 0` records nothing.
+#[test]
+fn spans_for_a_collector_that_is_down_are_dropped_and_counted() {
+    let http = Backend::start("v1");
+    let dead = common::dead_port();
+    let proxy = common::mesh_proxy(&traced_bootstrap(&http, ZIPKIN_TRACING, dead.port));
+    let url = format!("http://{}/", proxy.listener("http"));
+    for _ in 0..20 {
+        assert_eq!(curl(&["-s", "-m", "2", &url]), (0, "v1\n".into()));
+    }
+    for _ in 0..5 {
+        let got = curl(&["-s", "-m", "2", "-H", "x-b3-sampled: 0", &url]);
+        assert_eq!(got, (0, "v1\n".into()));
+    }
+    let stat = |name: &str| {
+        let text = curl(&["-s", &format!("http://{}/stats/prometheus", proxy.admin())]).1;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("mesh_proxy_{name}_total ")))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    mesh_testbed::eventually(
+        "the 20 recorded spans dropped",
+        std::time::Duration::from_secs(10),
+        || (stat("spans_dropped") == Some(20)).then_some(()),
+    );
+    assert_eq!(stat("spans_exported"), Some(0));
+}
+
+/// Tracer settings mesh-proxy cannot honour are refused by path, not
+/// ignored: a shared span context (Envoy's default), a collector cluster
+/// that does not exist, a field it does not apply, Zipkin's protobuf
+/// encoding.
+#[test]
+fn tracer_settings_it_cannot_apply_are_refused() {
+    let http = Backend::start("v1");
+    let good = traced_bootstrap(&http, ZIPKIN_TRACING, 9411);
+    assert_eq!(validate(&good), (Some(0), String::new()));
+    let path = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tracing";
+    for (from, to, want) in [
+        (
+            ", shared_span_context: false",
+            "",
+            format!("{path}.provider.typed_config.shared_span_context: shared span contexts are not supported"),
+        ),
+        (
+            "collector_cluster: zipkin",
+            "collector_cluster: nowhere",
+            format!("{path}.provider.typed_config: the span collector's cluster `nowhere` is not defined"),
+        ),
+        (
+            "random_sampling: {value: 100}",
+            "random_sampling: {value: 100}, verbose: true",
+            "field `verbose` of envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing is not supported by mesh-proxy".to_owned(),
+        ),
+        (
+            "collector_endpoint_version: HTTP_JSON",
+            "collector_endpoint_version: HTTP_PROTO",
+            format!("{path}.provider.typed_config.collector_endpoint_version: only HTTP_JSON"),
+        ),
+    ] {
+        let bad = good.replace(from, to);
+        let (code, err) = validate(&bad);
+        assert_eq!(code, Some(1), "{to}: {err}");
+        assert!(err.contains(&want), "{want}\n{err}");
+    }
+}

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -67,14 +67,11 @@ pub struct SpanEnd<'a> {
     pub service: &'a str,
 }
 
-/// The proxy's span queues, one per collector, and what became of spans.
+/// The proxy's span queues, one per collector (what becomes of spans is
+/// counted in the proxy's stats: `spans_exported`, `spans_dropped`).
 #[derive(Debug, Default)]
 pub struct Spans {
     queues: Mutex<HashMap<Arc<Collector>, mpsc::Sender<SpanData>>>,
-    /// Spans handed to a collector.
-    pub exported: AtomicU64,
-    /// Spans dropped: queue full, or the collector unreachable or refusing.
-    pub dropped: AtomicU64,
 }
 
 impl Spans {
@@ -100,7 +97,7 @@ impl Spans {
                 .clone()
         };
         if tx.try_send(data).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.stats.spans_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -179,7 +176,7 @@ async fn export_loop(
             return;
         };
         let n = batch.len() as u64;
-        let spans = &shared.telemetry.spans;
+        let stats = &shared.stats;
         match send(
             &shared,
             &collector,
@@ -188,10 +185,10 @@ async fn export_loop(
         )
         .await
         {
-            Ok(()) => spans.exported.fetch_add(n, Ordering::Relaxed),
+            Ok(()) => stats.spans_exported.fetch_add(n, Ordering::Relaxed),
             Err(e) => {
                 warn!(cluster = %collector.cluster, spans = n, "span export failed: {e}");
-                spans.dropped.fetch_add(n, Ordering::Relaxed)
+                stats.spans_dropped.fetch_add(n, Ordering::Relaxed)
             }
         };
     }

@@ -61,6 +61,10 @@ pub struct Stats {
     pub config_accepted: AtomicU64,
     /// Configurations refused.
     pub config_rejected: AtomicU64,
+    /// Spans handed to a collector.
+    pub spans_exported: AtomicU64,
+    /// Spans dropped: a full queue, or a collector unreachable or refusing.
+    pub spans_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -113,6 +117,8 @@ impl Stats {
             ("upstream_cx_fail", &self.upstream_cx_fail),
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),
+            ("spans_exported", &self.spans_exported),
+            ("spans_dropped", &self.spans_dropped),
         ] {
             let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));
