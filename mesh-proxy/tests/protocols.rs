@@ -673,3 +673,114 @@ fn tracer_settings_it_cannot_apply_are_refused() {
         assert!(err.contains(&want), "{want}\n{err}");
     }
 }
+
+/// A JSON access log to stdout with the fields Istio's JSON log has.
+const JSON_ACCESS_LOG: &str = r#"access_log: [{name: envoy.access_loggers.stdout, typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: {json_format: {start_time: "%START_TIME%", method: "%REQ(:METHOD)%", path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", protocol: "%PROTOCOL%", response_code: "%RESPONSE_CODE%", response_flags: "%RESPONSE_FLAGS%", bytes_received: "%BYTES_RECEIVED%", bytes_sent: "%BYTES_SENT%", duration: "%DURATION%", upstream_host: "%UPSTREAM_HOST%", upstream_cluster: "%UPSTREAM_CLUSTER%", request_id: "%REQ(X-REQUEST-ID)%", authority: "%REQ(:AUTHORITY)%", user_agent: "%REQ(USER-AGENT)%", downstream: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%", content_type: "%RESP(CONTENT-TYPE)%", line: "%REQ(:METHOD)% %PROTOCOL%"}}}}]"#;
+
+/// The access log lines `start`'s proxy prints for a POST with a request
+/// id and a GET without one, both routed to a backend, and a request no
+/// route takes.
+fn access_log_lines(start: fn(&str) -> Process) -> (Vec<serde_json::Value>, String) {
+    let http = Backend::start("v1");
+    let config = bootstrap(&route_to("v1"), &[("v1", &http)]).replace(
+        "domains: [\"svcb\", \"svcb:80\", \"*\"]",
+        "domains: [\"svcb\"]",
+    );
+    let mut proxy = start(&with_hcm(&config, JSON_ACCESS_LOG));
+    let addr = proxy.listener("http");
+    let url = format!("http://{addr}/pay?n=1");
+    let post = [
+        "-s",
+        "-H",
+        "host: svcb",
+        "-H",
+        "x-request-id: walk-1",
+        "-A",
+        "walker",
+        "-d",
+        "abc",
+    ];
+    assert_eq!(curl(&[&post[..], &[&url]].concat()), (0, "v1\n".into()));
+    assert_eq!(
+        curl(&["-s", "-H", "host: svcb", "-A", "", &url]),
+        (0, "v1\n".into())
+    );
+    let (_, body) = curl(&["-s", "-H", "host: elsewhere", &url]);
+    assert!(!body.contains("v1"), "{body}");
+    let lines = (0..3)
+        .map(|_| serde_json::from_str(&proxy.wait_line("{")).unwrap())
+        .collect();
+    (lines, http.addr.to_string())
+}
+
+/// mesh-proxy prints what Envoy prints for the same access log config:
+/// field for field, typed alike (numbers, nulls), except what differs by
+/// nature (times, durations, generated request ids).
+#[test]
+fn access_logs_print_what_envoy_prints() {
+    let (ours, backend) = access_log_lines(mesh_proxy);
+    let (envoys, _) = access_log_lines(envoy);
+    for (i, (m, e)) in ours.iter().zip(&envoys).enumerate() {
+        for key in [
+            "method",
+            "path",
+            "protocol",
+            "response_code",
+            "response_flags",
+            "bytes_received",
+            "upstream_cluster",
+            "authority",
+            "user_agent",
+            "downstream",
+            "line",
+        ] {
+            assert_eq!(m[key], e[key], "line {i}, {key}: ours {m}\nEnvoy's {e}");
+        }
+        let stamp = m["start_time"].as_str().unwrap();
+        assert!(stamp.len() == 24 && stamp.ends_with('Z'), "{stamp}");
+        assert!(m["duration"].is_u64(), "{m}");
+        assert_eq!(
+            m["request_id"].as_str().map(str::len),
+            e["request_id"].as_str().map(str::len),
+            "{m}\n{e}"
+        );
+    }
+    assert_eq!(ours[0]["request_id"], "walk-1");
+    assert_eq!(ours[0]["bytes_received"], 3);
+    assert_eq!(ours[0]["bytes_sent"], 3);
+    assert_eq!(ours[0]["upstream_host"], backend.as_str());
+    assert_eq!(ours[0]["path"], "/pay?n=1");
+    assert_eq!(ours[2]["response_code"], 404);
+    assert_eq!(ours[2]["response_flags"], "NR");
+    assert_eq!(ours[2]["upstream_host"], serde_json::Value::Null);
+}
+
+/// Access log settings mesh-proxy cannot honour are refused by path.
+#[test]
+fn access_log_settings_it_cannot_apply_are_refused() {
+    let http = Backend::start("v1");
+    let good = with_hcm(
+        &bootstrap(&route_to("v1"), &[("v1", &http)]),
+        JSON_ACCESS_LOG,
+    );
+    assert_eq!(validate(&good), (Some(0), String::new()));
+    let bad = good.replace("%DURATION%", "%UPSTREAM_TRANSPORT_FAILURE_REASON%");
+    let (code, err) = validate(&bad);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("access_log[0].typed_config.log_format.json_format.duration: operator %UPSTREAM_TRANSPORT_FAILURE_REASON% is not supported yet"),
+        "{err}"
+    );
+    let filtered = good.replace(
+        "{name: envoy.access_loggers.stdout,",
+        "{name: envoy.access_loggers.stdout, filter: {status_code_filter: {comparison: {op: GE, value: {default_value: 400, runtime_key: k}}}},",
+    );
+    let (code, err) = validate(&filtered);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "field `filter` of envoy.config.accesslog.v3.AccessLog is not supported by mesh-proxy"
+        ),
+        "{err}"
+    );
+}

@@ -102,6 +102,7 @@ pub const TYPED_CONFIGS: &[&str] = &[
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "envoy.config.trace.v3.ZipkinConfig",
     "envoy.config.trace.v3.OpenTelemetryConfig",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
 ];
 
 /// Fields mesh-proxy applies, as `message.field` (proto names); any other
@@ -146,6 +147,12 @@ pub const PROXY_FIELDS: &[&str] = &[
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.http_filters",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.rds",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.tracing",
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.access_log",
+    "envoy.config.accesslog.v3.AccessLog.name",
+    "envoy.config.accesslog.v3.AccessLog.typed_config",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog.log_format",
+    "envoy.config.core.v3.SubstitutionFormatString.json_format",
+    "envoy.config.core.v3.SubstitutionFormatString.text_format_source",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing.random_sampling",
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing.provider",
     "envoy.config.trace.v3.Tracing.Http.name",

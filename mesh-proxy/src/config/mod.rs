@@ -3,6 +3,7 @@
 //! lookup-ready tables, and swapped in whole: a request sees one snapshot
 //! from start to end.
 
+pub mod access_log;
 pub mod breaker;
 pub mod cors;
 pub mod fault;
@@ -299,6 +300,8 @@ pub struct HttpManager {
     /// Trace calls (`tracing` set): each call is a span, a client span on
     /// an outbound listener, a server span on an inbound one.
     pub tracing: Option<trace::TraceConfig>,
+    /// Access logs (`access_log`; empty: none).
+    pub access_logs: Arc<[access_log::AccessLog]>,
     /// Which HTTP versions downstream clients may speak (`codec_type`).
     pub codec: Codec,
     /// How long a client may take to send a request head
@@ -1287,6 +1290,11 @@ fn build_http(
         stat_prefix: m.stat_prefix.clone(),
         generate_request_id: m.generate_request_id.as_ref().is_none_or(|b| b.value),
         inbound: b.inbound,
+        access_logs: access_log::AccessLog::build_all(
+            &m.access_log,
+            &format!("{path}.access_log"),
+        )?
+        .into(),
         tracing: match &m.tracing {
             None => None,
             Some(t) => Some(trace::TraceConfig::build(

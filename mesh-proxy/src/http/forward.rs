@@ -439,6 +439,9 @@ pub(super) async fn forward(
         else {
             break;
         };
+        if let Some(t) = &tally {
+            t.upstream(address, &cluster.name);
+        }
         let outcome = {
             let _busy = endpoint.start();
             send(head, body, cluster, address, upstreams, tries.per_try()).await

@@ -25,6 +25,7 @@ use crate::config::trace::TraceConfig;
 use crate::config::{Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction};
 use crate::sniff::Detected;
 use crate::state::{Conn, Shared};
+use crate::telemetry::access_log::LogStart;
 use crate::telemetry::flags::{Flag, Flags};
 use crate::telemetry::metrics::Reporter;
 use crate::telemetry::peer::{HEADER as PEER_HEADER, Workload};
@@ -167,6 +168,7 @@ async fn respond(
     if let Some(f) = r.extensions().get::<Flags>() {
         tally.flag(*f);
     }
+    tally.response_headers(r.headers());
     let (parts, body) = r.into_parts();
     let body = Metered::new(body, tally, shared.clone(), status, &parts.headers);
     Response::from_parts(parts, body)
@@ -255,12 +257,21 @@ fn local(mut r: Response<ProxyBody>, route: &Route) -> Response<ProxyBody> {
 
 /// Handles one request arriving on `conn`, routed by `manager`.
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     manager: &HttpManager,
     conn: &Conn,
     shared: &Shared,
     upstreams: &Upstreams,
 ) -> Response<ProxyBody> {
+    if manager.generate_request_id && !req.headers().contains_key("x-request-id") {
+        req.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), request_id());
+    }
+    if !manager.access_logs.is_empty()
+        && let Some(t) = tally_of(&req)
+    {
+        t.log(LogStart::new(&req, &manager.access_logs, conn.peer));
+    }
     if let Some(r) = refuse_framing(&req, conn).or_else(|| refuse_host(&req)) {
         return flagged(r, Flag::DownstreamProtocolError);
     }
@@ -324,10 +335,6 @@ async fn dispatch(
 ) -> Response<ProxyBody> {
     // Every routed call is traced, also those the proxy answers itself
     // (rate limits, faults, direct responses): users look for them.
-    if manager.generate_request_id && !req.headers().contains_key("x-request-id") {
-        req.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), request_id());
-    }
     if let Some(t) = &manager.tracing {
         trace_call(&mut req, t, manager.inbound, authority);
     }
@@ -401,6 +408,9 @@ async fn dispatch(
 /// a collector is recorded in the request's tally.
 fn trace_call(req: &mut Request<Incoming>, t: &TraceConfig, server: bool, authority: &str) {
     let ids = next_span(req.headers_mut(), t.sampling);
+    if let Some(tally) = tally_of(req) {
+        tally.trace_id(ids.trace);
+    }
     let (Some(collector), Some(tally), true) = (&t.collector, tally_of(req), ids.sampled) else {
         return;
     };

@@ -2,8 +2,10 @@
 //! ([`stats`]), the standard per-call metrics ([`metrics`], labelled by
 //! the workloads on both sides, learned through [`peer`]) counted per
 //! request by [`tally`] with [`flags`], request ids and trace context
-//! ([`trace`]), and recorded spans sent to collectors ([`spans`]).
+//! ([`trace`]), recorded spans sent to collectors ([`spans`]), and access
+//! log lines ([`access_log`]).
 
+pub mod access_log;
 pub mod flags;
 pub mod metrics;
 pub mod peer;

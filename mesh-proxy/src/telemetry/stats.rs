@@ -65,6 +65,8 @@ pub struct Stats {
     pub spans_exported: AtomicU64,
     /// Spans dropped: a full queue, or a collector unreachable or refusing.
     pub spans_dropped: AtomicU64,
+    /// Access log lines dropped: stdout not read fast enough.
+    pub access_logs_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -119,6 +121,7 @@ impl Stats {
             ("config_rejected", &self.config_rejected),
             ("spans_exported", &self.spans_exported),
             ("spans_dropped", &self.spans_dropped),
+            ("access_logs_dropped", &self.access_logs_dropped),
         ] {
             let _ = writeln!(s, "# TYPE mesh_proxy_{name} counter");
             let _ = writeln!(s, "mesh_proxy_{name}_total {}", get(c));

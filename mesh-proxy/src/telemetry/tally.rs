@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 
+use super::access_log::{LogEnd, LogStart};
 use super::flags::Flags;
 use super::metrics::{Call, Measures, Reporter};
 use super::peer::{NOBODY, Workload};
@@ -37,6 +38,7 @@ struct Seen {
     service: Option<Arc<Service>>,
     flags: Flags,
     span: Option<Box<SpanStart>>,
+    log: Option<Box<LogStart>>,
 }
 
 impl Tally {
@@ -86,6 +88,32 @@ impl Tally {
         self.seen().span = Some(Box::new(span));
     }
 
+    /// The request is logged.
+    pub fn log(&self, log: LogStart) {
+        self.seen().log = Some(Box::new(log));
+    }
+
+    /// The request belongs to trace `id` (for its access log).
+    pub fn trace_id(&self, id: u128) {
+        if let Some(l) = &mut self.seen().log {
+            l.trace_id = Some(id);
+        }
+    }
+
+    /// The request is tried on `endpoint` of `cluster` (for its access log).
+    pub fn upstream(&self, endpoint: std::net::SocketAddr, cluster: &str) {
+        if let Some(l) = &mut self.seen().log {
+            l.upstream = Some((endpoint, cluster.to_owned()));
+        }
+    }
+
+    /// The response's headers (for its access log).
+    pub fn response_headers(&self, headers: &http::HeaderMap) {
+        if let Some(l) = &mut self.seen().log {
+            l.response(headers);
+        }
+    }
+
     /// Counts the request, answered `code` (gRPC status `grpc`) with
     /// `response_bytes` of body, and ends its span.
     fn finish(&self, shared: &Arc<Shared>, code: u16, grpc: Option<u8>, response_bytes: u64) {
@@ -114,6 +142,16 @@ impl Tally {
             request_bytes: self.request_bytes.load(Ordering::Relaxed),
             response_bytes,
         };
+        if let Some(log) = seen.log {
+            let end = LogEnd {
+                code,
+                flags: seen.flags.to_string(),
+                bytes_received: measures.request_bytes,
+                bytes_sent: response_bytes,
+                duration_ms: measures.duration_ms as u64,
+            };
+            log.finish(shared, end);
+        }
         shared.telemetry.metrics.request(&call, measures);
     }
 }

@@ -261,19 +261,21 @@ pub fn envoy(config: &str) -> Process {
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, config).unwrap();
     let admin_path = dir.path().join("admin");
-    let child = Command::new(mesh_testbed::envoy_binary().unwrap())
+    let mut child = Command::new(mesh_testbed::envoy_binary().unwrap())
         .arg("-c")
         .arg(&path)
         .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
         .arg("--admin-address-path")
         .arg(&admin_path)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // Envoy's stdout carries only access logs (its own logs go to stderr).
+    let stdout = child.stdout.take().map(BufReader::new);
     let mut p = Process {
         child,
         lines: HashMap::new(),
-        stdout: None,
+        stdout,
         config_path: None,
         _dir: None,
     };
