@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use mesh_pilot::ads::Discovery;
 use mesh_pilot::store::{LocalStore, RuleStore};
-use mesh_pilot::translate::{MeshConfig, OutboundPolicy, TraceProtocol, TracingConfig};
+use mesh_pilot::translate::{
+    AccessLogEncoding, MeshConfig, OutboundPolicy, TraceProtocol, TracingConfig,
+};
 use mesh_pilot::world::{self, Update};
 use tracing::{info, warn};
 
@@ -42,6 +44,10 @@ struct Args {
     /// Istio's `zipkinAddress`).
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "otlp_address")]
     zipkin_address: Option<String>,
+    /// Proxies print a line per call to stdout, in this encoding (Istio's
+    /// `accessLogFile: /dev/stdout`, `accessLogEncoding`); off without it.
+    #[arg(long, value_enum, value_name = "ENCODING")]
+    access_log: Option<AccessLog>,
     /// Where proxies report spans by OTLP (`host:port`).
     #[arg(long, value_name = "HOST:PORT")]
     otlp_address: Option<String>,
@@ -52,6 +58,12 @@ struct Args {
     /// arriving without a sampling decision; a caller's decision wins).
     #[arg(long, default_value = "1", value_name = "PERCENT", value_parser = percent)]
     trace_sampling: f64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccessLog {
+    Json,
+    Text,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -150,6 +162,10 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             Outbound::AllowAny => OutboundPolicy::AllowAny,
         },
         tracing: args.tracing(),
+        access_log: args.access_log.map(|a| match a {
+            AccessLog::Json => AccessLogEncoding::Json,
+            AccessLog::Text => AccessLogEncoding::Text,
+        }),
     };
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use mesh_pilot::translate::{
-    Inputs, MeshConfig, ProxyKind, ProxyNode, Resources, TRACE_CLUSTER, TraceProtocol,
-    TracingConfig, translate,
+    AccessLogEncoding, Inputs, MeshConfig, ProxyKind, ProxyNode, Resources, TRACE_CLUSTER,
+    TraceProtocol, TracingConfig, translate,
 };
 use mesh_proto::envoy::config::bootstrap::v3::{Bootstrap, bootstrap::StaticResources};
 use mesh_rules::{Rule, Source, load};
@@ -835,6 +835,50 @@ fn sidecars_get_the_meshs_tracer() {
                 &bytes,
             );
             assert!(checked.is_ok(), "{protocol:?} {}: {checked:?}", l.name);
+        }
+    }
+}
+
+/// With access logs on, both kinds of sidecar print a line per call
+/// (JSON or text, Istio's fields); Envoy accepts each (goldens) and so
+/// does mesh-proxy's xDS client.
+#[test]
+fn sidecars_log_calls_when_the_mesh_says() {
+    let pool = mesh_proto::descriptors::Schema::Proxy.pool();
+    for (encoding, golden_name) in [
+        (AccessLogEncoding::Json, "svca-envoy-access-log-json"),
+        (AccessLogEncoding::Text, "svca-envoy-access-log-text"),
+    ] {
+        let mesh = MeshConfig {
+            access_log: Some(encoding),
+            ..MeshConfig::default()
+        };
+        let mut envoy = node(SVCA.0, SVCA.1, SVCA.2);
+        envoy.kind = ProxyKind::Envoy;
+        golden_with(golden_name, &registry(), &[], &envoy, &mesh);
+        let inputs = Inputs {
+            registry: &registry(),
+            rules: &[],
+            mesh: &mesh,
+        };
+        let mesh_proxy = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
+        let pool = &pool;
+        for l in &mesh_proxy.listeners {
+            let bytes = prost::Message::encode_to_vec(l);
+            let kind = mesh_proto::types::XdsType::Listener;
+            let checked = mesh_proxy::config::check_resource(pool, kind, &l.name, &bytes);
+            assert!(checked.is_ok(), "{encoding:?} {}: {checked:?}", l.name);
+            for f in l.filter_chains.iter().flat_map(|c| &c.filters) {
+                use mesh_proto::envoy::config::listener::v3::filter::ConfigType;
+                use mesh_proto::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+                if let Some(ConfigType::TypedConfig(any)) = &f.config_type
+                    && let Ok(m) =
+                        <HttpConnectionManager as prost::Message>::decode(any.value.as_slice())
+                    && any.type_url.ends_with("HttpConnectionManager")
+                {
+                    assert_eq!(m.access_log.len(), 1, "{}", l.name);
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use mesh_proto::envoy::config::accesslog::v3 as xaccesslog;
 use mesh_proto::envoy::config::cluster::v3::{self as xcluster, Cluster};
 use mesh_proto::envoy::config::core::v3 as xcore;
 use mesh_proto::envoy::config::endpoint::v3 as xendpoint;
@@ -18,7 +19,8 @@ use mesh_rules::rules::{IstioService, RouteRule, StringMatch};
 use prost::{Message, Name};
 
 use super::{
-    OutboundPolicy, Resources, TraceProtocol, TracingConfig, outbound_cluster_name, subset_name,
+    AccessLogEncoding, OutboundPolicy, Resources, TraceProtocol, TracingConfig,
+    outbound_cluster_name, subset_name,
 };
 
 /// The key of a cluster's upstream HTTP protocol options.
@@ -309,12 +311,85 @@ fn trace_cluster(collector: &str, protocol: TraceProtocol) -> Cluster {
     }
 }
 
+/// The fields of an access log line, as Istio names them in its JSON
+/// encoding, and the operators that fill them.
+const ACCESS_LOG_FIELDS: &[(&str, &str)] = &[
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("trace_id", "%TRACE_ID%"),
+];
+
+/// Every connection manager's `access_log`: Envoy's stdout logger, JSON
+/// with [`ACCESS_LOG_FIELDS`] or a text line of the same operators.
+fn access_log(encoding: AccessLogEncoding) -> xaccesslog::AccessLog {
+    use mesh_proto::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+    };
+    use mesh_proto::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+    use mesh_proto::google::protobuf::{Struct, Value, value};
+    let format = match encoding {
+        AccessLogEncoding::Json => substitution_format_string::Format::JsonFormat(Struct {
+            fields: ACCESS_LOG_FIELDS
+                .iter()
+                .map(|(k, op)| {
+                    let v = Value {
+                        kind: Some(value::Kind::StringValue((*op).to_owned())),
+                    };
+                    ((*k).to_owned(), v)
+                })
+                .collect(),
+        }),
+        AccessLogEncoding::Text => {
+            let ops: Vec<&str> = ACCESS_LOG_FIELDS.iter().map(|(_, op)| *op).collect();
+            substitution_format_string::Format::TextFormatSource(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!(
+                    "{}\n",
+                    ops.join(" ")
+                ))),
+                ..Default::default()
+            })
+        }
+    };
+    let stdout = StdoutAccessLog {
+        access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
+            SubstitutionFormatString {
+                format: Some(format),
+                ..Default::default()
+            },
+        )),
+    };
+    xaccesslog::AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(xaccesslog::access_log::ConfigType::TypedConfig(any(
+            &stdout,
+        ))),
+        ..Default::default()
+    }
+}
+
 /// An HTTP connection manager whose routes are the RDS resource `name`,
 /// tracing as `tracing` says, with the HTTP filters its routes configure
 /// (`filters`: their names) before the router.
 fn http_manager(
     name: &str,
     tracing: &hcm::http_connection_manager::Tracing,
+    access_log: &[xaccesslog::AccessLog],
     filters: &[&str],
 ) -> xlistener::Filter {
     let http_filters = super::filters::chain(filters);
@@ -334,6 +409,7 @@ fn http_manager(
             )),
             http_filters,
             tracing: Some(tracing.clone()),
+            access_log: access_log.to_vec(),
             ..Default::default()
         }),
     )
@@ -655,6 +731,8 @@ pub struct Builder {
     tracing: hcm::http_connection_manager::Tracing,
     /// The collector spans go to, if any.
     trace_cluster: Option<Cluster>,
+    /// Every connection manager's `access_log`.
+    access_log: Vec<xaccesslog::AccessLog>,
     mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
@@ -674,6 +752,7 @@ impl Builder {
             outbound,
             tracing: tracing(&TracingConfig::default()),
             trace_cluster: None,
+            access_log: Vec::new(),
             mode,
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
@@ -752,6 +831,12 @@ impl Builder {
                 )
                 .collect();
         }
+    }
+
+    /// HTTP connection managers log each call to stdout, encoded so.
+    pub fn with_access_log(mut self, encoding: Option<AccessLogEncoding>) -> Self {
+        self.access_log = encoding.map(access_log).into_iter().collect();
+        self
     }
 
     /// HTTP connection managers trace as `t` says; the outbound part
@@ -855,7 +940,7 @@ impl Builder {
                 ..Default::default()
             },
         );
-        http_manager(name, &self.tracing, &used)
+        http_manager(name, &self.tracing, &self.access_log, &used)
     }
 
     /// The names a client may call `service` by on `port`.

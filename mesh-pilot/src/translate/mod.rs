@@ -57,6 +57,18 @@ pub struct MeshConfig {
     pub outbound: OutboundPolicy,
     /// How proxies trace calls.
     pub tracing: TracingConfig,
+    /// Whether and how proxies print a line per call to stdout (Istio's
+    /// `accessLogFile: /dev/stdout` and `accessLogEncoding`).
+    pub access_log: Option<AccessLogEncoding>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogEncoding {
+    /// One JSON object per line.
+    Json,
+    /// Envoy's text format.
+    Text,
 }
 
 /// How proxies trace calls: the share of traces recorded and where spans
@@ -98,6 +110,7 @@ impl Default for MeshConfig {
             domain: DEFAULT_DOMAIN.to_owned(),
             outbound: OutboundPolicy::RegistryOnly,
             tracing: TracingConfig::default(),
+            access_log: None,
         }
     }
 }
@@ -235,6 +248,7 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
     };
     build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
         .with_tracing(&inputs.mesh.tracing)
+        .with_access_log(inputs.mesh.access_log)
         .with_locality(mesh_rules::registry::Locality::of(&node.labels))
 }
 

@@ -149,7 +149,10 @@ impl AccessLog {
                 },
                 Some(F::JsonFormat(json)) => {
                     let mut fields = Vec::new();
-                    for (key, value) in &json.fields {
+                    // Keys in order, as Envoy prints them.
+                    let mut entries: Vec<_> = json.fields.iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                    for (key, value) in entries {
                         let vpath = format!("{fpath}.json_format.{key}");
                         let Some(Kind::StringValue(s)) = &value.kind else {
                             return Err(err(vpath, "only string values are supported"));
