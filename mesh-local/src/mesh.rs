@@ -311,7 +311,8 @@ impl Mesh {
             .collect::<Vec<_>>()
             .join(", ");
         let text = format!(
-            "global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\nscrape_configs:\n- job_name: sidecars\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{list}]\n"
+            "global: {{scrape_interval: 1s, scrape_timeout: 900ms}}\nscrape_configs:\n- job_name: sidecars\n  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: [{list}]\n- job_name: pilot\n  metrics_path: /metrics\n  static_configs:\n  - targets: ['{}']\n",
+            self.debug_address()
         );
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&config, text))

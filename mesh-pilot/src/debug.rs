@@ -120,6 +120,13 @@ async fn handle(
             json(StatusCode::OK, &findings)
         }
         "/ready" => json(StatusCode::OK, &"ready"),
+        "/metrics" => Response::builder()
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(d.status().metrics_text())))
+            .expect("a valid response"),
         "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
         "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
         "/debug/config_dump" => {
@@ -137,7 +144,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging"]}),
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging", "/metrics"]}),
         ),
     })
 }

@@ -70,6 +70,12 @@ fn metrics_text(shared: &Shared) -> String {
         &cluster_rows(shared),
         &shared.config.load().prefix_stats,
     );
+    // The configuration in force, as an info metric (its version).
+    let version = shared.config.load().version.replace(['"', '\\', '\n'], "_");
+    text.push_str("# TYPE mesh_proxy_config info\n");
+    text.push_str(&format!(
+        "mesh_proxy_config_info{{version=\"{version}\"}} 1\n"
+    ));
     shared.telemetry.metrics.render(&mut text);
     text.push_str("# EOF\n");
     text

@@ -122,6 +122,11 @@ pub async fn run(
                 continue;
             }
         };
+        proxy
+            .shared
+            .stats
+            .xds_connected
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         report(Event::Disconnected(outcome));
         if proxy.shared.draining() {
             return;
@@ -371,6 +376,8 @@ async fn stream_once(
         Ok(w) => w,
         Err(e) => return e,
     };
+    let connected = &proxy.shared.stats.xds_connected;
+    connected.store(1, std::sync::atomic::Ordering::Relaxed);
     report(Event::Connected);
     *backoff = Duration::from_millis(100);
     // The descriptor pool checks incoming resources. It is kept while

@@ -165,6 +165,38 @@ fn prometheus_reads_the_walks_standard_metrics() {
         sent[0].1 > 0.0 && sent == received,
         "{sent:?} vs {received:?}"
     );
+    self_metrics_hold(&mesh, report.sidecars.len());
+}
+
+/// pilot's metrics (Istio's names) and the sidecars' own, as Prometheus
+/// read them after the walk: every sidecar connected to pilot and on a
+/// configuration, pilot counting them, its pushes, no rejections, and how
+/// long ACKs took.
+fn self_metrics_hold(mesh: &Mesh, sidecars: usize) {
+    let one = |query: &str| -> f64 {
+        let got = mesh.promql(query).unwrap();
+        assert_eq!(got.len(), 1, "{query}: {got:?}");
+        got[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    mesh_testbed::eventually("pilot scraped", std::time::Duration::from_secs(30), || {
+        (!mesh.promql("up{job=\"pilot\"} == 1").ok()?.is_empty()).then_some(())
+    });
+    assert_eq!(one("pilot_xds"), sidecars as f64, "connected proxies");
+    assert_eq!(one("sum(mesh_proxy_xds_connected)"), sidecars as f64);
+    assert_eq!(one("count(mesh_proxy_config_info)"), sidecars as f64);
+    // Each sidecar got at least its four types, and more as rules changed.
+    let pushes = one("sum(pilot_xds_pushes_total)");
+    assert!(pushes >= (4 * sidecars) as f64, "{pushes}");
+    assert_eq!(one("sum(pilot_total_xds_rejects_total) or vector(0)"), 0.0);
+    assert_eq!(one("sum(mesh_proxy_config_rejected_total)"), 0.0);
+    let acked = one("sum(pilot_proxy_convergence_time_count)");
+    assert!(
+        acked >= (4 * sidecars) as f64 && acked <= pushes,
+        "{acked} of {pushes}"
+    );
+    let p99 = one("histogram_quantile(0.99, sum by (le) (pilot_proxy_convergence_time_bucket))");
+    assert!(p99 > 0.0 && p99 <= 10.0, "{p99}");
+    assert!(one("sum(mesh_proxy_upstream_cx_total)") > 0.0);
 }
 
 /// One span as Jaeger's query API shows it.

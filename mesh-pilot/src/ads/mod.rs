@@ -10,6 +10,7 @@
 
 mod cache;
 mod flavor;
+pub mod metrics;
 mod status;
 mod stream;
 

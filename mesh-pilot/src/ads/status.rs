@@ -105,6 +105,8 @@ const HISTORY: usize = 200;
 pub struct Status {
     pub(super) proxies: Mutex<BTreeMap<u64, ProxyStatus>>,
     history: Mutex<VecDeque<PushRecord>>,
+    /// pilot's metrics.
+    pub metrics: super::metrics::PilotMetrics,
 }
 
 impl Status {
@@ -127,7 +129,13 @@ impl Status {
         }
     }
 
+    /// pilot's metrics in OpenMetrics text (`/metrics`).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(lock(&self.proxies).len())
+    }
+
     pub(super) fn record(&self, r: PushRecord) {
+        self.metrics.pushed(r.type_);
         let mut h = lock(&self.history);
         if h.len() == HISTORY {
             h.pop_front();

@@ -28,6 +28,8 @@ pub(super) struct Sub {
     pub(super) has: Held,
     /// The last nonce sent and what `has` was before it (restored on NACK).
     pending: Option<(String, Held)>,
+    /// When the last response was sent.
+    sent_at: Option<std::time::Instant>,
 }
 
 /// What a proxy holds of one type: exactly some resources pilot has (the
@@ -276,6 +278,7 @@ impl Stream {
                     self.node
                 );
                 sub.has = before;
+                self.status.metrics.rejected(kind);
                 let held = sub.has.len();
                 self.status.update(self.id, |p| {
                     let t = p.types.entry(kind).or_default();
@@ -284,6 +287,9 @@ impl Stream {
                 });
             }
             None => {
+                if let Some(t) = sub.sent_at.take() {
+                    self.status.metrics.converged(t.elapsed().as_secs_f64());
+                }
                 let held = sub.has.len();
                 self.status.update(self.id, |p| {
                     let t = p.types.entry(kind).or_default();
@@ -454,6 +460,7 @@ impl Stream {
             None => before,
         };
         sub.pending = Some((nonce.clone(), before));
+        sub.sent_at = Some(std::time::Instant::now());
         let sent_version = version.clone();
         self.status.update(self.id, |p| {
             p.types.entry(kind).or_default().sent = sent_version;

@@ -67,6 +67,8 @@ pub struct Stats {
     pub spans_dropped: AtomicU64,
     /// Access log lines dropped: stdout not read fast enough.
     pub access_logs_dropped: AtomicU64,
+    /// 1 while the stream to pilot is up.
+    pub xds_connected: AtomicU64,
 }
 
 impl Stats {
@@ -91,6 +93,20 @@ impl Stats {
             s,
             "mesh_proxy_downstream_cx_total {}",
             get(&self.downstream_cx_total)
+        );
+        let _ = writeln!(s, "# TYPE mesh_proxy_xds_connected gauge");
+        let _ = writeln!(s, "mesh_proxy_xds_connected {}", get(&self.xds_connected));
+        let _ = writeln!(s, "# TYPE mesh_proxy_upstream_cx counter");
+        let _ = writeln!(
+            s,
+            "mesh_proxy_upstream_cx_total {}",
+            get(&crate::upstream::connect::OPENED)
+        );
+        let _ = writeln!(s, "# TYPE mesh_proxy_upstream_cx_active gauge");
+        let _ = writeln!(
+            s,
+            "mesh_proxy_upstream_cx_active {}",
+            get(&crate::upstream::connect::OPEN)
         );
         let _ = writeln!(s, "# TYPE mesh_proxy_downstream_cx_active gauge");
         let _ = writeln!(

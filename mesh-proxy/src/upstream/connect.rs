@@ -3,12 +3,36 @@
 //! spawned on the worker's runtime.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{UpstreamBody, UpstreamError};
+
+/// Upstream HTTP connections opened since the start, and open now (the
+/// pools' size, for the proxy's metrics).
+pub static OPENED: AtomicU64 = AtomicU64::new(0);
+/// See [`OPENED`].
+pub static OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a connection open until dropped.
+struct Open;
+
+impl Open {
+    fn new() -> Open {
+        OPENED.fetch_add(1, Ordering::Relaxed);
+        OPEN.fetch_add(1, Ordering::Relaxed);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 async fn connect(
     addr: SocketAddr,
@@ -28,7 +52,9 @@ pub(super) async fn connect_h1(
 ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
     let io = connect(addr, timeout).await?;
     let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
+    let open = Open::new();
     tokio::spawn(async move {
+        let _open = open;
         let _ = conn.with_upgrades().await;
     });
     Ok(sender)
@@ -44,7 +70,9 @@ pub(super) async fn connect_h2(
         .handshake(io)
         .await
         .map_err(UpstreamError::Http)?;
+    let open = Open::new();
     tokio::spawn(async move {
+        let _open = open;
         let _ = conn.await;
     });
     Ok(sender)

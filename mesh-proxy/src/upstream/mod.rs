@@ -11,7 +11,7 @@
 //! request refused by a pooled connection that was closing is sent again
 //! on a fresh one without a copy.
 
-mod connect;
+pub mod connect;
 mod pool;
 
 use std::pin::Pin;
