@@ -85,10 +85,13 @@ fn meshctl_demo_without_binaries_says_what_is_missing() {
 fn prometheus_reads_the_walks_standard_metrics() {
     let mut mesh = Mesh::new().unwrap();
     let report = walk_holds(&mut mesh, Sidecar::MeshProxy, 11);
+    let tcp_pods = tcp_exchange(&mut mesh);
     let targets: Vec<String> = report
         .sidecars
         .iter()
-        .map(|(_, ip)| format!("{ip}:15090"))
+        .map(|(_, ip)| ip.to_string())
+        .chain(tcp_pods.iter().map(|p| p.ip.to_string()))
+        .map(|ip| format!("{ip}:15090"))
         .collect();
     mesh.start_prometheus(&targets).unwrap();
     // The traffic is over: once every target was scraped, what Prometheus
@@ -165,7 +168,100 @@ fn prometheus_reads_the_walks_standard_metrics() {
         sent[0].1 > 0.0 && sent == received,
         "{sent:?} vs {received:?}"
     );
-    self_metrics_hold(&mesh, report.sidecars.len());
+    self_metrics_hold(&mesh, targets.len());
+    // The TCP service: 1000 bytes to echo, 2000 back, on both sides (the
+    // receiving side cannot tell a TCP caller's workload before mTLS).
+    for (metric, bytes) in [("received", 1000.0), ("sent", 2000.0)] {
+        for side in [
+            "reporter=\"source\",source_app=\"tcpclient\"",
+            "reporter=\"destination\",destination_app=\"echo\"",
+        ] {
+            let q = format!(
+                "sum(mesh_tcp_{metric}_bytes_total{{{side},destination_service_name=\"echo\"}})"
+            );
+            let got = value(&q);
+            let all = mesh
+                .promql(&format!("mesh_tcp_{metric}_bytes_total"))
+                .unwrap();
+            assert_eq!(got, [(String::new(), bytes)], "{q}: {all:#?}");
+        }
+    }
+    let q =
+        "sum(mesh_tcp_connections_closed_total{destination_service_name=\"echo\"}) by (reporter)";
+    assert_eq!(value(q).len(), 2, "{q}");
+}
+
+/// Echoes twice what it read, once the client is done sending.
+const TCP_ECHO: &str = "import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000))
+s.listen()
+while True:
+    c, _ = s.accept()
+    d = b''
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        d += b
+    c.sendall(d * 2)
+    c.close()
+";
+
+/// Sends 1000 bytes to the echo service, half-closes, prints what came back.
+const TCP_CLIENT: &str = "import socket
+c = socket.create_connection(('10.251.0.12', 9000), timeout=5)
+c.sendall(b'x' * 1000)
+c.shutdown(socket.SHUT_WR)
+d = b''
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    d += b
+print(len(d))
+";
+
+/// An opaque TCP service (`echo`, port 9000, name `tcp`) and a client,
+/// both with sidecars: one connection carrying 1000 bytes up and 2000
+/// down. Returns the two pods.
+fn tcp_exchange(mesh: &mut Mesh) -> Vec<mesh_testbed::mesh::Pod> {
+    let echo_service = "- name: echo\n  namespace: default\n  vip: 10.251.0.12\n  ports:\n  - {name: tcp, port: 9000, targetPort: 9000}\n  selector: {app: echo}\n";
+    mesh.write_registry(&format!("{}{echo_service}", walk::REGISTRY))
+        .unwrap();
+    let echo = mesh
+        .pod("echo", &[("app", "echo")], Some(Sidecar::MeshProxy))
+        .unwrap();
+    mesh.world
+        .spawn(
+            &echo.ns,
+            None,
+            &["python3", "-c", TCP_ECHO],
+            std::process::Stdio::null(),
+        )
+        .unwrap();
+    let client = mesh
+        .pod(
+            "tcpclient",
+            &[("app", "tcpclient")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    let cluster = "outbound|9000||echo.default.svc.cluster.local";
+    mesh.wait_endpoints(&client, cluster, 1).unwrap();
+    // The echo server listens once its port answers from its own pod.
+    mesh_testbed::eventually(
+        "the echo server",
+        std::time::Duration::from_secs(10),
+        || {
+            let probe = "import socket; socket.create_connection(('127.0.0.1', 9000), timeout=1)";
+            (mesh.world.exec(&echo.ns, &["python3", "-c", probe]).0 == 0).then_some(())
+        },
+    );
+    let (code, out) = mesh.world.exec(&client.ns, &["python3", "-c", TCP_CLIENT]);
+    assert_eq!((code, out.trim()), (0, "2000"), "{out}");
+    vec![echo, client]
 }
 
 /// pilot's metrics (Istio's names) and the sidecars' own, as Prometheus
