@@ -189,6 +189,98 @@ fn prometheus_reads_the_walks_standard_metrics() {
     let q =
         "sum(mesh_tcp_connections_closed_total{destination_service_name=\"echo\"}) by (reporter)";
     assert_eq!(value(q).len(), 2, "{q}");
+    dashboards_hold(&mesh);
+}
+
+/// The values a Grafana variable's `label_values(selector, label)` takes,
+/// given the variables chosen before it.
+fn variable_values(mesh: &Mesh, query: &str, chosen: &[(String, String)]) -> Vec<String> {
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("variables are label_values(…): {query}"));
+    let (selector, label) = inner.rsplit_once(',').unwrap();
+    let selector = substitute(selector.trim(), chosen);
+    let label = label.trim();
+    let got = mesh
+        .promql(&format!("group by ({label}) ({selector})"))
+        .unwrap();
+    got.iter()
+        .filter_map(|s| s["metric"][label].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn substitute(expr: &str, chosen: &[(String, String)]) -> String {
+    let mut e = expr.replace("$__rate_interval", "1m");
+    for (name, value) in chosen {
+        e = e.replace(&format!("${name}"), value);
+    }
+    e
+}
+
+/// Every choice of the dashboard's variables (each from Prometheus).
+fn choices(mesh: &Mesh, vars: &[(String, String)]) -> Vec<Vec<(String, String)>> {
+    let mut all = vec![Vec::new()];
+    for (name, query) in vars {
+        let mut next = Vec::new();
+        for chosen in &all {
+            for v in variable_values(mesh, query, chosen) {
+                let mut c: Vec<(String, String)> = chosen.clone();
+                c.push((name.clone(), v));
+                next.push(c);
+            }
+        }
+        assert!(!next.is_empty(), "variable {name} ({query}) has no value");
+        all = next;
+    }
+    all
+}
+
+/// Every PromQL expression of the dashboards in install/kubernetes/addons
+/// evaluates without error against the walk's Prometheus and returns
+/// series, for some choice of the dashboard's variables.
+fn dashboards_hold(mesh: &Mesh) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../install/kubernetes/addons/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let mut checked = 0;
+    for file in files {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let vars: Vec<(String, String)> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "query")
+            .map(|v| {
+                let q = v["query"]["query"].as_str().unwrap().to_owned();
+                (v["name"].as_str().unwrap().to_owned(), q)
+            })
+            .collect();
+        let choices = choices(mesh, &vars);
+        for panel in d["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                mesh_testbed::eventually(
+                    &format!("{}: {expr} returns series", file.display()),
+                    std::time::Duration::from_secs(20),
+                    || {
+                        choices
+                            .iter()
+                            .any(|c| !mesh.promql(&substitute(expr, c)).unwrap().is_empty())
+                            .then_some(())
+                    },
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "{checked} expressions");
 }
 
 /// Echoes twice what it read, once the client is done sending.
