@@ -24,7 +24,8 @@ pub enum Section {
     Endpoints,
 }
 
-async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
+/// The body of `GET http://{addr}{path}` (2xx only).
+pub async fn get(addr: &str, path: &str) -> anyhow::Result<Bytes> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let url: hyper::Uri = format!("http://{addr}{path}")
@@ -41,6 +42,11 @@ async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
         "{addr}{path} answered {status}: {}",
         String::from_utf8_lossy(&body).trim()
     );
+    Ok(body)
+}
+
+async fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
+    let body = get(addr, path).await?;
     serde_json::from_slice(&body).with_context(|| format!("{addr}{path} did not answer JSON"))
 }
 

@@ -3,6 +3,7 @@
 mod cluster;
 mod demo;
 mod files;
+mod graph;
 mod inspect;
 mod kube_inject;
 mod output;
@@ -131,6 +132,11 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Who calls whom, with request rates and error ratios, from
+    /// Prometheus or straight from the sidecars' metrics (DOT, SVG, JSON).
+    Graph(graph::Args),
+    /// Print the URLs of the mesh's dashboards and debug pages (opens nothing).
+    Dashboard(graph::DashboardArgs),
     /// Walk the seed's steps on this machine.
     Demo {
         /// Leave the mesh running (until Ctrl-C) and print how to reach it.
@@ -189,6 +195,8 @@ async fn main() -> ExitCode {
         Command::KubeInject(args) => kube_inject::run(args),
         Command::Cluster(c) => cluster::run(c),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
+        Command::Graph(args) => graph::run(args).await,
+        Command::Dashboard(args) => graph::dashboard(&args),
         Command::Analyze { pilot } => inspect::analyze(&pilot).await,
         Command::ProxyConfig {
             section,
@@ -226,6 +234,8 @@ async fn main() -> ExitCode {
                     | Command::KubeInject(_)
                     | Command::Cluster(_)
                     | Command::ProxyStatus { .. }
+                    | Command::Graph(_)
+                    | Command::Dashboard(_)
                     | Command::Analyze { .. }
                     | Command::ProxyConfig { .. } => unreachable!("handled above"),
                 }

@@ -190,6 +190,80 @@ fn prometheus_reads_the_walks_standard_metrics() {
         "sum(mesh_tcp_connections_closed_total{destination_service_name=\"echo\"}) by (reporter)";
     assert_eq!(value(q).len(), 2, "{q}");
     dashboards_hold(&mesh);
+    graph_holds(&mesh, &report, &targets);
+}
+
+/// `meshctl graph` draws the walk: from Prometheus and straight from the
+/// sidecars alike, the client calls svca once per `/pay`, svca calls svcb's
+/// versions at least as often, svcb calls msgd outside the mesh, the TCP
+/// client calls echo. `MESH_WRITE_GRAPH=FILE` keeps the SVG (the README's
+/// picture comes from there).
+fn graph_holds(mesh: &Mesh, report: &walk::Report, sidecars: &[String]) {
+    let mut from_sidecars = vec!["graph", "-o", "json"];
+    for s in sidecars {
+        from_sidecars.extend(["--sidecar", s.as_str()]);
+    }
+    for args in [
+        vec!["graph", "--prometheus", "127.0.0.1:9090", "-o", "json"],
+        from_sidecars,
+    ] {
+        let (code, out) = mesh.meshctl_on_node(&args).unwrap();
+        assert_eq!(code, 0, "{args:?}: {out}");
+        let g: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let app = |id: &serde_json::Value| {
+            g["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == *id)
+                .map(|n| {
+                    (
+                        n["app"].as_str().unwrap().to_owned(),
+                        n["kind"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .unwrap()
+        };
+        let mut calls = std::collections::BTreeMap::<(String, String), f64>::new();
+        for e in g["edges"].as_array().unwrap() {
+            let (from, _) = app(&e["source"]);
+            let (to, kind) = app(&e["destination"]);
+            let to = if kind == "service" {
+                e["destination"].as_str().unwrap().to_owned()
+            } else {
+                to
+            };
+            *calls.entry((from, to)).or_default() += e["requests"].as_f64().unwrap();
+        }
+        let get = |a: &str, b: &str| calls.get(&(a.to_owned(), b.to_owned())).copied();
+        assert_eq!(
+            get("client", "svca"),
+            Some(report.pays as f64),
+            "{args:?}: {calls:?}"
+        );
+        assert!(
+            get("svca", "svcb").unwrap_or(0.0) >= report.pays as f64,
+            "{calls:?}"
+        );
+        let outside: f64 = calls
+            .iter()
+            .filter(|((from, _), _)| from == "svcb")
+            .map(|(_, n)| n)
+            .sum();
+        assert!(outside >= 1500.0, "{calls:?}");
+        let tcp = get("tcpclient", "echo.default.svc.cluster.local");
+        assert_eq!(tcp, Some(1.0), "one TCP connection: {calls:?}");
+    }
+    let mut svg_args = vec!["graph", "-o", "svg"];
+    for s in sidecars {
+        svg_args.extend(["--sidecar", s.as_str()]);
+    }
+    let (code, svg) = mesh.meshctl_on_node(&svg_args).unwrap();
+    assert_eq!(code, 0, "{svg}");
+    assert!(svg.contains("<svg") && svg.contains("svcb-v0.2"), "{svg}");
+    if let Some(path) = std::env::var_os("MESH_WRITE_GRAPH") {
+        std::fs::write(path, &svg).unwrap();
+    }
 }
 
 /// The values a Grafana variable's `label_values(selector, label)` takes,
