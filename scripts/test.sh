@@ -49,6 +49,10 @@ step "Jaeger, the tracing backend (tests/jaeger/build.sh)"
 MESH_JAEGER_BIN=$(tests/jaeger/build.sh)
 export MESH_JAEGER_BIN
 echo "$MESH_JAEGER_BIN"
+step "promtool from Prometheus' Go module (tests/prometheus/build.sh)"
+MESH_PROMTOOL=$(tests/prometheus/build.sh)
+export MESH_PROMTOOL
+echo "$MESH_PROMTOOL"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -107,6 +107,23 @@ pub fn open_loop(
     })
 }
 
+/// Sends `n` GETs, each to a path of its own (`/paths/<i>`), one after the
+/// other on one keep-alive HTTP/1.1 connection; returns how many failed.
+pub fn distinct_paths(addr: SocketAddr, n: usize) -> anyhow::Result<u64> {
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut errors = 0;
+    for i in 0..n {
+        let request = format!("GET /paths/{i} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes())?;
+        if !(200..300).contains(&read_response(&mut stream, &mut buf)?) {
+            errors += 1;
+        }
+    }
+    Ok(errors)
+}
+
 /// Reads one HTTP/1.1 response framed by Content-Length (every target
 /// answers so) and returns its status.
 fn read_response(stream: &mut std::net::TcpStream, buf: &mut [u8]) -> anyhow::Result<u16> {

@@ -585,14 +585,7 @@ fn scenario_table(s: &mut String, sc: &str, rows: &[Row]) {
                 added(r, |r| r.p50_ms)
             } else {
                 // A chain compares with Envoy's chain.
-                ratio(
-                    r.throughput,
-                    get(if r.target.contains('→') {
-                        "envoy → envoy"
-                    } else {
-                        "envoy"
-                    }),
-                )
+                ratio(r.throughput, get(envoy_peer(&r.target)))
             },
             if fixed {
                 added(r, |r| r.p99_ms)
@@ -619,7 +612,7 @@ fn report(rows: &[Row], memory: &[Memory], plan: &Plan) -> String {
     );
     let _ = writeln!(
         s,
-        "Machine: {}. {seconds} s per row; {rounds} round(s), targets interleaved, each row the round with the median throughput. One worker thread per proxy, pinned to CPU {PROXY_CPU}; load generator and backend on CPU {LOAD_CPU}. Envoy has a file access log (to /dev/null) as a sidecar would; mesh-proxy and HAProxy log nothing.\n",
+        "Machine: {}. {seconds} s per row; {rounds} round(s), targets interleaved, each row the round with the median throughput. One worker thread per proxy, pinned to CPU {PROXY_CPU}; load generator and backend on CPU {LOAD_CPU}. `envoy` has a file access log (to /dev/null) as a sidecar would; mesh-proxy and HAProxy log nothing. mesh-proxy always keeps its standard per-call metrics (Istio's labels), Envoy its own stats; the `1 % traced` pair both trace 1 % of the calls with Zipkin (spans to the backend), and each is compared with the other.\n",
         machine()
     );
     let mut scenarios: Vec<&str> = Vec::new();
@@ -633,12 +626,15 @@ fn report(rows: &[Row], memory: &[Memory], plan: &Plan) -> String {
     }
     let _ = writeln!(
         s,
-        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle (3 s after the last one started, no load), the start-up peak (the high-water mark the kernel recorded then, VmHWM: starting and reading the configuration), the most seen while the rows ran (sampled every 10 ms), and VmHWM at the end.\n\n| target | idle RSS MB | start-up peak MB | RSS under load MB | VmHWM MB |\n|---|---:|---:|---:|---:|"
+        "## Memory\n\nResident memory of the proxy processes (a chain: both summed): idle (3 s after the last one started, no load), the start-up peak (the high-water mark the kernel recorded then, VmHWM: starting and reading the configuration), the most seen while the rows ran (sampled every 10 ms), VmHWM at the end, and the growth over requests to distinct paths after the rows (one keep-alive connection; what a proxy keeps per path).\n\n| target | idle RSS MB | start-up peak MB | RSS under load MB | VmHWM MB | growth over distinct paths MB |\n|---|---:|---:|---:|---:|---:|"
     );
     for m in memory {
+        let growth = m
+            .paths_growth
+            .map_or("—".into(), |g| format!("{g:+.1} ({} paths)", m.paths));
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {growth} |",
             m.target, m.idle, m.startup_peak, m.loaded, m.peak
         );
     }
@@ -727,6 +723,7 @@ fn run(
         }
         let rows = medians(rows);
         memory_after_load(&mut memory, &targets);
+        memory_over_paths(&mut memory, &targets, if smoke { 1000 } else { 10_000 })?;
         anyhow::Ok((rows, memory))
     })();
     let _ = backend.kill();
@@ -755,6 +752,28 @@ fn start_targets(
             }),
         ),
         ("envoy", Box::new(|| targets::envoy(b, PROXY_CPU))),
+        // What a sidecar does besides proxying: mesh-proxy's standard
+        // metrics, Envoy's own stats, both tracing 1 % of the calls.
+        (
+            TRACED_MESH_PROXY,
+            Box::new(|| {
+                let extras = targets::Extras {
+                    access_log: false,
+                    tracing: true,
+                };
+                targets::mesh_proxy_with(mesh_proxy_bin, b, PROXY_CPU, extras, TRACED_MESH_PROXY)
+            }),
+        ),
+        (
+            TRACED_ENVOY,
+            Box::new(|| {
+                let extras = targets::Extras {
+                    access_log: false,
+                    tracing: true,
+                };
+                targets::envoy_with(b, PROXY_CPU, extras, TRACED_ENVOY)
+            }),
+        ),
         ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
         (
             "floor (byte relay)",
@@ -776,6 +795,23 @@ fn start_targets(
         .collect()
 }
 
+/// mesh-proxy with its standard metrics and 1 % of calls traced.
+const TRACED_MESH_PROXY: &str = "mesh-proxy (metrics + 1 % traced)";
+/// Envoy with its own stats and 1 % of calls traced.
+const TRACED_ENVOY: &str = "envoy (stats + 1 % traced)";
+
+/// The Envoy row a target's throughput is compared with: Envoy's chain
+/// for a chain, Envoy doing the same extras for a target doing extras.
+fn envoy_peer(target: &str) -> &'static str {
+    if target.contains('→') {
+        "envoy → envoy"
+    } else if target.contains("traced") {
+        TRACED_ENVOY
+    } else {
+        "envoy"
+    }
+}
+
 /// Resident memory of one target's proxies (a chain: both summed), MB.
 #[derive(Debug, Clone, Serialize)]
 struct Memory {
@@ -790,6 +826,11 @@ struct Memory {
     /// The high-water mark at the end (start-up or load, whichever was
     /// more).
     peak: f64,
+    /// RSS growth over requests to as many distinct paths as `paths`
+    /// (HTTP/1.1, one keep-alive connection, after the rows).
+    paths_growth: Option<f64>,
+    /// How many distinct paths.
+    paths: usize,
 }
 
 /// Each target's memory at rest (`loaded` and `peak` filled in later).
@@ -803,8 +844,31 @@ fn memory_at_rest(targets: &[Target]) -> Vec<Memory> {
             startup_peak: t.pids().into_iter().map(procfs::peak_rss_mb).sum(),
             loaded: 0.0,
             peak: 0.0,
+            paths_growth: None,
+            paths: 0,
         })
         .collect()
+}
+
+/// Each target's RSS growth over `n` requests to distinct paths: what a
+/// proxy keeps per path (per-path state would grow without bound).
+fn memory_over_paths(memory: &mut [Memory], targets: &[Target], n: usize) -> anyhow::Result<()> {
+    for (m, t) in memory
+        .iter_mut()
+        .zip(targets.iter().filter(|t| !t.pids().is_empty()))
+    {
+        let rss = || t.pids().into_iter().map(procfs::rss_mb).sum::<f64>();
+        let before = rss();
+        let errors = load::distinct_paths(t.addrs.small, n)?;
+        anyhow::ensure!(
+            errors == 0,
+            "{}: {errors} of {n} distinct paths failed",
+            t.name
+        );
+        m.paths_growth = Some(rss() - before);
+        m.paths = n;
+    }
+    Ok(())
 }
 
 /// Adds each target's most resident memory under load, and its VmHWM.

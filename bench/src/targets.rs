@@ -133,20 +133,39 @@ fn with_mirror(b: Backends) -> Backends {
     }
 }
 
+/// What a bootstrap's HTTP connection managers do besides routing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    /// A file access log (to /dev/null), as an Envoy sidecar has.
+    pub access_log: bool,
+    /// Zipkin tracing of 1 % of the calls (Istio's default), spans sent
+    /// to the small backend (which accepts any POST).
+    pub tracing: bool,
+}
+
+/// The HCM tracing block of [`Extras::tracing`] and its collector cluster.
+fn tracing_yaml(to: Backends) -> (String, String) {
+    let hcm = "          tracing:\n            random_sampling: {value: 1}\n            provider:\n              name: envoy.tracers.zipkin\n              typed_config:\n                \"@type\": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig\n                collector_cluster: zipkin\n                collector_endpoint: /api/v2/spans\n                collector_endpoint_version: HTTP_JSON\n                shared_span_context: false\n".to_owned();
+    let cluster = format!(
+        "  - name: zipkin\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: zipkin\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
+        to.small.port()
+    );
+    (hcm, cluster)
+}
+
 /// An Envoy-format bootstrap with the four listeners, and the mirroring
-/// one when `listen` has it; `access_log` adds a file access log to the
-/// HTTP listeners, as a sidecar has.
-pub fn envoy_bootstrap(
-    listen: Backends,
-    to: Backends,
-    admin_port: u16,
-    access_log: bool,
-) -> String {
-    let log = if access_log {
-        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: /dev/null\n"
+/// one when `listen` has it, doing `extras` on the HTTP listeners.
+pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: Extras) -> String {
+    let (trace, trace_cluster) = if extras.tracing {
+        tracing_yaml(to)
     } else {
-        ""
+        Default::default()
     };
+    let log = if extras.access_log {
+        "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: /dev/null\n".to_owned()
+    } else {
+        String::new()
+    } + &trace;
     let http = |name: &str, l: SocketAddr, cluster: &str, mirror: &str| {
         format!(
             r#"  - name: {name}
@@ -200,7 +219,7 @@ pub fn envoy_bootstrap(
         cluster("small", to.small),
         cluster("large", to.large),
         cluster("tcp", to.tcp),
-        cluster("grpc", to.grpc) + &cluster("mirror", to.small),
+        cluster("grpc", to.grpc) + &cluster("mirror", to.small) + &trace_cluster,
     )
 }
 
@@ -256,12 +275,24 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Starts mesh-proxy (one worker) in front of `to`.
+/// Starts mesh-proxy (one worker) in front of `to`; its standard
+/// metrics are always on.
 pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    mesh_proxy_with(binary, to, cpu, Extras::default(), "mesh-proxy")
+}
+
+/// Starts mesh-proxy doing `extras`, named `name`.
+pub fn mesh_proxy_with(
+    binary: &Path,
+    to: Backends,
+    cpu: &str,
+    extras: Extras,
+    name: &str,
+) -> anyhow::Result<Target> {
     let listen = with_mirror(ports());
     let dir = temp_dir("mesh-proxy");
     let cfg = dir.join("bootstrap.yaml");
-    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), false))?;
+    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), extras))?;
     let mut child = pinned(cpu, binary)
         .arg("--config")
         .arg(&cfg)
@@ -269,7 +300,7 @@ pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Targ
         .stdout(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "mesh-proxy")?;
-    Ok(Target::process("mesh-proxy", listen, child, Some(dir)))
+    Ok(Target::process(name, listen, child, Some(dir)))
 }
 
 /// The workload address the sidecar configured by pilot serves on.
@@ -346,10 +377,19 @@ pub fn mesh_proxy_via_pilot(
 
 /// Starts Envoy (`--concurrency 1`, access log on) in front of `to`.
 pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
+    let extras = Extras {
+        access_log: true,
+        tracing: false,
+    };
+    envoy_with(to, cpu, extras, "envoy")
+}
+
+/// Starts Envoy doing `extras`, named `name`; its own stats are always on.
+pub fn envoy_with(to: Backends, cpu: &str, extras: Extras, name: &str) -> anyhow::Result<Target> {
     let listen = with_mirror(ports());
     let dir = temp_dir("envoy");
     let cfg = dir.join("bootstrap.yaml");
-    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), true))?;
+    std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), extras))?;
     let binary = which("envoy")?;
     let mut child = pinned(cpu, &binary)
         .arg("-c")
@@ -359,7 +399,7 @@ pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
         .stderr(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "envoy")?;
-    Ok(Target::process("envoy", listen, child, Some(dir)))
+    Ok(Target::process(name, listen, child, Some(dir)))
 }
 
 /// Starts HAProxy (`nbthread 1`) in front of `to`.

@@ -51,6 +51,11 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Dot)]
     output: Format,
+    /// Serve the graph over HTTP instead of printing it, drawn afresh for
+    /// each request: `/graph.svg` (also `/`), `/graph.dot`, `/graph.json`,
+    /// and `/healthz` (the servicegraph addon runs this).
+    #[arg(long, value_name = "HOST:PORT")]
+    serve: Option<std::net::SocketAddr>,
 }
 
 /// A workload, or a service nothing in the mesh runs.
@@ -95,6 +100,73 @@ const BY: &str = "reporter, source_workload, source_workload_namespace, source_a
 
 /// `meshctl graph`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(addr) = args.serve {
+        return serve(std::sync::Arc::new(args), addr).await;
+    }
+    let graph = collect(&args).await?;
+    print!("{}", render(&graph, args.output)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the graph at `addr` until killed.
+async fn serve(args: std::sync::Arc<Args>, addr: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!("serving the service graph on http://{addr}/graph.svg");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let args = args.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let args = args.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(answer(&args, req.uri().path()).await)
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    args: &Args,
+    path: &str,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let reply = |status: u16, kind: &'static str, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", kind)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .expect("a valid response")
+    };
+    let (format, kind) = match path {
+        "/healthz" => return reply(200, "text/plain", "ok\n".into()),
+        "/" | "/graph.svg" => (Format::Svg, "image/svg+xml"),
+        "/graph.dot" => (Format::Dot, "text/vnd.graphviz"),
+        "/graph.json" => (Format::Json, "application/json"),
+        _ => {
+            return reply(
+                404,
+                "text/plain",
+                "/graph.svg, /graph.dot, /graph.json\n".into(),
+            );
+        }
+    };
+    match collect(args).await.and_then(|g| render(&g, format)) {
+        Ok(body) => reply(200, kind, body),
+        Err(e) => reply(502, "text/plain", format!("{e:#}\n")),
+    }
+}
+
+/// The graph, from Prometheus or the sidecars.
+async fn collect(args: &Args) -> anyhow::Result<Graph> {
     // Requests (HTTP, gRPC), and TCP connections as the calls of TCP.
     let metrics = [
         format!("{}_requests_total", args.prefix),
@@ -120,9 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let rates = args.prometheus.is_some().then_some(rates);
-    let graph = build(&totals, rates.as_deref());
-    print!("{}", render(&graph, args.output)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(build(&totals, rates.as_deref()))
 }
 
 async fn promql(addr: &str, query: &str) -> anyhow::Result<Vec<Sample>> {

@@ -5,6 +5,7 @@ mod demo;
 mod files;
 mod graph;
 mod inspect;
+mod install;
 mod kube_inject;
 mod output;
 mod rules;
@@ -135,6 +136,9 @@ enum Command {
     /// Who calls whom, with request rates and error ratios, from
     /// Prometheus or straight from the sidecars' metrics (DOT, SVG, JSON).
     Graph(graph::Args),
+    /// Render the mesh's Kubernetes bundles (today: the observability
+    /// addons) from the templates, with `--set key=value` changes.
+    Install(install::Args),
     /// Print the URLs of the mesh's dashboards and debug pages (opens nothing).
     Dashboard(graph::DashboardArgs),
     /// Walk the seed's steps on this machine.
@@ -196,6 +200,7 @@ async fn main() -> ExitCode {
         Command::Cluster(c) => cluster::run(c),
         Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
         Command::Graph(args) => graph::run(args).await,
+        Command::Install(args) => install::run(&args),
         Command::Dashboard(args) => graph::dashboard(&args),
         Command::Analyze { pilot } => inspect::analyze(&pilot).await,
         Command::ProxyConfig {
@@ -235,6 +240,7 @@ async fn main() -> ExitCode {
                     | Command::Cluster(_)
                     | Command::ProxyStatus { .. }
                     | Command::Graph(_)
+                    | Command::Install(_)
                     | Command::Dashboard(_)
                     | Command::Analyze { .. }
                     | Command::ProxyConfig { .. } => unreachable!("handled above"),

@@ -168,6 +168,27 @@ fn prometheus_reads_the_walks_standard_metrics() {
         sent[0].1 > 0.0 && sent == received,
         "{sent:?} vs {received:?}"
     );
+    // Request sizes: what svca's sidecar sent svcb is what svcb's sidecars
+    // received, one observation per call.
+    let request_bytes = |reporter: &str, what: &str| {
+        let side = match reporter {
+            "source" => "source_app=\"svca\",destination_service_name=\"svcb\"",
+            _ => "destination_app=\"svcb\",source_app=\"svca\"",
+        };
+        let q = format!("sum(mesh_{what}{{reporter=\"{reporter}\",{side}}})");
+        value(&q)[0].1
+    };
+    assert_eq!(
+        request_bytes("source", "request_bytes_sum"),
+        request_bytes("destination", "request_bytes_sum")
+    );
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            request_bytes(reporter, "request_bytes_count"),
+            request_bytes(reporter, "requests_total"),
+            "{reporter}"
+        );
+    }
     self_metrics_hold(&mesh, targets.len());
     // The TCP service: 1000 bytes to echo, 2000 back, on both sides (the
     // receiving side cannot tell a TCP caller's workload before mTLS).
@@ -190,7 +211,7 @@ fn prometheus_reads_the_walks_standard_metrics() {
         "sum(mesh_tcp_connections_closed_total{destination_service_name=\"echo\"}) by (reporter)";
     assert_eq!(value(q).len(), 2, "{q}");
     dashboards_hold(&mesh);
-    graph_holds(&mesh, &report, &targets);
+    graph_holds(&mut mesh, &report, &targets, &tcp_pods[1]);
 }
 
 /// `meshctl graph` draws the walk: from Prometheus and straight from the
@@ -198,7 +219,64 @@ fn prometheus_reads_the_walks_standard_metrics() {
 /// versions at least as often, svcb calls msgd outside the mesh, the TCP
 /// client calls echo. `MESH_WRITE_GRAPH=FILE` keeps the SVG (the README's
 /// picture comes from there).
-fn graph_holds(mesh: &Mesh, report: &walk::Report, sidecars: &[String]) {
+fn graph_holds(
+    mesh: &mut Mesh,
+    report: &walk::Report,
+    sidecars: &[String],
+    caller: &mesh_testbed::mesh::Pod,
+) {
+    // Traffic while Prometheus watches, for rates: 2 × 25 /pay from
+    // another pod with a sidecar (svca's VIP, by Host), the second batch
+    // once Prometheus holds the first (a rate needs a rise it saw).
+    for seen in [25, 50] {
+        let (code, _) = mesh.world.exec(
+            &caller.ns,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-H",
+                "host: svca",
+                "http://10.251.0.10/pay?n=[1-25]",
+            ],
+        );
+        assert_eq!(code, 0);
+        mesh_testbed::eventually(
+            &format!("Prometheus sees {seen} calls"),
+            std::time::Duration::from_secs(20),
+            || {
+                let q = format!(
+                    "sum(mesh_requests_total{{reporter=\"destination\",source_app=\"tcpclient\"}}) >= {seen}"
+                );
+                (!mesh.promql(&q).ok()?.is_empty()).then_some(())
+            },
+        );
+    }
+    let (code, out) = mesh
+        .meshctl_on_node(&["graph", "--prometheus", "127.0.0.1:9090", "-o", "json"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let g: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rate = |from: &str, to: &str| -> f64 {
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["source"].as_str().unwrap().starts_with(from)
+                    && e["destination"].as_str().unwrap().starts_with(to)
+            })
+            .map(|e| e["rps"].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    for (from, to) in [
+        ("tcpclient", "svca"),
+        ("svca", "svcb"),
+        ("svcb", "10.250.0.2"),
+    ] {
+        assert!(rate(from, to) > 0.0, "{from} → {to} has no rate: {out}");
+    }
     let mut from_sidecars = vec!["graph", "-o", "json"];
     for s in sidecars {
         from_sidecars.extend(["--sidecar", s.as_str()]);
@@ -241,16 +319,15 @@ fn graph_holds(mesh: &Mesh, report: &walk::Report, sidecars: &[String]) {
             Some(report.pays as f64),
             "{args:?}: {calls:?}"
         );
-        assert!(
-            get("svca", "svcb").unwrap_or(0.0) >= report.pays as f64,
-            "{calls:?}"
-        );
+        assert_eq!(get("tcpclient", "svca"), Some(50.0), "{args:?}: {calls:?}");
+        let pays = report.pays as f64 + 50.0;
+        assert!(get("svca", "svcb").unwrap_or(0.0) >= pays, "{calls:?}");
         let outside: f64 = calls
             .iter()
             .filter(|((from, _), _)| from == "svcb")
             .map(|(_, n)| n)
             .sum();
-        assert!(outside >= 1500.0, "{calls:?}");
+        assert!(outside >= 1550.0, "{calls:?}");
         let tcp = get("tcpclient", "echo.default.svc.cluster.local");
         assert_eq!(tcp, Some(1.0), "one TCP connection: {calls:?}");
     }
@@ -264,6 +341,42 @@ fn graph_holds(mesh: &Mesh, report: &walk::Report, sidecars: &[String]) {
     if let Some(path) = std::env::var_os("MESH_WRITE_GRAPH") {
         std::fs::write(path, &svg).unwrap();
     }
+    graph_is_served(mesh, &g);
+}
+
+/// `meshctl graph --serve` (the servicegraph addon) answers what the
+/// command prints: the same nodes, as JSON, SVG and DOT.
+fn graph_is_served(mesh: &mut Mesh, printed: &serde_json::Value) {
+    let meshctl = mesh_testbed::binary("meshctl").unwrap();
+    let node = mesh.world.node.clone();
+    let serve = [
+        meshctl.to_str().unwrap(),
+        "graph",
+        "--serve",
+        "127.0.0.1:8088",
+        "--prometheus",
+        "127.0.0.1:9090",
+    ];
+    mesh.world
+        .spawn(&node, None, &serve, std::process::Stdio::null())
+        .unwrap();
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:8088{path}");
+        mesh.world.exec(&node, &["curl", "-sf", &url])
+    };
+    mesh_testbed::eventually(
+        "the served graph",
+        std::time::Duration::from_secs(10),
+        || (get("/healthz") == (0, "ok\n".into())).then_some(()),
+    );
+    let (code, json) = get("/graph.json");
+    assert_eq!(code, 0, "{json}");
+    let served: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(served["nodes"], printed["nodes"]);
+    let (_, svg) = get("/graph.svg");
+    assert!(svg.contains("<svg") && svg.contains("svca-v0.1-1"), "{svg}");
+    let (_, dot) = get("/graph.dot");
+    assert!(dot.starts_with("digraph mesh {"), "{dot}");
 }
 
 /// The values a Grafana variable's `label_values(selector, label)` takes,

@@ -1,0 +1,244 @@
+//! `meshctl install`: the mesh's Kubernetes bundles, rendered from the
+//! templates in `install/templates/` (compiled in) with the mesh's values;
+//! `--set key=value` changes one, `-o DIR` writes the files (the copies
+//! under `install/kubernetes/` are this command's output, and a test keeps
+//! them so). Today it renders the observability addons: Prometheus,
+//! Grafana with the mesh's dashboards, the Zipkin-compatible collector
+//! (Jaeger) and the service graph.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+/// The templates: where each renders to, and its text.
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "addons/prometheus.yaml",
+        include_str!("../../install/templates/addons/prometheus.yaml"),
+    ),
+    (
+        "addons/grafana.yaml",
+        include_str!("../../install/templates/addons/grafana.yaml"),
+    ),
+    (
+        "addons/zipkin.yaml",
+        include_str!("../../install/templates/addons/zipkin.yaml"),
+    ),
+    (
+        "addons/servicegraph.yaml",
+        include_str!("../../install/templates/addons/servicegraph.yaml"),
+    ),
+];
+
+/// The Grafana dashboards provisioned by `addons/grafana.yaml`.
+const DASHBOARDS: &[(&str, &str)] = &[
+    (
+        "mesh.json",
+        include_str!("../../install/kubernetes/addons/dashboards/mesh.json"),
+    ),
+    (
+        "service.json",
+        include_str!("../../install/kubernetes/addons/dashboards/service.json"),
+    ),
+    (
+        "workload.json",
+        include_str!("../../install/kubernetes/addons/dashboards/workload.json"),
+    ),
+];
+
+/// The values, their defaults and what they are.
+const VALUES: &[(&str, &str, &str)] = &[
+    ("namespace", "mesh-system", "the namespace the mesh runs in"),
+    ("hub", "localhost/mesh", "where the mesh's own images are"),
+    ("tag", env!("CARGO_PKG_VERSION"), "the mesh's images' tag"),
+    (
+        "prometheus.image",
+        "docker.io/prom/prometheus:v3.5.0",
+        "Prometheus' image",
+    ),
+    (
+        "prometheus.scrapeInterval",
+        "15s",
+        "how often Prometheus scrapes",
+    ),
+    (
+        "prometheus.retention",
+        "6h",
+        "how long Prometheus keeps samples",
+    ),
+    (
+        "grafana.image",
+        "docker.io/grafana/grafana:12.1.1",
+        "Grafana's image",
+    ),
+    (
+        "tracing.image",
+        "docker.io/jaegertracing/jaeger:2.12.0",
+        "the tracing backend's image (Jaeger)",
+    ),
+    (
+        "tracing.maxTraces",
+        "50000",
+        "traces the tracing backend keeps in memory",
+    ),
+    (
+        "servicegraph.window",
+        "1m",
+        "the window the service graph's rates are taken over",
+    ),
+];
+
+/// What `meshctl install` renders with.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Change a value (repeat for each): `namespace`, `hub`, `tag`,
+    /// `prometheus.image`, … (`--set help=` lists them).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Write the files under DIR (`DIR/addons/prometheus.yaml`, …) instead
+    /// of printing them.
+    #[arg(short = 'o', long, value_name = "DIR")]
+    output: Option<PathBuf>,
+}
+
+/// The values after `--set`s, or what is wrong with one.
+fn values(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut values: Vec<(&str, String)> = VALUES
+        .iter()
+        .map(|(k, v, _)| (*k, (*v).to_owned()))
+        .collect();
+    let known = || {
+        VALUES
+            .iter()
+            .map(|(k, v, what)| format!("  {k} (default {v}): {what}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for s in set {
+        let Some((key, value)) = s.split_once('=') else {
+            anyhow::bail!(
+                "--set {s}: expected KEY=VALUE; the values are:\n{}",
+                known()
+            );
+        };
+        let Some(slot) = values.iter_mut().find(|(k, _)| *k == key) else {
+            anyhow::bail!(
+                "--set {s}: there is no value `{key}`; the values are:\n{}",
+                known()
+            );
+        };
+        anyhow::ensure!(
+            !value.is_empty()
+                && !value
+                    .chars()
+                    .any(|c| c.is_whitespace() || "{}\"'#".contains(c)),
+            "--set {s}: a value is one word without quotes, braces or #"
+        );
+        if key == "namespace" {
+            let dns_label = value.len() <= 63
+                && value.starts_with(|c: char| c.is_ascii_lowercase())
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !value.ends_with('-');
+            anyhow::ensure!(
+                dns_label,
+                "--set {s}: a namespace is a DNS label (lowercase letters, digits, '-', at most 63)"
+            );
+        }
+        slot.1 = value.to_owned();
+    }
+    Ok(values)
+}
+
+/// Where the dashboards go in a template.
+const DASHBOARDS_SLOT: &str = "{{dashboards}}";
+
+/// The dashboards as a ConfigMap's `data` entries (block scalars).
+fn dashboards_data() -> String {
+    let mut s = String::new();
+    for (name, json) in DASHBOARDS {
+        s.push_str(&format!("  {name}: |\n"));
+        for line in json.lines() {
+            s.push_str("    ");
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    s.trim_end_matches('\n').to_owned()
+}
+
+/// Every bundle file: its path under the output folder and its text.
+pub fn render(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let values = values(set)?;
+    TEMPLATES
+        .iter()
+        .map(|(path, template)| {
+            let mut text = template.to_string();
+            for (key, value) in &values {
+                text = text.replace(&format!("{{{{{key}}}}}"), value);
+            }
+            // The dashboards go in last: their legends use Grafana's own
+            // `{{label}}` syntax.
+            if let Some(at) = text.replace(DASHBOARDS_SLOT, "").find("{{") {
+                let rest = &text.replace(DASHBOARDS_SLOT, "")[at..];
+                let end = rest.find("}}").map_or(rest.len(), |e| e + 2);
+                anyhow::bail!("template {path} names an unknown value {}", &rest[..end]);
+            }
+            Ok((*path, text.replace(DASHBOARDS_SLOT, &dashboards_data())))
+        })
+        .collect()
+}
+
+fn write(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    for (path, text) in files {
+        let to = dir.join(path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&to, text).with_context(|| format!("cannot write {}", to.display()))?;
+        eprintln!("wrote {}", to.display());
+    }
+    Ok(())
+}
+
+/// `meshctl install`.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let files = render(&args.set)?;
+    match &args.output {
+        Some(dir) => write(dir, &files)?,
+        None => {
+            let all: Vec<&str> = files.iter().map(|(_, t)| t.as_str()).collect();
+            print!("{}", all.join("---\n"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_checked_by_name_and_shape() {
+        let e = render(&["nmespace=x".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("there is no value `nmespace`")
+                && e.contains("namespace (default mesh-system)"),
+            "{e}"
+        );
+        let e = render(&["namespace=Bad_Name".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a namespace is a DNS label"), "{e}");
+        let e = render(&["tag".into()]).unwrap_err().to_string();
+        assert!(e.contains("expected KEY=VALUE"), "{e}");
+        let files = render(&["namespace=observability".into()]).unwrap();
+        for (path, text) in &files {
+            assert!(!text.contains("mesh-system"), "{path}");
+            assert!(text.contains("namespace: observability"), "{path}");
+        }
+    }
+}
