@@ -102,21 +102,7 @@ fn prometheus_reads_the_walks_standard_metrics() {
         std::time::Duration::from_secs(30),
         || (!mesh.promql(&up).ok()?.is_empty()).then_some(()),
     );
-    let value = |query: &str| -> Vec<(String, f64)> {
-        mesh.promql(query)
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let label = s["metric"]
-                    .as_object()
-                    .and_then(|m| m.values().next())
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                (label, s["value"][1].as_str().unwrap().parse().unwrap())
-            })
-            .collect()
-    };
+    let value = |query: &str| values(&mesh, query);
     let pods: std::collections::BTreeMap<&str, &std::net::IpAddr> = report
         .sidecars
         .iter()
@@ -148,7 +134,35 @@ fn prometheus_reads_the_walks_standard_metrics() {
         totals.push(total);
     }
     assert_eq!(totals[0], totals[1], "both sides count the same calls");
-    // The p99 duration of those calls is a real, small number of ms.
+    sizes_hold(&mesh);
+    self_metrics_hold(&mesh, targets.len());
+    tcp_bytes_hold(&mesh);
+    dashboards_hold(&mesh);
+    graph_holds(&mut mesh, &report, &targets, &tcp_pods[1]);
+}
+
+/// The results of PromQL `query`: each series' first label value (empty
+/// without labels) and its value.
+fn values(mesh: &Mesh, query: &str) -> Vec<(String, f64)> {
+    mesh.promql(query)
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let label = s["metric"]
+                .as_object()
+                .and_then(|m| m.values().next())
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (label, s["value"][1].as_str().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+/// The p99 duration of svca's calls is a real, small number of ms, and
+/// sizes agree on both sides of a call.
+fn sizes_hold(mesh: &Mesh) {
+    let value = |query: &str| values(mesh, query);
     let p99 = value(
         "histogram_quantile(0.99, sum by (le) (mesh_request_duration_milliseconds_bucket{reporter=\"source\",source_app=\"svca\"}))",
     );
@@ -189,9 +203,12 @@ fn prometheus_reads_the_walks_standard_metrics() {
             "{reporter}"
         );
     }
-    self_metrics_hold(&mesh, targets.len());
-    // The TCP service: 1000 bytes to echo, 2000 back, on both sides (the
-    // receiving side cannot tell a TCP caller's workload before mTLS).
+}
+
+/// The TCP service: 1000 bytes to echo, 2000 back, on both sides (the
+/// receiving side cannot tell a TCP caller's workload before mTLS).
+fn tcp_bytes_hold(mesh: &Mesh) {
+    let value = |query: &str| values(mesh, query);
     for (metric, bytes) in [("received", 1000.0), ("sent", 2000.0)] {
         for side in [
             "reporter=\"source\",source_app=\"tcpclient\"",
@@ -210,8 +227,6 @@ fn prometheus_reads_the_walks_standard_metrics() {
     let q =
         "sum(mesh_tcp_connections_closed_total{destination_service_name=\"echo\"}) by (reporter)";
     assert_eq!(value(q).len(), 2, "{q}");
-    dashboards_hold(&mesh);
-    graph_holds(&mut mesh, &report, &targets, &tcp_pods[1]);
 }
 
 /// `meshctl graph` draws the walk: from Prometheus and straight from the
@@ -225,6 +240,24 @@ fn graph_holds(
     sidecars: &[String],
     caller: &mesh_testbed::mesh::Pod,
 ) {
+    let g = graph_has_rates(mesh, caller);
+    graph_counts_hold(mesh, report, sidecars);
+    let mut svg_args = vec!["graph", "-o", "svg"];
+    for s in sidecars {
+        svg_args.extend(["--sidecar", s.as_str()]);
+    }
+    let (code, svg) = mesh.meshctl_on_node(&svg_args).unwrap();
+    assert_eq!(code, 0, "{svg}");
+    assert!(svg.contains("<svg") && svg.contains("svcb-v0.2"), "{svg}");
+    if let Some(path) = std::env::var_os("MESH_WRITE_GRAPH") {
+        std::fs::write(path, &svg).unwrap();
+    }
+    graph_is_served(mesh, &g);
+}
+
+/// Calls made while Prometheus watches show as rates in the graph; returns
+/// the graph (JSON).
+fn graph_has_rates(mesh: &Mesh, caller: &mesh_testbed::mesh::Pod) -> serde_json::Value {
     // Traffic while Prometheus watches, for rates: 2 × 25 /pay from
     // another pod with a sidecar (svca's VIP, by Host), the second batch
     // once Prometheus holds the first (a rate needs a rise it saw).
@@ -277,6 +310,11 @@ fn graph_holds(
     ] {
         assert!(rate(from, to) > 0.0, "{from} → {to} has no rate: {out}");
     }
+    g
+}
+
+/// The graph's counts, from Prometheus and from the sidecars alike.
+fn graph_counts_hold(mesh: &Mesh, report: &walk::Report, sidecars: &[String]) {
     let mut from_sidecars = vec!["graph", "-o", "json"];
     for s in sidecars {
         from_sidecars.extend(["--sidecar", s.as_str()]);
@@ -331,17 +369,6 @@ fn graph_holds(
         let tcp = get("tcpclient", "echo.default.svc.cluster.local");
         assert_eq!(tcp, Some(1.0), "one TCP connection: {calls:?}");
     }
-    let mut svg_args = vec!["graph", "-o", "svg"];
-    for s in sidecars {
-        svg_args.extend(["--sidecar", s.as_str()]);
-    }
-    let (code, svg) = mesh.meshctl_on_node(&svg_args).unwrap();
-    assert_eq!(code, 0, "{svg}");
-    assert!(svg.contains("<svg") && svg.contains("svcb-v0.2"), "{svg}");
-    if let Some(path) = std::env::var_os("MESH_WRITE_GRAPH") {
-        std::fs::write(path, &svg).unwrap();
-    }
-    graph_is_served(mesh, &g);
 }
 
 /// `meshctl graph --serve` (the servicegraph addon) answers what the

@@ -80,6 +80,10 @@ async fn send(
     upstreams: &Upstreams,
     timeout: Option<Duration>,
 ) -> Outcome {
+    // The access log names the endpoint last tried.
+    if let Some(t) = head.extensions.get::<Arc<Tally>>() {
+        t.upstream(address, &cluster.name);
+    }
     let path = head
         .uri
         .path_and_query()
@@ -148,6 +152,8 @@ fn mirror(
         };
         let fwd_timeout = fwd.timeout;
         let mut head = copy_head(head);
+        // A shadow is not the request: it tells the tally nothing.
+        head.extensions.clear();
         if let Some(host) = head.headers.get(header::HOST) {
             let shadow = m.host(host);
             head.headers.insert(header::HOST, shadow);
@@ -197,13 +203,17 @@ async fn shadow(
     cluster.observe(endpoint, failed);
 }
 
-/// A copy of a request head for one try (extensions are not carried).
+/// A copy of a request head for one try (of the extensions, only the
+/// request's tally is carried).
 fn copy_head(p: &http::request::Parts) -> http::request::Parts {
     let mut r = Request::new(());
     *r.method_mut() = p.method.clone();
     *r.uri_mut() = p.uri.clone();
     *r.version_mut() = p.version;
     *r.headers_mut() = p.headers.clone();
+    if let Some(t) = p.extensions.get::<Arc<Tally>>() {
+        r.extensions_mut().insert(t.clone());
+    }
     r.into_parts().0
 }
 
@@ -439,9 +449,6 @@ pub(super) async fn forward(
         else {
             break;
         };
-        if let Some(t) = &tally {
-            t.upstream(address, &cluster.name);
-        }
         let outcome = {
             let _busy = endpoint.start();
             send(head, body, cluster, address, upstreams, tries.per_try()).await
