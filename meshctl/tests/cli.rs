@@ -389,3 +389,53 @@ fn convert_writes_rules_in_the_other_api() {
         .assert()
         .success();
 }
+
+/// `meshctl dashboard` prints where each page is and contacts nothing.
+#[test]
+fn dashboard_prints_the_urls() {
+    let out = Command::cargo_bin("meshctl")
+        .unwrap()
+        .arg("dashboard")
+        .env("MESH_PROMETHEUS", "127.0.0.1:19090")
+        .env("MESH_GRAFANA", "127.0.0.1:13000")
+        .env("MESH_TRACING_UI", "127.0.0.1:16686")
+        .env("MESH_PILOT_DEBUG", "127.0.0.1:15014")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for want in [
+        "http://127.0.0.1:19090/graph",
+        "http://127.0.0.1:13000/d/mesh-overview",
+        "http://127.0.0.1:13000/d/mesh-service",
+        "http://127.0.0.1:13000/d/mesh-workload",
+        "http://127.0.0.1:16686/search",
+        "http://127.0.0.1:15014/metrics",
+        "meshctl graph --prometheus 127.0.0.1:19090 -o svg",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
+
+/// `meshctl graph` needs a source, and says which one did not answer.
+#[test]
+fn graph_names_what_it_could_not_read() {
+    let out = Command::cargo_bin("meshctl")
+        .unwrap()
+        .arg("graph")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prometheus"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = Command::cargo_bin("meshctl")
+        .unwrap()
+        .args(["graph", "--sidecar", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot reach {addr}")), "{err}");
+}
