@@ -289,14 +289,19 @@ impl Mesh {
     /// Jaeger's query API answer at `path` (`/api/traces?service=…`).
     pub fn jaeger(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{}:16686{path}", self.jaeger_query_host());
-        let (code, out) = self.world.exec(&self.world.node, &["curl", "-sf", &url]);
+        self.json_on_node(&url, "Jaeger")
+    }
+
+    /// GET `url` from the node namespace, as JSON; `who` answers there.
+    fn json_on_node(&self, url: &str, who: &str) -> Result<serde_json::Value> {
+        let (code, out) = self.world.exec(&self.world.node, &["curl", "-sf", url]);
         if code != 0 {
             return Err(Error::Unexpected(format!(
-                "Jaeger did not answer {url} (curl exit {code})"
+                "{who} did not answer {url} (curl exit {code})"
             )));
         }
         serde_json::from_str(&out)
-            .map_err(|e| Error::Unexpected(format!("Jaeger's {path} is not JSON ({e})")))
+            .map_err(|e| Error::Unexpected(format!("{who}'s {url} is not JSON ({e}): {out}")))
     }
 
     /// Starts a real Prometheus in the node namespace, scraping the
@@ -375,14 +380,7 @@ impl Mesh {
     /// pilot's `/debug/...` answer as JSON.
     pub fn pilot_debug(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{}{path}", self.debug_address());
-        let (code, out) = self.world.exec(&self.world.node, &["curl", "-s", &url]);
-        if code != 0 {
-            return Err(Error::Unexpected(format!(
-                "pilot's debug endpoint {url} did not answer (curl exit {code})"
-            )));
-        }
-        serde_json::from_str(&out)
-            .map_err(|e| Error::Unexpected(format!("pilot's {path} is not JSON ({e}): {out}")))
+        self.json_on_node(&url, "pilot's debug endpoint")
     }
 
     /// Waits until pilot has sent `pod`'s proxy a configuration computed
