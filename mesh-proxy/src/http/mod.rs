@@ -335,13 +335,13 @@ async fn dispatch(
 ) -> Response<ProxyBody> {
     // Every routed call is traced, also those the proxy answers itself
     // (rate limits, faults, direct responses): users look for them.
+    let tally = tally_of(&req);
     if let Some(t) = &manager.tracing {
-        trace_call(&mut req, t, manager.inbound, authority);
+        trace_call(&mut req, t, manager.inbound, authority, tally.as_deref());
     }
     if let Some(limited) = rate_limited(route, manager, shared) {
         return limited;
     }
-    let tally = tally_of(&req);
     if let Some(aborted) = inject_fault(route, manager, tally.as_deref()).await {
         return aborted;
     }
@@ -405,13 +405,18 @@ async fn dispatch(
 
 /// Makes the call a span of its own, a child of the caller's (headers
 /// rewritten for the app or the upstream to carry on); a sampled span with
-/// a collector is recorded in the request's tally.
-fn trace_call(req: &mut Request<Incoming>, t: &TraceConfig, server: bool, authority: &str) {
+/// a collector is recorded in the request's `tally`.
+fn trace_call(
+    req: &mut Request<Incoming>,
+    t: &TraceConfig,
+    server: bool,
+    authority: &str,
+    tally: Option<&Tally>,
+) {
     let ids = next_span(req.headers_mut(), t.sampling);
-    if let Some(tally) = tally_of(req) {
-        tally.trace_id(ids.trace);
-    }
-    let (Some(collector), Some(tally), true) = (&t.collector, tally_of(req), ids.sampled) else {
+    let Some(tally) = tally else { return };
+    tally.trace_id(ids.trace);
+    let (Some(collector), true) = (&t.collector, ids.sampled) else {
         return;
     };
     let method = req.method().as_str().to_owned();
