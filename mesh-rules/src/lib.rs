@@ -24,6 +24,7 @@ pub mod convert;
 mod diagnostic;
 mod duration;
 mod error;
+pub mod identity;
 mod load;
 pub mod names;
 mod path;

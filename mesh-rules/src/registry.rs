@@ -223,11 +223,8 @@ fn default_service_account() -> String {
 
 impl Workload {
     /// The workload's SPIFFE identity in `trust_domain`.
-    pub fn spiffe_id(&self, trust_domain: &str) -> String {
-        format!(
-            "spiffe://{trust_domain}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
+    pub fn identity(&self, trust_domain: &str) -> crate::identity::Identity {
+        crate::identity::Identity::new(trust_domain, &self.namespace, &self.service_account)
     }
 }
 
@@ -345,7 +342,7 @@ mod tests {
         };
         assert!(s.selects(&w));
         assert_eq!(
-            w.spiffe_id("cluster.local"),
+            w.identity("cluster.local").to_string(),
             "spiffe://cluster.local/ns/default/sa/default"
         );
     }
