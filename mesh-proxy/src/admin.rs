@@ -81,6 +81,22 @@ fn metrics_text(shared: &Shared) -> String {
     text
 }
 
+/// The workload's certificate and the roots it trusts (never the key).
+fn certs(shared: &Shared) -> String {
+    let Some(identity) = shared.identity.get() else {
+        return "{\"certificates\":[]}".into();
+    };
+    let s = identity.summary();
+    let dump = serde_json::json!({"certificates": [{
+        "identity": s.identity,
+        "valid_from": s.issued,
+        "expiration_time": s.expires,
+        "cert_chain": s.chain,
+        "ca_cert": s.roots,
+    }]});
+    serde_json::to_string_pretty(&dump).unwrap_or_default()
+}
+
 fn config_dump(shared: &Shared) -> String {
     use mesh_proto::descriptors::Schema::Proxy;
     use mesh_proto::json::to_json;
@@ -204,6 +220,7 @@ async fn handle(
         }
         (&Method::GET, "/config_dump") => reply(StatusCode::OK, "application/json", config_dump(shared)),
         (&Method::GET, "/clusters") => reply(StatusCode::OK, text, clusters_text(shared)),
+        (&Method::GET, "/certs") => reply(StatusCode::OK, "application/json", certs(shared)),
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/stats") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -217,7 +234,7 @@ async fn handle(
         _ => reply(
             StatusCode::NOT_FOUND,
             text,
-            "admin paths: /ready /config_dump /clusters /stats/prometheus /logging /quitquitquit (POST)\n".into(),
+            "admin paths: /ready /config_dump /clusters /certs /stats/prometheus /logging /quitquitquit (POST)\n".into(),
         ),
     })
 }

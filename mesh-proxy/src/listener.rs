@@ -10,6 +10,8 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::config::ListenerKind;
+use crate::sniff::Detected;
+use crate::transport::Stream;
 use crate::state::{Conn, Shared};
 use crate::upstream::Upstreams;
 
@@ -157,9 +159,9 @@ async fn handle(
         Some(i) => {
             let deadline = tokio::time::Instant::now() + i.timeout;
             match crate::sniff::detect(&stream, i.timeout).await {
-                Some(crate::sniff::Detected::Tls) if i.tls => {
+                Some(Detected::Tls) if i.tls => {
                     alpn = crate::sniff::offered_alpn(&stream, deadline).await;
-                    Some(crate::sniff::Detected::Tls)
+                    Some(Detected::Tls)
                 }
                 Some(d) => Some(d),
                 None if i.continue_on_timeout => None,
@@ -174,11 +176,32 @@ async fn handle(
         return;
     };
     tracing::debug!(handler = %target.name, chain, ?original_dst, ?alpn, "connection accepted");
+    let peer = stream.peer_addr().ok();
+    let (stream, peer_identity, detected) = match &target.chains[chain].tls {
+        None => (Stream::Plain(stream), None, detected),
+        Some(tls) => match crate::transport::accept(stream, tls, shared.identity.get()).await {
+            Ok((stream, identity)) => {
+                // What TLS agreed tells the protocol inside it.
+                let inner = match stream.alpn() {
+                    Some(b"h2") => Some(Detected::Http2),
+                    Some(b"http/1.1" | b"http/1.0") => Some(Detected::Http1),
+                    _ => None,
+                };
+                (stream, identity, inner)
+            }
+            Err(e) => {
+                shared.stats.ssl_handshake_error.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("TLS refused: {e}");
+                return;
+            }
+        },
+    };
     let conn = Arc::new(Conn {
         listener: target.name.as_str().into(),
         chain,
         original_dst,
-        peer: stream.peer_addr().ok(),
+        peer,
+        peer_identity,
         ambiguous_framing: Arc::default(),
     });
     match &target.chains[chain].kind {

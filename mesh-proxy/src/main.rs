@@ -176,6 +176,73 @@ struct SidecarArgs {
     /// How the standard metrics are named (`mesh` or `istio`).
     #[arg(long, env = "MESH_METRICS_NAMING", value_enum, default_value = "mesh")]
     metrics_naming: MetricsNaming,
+    #[command(flatten)]
+    ca: CaArgs,
+}
+
+/// Where the workload's certificate comes from (mutual TLS); without
+/// `--ca-address` the proxy has no identity and refuses TLS configuration.
+#[derive(clap::Args)]
+struct CaArgs {
+    /// mesh-ca's address (`host:port`, gRPC over TLS).
+    #[arg(long, env = "MESH_CA_ADDRESS", value_name = "HOST:PORT", requires_all = ["ca_roots", "ca_token_file"])]
+    ca_address: Option<String>,
+    /// The name on mesh-ca's serving certificate.
+    #[arg(long, env = "MESH_CA_SERVER_NAME", default_value = "mesh-ca.mesh-system.svc")]
+    ca_server_name: String,
+    /// The mesh's roots (PEM; mesh-ca's `root-cert.pem`), re-read at each renewal.
+    #[arg(long, env = "MESH_CA_ROOTS", value_name = "FILE")]
+    ca_roots: Option<PathBuf>,
+    /// The credential mesh-ca checks (a bootstrap or service-account token), re-read at each renewal.
+    #[arg(long, env = "MESH_CA_TOKEN_FILE", value_name = "FILE")]
+    ca_token_file: Option<PathBuf>,
+    /// The certificate lifetime asked for (`24h`, `10m`); the CA's default when not given.
+    #[arg(long, env = "MESH_CERT_VALIDITY", value_parser = validity)]
+    cert_validity: Option<Duration>,
+    /// The trust domain of the workload's identity.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+}
+
+fn validity(s: &str) -> Result<Duration, String> {
+    mesh_rules::Duration::parse(s)
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+/// Gets the workload's first certificate from mesh-ca (waiting until it
+/// comes) and keeps it renewed on a thread of its own.
+fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Result<()> {
+    let (Some(address), Some(roots), Some(token)) =
+        (&a.ca.ca_address, &a.ca.ca_roots, &a.ca.ca_token_file)
+    else {
+        return Ok(());
+    };
+    let id = mesh_rules::identity::Identity::new(&a.ca.trust_domain, &a.namespace, &a.service_account);
+    let identity = std::sync::Arc::new(mesh_proxy::identity::Identity::new(id));
+    let settings = mesh_proxy::identity::ca::CaSettings {
+        address: address.clone(),
+        server_name: a.ca.ca_server_name.clone(),
+        roots_file: roots.clone(),
+        token_file: token.clone(),
+        validity: a.ca.cert_validity,
+    };
+    let (first_tx, first) = tokio::sync::oneshot::channel();
+    let keep = identity.clone();
+    std::thread::Builder::new()
+        .name("certificate".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(mesh_proxy::identity::ca::keep_certified(keep, settings, first_tx));
+        })?;
+    first
+        .blocking_recv()
+        .context("the certificate thread ended")?;
+    let _ = shared.identity.set(identity);
+    Ok(())
 }
 
 /// The xDS stream's flavour.
@@ -273,6 +340,10 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     };
     let telemetry = running.proxy.shared.clone();
     telemetry.telemetry.set_local(workload_of(&meta));
+    // The certificate before the configuration that may need it.
+    if let Err(e) = certify(&a, &telemetry) {
+        return fail(e);
+    }
     let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
     // Label changes (the kubelet rewrites the file) re-announce the pod.
     let _labels_watch = match &a.labels_file {

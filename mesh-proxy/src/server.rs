@@ -71,6 +71,13 @@ impl Proxy {
     pub fn apply(&self, snapshot: Snapshot) -> anyhow::Result<Vec<Bound>> {
         // A panic elsewhere while holding it leaves the map consistent:
         // every change below happens after the last fallible step.
+        if let Some(place) = snapshot.needs_identity()
+            && self.shared.identity.get().is_none()
+        {
+            anyhow::bail!(
+                "{place} uses TLS with the workload's certificate, and this proxy has none: start it with --ca-address"
+            );
+        }
         let mut binder = self.binder.lock().unwrap_or_else(|p| p.into_inner());
         let wanted: BTreeMap<String, (SocketAddr, bool)> = snapshot
             .listeners
@@ -197,7 +204,7 @@ fn worker(
         .expect("worker runtime");
     rt.block_on(async move {
         let conns = Arc::new(Connections::default());
-        let upstreams = Upstreams::new();
+        let upstreams = Upstreams::new(shared.identity.clone());
         let mut loops: HashMap<Arc<str>, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut stop = shared.shutdown_signal();
         loop {

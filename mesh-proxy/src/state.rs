@@ -24,6 +24,8 @@ pub struct Shared {
     pub telemetry: Telemetry,
     /// The proxy-wide caps that keep an overload from growing memory.
     pub overload: Overload,
+    /// The workload's certificate, when the proxy has a CA to ask.
+    pub identity: Arc<std::sync::OnceLock<Arc<crate::identity::Identity>>>,
     /// Whether a first configuration was applied (readiness; a sidecar on
     /// xDS starts empty).
     ready: AtomicBool,
@@ -94,6 +96,7 @@ impl Shared {
                 limits,
                 requests: AtomicUsize::new(0),
             },
+            identity: Arc::default(),
             ready: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
         }
@@ -140,6 +143,8 @@ pub struct Conn {
     pub original_dst: Option<SocketAddr>,
     /// Who connected (for hashing by source address).
     pub peer: Option<SocketAddr>,
+    /// The client's SPIFFE ID, when it came over mutual TLS.
+    pub peer_identity: Option<Arc<str>>,
     /// Raised when a request on it carried both Content-Length and
     /// Transfer-Encoding (see [`crate::framing`]).
     pub ambiguous_framing: Arc<AtomicBool>,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::config::TcpProxy;
+use crate::config::{Cluster, TcpProxy};
 use crate::sniff::{Detected, detect};
 use crate::state::{Conn, Shared};
 use crate::telemetry::flags::{Flag, Flags};
 use crate::telemetry::metrics::{Call, Reporter};
 use crate::telemetry::peer::NOBODY;
+use crate::transport::Stream;
 
 /// Copy buffer per direction.
 const TCP_BUFFER: usize = 64 * 1024;
@@ -24,7 +25,7 @@ const TCP_BUFFER: usize = 64 * 1024;
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Proxies one accepted connection.
-pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, shared: &Shared) {
+pub async fn proxy(mut downstream: Stream, cfg: &TcpProxy, conn: &Conn, shared: &Shared) {
     cfg.stats
         .downstream_cx_total
         .fetch_add(1, Ordering::Relaxed);
@@ -58,12 +59,10 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
         flags: Flags::NONE,
     };
     let metrics = &shared.telemetry.metrics;
-    let connect = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address)).await;
-    match connect {
-        Ok(Ok(mut upstream)) => {
+    match connect(address, cluster, shared).await {
+        Some(mut upstream) => {
             cluster.observe(endpoint, false);
             metrics.tcp_opened(&call);
-            let _ = upstream.set_nodelay(true);
             // Each direction is shut down when its reader ends (half-close).
             // 64 KiB buffers: a few syscalls per window instead of one per 8 KiB.
             let copied = tokio::io::copy_bidirectional_with_sizes(
@@ -76,7 +75,7 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
             let (received, sent) = copied.unwrap_or_default();
             metrics.tcp_closed(&call, sent, received);
         }
-        _ => {
+        None => {
             call.flags = Flag::UpstreamConnectFailure.into();
             metrics.tcp_opened(&call);
             metrics.tcp_closed(&call, 0, 0);
@@ -90,9 +89,32 @@ pub async fn proxy(mut downstream: TcpStream, cfg: &TcpProxy, conn: &Conn, share
     }
 }
 
+/// Connects to `address` within the cluster's timeout, in TLS when the
+/// cluster asks for it.
+async fn connect(address: std::net::SocketAddr, cluster: &Cluster, shared: &Shared) -> Option<Stream> {
+    let tcp = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = tcp.set_nodelay(true);
+    match &cluster.tls {
+        None => Some(Stream::Plain(tcp)),
+        Some(tls) => match crate::transport::connect(tcp, tls, shared.identity.get()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, "upstream TLS: {e}");
+                None
+            }
+        },
+    }
+}
+
 /// Refuses a connection the mesh does not allow.
-async fn refuse(mut downstream: TcpStream, conn: &Conn) {
-    if detect(&downstream, SNIFF_TIMEOUT).await == Some(Detected::Http1) {
+async fn refuse(mut downstream: Stream, conn: &Conn) {
+    let Some(plain) = downstream.as_plain() else {
+        return;
+    };
+    if detect(plain, SNIFF_TIMEOUT).await == Some(Detected::Http1) {
         let dst = conn
             .original_dst
             .map_or_else(|| "this destination".to_owned(), |d| d.to_string());

@@ -13,6 +13,7 @@ mod retry;
 mod route;
 pub mod service;
 pub mod support;
+pub mod tls;
 pub mod trace;
 
 use std::collections::HashMap;
@@ -214,6 +215,8 @@ pub struct FilterChain {
     pub transport_protocol: Option<String>,
     /// Its network filter.
     pub kind: ListenerKind,
+    /// TLS terminated before the filter (`transport_socket`).
+    pub tls: Option<Arc<tls::DownstreamTls>>,
 }
 
 impl Listener {
@@ -481,6 +484,8 @@ pub struct Cluster {
     pub outlier: Option<breaker::Outlier>,
     /// The service behind it and whether its endpoints are sidecars.
     pub meta: service::ClusterMeta,
+    /// TLS to the endpoints (`transport_socket`).
+    pub tls: Option<Arc<tls::UpstreamTls>>,
     /// The ring of a `RING_HASH` cluster (over `healthy`).
     ring: hash::Ring,
     /// Priority levels of the endpoints (1: one level).
@@ -714,6 +719,19 @@ fn type_name(any: &Any) -> &str {
 }
 
 impl Snapshot {
+    /// The first place that needs the workload's certificate (a TLS
+    /// cluster or filter chain), if any.
+    pub fn needs_identity(&self) -> Option<String> {
+        let cluster = self.clusters.values().find(|c| c.tls.is_some());
+        if let Some(c) = cluster {
+            return Some(format!("cluster {}", c.name));
+        }
+        self.listeners
+            .values()
+            .find(|l| l.chains.iter().any(|c| c.tls.is_some()))
+            .map(|l| format!("listener {}", l.name))
+    }
+
     /// The HTTP settings of chain `chain` of listener `name`, if that is an
     /// HTTP chain.
     pub fn http_manager(&self, name: &str, chain: usize) -> Option<&HttpManager> {
@@ -978,6 +996,7 @@ fn build_cluster(
             .unwrap_or_default(),
         outlier: breaker::Outlier::from_xds(&c.outlier_detection, path)?,
         meta: service::ClusterMeta::of(c, path)?,
+        tls: tls::upstream(&c.transport_socket, path)?.map(Arc::new),
         next: AtomicUsize::new(0),
     })
 }
@@ -1200,6 +1219,7 @@ fn build_chain(
         application_protocols: m.application_protocols,
         transport_protocol,
         kind,
+        tls: tls::downstream(&chain.transport_socket, path)?.map(Arc::new),
     })
 }
 

@@ -33,7 +33,9 @@ enum Outcome {
 /// How an upstream request that got no response failed.
 fn failure_of(e: &UpstreamError) -> Failure {
     match e {
-        UpstreamError::ConnectTimeout(_) | UpstreamError::Connect(_) => Failure::Connect,
+        UpstreamError::ConnectTimeout(_) | UpstreamError::Connect(_) | UpstreamError::Tls(_) => {
+            Failure::Connect
+        }
         UpstreamError::Http(h) => {
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(h);
             while let Some(s) = source {
@@ -62,11 +64,12 @@ fn overflow() -> Response<ProxyBody> {
 }
 
 /// How the upstream pools reach `cluster`'s endpoints.
-fn connecting(cluster: &Cluster) -> Connecting {
+fn connecting(cluster: &Cluster) -> Connecting<'_> {
     Connecting {
         http2: cluster.http2,
         timeout: cluster.connect_timeout,
         max_requests: cluster.max_requests_per_connection,
+        tls: cluster.tls.as_deref(),
     }
 }
 

@@ -68,7 +68,7 @@ const MAX_HEAD: usize = 60 * 1024;
 /// or HTTP/2 as its codec allows and the first bytes (or the inspector
 /// that already looked at them) tell.
 pub async fn serve(
-    stream: tokio::net::TcpStream,
+    stream: crate::transport::Stream,
     conn: Arc<Conn>,
     manager: &HttpManager,
     shared: Arc<Shared>,

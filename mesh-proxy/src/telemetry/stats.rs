@@ -57,6 +57,9 @@ pub struct Stats {
     pub upstream_rq_timeout: AtomicU64,
     /// Upstream connect failures and resets.
     pub upstream_cx_fail: AtomicU64,
+    /// Downstream TLS handshakes that failed (no client certificate, one
+    /// of another root, not TLS at all).
+    pub ssl_handshake_error: AtomicU64,
     /// Configurations accepted.
     pub config_accepted: AtomicU64,
     /// Configurations refused.
@@ -133,6 +136,7 @@ impl Stats {
             ("downstream_rq_overload", &self.downstream_rq_overload),
             ("local_rate_limited", &self.local_rate_limited),
             ("upstream_cx_fail", &self.upstream_cx_fail),
+            ("ssl_handshake_error", &self.ssl_handshake_error),
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),
             ("spans_exported", &self.spans_exported),

@@ -3,13 +3,15 @@
 //! spawned on the worker's runtime.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{UpstreamBody, UpstreamError};
+use super::{Connecting, UpstreamBody, UpstreamError};
+use crate::identity::Identity;
+use crate::transport::Stream;
 
 /// Upstream HTTP connections opened since the start, and open now (the
 /// pools' size, for the proxy's metrics).
@@ -36,21 +38,29 @@ impl Drop for Open {
 
 async fn connect(
     addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+    how: Connecting<'_>,
+    identity: Option<&Arc<Identity>>,
+) -> Result<TokioIo<Stream>, UpstreamError> {
+    let stream = tokio::time::timeout(how.timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| UpstreamError::ConnectTimeout(timeout))?
+        .map_err(|_| UpstreamError::ConnectTimeout(how.timeout))?
         .map_err(UpstreamError::Connect)?;
     let _ = stream.set_nodelay(true);
+    let stream = match how.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => crate::transport::connect(stream, tls, identity)
+            .await
+            .map_err(UpstreamError::Tls)?,
+    };
     Ok(TokioIo::new(stream))
 }
 
 pub(super) async fn connect_h1(
     addr: SocketAddr,
-    timeout: Duration,
+    how: Connecting<'_>,
+    identity: Option<&Arc<Identity>>,
 ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-    let io = connect(addr, timeout).await?;
+    let io = connect(addr, how, identity).await?;
     let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Http)?;
     let open = Open::new();
     tokio::spawn(async move {
@@ -62,9 +72,10 @@ pub(super) async fn connect_h1(
 
 pub(super) async fn connect_h2(
     addr: SocketAddr,
-    timeout: Duration,
+    how: Connecting<'_>,
+    identity: Option<&Arc<Identity>>,
 ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
-    let io = connect(addr, timeout).await?;
+    let io = connect(addr, how, identity).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)

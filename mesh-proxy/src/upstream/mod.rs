@@ -190,6 +190,9 @@ pub enum UpstreamError {
     /// The TCP connect failed.
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// TLS to the endpoint could not be set up.
+    #[error("{0}")]
+    Tls(#[source] crate::transport::TlsError),
     /// The connection failed, or closed before the response head.
     #[error("{0}")]
     Http(#[source] hyper::Error),

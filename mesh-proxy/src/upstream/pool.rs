@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use hyper::client::conn::{http1, http2};
 use super::connect::{connect_h1, connect_h2};
 use super::{UPSTREAM_IDLE_TIMEOUT, UpstreamBody, UpstreamError};
 use crate::config::breaker::Admission;
+use crate::config::tls::UpstreamTls;
+use crate::identity::Identity;
 
 /// An idle HTTP/1.1 connection and how many requests it carried.
 struct IdleH1 {
@@ -31,9 +33,18 @@ struct SharedH2 {
     requests: u32,
 }
 
+/// Where pooled connections go: an endpoint, and the TLS they speak
+/// ([`UpstreamTls::pool_key`], 0 in the clear), so connections of
+/// different TLS settings to one address are never mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Peer {
+    pub(super) addr: SocketAddr,
+    tls: u64,
+}
+
 /// How to reach one cluster's endpoints.
 #[derive(Debug, Clone, Copy)]
-pub struct Connecting {
+pub struct Connecting<'a> {
     /// HTTP/2 with prior knowledge, else HTTP/1.1.
     pub http2: bool,
     /// How long a TCP connect may take.
@@ -41,9 +52,11 @@ pub struct Connecting {
     /// Requests a connection carries before it is closed (HTTP/1.1) or no
     /// longer given new ones (HTTP/2); 0: no limit.
     pub max_requests: u32,
+    /// TLS to the endpoints.
+    pub tls: Option<&'a UpstreamTls>,
 }
 
-impl Connecting {
+impl Connecting<'_> {
     /// Whether a connection that carried `requests` takes no more.
     fn spent(&self, requests: u32) -> bool {
         self.max_requests != 0 && requests >= self.max_requests
@@ -52,8 +65,8 @@ impl Connecting {
 
 #[derive(Default)]
 struct Pools {
-    h1: HashMap<SocketAddr, Vec<IdleH1>>,
-    h2: HashMap<SocketAddr, SharedH2>,
+    h1: HashMap<Peer, Vec<IdleH1>>,
+    h2: HashMap<Peer, SharedH2>,
     /// Whether the task closing idle connections runs.
     sweeping: bool,
 }
@@ -76,15 +89,20 @@ impl Pools {
 }
 
 /// The upstream connections of one worker. Cloning shares them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Upstreams {
     pools: Arc<Mutex<Pools>>,
+    /// The certificate TLS connections present (set once the proxy has one).
+    identity: Arc<OnceLock<Arc<Identity>>>,
 }
 
 impl Upstreams {
-    /// No connections yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// No connections yet; TLS ones will present `identity`'s certificate.
+    pub fn new(identity: Arc<OnceLock<Arc<Identity>>>) -> Self {
+        Upstreams {
+            pools: Arc::default(),
+            identity,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pools> {
@@ -99,9 +117,13 @@ impl Upstreams {
     pub async fn send(
         &self,
         addr: SocketAddr,
-        how: Connecting,
+        how: Connecting<'_>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        let addr = Peer {
+            addr,
+            tls: how.tls.map_or(0, |t| t.pool_key),
+        };
         if how.http2 {
             self.send_h2(addr, how, req).await
         } else {
@@ -111,8 +133,8 @@ impl Upstreams {
 
     async fn send_h1(
         &self,
-        addr: SocketAddr,
-        how: Connecting,
+        addr: Peer,
+        how: Connecting<'_>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         loop {
@@ -120,7 +142,7 @@ impl Upstreams {
                 Some((s, n)) => (s, n, true),
                 // Boxed: connecting is rare, and its state would otherwise
                 // grow every request's future (copied as it is set up).
-                None => (Box::pin(connect_h1(addr, how.timeout)).await?, 0, false),
+                None => (Box::pin(connect_h1(addr.addr, how, self.identity.get())).await?, 0, false),
             };
             let requests = requests + 1;
             match sender.try_send_request(req).await {
@@ -148,7 +170,7 @@ impl Upstreams {
 
     /// The most recently used ready idle connection to `addr`. Closed and
     /// expired ones are dropped; ones still finishing a response stay.
-    fn idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<UpstreamBody>, u32)> {
+    fn idle_h1(&self, addr: Peer) -> Option<(http1::SendRequest<UpstreamBody>, u32)> {
         let mut pools = self.lock();
         let idle = pools.h1.get_mut(&addr)?;
         let now = Instant::now();
@@ -172,7 +194,7 @@ impl Upstreams {
 
     fn checkin_h1(
         &self,
-        addr: SocketAddr,
+        addr: Peer,
         sender: http1::SendRequest<UpstreamBody>,
         requests: u32,
     ) {
@@ -190,8 +212,8 @@ impl Upstreams {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
-        how: Connecting,
+        addr: Peer,
+        how: Connecting<'_>,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let mut again = false;
@@ -220,8 +242,8 @@ impl Upstreams {
     /// finish) and the next request opens another.
     fn shared_h2(
         &self,
-        addr: SocketAddr,
-        how: Connecting,
+        addr: Peer,
+        how: Connecting<'_>,
     ) -> Option<http2::SendRequest<UpstreamBody>> {
         let mut pools = self.lock();
         let c = pools.h2.get_mut(&addr)?;
@@ -239,10 +261,10 @@ impl Upstreams {
 
     async fn connect_shared_h2(
         &self,
-        addr: SocketAddr,
-        how: Connecting,
+        addr: Peer,
+        how: Connecting<'_>,
     ) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
-        let sender = connect_h2(addr, how.timeout).await?;
+        let sender = connect_h2(addr.addr, how, self.identity.get()).await?;
         if how.spent(1) {
             return Ok(sender);
         }
@@ -286,7 +308,7 @@ impl Upstreams {
 /// Returns an HTTP/1.1 connection to the pool.
 struct Checkin {
     pools: Upstreams,
-    addr: SocketAddr,
+    addr: Peer,
     sender: http1::SendRequest<UpstreamBody>,
     requests: u32,
 }
