@@ -34,6 +34,8 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 # A real Prometheus scrapes the walk's sidecars (the observability test).
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# A capture on the pods' link shows what mutual TLS hides (the mTLS walk).
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi

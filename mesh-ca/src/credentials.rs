@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
@@ -144,6 +147,52 @@ impl Authenticator for BootstrapTokens {
             return Err(AuthError::Refused(format!("it expired at {at}")));
         }
         Ok(caller.clone())
+    }
+}
+
+/// Bootstrap tokens from a file that is followed: workloads added to it
+/// can ask at once; a file that does not parse is reported and the last
+/// good tokens stay.
+pub struct FollowedTokens {
+    current: Arc<ArcSwap<BootstrapTokens>>,
+    _watch: mesh_runtime::watch::FileWatch,
+}
+
+impl FollowedTokens {
+    /// Reads `path` and follows it.
+    pub fn follow(path: &Path) -> Result<FollowedTokens, TokenFileError> {
+        let first = BootstrapTokens::read(path)?;
+        let current = Arc::new(ArcSwap::from_pointee(first));
+        let last = std::fs::read(path).unwrap_or_default();
+        let (swap, shown) = (current.clone(), path.display().to_string());
+        let watch = mesh_runtime::watch::follow(path, last, move |bytes| {
+            match BootstrapTokens::parse(&String::from_utf8_lossy(bytes)) {
+                Ok(tokens) => {
+                    tracing::info!(file = %shown, tokens = tokens.by_digest.len(), "bootstrap tokens reloaded");
+                    swap.store(Arc::new(tokens));
+                }
+                Err((line, reason)) => {
+                    tracing::warn!("{shown}:{line}: {reason}; keeping the last good tokens");
+                }
+            }
+        })
+        .map_err(|e| TokenFileError {
+            file: path.display().to_string(),
+            line: 0,
+            reason: format!("cannot follow it: {e}"),
+        })?;
+        Ok(FollowedTokens {
+            current,
+            _watch: watch,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Authenticator for FollowedTokens {
+    async fn authenticate(&self, token: &str) -> Result<Caller, AuthError> {
+        let tokens = self.current.load_full();
+        tokens.authenticate(token).await
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mesh_ca::credentials::AUDIENCE;
-use mesh_ca::{Authenticator, Authority, BootstrapTokens, CertificateService, KubernetesTokens};
+use mesh_ca::credentials::FollowedTokens;
+use mesh_ca::{Authenticator, Authority, CertificateService, KubernetesTokens};
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tracing::info;
 
@@ -28,7 +29,7 @@ struct Args {
     #[arg(long, default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
     /// Local mode: callers prove who they are with the tokens in this file
-    /// (`token,namespace,service-account[,expires]` per line).
+    /// (`token,namespace,service-account[,expires]` per line), followed.
     #[arg(long, value_name = "FILE", required_unless_present = "kubernetes")]
     bootstrap_tokens: Option<PathBuf>,
     /// In a cluster: callers send service-account tokens for audience
@@ -73,7 +74,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => authority.default_validity.min(args.max_validity),
     };
     let authenticator: Arc<dyn Authenticator> = match &args.bootstrap_tokens {
-        Some(file) => Arc::new(BootstrapTokens::read(file)?),
+        Some(file) => Arc::new(FollowedTokens::follow(file)?),
         None => {
             let client = kube::Client::try_default()
                 .await

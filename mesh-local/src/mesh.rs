@@ -127,6 +127,20 @@ exporters:
   jaeger_storage_exporter: {trace_storage: mem}
 ";
 
+/// Mutual TLS between the sidecars: mesh-ca runs in the node namespace,
+/// each sidecar gets a bootstrap token for its service account (its
+/// `app` label) and asks for its certificate, pilot configures TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mtls {
+    /// Workloads take TLS or plaintext.
+    Permissive,
+    /// Workloads take TLS only.
+    Strict,
+}
+
+/// mesh-ca's port on the node.
+pub const CA_PORT: u16 = 15013;
+
 /// A mesh: the world, a folder for its files, the rule store and pilot.
 pub struct Mesh {
     /// Files of this mesh (store, registry, app logs, bootstraps); 0755 so
@@ -140,6 +154,8 @@ pub struct Mesh {
     /// How pilot tells the sidecars to report spans (set before
     /// [`Mesh::start_pilot`]); every trace is recorded.
     pub tracer: Tracer,
+    /// Mutual TLS (set before [`Mesh::start_pilot`]); off when `None`.
+    pub mtls: Option<Mtls>,
     /// The namespaces and processes (dropped last).
     pub world: World,
 }
@@ -170,6 +186,7 @@ impl Mesh {
             registry,
             pilot: None,
             tracer: Tracer::default(),
+            mtls: None,
             world,
         };
         mesh.write_registry("services: []\n")?;
@@ -212,7 +229,19 @@ impl Mesh {
             self.debug_address(),
         );
         let node = self.world.node.clone();
-        let tracer = self.tracer.pilot_args(&self.collector_host());
+        let mut tracer = self.tracer.pilot_args(&self.collector_host());
+        if let Some(mode) = self.mtls {
+            self.start_ca()?;
+            tracer.push("--mtls".into());
+            tracer.push(
+                if mode == Mtls::Strict {
+                    "strict"
+                } else {
+                    "permissive"
+                }
+                .into(),
+            );
+        }
         let child = self.world.spawn(
             &node,
             None,
@@ -239,6 +268,77 @@ impl Mesh {
         lines.wait_for("ready", Duration::from_secs(30))?;
         self.pilot = Some((pid, lines));
         Ok(())
+    }
+
+    /// Starts mesh-ca in the node namespace (a root generated in the
+    /// mesh's folder, bootstrap tokens from a file the sidecars are added
+    /// to) and waits until it serves; the roots are copied where the proxy
+    /// user can read them.
+    fn start_ca(&mut self) -> Result<()> {
+        let ca = binary("mesh-ca")?;
+        let dir = self.dir.path();
+        let tokens = dir.join("ca-tokens");
+        std::fs::write(&tokens, "# token,namespace,service-account\n")
+            .doing(|| format!("write {}", tokens.display()))?;
+        let (host, node) = (self.collector_host(), self.world.node.clone());
+        let (cadir, address) = (dir.join("ca"), format!("{host}:{CA_PORT}"));
+        let child = self.world.spawn(
+            &node,
+            None,
+            &[
+                arg(&ca)?,
+                "--dir",
+                arg(&cadir)?,
+                "--address",
+                &address,
+                "--bootstrap-tokens",
+                arg(&tokens)?,
+                "--server-name",
+                &host,
+            ],
+            Stdio::piped(),
+        )?;
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("ready", Duration::from_secs(30))?;
+        lines.discard_rest();
+        let roots = dir.join("roots.pem");
+        std::fs::copy(cadir.join("root-cert.pem"), &roots)
+            .and_then(|_| std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)))
+            .doing(|| format!("copy the roots to {}", roots.display()))?;
+        Ok(())
+    }
+
+    /// mesh-ca's flags for a sidecar of service account `account`: a new
+    /// bootstrap token for it, added to the CA's token file.
+    fn ca_args(&self, name: &str, account: &str) -> Result<Vec<String>> {
+        use std::io::Write;
+        let dir = self.dir.path();
+        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let file = dir.join(format!("{name}.token"));
+        std::fs::write(&file, &token)
+            .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)))
+            .doing(|| format!("write {}", file.display()))?;
+        let tokens = dir.join("ca-tokens");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&tokens)
+            .and_then(|mut f| writeln!(f, "{token},default,{account}"))
+            .doing(|| format!("add a token to {}", tokens.display()))?;
+        let host = self.collector_host();
+        Ok([
+            "--ca-address",
+            &format!("{host}:{CA_PORT}"),
+            "--ca-server-name",
+            &host,
+            "--ca-roots",
+            arg(&dir.join("roots.pem"))?,
+            "--ca-token-file",
+            arg(&file)?,
+            "--service-account",
+            account,
+        ]
+        .map(str::to_owned)
+        .to_vec())
     }
 
     /// Where span collectors listen: the node's address as pods see it.
@@ -484,8 +584,22 @@ impl Mesh {
             }
         }
         match kind {
-            Sidecar::MeshProxy => self.start_mesh_proxy(&pod, name, &labels_arg, "delta")?,
-            Sidecar::MeshProxySotw => self.start_mesh_proxy(&pod, name, &labels_arg, "sotw")?,
+            Sidecar::MeshProxy | Sidecar::MeshProxySotw => {
+                let flavor = if kind == Sidecar::MeshProxy {
+                    "delta"
+                } else {
+                    "sotw"
+                };
+                let account = labels
+                    .iter()
+                    .find(|(k, _)| *k == "app")
+                    .map_or(name, |(_, v)| v);
+                let ca = match self.mtls {
+                    Some(_) => self.ca_args(name, account)?,
+                    None => Vec::new(),
+                };
+                self.start_mesh_proxy(&pod, name, &labels_arg, flavor, &ca)?
+            }
             Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC")?,
             Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC")?,
         }
@@ -498,6 +612,7 @@ impl Mesh {
         name: &str,
         labels: &str,
         flavor: &str,
+        extra: &[String],
     ) -> Result<()> {
         let proxy = binary("mesh-proxy")?;
         let (xds, ip) = (self.xds_address(), pod.ip.to_string());
@@ -533,6 +648,7 @@ impl Mesh {
                 args.push(value);
             }
         }
+        args.extend(extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self
             .world

@@ -9,7 +9,8 @@ use clap::Parser;
 use mesh_pilot::ads::Discovery;
 use mesh_pilot::store::{LocalStore, RuleStore};
 use mesh_pilot::translate::{
-    AccessLogEncoding, MeshConfig, OutboundPolicy, TraceProtocol, TracingConfig,
+    AccessLogEncoding, MeshConfig, MtlsConfig, MtlsMode, OutboundPolicy, TraceProtocol,
+    TracingConfig,
 };
 use mesh_pilot::world::{self, Update};
 use tracing::{info, warn};
@@ -58,6 +59,21 @@ struct Args {
     /// arriving without a sampling decision; a caller's decision wins).
     #[arg(long, default_value = "1", value_name = "PERCENT", value_parser = percent)]
     trace_sampling: f64,
+    /// Mutual TLS between sidecars (their certificates from mesh-ca): how
+    /// workloads take connections — `permissive` (TLS or plaintext) or
+    /// `strict` (TLS only); callers use TLS to every mesh workload. Off
+    /// without it.
+    #[arg(long, value_enum, value_name = "MODE")]
+    mtls: Option<Mtls>,
+    /// The trust domain of the workloads' identities.
+    #[arg(long, default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mtls {
+    Permissive,
+    Strict,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,6 +181,13 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
         access_log: args.access_log.map(|a| match a {
             AccessLog::Json => AccessLogEncoding::Json,
             AccessLog::Text => AccessLogEncoding::Text,
+        }),
+        mtls: args.mtls.map(|m| MtlsConfig {
+            trust_domain: args.trust_domain.clone(),
+            mode: match m {
+                Mtls::Permissive => MtlsMode::Permissive,
+                Mtls::Strict => MtlsMode::Strict,
+            },
         }),
     };
     warn_not_acted_on(&rules.current());

@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use crate::config::ListenerKind;
 use crate::sniff::Detected;
-use crate::transport::Stream;
 use crate::state::{Conn, Shared};
+use crate::transport::Stream;
 use crate::upstream::Upstreams;
 
 /// A listening socket on `addr` that shares the port with the other
@@ -190,7 +190,10 @@ async fn handle(
                 (stream, identity, inner)
             }
             Err(e) => {
-                shared.stats.ssl_handshake_error.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .ssl_handshake_error
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("TLS refused: {e}");
                 return;
             }

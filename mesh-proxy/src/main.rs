@@ -188,7 +188,11 @@ struct CaArgs {
     #[arg(long, env = "MESH_CA_ADDRESS", value_name = "HOST:PORT", requires_all = ["ca_roots", "ca_token_file"])]
     ca_address: Option<String>,
     /// The name on mesh-ca's serving certificate.
-    #[arg(long, env = "MESH_CA_SERVER_NAME", default_value = "mesh-ca.mesh-system.svc")]
+    #[arg(
+        long,
+        env = "MESH_CA_SERVER_NAME",
+        default_value = "mesh-ca.mesh-system.svc"
+    )]
     ca_server_name: String,
     /// The mesh's roots (PEM; mesh-ca's `root-cert.pem`), re-read at each renewal.
     #[arg(long, env = "MESH_CA_ROOTS", value_name = "FILE")]
@@ -218,7 +222,8 @@ fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Resul
     else {
         return Ok(());
     };
-    let id = mesh_rules::identity::Identity::new(&a.ca.trust_domain, &a.namespace, &a.service_account);
+    let id =
+        mesh_rules::identity::Identity::new(&a.ca.trust_domain, &a.namespace, &a.service_account);
     let identity = std::sync::Arc::new(mesh_proxy::identity::Identity::new(id));
     let settings = mesh_proxy::identity::ca::CaSettings {
         address: address.clone(),
@@ -236,7 +241,9 @@ fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Resul
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(mesh_proxy::identity::ca::keep_certified(keep, settings, first_tx));
+            rt.block_on(mesh_proxy::identity::ca::keep_certified(
+                keep, settings, first_tx,
+            ));
         })?;
     first
         .blocking_recv()

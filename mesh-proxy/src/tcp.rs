@@ -91,13 +91,17 @@ pub async fn proxy(mut downstream: Stream, cfg: &TcpProxy, conn: &Conn, shared: 
 
 /// Connects to `address` within the cluster's timeout, in TLS when the
 /// cluster asks for it.
-async fn connect(address: std::net::SocketAddr, cluster: &Cluster, shared: &Shared) -> Option<Stream> {
+async fn connect(
+    address: std::net::SocketAddr,
+    cluster: &Cluster,
+    shared: &Shared,
+) -> Option<Stream> {
     let tcp = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(address))
         .await
         .ok()?
         .ok()?;
     let _ = tcp.set_nodelay(true);
-    match &cluster.tls {
+    match &cluster.tls_opaque {
         None => Some(Stream::Plain(tcp)),
         Some(tls) => match crate::transport::connect(tcp, tls, shared.identity.get()).await {
             Ok(s) => Some(s),

@@ -64,7 +64,7 @@ pub(super) fn duration(d: std::time::Duration) -> PbDuration {
 }
 
 /// Where proxies get RDS and EDS: the same aggregated stream.
-fn ads_source() -> xcore::ConfigSource {
+pub(super) fn ads_source() -> xcore::ConfigSource {
     xcore::ConfigSource {
         config_source_specifier: Some(xcore::config_source::ConfigSourceSpecifier::Ads(
             xcore::AggregatedConfigSource {},
@@ -151,7 +151,7 @@ fn load_assignment(name: &str, endpoints: &[(String, u16)]) -> xendpoint::Cluste
 
 /// True when the port's upstream speaks HTTP/2 (gRPC needs it end to
 /// end: trailers carry its status).
-fn upstream_http2(protocol: Option<Protocol>) -> bool {
+pub(super) fn upstream_http2(protocol: Option<Protocol>) -> bool {
     matches!(protocol, Some(Protocol::Http2 | Protocol::Grpc))
 }
 
@@ -897,6 +897,18 @@ impl Builder {
         }
     }
 
+    /// Mutual TLS on the outbound clusters of `host`'s `port` (every
+    /// version's), to sidecars that are one of `peers`.
+    pub fn secure_service(&mut self, port: u16, host: &str, peers: &[String], alpn: &[&str]) {
+        let (prefix, suffix) = (format!("outbound|{port}|"), format!("|{host}"));
+        let socket = super::tls::upstream_socket(peers, alpn);
+        for (name, c) in self.clusters.iter_mut() {
+            if name.starts_with(&prefix) && name.ends_with(&suffix) {
+                c.transport_socket = Some(socket.clone());
+            }
+        }
+    }
+
     /// Names the service whose calls the inbound cluster of `port` takes
     /// (the metrics' `destination_service` on the receiving side).
     pub fn mark_inbound_service(&mut self, port: u16, host: &str) {
@@ -1070,6 +1082,7 @@ impl Builder {
         port: u16,
         protocol: Option<Protocol>,
         limit: Option<&mesh_rules::rules::RateLimit>,
+        mtls: super::tls::MtlsMode,
     ) {
         let cluster = format!("inbound|{port}||");
         let (app, bind) = match self.mode {
@@ -1099,6 +1112,8 @@ impl Builder {
                 sniffing_listener(&name, &ip, port, bind, http, tcp())
             }
         };
+        let mut l = l;
+        super::tls::secure_inbound(&mut l, mtls);
         self.listeners.insert(name, l);
     }
 

@@ -21,8 +21,9 @@
 mod build;
 mod filters;
 mod policy;
+mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use mesh_proto::envoy::config::cluster::v3::Cluster;
@@ -37,6 +38,7 @@ use mesh_rules::{Rule, Spec};
 
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, TRACE_CLUSTER};
 pub use mesh_proto::node::ProxyKind;
+pub use tls::MtlsMode;
 
 /// What the outbound capture does with destinations nothing configures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +62,17 @@ pub struct MeshConfig {
     /// Whether and how proxies print a line per call to stdout (Istio's
     /// `accessLogFile: /dev/stdout` and `accessLogEncoding`).
     pub access_log: Option<AccessLogEncoding>,
+    /// Mutual TLS between sidecars, when the mesh has a CA.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// Mutual TLS across the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// The trust domain of the workloads' identities.
+    pub trust_domain: String,
+    /// How workloads take connections unless a policy says otherwise.
+    pub mode: MtlsMode,
 }
 
 /// How access log lines are written.
@@ -111,6 +124,7 @@ impl Default for MeshConfig {
             outbound: OutboundPolicy::RegistryOnly,
             tracing: TracingConfig::default(),
             access_log: None,
+            mtls: None,
         }
     }
 }
@@ -349,6 +363,19 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 &endpoints,
                 &rules,
             );
+            if let Some(mtls) = mesh_tls(inputs, node) {
+                let peers: BTreeSet<String> = endpoints
+                    .iter()
+                    .map(|w| w.identity(&mtls.trust_domain).uri())
+                    .collect();
+                let peers: Vec<String> = peers.into_iter().collect();
+                let alpn: &[&str] = match service_protocol(port) {
+                    Some(p) if build::upstream_http2(Some(p)) => &["h2"],
+                    Some(p) if !p.is_http() => &[],
+                    _ => &["http/1.1"],
+                };
+                b.secure_service(port.port, &host, &peers, alpn);
+            }
         }
     }
     for rule in inputs.rules {
@@ -395,6 +422,13 @@ fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
     }
 }
 
+/// The mesh's mutual TLS, for proxies that take part: mesh-proxy serves
+/// its own certificate; Envoy would need SDS from pilot (not yet).
+fn mesh_tls<'a>(inputs: &Inputs<'a>, node: &ProxyNode) -> Option<&'a MtlsConfig> {
+    let mtls = inputs.mesh.mtls.as_ref()?;
+    (node.kind == ProxyKind::MeshProxy && mtls.mode != MtlsMode::Disable).then_some(mtls)
+}
+
 fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
     let Some(ip) = node.ip else { return };
     for service in &inputs.registry.services {
@@ -404,8 +438,9 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         if own {
             let limit = inbound_rate_limit(inputs, service, node);
             let host = service.host(&inputs.mesh.domain).to_string();
+            let mode = mesh_tls(inputs, node).map_or(MtlsMode::Disable, |m| m.mode);
             for port in &service.ports {
-                b.inbound(ip, port.target_port(), service_protocol(port), limit);
+                b.inbound(ip, port.target_port(), service_protocol(port), limit, mode);
                 b.mark_inbound_service(port.target_port(), &host);
             }
         }

@@ -486,6 +486,8 @@ pub struct Cluster {
     pub meta: service::ClusterMeta,
     /// TLS to the endpoints (`transport_socket`).
     pub tls: Option<Arc<tls::UpstreamTls>>,
+    /// The same for TCP proxying: no ALPN.
+    pub tls_opaque: Option<Arc<tls::UpstreamTls>>,
     /// The ring of a `RING_HASH` cluster (over `healthy`).
     ring: hash::Ring,
     /// Priority levels of the endpoints (1: one level).
@@ -973,6 +975,7 @@ fn build_cluster(
             "RING_HASH over several endpoint priorities is not supported",
         ));
     }
+    let upstream_tls = tls::upstream(&c.transport_socket, path)?;
     let ring = if lb == LbPolicy::RingHash {
         hash::Ring::build(&healthy.iter().map(|e| e.address).collect::<Vec<_>>())
     } else {
@@ -996,7 +999,8 @@ fn build_cluster(
             .unwrap_or_default(),
         outlier: breaker::Outlier::from_xds(&c.outlier_detection, path)?,
         meta: service::ClusterMeta::of(c, path)?,
-        tls: tls::upstream(&c.transport_socket, path)?.map(Arc::new),
+        tls_opaque: upstream_tls.as_ref().map(|t| Arc::new(t.opaque())),
+        tls: upstream_tls.map(Arc::new),
         next: AtomicUsize::new(0),
     })
 }

@@ -41,9 +41,25 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// The same without ALPN, for opaque TCP: the server then takes the
+    /// bytes as they come rather than as HTTP.
+    pub fn opaque(&self) -> UpstreamTls {
+        UpstreamTls {
+            alpn: Vec::new(),
+            ..self.clone()
+        }
+        .keyed()
+    }
+
     fn keyed(mut self) -> UpstreamTls {
         let mut h = std::hash::DefaultHasher::new();
-        (&self.sni, &self.alpn, &self.expected, self.client_certificate).hash(&mut h);
+        (
+            &self.sni,
+            &self.alpn,
+            &self.expected,
+            self.client_certificate,
+        )
+            .hash(&mut h);
         self.pool_key = h.finish() | 1;
         self
     }
@@ -70,7 +86,10 @@ fn tls_context<M: prost::Message + Default + prost::Name>(
     if socket.name != TLS_SOCKET && !socket.name.is_empty() {
         return Err(err(
             format!("{path}.name"),
-            format!("transport socket {} is not supported (only {TLS_SOCKET})", socket.name),
+            format!(
+                "transport socket {} is not supported (only {TLS_SOCKET})",
+                socket.name
+            ),
         ));
     }
     let Some(xcore::transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
@@ -148,7 +167,11 @@ fn common_parts(
     let own = match common.tls_certificate_sds_secret_configs.as_slice() {
         [] => false,
         [one] => {
-            secret(one, OWN_CERTIFICATE, &format!("{path}.tls_certificate_sds_secret_configs[0]"))?;
+            secret(
+                one,
+                OWN_CERTIFICATE,
+                &format!("{path}.tls_certificate_sds_secret_configs[0]"),
+            )?;
             true
         }
         _ => {
@@ -166,7 +189,11 @@ fn common_parts(
             ));
         }
         Some(V::ValidationContextSdsSecretConfig(s)) => {
-            secret(s, ROOTS, &format!("{path}.validation_context_sds_secret_config"))?;
+            secret(
+                s,
+                ROOTS,
+                &format!("{path}.validation_context_sds_secret_config"),
+            )?;
             Vec::new()
         }
         Some(V::CombinedValidationContext(c)) => {
@@ -177,7 +204,11 @@ fn common_parts(
                     format!("name SDS secret `{ROOTS}`"),
                 ));
             };
-            secret(s, ROOTS, &format!("{cpath}.validation_context_sds_secret_config"))?;
+            secret(
+                s,
+                ROOTS,
+                &format!("{cpath}.validation_context_sds_secret_config"),
+            )?;
             let default = c.default_validation_context.clone().unwrap_or_default();
             expected_sans(&default, &format!("{cpath}.default_validation_context"))?
         }
@@ -217,7 +248,10 @@ fn expected_sans(
         .map(|(i, m)| {
             let mpath = format!("{path}.match_typed_subject_alt_names[{i}]");
             if m.san_type != SanType::Uri as i32 {
-                return Err(err(format!("{mpath}.san_type"), "only URI SANs are supported"));
+                return Err(err(
+                    format!("{mpath}.san_type"),
+                    "only URI SANs are supported",
+                ));
             }
             match m.matcher.as_ref().and_then(|s| s.match_pattern.as_ref()) {
                 Some(MatchPattern::Exact(uri)) if !uri.is_empty() => Ok(uri.clone()),

@@ -71,7 +71,10 @@ fn read(path: &PathBuf) -> Result<String, CaError> {
 fn pem_blocks(text: &str) -> Vec<String> {
     const END: &str = "-----END CERTIFICATE-----";
     text.split_inclusive(END)
-        .filter_map(|b| b.find("-----BEGIN CERTIFICATE-----").map(|i| format!("{}\n", &b[i..])))
+        .filter_map(|b| {
+            b.find("-----BEGIN CERTIFICATE-----")
+                .map(|i| format!("{}\n", &b[i..]))
+        })
         .collect()
 }
 
@@ -86,7 +89,9 @@ pub async fn renew(identity: &Identity, ca: &CaSettings) -> Result<Duration, CaE
         .map_err(|e| CaError::Local(format!("CSR: {e}")))?;
     let uri = identity.id.uri();
     params.subject_alt_names = vec![SanType::URI(
-        uri.clone().try_into().map_err(|e| CaError::Local(format!("SAN: {e}")))?,
+        uri.clone()
+            .try_into()
+            .map_err(|e| CaError::Local(format!("SAN: {e}")))?,
     )];
     let csr = params
         .serialize_request(&key)
@@ -122,7 +127,9 @@ pub async fn renew(identity: &Identity, ca: &CaSettings) -> Result<Duration, CaE
         .map_err(|s| CaError::Refused(s.message().to_owned()))?
         .into_inner()
         .cert_chain;
-    let leaf = chain.first().ok_or_else(|| CaError::Refused("an empty chain".into()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CaError::Refused("an empty chain".into()))?;
     let facts = verify::der_of(leaf)
         .and_then(|d| verify::facts(&d))
         .map_err(|e| CaError::Local(e.to_string()))?;

@@ -106,17 +106,27 @@ impl Identity {
 
     /// What the certificate and roots are, for the admin endpoint.
     pub fn summary(&self) -> Summary {
-        self.summary.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.summary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Puts a new certificate (PEM chain, the workload's first) with its
     /// PKCS#8 key in force, and the roots when they changed.
-    pub fn install(&self, chain: &[String], key_der: Vec<u8>, roots: &[String]) -> Result<(), IdentityError> {
+    pub fn install(
+        &self,
+        chain: &[String],
+        key_der: Vec<u8>,
+        roots: &[String],
+    ) -> Result<(), IdentityError> {
         let certs = chain
             .iter()
             .map(|p| verify::der_of(p))
             .collect::<Result<Vec<CertificateDer<'static>>, _>>()?;
-        let leaf = certs.first().ok_or_else(|| IdentityError::Parse("empty chain".into()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| IdentityError::Parse("empty chain".into()))?;
         let facts = verify::facts(leaf)?;
         if facts.uri.as_deref() != Some(self.id.uri().as_str()) {
             return Err(IdentityError::Parse(format!(
@@ -129,7 +139,9 @@ impl Identity {
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(key_der.into()))?;
         self.set_roots(roots)?;
-        self.current.0.store(Some(Arc::new(CertifiedKey::new(certs, key))));
+        self.current
+            .0
+            .store(Some(Arc::new(CertifiedKey::new(certs, key))));
         *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = Summary {
             identity: self.id.uri(),
             chain: chain.to_vec(),
@@ -151,8 +163,14 @@ impl Identity {
             return Ok(());
         }
         self.roots.store(Arc::new(store));
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 

@@ -78,7 +78,11 @@ pub struct SpiffeServerVerifier {
 
 impl SpiffeServerVerifier {
     /// Trusts `roots`; the server must be one of `expected` (any when empty).
-    pub fn new(roots: Arc<RootCertStore>, expected: Vec<String>, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        expected: Vec<String>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         SpiffeServerVerifier {
             roots,
             expected,

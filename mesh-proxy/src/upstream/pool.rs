@@ -142,7 +142,11 @@ impl Upstreams {
                 Some((s, n)) => (s, n, true),
                 // Boxed: connecting is rare, and its state would otherwise
                 // grow every request's future (copied as it is set up).
-                None => (Box::pin(connect_h1(addr.addr, how, self.identity.get())).await?, 0, false),
+                None => (
+                    Box::pin(connect_h1(addr.addr, how, self.identity.get())).await?,
+                    0,
+                    false,
+                ),
             };
             let requests = requests + 1;
             match sender.try_send_request(req).await {
@@ -192,12 +196,7 @@ impl Upstreams {
         found
     }
 
-    fn checkin_h1(
-        &self,
-        addr: Peer,
-        sender: http1::SendRequest<UpstreamBody>,
-        requests: u32,
-    ) {
+    fn checkin_h1(&self, addr: Peer, sender: http1::SendRequest<UpstreamBody>, requests: u32) {
         if sender.is_closed() {
             return;
         }

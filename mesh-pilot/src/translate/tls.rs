@@ -1,0 +1,152 @@
+//! Mutual TLS between sidecars, in Envoy's terms: clusters to mesh
+//! services get an `UpstreamTlsContext` that presents the workload's
+//! certificate and accepts only the service's identities (secure naming);
+//! inbound listeners get TLS filter chains (`DownstreamTlsContext`,
+//! client certificate required) beside the plaintext ones (PERMISSIVE) or
+//! instead of them (STRICT). Certificates are SDS `default` and `ROOTCA`,
+//! the names Istio's agent serves; mesh-proxy serves them itself.
+
+use mesh_proto::envoy::config::core::v3 as xcore;
+use mesh_proto::envoy::config::listener::v3::{self as xlistener, Listener};
+use mesh_proto::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use mesh_proto::envoy::extensions::transport_sockets::tls::v3 as xtls;
+use mesh_proto::envoy::r#type::matcher::v3 as xmatch;
+use mesh_proto::google::protobuf::BoolValue;
+
+use super::build::{PROTOCOL_DETECTION_TIMEOUT, ads_source, any, duration};
+
+/// How a workload's inbound side takes connections (Istio's
+/// PeerAuthentication modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    /// Mutual TLS or plaintext.
+    #[default]
+    Permissive,
+    /// Mutual TLS only.
+    Strict,
+    /// Plaintext only; callers do not use TLS.
+    Disable,
+}
+
+/// The ALPN an HTTP client or server offers inside mutual TLS.
+pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+fn sds(name: &str) -> xtls::SdsSecretConfig {
+    xtls::SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ads_source()),
+    }
+}
+
+fn common(alpn: &[&str], peers: &[String]) -> xtls::CommonTlsContext {
+    use xtls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
+    use xtls::subject_alt_name_matcher::SanType;
+    let sans = peers
+        .iter()
+        .map(|uri| xtls::SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(xmatch::StringMatcher {
+                match_pattern: Some(xmatch::string_matcher::MatchPattern::Exact(uri.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    xtls::CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(xtls::CertificateValidationContext {
+                    match_typed_subject_alt_names: sans,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                ..Default::default()
+            },
+        )),
+        alpn_protocols: alpn.iter().map(|a| (*a).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A cluster's TLS to sidecars that are one of `peers` (SPIFFE URIs).
+pub fn upstream_socket(peers: &[String], alpn: &[&str]) -> xcore::TransportSocket {
+    let ctx = xtls::UpstreamTlsContext {
+        common_tls_context: Some(common(alpn, peers)),
+        ..Default::default()
+    };
+    xcore::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xcore::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+fn downstream_socket(alpn: &[&str]) -> xcore::TransportSocket {
+    let ctx = xtls::DownstreamTlsContext {
+        common_tls_context: Some(common(alpn, &[])),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    xcore::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(xcore::transport_socket::ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// Whether a chain runs an HTTP connection manager.
+fn is_http(chain: &xlistener::FilterChain) -> bool {
+    chain
+        .filters
+        .iter()
+        .any(|f| f.name == "envoy.filters.network.http_connection_manager")
+}
+
+/// Makes an inbound listener take mutual TLS: each chain gets a TLS twin
+/// (HTTP chains by TLS ALPN `h2`/`http/1.1`, others for any ALPN); the
+/// plaintext chains stay (PERMISSIVE) or go (STRICT). A TLS inspector
+/// tells the two apart, waiting at most the protocol detection timeout
+/// for a client that speaks first.
+pub fn secure_inbound(l: &mut Listener, mode: MtlsMode) {
+    if mode == MtlsMode::Disable {
+        return;
+    }
+    let mut chains = Vec::new();
+    for plain in &l.filter_chains {
+        let http = is_http(plain);
+        let mut tls = plain.clone();
+        let m = tls.filter_chain_match.get_or_insert_with(Default::default);
+        m.transport_protocol = "tls".into();
+        // Plaintext chains match HTTP by the inspector's names; inside TLS
+        // the client's ALPN tells.
+        m.application_protocols = if http && !m.application_protocols.is_empty() {
+            HTTP_ALPN.iter().map(|a| (*a).to_owned()).collect()
+        } else {
+            Vec::new()
+        };
+        let alpn: &[&str] = if http { &HTTP_ALPN } else { &[] };
+        tls.transport_socket = Some(downstream_socket(alpn));
+        chains.push(tls);
+    }
+    if mode == MtlsMode::Permissive {
+        for mut plain in l.filter_chains.drain(..) {
+            plain
+                .filter_chain_match
+                .get_or_insert_with(Default::default)
+                .transport_protocol = "raw_buffer".into();
+            chains.push(plain);
+        }
+    }
+    l.filter_chains = chains;
+    l.listener_filters.insert(
+        0,
+        xlistener::ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(xlistener::listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        },
+    );
+    l.listener_filters_timeout = Some(duration(PROTOCOL_DETECTION_TIMEOUT));
+    l.continue_on_listener_filters_timeout = true;
+}

@@ -1,0 +1,149 @@
+//! Mutual TLS between sidecars, in network-namespace pods: mesh-ca in the
+//! node namespace signs each sidecar's certificate (bootstrap tokens),
+//! pilot turns TLS on, and what crosses the pods' link is encrypted.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mesh_testbed::mesh::{Mesh, Mtls, Pod, Sidecar};
+use mesh_testbed::{Lines, walk};
+
+/// tcpdump on the pods' bridge, capturing the app port (8080) into a
+/// file; stopped by [`Capture::stop`], which returns the packets as text.
+struct Capture {
+    pid: u32,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(mesh: &mut Mesh) -> Capture {
+        let file = mesh.dir.path().join("pods.pcap");
+        let node = mesh.world.node.clone();
+        let script = format!(
+            "exec tcpdump -i br0 -nn -U -w {} 'tcp port 8080' 2>&1",
+            file.display()
+        );
+        let child = mesh
+            .world
+            .spawn(&node, None, &["sh", "-c", &script], Stdio::piped())
+            .unwrap();
+        let pid = child.id();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        lines
+            .wait_for("tcpdump: listening on br0", Duration::from_secs(10))
+            .unwrap();
+        lines.discard_rest();
+        Capture { pid, file }
+    }
+
+    /// Stops tcpdump (it flushes on SIGTERM) and prints the packets with
+    /// their payloads.
+    fn stop(self, mesh: &Mesh) -> String {
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let file = self.file.display().to_string();
+        mesh_testbed::eventually(
+            "tcpdump to finish the file",
+            Duration::from_secs(10),
+            || {
+                let (code, out) = mesh
+                    .world
+                    .exec(&mesh.world.node, &["tcpdump", "-nn", "-A", "-r", &file]);
+                (code == 0).then_some(out)
+            },
+        )
+    }
+}
+
+#[test]
+fn the_seed_walk_with_strict_mtls_everywhere() {
+    mesh_testbed::require_root();
+    let mut mesh = Mesh::new().unwrap();
+    mesh.mtls = Some(Mtls::Strict);
+    let capture = Capture::start(&mut mesh);
+    let report = walk::run(&mut mesh, Sidecar::MeshProxy, &mut |l| eprintln!("{l}")).unwrap();
+    let failed: Vec<String> = report
+        .checks()
+        .into_iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.what)
+        .collect();
+    assert!(failed.is_empty(), "the walk failed:\n{}", failed.join("\n"));
+    assert_eq!(report.checks().len(), 11);
+    let packets = capture.stop(&mesh);
+    let count = packets.lines().filter(|l| l.contains(" IP ")).count();
+    assert!(
+        count > 100,
+        "the capture saw the walk's calls ({count} packets)"
+    );
+    for plaintext in ["HTTP/1.1", "GET /", "x-b3-traceid", "service_b:"] {
+        assert!(
+            !packets.contains(plaintext),
+            "`{plaintext}` crossed the pods' link in the clear"
+        );
+    }
+}
+
+/// What a call from `pod` to svca's app (`/`, answered 404 by the app
+/// itself) gives: the status, or the curl exit code when refused.
+fn call_svca(mesh: &Mesh, pod: &Pod, url: &str) -> Result<u16, i32> {
+    let (code, out) = mesh.curl(pod, &["-o", "/dev/null", "-w", "%{http_code}", url]);
+    if code != 0 {
+        return Err(code);
+    }
+    Ok(out.trim().parse().unwrap_or(0))
+}
+
+/// A small mesh: svca with its sidecar, a client with one, and an
+/// outsider without; mTLS in `mode`.
+fn small_mesh(mode: Mtls) -> (Mesh, Pod, Pod, Pod) {
+    mesh_testbed::require_root();
+    let mut mesh = Mesh::new().unwrap();
+    mesh.mtls = Some(mode);
+    mesh.write_registry(walk::REGISTRY).unwrap();
+    mesh.set_names(&walk::names()).unwrap();
+    mesh.start_pilot().unwrap();
+    let svca = mesh
+        .pod(
+            "svca-1",
+            &[("app", "svca"), ("version", "v1")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    mesh.sample(&svca, "svca", &["--version", "v1"]).unwrap();
+    let client = mesh
+        .pod("client", &[("app", "client")], Some(Sidecar::MeshProxy))
+        .unwrap();
+    mesh.wait_endpoints(&client, "outbound|80||svca.default.svc.cluster.local", 1)
+        .unwrap();
+    let outsider = mesh.pod("outsider", &[], None).unwrap();
+    (mesh, svca, client, outsider)
+}
+
+#[test]
+fn strict_refuses_clients_outside_the_mesh_and_permissive_takes_them() {
+    for (mode, outsider_gets) in [(Mtls::Strict, None), (Mtls::Permissive, Some(404))] {
+        let (mesh, svca, client, outsider) = small_mesh(mode);
+        assert_eq!(
+            call_svca(&mesh, &client, "http://svca/"),
+            Ok(404),
+            "{mode:?}: a sidecar's call reaches the app over mutual TLS"
+        );
+        let direct = format!("http://{}:8080/", svca.ip);
+        let got = call_svca(&mesh, &outsider, &direct);
+        match outsider_gets {
+            Some(status) => assert_eq!(got, Ok(status), "{mode:?}: plaintext taken"),
+            None => assert!(got.is_err(), "{mode:?}: plaintext refused, got {got:?}"),
+        }
+        // The sidecar holds a certificate for its service account only.
+        let certs: serde_json::Value = serde_json::from_str(&mesh.admin(&svca, "/certs")).unwrap();
+        assert_eq!(
+            certs["certificates"][0]["identity"],
+            "spiffe://cluster.local/ns/default/sa/svca"
+        );
+        let dump = mesh.admin(&svca, "/config_dump");
+        assert!(
+            !dump.contains("PRIVATE KEY"),
+            "the key never leaves the proxy"
+        );
+    }
+}
