@@ -102,7 +102,9 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             | Spec::VirtualService(_)
             | Spec::DestinationRule(_)
             | Spec::ServiceEntry(_)
-            | Spec::HttpRoute(_) => {}
+            | Spec::HttpRoute(_)
+            | Spec::PeerAuthentication(_)
+            | Spec::AuthorizationPolicy(_) => {}
         }
     }
     out

@@ -177,6 +177,9 @@ async fn handle(
     };
     tracing::debug!(handler = %target.name, chain, ?original_dst, ?alpn, "connection accepted");
     let peer = stream.peer_addr().ok();
+    let dst_port = original_dst
+        .or_else(|| stream.local_addr().ok())
+        .map_or(0, |a| a.port());
     let (stream, peer_identity, detected) = match &target.chains[chain].tls {
         None => (Stream::Plain(stream), None, detected),
         Some(tls) => match crate::transport::accept(stream, tls, shared.identity.get()).await {
@@ -199,11 +202,22 @@ async fn handle(
             }
         },
     };
+    let rbac = crate::config::rbac::Subject {
+        request: None,
+        port: dst_port,
+        principal: peer_identity.as_deref(),
+    };
+    if let Err(why) = crate::config::rbac::decide_all(&target.chains[chain].rbac, &rbac) {
+        shared.stats.rbac_denied.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("connection refused: {why}");
+        return;
+    }
     let conn = Arc::new(Conn {
         listener: target.name.as_str().into(),
         chain,
         original_dst,
         peer,
+        dst_port,
         peer_identity,
         ambiguous_framing: Arc::default(),
     });

@@ -143,6 +143,8 @@ pub struct Conn {
     pub original_dst: Option<SocketAddr>,
     /// Who connected (for hashing by source address).
     pub peer: Option<SocketAddr>,
+    /// The port it came to (the original destination's, else the listener's).
+    pub dst_port: u16,
     /// The client's SPIFFE ID, when it came over mutual TLS.
     pub peer_identity: Option<Arc<str>>,
     /// Raised when a request on it carried both Content-Length and

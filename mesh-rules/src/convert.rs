@@ -75,7 +75,11 @@ pub fn expand(rules: &[Rule]) -> Vec<Rule> {
     let mut out = Vec::new();
     for rule in rules {
         match &rule.spec {
-            Spec::RouteRule(_) | Spec::DestinationPolicy(_) | Spec::EgressRule(_) => {
+            Spec::RouteRule(_)
+            | Spec::DestinationPolicy(_)
+            | Spec::EgressRule(_)
+            | Spec::PeerAuthentication(_)
+            | Spec::AuthorizationPolicy(_) => {
                 out.push(rule.clone());
             }
             Spec::VirtualService(v) => virtual_service(rule, v, &subsets, &mut out),

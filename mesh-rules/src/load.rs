@@ -214,6 +214,12 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldErro
         Kind::HttpRoute => typed(value)
             .map(|(m, s)| (m, Spec::HttpRoute(s)))
             .map_err(one)?,
+        Kind::PeerAuthentication => typed(value)
+            .map(|(m, s)| (m, Spec::PeerAuthentication(s)))
+            .map_err(one)?,
+        Kind::AuthorizationPolicy => typed(value)
+            .map(|(m, s)| (m, Spec::AuthorizationPolicy(s)))
+            .map_err(one)?,
     };
     if checks == Checks::All {
         let mut c = Checker::default();

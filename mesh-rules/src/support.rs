@@ -42,6 +42,8 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
         Spec::DestinationRule(d) => crate::support_networking::destination_rule(&mut out, &root, d),
         Spec::ServiceEntry(e) => crate::support_networking::service_entry(&mut out, &root, e),
         Spec::HttpRoute(r) => crate::support_networking::http_route_gamma(&mut out, &root, r),
+        Spec::PeerAuthentication(_) => {}
+        Spec::AuthorizationPolicy(a) => authorization_policy(&mut out, &root, a),
     }
     out
 }
@@ -196,6 +198,54 @@ fn egress_rule(out: &mut Vec<FieldError>, root: &FieldPath, e: &EgressRule) {
         if p.protocol().is_some_and(|proto| !proto.is_http()) {
             let what = "TCP egress to a host name or subnet (give an IP address, or an HTTP port)";
             refuse(out, root.key("ports").index(i).key("protocol"), what);
+        }
+    }
+}
+
+fn authorization_policy(
+    out: &mut Vec<FieldError>,
+    root: &FieldPath,
+    a: &crate::rules::security::AuthorizationPolicy,
+) {
+    use crate::rules::security::Action;
+    if a.action == Action::Custom {
+        refuse(out, root.key("action"), "CUSTOM (external authorizers)");
+    }
+    refuse_set(
+        out,
+        root,
+        &[
+            ("provider", a.provider.is_some(), "external authorizers"),
+            ("targetRef", a.target_ref.is_some(), "Gateway API targets"),
+            ("targetRefs", a.target_refs.is_some(), "Gateway API targets"),
+        ],
+    );
+    for (i, rule) in a.rules.iter().enumerate() {
+        for (j, from) in rule.from.iter().enumerate() {
+            let at = root
+                .key("rules")
+                .index(i)
+                .key("from")
+                .index(j)
+                .key("source");
+            let s = &from.source;
+            let what = "callers by address or end-user token";
+            refuse_set(
+                out,
+                &at,
+                &[
+                    ("requestPrincipals", s.request_principals.is_some(), what),
+                    (
+                        "notRequestPrincipals",
+                        s.not_request_principals.is_some(),
+                        what,
+                    ),
+                    ("ipBlocks", s.ip_blocks.is_some(), what),
+                    ("notIpBlocks", s.not_ip_blocks.is_some(), what),
+                    ("remoteIpBlocks", s.remote_ip_blocks.is_some(), what),
+                    ("notRemoteIpBlocks", s.not_remote_ip_blocks.is_some(), what),
+                ],
+            );
         }
     }
 }

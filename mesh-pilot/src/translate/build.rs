@@ -1083,6 +1083,7 @@ impl Builder {
         protocol: Option<Protocol>,
         limit: Option<&mesh_rules::rules::RateLimit>,
         mtls: super::tls::MtlsMode,
+        authz: &super::authz::InboundAuthz,
     ) {
         let cluster = format!("inbound|{port}||");
         let (app, bind) = match self.mode {
@@ -1113,6 +1114,7 @@ impl Builder {
             }
         };
         let mut l = l;
+        super::authz::secure_inbound(&mut l, authz);
         super::tls::secure_inbound(&mut l, mtls);
         self.listeners.insert(name, l);
     }

@@ -18,6 +18,7 @@
 //! (so pilot translates it once per key), and the inbound part of its own
 //! workload.
 
+mod authz;
 mod build;
 mod filters;
 mod policy;
@@ -363,7 +364,21 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 &endpoints,
                 &rules,
             );
-            if let Some(mtls) = mesh_tls(inputs, node) {
+            // Callers use TLS unless every endpoint takes plaintext only.
+            let tls_taken = |w: &&&Workload| {
+                mesh_tls(inputs, node).is_some_and(|m| {
+                    let mode = tls::peer_mode(
+                        inputs.rules,
+                        &w.namespace,
+                        &w.labels,
+                        port.target_port(),
+                        m.mode,
+                    );
+                    mode != MtlsMode::Disable
+                })
+            };
+            let secured = endpoints.is_empty() || endpoints.iter().any(|w| tls_taken(&w));
+            if let Some(mtls) = mesh_tls(inputs, node).filter(|_| secured) {
                 let peers: BTreeSet<String> = endpoints
                     .iter()
                     .map(|w| w.identity(&mtls.trust_domain).uri())
@@ -438,13 +453,38 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         if own {
             let limit = inbound_rate_limit(inputs, service, node);
             let host = service.host(&inputs.mesh.domain).to_string();
-            let mode = mesh_tls(inputs, node).map_or(MtlsMode::Disable, |m| m.mode);
+            let authz = inbound_authz(inputs, node);
             for port in &service.ports {
-                b.inbound(ip, port.target_port(), service_protocol(port), limit, mode);
+                let target = port.target_port();
+                let mode = mesh_tls(inputs, node).map_or(MtlsMode::Disable, |m| {
+                    tls::peer_mode(inputs.rules, &node.namespace, &node.labels, target, m.mode)
+                });
+                b.inbound(ip, target, service_protocol(port), limit, mode, &authz);
                 b.mark_inbound_service(port.target_port(), &host);
             }
         }
     }
+}
+
+/// The AuthorizationPolicies that cover `node`'s workload: mesh-wide ones
+/// (root namespace, no selector), its namespace's, and those selecting it.
+fn inbound_authz(inputs: &Inputs<'_>, node: &ProxyNode) -> authz::InboundAuthz {
+    use mesh_rules::rules::security::ROOT_NAMESPACE;
+    let mut a = authz::InboundAuthz::default();
+    for rule in inputs.rules {
+        let Spec::AuthorizationPolicy(p) = &rule.spec else {
+            continue;
+        };
+        let ns = rule.metadata.namespace();
+        let covers = match &p.selector {
+            None => ns == ROOT_NAMESPACE || ns == node.namespace,
+            Some(s) => ns == node.namespace && labels_match(&s.match_labels, &node.labels),
+        };
+        if covers {
+            a.add(ns, &rule.metadata.name, p);
+        }
+    }
+    a
 }
 
 /// The rate limit a DestinationPolicy puts on `service`'s calls to this

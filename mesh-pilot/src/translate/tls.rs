@@ -28,6 +28,55 @@ pub enum MtlsMode {
     Disable,
 }
 
+/// The mode of a workload (namespace `ns`, `labels`) on `port`, from the
+/// PeerAuthentication policies: the workload's port-level mode, its own,
+/// its namespace's, the mesh's (root namespace), then `default`; a policy
+/// that leaves the mode unset defers to the next.
+pub fn peer_mode(
+    rules: &[mesh_rules::Rule],
+    ns: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    port: u16,
+    default: MtlsMode,
+) -> MtlsMode {
+    use mesh_rules::Spec;
+    use mesh_rules::rules::security::{MtlsMode as Rule, PeerAuthentication, ROOT_NAMESPACE};
+    let policies: Vec<(&str, &PeerAuthentication)> = rules
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::PeerAuthentication(p) => Some((r.metadata.namespace(), p)),
+            _ => None,
+        })
+        .collect();
+    let workload = policies.iter().filter(|(pns, p)| {
+        *pns == ns
+            && p.selector
+                .as_ref()
+                .is_some_and(|s| mesh_rules::registry::labels_match(&s.match_labels, labels))
+    });
+    let namespace = policies
+        .iter()
+        .filter(|(pns, p)| *pns == ns && p.selector.is_none());
+    let mesh = policies
+        .iter()
+        .filter(|(pns, p)| *pns == ROOT_NAMESPACE && p.selector.is_none());
+    let mut levels: Vec<Rule> = Vec::new();
+    for (_, p) in workload.clone() {
+        if let Some(m) = p.port_level_mtls.get(&u32::from(port)) {
+            levels.push(m.mode);
+        }
+    }
+    for (_, p) in workload.chain(namespace).chain(mesh) {
+        levels.push(p.mtls.as_ref().map_or(Rule::Unset, |m| m.mode));
+    }
+    match levels.into_iter().find(|m| *m != Rule::Unset) {
+        Some(Rule::Strict) => MtlsMode::Strict,
+        Some(Rule::Permissive) => MtlsMode::Permissive,
+        Some(Rule::Disable) => MtlsMode::Disable,
+        Some(Rule::Unset) | None => default,
+    }
+}
+
 /// The ALPN an HTTP client or server offers inside mutual TLS.
 pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
 

@@ -9,6 +9,7 @@ pub mod cors;
 pub mod fault;
 pub mod hash;
 pub mod ratelimit;
+pub mod rbac;
 mod retry;
 mod route;
 pub mod service;
@@ -217,6 +218,8 @@ pub struct FilterChain {
     pub kind: ListenerKind,
     /// TLS terminated before the filter (`transport_socket`).
     pub tls: Option<Arc<tls::DownstreamTls>>,
+    /// Network RBAC filters before it, in order.
+    pub rbac: Vec<Arc<rbac::Rbac>>,
 }
 
 impl Listener {
@@ -318,6 +321,8 @@ pub struct HttpManager {
     /// The local rate limit filter's own bucket, for routes without one of
     /// their own.
     pub rate_limit: Option<Arc<ratelimit::RateLimit>>,
+    /// RBAC filters, in order, before routing.
+    pub rbac: Vec<Arc<rbac::Rbac>>,
     /// Upgrade types (lowercase) it knows, and whether each is on unless a
     /// route says otherwise (`upgrade_configs`; none: every upgrade is
     /// refused 403, as in Envoy).
@@ -1162,14 +1167,32 @@ fn build_chain(
     path: &str,
     b: &mut Build<'_>,
 ) -> Result<FilterChain, FieldError> {
-    let [filter] = chain.filters.as_slice() else {
+    use xlistener::filter::ConfigType;
+    let Some((filter, before)) = chain.filters.split_last() else {
         return Err(err(
             format!("{path}.filters"),
-            "exactly one network filter is supported",
+            "a network filter (HTTP connection manager or TCP proxy) is required",
         ));
     };
-    let fpath = format!("{path}.filters[0].typed_config");
-    use xlistener::filter::ConfigType;
+    let mut network_rbac = Vec::new();
+    for (i, f) in before.iter().enumerate() {
+        let fpath = format!("{path}.filters[{i}].typed_config");
+        match &f.config_type {
+            Some(ConfigType::TypedConfig(any)) if type_name(any) == rbac::NETWORK_TYPE => {
+                let r: mesh_proto::envoy::extensions::filters::network::rbac::v3::Rbac =
+                    unpack(any, &fpath)?;
+                let rules = r.rules.unwrap_or_default();
+                network_rbac.push(Arc::new(rbac::build(&rules, &format!("{fpath}.rules"))?));
+            }
+            _ => {
+                return Err(err(
+                    fpath,
+                    "only RBAC filters may come before the last network filter",
+                ));
+            }
+        }
+    }
+    let fpath = format!("{path}.filters[{}].typed_config", before.len());
     let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
         return Err(err(fpath, "a typed_config is required"));
     };
@@ -1224,6 +1247,7 @@ fn build_chain(
         transport_protocol,
         kind,
         tls: tls::downstream(&chain.transport_socket, path)?.map(Arc::new),
+        rbac: network_rbac,
     })
 }
 
@@ -1235,6 +1259,7 @@ fn build_chain(
 struct ManagerFilters {
     fault: Option<Arc<fault::Fault>>,
     rate_limit: Option<Arc<ratelimit::RateLimit>>,
+    rbac: Vec<Arc<rbac::Rbac>>,
 }
 
 fn http_filters(m: &hcm::HttpConnectionManager, path: &str) -> Result<ManagerFilters, FieldError> {
@@ -1251,6 +1276,13 @@ fn http_filters(m: &hcm::HttpConnectionManager, path: &str) -> Result<ManagerFil
                     out.fault = Some(Arc::new(built));
                 }
             }
+            Some(ConfigType::TypedConfig(any)) if type_name(any) == rbac::HTTP_TYPE => {
+                let r: mesh_proto::envoy::extensions::filters::http::rbac::v3::Rbac =
+                    unpack(any, &tpath)?;
+                let rules = r.rules.unwrap_or_default();
+                out.rbac
+                    .push(Arc::new(rbac::build(&rules, &format!("{tpath}.rules"))?));
+            }
             Some(ConfigType::TypedConfig(any)) if type_name(any) == ratelimit::TYPE => {
                 // Without a bucket it only enables per-route limits.
                 out.rate_limit = ratelimit::build(&unpack(any, &tpath)?, &tpath)?.map(Arc::new);
@@ -1263,7 +1295,7 @@ fn http_filters(m: &hcm::HttpConnectionManager, path: &str) -> Result<ManagerFil
                 return Err(err(
                     fpath,
                     format!(
-                        "HTTP filter {} is not supported (the router, fault, CORS and local rate limit filters are)",
+                        "HTTP filter {} is not supported (the router, fault, CORS, local rate limit and RBAC filters are)",
                         f.name
                     ),
                 ));
@@ -1296,7 +1328,11 @@ fn build_http(
             ));
         }
     };
-    let ManagerFilters { fault, rate_limit } = http_filters(m, path)?;
+    let ManagerFilters {
+        fault,
+        rate_limit,
+        rbac,
+    } = http_filters(m, path)?;
     use hcm::http_connection_manager::CodecType;
     let codec = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
@@ -1335,6 +1371,7 @@ fn build_http(
         },
         fault,
         rate_limit,
+        rbac,
         upgrades: upgrade_types(
             m.upgrade_configs
                 .iter()

@@ -63,11 +63,14 @@ pub enum StringMatch {
     Contains(String),
     /// Matches entirely.
     Regex(regex::Regex),
+    /// The inner match on the lowercased value (its pattern lowercased).
+    IgnoreCase(Box<StringMatch>),
 }
 
 impl StringMatch {
     pub(super) fn matches(&self, v: &str) -> bool {
         match self {
+            StringMatch::IgnoreCase(m) => m.matches(&v.to_ascii_lowercase()),
             StringMatch::Exact(s) => v == s,
             StringMatch::Prefix(s) => v.starts_with(s.as_str()),
             StringMatch::Suffix(s) => v.ends_with(s.as_str()),
@@ -501,17 +504,24 @@ pub(super) fn string_match(
     path: &str,
 ) -> Result<StringMatch, FieldError> {
     use xmatch::string_matcher::MatchPattern as P;
-    if m.ignore_case {
-        return Err(err(
-            format!("{path}.ignore_case"),
-            "ignore_case is not supported",
-        ));
-    }
-    Ok(match &m.match_pattern {
-        Some(P::Exact(s)) => StringMatch::Exact(s.clone()),
-        Some(P::Prefix(s)) => StringMatch::Prefix(s.clone()),
-        Some(P::Suffix(s)) => StringMatch::Suffix(s.clone()),
-        Some(P::Contains(s)) => StringMatch::Contains(s.clone()),
+    let fold = |s: &String| {
+        if m.ignore_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.clone()
+        }
+    };
+    let matched = match &m.match_pattern {
+        Some(P::Exact(s)) => StringMatch::Exact(fold(s)),
+        Some(P::Prefix(s)) => StringMatch::Prefix(fold(s)),
+        Some(P::Suffix(s)) => StringMatch::Suffix(fold(s)),
+        Some(P::Contains(s)) => StringMatch::Contains(fold(s)),
+        Some(P::SafeRegex(_)) if m.ignore_case => {
+            return Err(err(
+                format!("{path}.ignore_case"),
+                "ignore_case with safe_regex is not supported (write (?i) in the regex)",
+            ));
+        }
         Some(P::SafeRegex(r)) => StringMatch::Regex(regex(r, &format!("{path}.safe_regex"))?),
         _ => {
             return Err(err(
@@ -519,6 +529,11 @@ pub(super) fn string_match(
                 "use exact, prefix, suffix, contains or safe_regex",
             ));
         }
+    };
+    Ok(if m.ignore_case {
+        StringMatch::IgnoreCase(Box::new(matched))
+    } else {
+        matched
     })
 }
 

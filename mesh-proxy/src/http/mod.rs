@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
 use crate::config::cors::Cors;
+use crate::config::rbac;
 use crate::config::trace::TraceConfig;
 use crate::config::{Codec, Forward, HttpManager, Redirect, RequestView, Route, RouteAction};
 use crate::sniff::Detected;
@@ -286,15 +287,31 @@ async fn handle(
                 .map(str::to_owned)
         })
         .unwrap_or_default();
-    let route = {
+    let (route, refused) = {
         let view = RequestView {
             method: req.method().as_str(),
             authority: &authority,
             path: req.uri().path(),
             headers: req.headers(),
         };
-        manager.routes.route(&view)
+        let subject = rbac::Subject {
+            request: Some(&view),
+            port: conn.dst_port,
+            principal: conn.peer_identity.as_deref(),
+        };
+        let refused = rbac::decide_all(&manager.rbac, &subject).err();
+        (manager.routes.route(&view), refused)
     };
+    if let Some(why) = refused {
+        shared
+            .stats
+            .rbac_denied
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("RBAC: access denied: {why}\n"),
+        );
+    }
     let Some(route) = route else {
         let r = text(
             StatusCode::NOT_FOUND,

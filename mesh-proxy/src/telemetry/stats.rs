@@ -60,6 +60,8 @@ pub struct Stats {
     /// Downstream TLS handshakes that failed (no client certificate, one
     /// of another root, not TLS at all).
     pub ssl_handshake_error: AtomicU64,
+    /// Requests and connections refused by an RBAC filter.
+    pub rbac_denied: AtomicU64,
     /// Configurations accepted.
     pub config_accepted: AtomicU64,
     /// Configurations refused.
@@ -137,6 +139,7 @@ impl Stats {
             ("local_rate_limited", &self.local_rate_limited),
             ("upstream_cx_fail", &self.upstream_cx_fail),
             ("ssl_handshake_error", &self.ssl_handshake_error),
+            ("rbac_denied", &self.rbac_denied),
             ("config_accepted", &self.config_accepted),
             ("config_rejected", &self.config_rejected),
             ("spans_exported", &self.spans_exported),

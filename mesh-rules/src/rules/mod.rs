@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod networking;
 mod rate_limit;
 mod route_rule;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,11 +51,15 @@ pub enum Kind {
     ServiceEntry,
     /// Gateway API routes for mesh calls (parent: a Service).
     HttpRoute,
+    /// How workloads take connections (mutual TLS modes).
+    PeerAuthentication,
+    /// Who may call workloads, and how.
+    AuthorizationPolicy,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::RouteRule,
         Kind::DestinationPolicy,
         Kind::EgressRule,
@@ -62,6 +67,8 @@ impl Kind {
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::HttpRoute,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The apiVersions the kind is written with.
@@ -72,6 +79,9 @@ impl Kind {
                 &networking::NETWORKING_API_VERSIONS
             }
             Kind::HttpRoute => &gateway::GATEWAY_API_VERSIONS,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
+                &security::SECURITY_API_VERSIONS
+            }
         }
     }
 
@@ -85,6 +95,8 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -98,6 +110,8 @@ impl Kind {
             Kind::DestinationRule => "destination-rule",
             Kind::ServiceEntry => "service-entry",
             Kind::HttpRoute => "http-route",
+            Kind::PeerAuthentication => "peer-authentication",
+            Kind::AuthorizationPolicy => "authorization-policy",
         }
     }
 
@@ -255,6 +269,10 @@ pub enum Spec {
     ServiceEntry(networking::ServiceEntry),
     /// An HTTPRoute.
     HttpRoute(gateway::HttpRoute),
+    /// A PeerAuthentication.
+    PeerAuthentication(security::PeerAuthentication),
+    /// An AuthorizationPolicy.
+    AuthorizationPolicy(security::AuthorizationPolicy),
 }
 
 impl Spec {
@@ -268,6 +286,8 @@ impl Spec {
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
             Spec::HttpRoute(_) => Kind::HttpRoute,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
@@ -280,6 +300,8 @@ impl Spec {
             Spec::DestinationRule(r) => r.check(c, path),
             Spec::ServiceEntry(r) => r.check(c, path),
             Spec::HttpRoute(r) => r.check(c, path),
+            Spec::PeerAuthentication(r) => r.check(c, path),
+            Spec::AuthorizationPolicy(r) => r.check(c, path),
         }
     }
 }
@@ -350,6 +372,7 @@ impl Rule {
             Spec::HttpRoute(r) => {
                 crate::convert::parent_service(r.parent_refs.first()?, ns).host(ns)
             }
+            Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) => None,
         }
     }
 
@@ -364,6 +387,8 @@ impl Rule {
             Spec::DestinationRule(s) => serde_json::to_value(s),
             Spec::ServiceEntry(s) => serde_json::to_value(s),
             Spec::HttpRoute(s) => serde_json::to_value(s),
+            Spec::PeerAuthentication(s) => serde_json::to_value(s),
+            Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
         }
         .expect("rule specs serialize to JSON");
         serde_json::json!({
