@@ -242,3 +242,33 @@ fn authorization_policies_allow_and_deny_by_each_field() {
         "{body}"
     );
 }
+
+#[test]
+fn peer_authentication_sets_a_workloads_mode_and_a_ports() {
+    let (mesh, svca, client, outsider) = small_mesh(Mtls::Permissive);
+    let direct = format!("http://{}:8080/", svca.ip);
+    assert_eq!(call_svca(&mesh, &outsider, &direct), Ok(404));
+    let strict = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: svca, namespace: default}
+spec:
+  selector: {matchLabels: {app: svca}}
+  mtls: {mode: STRICT}
+";
+    let revision = mesh.apply_rules("create", strict).unwrap();
+    mesh.wait_synced(&svca, revision).unwrap();
+    assert!(
+        call_svca(&mesh, &outsider, &direct).is_err(),
+        "svca is STRICT"
+    );
+    assert_eq!(call_svca(&mesh, &client, "http://svca/"), Ok(404));
+    let port = format!("{strict}  portLevelMtls:\n    8080: {{mode: PERMISSIVE}}\n");
+    let revision = mesh.apply_rules("replace", &port).unwrap();
+    mesh.wait_synced(&svca, revision).unwrap();
+    assert_eq!(
+        call_svca(&mesh, &outsider, &direct),
+        Ok(404),
+        "port 8080 is PERMISSIVE again"
+    );
+    assert_eq!(call_svca(&mesh, &client, "http://svca/"), Ok(404));
+}
