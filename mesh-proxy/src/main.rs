@@ -248,6 +248,7 @@ fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Resul
     first
         .blocking_recv()
         .context("the certificate thread ended")?;
+    let _ = shared.telemetry.principal.set(identity.id.uri().into());
     let _ = shared.identity.set(identity);
     Ok(())
 }

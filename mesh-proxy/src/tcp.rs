@@ -57,6 +57,8 @@ pub async fn proxy(mut downstream: Stream, cfg: &TcpProxy, conn: &Conn, shared: 
         code: 0,
         grpc: None,
         flags: Flags::NONE,
+        local_principal: shared.telemetry.principal.get().cloned(),
+        peer_principal: conn.peer_identity.clone(),
     };
     let metrics = &shared.telemetry.metrics;
     match connect(address, cluster, shared).await {

@@ -134,6 +134,26 @@ fn strict_refuses_clients_outside_the_mesh_and_permissive_takes_them() {
             Some(status) => assert_eq!(got, Ok(status), "{mode:?}: plaintext taken"),
             None => assert!(got.is_err(), "{mode:?}: plaintext refused, got {got:?}"),
         }
+        // The receiving side labels the call with how it came and who made it.
+        let metrics = mesh.admin(&svca, "/stats/prometheus");
+        let inbound = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("mesh_requests_total{")
+                    && l.contains("reporter=\"destination\"")
+                    && l.contains("source_workload=\"client\"")
+            })
+            .unwrap_or_else(|| panic!("no inbound request series:\n{metrics}"));
+        for label in [
+            "connection_security_policy=\"mutual_tls\"",
+            "source_principal=\"spiffe://cluster.local/ns/default/sa/client\"",
+            "destination_principal=\"spiffe://cluster.local/ns/default/sa/svca\"",
+        ] {
+            assert!(
+                inbound.contains(label),
+                "{mode:?}: {label} missing in {inbound}"
+            );
+        }
         // The sidecar holds a certificate for its service account only.
         let certs: serde_json::Value = serde_json::from_str(&mesh.admin(&svca, "/certs")).unwrap();
         assert_eq!(

@@ -144,7 +144,7 @@ async fn respond(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
-    let tally = Tally::start(reporter, grpc);
+    let tally = Tally::start(reporter, grpc, conn.peer_identity.clone());
     req.extensions_mut().insert(tally.clone());
     let r = match manager {
         // Over the proxy's cap: shed before any work or buffering.

@@ -70,6 +70,10 @@ pub struct Call {
     pub grpc: Option<u8>,
     /// Why the proxy answered as it did.
     pub flags: Flags,
+    /// This workload's SPIFFE ID, when it has a certificate.
+    pub local_principal: Option<Arc<str>>,
+    /// The caller's SPIFFE ID, when it called over mutual TLS (inbound).
+    pub peer_principal: Option<Arc<str>>,
 }
 
 impl EncodeLabelSet for Call {
@@ -85,15 +89,20 @@ impl EncodeLabelSet for Call {
         let code = self.code.to_string();
         let grpc = self.grpc.map_or_else(|| "-".to_owned(), |g| g.to_string());
         let flags = self.flags.to_string();
-        let security = match self.reporter {
-            Reporter::Source => UNKNOWN,
-            Reporter::Destination => "none",
+        // The receiving side knows how the call came; the caller's side
+        // does not know what the server checked (Istio says `unknown`).
+        let (security, source_principal, destination_principal) = match self.reporter {
+            Reporter::Source => (UNKNOWN, self.local_principal.as_deref(), None),
+            Reporter::Destination => match self.peer_principal.as_deref() {
+                Some(peer) => ("mutual_tls", Some(peer), self.local_principal.as_deref()),
+                None => ("none", None, None),
+            },
         };
         let mut labels: Vec<(&str, &str)> = vec![
             ("reporter", reporter),
             ("source_workload", &source.name),
             ("source_workload_namespace", &source.namespace),
-            ("source_principal", UNKNOWN),
+            ("source_principal", source_principal.unwrap_or(UNKNOWN)),
             ("source_app", &source.app),
             ("source_version", &source.version),
             ("source_canonical_service", &source.canonical_service),
@@ -101,7 +110,10 @@ impl EncodeLabelSet for Call {
             ("source_cluster", UNKNOWN),
             ("destination_workload", &destination.name),
             ("destination_workload_namespace", &destination.namespace),
-            ("destination_principal", UNKNOWN),
+            (
+                "destination_principal",
+                destination_principal.unwrap_or(UNKNOWN),
+            ),
             ("destination_app", &destination.app),
             ("destination_version", &destination.version),
             ("destination_service", &self.service.host),
@@ -318,6 +330,8 @@ mod tests {
             code: 200,
             grpc: None,
             flags: Flags::NONE,
+            local_principal: None,
+            peer_principal: None,
         }
     }
 

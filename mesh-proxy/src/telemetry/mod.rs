@@ -29,6 +29,8 @@ pub struct Telemetry {
     pub metrics: StandardMetrics,
     /// Recorded spans on their way to collectors.
     pub spans: spans::Spans,
+    /// This workload's SPIFFE ID, once it has a certificate.
+    pub principal: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Telemetry {
@@ -38,6 +40,7 @@ impl Telemetry {
             local: ArcSwap::from_pointee((NOBODY.clone(), NOBODY.header_value())),
             metrics: StandardMetrics::new(naming),
             spans: spans::Spans::default(),
+            principal: std::sync::OnceLock::new(),
         }
     }
 

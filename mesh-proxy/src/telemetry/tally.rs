@@ -28,6 +28,8 @@ pub struct Tally {
     start: Instant,
     reporter: Reporter,
     grpc: bool,
+    /// The caller's SPIFFE ID (mutual TLS, inbound).
+    peer_principal: Option<Arc<str>>,
     request_bytes: AtomicU64,
     seen: Mutex<Seen>,
 }
@@ -42,12 +44,14 @@ struct Seen {
 }
 
 impl Tally {
-    /// A request arriving now; `grpc` when its content type says so.
-    pub fn start(reporter: Reporter, grpc: bool) -> Arc<Tally> {
+    /// A request arriving now; `grpc` when its content type says so;
+    /// `peer_principal`: who called, when mutual TLS told.
+    pub fn start(reporter: Reporter, grpc: bool, peer_principal: Option<Arc<str>>) -> Arc<Tally> {
         Arc::new(Tally {
             start: Instant::now(),
             reporter,
             grpc,
+            peer_principal,
             request_bytes: AtomicU64::new(0),
             seen: Mutex::new(Seen::default()),
         })
@@ -136,6 +140,8 @@ impl Tally {
             code,
             grpc: grpc.filter(|_| self.grpc),
             flags: seen.flags,
+            local_principal: shared.telemetry.principal.get().cloned(),
+            peer_principal: self.peer_principal.clone(),
         };
         let measures = Measures {
             duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
