@@ -33,6 +33,71 @@ fn reported_name(rule: &Rule) -> String {
     }
 }
 
+/// What mutual TLS policies would do that their authors may not want:
+/// PeerAuthentications while mutual TLS is off (they do nothing), and
+/// STRICT workloads that callers without a sidecar (plaintext only) can no
+/// longer reach.
+pub fn security(world: &crate::world::World) -> Vec<Finding> {
+    use mesh_rules::rules::security::{MtlsMode, PeerAuthentication, ROOT_NAMESPACE};
+    let mut out = Vec::new();
+    let plaintext: Vec<String> = world
+        .registry
+        .workloads
+        .iter()
+        .filter(|w| !world.sidecars.contains(&(w.namespace.clone(), w.address)))
+        .map(|w| format!("{}/{} ({})", w.namespace, w.name, w.address))
+        .collect();
+    let covers =
+        |ns: &str, p: &PeerAuthentication, w: &mesh_rules::registry::Workload| match &p.selector {
+            None => ns == ROOT_NAMESPACE || ns == w.namespace,
+            Some(s) => ns == w.namespace && labels_match(&s.match_labels, &w.labels),
+        };
+    for rule in &world.rules {
+        let Spec::PeerAuthentication(p) = &rule.spec else {
+            continue;
+        };
+        let finding = |path: FieldPath, message: String| Finding {
+            rule: reported_name(rule),
+            path: path.to_string(),
+            message,
+        };
+        let spec = FieldPath::root().key("spec");
+        if world.mesh.mtls.is_none() {
+            out.push(finding(
+                spec.key("mtls"),
+                "mutual TLS is off (pilot runs without --mtls and a CA): this policy does nothing"
+                    .into(),
+            ));
+            continue;
+        }
+        let strict = p.mtls.as_ref().is_some_and(|m| m.mode == MtlsMode::Strict)
+            || p.port_level_mtls
+                .values()
+                .any(|m| m.mode == MtlsMode::Strict);
+        let ns = rule.metadata.namespace();
+        let cut: Vec<String> = world
+            .registry
+            .workloads
+            .iter()
+            .filter(|w| {
+                world.sidecars.contains(&(w.namespace.clone(), w.address)) && covers(ns, p, w)
+            })
+            .map(|w| format!("{}/{}", w.namespace, w.name))
+            .collect();
+        if strict && !cut.is_empty() && !plaintext.is_empty() {
+            out.push(finding(
+                spec.key("mtls").key("mode"),
+                format!(
+                    "STRICT for {}: callers without a sidecar ({}) speak plaintext only and will be refused",
+                    cut.join(", "),
+                    plaintext.join(", ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Everything wrong with `rules` against `registry`, rule by rule.
 pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding> {
     let mut out = Vec::new();

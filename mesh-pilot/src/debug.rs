@@ -116,7 +116,8 @@ async fn handle(
         "/debug/logging" => logging(&debug, &req),
         "/debug/analyze" => {
             let w = d.world();
-            let findings = crate::analyze::analyze(&w.registry, &w.rules, &w.mesh.domain);
+            let mut findings = crate::analyze::analyze(&w.registry, &w.rules, &w.mesh.domain);
+            findings.extend(crate::analyze::security(&w));
             json(StatusCode::OK, &findings)
         }
         "/ready" => json(StatusCode::OK, &"ready"),

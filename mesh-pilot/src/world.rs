@@ -25,6 +25,9 @@ pub struct World {
     pub registry: Registry,
     /// The rules.
     pub rules: Vec<Rule>,
+    /// The workloads (namespace, address) with a connected sidecar; the
+    /// registry's others take plaintext only.
+    pub sidecars: std::collections::BTreeSet<(String, std::net::IpAddr)>,
     /// Mesh settings.
     pub mesh: MeshConfig,
     /// False during the warm-up after pilot starts, while proxies that were
@@ -152,6 +155,11 @@ impl Inputs {
                     .map(|s| s.rule.clone())
                     .collect::<Vec<_>>(),
             ),
+            sidecars: self
+                .registered
+                .values()
+                .map(|(_, w)| (w.namespace.clone(), w.address))
+                .collect(),
             mesh: self.mesh.clone(),
             warm: self.warm,
         }

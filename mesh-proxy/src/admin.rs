@@ -81,18 +81,38 @@ fn metrics_text(shared: &Shared) -> String {
     text
 }
 
-/// The workload's certificate and the roots it trusts (never the key).
+/// The workload's certificate and the roots it trusts (never the key), in
+/// the shape of Envoy's `/certs`, so one reader serves both proxies.
 fn certs(shared: &Shared) -> String {
     let Some(identity) = shared.identity.get() else {
         return "{\"certificates\":[]}".into();
     };
     let s = identity.summary();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let details = |pems: &[String], name: &str| -> Vec<serde_json::Value> {
+        pems.iter()
+            .filter_map(|pem| {
+                let der = crate::identity::verify::der_of(pem).ok()?;
+                let f = crate::identity::verify::facts(&der).ok()?;
+                let sans: Vec<serde_json::Value> = f
+                    .uri
+                    .iter()
+                    .map(|u| serde_json::json!({"uri": u}))
+                    .collect();
+                Some(serde_json::json!({
+                    "path": name,
+                    "serial_number": f.serial,
+                    "subject_alt_names": sans,
+                    "days_until_expiration": ((f.expires_at - now).max(0) / 86_400).to_string(),
+                    "valid_from": f.not_before,
+                    "expiration_time": f.not_after,
+                }))
+            })
+            .collect()
+    };
     let dump = serde_json::json!({"certificates": [{
-        "identity": s.identity,
-        "valid_from": s.issued,
-        "expiration_time": s.expires,
-        "cert_chain": s.chain,
-        "ca_cert": s.roots,
+        "ca_cert": details(&s.roots, "ROOTCA"),
+        "cert_chain": details(&s.chain, "default"),
     }]});
     serde_json::to_string_pretty(&dump).unwrap_or_default()
 }

@@ -157,9 +157,30 @@ fn strict_refuses_clients_outside_the_mesh_and_permissive_takes_them() {
         // The sidecar holds a certificate for its service account only.
         let certs: serde_json::Value = serde_json::from_str(&mesh.admin(&svca, "/certs")).unwrap();
         assert_eq!(
-            certs["certificates"][0]["identity"],
+            certs["certificates"][0]["cert_chain"][0]["subject_alt_names"][0]["uri"],
             "spiffe://cluster.local/ns/default/sa/svca"
         );
+        // meshctl shows it, the same way for mesh-proxy and Envoy.
+        let admin = format!("127.0.0.1:15000");
+        let (code, out) = mesh.world.exec(
+            &svca.ns,
+            &[
+                mesh_testbed::binary("meshctl").unwrap().to_str().unwrap(),
+                "proxy-config",
+                "secret",
+                &admin,
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        let default = out
+            .lines()
+            .find(|l| l.starts_with("default"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            default.contains("spiffe://cluster.local/ns/default/sa/svca"),
+            "{out}"
+        );
+        assert!(out.lines().any(|l| l.starts_with("ROOTCA")), "{out}");
         let dump = mesh.admin(&svca, "/config_dump");
         assert!(
             !dump.contains("PRIVATE KEY"),
@@ -280,6 +301,25 @@ spec:
     assert!(
         call_svca(&mesh, &outsider, &direct).is_err(),
         "svca is STRICT"
+    );
+    // The outsider, known to the registry without a sidecar: analyze says
+    // STRICT cuts it off.
+    let registry = format!(
+        "{}workloads:\n- {{name: outsider, namespace: default, address: {}, labels: {{app: outsider}}}}\n",
+        walk::REGISTRY,
+        outsider.ip
+    );
+    mesh.write_registry(&registry).unwrap();
+    let analyzed =
+        mesh_testbed::eventually("analyze to flag STRICT", Duration::from_secs(10), || {
+            let (_, out) = mesh
+                .meshctl_on_node(&["analyze", "--pilot", &mesh.debug_address()])
+                .unwrap();
+            out.contains("STRICT for default/svca-1").then_some(out)
+        });
+    assert!(
+        analyzed.contains("callers without a sidecar (default/outsider ("),
+        "{analyzed}"
     );
     assert_eq!(call_svca(&mesh, &client, "http://svca/"), Ok(404));
     let port = format!("{strict}  portLevelMtls:\n    8080: {{mode: PERMISSIVE}}\n");

@@ -33,6 +33,8 @@ pub struct Facts {
     pub lifetime: i64,
     /// Seconds from the Unix epoch to the end of validity.
     pub expires_at: i64,
+    /// The serial number, hex.
+    pub serial: String,
 }
 
 /// Reads `der`'s identity and validity.
@@ -51,6 +53,7 @@ pub fn facts(der: &CertificateDer<'_>) -> Result<Facts, IdentityError> {
         not_after: rfc3339(validity.not_after),
         lifetime: validity.not_after.timestamp() - validity.not_before.timestamp(),
         expires_at: validity.not_after.timestamp(),
+        serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
     })
 }
 
