@@ -81,7 +81,7 @@ trap 'rm -rf "$corpus"' EXIT
 (
   cd fuzz
   CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" build
-  for target in rule_parser proxy_config sniff; do
+  for target in rule_parser proxy_config sniff csr; do
     mkdir -p "$corpus/$target"
     CARGO_TARGET_DIR="$fuzz_target" "${fuzz[@]}" run "$target" "$corpus/$target" "seeds/$target" -- \
       -runs=20000 -max_len=4096 2>&1 | tail -n 1

@@ -161,7 +161,7 @@ fn strict_refuses_clients_outside_the_mesh_and_permissive_takes_them() {
             "spiffe://cluster.local/ns/default/sa/svca"
         );
         // meshctl shows it, the same way for mesh-proxy and Envoy.
-        let admin = format!("127.0.0.1:15000");
+        let admin = "127.0.0.1:15000";
         let (code, out) = mesh.world.exec(
             &svca.ns,
             &[
