@@ -156,6 +156,11 @@ pub struct Mesh {
     pub tracer: Tracer,
     /// Mutual TLS (set before [`Mesh::start_pilot`]); off when `None`.
     pub mtls: Option<Mtls>,
+    /// The lifetime sidecars ask for their certificates (`4m`); the CA's
+    /// default when `None`.
+    pub cert_validity: Option<String>,
+    /// mesh-ca's process, while it runs.
+    ca: Option<u32>,
     /// The namespaces and processes (dropped last).
     pub world: World,
 }
@@ -187,6 +192,8 @@ impl Mesh {
             pilot: None,
             tracer: Tracer::default(),
             mtls: None,
+            cert_validity: None,
+            ca: None,
             world,
         };
         mesh.write_registry("services: []\n")?;
@@ -270,16 +277,36 @@ impl Mesh {
         Ok(())
     }
 
+    /// mesh-ca's files (Istio's `cacerts` layout).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// The roots file every sidecar trusts and follows.
+    pub fn roots_file(&self) -> PathBuf {
+        self.dir.path().join("roots.pem")
+    }
+
+    /// Stops mesh-ca (the sidecars keep their certificates until they
+    /// expire).
+    pub fn stop_ca(&mut self) {
+        if let Some(pid) = self.ca.take() {
+            self.world.kill(pid);
+        }
+    }
+
     /// Starts mesh-ca in the node namespace (a root generated in the
-    /// mesh's folder, bootstrap tokens from a file the sidecars are added
-    /// to) and waits until it serves; the roots are copied where the proxy
-    /// user can read them.
-    fn start_ca(&mut self) -> Result<()> {
+    /// mesh's folder on the first start, bootstrap tokens from a file the
+    /// sidecars are added to) and waits until it serves; on the first
+    /// start the roots are copied where the proxy user can read them.
+    pub fn start_ca(&mut self) -> Result<()> {
         let ca = binary("mesh-ca")?;
         let dir = self.dir.path();
         let tokens = dir.join("ca-tokens");
-        std::fs::write(&tokens, "# token,namespace,service-account\n")
-            .doing(|| format!("write {}", tokens.display()))?;
+        if !tokens.exists() {
+            std::fs::write(&tokens, "# token,namespace,service-account\n")
+                .doing(|| format!("write {}", tokens.display()))?;
+        }
         let (host, node) = (self.collector_host(), self.world.node.clone());
         let (cadir, address) = (dir.join("ca"), format!("{host}:{CA_PORT}"));
         let child = self.world.spawn(
@@ -298,13 +325,18 @@ impl Mesh {
             ],
             Stdio::piped(),
         )?;
+        self.ca = Some(child.id());
         let mut lines = Lines::new(child.stdout.take().expect("piped"));
         lines.wait_for("ready", Duration::from_secs(30))?;
         lines.discard_rest();
         let roots = dir.join("roots.pem");
-        std::fs::copy(cadir.join("root-cert.pem"), &roots)
-            .and_then(|_| std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)))
-            .doing(|| format!("copy the roots to {}", roots.display()))?;
+        if !roots.exists() {
+            std::fs::copy(cadir.join("root-cert.pem"), &roots)
+                .and_then(|_| {
+                    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644))
+                })
+                .doing(|| format!("copy the roots to {}", roots.display()))?;
+        }
         Ok(())
     }
 
@@ -325,6 +357,10 @@ impl Mesh {
             .and_then(|mut f| writeln!(f, "{token},default,{account}"))
             .doing(|| format!("add a token to {}", tokens.display()))?;
         let host = self.collector_host();
+        let validity = self
+            .cert_validity
+            .iter()
+            .flat_map(|v| ["--cert-validity".to_owned(), v.clone()]);
         Ok([
             "--ca-address",
             &format!("{host}:{CA_PORT}"),
@@ -338,7 +374,9 @@ impl Mesh {
             account,
         ]
         .map(str::to_owned)
-        .to_vec())
+        .into_iter()
+        .chain(validity)
+        .collect())
     }
 
     /// Where span collectors listen: the node's address as pods see it.

@@ -216,11 +216,14 @@ fn validity(s: &str) -> Result<Duration, String> {
 
 /// Gets the workload's first certificate from mesh-ca (waiting until it
 /// comes) and keeps it renewed on a thread of its own.
-fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Result<()> {
+fn certify(
+    a: &SidecarArgs,
+    shared: &mesh_proxy::state::Shared,
+) -> anyhow::Result<Option<mesh_runtime::watch::FileWatch>> {
     let (Some(address), Some(roots), Some(token)) =
         (&a.ca.ca_address, &a.ca.ca_roots, &a.ca.ca_token_file)
     else {
-        return Ok(());
+        return Ok(None);
     };
     let id =
         mesh_rules::identity::Identity::new(&a.ca.trust_domain, &a.namespace, &a.service_account);
@@ -234,6 +237,7 @@ fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Resul
     };
     let (first_tx, first) = tokio::sync::oneshot::channel();
     let keep = identity.clone();
+    let roots_watch = mesh_proxy::identity::ca::follow_roots(identity.clone(), &settings)?;
     std::thread::Builder::new()
         .name("certificate".into())
         .spawn(move || {
@@ -250,7 +254,7 @@ fn certify(a: &SidecarArgs, shared: &mesh_proxy::state::Shared) -> anyhow::Resul
         .context("the certificate thread ended")?;
     let _ = shared.telemetry.principal.set(identity.id.uri().into());
     let _ = shared.identity.set(identity);
-    Ok(())
+    Ok(Some(roots_watch))
 }
 
 /// The xDS stream's flavour.
@@ -349,9 +353,10 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let telemetry = running.proxy.shared.clone();
     telemetry.telemetry.set_local(workload_of(&meta));
     // The certificate before the configuration that may need it.
-    if let Err(e) = certify(&a, &telemetry) {
-        return fail(e);
-    }
+    let _roots_watch = match certify(&a, &telemetry) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
     // Label changes (the kubelet rewrites the file) re-announce the pod.
     let _labels_watch = match &a.labels_file {

@@ -68,7 +68,7 @@ fn read(path: &PathBuf) -> Result<String, CaError> {
 }
 
 /// The PEM certificates in `text`, one string each.
-fn pem_blocks(text: &str) -> Vec<String> {
+pub fn pem_blocks(text: &str) -> Vec<String> {
     const END: &str = "-----END CERTIFICATE-----";
     text.split_inclusive(END)
         .filter_map(|b| {
@@ -175,4 +175,26 @@ pub async fn keep_certified(
             }
         }
     }
+}
+
+/// Follows the roots file: a new trust bundle (a root rotation's two
+/// roots, then the new one alone) is in force as soon as it is written.
+pub fn follow_roots(
+    identity: Arc<Identity>,
+    ca: &CaSettings,
+) -> Result<mesh_runtime::watch::FileWatch, CaError> {
+    let last = std::fs::read(&ca.roots_file).unwrap_or_default();
+    let shown = ca.roots_file.display().to_string();
+    mesh_runtime::watch::follow(&ca.roots_file, last, move |bytes| {
+        let roots = pem_blocks(&String::from_utf8_lossy(bytes));
+        if roots.is_empty() {
+            warn!("{shown}: no certificate; keeping the roots in force");
+            return;
+        }
+        match identity.trust(&roots) {
+            Ok(()) => info!(roots = roots.len(), "trust bundle changed"),
+            Err(e) => warn!("{shown}: {e}; keeping the roots in force"),
+        }
+    })
+    .map_err(|e| CaError::Local(format!("cannot follow {}: {e}", ca.roots_file.display())))
 }

@@ -152,6 +152,14 @@ impl Identity {
         Ok(())
     }
 
+    /// Trusts exactly `roots` (PEM certificates) from now on: a root
+    /// rotation's bundle reaches the proxy without waiting for a renewal.
+    pub fn trust(&self, roots: &[String]) -> Result<(), IdentityError> {
+        self.set_roots(roots)?;
+        self.summary.lock().unwrap_or_else(|p| p.into_inner()).roots = roots.to_vec();
+        Ok(())
+    }
+
     /// Trusts exactly `roots` (PEM); configurations are rebuilt if they
     /// changed.
     fn set_roots(&self, roots: &[String]) -> Result<(), IdentityError> {
