@@ -638,8 +638,22 @@ impl Mesh {
                 };
                 self.start_mesh_proxy(&pod, name, &labels_arg, flavor, &ca)?
             }
-            Sidecar::Envoy => self.start_envoy(&pod, name, labels, "GRPC")?,
-            Sidecar::EnvoyDelta => self.start_envoy(&pod, name, labels, "DELTA_GRPC")?,
+            Sidecar::Envoy | Sidecar::EnvoyDelta => {
+                let api = if kind == Sidecar::Envoy {
+                    "GRPC"
+                } else {
+                    "DELTA_GRPC"
+                };
+                let account = labels
+                    .iter()
+                    .find(|(k, _)| *k == "app")
+                    .map_or(name, |(_, v)| v);
+                let sds = match self.mtls {
+                    Some(_) => Some(self.start_sds_agent(&pod, name, account)?),
+                    None => None,
+                };
+                self.start_envoy(&pod, name, labels, api, sds.as_deref())?
+            }
         }
         Ok(pod)
     }
@@ -699,14 +713,44 @@ impl Mesh {
 
     /// Envoy with an ADS bootstrap; `api_type` `GRPC` (State of the World)
     /// or `DELTA_GRPC`.
+    /// Starts `mesh-proxy sds` in `pod` (as the proxy user): it gets the
+    /// workload's certificate from mesh-ca and serves it to the pod's
+    /// Envoy on a Unix socket, whose path it returns.
+    fn start_sds_agent(&mut self, pod: &Pod, name: &str, account: &str) -> Result<String> {
+        let proxy = binary("mesh-proxy")?;
+        // A folder of the proxy user's own: it creates the socket there.
+        let folder = self.dir.path().join(format!("{name}-sds"));
+        std::fs::create_dir(&folder)
+            .and_then(|()| std::os::unix::fs::chown(&folder, Some(1337), Some(1337)))
+            .doing(|| format!("create {}", folder.display()))?;
+        let socket = folder.join("sds.sock");
+        let socket = arg(&socket)?.to_owned();
+        let mut args = vec![
+            arg(&proxy)?.to_owned(),
+            "sds".into(),
+            "--socket".into(),
+            socket.clone(),
+        ];
+        args.extend(self.ca_args(name, account)?);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self
+            .world
+            .spawn(&pod.ns, Some(1337), &args, Stdio::piped())?;
+        let mut lines = Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("ready", Duration::from_secs(30))?;
+        lines.discard_rest();
+        Ok(socket)
+    }
+
     fn start_envoy(
         &mut self,
         pod: &Pod,
         name: &str,
         labels: &[(&str, &str)],
         api_type: &str,
+        sds: Option<&str>,
     ) -> Result<()> {
-        let bootstrap = envoy_bootstrap(pod, name, labels, api_type);
+        let bootstrap = envoy_bootstrap(pod, name, labels, api_type, sds);
         let path = self.dir.path().join(format!("{name}-envoy.yaml"));
         std::fs::write(&path, bootstrap)
             .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)))
@@ -860,7 +904,37 @@ impl Mesh {
 
 /// An Envoy bootstrap that knows only pilot (ADS over `api_type`, `GRPC`
 /// or `DELTA_GRPC`) and tells it the pod's node metadata.
-fn envoy_bootstrap(pod: &Pod, name: &str, labels: &[(&str, &str)], api_type: &str) -> String {
+/// An Envoy bootstrap with only the ADS cluster (and, with mutual TLS,
+/// the `sds-grpc` cluster of the pod's SDS agent at `sds`).
+fn envoy_bootstrap(
+    pod: &Pod,
+    name: &str,
+    labels: &[(&str, &str)],
+    api_type: &str,
+    sds: Option<&str>,
+) -> String {
+    let account = labels
+        .iter()
+        .find(|(k, _)| *k == "app")
+        .map_or(name, |(_, v)| v);
+    let sds_cluster = sds.map_or_else(String::new, |path| {
+        format!(
+            r#"  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{pipe: {{path: "{path}"}}}}
+"#
+        )
+    });
     let labels_yaml = labels
         .iter()
         .map(|(k, v)| format!("{k}: \"{v}\""))
@@ -874,6 +948,7 @@ fn envoy_bootstrap(pod: &Pod, name: &str, labels: &[(&str, &str)], api_type: &st
   metadata:
     NAMESPACE: default
     WORKLOAD_NAME: "{name}"
+    SERVICE_ACCOUNT: "{account}"
     INSTANCE_IPS: "{ip}"
     LABELS: {{{labels_yaml}}}
 admin:
@@ -901,7 +976,7 @@ static_resources:
       - lb_endpoints:
         - endpoint:
             address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}
-"#,
+{sds_cluster}"#,
         id = pod.node_id,
         ip = pod.ip,
     )

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use clap::Parser;
 use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proxy::admin::{Admin, Scope};
 use mesh_proxy::config::{Bootstrapped, Snapshot};
+use mesh_proxy::identity::Identity;
 use mesh_proxy::server::{Options, Proxy, Running, start};
 use mesh_proxy::state::OverloadLimits;
 use tracing::{error, info, warn};
@@ -104,6 +106,8 @@ enum Sub {
     Init(InitArgs),
     /// Run as a workload's sidecar, configured by pilot over xDS (ADS).
     Sidecar(Box<SidecarArgs>),
+    /// Serve the workload's certificate to an Envoy sidecar over SDS.
+    Sds(Box<SdsArgs>),
 }
 
 #[derive(clap::Args)]
@@ -215,25 +219,26 @@ fn validity(s: &str) -> Result<Duration, String> {
 }
 
 /// Gets the workload's first certificate from mesh-ca (waiting until it
-/// comes) and keeps it renewed on a thread of its own.
+/// comes) and keeps it renewed on a thread of its own; the roots file is
+/// followed while the returned watch lives. `None` without a CA.
 fn certify(
-    a: &SidecarArgs,
-    shared: &mesh_proxy::state::Shared,
-) -> anyhow::Result<Option<mesh_runtime::watch::FileWatch>> {
+    ca: &CaArgs,
+    namespace: &str,
+    service_account: &str,
+) -> anyhow::Result<Option<(Arc<Identity>, mesh_runtime::watch::FileWatch)>> {
     let (Some(address), Some(roots), Some(token)) =
-        (&a.ca.ca_address, &a.ca.ca_roots, &a.ca.ca_token_file)
+        (&ca.ca_address, &ca.ca_roots, &ca.ca_token_file)
     else {
         return Ok(None);
     };
-    let id =
-        mesh_rules::identity::Identity::new(&a.ca.trust_domain, &a.namespace, &a.service_account);
-    let identity = std::sync::Arc::new(mesh_proxy::identity::Identity::new(id));
+    let id = mesh_rules::identity::Identity::new(&ca.trust_domain, namespace, service_account);
+    let identity = Arc::new(Identity::new(id));
     let settings = mesh_proxy::identity::ca::CaSettings {
         address: address.clone(),
-        server_name: a.ca.ca_server_name.clone(),
+        server_name: ca.ca_server_name.clone(),
         roots_file: roots.clone(),
         token_file: token.clone(),
-        validity: a.ca.cert_validity,
+        validity: ca.cert_validity,
     };
     let (first_tx, first) = tokio::sync::oneshot::channel();
     let keep = identity.clone();
@@ -252,9 +257,56 @@ fn certify(
     first
         .blocking_recv()
         .context("the certificate thread ended")?;
-    let _ = shared.telemetry.principal.set(identity.id.uri().into());
-    let _ = shared.identity.set(identity);
-    Ok(Some(roots_watch))
+    Ok(Some((identity, roots_watch)))
+}
+
+/// The SDS agent for an Envoy sidecar: the workload's certificate from
+/// mesh-ca, served to the Envoy beside it on a Unix socket.
+#[derive(clap::Args)]
+struct SdsArgs {
+    /// The Unix socket Envoy's `sds-grpc` cluster names.
+    #[arg(long, env = "MESH_SDS_SOCKET", value_name = "PATH")]
+    socket: PathBuf,
+    /// Namespace of the workload.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// The workload's service account.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    #[command(flatten)]
+    ca: CaArgs,
+}
+
+/// Runs the SDS agent; logs `ready` once the certificate is in hand and
+/// the socket listens.
+fn sds(a: SdsArgs) -> ExitCode {
+    let run = || -> anyhow::Result<()> {
+        anyhow::ensure!(
+            a.ca.ca_address.is_some(),
+            "the SDS agent needs --ca-address"
+        );
+        let (identity, _roots_watch) =
+            certify(&a.ca, &a.namespace, &a.service_account)?.context("no CA settings")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let _ = std::fs::remove_file(&a.socket);
+            let listener = tokio::net::UnixListener::bind(&a.socket)
+                .with_context(|| format!("cannot listen on {}", a.socket.display()))?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            info!(socket = %a.socket.display(), identity = %identity.id, "ready");
+            tonic::transport::Server::builder()
+                .add_service(mesh_proxy::identity::sds::Sds::server(identity))
+                .serve_with_incoming(incoming)
+                .await?;
+            Ok(())
+        })
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
 
 /// The xDS stream's flavour.
@@ -353,8 +405,13 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let telemetry = running.proxy.shared.clone();
     telemetry.telemetry.set_local(workload_of(&meta));
     // The certificate before the configuration that may need it.
-    let _roots_watch = match certify(&a, &telemetry) {
-        Ok(w) => w,
+    let _roots_watch = match certify(&a.ca, &a.namespace, &a.service_account) {
+        Ok(Some((identity, watch))) => {
+            let _ = telemetry.telemetry.principal.set(identity.id.uri().into());
+            let _ = telemetry.identity.set(identity);
+            Some(watch)
+        }
+        Ok(None) => None,
         Err(e) => return fail(e),
     };
     let (node_tx, node) = tokio::sync::watch::channel(meta.to_node());
@@ -681,6 +738,12 @@ fn main() -> ExitCode {
     let sidecar_args = match args.command.take() {
         Some(Sub::Init(a)) => return init(a),
         Some(Sub::Sidecar(a)) => Some(*a),
+        Some(Sub::Sds(a)) => {
+            if let Err(e) = mesh_runtime::log::init() {
+                return fail(anyhow::anyhow!("MESH_LOG: {e}"));
+            }
+            return sds(*a);
+        }
         None => None,
     };
     let logging = match mesh_runtime::log::init() {

@@ -587,3 +587,77 @@ spec:
         );
     }
 }
+
+/// An unmodified Envoy takes part in mutual TLS with certificates from
+/// mesh-ca, served by the SDS agent in its pod (`mesh-proxy sds`): a
+/// mesh-proxy calls an Envoy sidecar, an Envoy calls a mesh-proxy
+/// sidecar, both verify each other's SPIFFE identity, and the Envoy
+/// sidecar refuses plaintext (STRICT).
+#[test]
+fn envoy_and_mesh_proxy_speak_mutual_tls_to_each_other() {
+    mesh_testbed::require_root();
+    let mut mesh = Mesh::new().unwrap();
+    mesh.mtls = Some(Mtls::Strict);
+    mesh.write_registry(walk::REGISTRY).unwrap();
+    mesh.set_names(&walk::names()).unwrap();
+    mesh.start_pilot().unwrap();
+    let svca = mesh
+        .pod(
+            "svca-1",
+            &[("app", "svca"), ("version", "v1")],
+            Some(Sidecar::Envoy),
+        )
+        .unwrap();
+    mesh.sample(&svca, "svca", &["--version", "v1"]).unwrap();
+    let svcb = mesh
+        .pod(
+            "svcb-1",
+            &[("app", "svcb"), ("version", "v1")],
+            Some(Sidecar::MeshProxy),
+        )
+        .unwrap();
+    mesh.sample(&svcb, "svcb", &["--version", "v1"]).unwrap();
+    let by_mesh_proxy = mesh
+        .pod("client-m", &[("app", "client-m")], Some(Sidecar::MeshProxy))
+        .unwrap();
+    let by_envoy = mesh
+        .pod("client-e", &[("app", "client-e")], Some(Sidecar::Envoy))
+        .unwrap();
+    let outsider = mesh.pod("outsider", &[], None).unwrap();
+    mesh.wait_endpoints(
+        &by_mesh_proxy,
+        "outbound|80||svca.default.svc.cluster.local",
+        1,
+    )
+    .unwrap();
+    mesh.wait_endpoints(&by_envoy, "outbound|80||svcb.default.svc.cluster.local", 1)
+        .unwrap();
+    let (status, body) = request(&mesh, &by_mesh_proxy, "GET", "/", &[]);
+    assert_eq!(status, 404, "mesh-proxy → Envoy: svca's own answer: {body}");
+    assert!(body.contains("service_a"), "{body}");
+    let (code, out) = mesh.curl(&by_envoy, &["-w", "\n%{http_code}", "http://svcb/"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("\n200") && out.contains("service_b:v1 is serving"),
+        "Envoy → mesh-proxy: {out}"
+    );
+    let direct = format!("http://{}:8080/", svca.ip);
+    assert!(
+        call_svca(&mesh, &outsider, &direct).is_err(),
+        "the Envoy sidecar is STRICT"
+    );
+    // Envoy holds the certificate mesh-ca issued for svca's account.
+    let certs: serde_json::Value = serde_json::from_str(&mesh.admin(&svca, "/certs")).unwrap();
+    let uris: Vec<&str> = certs["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+        .flat_map(|c| c["subject_alt_names"].as_array().into_iter().flatten())
+        .filter_map(|n| n["uri"].as_str())
+        .collect();
+    assert!(
+        uris.contains(&"spiffe://cluster.local/ns/default/sa/svca"),
+        "{certs}"
+    );
+}

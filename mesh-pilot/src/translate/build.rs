@@ -899,9 +899,16 @@ impl Builder {
 
     /// Mutual TLS on the outbound clusters of `host`'s `port` (every
     /// version's), to sidecars that are one of `peers`.
-    pub fn secure_service(&mut self, port: u16, host: &str, peers: &[String], alpn: &[&str]) {
+    pub fn secure_service(
+        &mut self,
+        port: u16,
+        host: &str,
+        peers: &[String],
+        alpn: &[&str],
+        source: super::tls::SecretSource,
+    ) {
         let (prefix, suffix) = (format!("outbound|{port}|"), format!("|{host}"));
-        let socket = super::tls::upstream_socket(peers, alpn);
+        let socket = super::tls::upstream_socket(peers, alpn, source);
         for (name, c) in self.clusters.iter_mut() {
             if name.starts_with(&prefix) && name.ends_with(&suffix) {
                 c.transport_socket = Some(socket.clone());
@@ -1082,7 +1089,7 @@ impl Builder {
         port: u16,
         protocol: Option<Protocol>,
         limit: Option<&mesh_rules::rules::RateLimit>,
-        mtls: super::tls::MtlsMode,
+        mtls: (super::tls::MtlsMode, super::tls::SecretSource),
         authz: &super::authz::InboundAuthz,
     ) {
         let cluster = format!("inbound|{port}||");
@@ -1115,7 +1122,7 @@ impl Builder {
         };
         let mut l = l;
         super::authz::secure_inbound(&mut l, authz);
-        super::tls::secure_inbound(&mut l, mtls);
+        super::tls::secure_inbound(&mut l, mtls.0, mtls.1);
         self.listeners.insert(name, l);
     }
 

@@ -389,7 +389,7 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                     Some(p) if !p.is_http() => &[],
                     _ => &["http/1.1"],
                 };
-                b.secure_service(port.port, &host, &peers, alpn);
+                b.secure_service(port.port, &host, &peers, alpn, secret_source(node));
             }
         }
     }
@@ -437,11 +437,18 @@ fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
     }
 }
 
-/// The mesh's mutual TLS, for proxies that take part: mesh-proxy serves
-/// its own certificate; Envoy would need SDS from pilot (not yet).
-fn mesh_tls<'a>(inputs: &Inputs<'a>, node: &ProxyNode) -> Option<&'a MtlsConfig> {
-    let mtls = inputs.mesh.mtls.as_ref()?;
-    (node.kind == ProxyKind::MeshProxy && mtls.mode != MtlsMode::Disable).then_some(mtls)
+/// The mesh's mutual TLS, when it is on.
+fn mesh_tls<'a>(inputs: &Inputs<'a>, _node: &ProxyNode) -> Option<&'a MtlsConfig> {
+    inputs.mesh.mtls.as_ref()
+}
+
+/// Where `node` gets its certificate: mesh-proxy has its own, Envoy asks
+/// the SDS agent in its pod.
+fn secret_source(node: &ProxyNode) -> tls::SecretSource {
+    match node.kind {
+        ProxyKind::MeshProxy => tls::SecretSource::Own,
+        ProxyKind::Envoy => tls::SecretSource::Agent,
+    }
 }
 
 fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
@@ -459,7 +466,8 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 let mode = mesh_tls(inputs, node).map_or(MtlsMode::Disable, |m| {
                     tls::peer_mode(inputs.rules, &node.namespace, &node.labels, target, m.mode)
                 });
-                b.inbound(ip, target, service_protocol(port), limit, mode, &authz);
+                let tls = (mode, secret_source(node));
+                b.inbound(ip, target, service_protocol(port), limit, tls, &authz);
                 b.mark_inbound_service(port.target_port(), &host);
             }
         }

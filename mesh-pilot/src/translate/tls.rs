@@ -80,14 +80,57 @@ pub fn peer_mode(
 /// The ALPN an HTTP client or server offers inside mutual TLS.
 pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
-fn sds(name: &str) -> xtls::SdsSecretConfig {
+/// Where a proxy gets its secrets: mesh-proxy serves its own (named over
+/// ADS, never sent); Envoy asks the SDS agent in its pod (`mesh-proxy
+/// sds`) through its bootstrap's `sds-grpc` cluster, as Istio's Envoy asks
+/// its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The proxy itself (mesh-proxy).
+    Own,
+    /// The pod's SDS agent (Envoy).
+    Agent,
+}
+
+/// The cluster of an Envoy bootstrap that reaches the pod's SDS agent.
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+fn sds(name: &str, source: SecretSource) -> xtls::SdsSecretConfig {
+    let config = match source {
+        SecretSource::Own => ads_source(),
+        SecretSource::Agent => xcore::ConfigSource {
+            config_source_specifier: Some(
+                xcore::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                    xcore::ApiConfigSource {
+                        api_type: xcore::api_config_source::ApiType::Grpc as i32,
+                        transport_api_version: xcore::ApiVersion::V3 as i32,
+                        grpc_services: vec![xcore::GrpcService {
+                            target_specifier: Some(
+                                xcore::grpc_service::TargetSpecifier::EnvoyGrpc(
+                                    xcore::grpc_service::EnvoyGrpc {
+                                        cluster_name: SDS_CLUSTER.into(),
+                                        ..Default::default()
+                                    },
+                                ),
+                            ),
+                            ..Default::default()
+                        }],
+                        set_node_on_first_message_only: true,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            resource_api_version: xcore::ApiVersion::V3 as i32,
+            ..Default::default()
+        },
+    };
     xtls::SdsSecretConfig {
         name: name.to_owned(),
-        sds_config: Some(ads_source()),
+        sds_config: Some(config),
     }
 }
 
-fn common(alpn: &[&str], peers: &[String]) -> xtls::CommonTlsContext {
+fn common(alpn: &[&str], peers: &[String], source: SecretSource) -> xtls::CommonTlsContext {
     use xtls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
     use xtls::subject_alt_name_matcher::SanType;
     let sans = peers
@@ -102,14 +145,14 @@ fn common(alpn: &[&str], peers: &[String]) -> xtls::CommonTlsContext {
         })
         .collect();
     xtls::CommonTlsContext {
-        tls_certificate_sds_secret_configs: vec![sds("default")],
+        tls_certificate_sds_secret_configs: vec![sds("default", source)],
         validation_context_type: Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
                 default_validation_context: Some(xtls::CertificateValidationContext {
                     match_typed_subject_alt_names: sans,
                     ..Default::default()
                 }),
-                validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                validation_context_sds_secret_config: Some(sds("ROOTCA", source)),
                 ..Default::default()
             },
         )),
@@ -119,9 +162,13 @@ fn common(alpn: &[&str], peers: &[String]) -> xtls::CommonTlsContext {
 }
 
 /// A cluster's TLS to sidecars that are one of `peers` (SPIFFE URIs).
-pub fn upstream_socket(peers: &[String], alpn: &[&str]) -> xcore::TransportSocket {
+pub fn upstream_socket(
+    peers: &[String],
+    alpn: &[&str],
+    source: SecretSource,
+) -> xcore::TransportSocket {
     let ctx = xtls::UpstreamTlsContext {
-        common_tls_context: Some(common(alpn, peers)),
+        common_tls_context: Some(common(alpn, peers, source)),
         ..Default::default()
     };
     xcore::TransportSocket {
@@ -130,9 +177,9 @@ pub fn upstream_socket(peers: &[String], alpn: &[&str]) -> xcore::TransportSocke
     }
 }
 
-fn downstream_socket(alpn: &[&str]) -> xcore::TransportSocket {
+fn downstream_socket(alpn: &[&str], source: SecretSource) -> xcore::TransportSocket {
     let ctx = xtls::DownstreamTlsContext {
-        common_tls_context: Some(common(alpn, &[])),
+        common_tls_context: Some(common(alpn, &[], source)),
         require_client_certificate: Some(BoolValue { value: true }),
         ..Default::default()
     };
@@ -155,7 +202,7 @@ fn is_http(chain: &xlistener::FilterChain) -> bool {
 /// plaintext chains stay (PERMISSIVE) or go (STRICT). A TLS inspector
 /// tells the two apart, waiting at most the protocol detection timeout
 /// for a client that speaks first.
-pub fn secure_inbound(l: &mut Listener, mode: MtlsMode) {
+pub fn secure_inbound(l: &mut Listener, mode: MtlsMode, source: SecretSource) {
     if mode == MtlsMode::Disable {
         return;
     }
@@ -173,7 +220,7 @@ pub fn secure_inbound(l: &mut Listener, mode: MtlsMode) {
             Vec::new()
         };
         let alpn: &[&str] = if http { &HTTP_ALPN } else { &[] };
-        tls.transport_socket = Some(downstream_socket(alpn));
+        tls.transport_socket = Some(downstream_socket(alpn, source));
         chains.push(tls);
     }
     if mode == MtlsMode::Permissive {

@@ -134,7 +134,7 @@ pub async fn renew(identity: &Identity, ca: &CaSettings) -> Result<Duration, CaE
         .and_then(|d| verify::facts(&d))
         .map_err(|e| CaError::Local(e.to_string()))?;
     identity
-        .install(&chain, key.serialize_der(), &roots)
+        .install(&chain, &key.serialize_pem(), &roots)
         .map_err(|e| CaError::Local(e.to_string()))?;
     info!(identity = %uri, expires = %facts.not_after, "certificate in force");
     Ok(renew_after(&facts))

@@ -9,6 +9,7 @@
 //! trust bundle rebuilds them.
 
 pub mod ca;
+pub mod sds;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -83,6 +85,11 @@ pub struct Identity {
     summary: Mutex<Summary>,
     servers: Mutex<HashMap<Vec<String>, Arc<ServerConfig>>>,
     clients: Mutex<HashMap<u64, Arc<ClientConfig>>>,
+    /// The key (PKCS#8 PEM), kept only to hand to a local Envoy over SDS
+    /// (`mesh-proxy sds`): never logged, written or dumped.
+    key_pem: Mutex<Option<String>>,
+    /// Counts changes of the certificate or roots (SDS pushes on each).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Identity {
@@ -96,7 +103,26 @@ impl Identity {
             summary: Mutex::default(),
             servers: Mutex::default(),
             clients: Mutex::default(),
+            key_pem: Mutex::default(),
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes to the certificate or roots, counted.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The chain, the key (PKCS#8 PEM) and the roots, PEM, for a local
+    /// Envoy's SDS; `None` before the first certificate.
+    pub fn secrets(&self) -> Option<(String, String, String)> {
+        let key = self
+            .key_pem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let s = self.summary();
+        Some((s.chain.concat(), key, s.roots.concat()))
     }
 
     /// Whether a certificate is in force.
@@ -117,9 +143,11 @@ impl Identity {
     pub fn install(
         &self,
         chain: &[String],
-        key_der: Vec<u8>,
+        key_pem: &str,
         roots: &[String],
     ) -> Result<(), IdentityError> {
+        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| IdentityError::Parse(format!("the key is not PEM: {e}")))?;
         let certs = chain
             .iter()
             .map(|p| verify::der_of(p))
@@ -134,10 +162,7 @@ impl Identity {
                 facts.uri, self.id
             )));
         }
-        let key = self
-            .provider
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(key_der.into()))?;
+        let key = self.provider.key_provider.load_private_key(key_der)?;
         self.set_roots(roots)?;
         self.current
             .0
@@ -149,6 +174,8 @@ impl Identity {
             issued: facts.not_before,
             roots: roots.to_vec(),
         };
+        *self.key_pem.lock().unwrap_or_else(|p| p.into_inner()) = Some(key_pem.to_owned());
+        self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -157,6 +184,7 @@ impl Identity {
     pub fn trust(&self, roots: &[String]) -> Result<(), IdentityError> {
         self.set_roots(roots)?;
         self.summary.lock().unwrap_or_else(|p| p.into_inner()).roots = roots.to_vec();
+        self.changed.send_modify(|n| *n += 1);
         Ok(())
     }
 
