@@ -97,14 +97,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                use tokio::signal::unix::{SignalKind, signal};
-                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            },
+            mesh_runtime::signal::terminated(),
         );
     info!("ready");
     server.await?;

@@ -309,7 +309,7 @@ impl Mesh {
         }
         let (host, node) = (self.collector_host(), self.world.node.clone());
         let (cadir, address) = (dir.join("ca"), format!("{host}:{CA_PORT}"));
-        let child = self.world.spawn(
+        let pid = self.world.spawn_ready(
             &node,
             None,
             &[
@@ -323,12 +323,8 @@ impl Mesh {
                 "--server-name",
                 &host,
             ],
-            Stdio::piped(),
         )?;
-        self.ca = Some(child.id());
-        let mut lines = Lines::new(child.stdout.take().expect("piped"));
-        lines.wait_for("ready", Duration::from_secs(30))?;
-        lines.discard_rest();
+        self.ca = Some(pid);
         let roots = dir.join("roots.pem");
         if !roots.exists() {
             std::fs::copy(cadir.join("root-cert.pem"), &roots)
@@ -702,12 +698,7 @@ impl Mesh {
         }
         args.extend(extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self
-            .world
-            .spawn(&pod.ns, Some(1337), &args, Stdio::piped())?;
-        let mut lines = Lines::new(child.stdout.take().expect("piped"));
-        lines.wait_for("ready", Duration::from_secs(30))?;
-        lines.discard_rest();
+        self.world.spawn_ready(&pod.ns, Some(1337), &args)?;
         Ok(())
     }
 
@@ -733,12 +724,7 @@ impl Mesh {
         ];
         args.extend(self.ca_args(name, account)?);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = self
-            .world
-            .spawn(&pod.ns, Some(1337), &args, Stdio::piped())?;
-        let mut lines = Lines::new(child.stdout.take().expect("piped"));
-        lines.wait_for("ready", Duration::from_secs(30))?;
-        lines.discard_rest();
+        self.world.spawn_ready(&pod.ns, Some(1337), &args)?;
         Ok(socket)
     }
 

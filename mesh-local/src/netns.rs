@@ -356,6 +356,18 @@ impl World {
         Ok(&mut self.processes[at])
     }
 
+    /// Starts a mesh process (it logs `ready` on stdout when it serves)
+    /// and waits for it; the rest of its output is read and dropped. Its
+    /// pid.
+    pub fn spawn_ready(&mut self, ns: &str, uid: Option<u32>, args: &[&str]) -> Result<u32> {
+        let child = self.spawn(ns, uid, args, Stdio::piped())?;
+        let pid = child.id();
+        let mut lines = crate::Lines::new(child.stdout.take().expect("piped"));
+        lines.wait_for("ready", std::time::Duration::from_secs(30))?;
+        lines.discard_rest();
+        Ok(pid)
+    }
+
     /// Kills the process `pid` this world started (SIGKILL) and reaps it.
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.processes.iter().position(|p| p.id() == pid) {

@@ -97,6 +97,15 @@ pub struct Check {
 }
 
 impl Report {
+    /// What the checks that did not hold say.
+    pub fn failed(&self) -> Vec<String> {
+        self.checks()
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.what)
+            .collect()
+    }
+
     /// What the seed's walk promises, checked against what was seen; the
     /// test asserts them all, the demo prints them.
     pub fn checks(&self) -> Vec<Check> {

@@ -228,14 +228,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(discovery.into_service())
-        .serve_with_incoming_shutdown(incoming, async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        });
+        .serve_with_incoming_shutdown(incoming, mesh_runtime::signal::terminated());
     info!("ready");
     server.await?;
     Ok(())

@@ -555,15 +555,7 @@ fn wait_for_signal_then_drain(running: Running) {
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        });
+        rt.block_on(mesh_runtime::signal::terminated());
         shared.shutdown();
     });
     running.wait();

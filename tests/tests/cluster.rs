@@ -144,6 +144,7 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
         });
         assert!(answered.is_ok(), "{url}: the last answer was {last:?}");
     }
+    mesh_ca_checks_service_account_tokens(&c, &ns);
     // The app's log, through the kubelet.
     let logs = ns.logs("server");
     for what in ["pod-ip", "cluster-ip", "dns", "search", "redirected"] {
@@ -175,6 +176,77 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     assert!(left.is_empty(), "{left:?}");
     // Pods' network namespaces were never named in the host's /run/netns.
     assert_eq!(named_netns(), netns_before);
+}
+
+/// mesh-ca in a cluster: a service-account token proves its account only
+/// when the API server (TokenReview) says it is valid for mesh-ca's
+/// audience; a token for another audience, a tampered one and one whose
+/// bound object is gone are refused.
+fn mesh_ca_checks_service_account_tokens(c: &mesh_cluster::Cluster, ns: &Namespace<'_>) {
+    use mesh_ca::credentials::{AUDIENCE, AuthError, Caller};
+    ns.kubectl(&["create", "serviceaccount", "svca"]);
+    ns.kubectl(&["create", "secret", "generic", "bound"]);
+    let token = |extra: &[&str]| {
+        let mut args = vec!["create", "token", "svca"];
+        args.extend_from_slice(extra);
+        ns.kubectl(&args).trim().to_owned()
+    };
+    let valid = token(&["--audience", AUDIENCE]);
+    let other_audience = token(&["--audience", "other"]);
+    let bound = token(&[
+        "--audience",
+        AUDIENCE,
+        "--bound-object-kind",
+        "Secret",
+        "--bound-object-name",
+        "bound",
+    ]);
+    ns.kubectl(&["delete", "secret", "bound"]);
+    // One character of the signature changed (not its last: that one's
+    // low bits are padding, and the bytes would not change).
+    let mut tampered = valid.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let kubeconfig = c.kubeconfig();
+    let answers = c
+        .in_network(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap();
+                let client = kube::Client::try_from(config).unwrap();
+                let tokens = mesh_ca::KubernetesTokens::new(client, AUDIENCE);
+                let mut out = Vec::new();
+                for t in [&valid, &other_audience, &tampered, &bound] {
+                    use mesh_ca::Authenticator;
+                    out.push(tokens.authenticate(t).await);
+                }
+                out
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        answers[0],
+        Ok(Caller {
+            namespace: ns.name.clone(),
+            service_account: "svca".into()
+        })
+    );
+    for (what, answer) in ["another audience", "tampered", "bound to a deleted object"]
+        .iter()
+        .zip(&answers[1..])
+    {
+        assert!(
+            matches!(answer, Err(AuthError::Refused(_))),
+            "a token of {what}: {answer:?}"
+        );
+    }
 }
 
 /// The network namespaces named in the host's /run/netns.

@@ -12,12 +12,7 @@ use mesh_testbed::walk;
 /// Runs the walk in `mesh` and asserts every one of its `checks` held.
 fn walk_holds(mesh: &mut Mesh, sidecar: Sidecar, checks: usize) -> walk::Report {
     let report = walk::run(mesh, sidecar, &mut |line| eprintln!("{line}")).unwrap();
-    let failed: Vec<String> = report
-        .checks()
-        .into_iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.what)
-        .collect();
+    let failed = report.failed();
     assert!(
         failed.is_empty(),
         "the walk failed:\n{}\n{report:#?}",
