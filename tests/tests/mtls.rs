@@ -54,16 +54,18 @@ impl Capture {
     }
 }
 
-#[test]
-fn the_seed_walk_with_strict_mtls_everywhere() {
+/// The seed's walk with STRICT mutual TLS between `sidecar`s, `checks`
+/// of them, while tcpdump on the pods' bridge captures the app port: the
+/// calls cross it, none of their HTTP in the clear.
+fn strict_walk_holds(sidecar: Sidecar, checks: usize) {
     mesh_testbed::require_root();
     let mut mesh = Mesh::new().unwrap();
     mesh.mtls = Some(Mtls::Strict);
     let capture = Capture::start(&mut mesh);
-    let report = walk::run(&mut mesh, Sidecar::MeshProxy, &mut |l| eprintln!("{l}")).unwrap();
+    let report = walk::run(&mut mesh, sidecar, &mut |l| eprintln!("{l}")).unwrap();
     let failed = report.failed();
     assert!(failed.is_empty(), "the walk failed:\n{}", failed.join("\n"));
-    assert_eq!(report.checks().len(), 11);
+    assert_eq!(report.checks().len(), checks);
     let packets = capture.stop(&mesh);
     let count = packets.lines().filter(|l| l.contains(" IP ")).count();
     assert!(
@@ -76,6 +78,18 @@ fn the_seed_walk_with_strict_mtls_everywhere() {
             "`{plaintext}` crossed the pods' link in the clear"
         );
     }
+}
+
+#[test]
+fn the_seed_walk_with_strict_mtls_everywhere() {
+    strict_walk_holds(Sidecar::MeshProxy, 11);
+}
+
+/// The same with an unmodified Envoy in every pod, its certificate from
+/// the pod's SDS agent.
+#[test]
+fn the_seed_walk_with_strict_mtls_between_envoy_sidecars() {
+    strict_walk_holds(Sidecar::Envoy, 10);
 }
 
 /// What a call from `pod` to svca's app (`/`, answered 404 by the app
