@@ -617,6 +617,7 @@ impl Mesh {
                 });
             }
         }
+        let account = service_account(name, labels);
         match kind {
             Sidecar::MeshProxy | Sidecar::MeshProxySotw => {
                 let flavor = if kind == Sidecar::MeshProxy {
@@ -624,10 +625,6 @@ impl Mesh {
                 } else {
                     "sotw"
                 };
-                let account = labels
-                    .iter()
-                    .find(|(k, _)| *k == "app")
-                    .map_or(name, |(_, v)| v);
                 let ca = match self.mtls {
                     Some(_) => self.ca_args(name, account)?,
                     None => Vec::new(),
@@ -640,10 +637,6 @@ impl Mesh {
                 } else {
                     "DELTA_GRPC"
                 };
-                let account = labels
-                    .iter()
-                    .find(|(k, _)| *k == "app")
-                    .map_or(name, |(_, v)| v);
                 let sds = match self.mtls {
                     Some(_) => Some(self.start_sds_agent(&pod, name, account)?),
                     None => None,
@@ -890,6 +883,15 @@ impl Mesh {
 
 /// An Envoy bootstrap that knows only pilot (ADS over `api_type`, `GRPC`
 /// or `DELTA_GRPC`) and tells it the pod's node metadata.
+/// A pod's service account: its `app` label (else its name), so each
+/// service has an identity of its own.
+fn service_account<'a>(name: &'a str, labels: &[(&str, &'a str)]) -> &'a str {
+    labels
+        .iter()
+        .find(|(k, _)| *k == "app")
+        .map_or(name, |(_, v)| v)
+}
+
 /// An Envoy bootstrap with only the ADS cluster (and, with mutual TLS,
 /// the `sds-grpc` cluster of the pod's SDS agent at `sds`).
 fn envoy_bootstrap(
@@ -899,10 +901,7 @@ fn envoy_bootstrap(
     api_type: &str,
     sds: Option<&str>,
 ) -> String {
-    let account = labels
-        .iter()
-        .find(|(k, _)| *k == "app")
-        .map_or(name, |(_, v)| v);
+    let account = service_account(name, labels);
     let sds_cluster = sds.map_or_else(String::new, |path| {
         format!(
             r#"  - name: sds-grpc

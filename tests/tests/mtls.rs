@@ -136,35 +136,47 @@ fn svca_and_client(mode: Mtls, validity: Option<&str>) -> (Mesh, Pod, Pod) {
     (mesh, svca, client)
 }
 
+/// A P-256 key and a self-signed certificate for `subject` with
+/// `extensions`, made by openssl (key, certificate).
+fn self_signed(
+    mesh: &Mesh,
+    (key, cert): (&std::path::Path, &std::path::Path),
+    subject: &str,
+    extensions: &[&str],
+) {
+    let (key, cert) = (key.to_str().unwrap(), cert.to_str().unwrap());
+    let mut args = vec![
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "3650",
+        "-subj",
+        subject,
+    ];
+    for e in extensions {
+        args.extend(["-addext", e]);
+    }
+    let (code, out) = mesh.world.exec(&mesh.world.node, &args);
+    assert_eq!(code, 0, "{out}");
+}
+
 /// A client with a certificate of another root, claiming a mesh identity,
 /// is refused in the TLS handshake (in both modes: TLS means mutual TLS).
 fn foreign_certificate_is_refused(mesh: &Mesh, svca: &Pod, outsider: &Pod) {
     let dir = mesh.dir.path();
     let (key, cert) = (dir.join("foreign-key.pem"), dir.join("foreign-cert.pem"));
-    let (code, out) = mesh.world.exec(
-        &mesh.world.node,
-        &[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=foreign",
-            "-addext",
-            "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/client",
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
+    let san = "subjectAltName=URI:spiffe://cluster.local/ns/default/sa/client";
+    self_signed(mesh, (&key, &cert), "/CN=foreign", &[san]);
     let failed_before = handshake_errors(mesh, svca);
     let url = format!("https://{}:8080/", svca.ip);
     let (code, out) = mesh.world.exec(
@@ -555,32 +567,15 @@ fn rotate_root(mesh: &mut Mesh, pods: &[&Pod]) {
     let r2 = mesh.dir.path().join("root2");
     std::fs::create_dir(&r2).unwrap();
     let (key, cert) = (r2.join("ca-key.pem"), r2.join("ca-cert.pem"));
-    let (code, out) = mesh.world.exec(
-        &mesh.world.node,
+    self_signed(
+        mesh,
+        (&key, &cert),
+        "/O=cluster.local/CN=mesh root 2",
         &[
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-            "-days",
-            "3650",
-            "-subj",
-            "/O=cluster.local/CN=mesh root 2",
-            "-addext",
             "basicConstraints=critical,CA:TRUE",
-            "-addext",
             "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         ],
     );
-    assert_eq!(code, 0, "{out}");
     let new_root = std::fs::read_to_string(&cert).unwrap();
     let both = format!("{old_root}{new_root}");
     replace_file(&mesh.roots_file(), &both);
