@@ -365,20 +365,20 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 &rules,
             );
             // Callers use TLS unless every endpoint takes plaintext only.
-            let tls_taken = |w: &&&Workload| {
-                mesh_tls(inputs, node).is_some_and(|m| {
-                    let mode = tls::peer_mode(
-                        inputs.rules,
-                        &w.namespace,
-                        &w.labels,
-                        port.target_port(),
-                        m.mode,
-                    );
-                    mode != MtlsMode::Disable
-                })
-            };
-            let secured = endpoints.is_empty() || endpoints.iter().any(|w| tls_taken(&w));
-            if let Some(mtls) = mesh_tls(inputs, node).filter(|_| secured) {
+            if let Some(mtls) = &inputs.mesh.mtls
+                && (endpoints.is_empty()
+                    || endpoints.iter().any(|w| {
+                        let target = port.target_port();
+                        let mode = tls::peer_mode(
+                            inputs.rules,
+                            &w.namespace,
+                            &w.labels,
+                            target,
+                            mtls.mode,
+                        );
+                        mode != MtlsMode::Disable
+                    }))
+            {
                 let peers: BTreeSet<String> = endpoints
                     .iter()
                     .map(|w| w.identity(&mtls.trust_domain).uri())
@@ -437,11 +437,6 @@ fn destination_policies(b: &mut build::Builder, inputs: &Inputs<'_>) {
     }
 }
 
-/// The mesh's mutual TLS, when it is on.
-fn mesh_tls<'a>(inputs: &Inputs<'a>, _node: &ProxyNode) -> Option<&'a MtlsConfig> {
-    inputs.mesh.mtls.as_ref()
-}
-
 /// Where `node` gets its certificate: mesh-proxy has its own, Envoy asks
 /// the SDS agent in its pod.
 fn secret_source(node: &ProxyNode) -> tls::SecretSource {
@@ -463,7 +458,7 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
             let authz = inbound_authz(inputs, node);
             for port in &service.ports {
                 let target = port.target_port();
-                let mode = mesh_tls(inputs, node).map_or(MtlsMode::Disable, |m| {
+                let mode = inputs.mesh.mtls.as_ref().map_or(MtlsMode::Disable, |m| {
                     tls::peer_mode(inputs.rules, &node.namespace, &node.labels, target, m.mode)
                 });
                 let tls = (mode, secret_source(node));
