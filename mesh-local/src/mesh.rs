@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use mesh_rules::identity::{DEFAULT_TRUST_DOMAIN, Identity};
+
 use crate::netns::{LOOPBACK_NET, POD_NET, World, output};
 use crate::{Doing, Error, Lines, Result, arg, binary, envoy_binary, poll};
 
@@ -60,6 +62,8 @@ pub struct Pod {
 
 /// pilot's xDS port on the bridge.
 pub const XDS_PORT: u16 = 15010;
+/// pilot's xDS port over mutual TLS (Istio's), used when the mesh has mTLS.
+pub const XDS_TLS_PORT: u16 = 15012;
 /// How the sidecars report spans, to the node's address on the bridge (or
 /// the loopback node address): Zipkin v2 JSON on 9411, OTLP on 4317 (gRPC)
 /// or 4318 (HTTP) — the ports Jaeger and OpenTelemetry collectors use.
@@ -200,12 +204,18 @@ impl Mesh {
         Ok(mesh)
     }
 
-    /// pilot's xDS address, reachable from every pod.
+    /// pilot's xDS address, reachable from every pod: over mutual TLS
+    /// when the mesh has mTLS (pilot then keeps no plaintext port).
     pub fn xds_address(&self) -> String {
-        if self.world.loopback {
-            format!("{LOOPBACK_NET}.1:{XDS_PORT}")
+        let port = if self.mtls.is_some() {
+            XDS_TLS_PORT
         } else {
-            format!("{POD_NET}.1:{XDS_PORT}")
+            XDS_PORT
+        };
+        if self.world.loopback {
+            format!("{LOOPBACK_NET}.1:{port}")
+        } else {
+            format!("{POD_NET}.1:{port}")
         }
     }
 
@@ -237,8 +247,12 @@ impl Mesh {
         );
         let node = self.world.node.clone();
         let mut tracer = self.tracer.pilot_args(&self.collector_host());
+        let mut xds_flag = "--xds-address";
         if let Some(mode) = self.mtls {
             self.start_ca()?;
+            xds_flag = "--xds-tls-address";
+            let me = Identity::pilot(DEFAULT_TRUST_DOMAIN);
+            tracer.extend(self.ca_args("mesh-pilot", &me.namespace, &me.service_account)?);
             tracer.push("--mtls".into());
             tracer.push(
                 if mode == Mtls::Strict {
@@ -258,7 +272,7 @@ impl Mesh {
                 &store,
                 "--registry",
                 &registry,
-                "--xds-address",
+                xds_flag,
                 &xds,
                 "--debug-address",
                 &debug,
@@ -336,9 +350,10 @@ impl Mesh {
         Ok(())
     }
 
-    /// mesh-ca's flags for a sidecar of service account `account`: a new
-    /// bootstrap token for it, added to the CA's token file.
-    fn ca_args(&self, name: &str, account: &str) -> Result<Vec<String>> {
+    /// A new bootstrap token for `name`, of service account `account` in
+    /// `namespace`, added to mesh-ca's token file; returns the file
+    /// holding it (readable by the proxy user).
+    pub fn ca_token(&self, name: &str, namespace: &str, account: &str) -> Result<PathBuf> {
         use std::io::Write;
         let dir = self.dir.path();
         let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -350,20 +365,31 @@ impl Mesh {
         std::fs::OpenOptions::new()
             .append(true)
             .open(&tokens)
-            .and_then(|mut f| writeln!(f, "{token},default,{account}"))
+            .and_then(|mut f| writeln!(f, "{token},{namespace},{account}"))
             .doing(|| format!("add a token to {}", tokens.display()))?;
-        let host = self.collector_host();
+        Ok(file)
+    }
+
+    /// mesh-ca's address as pods see it.
+    pub fn ca_address(&self) -> String {
+        format!("{}:{CA_PORT}", self.collector_host())
+    }
+
+    /// mesh-ca's flags for `name`, of service account `account` in
+    /// `namespace`, with a new bootstrap token.
+    fn ca_args(&self, name: &str, namespace: &str, account: &str) -> Result<Vec<String>> {
+        let file = self.ca_token(name, namespace, account)?;
         let validity = self
             .cert_validity
             .iter()
             .flat_map(|v| ["--cert-validity".to_owned(), v.clone()]);
         Ok([
             "--ca-address",
-            &format!("{host}:{CA_PORT}"),
+            &self.ca_address(),
             "--ca-server-name",
-            &host,
+            &self.collector_host(),
             "--ca-roots",
-            arg(&dir.join("roots.pem"))?,
+            arg(&self.roots_file())?,
             "--ca-token-file",
             arg(&file)?,
             "--service-account",
@@ -626,7 +652,11 @@ impl Mesh {
                     "sotw"
                 };
                 let ca = match self.mtls {
-                    Some(_) => self.ca_args(name, account)?,
+                    Some(_) => {
+                        let mut ca = self.ca_args(name, "default", account)?;
+                        ca.push("--xds-tls".into());
+                        ca
+                    }
                     None => Vec::new(),
                 };
                 self.start_mesh_proxy(&pod, name, &labels_arg, flavor, &ca)?
@@ -715,7 +745,7 @@ impl Mesh {
             "--socket".into(),
             socket.clone(),
         ];
-        args.extend(self.ca_args(name, account)?);
+        args.extend(self.ca_args(name, "default", account)?);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.world.spawn_ready(&pod.ns, Some(1337), &args)?;
         Ok(socket)
@@ -925,7 +955,13 @@ fn envoy_bootstrap(
         .map(|(k, v)| format!("{k}: \"{v}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let (xds_ip, xds_port) = (format!("{POD_NET}.1"), XDS_PORT);
+    // With an SDS agent (mutual TLS), Envoy reaches pilot over TLS too,
+    // with the pod's certificate, and checks pilot's identity.
+    let xds_ip = format!("{POD_NET}.1");
+    let (xds_port, xds_tls) = match sds {
+        None => (XDS_PORT, String::new()),
+        Some(_) => (XDS_TLS_PORT, xds_tls_socket()),
+    };
     format!(
         r#"node:
   id: "{id}"
@@ -961,9 +997,33 @@ static_resources:
       - lb_endpoints:
         - endpoint:
             address: {{socket_address: {{address: {xds_ip}, port_value: {xds_port}}}}}
-{sds_cluster}"#,
+{xds_tls}{sds_cluster}"#,
         id = pod.node_id,
         ip = pod.ip,
+    )
+}
+
+/// The TLS transport socket of an Envoy's `xds-grpc` cluster: the pod's
+/// certificate and the roots from its SDS agent, pilot's identity checked.
+fn xds_tls_socket() -> String {
+    let sds_source = "{api_config_source: {api_type: GRPC, transport_api_version: V3, \
+        grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}, resource_api_version: V3}";
+    let pilot = Identity::pilot(DEFAULT_TRUST_DOMAIN).uri();
+    format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificate_sds_secret_configs:
+          - {{name: default, sds_config: {sds_source}}}
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names:
+              - {{san_type: URI, matcher: {{exact: "{pilot}"}}}}
+            validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {sds_source}}}
+"#
     )
 }
 

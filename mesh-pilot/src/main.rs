@@ -25,9 +25,15 @@ struct Args {
     /// A file registry (YAML of services and workloads); reloaded when it changes.
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
-    /// Where proxies connect (plaintext gRPC).
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds_address: std::net::SocketAddr,
+    /// Where proxies connect over plaintext gRPC (Istio's 15010). On at
+    /// 127.0.0.1:15010 when pilot has no CA; with one, only when given.
+    #[arg(long, value_name = "ADDRESS")]
+    xds_address: Option<std::net::SocketAddr>,
+    /// Where proxies connect over mutual TLS (Istio's 15012): each presents
+    /// its workload's certificate and may only speak for that namespace
+    /// and service account. On when `--ca-address` is given.
+    #[arg(long, default_value = "127.0.0.1:15012", value_name = "ADDRESS")]
+    xds_tls_address: std::net::SocketAddr,
     /// Debug endpoints (`/debug/syncz`, `/debug/push_history`, `/debug/config_dump`).
     #[arg(long, default_value = "127.0.0.1:15014")]
     debug_address: std::net::SocketAddr,
@@ -65,9 +71,16 @@ struct Args {
     /// without it.
     #[arg(long, value_enum, value_name = "MODE")]
     mtls: Option<Mtls>,
-    /// The trust domain of the workloads' identities.
-    #[arg(long, default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
+    /// pilot's own certificate (for xDS over TLS) from mesh-ca; the trust
+    /// domain is the workloads' too.
+    #[command(flatten)]
+    ca: mesh_identity::ca::CaFlags,
+    /// pilot's namespace (its identity's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mesh-system")]
+    namespace: String,
+    /// pilot's service account (its identity's).
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "mesh-pilot")]
+    service_account: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -183,7 +196,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             AccessLog::Text => AccessLogEncoding::Text,
         }),
         mtls: args.mtls.map(|m| MtlsConfig {
-            trust_domain: args.trust_domain.clone(),
+            trust_domain: args.ca.trust_domain.clone(),
             mode: match m {
                 Mtls::Permissive => MtlsMode::Permissive,
                 Mtls::Strict => MtlsMode::Strict,
@@ -211,26 +224,83 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     let debug_listener = tokio::net::TcpListener::bind(args.debug_address)
         .await
         .with_context(|| format!("debug: cannot bind {}", args.debug_address))?;
-    let xds = tokio::net::TcpListener::bind(args.xds_address)
-        .await
-        .with_context(|| format!("xds: cannot bind {}", args.xds_address))?;
-    info!("xds {}", xds.local_addr()?);
-    info!("debug {}", debug_listener.local_addr()?);
     let debug_state = mesh_pilot::debug::Debug {
         discovery: discovery.clone(),
         logging: Some(logging),
     };
+    info!("debug {}", debug_listener.local_addr()?);
     tokio::spawn(mesh_pilot::debug::serve(
         debug_listener,
         Arc::new(debug_state),
     ));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds);
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(discovery.into_service())
-        .serve_with_incoming_shutdown(incoming, mesh_runtime::signal::terminated());
+    serve_xds(&args, discovery).await
+}
+
+/// Serves xDS over mutual TLS (with a CA) and over plaintext (without
+/// one, or where the user keeps it) until SIGTERM; logs `ready` once the
+/// listeners are bound (and pilot's first certificate is in force).
+async fn serve_xds(args: &Args, discovery: Discovery) -> anyhow::Result<()> {
+    let bind = |a: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("xds: cannot bind {a}"))
+    };
+    let server = || {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(discovery.clone().into_service())
+    };
+    let plaintext = match (args.xds_address, args.ca.settings()) {
+        (Some(a), _) => Some(a),
+        (None, None) => Some("127.0.0.1:15010".parse()?),
+        (None, Some(_)) => None,
+    };
+    let tls = match args.ca.settings() {
+        Some(settings) => {
+            let id = mesh_rules::identity::Identity::new(
+                &args.ca.trust_domain,
+                &args.namespace,
+                &args.service_account,
+            );
+            let c = mesh_identity::ca::certify(id, settings)?;
+            c.first.await.context("the certificate thread ended")?;
+            let listener = bind(args.xds_tls_address).await?;
+            info!(identity = %c.identity.id, "xds over mutual TLS {}", listener.local_addr()?);
+            let incoming = mesh_identity::grpc::incoming(listener, c.identity.clone());
+            Some((incoming, c.roots_watch))
+        }
+        None => None,
+    };
+    let plaintext = match plaintext {
+        Some(a) => {
+            let listener = bind(a).await?;
+            info!("xds {}", listener.local_addr()?);
+            Some(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        }
+        None => None,
+    };
     info!("ready");
-    server.await?;
+    let plaintext = async {
+        match plaintext {
+            Some(incoming) => {
+                server()
+                    .serve_with_incoming_shutdown(incoming, mesh_runtime::signal::terminated())
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let tls = async {
+        match tls {
+            Some((incoming, _roots_watch)) => {
+                server()
+                    .serve_with_incoming_shutdown(incoming, mesh_runtime::signal::terminated())
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(plaintext, tls)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use mesh_proto::envoy::config::bootstrap::v3::Bootstrap;
 use mesh_proxy::admin::{Admin, Scope};
 use mesh_proxy::config::{Bootstrapped, Snapshot};
 use mesh_proxy::identity::Identity;
+use mesh_proxy::identity::ca::CaFlags;
 use mesh_proxy::server::{Options, Proxy, Running, start};
 use mesh_proxy::state::OverloadLimits;
 use tracing::{error, info, warn};
@@ -115,6 +116,14 @@ struct SidecarArgs {
     /// Pilot's xDS address (`host:port`).
     #[arg(long, env = "MESH_PILOT_ADDRESS", value_name = "HOST:PORT")]
     xds_address: String,
+    /// Reach pilot over mutual TLS (its port 15012) with the workload's
+    /// certificate; needs the `--ca-*` flags.
+    #[arg(long, env = "MESH_XDS_TLS", requires = "ca_address")]
+    xds_tls: bool,
+    /// The SPIFFE ID pilot must present over TLS (default: service account
+    /// `mesh-pilot` in `mesh-system` of the trust domain).
+    #[arg(long, env = "MESH_PILOT_IDENTITY", value_name = "SPIFFE-ID")]
+    pilot_identity: Option<mesh_rules::identity::Identity>,
     /// The aggregated stream's flavour: incremental (`delta`) or State of
     /// the World (`sotw`).
     #[arg(long, env = "MESH_XDS_FLAVOR", value_enum, default_value = "delta")]
@@ -181,83 +190,27 @@ struct SidecarArgs {
     #[arg(long, env = "MESH_METRICS_NAMING", value_enum, default_value = "mesh")]
     metrics_naming: MetricsNaming,
     #[command(flatten)]
-    ca: CaArgs,
-}
-
-/// Where the workload's certificate comes from (mutual TLS); without
-/// `--ca-address` the proxy has no identity and refuses TLS configuration.
-#[derive(clap::Args)]
-struct CaArgs {
-    /// mesh-ca's address (`host:port`, gRPC over TLS).
-    #[arg(long, env = "MESH_CA_ADDRESS", value_name = "HOST:PORT", requires_all = ["ca_roots", "ca_token_file"])]
-    ca_address: Option<String>,
-    /// The name on mesh-ca's serving certificate.
-    #[arg(
-        long,
-        env = "MESH_CA_SERVER_NAME",
-        default_value = "mesh-ca.mesh-system.svc"
-    )]
-    ca_server_name: String,
-    /// The mesh's roots (PEM; mesh-ca's `root-cert.pem`), re-read at each renewal.
-    #[arg(long, env = "MESH_CA_ROOTS", value_name = "FILE")]
-    ca_roots: Option<PathBuf>,
-    /// The credential mesh-ca checks (a bootstrap or service-account token), re-read at each renewal.
-    #[arg(long, env = "MESH_CA_TOKEN_FILE", value_name = "FILE")]
-    ca_token_file: Option<PathBuf>,
-    /// The certificate lifetime asked for (`24h`, `10m`); the CA's default when not given.
-    #[arg(long, env = "MESH_CERT_VALIDITY", value_parser = validity)]
-    cert_validity: Option<Duration>,
-    /// The trust domain of the workload's identity.
-    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
-}
-
-fn validity(s: &str) -> Result<Duration, String> {
-    mesh_rules::Duration::parse(s)
-        .map(|d| d.get())
-        .map_err(|e| e.to_string())
+    ca: CaFlags,
 }
 
 /// Gets the workload's first certificate from mesh-ca (waiting until it
 /// comes) and keeps it renewed on a thread of its own; the roots file is
-/// followed while the returned watch lives. `None` without a CA.
+/// followed while the returned watch lives. `None` without a CA (the
+/// proxy then refuses TLS configuration).
 fn certify(
-    ca: &CaArgs,
+    ca: &CaFlags,
     namespace: &str,
     service_account: &str,
 ) -> anyhow::Result<Option<(Arc<Identity>, mesh_runtime::watch::FileWatch)>> {
-    let (Some(address), Some(roots), Some(token)) =
-        (&ca.ca_address, &ca.ca_roots, &ca.ca_token_file)
-    else {
+    let Some(settings) = ca.settings() else {
         return Ok(None);
     };
     let id = mesh_rules::identity::Identity::new(&ca.trust_domain, namespace, service_account);
-    let identity = Arc::new(Identity::new(id));
-    let settings = mesh_proxy::identity::ca::CaSettings {
-        address: address.clone(),
-        server_name: ca.ca_server_name.clone(),
-        roots_file: roots.clone(),
-        token_file: token.clone(),
-        validity: ca.cert_validity,
-    };
-    let (first_tx, first) = tokio::sync::oneshot::channel();
-    let keep = identity.clone();
-    let roots_watch = mesh_proxy::identity::ca::follow_roots(identity.clone(), &settings)?;
-    std::thread::Builder::new()
-        .name("certificate".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(mesh_proxy::identity::ca::keep_certified(
-                keep, settings, first_tx,
-            ));
-        })?;
-    first
+    let c = mesh_proxy::identity::ca::certify(id, settings)?;
+    c.first
         .blocking_recv()
         .context("the certificate thread ended")?;
-    Ok(Some((identity, roots_watch)))
+    Ok(Some((c.identity, c.roots_watch)))
 }
 
 /// The SDS agent for an Envoy sidecar: the workload's certificate from
@@ -274,7 +227,7 @@ struct SdsArgs {
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
     #[command(flatten)]
-    ca: CaArgs,
+    ca: CaFlags,
 }
 
 /// Runs the SDS agent; logs `ready` once the certificate is in hand and
@@ -405,9 +358,20 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
     let telemetry = running.proxy.shared.clone();
     telemetry.telemetry.set_local(workload_of(&meta));
     // The certificate before the configuration that may need it.
+    let mut pilot = mesh_proxy::xds::Pilot {
+        address: a.xds_address.clone(),
+        tls: None,
+    };
     let _roots_watch = match certify(&a.ca, &a.namespace, &a.service_account) {
         Ok(Some((identity, watch))) => {
             let _ = telemetry.telemetry.principal.set(identity.id.uri().into());
+            if a.xds_tls {
+                let expected = a
+                    .pilot_identity
+                    .clone()
+                    .unwrap_or_else(|| mesh_rules::identity::Identity::pilot(&a.ca.trust_domain));
+                pilot.tls = Some((identity.clone(), expected.uri()));
+            }
             let _ = telemetry.identity.set(identity);
             Some(watch)
         }
@@ -427,14 +391,14 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         XdsFlavor::Delta => mesh_proxy::xds::Flavor::Delta,
         XdsFlavor::Sotw => mesh_proxy::xds::Flavor::Sotw,
     };
-    follow_pilot(a.xds_address, flavor, node, running.proxy.clone());
+    follow_pilot(pilot, flavor, node, running.proxy.clone());
     wait_for_signal_then_drain(running);
     ExitCode::SUCCESS
 }
 
 /// Follows pilot on a thread of its own, logging what happens.
 fn follow_pilot(
-    address: String,
+    pilot: mesh_proxy::xds::Pilot,
     flavor: mesh_proxy::xds::Flavor,
     node: tokio::sync::watch::Receiver<mesh_proto::envoy::config::core::v3::Node>,
     proxy: std::sync::Arc<Proxy>,
@@ -463,7 +427,7 @@ fn follow_pilot(
                 }
             }
         };
-        rt.block_on(mesh_proxy::xds::run(address, flavor, node, proxy, report));
+        rt.block_on(mesh_proxy::xds::run(pilot, flavor, node, proxy, report));
     });
 }
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::tls::{DownstreamTls, UpstreamTls};
-use crate::identity::{Identity, verify};
+use crate::identity::{ClientShape, Identity, verify};
 
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,7 +66,7 @@ pub async fn accept(
 ) -> Result<(Stream, Option<Arc<str>>), TlsError> {
     let identity = identity.ok_or(TlsError::NoIdentity)?;
     let config = identity
-        .server_config(tls)
+        .server_config(&tls.alpn, tls.require_client_certificate)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
@@ -91,7 +91,12 @@ pub async fn connect(
 ) -> Result<Stream, TlsError> {
     let identity = identity.ok_or(TlsError::NoIdentity)?;
     let config = identity
-        .client_config(tls)
+        .client_config(&ClientShape {
+            key: tls.pool_key,
+            alpn: &tls.alpn,
+            expected: &tls.expected,
+            client_certificate: tls.client_certificate,
+        })
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let name = match &tls.sni {
         Some(sni) => rustls::pki_types::ServerName::try_from(sni.clone())

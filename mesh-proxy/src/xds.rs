@@ -24,6 +24,7 @@ use mesh_proto::google::rpc::Status;
 use mesh_proto::types::XdsType;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
 
 use crate::config::{Resources, Snapshot};
 use crate::server::{Bound, Proxy};
@@ -80,11 +81,40 @@ fn resources(held: &Held) -> Result<Resources, FieldError> {
     })
 }
 
-/// Follows pilot at `address` (`host:port`) for ever, as `node` says who
-/// the proxy is; when `node` changes (the pod's labels did), the stream is
-/// opened again so pilot learns it.
+/// Where pilot listens and how to reach it.
+#[derive(Clone)]
+pub struct Pilot {
+    /// `host:port`.
+    pub address: String,
+    /// Mutual TLS (pilot's port 15012): the proxy's identity, and the
+    /// SPIFFE ID pilot must present; plaintext (15010) without it.
+    pub tls: Option<(Arc<crate::identity::Identity>, String)>,
+}
+
+impl Pilot {
+    /// A connected ADS client (over TLS: connected at the first call).
+    async fn client(&self) -> Result<AggregatedDiscoveryServiceClient<Channel>, String> {
+        let address = &self.address;
+        let channel = match &self.tls {
+            Some((identity, expected)) => {
+                crate::identity::grpc::channel(identity.clone(), address, expected.clone())
+            }
+            None => match Channel::from_shared(format!("http://{address}")) {
+                Ok(e) => e.connect().await,
+                Err(e) => return Err(format!("pilot's address {address}: {e}")),
+            },
+        };
+        channel
+            .map(AggregatedDiscoveryServiceClient::new)
+            .map_err(|e| format!("cannot connect to {address}: {e}"))
+    }
+}
+
+/// Follows `pilot` for ever, as `node` says who the proxy is; when `node`
+/// changes (the pod's labels did), the stream is opened again so pilot
+/// learns it.
 pub async fn run(
-    address: String,
+    pilot: Pilot,
     flavor: Flavor,
     mut node: watch::Receiver<Node>,
     proxy: Arc<Proxy>,
@@ -99,7 +129,7 @@ pub async fn run(
     loop {
         let current = node.borrow_and_update().clone();
         let stream = stream_once(
-            &address,
+            &pilot,
             flavor,
             &current,
             &proxy,
@@ -108,7 +138,7 @@ pub async fn run(
             &mut report,
             &mut backoff,
         )
-        .instrument(tracing::info_span!("xds", pilot = %address));
+        .instrument(tracing::info_span!("xds", pilot = %pilot.address));
         let changed = async {
             if node.changed().await.is_err() {
                 // Nobody can change the node any more.
@@ -253,7 +283,7 @@ fn nack_status(message: String) -> Status {
 
 /// Opens a Delta stream, telling pilot what is held.
 async fn open_delta(
-    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    client: &mut AggregatedDiscoveryServiceClient<Channel>,
     node: &Node,
     held: &Held,
 ) -> Result<Wire, String> {
@@ -292,7 +322,7 @@ async fn open_delta(
 /// Opens a State-of-the-World stream: one wildcard request per type; an
 /// ACK repeats the response's version, a NACK the last accepted one.
 async fn open_sotw(
-    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    client: &mut AggregatedDiscoveryServiceClient<Channel>,
     node: &Node,
 ) -> Result<Wire, String> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -351,7 +381,7 @@ fn forward_updates<R: Send + 'static>(
 
 #[allow(clippy::too_many_arguments)]
 async fn stream_once(
-    address: &str,
+    pilot: &Pilot,
     flavor: Flavor,
     node: &Node,
     proxy: &Proxy,
@@ -360,11 +390,10 @@ async fn stream_once(
     report: &mut impl FnMut(Event),
     backoff: &mut Duration,
 ) -> String {
-    let mut client =
-        match AggregatedDiscoveryServiceClient::connect(format!("http://{address}")).await {
-            Ok(c) => c,
-            Err(e) => return format!("cannot connect to {address}: {e}"),
-        };
+    let mut client = match pilot.client().await {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
     let opened = match flavor {
         Flavor::Delta => open_delta(&mut client, node, held).await,
         Flavor::Sotw => open_sotw(&mut client, node).await,

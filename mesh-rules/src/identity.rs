@@ -42,6 +42,13 @@ impl Identity {
         }
     }
 
+    /// pilot's identity in `trust_domain` (service account `mesh-pilot` in
+    /// `mesh-system`, as the install bundle runs it): what proxies expect
+    /// of their xDS server over TLS unless told otherwise.
+    pub fn pilot(trust_domain: &str) -> Identity {
+        Identity::new(trust_domain, "mesh-system", "mesh-pilot")
+    }
+
     /// The `spiffe://…` URI.
     pub fn uri(&self) -> String {
         self.to_string()

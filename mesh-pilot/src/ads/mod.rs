@@ -26,10 +26,12 @@ use mesh_proto::envoy::service::discovery::v3::{
 };
 use mesh_proto::node::NodeMeta;
 use mesh_proto::types::XdsType;
+use mesh_rules::identity::Identity;
 use mesh_rules::registry::{Health, Workload};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Streaming};
+use tracing::warn;
 
 pub use cache::{Layers, OutboundCache};
 pub use status::{ProxyStatus, PushRecord, Status, TypeStatus};
@@ -151,7 +153,15 @@ impl Discovery {
 impl Discovery {
     /// Serves one proxy's stream until it ends: requests (subscriptions,
     /// ACKs, NACKs) and new worlds, each answered with what changed.
-    fn drive<F: Flavor>(&self, mut requests: Streaming<F::Request>) -> ResponseStream<F::Response>
+    ///
+    /// Over TLS, `peer` is the client's certificate identity: a proxy may
+    /// only speak for a workload of its own namespace and service account
+    /// (else it could register itself as another and be sent its traffic).
+    fn drive<F: Flavor>(
+        &self,
+        mut requests: Streaming<F::Request>,
+        peer: Option<Identity>,
+    ) -> ResponseStream<F::Response>
     where
         Streaming<F::Request>: Send,
         F::Request: prost::Message + Default,
@@ -163,6 +173,11 @@ impl Discovery {
                 return;
             };
             let meta = NodeMeta::from_node(&F::node(&first).cloned().unwrap_or_default());
+            if let Err(refused) = speaks_for_itself(peer.as_ref(), &meta) {
+                warn!(node = %meta.id, "{}", refused.message());
+                let _ = tx.send(Err(refused)).await;
+                return;
+            }
             let id = this.next_id.fetch_add(1, Ordering::Relaxed);
             let mut s = Stream::new(id, &meta, this.status.clone(), this.cache.clone(), F::NAME);
             this.register(id, &meta);
@@ -215,6 +230,44 @@ impl Discovery {
     }
 }
 
+/// The SPIFFE ID of the client's certificate over TLS (`None` over
+/// plaintext); a certificate without one is refused.
+fn peer_identity<T>(request: &Request<T>) -> Result<Option<Identity>, tonic::Status> {
+    let Some(chain) = request.peer_certs() else {
+        return Ok(None);
+    };
+    let uri = chain
+        .first()
+        .and_then(|leaf| mesh_identity::verify::peer_identity(leaf))
+        .ok_or_else(|| tonic::Status::unauthenticated("the client certificate has no SPIFFE ID"))?;
+    uri.parse()
+        .map(Some)
+        .map_err(|e: mesh_rules::identity::IdentityError| {
+            tonic::Status::unauthenticated(e.to_string())
+        })
+}
+
+/// Whether the node a proxy announces is one its certificate may speak
+/// for: the same namespace and service account.
+fn speaks_for_itself(peer: Option<&Identity>, meta: &NodeMeta) -> Result<(), tonic::Status> {
+    let Some(peer) = peer else {
+        return Ok(());
+    };
+    let account = if meta.service_account.is_empty() {
+        "default"
+    } else {
+        &meta.service_account
+    };
+    if peer.namespace == meta.namespace && peer.service_account == account {
+        return Ok(());
+    }
+    Err(tonic::Status::permission_denied(format!(
+        "the certificate is {peer}, but the node says namespace {:?}, service account {account:?}: \
+         a proxy may only speak for its own workload",
+        meta.namespace
+    )))
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Discovery {
     type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
@@ -224,13 +277,19 @@ impl AggregatedDiscoveryService for Discovery {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        Ok(Response::new(self.drive::<Sotw>(request.into_inner())))
+        let peer = peer_identity(&request)?;
+        Ok(Response::new(
+            self.drive::<Sotw>(request.into_inner(), peer),
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        Ok(Response::new(self.drive::<Delta>(request.into_inner())))
+        let peer = peer_identity(&request)?;
+        Ok(Response::new(
+            self.drive::<Delta>(request.into_inner(), peer),
+        ))
     }
 }

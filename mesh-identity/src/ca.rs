@@ -17,6 +17,99 @@ use tracing::{info, warn};
 
 use super::{Identity, verify};
 
+/// The command-line flags naming mesh-ca, shared by every binary that
+/// holds an identity (sidecar, SDS agent, pilot); without `--ca-address`
+/// there is no CA and no identity.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaFlags {
+    /// mesh-ca's address (`host:port`, gRPC over TLS).
+    #[arg(long, env = "MESH_CA_ADDRESS", value_name = "HOST:PORT", requires_all = ["ca_roots", "ca_token_file"])]
+    pub ca_address: Option<String>,
+    /// The name on mesh-ca's serving certificate.
+    #[arg(
+        long,
+        env = "MESH_CA_SERVER_NAME",
+        default_value = "mesh-ca.mesh-system.svc"
+    )]
+    pub ca_server_name: String,
+    /// The mesh's roots (PEM; mesh-ca's `root-cert.pem`), followed.
+    #[arg(long, env = "MESH_CA_ROOTS", value_name = "FILE")]
+    pub ca_roots: Option<PathBuf>,
+    /// The credential mesh-ca checks (a bootstrap or service-account
+    /// token), re-read at each renewal.
+    #[arg(long, env = "MESH_CA_TOKEN_FILE", value_name = "FILE")]
+    pub ca_token_file: Option<PathBuf>,
+    /// The certificate lifetime asked for (`24h`, `10m`); the CA's
+    /// default when not given.
+    #[arg(long, env = "MESH_CERT_VALIDITY", value_parser = validity)]
+    pub cert_validity: Option<Duration>,
+    /// The trust domain of the identities.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh_rules::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+}
+
+fn validity(s: &str) -> Result<Duration, String> {
+    mesh_rules::Duration::parse(s)
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
+}
+
+impl CaFlags {
+    /// The settings, when a CA is named.
+    pub fn settings(&self) -> Option<CaSettings> {
+        let (Some(address), Some(roots), Some(token)) =
+            (&self.ca_address, &self.ca_roots, &self.ca_token_file)
+        else {
+            return None;
+        };
+        Some(CaSettings {
+            address: address.clone(),
+            server_name: self.ca_server_name.clone(),
+            roots_file: roots.clone(),
+            token_file: token.clone(),
+            validity: self.cert_validity,
+        })
+    }
+}
+
+/// An identity being kept certified: the first certificate arrives on
+/// `first`; the roots file is followed while `roots_watch` lives.
+pub struct Certifying {
+    /// The identity (no certificate until `first` fires).
+    pub identity: Arc<Identity>,
+    /// Told once the first certificate is in force.
+    pub first: tokio::sync::oneshot::Receiver<()>,
+    /// Follows the roots file; dropping it stops following.
+    pub roots_watch: mesh_runtime::watch::FileWatch,
+}
+
+/// Starts keeping `id` certified by the CA of `settings`, on a thread of
+/// its own (renewals never wait on the caller's runtime).
+pub fn certify(
+    id: mesh_rules::identity::Identity,
+    settings: CaSettings,
+) -> Result<Certifying, CaError> {
+    let identity = Arc::new(Identity::new(id));
+    let roots_watch = follow_roots(identity.clone(), &settings)?;
+    let (first_tx, first) = tokio::sync::oneshot::channel();
+    let keep = identity.clone();
+    std::thread::Builder::new()
+        .name("certificate".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(keep_certified(keep, settings, first_tx));
+        })
+        .map_err(|e| CaError::Local(format!("cannot start the certificate thread: {e}")))?;
+    Ok(Certifying {
+        identity,
+        first,
+        roots_watch,
+    })
+}
+
 /// Where and how to ask for certificates.
 #[derive(Debug, Clone)]
 pub struct CaSettings {
