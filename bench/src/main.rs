@@ -4,6 +4,7 @@
 
 mod backend;
 mod load;
+mod mtls;
 mod pilot_scale;
 mod procfs;
 mod relay;
@@ -437,6 +438,15 @@ fn scenarios(
     for (scenario, load) in max {
         add(scenario, "req/s", load)?;
     }
+    // Under mutual TLS: a new connection between the sidecars per request,
+    // so a TLS handshake each (sessions resumed where the proxy does).
+    if let Some(handshake) = target.addrs.handshake {
+        add(
+            "mTLS: new connection between the sidecars per request (TCP, HTTP/1.1 inside) (max)",
+            "req/s",
+            &mut || wrk(handshake, seconds, true),
+        )?;
+    }
     let rates: &[u64] = if smoke { &[200] } else { &[1000, 5000] };
     for &rate in rates {
         let scenario = format!("HTTP/1.1 fixed rate {rate} req/s (open loop)");
@@ -491,6 +501,7 @@ fn start_backend() -> anyhow::Result<(std::process::Child, Backends)> {
         tcp: next("tcp")?,
         grpc: next("grpc")?,
         mirrored: None,
+        handshake: None,
     };
     Ok((child, b))
 }
@@ -758,20 +769,20 @@ fn start_targets(
             TRACED_MESH_PROXY,
             Box::new(|| {
                 let extras = targets::Extras {
-                    access_log: false,
                     tracing: true,
+                    ..Default::default()
                 };
-                targets::mesh_proxy_with(mesh_proxy_bin, b, PROXY_CPU, extras, TRACED_MESH_PROXY)
+                targets::mesh_proxy_with(mesh_proxy_bin, b, PROXY_CPU, &extras, TRACED_MESH_PROXY)
             }),
         ),
         (
             TRACED_ENVOY,
             Box::new(|| {
                 let extras = targets::Extras {
-                    access_log: false,
                     tracing: true,
+                    ..Default::default()
                 };
-                targets::envoy_with(b, PROXY_CPU, extras, TRACED_ENVOY)
+                targets::envoy_with(b, PROXY_CPU, &extras, TRACED_ENVOY)
             }),
         ),
         ("haproxy", Box::new(|| targets::haproxy(b, PROXY_CPU))),
@@ -788,12 +799,34 @@ fn start_targets(
             "envoy → envoy",
             Box::new(|| targets::chain("envoy → envoy", |to| targets::envoy(to, PROXY_CPU), b)),
         ),
+        // The same with STRICT mutual TLS between the two sidecars.
+        (
+            MTLS_MESH_PROXY,
+            Box::new(|| {
+                let sidecar = targets::Sidecar::MeshProxy(mesh_proxy_bin);
+                let ca = mesh_proxy_bin.with_file_name("mesh-ca");
+                targets::mtls_chain(MTLS_MESH_PROXY, sidecar, &ca, b, PROXY_CPU, LOAD_CPU)
+            }),
+        ),
+        (
+            MTLS_ENVOY,
+            Box::new(|| {
+                let sidecar = targets::Sidecar::Envoy(mesh_proxy_bin);
+                let ca = mesh_proxy_bin.with_file_name("mesh-ca");
+                targets::mtls_chain(MTLS_ENVOY, sidecar, &ca, b, PROXY_CPU, LOAD_CPU)
+            }),
+        ),
     ];
     all.iter()
         .filter(|(name, _)| *name == "direct" || only.is_empty() || only.iter().any(|o| o == name))
         .map(|(_, start)| start())
         .collect()
 }
+
+/// Two mesh-proxy sidecars with mutual TLS between them.
+const MTLS_MESH_PROXY: &str = "mesh-proxy → mesh-proxy (mTLS)";
+/// Two Envoy sidecars with mutual TLS between them.
+const MTLS_ENVOY: &str = "envoy → envoy (mTLS)";
 
 /// mesh-proxy with its standard metrics and 1 % of calls traced.
 const TRACED_MESH_PROXY: &str = "mesh-proxy (metrics + 1 % traced)";
@@ -803,7 +836,9 @@ const TRACED_ENVOY: &str = "envoy (stats + 1 % traced)";
 /// The Envoy row a target's throughput is compared with: Envoy's chain
 /// for a chain, Envoy doing the same extras for a target doing extras.
 fn envoy_peer(target: &str) -> &'static str {
-    if target.contains('→') {
+    if target.contains("(mTLS)") {
+        MTLS_ENVOY
+    } else if target.contains('→') {
         "envoy → envoy"
     } else if target.contains("traced") {
         TRACED_ENVOY

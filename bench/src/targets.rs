@@ -3,6 +3,8 @@
 //! one worker thread, pinned to the proxy CPU.
 
 use std::net::SocketAddr;
+
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -20,6 +22,9 @@ pub struct Backends {
     /// HTTP, small body, every request also copied to the small backend
     /// (a mirror): only proxies that mirror have it.
     pub mirrored: Option<SocketAddr>,
+    /// TCP to the small HTTP backend: under mutual TLS each connection is
+    /// a new handshake between the sidecars (mTLS chains only).
+    pub handshake: Option<SocketAddr>,
 }
 
 /// A measured target.
@@ -39,7 +44,8 @@ pub struct Target {
     pub loaded_rss_mb: std::cell::Cell<f64>,
     /// The most resident memory (MB) seen during the last load.
     pub row_rss_mb: std::cell::Cell<f64>,
-    _dir: Option<PathBuf>,
+    /// Folders removed with the target (configurations, the CA's).
+    dirs: Vec<PathBuf>,
 }
 
 impl Drop for Target {
@@ -48,7 +54,7 @@ impl Drop for Target {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if let Some(d) = &self._dir {
+        for d in &self.dirs {
             let _ = std::fs::remove_dir_all(d);
         }
     }
@@ -65,7 +71,7 @@ impl Target {
             helpers: vec![],
             loaded_rss_mb: Default::default(),
             row_rss_mb: Default::default(),
-            _dir: None,
+            dirs: Vec::new(),
         }
     }
 
@@ -79,7 +85,7 @@ impl Target {
             helpers: vec![],
             loaded_rss_mb: Default::default(),
             row_rss_mb: Default::default(),
-            _dir: dir,
+            dirs: dir.into_iter().collect(),
         }
     }
 
@@ -107,7 +113,82 @@ pub fn chain(
     Ok(client_side)
 }
 
-fn free_port() -> u16 {
+/// Which proxy a mutual-TLS chain is made of.
+pub enum Sidecar<'a> {
+    /// mesh-proxy (this binary), its certificate its own.
+    MeshProxy(&'a Path),
+    /// Envoy, its certificate from an SDS agent (this mesh-proxy binary).
+    Envoy(&'a Path),
+}
+
+/// A sidecar chain with STRICT mutual TLS between its sides, as two
+/// workloads of a mesh: each side's certificate from a mesh-ca of the
+/// chain's own (on `helper_cpu`, not measured), the client side checking
+/// the server side's identity.
+pub fn mtls_chain(
+    name: &str,
+    sidecar: Sidecar,
+    mesh_ca: &Path,
+    to: Backends,
+    cpu: &str,
+    helper_cpu: &str,
+) -> anyhow::Result<Target> {
+    use crate::mtls::{CLIENT_ACCOUNT, ChainTls, SERVER_ACCOUNT, Side};
+    let dir = temp_dir("mtls");
+    let mut ca = crate::mtls::Ca::start(mesh_ca, &dir, helper_cpu)?;
+    let mut side = |account: &str, side: Side| -> anyhow::Result<Extras> {
+        let (agent, flags) = match sidecar {
+            Sidecar::MeshProxy(_) => (None, ca.flags(account)?),
+            Sidecar::Envoy(mesh_proxy) => {
+                let socket = ca.agent(mesh_proxy, account, helper_cpu)?;
+                (Some(socket), Vec::new())
+            }
+        };
+        Ok(Extras {
+            // As the plain Envoy rows: a sidecar's access log.
+            access_log: matches!(sidecar, Sidecar::Envoy(_)),
+            tls: Some(ChainTls { side, agent, flags }),
+            ..Extras::default()
+        })
+    };
+    let peer = format!("spiffe://cluster.local/ns/default/sa/{SERVER_ACCOUNT}");
+    let (server, client) = (
+        side(SERVER_ACCOUNT, Side::Server)?,
+        side(CLIENT_ACCOUNT, Side::Client { peer })?,
+    );
+    let start = |to, extras: &Extras, name| match sidecar {
+        Sidecar::MeshProxy(binary) => mesh_proxy_with(binary, to, cpu, extras, name),
+        Sidecar::Envoy(_) => envoy_with(to, cpu, extras, name),
+    };
+    let server_side = start(to, &server, "server side")?;
+    refuses_plaintext(server_side.addrs.small)
+        .with_context(|| format!("{name}: the server side is not STRICT"))?;
+    let mut client_side = start(server_side.addrs, &client, name)?;
+    client_side.peers.push(server_side);
+    client_side.helpers.extend(ca.into_processes());
+    client_side.dirs.push(dir);
+    Ok(client_side)
+}
+
+/// Whether a plaintext request to `addr` goes unanswered (a STRICT mTLS
+/// listener takes only TLS).
+fn refuses_plaintext(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")?;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    anyhow::ensure!(
+        !answer.starts_with(b"HTTP/"),
+        "it answered plaintext HTTP: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -122,7 +203,18 @@ fn ports() -> Backends {
         tcp: a(free_port()),
         grpc: a(free_port()),
         mirrored: None,
+        handshake: None,
     }
+}
+
+/// A proxy's listeners: the four, a mirroring one, and under mutual TLS
+/// the handshake one.
+fn listeners(extras: &Extras) -> Backends {
+    let mut listen = with_mirror(ports());
+    if extras.tls.is_some() {
+        listen.handshake = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+    }
+    listen
 }
 
 /// `b` with a mirroring listener too.
@@ -133,14 +225,16 @@ fn with_mirror(b: Backends) -> Backends {
     }
 }
 
-/// What a bootstrap's HTTP connection managers do besides routing.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a bootstrap does besides routing.
+#[derive(Debug, Clone, Default)]
 pub struct Extras {
     /// A file access log (to /dev/null), as an Envoy sidecar has.
     pub access_log: bool,
     /// Zipkin tracing of 1 % of the calls (Istio's default), spans sent
     /// to the small backend (which accepts any POST).
     pub tracing: bool,
+    /// Mutual TLS with the other side of a chain.
+    pub tls: Option<crate::mtls::ChainTls>,
 }
 
 /// The HCM tracing block of [`Extras::tracing`] and its collector cluster.
@@ -155,7 +249,7 @@ fn tracing_yaml(to: Backends) -> (String, String) {
 
 /// An Envoy-format bootstrap with the four listeners, and the mirroring
 /// one when `listen` has it, doing `extras` on the HTTP listeners.
-pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: Extras) -> String {
+pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: &Extras) -> String {
     let (trace, trace_cluster) = if extras.tracing {
         tracing_yaml(to)
     } else {
@@ -166,6 +260,18 @@ pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: 
     } else {
         String::new()
     } + &trace;
+    let tls_listener = |alpn: &str| {
+        extras
+            .tls
+            .as_ref()
+            .map_or_else(String::new, |t| t.listener_socket("      ", alpn))
+    };
+    let tls_cluster = |alpn: &str| {
+        extras
+            .tls
+            .as_ref()
+            .map_or_else(String::new, |t| t.cluster_socket("    ", alpn))
+    };
     let http = |name: &str, l: SocketAddr, cluster: &str, mirror: &str| {
         format!(
             r#"  - name: {name}
@@ -189,8 +295,9 @@ pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: 
               routes:
               - match: {{prefix: "/"}}
                 route: {{cluster: {cluster}{mirror}}}
-"#,
-            l.port()
+{tls}"#,
+            l.port(),
+            tls = tls_listener(if name == "grpc" { "h2" } else { "h2, http/1.1" }),
         )
     };
     let cluster = |name: &str, a: SocketAddr| {
@@ -199,13 +306,39 @@ pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: 
         } else {
             ""
         };
+        let alpn = match name {
+            "grpc" => "h2",
+            "tcp" | "handshake" => "",
+            _ => "http/1.1",
+        };
         format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{http2}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n",
-            a.port()
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n{http2}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{address: 127.0.0.1, port_value: {}}}\n{}",
+            a.port(),
+            tls_cluster(alpn),
         )
     };
+    let tcp = |name: &str, l: SocketAddr| {
+        format!(
+            "  - name: {name}\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: {name}\n          cluster: {name}\n{}",
+            l.port(),
+            tls_listener(""),
+        )
+    };
+    // Under mTLS, a TCP listener to the small backend: a handshake per
+    // connection between the sidecars.
+    let (handshake_listener, handshake_cluster) = match (&extras.tls, listen.handshake) {
+        (Some(_), Some(l)) => (
+            tcp("handshake", l),
+            cluster("handshake", to.handshake.unwrap_or(to.small)),
+        ),
+        _ => Default::default(),
+    };
+    let agent = extras
+        .tls
+        .as_ref()
+        .map_or_else(String::new, |t| t.agent_cluster());
     format!(
-        "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}{}  - name: tcp\n    address:\n      socket_address: {{address: 127.0.0.1, port_value: {}}}\n    filter_chains:\n    - filters:\n      - name: envoy.filters.network.tcp_proxy\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy\n          stat_prefix: tcp\n          cluster: tcp\n  clusters:\n{}{}{}{}",
+        "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}\nstatic_resources:\n  listeners:\n{}{}{}{}{handshake_listener}  clusters:\n{}{}{}{}{handshake_cluster}{agent}",
         http("small", listen.small, "small", "")
             + &listen.mirrored.map_or_else(String::new, |m| http(
                 "mirrored",
@@ -215,7 +348,7 @@ pub fn envoy_bootstrap(listen: Backends, to: Backends, admin_port: u16, extras: 
             )),
         http("large", listen.large, "large", ""),
         http("grpc", listen.grpc, "grpc", ""),
-        listen.tcp.port(),
+        tcp("tcp", listen.tcp),
         cluster("small", to.small),
         cluster("large", to.large),
         cluster("tcp", to.tcp),
@@ -244,7 +377,7 @@ fn haproxy_config(listen: Backends, to: Backends) -> String {
     )
 }
 
-fn wait_ready(addr: SocketAddr, child: &mut Child, name: &str) -> anyhow::Result<()> {
+pub fn wait_ready(addr: SocketAddr, child: &mut Child, name: &str) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if std::net::TcpStream::connect(addr).is_ok() {
@@ -259,7 +392,7 @@ fn wait_ready(addr: SocketAddr, child: &mut Child, name: &str) -> anyhow::Result
     }
 }
 
-fn pinned(cpu: &str, program: &Path) -> Command {
+pub fn pinned(cpu: &str, program: &Path) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", cpu]).arg(program);
     c
@@ -278,7 +411,7 @@ fn temp_dir(name: &str) -> PathBuf {
 /// Starts mesh-proxy (one worker) in front of `to`; its standard
 /// metrics are always on.
 pub fn mesh_proxy(binary: &Path, to: Backends, cpu: &str) -> anyhow::Result<Target> {
-    mesh_proxy_with(binary, to, cpu, Extras::default(), "mesh-proxy")
+    mesh_proxy_with(binary, to, cpu, &Extras::default(), "mesh-proxy")
 }
 
 /// Starts mesh-proxy doing `extras`, named `name`.
@@ -286,17 +419,19 @@ pub fn mesh_proxy_with(
     binary: &Path,
     to: Backends,
     cpu: &str,
-    extras: Extras,
+    extras: &Extras,
     name: &str,
 ) -> anyhow::Result<Target> {
-    let listen = with_mirror(ports());
+    let listen = listeners(extras);
     let dir = temp_dir("mesh-proxy");
     let cfg = dir.join("bootstrap.yaml");
     std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), extras))?;
+    let ca_flags = extras.tls.iter().flat_map(|t| t.flags.iter());
     let mut child = pinned(cpu, binary)
         .arg("--config")
         .arg(&cfg)
         .args(["--concurrency", "1"])
+        .args(ca_flags)
         .stdout(Stdio::null())
         .spawn()?;
     wait_ready(listen.tcp, &mut child, "mesh-proxy")?;
@@ -360,13 +495,14 @@ pub fn mesh_proxy_via_pilot(
             tcp: format!("{POD_IP}:{}", to.tcp.port()).parse()?,
             grpc: format!("{POD_IP}:{}", to.grpc.port()).parse()?,
             mirrored: None,
+            handshake: None,
         },
         child: None,
         peers: vec![],
         helpers: vec![pilot],
         loaded_rss_mb: Default::default(),
         row_rss_mb: Default::default(),
-        _dir: Some(dir),
+        dirs: vec![dir],
     };
     let mut child = child?;
     let ready = wait_ready(target.addrs.tcp, &mut child, "mesh-proxy sidecar");
@@ -379,26 +515,32 @@ pub fn mesh_proxy_via_pilot(
 pub fn envoy(to: Backends, cpu: &str) -> anyhow::Result<Target> {
     let extras = Extras {
         access_log: true,
-        tracing: false,
+        ..Extras::default()
     };
-    envoy_with(to, cpu, extras, "envoy")
+    envoy_with(to, cpu, &extras, "envoy")
 }
 
 /// Starts Envoy doing `extras`, named `name`; its own stats are always on.
-pub fn envoy_with(to: Backends, cpu: &str, extras: Extras, name: &str) -> anyhow::Result<Target> {
-    let listen = with_mirror(ports());
+pub fn envoy_with(to: Backends, cpu: &str, extras: &Extras, name: &str) -> anyhow::Result<Target> {
+    let listen = listeners(extras);
     let dir = temp_dir("envoy");
     let cfg = dir.join("bootstrap.yaml");
     std::fs::write(&cfg, envoy_bootstrap(listen, to, free_port(), extras))?;
     let binary = which("envoy")?;
+    let log = dir.join("envoy.log");
     let mut child = pinned(cpu, &binary)
         .arg("-c")
         .arg(&cfg)
         .args(["--concurrency", "1", "--disable-hot-restart", "-l", "error"])
+        // SDS needs a node to name.
+        .args(["--service-node", name, "--service-cluster", "bench"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
-    wait_ready(listen.tcp, &mut child, "envoy")?;
+    wait_ready(listen.tcp, &mut child, "envoy").map_err(|e| {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow::anyhow!("{e}: {}", said.trim())
+    })?;
     Ok(Target::process(name, listen, child, Some(dir)))
 }
 

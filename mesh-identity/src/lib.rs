@@ -107,6 +107,16 @@ pub struct Identity {
     changed: tokio::sync::watch::Sender<u64>,
 }
 
+/// Shows who, and whether certified: never the key.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id.uri())
+            .field("certified", &self.certified())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Identity {
     /// An identity with no certificate yet.
     pub fn new(id: mesh_rules::identity::Identity) -> Identity {

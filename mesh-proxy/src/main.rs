@@ -51,6 +51,15 @@ struct Args {
     /// exactly as Istio names them (`istio_requests_total`, …).
     #[arg(long, env = "MESH_METRICS_NAMING", value_enum, default_value = "mesh")]
     metrics_naming: MetricsNaming,
+    /// With `--ca-address`: the namespace of the proxy's identity (its
+    /// TLS contexts name SDS secrets `default` and `ROOTCA`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// With `--ca-address`: the service account of the proxy's identity.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    #[command(flatten)]
+    ca: CaFlags,
 }
 
 /// How the standard metrics are named.
@@ -343,6 +352,7 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         drain_timeout: Duration::from_secs(a.drain_timeout),
         overload: a.overload.limits(),
         naming: a.metrics_naming.into(),
+        identity: None,
     };
     let endpoints = [
         (Some(a.admin_address), Scope::Admin),
@@ -736,11 +746,18 @@ fn main() -> ExitCode {
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     mesh_proxy::memory::limit_malloc_arenas(concurrency);
+    // The certificate before the listeners that may need it.
+    let (identity, _roots_watch) = match certify(&args.ca, &args.namespace, &args.service_account) {
+        Ok(Some((identity, watch))) => (Some(identity), Some(watch)),
+        Ok(None) => (None, None),
+        Err(e) => return fail(e),
+    };
     let opts = Options {
         concurrency,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         overload: args.overload.limits(),
         naming: args.metrics_naming.into(),
+        identity,
     };
     let endpoints = [
         (admin, Scope::Admin),
@@ -753,6 +770,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
+
     if let Some(n) = &node {
         running.proxy.shared.telemetry.set_local(workload_of(n));
     }

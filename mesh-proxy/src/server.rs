@@ -28,6 +28,9 @@ pub struct Options {
     pub overload: crate::state::OverloadLimits,
     /// How the standard metrics are named.
     pub naming: crate::telemetry::metrics::Naming,
+    /// The workload's identity, when it has one from the start (a static
+    /// bootstrap with TLS needs it before its listeners bind).
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 /// The running data plane: shared state, and the workers' listeners.
@@ -155,8 +158,13 @@ pub fn start(snapshot: Snapshot, opts: Options) -> anyhow::Result<Running> {
     let concurrency = opts.concurrency.max(1);
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..concurrency).map(|_| mpsc::unbounded_channel()).unzip();
+    let shared = Shared::new(opts.overload, opts.naming);
+    if let Some(identity) = opts.identity {
+        let _ = shared.telemetry.principal.set(identity.id.uri().into());
+        let _ = shared.identity.set(identity);
+    }
     let proxy = Arc::new(Proxy {
-        shared: Arc::new(Shared::new(opts.overload, opts.naming)),
+        shared: Arc::new(shared),
         binder: Mutex::new(Binder {
             bound: BTreeMap::new(),
             workers: senders,
