@@ -78,20 +78,27 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
-    /// pilot at scale: N simulated proxies over M services; rule write →
-    /// every proxy has the change (p50/p99), pilot's peak RSS.
+    /// pilot at scale: N simulated proxies over M services, with and
+    /// without Sidecars scoping each proxy; a rule change and endpoint
+    /// changes → every affected proxy has them (p50/p99), pilot's CPU per
+    /// endpoint change, peak RSS and bytes sent. One run per combination.
     PilotScale {
-        /// Simulated proxies.
-        #[arg(long, default_value_t = 1000)]
-        proxies: usize,
+        /// Simulated proxies (a list runs each: `250,500,1000,2000`).
+        #[arg(long, value_delimiter = ',', default_values_t = [1000])]
+        proxies: Vec<usize>,
         /// Services in the registry.
         #[arg(long, default_value_t = 1000)]
         services: usize,
+        /// Services each proxy's Sidecar lets it call; 0: no Sidecars (a
+        /// list runs each: `20,0`).
+        #[arg(long, value_delimiter = ',', default_values_t = [0])]
+        scope: Vec<usize>,
         /// The mesh-pilot binary (default: next to mesh-bench).
         #[arg(long)]
         pilot: Option<PathBuf>,
-        /// Where to write the raw result (JSON with the command that
-        /// produced it and the machine), as `<unix-time>-pilot-scale.json`.
+        /// Where to write the raw result (a JSON list, one object per
+        /// configuration with the command and the machine), as
+        /// `pilot-scale-<unix-time>.json`.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
@@ -976,6 +983,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::PilotScale {
             proxies,
             services,
+            scope,
             pilot,
             out,
         } => {
@@ -986,35 +994,72 @@ fn main() -> anyhow::Result<()> {
                     .expect("exe folder")
                     .join("mesh-pilot"),
             };
-            let r = pilot_scale::run(&pilot, proxies, services)?;
-            println!(
-                "| proxies | services | initial sync | push p50 | push p99 | push max | pilot peak RSS | pilot CPU |"
-            );
-            println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-            println!(
-                "| {} | {} | {:.2} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} MB | {:.1} s |",
-                r.proxies,
-                r.services,
-                r.initial_sync_s,
-                r.push_p50_ms,
-                r.push_p99_ms,
-                r.push_max_ms,
-                r.pilot_peak_rss_mb,
-                r.pilot_cpu_s
-            );
-            let raw = serde_json::json!({
-                "command": format!("bench/run pilot-scale --proxies {proxies} --services {services}"),
-                "machine": machine(),
-                "result": r,
-            });
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            std::fs::create_dir_all(&out)?;
-            let path = out.join(format!("{stamp}-pilot-scale.json"));
-            std::fs::write(&path, serde_json::to_string_pretty(&raw)? + "\n")?;
-            println!("raw result: {}", path.display());
+            pilot_scale_runs(&pilot, &proxies, services, &scope, &out)?;
             Ok(())
         }
     }
+}
+
+/// Runs pilot-scale for every combination, prints a table, and writes the
+/// raw list to `out/pilot-scale-<unix-time>.json`.
+fn pilot_scale_runs(
+    pilot: &std::path::Path,
+    proxies: &[usize],
+    services: usize,
+    scopes: &[usize],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let join = |v: &[usize]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let command = format!(
+        "bench/run pilot-scale --proxies {} --services {services} --scope {}",
+        join(proxies),
+        join(scopes)
+    );
+    println!(
+        "| proxies | services | per proxy | initial sync | route push p50 / p99 | endpoint push p50 / p99 | CPU per endpoint change | pilot peak RSS | bytes sent | routes outside scope |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut raw = Vec::new();
+    for &scope in scopes {
+        for &n in proxies {
+            let scale = pilot_scale::Scale {
+                proxies: n,
+                services,
+                scope,
+            };
+            let r = pilot_scale::run(pilot, scale)?;
+            println!(
+                "| {} | {} | {} | {:.2} s | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.1} ms | {:.0} MB | {:.0} MB | {} |",
+                r.proxies,
+                r.services,
+                r.services_per_proxy,
+                r.initial_sync_s,
+                r.route_push_p50_ms,
+                r.route_push_p99_ms,
+                r.endpoint_push_p50_ms,
+                r.endpoint_push_p99_ms,
+                r.cpu_ms_per_endpoint_change,
+                r.pilot_rss_bytes as f64 / 1048576.0,
+                r.bytes_sent as f64 / 1048576.0,
+                r.route_pushes_outside_scope,
+            );
+            let mut value = serde_json::to_value(&r)?;
+            value["command"] = command.clone().into();
+            value["machine"] = machine().into();
+            raw.push(value);
+        }
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("pilot-scale-{stamp}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&raw)? + "\n")?;
+    println!("raw result: {}", path.display());
+    Ok(())
 }

@@ -1,8 +1,11 @@
 //! pilot at scale: N simulated proxies (Delta ADS streams that ACK at
-//! once) over M services, all on loopback. Measures the time until every
-//! proxy has its first configuration, then the time from a rule write to
-//! each proxy's ACK of the change (p50 / p99 / max), and pilot's CPU and
-//! peak RSS.
+//! once) over M services, all on loopback, with or without a Sidecar per
+//! service that scopes its proxies to K services. Measures the time until
+//! every proxy has its first configuration; the time from a rule write to
+//! each affected proxy's receipt of the changed routes, and from an
+//! endpoint change in the registry to its receipt of the endpoints
+//! (p50 / p99 / max); pilot's CPU per endpoint change, its peak RSS, and
+//! the bytes it sent.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -15,37 +18,75 @@ use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use mesh_proto::node::NodeMeta;
 use mesh_proto::types::XdsType;
+use prost::Message;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::procfs;
 
-/// The outcome of one scale run.
+/// Endpoint changes measured per run (CPU time is read in 10 ms ticks;
+/// several changes make the per-change figure finer).
+const ENDPOINT_CHANGES: usize = 5;
+
+/// What one run sets up.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// Simulated proxies.
+    pub proxies: usize,
+    /// Services in the registry.
+    pub services: usize,
+    /// Services each proxy's Sidecar lets it call; 0: no Sidecar (every
+    /// proxy gets every service).
+    pub scope: usize,
+}
+
+/// The outcome of one scale run (the field names `bench/results`'
+/// `pilot-scale-*.json` promise).
 #[derive(Debug, Serialize)]
 pub struct ScaleReport {
     /// Simulated proxies.
     pub proxies: usize,
     /// Services in the registry.
     pub services: usize,
+    /// Whether each proxy was scoped by a Sidecar.
+    pub scoped: bool,
+    /// Services in each proxy's scope (all of them when not scoped).
+    pub services_per_proxy: usize,
     /// Seconds until every proxy had all four types.
     pub initial_sync_s: f64,
-    /// Rule write → the proxy received the change, per proxy: p50 (ms).
-    pub push_p50_ms: f64,
+    /// Proxies whose routes the rule change touches.
+    pub route_affected_proxies: usize,
+    /// Rule write → an affected proxy received the changed routes: p50 (ms).
+    pub route_push_p50_ms: f64,
     /// p99 (ms).
-    pub push_p99_ms: f64,
+    pub route_push_p99_ms: f64,
     /// Slowest (ms).
-    pub push_max_ms: f64,
-    /// pilot's peak resident memory (MB).
-    pub pilot_peak_rss_mb: f64,
+    pub route_push_max_ms: f64,
+    /// Proxies outside the change's scope that were sent routes anyway
+    /// (should be 0).
+    pub route_pushes_outside_scope: usize,
+    /// Registry write → an affected proxy received the endpoints, over
+    /// every endpoint change: p50 (ms).
+    pub endpoint_push_p50_ms: f64,
+    /// p99 (ms).
+    pub endpoint_push_p99_ms: f64,
+    /// pilot's CPU per endpoint change, registry re-read included (ms).
+    pub cpu_ms_per_endpoint_change: f64,
+    /// pilot's peak resident memory (bytes).
+    pub pilot_rss_bytes: u64,
     /// pilot's CPU seconds for the whole run.
     pub pilot_cpu_s: f64,
+    /// Bytes of xDS responses the proxies received, over the whole run.
+    pub bytes_sent: u64,
 }
 
 fn ip(prefix: u8, i: usize) -> String {
     format!("10.{prefix}.{}.{}", i / 250, i % 250 + 1)
 }
 
-fn registry(services: usize, proxies: usize) -> String {
+/// The file registry: M services with one workload per proxy, and
+/// `extra` more workloads of `svc-0` (the endpoint changes add them).
+fn registry(services: usize, proxies: usize, extra: usize) -> String {
     let mut y = String::from("services:\n");
     for s in 0..services {
         y.push_str(&format!(
@@ -61,19 +102,98 @@ fn registry(services: usize, proxies: usize) -> String {
             p % services
         ));
     }
+    for e in 0..extra {
+        y.push_str(&format!(
+            "- name: extra-{e}\n  address: {}\n  labels: {{app: svc-0, version: v1}}\n",
+            ip(253, e)
+        ));
+    }
     y
 }
 
+/// Writes the registry by rename, as an editor or the kubelet would, so
+/// pilot never reads half a file.
+fn write_registry(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// The services in `svc-s`'s scope: itself and the next K-1.
+fn scope_of(s: usize, services: usize, scope: usize) -> impl Iterator<Item = usize> {
+    (0..scope.min(services)).map(move |j| (s + j) % services)
+}
+
+/// One Sidecar per service, selecting its workloads, listing its scope.
+fn sidecars(services: usize, scope: usize) -> String {
+    let mut y = String::new();
+    for s in 0..services {
+        y.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: svc-{s}}}\nspec:\n  workloadSelector:\n    labels: {{app: svc-{s}}}\n  egress:\n  - hosts:\n"
+        ));
+        for t in scope_of(s, services, scope) {
+            y.push_str(&format!("    - ./svc-{t}.default.svc.cluster.local\n"));
+        }
+    }
+    y
+}
+
+/// Writes rules (YAML documents) to pilot's store, as `meshctl create`.
+fn create_rules(store: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let loaded = mesh_rules::load(&[mesh_rules::Source { name, text }])
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let changes = loaded
+        .rules
+        .into_iter()
+        .map(|r| mesh_pilot::store::Change::Create(r.value))
+        .collect();
+    mesh_pilot::store::LocalStore::new(store).apply_blocking(changes)?;
+    Ok(())
+}
+
+/// What every simulated proxy reports to the harness.
+#[derive(Default)]
+struct Probe {
+    /// Proxies that hold all four types.
+    synced: AtomicUsize,
+    /// When the rule was written (µs since the epoch; 0: not yet).
+    route_mark: AtomicU64,
+    /// When the current endpoint change was written (0: none).
+    endpoint_mark: AtomicU64,
+    /// Bytes of every response received.
+    bytes: AtomicU64,
+}
+
+/// When one proxy received the change of each phase (µs; 0: not yet).
+#[derive(Default)]
+struct Stamps {
+    route: AtomicU64,
+    endpoint: AtomicU64,
+}
+
+impl Stamps {
+    /// Records the first response of `kind` after its phase began.
+    fn see(&self, probe: &Probe, kind: XdsType, now: u64) {
+        let (mark, stamp) = match kind {
+            XdsType::Route => (&probe.route_mark, &self.route),
+            XdsType::Endpoint => (&probe.endpoint_mark, &self.endpoint),
+            _ => return,
+        };
+        if mark.load(Ordering::SeqCst) != 0 && stamp.load(Ordering::SeqCst) == 0 {
+            stamp.store(now.max(1), Ordering::SeqCst);
+        }
+    }
+}
+
 /// One simulated proxy: subscribes to everything, ACKs every response,
-/// counts the first answer to each type, and stamps the first RDS
-/// response after `mark` was set.
+/// counts its first answer to each type, and stamps the phases.
 async fn proxy(
     xds: String,
     i: usize,
     services: usize,
-    synced: Arc<AtomicUsize>,
-    mark: Arc<AtomicU64>,
-    changed_at: Arc<AtomicU64>,
+    probe: Arc<Probe>,
+    stamps: Arc<Stamps>,
     epoch: Instant,
 ) {
     let meta = node(i, services);
@@ -91,30 +211,28 @@ async fn proxy(
                 return;
             }
         };
+        probe
+            .bytes
+            .fetch_add(r.encoded_len() as u64, Ordering::Relaxed);
         let _ = tx.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
             response_nonce: r.nonce.clone(),
             ..Default::default()
         });
-        if let Some(k) = XdsType::PUSH_ORDER
+        let Some(k) = XdsType::PUSH_ORDER
             .iter()
             .position(|t| t.type_url() == r.type_url)
-        {
-            let bit = 1 << k;
-            if seen & bit == 0 {
-                seen |= bit;
-                if seen == 0b1111 {
-                    synced.fetch_add(1, Ordering::SeqCst);
-                }
+        else {
+            continue;
+        };
+        if seen & (1 << k) == 0 {
+            seen |= 1 << k;
+            if seen == 0b1111 {
+                probe.synced.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let m = mark.load(Ordering::SeqCst);
-        if m != 0
-            && r.type_url == XdsType::Route.type_url()
-            && changed_at.load(Ordering::SeqCst) == 0
-        {
-            changed_at.store(epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
-        }
+        let now = epoch.elapsed().as_micros() as u64;
+        stamps.see(&probe, XdsType::PUSH_ORDER[k], now);
     }
 }
 
@@ -234,81 +352,200 @@ pub fn start_pilot(
     Ok((child, xds))
 }
 
-/// Runs the scale benchmark with the pilot binary at `pilot`.
-pub fn run(pilot: &Path, proxies: usize, services: usize) -> anyhow::Result<ScaleReport> {
+/// Waits until `done` holds, up to 300 s.
+fn wait_until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within 300 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Milliseconds from `mark` to each stamp of `picked` proxies, sorted.
+fn delays(stamps: &[Arc<Stamps>], picked: &[usize], mark: u64, endpoint: bool) -> Vec<f64> {
+    let mut ms: Vec<f64> = picked
+        .iter()
+        .map(|&i| {
+            let s = &stamps[i];
+            let at = if endpoint { &s.endpoint } else { &s.route };
+            at.load(Ordering::SeqCst).saturating_sub(mark) as f64 / 1000.0
+        })
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
+}
+
+/// The running world of one scale run: pilot, the proxies' runtime and
+/// what they report.
+struct Run {
+    scale: Scale,
+    pilot: std::process::Child,
+    registry: std::path::PathBuf,
+    store: std::path::PathBuf,
+    rt: Option<tokio::runtime::Runtime>,
+    probe: Arc<Probe>,
+    stamps: Vec<Arc<Stamps>>,
+    epoch: Instant,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Run {
+    /// The simulated proxies go first, so none reports pilot's exit.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        let _ = self.pilot.kill();
+        let _ = self.pilot.wait();
+    }
+}
+
+impl Run {
+    fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// Proxies whose scope holds `svc-0`, the service both changes touch.
+    fn affected(&self) -> Vec<usize> {
+        let Scale {
+            proxies,
+            services,
+            scope,
+        } = self.scale;
+        (0..proxies)
+            .filter(|&i| scope == 0 || scope_of(i % services, services, scope).any(|t| t == 0))
+            .collect()
+    }
+
+    /// A 50/50 split of svc-0: ms to each affected proxy's new routes,
+    /// and how many proxies outside the scope got routes anyway.
+    fn route_change(&self, affected: &[usize]) -> anyhow::Result<(Vec<f64>, usize)> {
+        let rule = "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: svc-0-split}\nspec:\n  destination: {name: svc-0}\n  route:\n  - labels: {version: v1}\n    weight: 50\n  - labels: {version: v2}\n    weight: 50\n";
+        let mark = self.now();
+        self.probe.route_mark.store(mark, Ordering::SeqCst);
+        create_rules(&self.store, "scale.yaml", rule)?;
+        wait_until("every affected proxy got the new routes", || {
+            affected
+                .iter()
+                .all(|&i| self.stamps[i].route.load(Ordering::SeqCst) != 0)
+        })?;
+        let ms = delays(&self.stamps, affected, mark, false);
+        let outside = self
+            .stamps
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.route.load(Ordering::SeqCst) != 0 && !affected.contains(i))
+            .count();
+        Ok((ms, outside))
+    }
+
+    /// [`ENDPOINT_CHANGES`] workloads added to svc-0, one at a time: ms to
+    /// each affected proxy's new endpoints, and pilot's CPU ms per change.
+    fn endpoint_changes(&self, affected: &[usize]) -> anyhow::Result<(Vec<f64>, f64)> {
+        let Scale {
+            proxies, services, ..
+        } = self.scale;
+        let mut ms = Vec::new();
+        let cpu_before = procfs::cpu_seconds(self.pilot.id());
+        for extra in 1..=ENDPOINT_CHANGES {
+            for s in &self.stamps {
+                s.endpoint.store(0, Ordering::SeqCst);
+            }
+            let mark = self.now();
+            self.probe.endpoint_mark.store(mark, Ordering::SeqCst);
+            write_registry(&self.registry, &registry(services, proxies, extra))?;
+            wait_until("every affected proxy got the new endpoints", || {
+                affected
+                    .iter()
+                    .all(|&i| self.stamps[i].endpoint.load(Ordering::SeqCst) != 0)
+            })?;
+            ms.extend(delays(&self.stamps, affected, mark, true));
+        }
+        let cpu = procfs::cpu_seconds(self.pilot.id()) - cpu_before;
+        ms.sort_by(|a, b| a.total_cmp(b));
+        Ok((ms, cpu * 1000.0 / ENDPOINT_CHANGES as f64))
+    }
+}
+
+/// Starts pilot over the scale's registry (and Sidecars), then the proxies.
+fn start(pilot: &Path, scale: Scale) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let reg = dir.path().join("registry.yaml");
-    std::fs::write(&reg, registry(services, proxies))?;
+    std::fs::write(&reg, registry(scale.services, scale.proxies, 0))?;
     let store = dir.path().join("store");
-    let (mut child, xds) = start_pilot(Command::new(pilot), &store, &reg)?;
-    let pid = child.id();
+    if scale.scope > 0 {
+        create_rules(
+            &store,
+            "sidecars.yaml",
+            &sidecars(scale.services, scale.scope),
+        )?;
+    }
+    let (child, xds) = start_pilot(Command::new(pilot), &store, &reg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let probe: Arc<Probe> = Arc::default();
+    let stamps: Vec<Arc<Stamps>> = (0..scale.proxies).map(|_| Arc::default()).collect();
     let epoch = Instant::now();
-    let synced = Arc::new(AtomicUsize::new(0));
-    let mark = Arc::new(AtomicU64::new(0));
-    let stamps: Vec<Arc<AtomicU64>> = (0..proxies).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    for (i, stamp) in stamps.iter().enumerate() {
-        rt.spawn(proxy(
+    for (i, own) in stamps.iter().enumerate() {
+        let task = proxy(
             xds.clone(),
             i,
-            services,
-            synced.clone(),
-            mark.clone(),
-            stamp.clone(),
+            scale.services,
+            probe.clone(),
+            own.clone(),
             epoch,
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while synced.load(Ordering::SeqCst) < proxies {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {proxies} proxies synced in 300 s",
-            synced.load(Ordering::SeqCst)
         );
-        std::thread::sleep(Duration::from_millis(10));
+        rt.spawn(task);
     }
-    let initial_sync_s = epoch.elapsed().as_secs_f64();
-    // The rule: svc-0 (which every proxy may call) gets a 50/50 split.
-    let rule = "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: svc-0-split}\nspec:\n  destination: {name: svc-0}\n  route:\n  - labels: {version: v1}\n    weight: 50\n  - labels: {version: v2}\n    weight: 50\n";
-    let loaded = mesh_rules::load(&[mesh_rules::Source {
-        name: "scale.yaml",
-        text: rule,
-    }])
-    .map_err(|d| anyhow::anyhow!("{d}"))?;
-    let written = epoch.elapsed().as_micros() as u64;
-    mark.store(written.max(1), Ordering::SeqCst);
-    mesh_pilot::store::LocalStore::new(&store).apply_blocking(vec![
-        mesh_pilot::store::Change::Create(loaded.rules[0].value.clone()),
-    ])?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while stamps.iter().any(|s| s.load(Ordering::SeqCst) == 0) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not every proxy got the change in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut ms: Vec<f64> = stamps
-        .iter()
-        .map(|s| (s.load(Ordering::SeqCst).saturating_sub(written)) as f64 / 1000.0)
-        .collect();
-    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(Run {
+        scale,
+        pilot: child,
+        registry: reg,
+        store,
+        rt: Some(rt),
+        probe,
+        stamps,
+        epoch,
+        _dir: dir,
+    })
+}
+
+/// Runs the scale benchmark with the pilot binary at `pilot`.
+pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
+    let run = start(pilot, scale)?;
+    wait_until("every proxy synced", || {
+        run.probe.synced.load(Ordering::SeqCst) == scale.proxies
+    })?;
+    let initial_sync_s = run.epoch.elapsed().as_secs_f64();
+    let affected = run.affected();
+    let (route, outside) = run.route_change(&affected)?;
+    let (endpoint, cpu_ms) = run.endpoint_changes(&affected)?;
+    let pid = run.pilot.id();
     let report = ScaleReport {
-        proxies,
-        services,
+        proxies: scale.proxies,
+        services: scale.services,
+        scoped: scale.scope > 0,
+        services_per_proxy: if scale.scope > 0 {
+            scale.scope.min(scale.services)
+        } else {
+            scale.services
+        },
         initial_sync_s,
-        push_p50_ms: percentile(&ms, 0.5),
-        push_p99_ms: percentile(&ms, 0.99),
-        push_max_ms: ms.last().copied().unwrap_or(0.0),
-        pilot_peak_rss_mb: procfs::peak_rss_mb(pid),
+        route_affected_proxies: affected.len(),
+        route_push_p50_ms: percentile(&route, 0.5),
+        route_push_p99_ms: percentile(&route, 0.99),
+        route_push_max_ms: route.last().copied().unwrap_or(0.0),
+        route_pushes_outside_scope: outside,
+        endpoint_push_p50_ms: percentile(&endpoint, 0.5),
+        endpoint_push_p99_ms: percentile(&endpoint, 0.99),
+        cpu_ms_per_endpoint_change: cpu_ms,
+        pilot_rss_bytes: (procfs::peak_rss_mb(pid) * 1024.0 * 1024.0) as u64,
         pilot_cpu_s: procfs::cpu_seconds(pid),
+        bytes_sent: run.probe.bytes.load(Ordering::Relaxed),
     };
-    // The simulated proxies go first, so none reports pilot's exit.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(run);
     Ok(report)
 }

@@ -169,7 +169,8 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             | Spec::ServiceEntry(_)
             | Spec::HttpRoute(_)
             | Spec::PeerAuthentication(_)
-            | Spec::AuthorizationPolicy(_) => {}
+            | Spec::AuthorizationPolicy(_)
+            | Spec::Sidecar(_) => {}
         }
     }
     out

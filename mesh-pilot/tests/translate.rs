@@ -1088,3 +1088,76 @@ fn a_rule_source_names_the_calling_service() {
         "svca's labels in another namespace"
     );
 }
+
+/// A Sidecar scopes what a proxy gets: svca's proxy holds svcb and
+/// nothing else (not its own service, not the outside host an egress rule
+/// opens); svcb's proxy, which no Sidecar selects, still holds everything;
+/// a namespace-wide Sidecar in the root namespace covers the rest.
+#[test]
+fn a_sidecar_scopes_what_a_proxy_gets() {
+    let files = ["today/sidecar-svca.yaml", "enable-svcb-engress-rule.yaml"];
+    let expanded = mesh_rules::convert::expand(&rules(&files));
+    let registry = registry();
+    let inputs = Inputs {
+        registry: &registry,
+        rules: &expanded,
+        mesh: &MeshConfig::default(),
+    };
+    let clusters = |r: &Resources| -> Vec<String> {
+        r.clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| n.starts_with("outbound|"))
+            .collect()
+    };
+    let hosts = |r: &Resources| -> Vec<String> {
+        r.routes
+            .iter()
+            .filter(|rc| rc.name == "0.0.0.0_80")
+            .flat_map(|rc| &rc.virtual_hosts)
+            .map(|vh| vh.name.clone())
+            .filter(|n| n != "allow_any_or_refuse")
+            .collect()
+    };
+    let svca = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
+    assert_eq!(
+        clusters(&svca),
+        ["outbound|80||svcb.default.svc.cluster.local"],
+        "svca's proxy holds svcb only"
+    );
+    assert_eq!(hosts(&svca), ["svcb.default.svc.cluster.local:80"]);
+    let svcb = translate(&inputs, &node("10.250.0.3", "svcb", "v0.1"));
+    let all = clusters(&svcb);
+    for wanted in [
+        "outbound|80||svca.default.svc.cluster.local",
+        "outbound|80||svcb.default.svc.cluster.local",
+        "outbound|9997||10.100.35.27",
+    ] {
+        assert!(all.iter().any(|c| c == wanted), "{wanted} in {all:?}");
+    }
+    // A mesh-wide Sidecar (root namespace, no selector) covers svcb's
+    // proxy too; svca's own Sidecar still wins for svca.
+    let mesh_wide = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: mesh-system}\nspec:\n  egress:\n  - hosts: [\"*/10.100.35.27\"]\n";
+    let mut with_default = expanded.clone();
+    with_default.extend(
+        load(&[Source {
+            name: "mesh-wide.yaml",
+            text: mesh_wide,
+        }])
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|r| r.value),
+    );
+    let inputs = Inputs {
+        rules: &with_default,
+        ..inputs
+    };
+    let svcb = translate(&inputs, &node("10.250.0.3", "svcb", "v0.1"));
+    assert_eq!(clusters(&svcb), ["outbound|9997||10.100.35.27"]);
+    let svca = translate(&inputs, &node(SVCA.0, SVCA.1, SVCA.2));
+    assert_eq!(
+        clusters(&svca),
+        ["outbound|80||svcb.default.svc.cluster.local"]
+    );
+}

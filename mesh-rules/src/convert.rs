@@ -79,7 +79,8 @@ pub fn expand(rules: &[Rule]) -> Vec<Rule> {
             | Spec::DestinationPolicy(_)
             | Spec::EgressRule(_)
             | Spec::PeerAuthentication(_)
-            | Spec::AuthorizationPolicy(_) => {
+            | Spec::AuthorizationPolicy(_)
+            | Spec::Sidecar(_) => {
                 out.push(rule.clone());
             }
             Spec::VirtualService(v) => virtual_service(rule, v, &subsets, &mut out),

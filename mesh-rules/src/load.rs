@@ -220,6 +220,9 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldErro
         Kind::AuthorizationPolicy => typed(value)
             .map(|(m, s)| (m, Spec::AuthorizationPolicy(s)))
             .map_err(one)?,
+        Kind::Sidecar => typed(value)
+            .map(|(m, s)| (m, Spec::Sidecar(s)))
+            .map_err(one)?,
     };
     if checks == Checks::All {
         let mut c = Checker::default();

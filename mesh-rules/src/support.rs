@@ -44,6 +44,7 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
         Spec::HttpRoute(r) => crate::support_networking::http_route_gamma(&mut out, &root, r),
         Spec::PeerAuthentication(_) => {}
         Spec::AuthorizationPolicy(a) => authorization_policy(&mut out, &root, a),
+        Spec::Sidecar(s) => sidecar(&mut out, &root, s),
     }
     out
 }
@@ -247,6 +248,50 @@ fn authorization_policy(
                 ],
             );
         }
+    }
+}
+
+/// The Sidecar's fields beyond one list of hosts and the outbound mode.
+fn sidecar(out: &mut Vec<FieldError>, root: &FieldPath, s: &crate::rules::sidecar::Sidecar) {
+    refuse_set(
+        out,
+        root,
+        &[
+            ("ingress", s.ingress.is_some(), "inbound listeners"),
+            (
+                "inboundConnectionPool",
+                s.inbound_connection_pool.is_some(),
+                "inbound connection pool settings",
+            ),
+        ],
+    );
+    if let Some(p) = &s.outbound_traffic_policy {
+        let at = root.key("outboundTrafficPolicy");
+        refuse_set(
+            out,
+            &at,
+            &[("egressProxy", p.egress_proxy.is_some(), "an egress proxy")],
+        );
+    }
+    for (i, e) in s.egress.iter().enumerate() {
+        let at = root.key("egress").index(i);
+        refuse_set(
+            out,
+            &at,
+            &[
+                ("port", e.port.is_some(), "egress listeners for one port"),
+                (
+                    "bind",
+                    e.bind.is_some(),
+                    "the address an egress listener binds",
+                ),
+                (
+                    "captureMode",
+                    e.capture_mode.is_some(),
+                    "capture mode per listener",
+                ),
+            ],
+        );
     }
 }
 

@@ -492,7 +492,7 @@ fn todays_kinds_are_refused_precisely() {
             "{name}:24:24: document 2: spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName: not supported yet: affinity by query parameter; {refused}"
         ),
         format!(
-            "{name}:27:7: document 3: kind: unknown kind `Gateway` in networking.istio.io/v1: allowed kinds are VirtualService, DestinationRule, ServiceEntry"
+            "{name}:27:7: document 3: kind: unknown kind `Gateway` in networking.istio.io/v1: allowed kinds are VirtualService, DestinationRule, ServiceEntry, Sidecar"
         ),
         format!(
             "{name}:32:13: document 4: apiVersion: unknown apiVersion `config.istio.io/v1alpha2` for kind VirtualService: use networking.istio.io/v1 or networking.istio.io/v1beta1 or networking.istio.io/v1alpha3"
@@ -654,6 +654,36 @@ fn security_policies_are_checked_field_by_field() {
         &[
             "rule.yaml:6:3: document 1: spec.action: not supported yet: CUSTOM (external authorizers); the rule is refused rather than stored and ignored",
             "rule.yaml:10:9: document 1: spec.rules[0].from[0].source.ipBlocks: not supported yet: callers by address or end-user token; the rule is refused rather than stored and ignored",
+        ],
+    );
+}
+
+/// A Sidecar's hosts are `namespace/host`, in one egress entry; what it
+/// cannot act on yet is refused by name.
+#[test]
+fn sidecar_hosts_and_refusals() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  egress:\n  - hosts: [svcb, ./svcb.default.svc.cluster.local]\n  - hosts: [\"*/*\"]\n  outboundTrafficPolicy:\n    mode: OPEN\n";
+    let how = "write `namespace/host` (`./*`, `*/*`, `prod/svcb.prod.svc.cluster.local`, `*/*.example.com`)";
+    assert_problems(
+        text,
+        &[
+            &format!("rule.yaml:7:13: document 1: spec.egress[0].hosts[0]: `svcb` is not a host entry: it has no namespace; {how}"),
+            "rule.yaml:8:5: document 1: spec.egress[1]: only one egress entry is supported (several need `port`, which is not supported yet): list every host in the first",
+            "rule.yaml:10:11: document 1: spec.outboundTrafficPolicy.mode: `OPEN` is not an outbound mode: use REGISTRY_ONLY or ALLOW_ANY",
+        ],
+    );
+    let empty = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  workloadSelector:\n    labels: {app: svca}\n";
+    assert_problems(
+        empty,
+        &["rule.yaml:5:1: document 1: spec.egress: a Sidecar needs one `egress` entry listing the `hosts` its workloads call (`./*` for their own namespace, `*/*` for every host)"],
+    );
+    let refused = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  ingress:\n  - port: {number: 8080}\n  egress:\n  - hosts: [./*]\n    port: {number: 80}\n";
+    let not_yet = "the rule is refused rather than stored and ignored";
+    assert_problems(
+        refused,
+        &[
+            &format!("rule.yaml:6:3: document 1: spec.ingress: not supported yet: inbound listeners; {not_yet}"),
+            &format!("rule.yaml:10:5: document 1: spec.egress[0].port: not supported yet: egress listeners for one port; {not_yet}"),
         ],
     );
 }

@@ -204,6 +204,7 @@ spec:
         assert!(endpoints.contains(&format!("{ip}:8080")), "{endpoints}");
     }
 
+    sidecar_scope(&mesh, &client, &msgd, proxy);
     faults(&mut mesh, &client, proxy);
     circuit_breaker(&mesh, &client, proxy);
     mirror(&mesh, &client, &v2, proxy);
@@ -213,6 +214,41 @@ spec:
         mesh.world.escaped_packets().unwrap(),
         0,
         "a packet to {VIP_CIDR} escaped capture"
+    );
+}
+
+/// A Sidecar scopes the client's proxy: with only the outside host in its
+/// list, svcb is refused as an unknown host is, and the outside host still
+/// answers; with its whole namespace (`./*`), svcb answers again.
+fn sidecar_scope(mesh: &Mesh, client: &Pod, msgd: &Pod, proxy: Sidecar) {
+    let scoped = |hosts: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: client-scope\nspec:\n  workloadSelector:\n    labels: {{app: svca}}\n  egress:\n  - hosts: [\"{hosts}\"]\n"
+        )
+    };
+    let send = format!("http://{}:9997/send?msg=scoped", msgd.ip);
+    let revision = mesh
+        .apply_rules("create", &scoped(&format!("./{}", msgd.ip)))
+        .unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    let (_, out) = mesh.curl(client, &["-w", "\n%{http_code}", "http://svcb/notify"]);
+    assert!(
+        !out.contains("service_b") && !out.ends_with("200"),
+        "{proxy:?}: svcb answered outside the proxy's scope: {out}"
+    );
+    let (code, out) = mesh.curl(client, &[&send]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Msgd recv msg ok, msg= scoped\n"),
+        "{proxy:?}: the host in scope"
+    );
+    let revision = mesh.apply_rules("replace", &scoped("./*")).unwrap();
+    mesh.wait_synced(client, revision).unwrap();
+    let bodies = calls(mesh, client, 20, &[]);
+    assert_eq!(
+        count(&bodies, "svcb-v0.2"),
+        20,
+        "{proxy:?}: svcb back in scope: {bodies:?}"
     );
 }
 

@@ -34,6 +34,7 @@ use mesh_proto::envoy::config::route::v3::RouteConfiguration;
 use mesh_rules::registry::{
     DEFAULT_DOMAIN, Protocol, Registry, Service, ServicePort, Workload, labels_match,
 };
+use mesh_rules::rules::sidecar::{self, Sidecar};
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
@@ -253,6 +254,20 @@ fn proxy_ip(node: &ProxyNode) -> IpAddr {
     node.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
+/// The Sidecar that scopes `node`'s outbound configuration, if any.
+fn scope<'a>(inputs: &Inputs<'a>, node: &ProxyNode) -> Option<(&'a Rule, &'a Sidecar)> {
+    sidecar::covering(inputs.rules, &node.namespace, &node.labels)
+}
+
+/// The mesh's outbound policy, unless `node`'s Sidecar sets its own.
+fn outbound_policy(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundPolicy {
+    match scope(inputs, node).and_then(|(_, s)| s.allow_any()) {
+        Some(true) => OutboundPolicy::AllowAny,
+        Some(false) => OutboundPolicy::RegistryOnly,
+        None => inputs.mesh.outbound,
+    }
+}
+
 fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
     let mode = match node.interception {
         Interception::Capture => build::Mode::Capture,
@@ -261,7 +276,7 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
             app: app_ip,
         },
     };
-    build::Builder::new(inputs.mesh.outbound, &node.namespace, mode)
+    build::Builder::new(outbound_policy(inputs, node), &node.namespace, mode)
         .with_tracing(&inputs.mesh.tracing)
         .with_access_log(inputs.mesh.access_log)
         .with_locality(mesh_rules::registry::Locality::of(&node.labels))
@@ -274,7 +289,8 @@ pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
 }
 
 /// What a proxy's outbound configuration depends on besides the inputs:
-/// its namespace and which route rules' `match.source` it satisfies.
+/// its namespace, which route rules' `match.source` it satisfies and
+/// which Sidecar scopes it.
 /// Proxies with equal keys get equal outbound resources, so pilot
 /// translates once per key, not once per proxy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -289,6 +305,8 @@ pub struct OutboundKey {
     pub kind: ProxyKind,
     /// Where it runs (the failover order of endpoints depends on it).
     pub locality: mesh_rules::registry::Locality,
+    /// The Sidecar that scopes it (its place among the rules).
+    pub scope: Option<usize>,
 }
 
 /// The outbound key of `node`.
@@ -315,6 +333,8 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
         },
         kind: node.kind,
         locality: mesh_rules::registry::Locality::of(&node.labels),
+        scope: scope(inputs, node)
+            .and_then(|(rule, _)| inputs.rules.iter().position(|r| std::ptr::eq(r, rule))),
     }
 }
 
@@ -345,8 +365,15 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
             _ => None,
         })
         .collect();
+    // What the proxy's Sidecar lets it call (everything without one).
+    let scope = scope(inputs, node).map(|(rule, s)| s.scope(rule.metadata.namespace()));
+    let in_scope =
+        |namespace: &str, host: &str| scope.as_ref().is_none_or(|s| s.admits(namespace, host));
     for service in &inputs.registry.services {
         let host = service.host(domain).to_string();
+        if !in_scope(&service.namespace, &host) {
+            continue;
+        }
         let endpoints: Vec<&Workload> = inputs.registry.endpoints(service).collect();
         for port in &service.ports {
             let mut rules: Vec<(&RouteRule, &str)> = route_rules
@@ -394,7 +421,12 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         }
     }
     for rule in inputs.rules {
-        if let Spec::EgressRule(e) = &rule.spec {
+        if let Spec::EgressRule(e) = &rule.spec
+            && e.destination
+                .service
+                .as_deref()
+                .is_some_and(|host| in_scope(rule.metadata.namespace(), host))
+        {
             egress(b, e);
         }
     }

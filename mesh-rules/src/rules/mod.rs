@@ -9,6 +9,7 @@ pub mod networking;
 mod rate_limit;
 mod route_rule;
 pub mod security;
+pub mod sidecar;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,11 +56,13 @@ pub enum Kind {
     PeerAuthentication,
     /// Who may call workloads, and how.
     AuthorizationPolicy,
+    /// Which hosts a workload's proxy may call (its configuration's scope).
+    Sidecar,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::RouteRule,
         Kind::DestinationPolicy,
         Kind::EgressRule,
@@ -69,6 +72,7 @@ impl Kind {
         Kind::HttpRoute,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::Sidecar,
     ];
 
     /// The apiVersions the kind is written with.
@@ -79,6 +83,7 @@ impl Kind {
                 &networking::NETWORKING_API_VERSIONS
             }
             Kind::HttpRoute => &gateway::GATEWAY_API_VERSIONS,
+            Kind::Sidecar => &sidecar::SIDECAR_API_VERSIONS,
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &security::SECURITY_API_VERSIONS
             }
@@ -97,6 +102,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -112,6 +118,7 @@ impl Kind {
             Kind::HttpRoute => "http-route",
             Kind::PeerAuthentication => "peer-authentication",
             Kind::AuthorizationPolicy => "authorization-policy",
+            Kind::Sidecar => "sidecar",
         }
     }
 
@@ -273,6 +280,8 @@ pub enum Spec {
     PeerAuthentication(security::PeerAuthentication),
     /// An AuthorizationPolicy.
     AuthorizationPolicy(security::AuthorizationPolicy),
+    /// A Sidecar.
+    Sidecar(sidecar::Sidecar),
 }
 
 impl Spec {
@@ -288,6 +297,7 @@ impl Spec {
             Spec::HttpRoute(_) => Kind::HttpRoute,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::Sidecar(_) => Kind::Sidecar,
         }
     }
 
@@ -302,6 +312,7 @@ impl Spec {
             Spec::HttpRoute(r) => r.check(c, path),
             Spec::PeerAuthentication(r) => r.check(c, path),
             Spec::AuthorizationPolicy(r) => r.check(c, path),
+            Spec::Sidecar(r) => r.check(c, path),
         }
     }
 }
@@ -372,7 +383,7 @@ impl Rule {
             Spec::HttpRoute(r) => {
                 crate::convert::parent_service(r.parent_refs.first()?, ns).host(ns)
             }
-            Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) => None,
+            Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) | Spec::Sidecar(_) => None,
         }
     }
 
@@ -389,6 +400,7 @@ impl Rule {
             Spec::HttpRoute(s) => serde_json::to_value(s),
             Spec::PeerAuthentication(s) => serde_json::to_value(s),
             Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
+            Spec::Sidecar(s) => serde_json::to_value(s),
         }
         .expect("rule specs serialize to JSON");
         serde_json::json!({
