@@ -23,6 +23,9 @@ pub struct World {
     pub rules_revision: u64,
     /// Services and workloads (file registry plus registered proxies).
     pub registry: Registry,
+    /// The registry indexed for translation (built once, read by every
+    /// proxy's).
+    pub index: crate::translate::Index,
     /// The rules.
     pub rules: Vec<Rule>,
     /// The workloads (namespace, address) with a connected sidecar; the
@@ -132,29 +135,38 @@ impl Inputs {
 
     fn world(&self, generation: u64) -> World {
         let mut registry = self.file.clone();
+        // The file registry's description of the same instance wins.
+        let known: std::collections::HashSet<(&str, std::net::IpAddr)> = self
+            .file
+            .workloads
+            .iter()
+            .map(|k| (k.namespace.as_str(), k.address))
+            .collect();
         for (_, w) in self.registered.values() {
-            // The file registry's description of the same instance wins.
-            let known = registry
-                .workloads
-                .iter()
-                .any(|k| k.address == w.address && k.namespace == w.namespace);
-            if !known {
+            if !known.contains(&(w.namespace.as_str(), w.address)) {
                 registry.workloads.push(w.clone());
             }
         }
+        // Today's Istio kinds in terms of the 0.4 ones the translator reads.
+        let rules = mesh_rules::convert::expand(
+            &self
+                .rules
+                .rules
+                .values()
+                .map(|s| s.rule.clone())
+                .collect::<Vec<_>>(),
+        );
+        let index = crate::translate::Index::of(&crate::translate::Inputs {
+            registry: &registry,
+            rules: &rules,
+            mesh: &self.mesh,
+        });
         World {
             generation,
             rules_revision: self.rules.revision,
             registry,
-            // Today's Istio kinds in terms of the 0.4 ones the translator reads.
-            rules: mesh_rules::convert::expand(
-                &self
-                    .rules
-                    .rules
-                    .values()
-                    .map(|s| s.rule.clone())
-                    .collect::<Vec<_>>(),
-            ),
+            index,
+            rules,
             sidecars: self
                 .registered
                 .values()

@@ -164,9 +164,10 @@ fn golden_with(
         rules: &rules,
         mesh,
     };
+    let index = mesh_pilot::translate::Index::of(&inputs);
     let (outbound, inbound) = (
-        mesh_pilot::translate::translate_outbound(&inputs, node),
-        mesh_pilot::translate::translate_inbound(&inputs, node),
+        mesh_pilot::translate::translate_outbound(&inputs, &index, node),
+        mesh_pilot::translate::translate_inbound(&inputs, &index, node),
     );
     let names = |r: &Resources| -> std::collections::BTreeSet<String> {
         r.listeners
@@ -1069,7 +1070,8 @@ fn a_rule_source_names_the_calling_service() {
         rules: &rules,
         mesh: &mesh,
     };
-    let key = |n: &ProxyNode| mesh_pilot::translate::outbound_key(&inputs, n).sources;
+    let index = mesh_pilot::translate::Index::of(&inputs);
+    let key = |n: &ProxyNode| mesh_pilot::translate::outbound_key(&inputs, &index, n).sources;
     assert_eq!(
         key(&node(SVCA.0, SVCA.1, SVCA.2)),
         [true],

@@ -667,7 +667,9 @@ fn sidecar_hosts_and_refusals() {
     assert_problems(
         text,
         &[
-            &format!("rule.yaml:7:13: document 1: spec.egress[0].hosts[0]: `svcb` is not a host entry: it has no namespace; {how}"),
+            &format!(
+                "rule.yaml:7:13: document 1: spec.egress[0].hosts[0]: `svcb` is not a host entry: it has no namespace; {how}"
+            ),
             "rule.yaml:8:5: document 1: spec.egress[1]: only one egress entry is supported (several need `port`, which is not supported yet): list every host in the first",
             "rule.yaml:10:11: document 1: spec.outboundTrafficPolicy.mode: `OPEN` is not an outbound mode: use REGISTRY_ONLY or ALLOW_ANY",
         ],
@@ -675,15 +677,21 @@ fn sidecar_hosts_and_refusals() {
     let empty = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  workloadSelector:\n    labels: {app: svca}\n";
     assert_problems(
         empty,
-        &["rule.yaml:5:1: document 1: spec.egress: a Sidecar needs one `egress` entry listing the `hosts` its workloads call (`./*` for their own namespace, `*/*` for every host)"],
+        &[
+            "rule.yaml:5:1: document 1: spec.egress: a Sidecar needs one `egress` entry listing the `hosts` its workloads call (`./*` for their own namespace, `*/*` for every host)",
+        ],
     );
     let refused = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\nspec:\n  ingress:\n  - port: {number: 8080}\n  egress:\n  - hosts: [./*]\n    port: {number: 80}\n";
     let not_yet = "the rule is refused rather than stored and ignored";
     assert_problems(
         refused,
         &[
-            &format!("rule.yaml:6:3: document 1: spec.ingress: not supported yet: inbound listeners; {not_yet}"),
-            &format!("rule.yaml:10:5: document 1: spec.egress[0].port: not supported yet: egress listeners for one port; {not_yet}"),
+            &format!(
+                "rule.yaml:6:3: document 1: spec.ingress: not supported yet: inbound listeners; {not_yet}"
+            ),
+            &format!(
+                "rule.yaml:10:5: document 1: spec.egress[0].port: not supported yet: egress listeners for one port; {not_yet}"
+            ),
         ],
     );
 }

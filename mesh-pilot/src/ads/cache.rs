@@ -210,11 +210,11 @@ impl OutboundCache {
             rules: &world.rules,
             mesh: &world.mesh,
         };
-        let key = outbound_key(&inputs, node);
+        let key = outbound_key(&inputs, &world.index, node);
         let shared = self.translations.get_or_build(key, world.generation, || {
-            Arc::new(by_type(translate_outbound(&inputs, node)))
+            Arc::new(by_type(translate_outbound(&inputs, &world.index, node)))
         });
-        let own = by_type(translate_inbound(&inputs, node));
+        let own = by_type(translate_inbound(&inputs, &world.index, node));
         XdsType::PUSH_ORDER
             .into_iter()
             .map(|t| {

@@ -21,6 +21,7 @@
 mod authz;
 mod build;
 mod filters;
+mod index;
 mod policy;
 mod tls;
 
@@ -34,11 +35,12 @@ use mesh_proto::envoy::config::route::v3::RouteConfiguration;
 use mesh_rules::registry::{
     DEFAULT_DOMAIN, Protocol, Registry, Service, ServicePort, Workload, labels_match,
 };
-use mesh_rules::rules::sidecar::{self, Sidecar};
+use mesh_rules::rules::sidecar::Sidecar;
 use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, TRACE_CLUSTER};
+pub use index::Index;
 pub use mesh_proto::node::ProxyKind;
 pub use tls::MtlsMode;
 
@@ -255,20 +257,26 @@ fn proxy_ip(node: &ProxyNode) -> IpAddr {
 }
 
 /// The Sidecar that scopes `node`'s outbound configuration, if any.
-fn scope<'a>(inputs: &Inputs<'a>, node: &ProxyNode) -> Option<(&'a Rule, &'a Sidecar)> {
-    sidecar::covering(inputs.rules, &node.namespace, &node.labels)
+fn scope<'a>(
+    inputs: &Inputs<'a>,
+    index: &Index,
+    node: &ProxyNode,
+) -> Option<(&'a Rule, &'a Sidecar)> {
+    index
+        .sidecars
+        .covering(inputs.rules, &node.namespace, &node.labels)
 }
 
 /// The mesh's outbound policy, unless `node`'s Sidecar sets its own.
-fn outbound_policy(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundPolicy {
-    match scope(inputs, node).and_then(|(_, s)| s.allow_any()) {
+fn outbound_policy(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> OutboundPolicy {
+    match scope(inputs, index, node).and_then(|(_, s)| s.allow_any()) {
         Some(true) => OutboundPolicy::AllowAny,
         Some(false) => OutboundPolicy::RegistryOnly,
         None => inputs.mesh.outbound,
     }
 }
 
-fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
+fn builder(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> build::Builder {
     let mode = match node.interception {
         Interception::Capture => build::Mode::Capture,
         Interception::Explicit { app_ip } => build::Mode::Explicit {
@@ -276,7 +284,7 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
             app: app_ip,
         },
     };
-    build::Builder::new(outbound_policy(inputs, node), &node.namespace, mode)
+    build::Builder::new(outbound_policy(inputs, index, node), &node.namespace, mode)
         .with_tracing(&inputs.mesh.tracing)
         .with_access_log(inputs.mesh.access_log)
         .with_locality(mesh_rules::registry::Locality::of(&node.labels))
@@ -285,7 +293,8 @@ fn builder(inputs: &Inputs<'_>, node: &ProxyNode) -> build::Builder {
 /// Translates for one proxy: [`translate_outbound`] and
 /// [`translate_inbound`] together.
 pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    translate_outbound(inputs, node).merge(translate_inbound(inputs, node))
+    let index = Index::of(inputs);
+    translate_outbound(inputs, &index, node).merge(translate_inbound(inputs, &index, node))
 }
 
 /// What a proxy's outbound configuration depends on besides the inputs:
@@ -310,7 +319,7 @@ pub struct OutboundKey {
 }
 
 /// The outbound key of `node`.
-pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
+pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> OutboundKey {
     let sources = inputs
         .rules
         .iter()
@@ -333,7 +342,7 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
         },
         kind: node.kind,
         locality: mesh_rules::registry::Locality::of(&node.labels),
-        scope: scope(inputs, node)
+        scope: scope(inputs, index, node)
             .and_then(|(rule, _)| inputs.rules.iter().position(|r| std::ptr::eq(r, rule))),
     }
 }
@@ -341,22 +350,23 @@ pub fn outbound_key(inputs: &Inputs<'_>, node: &ProxyNode) -> OutboundKey {
 /// The resources every proxy with `node`'s [`OutboundKey`] shares: capture
 /// listeners (or the explicit proxy listener), outbound listeners, routes
 /// and clusters, egress.
-pub fn translate_outbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = builder(inputs, node);
-    outbound(&mut b, inputs, node);
+pub fn translate_outbound(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Resources {
+    debug_assert!(index.fits(inputs.registry), "an index of other inputs");
+    let mut b = builder(inputs, index, node);
+    outbound(&mut b, inputs, index, node);
     b.finish_outbound()
 }
 
 /// The resources of `node`'s own workload only: inbound listeners
 /// `<ip>_<port>`, their routes, and their clusters `inbound|<port>||`.
-pub fn translate_inbound(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
-    let mut b = builder(inputs, node);
-    inbound(&mut b, inputs, node);
+pub fn translate_inbound(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Resources {
+    debug_assert!(index.fits(inputs.registry), "an index of other inputs");
+    let mut b = builder(inputs, index, node);
+    inbound(&mut b, inputs, index, node);
     b.finish_inbound()
 }
 
-fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
-    let domain = &inputs.mesh.domain;
+fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) {
     let route_rules: Vec<(&RouteRule, &str)> = inputs
         .rules
         .iter()
@@ -366,15 +376,19 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
         })
         .collect();
     // What the proxy's Sidecar lets it call (everything without one).
-    let scope = scope(inputs, node).map(|(rule, s)| s.scope(rule.metadata.namespace()));
+    let scope = scope(inputs, index, node).map(|(rule, s)| s.scope(rule.metadata.namespace()));
     let in_scope =
         |namespace: &str, host: &str| scope.as_ref().is_none_or(|s| s.admits(namespace, host));
-    for service in &inputs.registry.services {
-        let host = service.host(domain).to_string();
-        if !in_scope(&service.namespace, &host) {
+    // A scope of exact names: look those up rather than ask of every service.
+    let services: Box<dyn Iterator<Item = _>> = match scope.as_ref().and_then(|s| s.exact_hosts()) {
+        Some(hosts) => Box::new(index.services_named(inputs.registry, hosts)),
+        None => Box::new(index.services(inputs.registry)),
+    };
+    for (service, host, endpoints) in services {
+        if !in_scope(&service.namespace, host) {
             continue;
         }
-        let endpoints: Vec<&Workload> = inputs.registry.endpoints(service).collect();
+        let endpoints: Vec<&Workload> = endpoints.iter().collect();
         for port in &service.ports {
             let mut rules: Vec<(&RouteRule, &str)> = route_rules
                 .iter()
@@ -387,7 +401,7 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 service,
                 port,
                 service_protocol(port),
-                &host,
+                host,
                 &endpoints,
                 &rules,
             );
@@ -416,7 +430,7 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                     Some(p) if !p.is_http() => &[],
                     _ => &["http/1.1"],
                 };
-                b.secure_service(port.port, &host, &peers, alpn, secret_source(node));
+                b.secure_service(port.port, host, &peers, alpn, secret_source(node));
             }
         }
     }
@@ -478,15 +492,14 @@ fn secret_source(node: &ProxyNode) -> tls::SecretSource {
     }
 }
 
-fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
+fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) {
     let Some(ip) = node.ip else { return };
-    for service in &inputs.registry.services {
+    for (service, host, endpoints) in index.services(inputs.registry) {
         // This proxy's own workload behind the service.
         let own = labels_match(&service.selector, &node.labels)
-            && inputs.registry.endpoints(service).any(|w| w.address == ip);
+            && endpoints.iter().any(|w| w.address == ip);
         if own {
             let limit = inbound_rate_limit(inputs, service, node);
-            let host = service.host(&inputs.mesh.domain).to_string();
             let authz = inbound_authz(inputs, node);
             for port in &service.ports {
                 let target = port.target_port();
@@ -495,7 +508,7 @@ fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, node: &ProxyNode) {
                 });
                 let tls = (mode, secret_source(node));
                 b.inbound(ip, target, service_protocol(port), limit, tls, &authz);
-                b.mark_inbound_service(port.target_port(), &host);
+                b.mark_inbound_service(port.target_port(), host);
             }
         }
     }

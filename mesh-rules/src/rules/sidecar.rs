@@ -8,7 +8,7 @@
 //! its namespace without a selector, else the one without a selector in
 //! the mesh's root namespace; with none, the proxy gets every host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,14 @@ pub struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The exact host names in scope when the scope has no wildcard (so a
+    /// caller can look those up rather than ask about every host).
+    pub fn exact_hosts(&self) -> Option<impl Iterator<Item = &str>> {
+        self.wildcards
+            .is_empty()
+            .then(|| self.exact.keys().map(String::as_str))
+    }
+
     /// Whether `host` in `host_namespace` is in scope.
     pub fn admits(&self, host_namespace: &str, host: &str) -> bool {
         let lower = host.to_ascii_lowercase();
@@ -261,30 +269,90 @@ impl<'a> HostScope<'a> {
 }
 
 /// The Sidecar rule that covers a workload of `namespace` with `labels`;
-/// `None` when the workload may call every host.
+/// `None` when the workload may call every host. To ask for many
+/// workloads, build a [`SidecarIndex`] once.
 pub fn covering<'a>(
     rules: &'a [Rule],
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Option<(&'a Rule, &'a Sidecar)> {
-    let sidecars = || {
-        rules.iter().filter_map(|r| match &r.spec {
-            Spec::Sidecar(s) => Some((r, s)),
+    SidecarIndex::of(rules).covering(rules, namespace, labels)
+}
+
+/// The Sidecars of a rule set by namespace and selector label, so that
+/// finding a workload's is a few lookups, not a scan of every rule.
+#[derive(Debug, Default)]
+pub struct SidecarIndex {
+    /// Sidecars with a selector, by (namespace, one of its labels), in
+    /// rule order.
+    selecting: HashMap<(String, String, String), Vec<usize>>,
+    /// The first Sidecar without a selector, by namespace.
+    namespace_wide: HashMap<String, usize>,
+}
+
+impl SidecarIndex {
+    /// Indexes the Sidecars of `rules`.
+    pub fn of(rules: &[Rule]) -> Self {
+        let mut index = SidecarIndex::default();
+        for (i, r) in rules.iter().enumerate() {
+            let Spec::Sidecar(s) = &r.spec else { continue };
+            let ns = r.metadata.namespace();
+            match &s.workload_selector {
+                Some(w) => {
+                    // Any one label finds it; a selector without labels
+                    // selects every workload, like one without a selector.
+                    match w.labels.iter().next() {
+                        Some((k, v)) => index
+                            .selecting
+                            .entry((ns.to_owned(), k.clone(), v.clone()))
+                            .or_default()
+                            .push(i),
+                        None => {
+                            index.namespace_wide.entry(ns.to_owned()).or_insert(i);
+                        }
+                    }
+                }
+                None => {
+                    index.namespace_wide.entry(ns.to_owned()).or_insert(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// The Sidecar covering a workload (see the module's order), from the
+    /// `rules` the index was built of.
+    pub fn covering<'a>(
+        &self,
+        rules: &'a [Rule],
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<(&'a Rule, &'a Sidecar)> {
+        let sidecar = |i: usize| match &rules.get(i)?.spec {
+            Spec::Sidecar(s) => Some((&rules[i], s)),
             _ => None,
-        })
-    };
-    let selecting = sidecars().find(|(r, s)| {
-        r.metadata.namespace() == namespace
-            && s.workload_selector
-                .as_ref()
-                .is_some_and(|w| labels_match(&w.labels, labels))
-    });
-    let namespace_wide = |wanted: &str| {
-        sidecars().find(|(r, s)| r.metadata.namespace() == wanted && s.workload_selector.is_none())
-    };
-    selecting
-        .or_else(|| namespace_wide(namespace))
-        .or_else(|| namespace_wide(ROOT_NAMESPACE))
+        };
+        let selecting = labels
+            .iter()
+            .filter_map(|(k, v)| {
+                self.selecting
+                    .get(&(namespace.to_owned(), k.clone(), v.clone()))
+            })
+            .flatten()
+            .copied()
+            .filter(|&i| {
+                sidecar(i).is_some_and(|(_, s)| {
+                    s.workload_selector
+                        .as_ref()
+                        .is_some_and(|w| labels_match(&w.labels, labels))
+                })
+            })
+            .min();
+        selecting
+            .or_else(|| self.namespace_wide.get(namespace).copied())
+            .or_else(|| self.namespace_wide.get(ROOT_NAMESPACE).copied())
+            .and_then(sidecar)
+    }
 }
 
 #[cfg(test)]
