@@ -106,9 +106,9 @@ bench_out=$(mktemp -d)
 grep -c '^| mesh-proxy |' "$bench_out/report.txt" | grep -qx 9 || { cat "$bench_out/report.txt"; exit 1; }
 grep -c '^| mesh-proxy (via pilot) |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
 grep -c '^| floor (byte relay) |' "$bench_out/report.txt" | grep -qx 8 || { cat "$bench_out/report.txt"; exit 1; }
-# The mTLS chains add the handshake row (and mirror through the chain).
-grep -c '^| mesh-proxy → mesh-proxy (mTLS) |' "$bench_out/report.txt" | grep -qx 9 || { cat "$bench_out/report.txt"; exit 1; }
-grep -c '^| envoy → envoy (mTLS) |' "$bench_out/report.txt" | grep -qx 9 || { cat "$bench_out/report.txt"; exit 1; }
+# The mTLS chains add the handshake row to the nine (mirror and memory included).
+grep -c '^| mesh-proxy → mesh-proxy (mTLS) |' "$bench_out/report.txt" | grep -qx 10 || { cat "$bench_out/report.txt"; exit 1; }
+grep -c '^| envoy → envoy (mTLS) |' "$bench_out/report.txt" | grep -qx 10 || { cat "$bench_out/report.txt"; exit 1; }
 rm -rf "$bench_out"
 
 # Last, so the test runner's summary closes the output.
