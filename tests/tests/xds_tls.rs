@@ -179,9 +179,14 @@ fn xds_over_mutual_tls_authenticates_both_ends() {
         ))
         .unwrap_err();
     assert_ne!(refused.code(), tonic::Code::PermissionDenied);
-    let why = explain(&refused);
+    // In TLS 1.3 the client's side of the handshake is done before the
+    // server has read (and refused) its empty certificate, so the client
+    // sees the server's alert, or the connection closed (or its pipe
+    // broken) under its first request: a transport error, never an answer
+    // from pilot.
+    let why = explain(&refused).to_lowercase();
     assert!(
-        why.to_lowercase().contains("certificate"),
-        "the handshake names the missing certificate: {why}"
+        why.contains("certificate") || why.contains("transport error"),
+        "refused in the handshake (no certificate): {why}"
     );
 }
