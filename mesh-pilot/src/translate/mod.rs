@@ -262,9 +262,10 @@ fn scope<'a>(
     index: &Index,
     node: &ProxyNode,
 ) -> Option<(&'a Rule, &'a Sidecar)> {
-    index
+    let (i, sidecar) = index
         .sidecars
-        .covering(inputs.rules, &node.namespace, &node.labels)
+        .covering(inputs.rules, &node.namespace, &node.labels)?;
+    Some((&inputs.rules[i], sidecar))
 }
 
 /// The mesh's outbound policy, unless `node`'s Sidecar sets its own.
@@ -342,8 +343,10 @@ pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Out
         },
         kind: node.kind,
         locality: mesh_rules::registry::Locality::of(&node.labels),
-        scope: scope(inputs, index, node)
-            .and_then(|(rule, _)| inputs.rules.iter().position(|r| std::ptr::eq(r, rule))),
+        scope: index
+            .sidecars
+            .covering(inputs.rules, &node.namespace, &node.labels)
+            .map(|(i, _)| i),
     }
 }
 

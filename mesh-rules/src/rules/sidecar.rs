@@ -268,17 +268,6 @@ impl<'a> HostScope<'a> {
     }
 }
 
-/// The Sidecar rule that covers a workload of `namespace` with `labels`;
-/// `None` when the workload may call every host. To ask for many
-/// workloads, build a [`SidecarIndex`] once.
-pub fn covering<'a>(
-    rules: &'a [Rule],
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Option<(&'a Rule, &'a Sidecar)> {
-    SidecarIndex::of(rules).covering(rules, namespace, labels)
-}
-
 /// The Sidecars of a rule set by namespace and selector label, so that
 /// finding a workload's is a few lookups, not a scan of every rule.
 #[derive(Debug, Default)]
@@ -297,21 +286,18 @@ impl SidecarIndex {
         for (i, r) in rules.iter().enumerate() {
             let Spec::Sidecar(s) = &r.spec else { continue };
             let ns = r.metadata.namespace();
-            match &s.workload_selector {
-                Some(w) => {
-                    // Any one label finds it; a selector without labels
-                    // selects every workload, like one without a selector.
-                    match w.labels.iter().next() {
-                        Some((k, v)) => index
-                            .selecting
-                            .entry((ns.to_owned(), k.clone(), v.clone()))
-                            .or_default()
-                            .push(i),
-                        None => {
-                            index.namespace_wide.entry(ns.to_owned()).or_insert(i);
-                        }
-                    }
-                }
+            // Any one label finds it; a selector without labels selects
+            // every workload, like no selector.
+            match s
+                .workload_selector
+                .as_ref()
+                .and_then(|w| w.labels.iter().next())
+            {
+                Some((k, v)) => index
+                    .selecting
+                    .entry((ns.to_owned(), k.clone(), v.clone()))
+                    .or_default()
+                    .push(i),
                 None => {
                     index.namespace_wide.entry(ns.to_owned()).or_insert(i);
                 }
@@ -320,16 +306,17 @@ impl SidecarIndex {
         index
     }
 
-    /// The Sidecar covering a workload (see the module's order), from the
-    /// `rules` the index was built of.
+    /// The Sidecar covering a workload of `namespace` with `labels` (see
+    /// the module's order), with its place in the `rules` the index was
+    /// built of; `None` when the workload may call every host.
     pub fn covering<'a>(
         &self,
         rules: &'a [Rule],
         namespace: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Option<(&'a Rule, &'a Sidecar)> {
+    ) -> Option<(usize, &'a Sidecar)> {
         let sidecar = |i: usize| match &rules.get(i)?.spec {
-            Spec::Sidecar(s) => Some((&rules[i], s)),
+            Spec::Sidecar(s) => Some((i, s)),
             _ => None,
         };
         let selecting = labels
