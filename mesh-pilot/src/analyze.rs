@@ -52,7 +52,7 @@ pub fn security(world: &crate::world::World) -> Vec<Finding> {
             None => ns == ROOT_NAMESPACE || ns == w.namespace,
             Some(s) => ns == w.namespace && labels_match(&s.match_labels, &w.labels),
         };
-    for rule in &world.rules {
+    for rule in world.rules.iter() {
         let Spec::PeerAuthentication(p) = &rule.spec else {
             continue;
         };

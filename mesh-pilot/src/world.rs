@@ -26,8 +26,9 @@ pub struct World {
     /// The registry indexed for translation (built once, read by every
     /// proxy's).
     pub index: crate::translate::Index,
-    /// The rules.
-    pub rules: Vec<Rule>,
+    /// The rules (shared with the generations before while the store did
+    /// not move).
+    pub rules: Arc<Vec<Rule>>,
     /// The workloads (namespace, address) with a connected sidecar; the
     /// registry's others take plaintext only.
     pub sidecars: std::collections::BTreeSet<(String, std::net::IpAddr)>,
@@ -85,6 +86,15 @@ struct Inputs {
     /// registered it last, and the workload.
     registered: BTreeMap<(String, std::net::IpAddr), (u64, Workload)>,
     warm: bool,
+    /// The rules of the store snapshot read last, expanded and indexed
+    /// (most generations change endpoints, not rules).
+    expanded: Option<Expanded>,
+}
+
+struct Expanded {
+    from: Arc<store::Snapshot>,
+    rules: Arc<Vec<Rule>>,
+    index: Arc<crate::translate::RuleIndex>,
 }
 
 impl Inputs {
@@ -133,7 +143,7 @@ impl Inputs {
             .any(|k| k.address == *address && k.namespace == *namespace)
     }
 
-    fn world(&self, generation: u64) -> World {
+    fn world(&mut self, generation: u64) -> World {
         let mut registry = self.file.clone();
         // The file registry's description of the same instance wins.
         let known: std::collections::HashSet<(&str, std::net::IpAddr)> = self
@@ -147,20 +157,35 @@ impl Inputs {
                 registry.workloads.push(w.clone());
             }
         }
-        // Today's Istio kinds in terms of the 0.4 ones the translator reads.
-        let rules = mesh_rules::convert::expand(
-            &self
-                .rules
-                .rules
-                .values()
-                .map(|s| s.rule.clone())
-                .collect::<Vec<_>>(),
+        let expanded = match self.expanded.take() {
+            Some(e) if Arc::ptr_eq(&e.from, &self.rules) => e,
+            _ => {
+                // Today's Istio kinds in terms of the 0.4 ones the translator reads.
+                let rules = mesh_rules::convert::expand(
+                    &self
+                        .rules
+                        .rules
+                        .values()
+                        .map(|s| s.rule.clone())
+                        .collect::<Vec<_>>(),
+                );
+                Expanded {
+                    from: self.rules.clone(),
+                    index: Arc::new(crate::translate::RuleIndex::of(&rules)),
+                    rules: Arc::new(rules),
+                }
+            }
+        };
+        let (rules, rule_index) = (expanded.rules.clone(), expanded.index.clone());
+        self.expanded = Some(expanded);
+        let index = crate::translate::Index::with_rules(
+            &crate::translate::Inputs {
+                registry: &registry,
+                rules: &rules,
+                mesh: &self.mesh,
+            },
+            rule_index,
         );
-        let index = crate::translate::Index::of(&crate::translate::Inputs {
-            registry: &registry,
-            rules: &rules,
-            mesh: &self.mesh,
-        });
         World {
             generation,
             rules_revision: self.rules.revision,
@@ -193,6 +218,7 @@ pub fn spawn(
         rules,
         registered: BTreeMap::new(),
         warm: warmup.is_zero(),
+        expanded: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let updates = Updates(tx);

@@ -116,7 +116,7 @@ impl fmt::Display for HostName {
 }
 
 /// A port of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     /// The port's name (`http`, `grpc-api`); its prefix may declare the protocol.
@@ -146,7 +146,7 @@ impl ServicePort {
 }
 
 /// A service: a stable name and virtual IP in front of a set of workloads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Service {
     /// Short name (`svcb`).
@@ -183,7 +183,7 @@ impl Service {
 }
 
 /// Whether a workload takes traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Ready for traffic.
@@ -196,7 +196,7 @@ pub enum Health {
 }
 
 /// A workload instance (a pod): where it is and what it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workload {
     /// Instance name (`svcb-v0.2-7d9f-abcde`).

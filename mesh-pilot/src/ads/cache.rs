@@ -1,8 +1,8 @@
 //! What pilot sends, kept once: each type's resources by name with their
 //! versions, an outbound part shared by every proxy of the same
-//! [`OutboundKey`] (translated once per key and generation), and the
-//! difference between two generations of a shared part, computed once for
-//! every Delta stream.
+//! [`OutboundKey`] (translated once per key, and again only when its
+//! digest changes), and the difference between two generations of a
+//! shared part, computed once for every Delta stream.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,8 @@ use mesh_proto::types::XdsType;
 use prost::{Message, Name};
 
 use crate::translate::{
-    Inputs, OutboundKey, ProxyNode, outbound_key, translate_inbound, translate_outbound,
+    Inputs, OutboundKey, ProxyNode, inbound_digest, outbound_digest, outbound_key,
+    translate_inbound, translate_outbound,
 };
 use crate::world::World;
 
@@ -94,15 +95,49 @@ pub(super) fn by_type(r: crate::translate::Resources) -> HashMap<XdsType, Arc<Ty
     ])
 }
 
-type SharedOutbound = Arc<HashMap<XdsType, Arc<Typed>>>;
+/// One part's resources by type.
+type ByType = HashMap<XdsType, Arc<Typed>>;
+type SharedOutbound = Arc<ByType>;
 
-/// Outbound translations of the current generation, by key, and the
-/// differences between successive shared maps (the same for every proxy
-/// that holds one and is moving to the other).
+/// Whether two maps hold the same names at the same versions.
+fn same_content(a: &Typed, b: &Typed) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((na, (va, _)), (nb, (vb, _)))| na == nb && va == vb)
+}
+
+/// `new`, with each type whose content equals `old`'s taken from `old`:
+/// a proxy holding the old one sees at once (by pointer) that nothing
+/// changed.
+fn keep_unchanged(mut new: ByType, old: Option<&ByType>) -> ByType {
+    if let Some(old) = old {
+        for (t, typed) in new.iter_mut() {
+            if let Some(o) = old.get(t)
+                && same_content(o, typed)
+            {
+                *typed = o.clone();
+            }
+        }
+    }
+    new
+}
+
+/// Outbound translations by key (each with the digest of what it was
+/// translated from), and the differences between successive shared maps
+/// (the same for every proxy that holds one and is moving to the other).
 #[derive(Default)]
 pub struct OutboundCache {
     translations: PerGeneration<OutboundKey, SharedOutbound>,
     diffs: Mutex<Vec<DiffEntry>>,
+}
+
+/// A proxy's inbound part and the digest it was translated from (kept by
+/// its stream, translated again only when the digest changes).
+#[derive(Debug, Clone, Default)]
+pub struct Inbound {
+    digest: Option<u64>,
+    parts: Arc<ByType>,
 }
 
 /// Locks `m`; a panic elsewhere while it was held (which poisons it) does
@@ -112,13 +147,30 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Values built once per key and generation and shared by every stream
-/// that asks. The map's lock is held only to find the key's cell; the
-/// building happens outside it, so the streams of one generation wait for
-/// the first of them rather than all building, and a build that fails
-/// (panics) leaves the cell empty for the next caller and no lock poisoned.
+/// Values built once per key and shared by every stream that asks, kept
+/// across generations while the digest of their inputs stays the same.
+/// The map's lock is held only to find the key's cell; the building
+/// happens outside it, so the streams of one generation wait for the
+/// first of them rather than all building, and a build that fails
+/// (panics) leaves the cell empty for the next caller and no lock
+/// poisoned.
 struct PerGeneration<K, V> {
-    cells: Mutex<HashMap<K, (u64, Cell<V>)>>,
+    cells: Mutex<Cells<K, V>>,
+}
+
+struct Cells<K, V> {
+    /// The newest generation asked for.
+    generation: u64,
+    /// By key: the generation it was last asked for in, its digest, the
+    /// value (and the value it replaced, to keep what did not change).
+    entries: HashMap<K, Entry<V>>,
+}
+
+struct Entry<V> {
+    seen: u64,
+    digest: u64,
+    cell: Cell<V>,
+    before: Option<V>,
 }
 
 /// A value some stream builds and every other waits for.
@@ -127,26 +179,69 @@ type Cell<V> = Arc<std::sync::OnceLock<V>>;
 impl<K, V> Default for PerGeneration<K, V> {
     fn default() -> Self {
         PerGeneration {
-            cells: Mutex::default(),
+            cells: Mutex::new(Cells {
+                generation: 0,
+                entries: HashMap::new(),
+            }),
         }
     }
 }
 
 impl<K: Eq + std::hash::Hash, V: Clone> PerGeneration<K, V> {
-    fn get_or_build(&self, key: K, generation: u64, build: impl FnOnce() -> V) -> V {
-        let cell = {
+    /// The value of `key` at `generation`: the one built before if the
+    /// inputs' `digest` is the same, else `build(the value before)`.
+    fn get_or_build(
+        &self,
+        key: K,
+        generation: u64,
+        digest: impl FnOnce() -> u64,
+        build: impl FnOnce(Option<&V>) -> V,
+    ) -> V {
+        let (cell, before) = {
             let mut cells = lock(&self.cells);
-            match cells.get(&key) {
-                Some((g, cell)) if *g == generation => cell.clone(),
-                _ => {
-                    cells.retain(|_, (g, _)| *g == generation);
-                    let cell = Arc::new(std::sync::OnceLock::new());
-                    cells.insert(key, (generation, cell.clone()));
-                    cell
+            if generation < cells.generation {
+                // A stream behind the others: build, but do not keep it.
+                drop(cells);
+                return build(None);
+            }
+            if generation > cells.generation {
+                cells.generation = generation;
+                // What no stream asked for in the last two generations
+                // belongs to proxies that have gone.
+                cells.entries.retain(|_, e| e.seen + 1 >= generation);
+            }
+            match cells.entries.get_mut(&key) {
+                Some(e) if e.seen == generation => {
+                    if e.cell.get().is_some() {
+                        // Built: what it replaced is no longer needed here.
+                        e.before = None;
+                    }
+                    (e.cell.clone(), e.before.clone())
+                }
+                Some(e) => {
+                    let d = digest();
+                    e.seen = generation;
+                    if d != e.digest {
+                        e.before = e.cell.get().cloned().or(e.before.take());
+                        e.digest = d;
+                        e.cell = Arc::default();
+                    }
+                    (e.cell.clone(), e.before.clone())
+                }
+                None => {
+                    let e = Entry {
+                        seen: generation,
+                        digest: digest(),
+                        cell: Arc::default(),
+                        before: None,
+                    };
+                    let cell = e.cell.clone();
+                    cells.entries.insert(key, e);
+                    (cell, None)
                 }
             }
         };
-        cell.get_or_init(build).clone()
+        cell.get_or_init(|| build(before.as_ref())).clone()
     }
 }
 
@@ -203,18 +298,55 @@ impl OutboundCache {
     }
 
     /// The resources of one proxy, by type URL: the shared outbound part
-    /// (translated once per key and generation) and its inbound part.
-    pub fn resources_for(&self, world: &World, node: &ProxyNode) -> HashMap<XdsType, Layers> {
+    /// (translated once per key, again when what it reaches changed) and
+    /// its inbound part (`inbound`, the stream's: translated again when
+    /// what it is made of changed).
+    pub fn resources_for(
+        &self,
+        world: &World,
+        node: &ProxyNode,
+        inbound: &mut Inbound,
+    ) -> HashMap<XdsType, Layers> {
         let inputs = Inputs {
             registry: &world.registry,
             rules: &world.rules,
             mesh: &world.mesh,
         };
-        let key = outbound_key(&inputs, &world.index, node);
-        let shared = self.translations.get_or_build(key, world.generation, || {
-            Arc::new(by_type(translate_outbound(&inputs, &world.index, node)))
-        });
-        let own = by_type(translate_inbound(&inputs, &world.index, node));
+        let index = &world.index;
+        let key = outbound_key(&inputs, index, node);
+        let shared = self.translations.get_or_build(
+            key,
+            world.generation,
+            || outbound_digest(&inputs, index, node),
+            |before| {
+                let new = by_type(translate_outbound(&inputs, index, node));
+                Arc::new(keep_unchanged(new, before.map(|b| &**b)))
+            },
+        );
+        #[cfg(debug_assertions)]
+        {
+            // The digests must cover everything translation reads: what is
+            // kept equals what would be translated now.
+            let fresh = by_type(translate_outbound(&inputs, index, node));
+            for (t, typed) in &fresh {
+                let kept = shared.get(t).cloned().unwrap_or_default();
+                debug_assert!(
+                    same_content(&kept, typed),
+                    "stale outbound {t} kept: {:?} where translation gives {:?}",
+                    kept.iter().map(|(n, (v, _))| (n, v)).collect::<Vec<_>>(),
+                    typed.iter().map(|(n, (v, _))| (n, v)).collect::<Vec<_>>(),
+                );
+            }
+        }
+        let digest = inbound_digest(&inputs, index, node);
+        if inbound.digest != Some(digest) {
+            let new = by_type(translate_inbound(&inputs, index, node));
+            *inbound = Inbound {
+                digest: Some(digest),
+                parts: Arc::new(keep_unchanged(new, Some(&inbound.parts))),
+            };
+        }
+        let own = &inbound.parts;
         XdsType::PUSH_ORDER
             .into_iter()
             .map(|t| {
@@ -240,25 +372,25 @@ mod tests {
     fn a_failed_build_does_not_poison_the_shared_cache() {
         let cache = std::sync::Arc::new(super::PerGeneration::<&str, u32>::default());
         let c = cache.clone();
-        let failed =
-            std::thread::spawn(move || c.get_or_build("k", 1, || panic!("translation failed")))
-                .join();
+        let failed = std::thread::spawn(move || {
+            c.get_or_build("k", 1, || 0, |_| panic!("translation failed"))
+        })
+        .join();
         assert!(failed.is_err(), "the failing stream's task panics");
-        assert_eq!(
-            cache.get_or_build("k", 1, || 7),
-            7,
-            "the next stream builds"
-        );
-        assert_eq!(
-            cache.get_or_build("k", 1, || 8),
-            7,
-            "built once per generation"
-        );
-        assert_eq!(
-            cache.get_or_build("k", 2, || 9),
-            9,
-            "a new generation builds anew"
-        );
+        let get = |generation, digest, value| {
+            cache.get_or_build(
+                "k",
+                generation,
+                || digest,
+                |before| value + before.copied().unwrap_or(0) * 100,
+            )
+        };
+        assert_eq!(get(1, 0, 7), 7, "the next stream builds");
+        assert_eq!(get(1, 0, 8), 7, "built once per generation");
+        assert_eq!(get(2, 0, 9), 7, "kept while the digest stays");
+        assert_eq!(get(3, 1, 9), 709, "built anew, from the one before");
+        assert_eq!(get(2, 1, 5), 5, "a stream behind builds its own");
+        assert_eq!(get(3, 1, 1), 709, "and changes nothing kept");
         // A panic while holding a status lock is recovered the same way.
         let m = std::sync::Arc::new(std::sync::Mutex::new(1));
         let m2 = m.clone();
@@ -269,6 +401,81 @@ mod tests {
         .join();
         assert!(m.is_poisoned());
         assert_eq!(*super::lock(&m), 1);
+    }
+
+    /// A generation that changes nothing a proxy can reach hands it the
+    /// very resources it holds (nothing translated, nothing to push); one
+    /// that changes what it reaches changes those types only.
+    #[test]
+    fn only_what_a_proxy_reaches_is_translated_again() {
+        use crate::translate::{Index, Inputs, MeshConfig, ProxyNode};
+        use crate::world::World;
+        use mesh_proto::types::XdsType;
+        use std::sync::Arc;
+        let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: a}\nspec:\n  workloadSelector:\n    labels: {app: a}\n  egress:\n  - hosts: [./b.default.svc.cluster.local]\n";
+        let rules: Vec<mesh_rules::Rule> = mesh_rules::load(&[mesh_rules::Source {
+            name: "sidecar.yaml",
+            text: sidecar,
+        }])
+        .unwrap()
+        .rules
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+        let rules = Arc::new(rules);
+        let world = |generation: u64, extra: &str| {
+            let yaml = format!(
+                "services:\n- {{name: a, vip: 10.0.0.1, ports: [{{name: http, port: 80}}], selector: {{app: a}}}}\n- {{name: b, vip: 10.0.0.2, ports: [{{name: http, port: 80}}], selector: {{app: b}}}}\n- {{name: c, vip: 10.0.0.3, ports: [{{name: http, port: 80}}], selector: {{app: c}}}}\nworkloads:\n- {{name: a1, address: 10.1.0.1, labels: {{app: a}}}}\n- {{name: b1, address: 10.1.0.2, labels: {{app: b}}}}\n- {{name: c1, address: 10.1.0.3, labels: {{app: c}}}}\n{extra}"
+            );
+            let registry = crate::registry::from_yaml("r.yaml", &yaml).unwrap();
+            let mesh = MeshConfig::default();
+            let index = Index::of(&Inputs {
+                registry: &registry,
+                rules: &rules,
+                mesh: &mesh,
+            });
+            World {
+                generation,
+                registry,
+                index,
+                rules: rules.clone(),
+                mesh,
+                warm: true,
+                ..World::default()
+            }
+        };
+        let node = ProxyNode {
+            namespace: "default".into(),
+            ip: "10.1.0.1".parse().ok(),
+            labels: [("app".to_owned(), "a".to_owned())].into(),
+            ..ProxyNode::default()
+        };
+        let cache = super::OutboundCache::default();
+        let mut inbound = super::Inbound::default();
+        let first = cache.resources_for(&world(1, ""), &node, &mut inbound);
+        assert!(
+            first[&XdsType::Endpoint]
+                .get("outbound|80||b.default.svc.cluster.local")
+                .is_some()
+        );
+        assert!(
+            first[&XdsType::Endpoint]
+                .get("outbound|80||c.default.svc.cluster.local")
+                .is_none()
+        );
+        // c is out of a's scope: its new endpoint changes nothing for a.
+        let c2 = "- {name: c2, address: 10.1.0.4, labels: {app: c}}\n";
+        let second = cache.resources_for(&world(2, c2), &node, &mut inbound);
+        for t in XdsType::PUSH_ORDER {
+            assert!(second[&t].same(&first[&t]), "{t} translated again");
+        }
+        // b's new endpoint: new endpoints, the same clusters, listeners, routes.
+        let b2 = format!("{c2}- {{name: b2, address: 10.1.0.5, labels: {{app: b}}}}\n");
+        let third = cache.resources_for(&world(3, &b2), &node, &mut inbound);
+        assert!(!third[&XdsType::Endpoint].same(&second[&XdsType::Endpoint]));
+        for t in [XdsType::Cluster, XdsType::Listener, XdsType::Route] {
+            assert!(third[&t].same(&second[&t]), "{t} is not the one held");
+        }
     }
 
     #[test]

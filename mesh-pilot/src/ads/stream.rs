@@ -11,7 +11,7 @@ use mesh_proto::google::protobuf::Any;
 use mesh_proto::node::NodeMeta;
 use mesh_proto::types::XdsType;
 
-use super::cache::{Layers, OutboundCache, lock};
+use super::cache::{Inbound, Layers, OutboundCache, lock};
 use super::status::{ProxyStatus, PushRecord, Status, now_ms};
 use super::{PERMIT_WAIT, proxy_node};
 use crate::translate::ProxyNode;
@@ -157,6 +157,8 @@ pub(super) struct Stream {
     /// The resources before the last refresh (for make-before-break).
     previous: HashMap<XdsType, Layers>,
     cache: Arc<OutboundCache>,
+    /// This proxy's inbound part, kept while what it is made of stays.
+    inbound: Inbound,
     /// Held from a push until the proxy answered it (see [`PUSH_CONCURRENCY`]).
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     generation: u64,
@@ -214,6 +216,7 @@ impl Stream {
             current: HashMap::new(),
             previous: HashMap::new(),
             cache,
+            inbound: Inbound::default(),
             permit: None,
             generation: 0,
             rules_revision: 0,
@@ -224,7 +227,9 @@ impl Stream {
 
     pub(super) fn refresh(&mut self, world: &World) {
         if world.generation != self.generation {
-            let next = self.cache.resources_for(world, &self.proxy);
+            let next = self
+                .cache
+                .resources_for(world, &self.proxy, &mut self.inbound);
             self.previous = std::mem::replace(&mut self.current, next);
             self.generation = world.generation;
             self.rules_revision = world.rules_revision;

@@ -359,10 +359,11 @@ fn policy(rule: &AuthorizationRule, http: bool, action: Action) -> Option<xrbac:
 }
 
 fn rbac(rules: &[(String, AuthorizationRule)], http: bool, action: Action) -> xrbac::Rbac {
-    let policies: HashMap<String, xrbac::Policy> = rules
-        .iter()
-        .filter_map(|(name, r)| Some((name.clone(), policy(r, http, action)?)))
-        .collect();
+    let policies: HashMap<String, xrbac::Policy> = super::stable_map(
+        rules
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), policy(r, http, action)?))),
+    );
     let envoy_action = match action {
         Action::Deny => xrbac::rbac::Action::Deny,
         Action::Audit => xrbac::rbac::Action::Log,

@@ -103,7 +103,7 @@ fn mesh_service_metadata(host: &str) -> xcore::Metadata {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
     let structure = |fields: Vec<(&str, Value)>| Struct {
-        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        fields: super::stable_map(fields.into_iter().map(|(k, v)| (k.to_owned(), v))),
     };
     let mut labels = host.split('.');
     let name = labels.next().unwrap_or(host);
@@ -121,7 +121,10 @@ fn mesh_service_metadata(host: &str) -> xcore::Metadata {
         })),
     };
     xcore::Metadata {
-        filter_metadata: [("istio".to_owned(), structure(vec![("services", services)]))].into(),
+        filter_metadata: super::stable_map([(
+            "istio".to_owned(),
+            structure(vec![("services", services)]),
+        )]),
         ..Default::default()
     }
 }
@@ -345,15 +348,12 @@ fn access_log(encoding: AccessLogEncoding) -> xaccesslog::AccessLog {
     use mesh_proto::google::protobuf::{Struct, Value, value};
     let format = match encoding {
         AccessLogEncoding::Json => substitution_format_string::Format::JsonFormat(Struct {
-            fields: ACCESS_LOG_FIELDS
-                .iter()
-                .map(|(k, op)| {
-                    let v = Value {
-                        kind: Some(value::Kind::StringValue((*op).to_owned())),
-                    };
-                    ((*k).to_owned(), v)
-                })
-                .collect(),
+            fields: super::stable_map(ACCESS_LOG_FIELDS.iter().map(|(k, op)| {
+                let v = Value {
+                    kind: Some(value::Kind::StringValue((*op).to_owned())),
+                };
+                ((*k).to_owned(), v)
+            })),
         }),
         AccessLogEncoding::Text => {
             let ops: Vec<&str> = ACCESS_LOG_FIELDS.iter().map(|(_, op)| *op).collect();

@@ -30,18 +30,16 @@ pub fn of_rule(rule: &RouteRule) -> std::collections::HashMap<String, Any> {
         (RATE_LIMIT_FILTER, rule.rate_limit.as_ref().map(rate_limit)),
         (FAULT_FILTER, rule.http_fault.as_ref().map(fault)),
     ];
-    configs
-        .into_iter()
-        .filter_map(|(name, config)| Some((name.to_owned(), config?)))
-        .collect()
+    super::stable_map(
+        configs
+            .into_iter()
+            .filter_map(|(name, config)| Some((name.to_owned(), config?))),
+    )
 }
 
 /// A route's filter configs for a destination's own inbound route.
 pub fn inbound(limit: Option<&RateLimit>) -> std::collections::HashMap<String, Any> {
-    limit
-        .map(|l| (RATE_LIMIT_FILTER.to_owned(), rate_limit(l)))
-        .into_iter()
-        .collect()
+    super::stable_map(limit.map(|l| (RATE_LIMIT_FILTER.to_owned(), rate_limit(l))))
 }
 
 /// The HTTP filters of a connection manager whose routes configure

@@ -1,28 +1,122 @@
-//! The inputs, indexed once per generation: every proxy's translation
-//! asks for services' hosts and endpoints and for its Sidecar, and
-//! scanning every workload for every service (or every rule) for every
-//! proxy grows as services × workloads × proxies.
+//! The inputs, indexed: every proxy's translation asks for services'
+//! hosts and endpoints and for its Sidecar, and scanning every workload
+//! for every service (or every rule) for every proxy grows as services ×
+//! workloads × proxies. The registry part is built once per generation;
+//! the rules part once per rule-store revision (endpoints change far more
+//! often than rules).
+//!
+//! Both parts also carry digests of what they index, so that a proxy's
+//! configuration is translated again only when something it can reach
+//! changed ([`super::outbound_digest`]).
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use mesh_rules::registry::{Registry, Service, Workload};
 use mesh_rules::rules::sidecar::SidecarIndex;
+use mesh_rules::{Rule, Spec};
+use xxhash_rust::xxh3::Xxh3;
 
 use super::Inputs;
 
-/// Each service's host and the workloads behind it, by the service's
-/// place in the registry; services by host; the Sidecars.
+/// Each service's host, the workloads behind it and its digest, by the
+/// service's place in the registry; services by host and by the
+/// addresses of their workloads; the rules' index.
 #[derive(Debug, Default)]
 pub struct Index {
     hosts: Vec<String>,
     endpoints: Vec<Vec<usize>>,
     by_host: HashMap<String, Vec<usize>>,
+    at_address: HashMap<IpAddr, Vec<usize>>,
+    /// Per service: its definition and its endpoints' (what its outbound
+    /// resources are made of, rules aside).
+    digests: Vec<u64>,
+    /// The mesh settings'.
+    pub(super) mesh: u64,
+    pub(super) rules: Arc<RuleIndex>,
+}
+
+/// The rules, indexed: the Sidecars, and which rules concern which
+/// destination host.
+#[derive(Debug, Default)]
+pub struct RuleIndex {
     pub(super) sidecars: SidecarIndex,
+    /// Each rule's digest, in rule order.
+    digests: Vec<u64>,
+    /// Route rules and destination policies by their destination host
+    /// (their places among the rules): they shape that host's resources
+    /// only.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Every other rule's: any of them may shape any proxy's resources.
+    pub(super) global: u64,
+}
+
+impl RuleIndex {
+    /// Indexes `rules`.
+    pub fn of(rules: &[Rule]) -> Self {
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut global = Xxh3::new();
+        let digests = rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                // Rules hold no hasher-friendly form; their Debug form is
+                // complete (every field) and built once per revision.
+                let digest = xxhash_rust::xxh3::xxh3_64(format!("{rule:?}").as_bytes());
+                let ns = rule.metadata.namespace();
+                let host = match &rule.spec {
+                    Spec::RouteRule(r) => r.destination.host(ns),
+                    Spec::DestinationPolicy(p) => p.destination.host(ns),
+                    _ => None,
+                };
+                match host {
+                    Some(h) => by_host.entry(h.to_string()).or_default().push(i),
+                    None => global.write_u64(digest),
+                }
+                digest
+            })
+            .collect();
+        RuleIndex {
+            sidecars: SidecarIndex::of(rules),
+            digests,
+            by_host,
+            global: global.digest(),
+        }
+    }
+
+    /// The digests of the rules that concern `host`, in rule order.
+    pub(super) fn concerning<'a>(&'a self, host: &str) -> impl Iterator<Item = u64> + 'a {
+        self.by_host
+            .get(host)
+            .into_iter()
+            .flatten()
+            .map(|&i| self.digests[i])
+    }
+}
+
+/// XXH3 of a value's `Hash` form.
+fn digest_of(value: &impl Hash) -> u64 {
+    let mut h = Xxh3::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 impl Index {
-    /// Indexes the registry and the Sidecars of `inputs`.
+    /// Indexes the registry and the rules of `inputs`.
     pub fn of(inputs: &Inputs<'_>) -> Self {
+        Self::with_rules(inputs, Arc::new(RuleIndex::of(inputs.rules)))
+    }
+
+    /// Indexes the registry of `inputs`, with `rules` the index of its
+    /// rules (kept from an earlier generation with the same rules).
+    pub fn with_rules(inputs: &Inputs<'_>, rules: Arc<RuleIndex>) -> Self {
+        debug_assert_eq!(
+            rules.digests.len(),
+            inputs.rules.len(),
+            "another rules' index"
+        );
         let registry = inputs.registry;
         let domain = inputs.mesh.domain.as_str();
         // Workloads by (namespace, one label): a service's candidates are
@@ -36,7 +130,7 @@ impl Index {
                     .push(i);
             }
         }
-        let endpoints = registry
+        let endpoints: Vec<Vec<usize>> = registry
             .services
             .iter()
             .map(|s| {
@@ -63,11 +157,37 @@ impl Index {
         for (i, h) in hosts.iter().enumerate() {
             by_host.entry(h.clone()).or_default().push(i);
         }
+        let mut at_address: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        for (i, ids) in endpoints.iter().enumerate() {
+            for &w in ids {
+                let at = at_address.entry(registry.workloads[w].address).or_default();
+                if at.last() != Some(&i) {
+                    at.push(i);
+                }
+            }
+        }
+        let digests = registry
+            .services
+            .iter()
+            .zip(&endpoints)
+            .map(|(s, ids)| {
+                let mut h = Xxh3::new();
+                s.hash(&mut h);
+                for &w in ids {
+                    registry.workloads[w].hash(&mut h);
+                }
+                h.finish()
+            })
+            .collect();
         Index {
             hosts,
             endpoints,
             by_host,
-            sidecars: SidecarIndex::of(inputs.rules),
+            at_address,
+            digests,
+            // MeshConfig holds a float: its Debug form stands in for Hash.
+            mesh: digest_of(&format!("{:?}", inputs.mesh)),
+            rules,
         }
     }
 
@@ -76,20 +196,14 @@ impl Index {
         self.hosts.len() == registry.services.len()
     }
 
-    /// The services with their hosts and endpoints, in registry order.
-    pub(super) fn services<'a>(
-        &'a self,
-        registry: &'a Registry,
-    ) -> impl Iterator<Item = (&'a Service, &'a str, Endpoints<'a>)> + 'a {
-        (0..registry.services.len()).map(move |i| self.service(registry, i))
+    /// Every service's place in the registry.
+    pub(super) fn all(&self) -> std::ops::Range<usize> {
+        0..self.hosts.len()
     }
 
-    /// Those of `hosts` only (exact names), in registry order.
-    pub(super) fn services_named<'a>(
-        &'a self,
-        registry: &'a Registry,
-        hosts: impl Iterator<Item = &'a str>,
-    ) -> impl Iterator<Item = (&'a Service, &'a str, Endpoints<'a>)> + 'a {
+    /// The places of the services named `hosts` (exact names), in
+    /// registry order.
+    pub(super) fn named<'a>(&self, hosts: impl Iterator<Item = &'a str>) -> Vec<usize> {
         let mut ids: Vec<usize> = hosts
             .filter_map(|h| self.by_host.get(h))
             .flatten()
@@ -97,10 +211,27 @@ impl Index {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        ids.into_iter().map(move |i| self.service(registry, i))
+        ids
     }
 
-    fn service<'a>(
+    /// The places of the services with a workload at `address`, in
+    /// registry order.
+    pub(super) fn at(&self, address: IpAddr) -> &[usize] {
+        self.at_address.get(&address).map_or(&[], Vec::as_slice)
+    }
+
+    /// The host of the service at `i`.
+    pub(super) fn host(&self, i: usize) -> &str {
+        &self.hosts[i]
+    }
+
+    /// The digest of the service at `i` and its endpoints.
+    pub(super) fn digest(&self, i: usize) -> u64 {
+        self.digests[i]
+    }
+
+    /// The service at `i`, its host and its endpoints.
+    pub(super) fn service<'a>(
         &'a self,
         registry: &'a Registry,
         i: usize,
@@ -141,7 +272,8 @@ mod tests {
         };
         let index = super::Index::of(&inputs);
         let got: Vec<(String, Vec<String>)> = index
-            .services(&registry)
+            .all()
+            .map(|i| index.service(&registry, i))
             .map(|(_, h, e)| (h.to_owned(), e.iter().map(|w| w.name.clone()).collect()))
             .collect();
         let scanned: Vec<(String, Vec<String>)> = registry

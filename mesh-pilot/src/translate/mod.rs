@@ -40,7 +40,7 @@ use mesh_rules::rules::{EgressRule, RouteRule};
 use mesh_rules::{Rule, Spec};
 
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, TRACE_CLUSTER};
-pub use index::Index;
+pub use index::{Index, RuleIndex};
 pub use mesh_proto::node::ProxyKind;
 pub use tls::MtlsMode;
 
@@ -203,6 +203,24 @@ pub struct Inputs<'a> {
     pub mesh: &'a MeshConfig,
 }
 
+/// A protobuf map whose encoding depends only on its content. prost
+/// writes a map in its iteration order, and each std `HashMap` seeds its
+/// hasher anew; maps built with one hasher from entries in one order
+/// iterate alike, so equal resources encode to equal bytes and keep their
+/// versions (within this process: the seed is drawn at start).
+pub(crate) fn stable_map<V>(
+    entries: impl IntoIterator<Item = (String, V)>,
+) -> std::collections::HashMap<String, V> {
+    static HASHER: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut entries: Vec<(String, V)> = entries.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map =
+        std::collections::HashMap::with_capacity_and_hasher(entries.len(), HASHER.clone());
+    map.extend(entries);
+    map
+}
+
 /// A subset's name: its label values sorted by key, joined with `-`.
 pub fn subset_name(labels: &BTreeMap<String, String>) -> String {
     labels.values().cloned().collect::<Vec<_>>().join("-")
@@ -262,9 +280,11 @@ fn scope<'a>(
     index: &Index,
     node: &ProxyNode,
 ) -> Option<(&'a Rule, &'a Sidecar)> {
-    let (i, sidecar) = index
-        .sidecars
-        .covering(inputs.rules, &node.namespace, &node.labels)?;
+    let (i, sidecar) =
+        index
+            .rules
+            .sidecars
+            .covering(inputs.rules, &node.namespace, &node.labels)?;
     Some((&inputs.rules[i], sidecar))
 }
 
@@ -302,21 +322,30 @@ pub fn translate(inputs: &Inputs<'_>, node: &ProxyNode) -> Resources {
 /// its namespace, which route rules' `match.source` it satisfies and
 /// which Sidecar scopes it.
 /// Proxies with equal keys get equal outbound resources, so pilot
-/// translates once per key, not once per proxy.
+/// translates once per key, not once per proxy. Rules are named, not
+/// numbered, so that a rule written elsewhere changes no proxy's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OutboundKey {
     /// The proxy's namespace.
     pub namespace: String,
-    /// Per route rule (in input order), whether its source matches.
-    pub sources: Vec<bool>,
+    /// The route rules with a `match.source` it satisfies (namespace,
+    /// name); rules without one apply to every proxy.
+    pub sources: Vec<(String, String)>,
     /// For an explicit proxy, where its outbound proxy listener binds.
     pub explicit: Option<IpAddr>,
     /// Which proxy it is (Envoy gets a tracer).
     pub kind: ProxyKind,
     /// Where it runs (the failover order of endpoints depends on it).
     pub locality: mesh_rules::registry::Locality,
-    /// The Sidecar that scopes it (its place among the rules).
-    pub scope: Option<usize>,
+    /// The Sidecar that scopes it (namespace, name).
+    pub scope: Option<(String, String)>,
+}
+
+fn named(rule: &Rule) -> (String, String) {
+    (
+        rule.metadata.namespace().to_owned(),
+        rule.metadata.name.clone(),
+    )
 }
 
 /// The outbound key of `node`.
@@ -324,15 +353,14 @@ pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Out
     let sources = inputs
         .rules
         .iter()
-        .filter_map(|r| match &r.spec {
-            Spec::RouteRule(rr) => Some(source_matches(
-                rr,
-                r.metadata.namespace(),
-                node,
-                inputs.registry,
-            )),
-            _ => None,
+        .filter(|r| match &r.spec {
+            Spec::RouteRule(rr) => {
+                rr.match_.as_ref().is_some_and(|m| m.source.is_some())
+                    && source_matches(rr, r.metadata.namespace(), node, inputs.registry)
+            }
+            _ => false,
         })
+        .map(named)
         .collect();
     OutboundKey {
         namespace: node.namespace.clone(),
@@ -343,11 +371,79 @@ pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Out
         },
         kind: node.kind,
         locality: mesh_rules::registry::Locality::of(&node.labels),
-        scope: index
-            .sidecars
-            .covering(inputs.rules, &node.namespace, &node.labels)
-            .map(|(i, _)| i),
+        scope: scope(inputs, index, node).map(|(rule, _)| named(rule)),
     }
+}
+
+/// A digest of what `node`'s outbound part is translated from besides its
+/// key: the mesh settings, the rules that may concern any service, and
+/// each service it can reach with its endpoints and the rules that
+/// concern its host. Between two generations, a key whose digest did not
+/// change keeps its resources: an endpoint or rule change is translated
+/// again only for the proxies that can reach it.
+pub fn outbound_digest(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> u64 {
+    use std::hash::Hasher;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.write_u64(index.mesh);
+    h.write_u64(index.rules.global);
+    for i in reachable(inputs, index, node).1 {
+        h.write_u64(index.digest(i));
+        for rule in index.rules.concerning(index.host(i)) {
+            h.write_u64(rule);
+        }
+    }
+    h.finish()
+}
+
+/// The same for `node`'s inbound part: the services its own workload is
+/// behind.
+pub fn inbound_digest(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> u64 {
+    use std::hash::Hasher;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.write_u64(index.mesh);
+    h.write_u64(index.rules.global);
+    for i in own_services(inputs, index, node) {
+        h.write_u64(index.digest(i));
+        for rule in index.rules.concerning(index.host(i)) {
+            h.write_u64(rule);
+        }
+    }
+    h.finish()
+}
+
+/// The Sidecar scope of `node` (everything without one) and the places
+/// of the registry's services in it, in registry order.
+fn reachable<'a>(
+    inputs: &Inputs<'a>,
+    index: &Index,
+    node: &'a ProxyNode,
+) -> (Option<mesh_rules::rules::sidecar::Scope<'a>>, Vec<usize>) {
+    let scope = scope(inputs, index, node).map(|(rule, s)| s.scope(rule.metadata.namespace()));
+    let candidates = match scope.as_ref().and_then(|s| s.exact_hosts()) {
+        // A scope of exact names: look those up rather than ask of every service.
+        Some(hosts) => index.named(hosts),
+        None => index.all().collect(),
+    };
+    let ids = match &scope {
+        Some(s) => candidates
+            .into_iter()
+            .filter(|&i| s.admits(&inputs.registry.services[i].namespace, index.host(i)))
+            .collect(),
+        None => candidates,
+    };
+    (scope, ids)
+}
+
+/// The places of the services `node`'s own workload is behind.
+fn own_services<'a>(
+    inputs: &'a Inputs<'_>,
+    index: &'a Index,
+    node: &'a ProxyNode,
+) -> impl Iterator<Item = usize> + 'a {
+    let at = node.ip.map_or(&[][..], |ip| index.at(ip));
+    at.iter()
+        .copied()
+        .filter(|&i| labels_match(&inputs.registry.services[i].selector, &node.labels))
 }
 
 /// The resources every proxy with `node`'s [`OutboundKey`] shares: capture
@@ -379,18 +475,11 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &P
         })
         .collect();
     // What the proxy's Sidecar lets it call (everything without one).
-    let scope = scope(inputs, index, node).map(|(rule, s)| s.scope(rule.metadata.namespace()));
+    let (scope, reachable) = reachable(inputs, index, node);
     let in_scope =
         |namespace: &str, host: &str| scope.as_ref().is_none_or(|s| s.admits(namespace, host));
-    // A scope of exact names: look those up rather than ask of every service.
-    let services: Box<dyn Iterator<Item = _>> = match scope.as_ref().and_then(|s| s.exact_hosts()) {
-        Some(hosts) => Box::new(index.services_named(inputs.registry, hosts)),
-        None => Box::new(index.services(inputs.registry)),
-    };
-    for (service, host, endpoints) in services {
-        if !in_scope(&service.namespace, host) {
-            continue;
-        }
+    for i in reachable {
+        let (service, host, endpoints) = index.service(inputs.registry, i);
         let endpoints: Vec<&Workload> = endpoints.iter().collect();
         for port in &service.ports {
             let mut rules: Vec<(&RouteRule, &str)> = route_rules
@@ -497,22 +586,19 @@ fn secret_source(node: &ProxyNode) -> tls::SecretSource {
 
 fn inbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) {
     let Some(ip) = node.ip else { return };
-    for (service, host, endpoints) in index.services(inputs.registry) {
-        // This proxy's own workload behind the service.
-        let own = labels_match(&service.selector, &node.labels)
-            && endpoints.iter().any(|w| w.address == ip);
-        if own {
-            let limit = inbound_rate_limit(inputs, service, node);
-            let authz = inbound_authz(inputs, node);
-            for port in &service.ports {
-                let target = port.target_port();
-                let mode = inputs.mesh.mtls.as_ref().map_or(MtlsMode::Disable, |m| {
-                    tls::peer_mode(inputs.rules, &node.namespace, &node.labels, target, m.mode)
-                });
-                let tls = (mode, secret_source(node));
-                b.inbound(ip, target, service_protocol(port), limit, tls, &authz);
-                b.mark_inbound_service(port.target_port(), host);
-            }
+    // The services this proxy's own workload is behind.
+    for i in own_services(inputs, index, node) {
+        let (service, host, _) = index.service(inputs.registry, i);
+        let limit = inbound_rate_limit(inputs, service, node);
+        let authz = inbound_authz(inputs, node);
+        for port in &service.ports {
+            let target = port.target_port();
+            let mode = inputs.mesh.mtls.as_ref().map_or(MtlsMode::Disable, |m| {
+                tls::peer_mode(inputs.rules, &node.namespace, &node.labels, target, m.mode)
+            });
+            let tls = (mode, secret_source(node));
+            b.inbound(ip, target, service_protocol(port), limit, tls, &authz);
+            b.mark_inbound_service(port.target_port(), host);
         }
     }
 }
