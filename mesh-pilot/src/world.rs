@@ -19,6 +19,8 @@ use crate::translate::MeshConfig;
 pub struct World {
     /// Counts publications; every proxy stream recomputes on a new one.
     pub generation: u64,
+    /// What changed from the generation before (`generation - 1`).
+    pub changed: Changed,
     /// Rule store revision the rules were read at.
     pub rules_revision: u64,
     /// Services and workloads (file registry plus registered proxies).
@@ -39,6 +41,18 @@ pub struct World {
     /// workloads: nothing is sent before, so no proxy is told a workload
     /// is gone just because it has not reconnected yet.
     pub warm: bool,
+}
+
+/// What changed between two generations, as far as translation reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything may have (rules, services, settings).
+    #[default]
+    Anything,
+    /// Only the endpoints of these services (by place in the registry,
+    /// which did not change): a proxy that reaches none of them holds
+    /// what it should.
+    Endpoints(Vec<usize>),
 }
 
 /// A change of an input.
@@ -143,7 +157,9 @@ impl Inputs {
             .any(|k| k.address == *address && k.namespace == *namespace)
     }
 
-    fn world(&mut self, generation: u64) -> World {
+    /// The world at `generation`, and what changed from `before` (the
+    /// generation published last).
+    fn world(&mut self, generation: u64, before: Option<&World>) -> World {
         let mut registry = self.file.clone();
         // The file registry's description of the same instance wins.
         let known: std::collections::HashSet<(&str, std::net::IpAddr)> = self
@@ -186,8 +202,15 @@ impl Inputs {
             },
             rule_index,
         );
+        let changed = match before {
+            Some(b) if Arc::ptr_eq(&b.rules, &rules) && b.warm == self.warm => index
+                .endpoints_changed_since(&b.index)
+                .map_or(Changed::Anything, Changed::Endpoints),
+            _ => Changed::Anything,
+        };
         World {
             generation,
+            changed,
             rules_revision: self.rules.revision,
             registry,
             index,
@@ -222,7 +245,8 @@ pub fn spawn(
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let updates = Updates(tx);
-    let (publish, worlds) = watch::channel(Arc::new(inputs.world(1)));
+    let first = Arc::new(inputs.world(1, None));
+    let (publish, worlds) = watch::channel(first.clone());
     if !warmup.is_zero() {
         let updates = updates.clone();
         tokio::spawn(async move {
@@ -233,6 +257,7 @@ pub fn spawn(
     let own = updates.clone();
     tokio::spawn(async move {
         let mut generation = 1;
+        let mut last = first;
         while let Some(first) = rx.recv().await {
             let mut changed = inputs.apply(first, &own);
             let deadline = tokio::time::Instant::now() + MAX_DELAY;
@@ -245,7 +270,8 @@ pub fn spawn(
             }
             if changed {
                 generation += 1;
-                publish.send_replace(Arc::new(inputs.world(generation)));
+                last = Arc::new(inputs.world(generation, Some(&last)));
+                publish.send_replace(last.clone());
             }
         }
     });

@@ -13,7 +13,7 @@ use prost::{Message, Name};
 
 use crate::translate::{
     Inputs, OutboundKey, ProxyNode, inbound_digest, outbound_digest, outbound_key,
-    translate_inbound, translate_outbound,
+    own_service_places, reachable_services, translate_inbound, translate_outbound,
 };
 use crate::world::World;
 
@@ -97,7 +97,16 @@ pub(super) fn by_type(r: crate::translate::Resources) -> HashMap<XdsType, Arc<Ty
 
 /// One part's resources by type.
 type ByType = HashMap<XdsType, Arc<Typed>>;
-type SharedOutbound = Arc<ByType>;
+
+/// A key's outbound part: its resources, and the places of the services
+/// they are made of.
+#[derive(Debug, Default)]
+pub(super) struct Outbound {
+    parts: ByType,
+    reach: Vec<usize>,
+}
+
+type SharedOutbound = Arc<Outbound>;
 
 /// Whether two maps hold the same names at the same versions.
 fn same_content(a: &Typed, b: &Typed) -> bool {
@@ -133,11 +142,23 @@ pub struct OutboundCache {
 }
 
 /// A proxy's inbound part and the digest it was translated from (kept by
-/// its stream, translated again only when the digest changes).
+/// its stream, translated again only when the digest changes), and the
+/// places of the services it is made of.
 #[derive(Debug, Clone, Default)]
 pub struct Inbound {
     digest: Option<u64>,
     parts: Arc<ByType>,
+    reach: Vec<usize>,
+}
+
+/// One proxy's resources at a generation, with what they were made of.
+pub struct Resolved {
+    /// By type: the shared outbound part and the proxy's own.
+    pub layers: HashMap<XdsType, Layers>,
+    /// Its outbound key.
+    pub key: OutboundKey,
+    /// The places of the services its resources are made of, sorted.
+    pub reach: Vec<usize>,
 }
 
 /// Locks `m`; a panic elsewhere while it was held (which poisons it) does
@@ -243,6 +264,24 @@ impl<K: Eq + std::hash::Hash, V: Clone> PerGeneration<K, V> {
         };
         cell.get_or_init(|| build(before.as_ref())).clone()
     }
+
+    /// Marks `key`'s value as current at `generation` without asking for
+    /// its digest: its stream knows nothing it is made of changed. False
+    /// when there is no such value any more (then the stream asks).
+    fn touch(&self, key: &K, generation: u64) -> bool {
+        let mut cells = lock(&self.cells);
+        if generation > cells.generation {
+            cells.generation = generation;
+            cells.entries.retain(|_, e| e.seen + 1 >= generation);
+        }
+        match cells.entries.get_mut(key) {
+            Some(e) if e.seen + 1 >= generation && e.cell.get().is_some() => {
+                e.seen = e.seen.max(generation);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 type DiffEntry = (std::sync::Weak<Typed>, std::sync::Weak<Typed>, Arc<Diff>);
@@ -297,6 +336,12 @@ impl OutboundCache {
         d
     }
 
+    /// Keeps `key`'s outbound part current at `generation` (see
+    /// [`PerGeneration::touch`]).
+    pub(super) fn touch(&self, key: &OutboundKey, generation: u64) -> bool {
+        self.translations.touch(key, generation)
+    }
+
     /// The resources of one proxy, by type URL: the shared outbound part
     /// (translated once per key, again when what it reaches changed) and
     /// its inbound part (`inbound`, the stream's: translated again when
@@ -306,7 +351,7 @@ impl OutboundCache {
         world: &World,
         node: &ProxyNode,
         inbound: &mut Inbound,
-    ) -> HashMap<XdsType, Layers> {
+    ) -> Resolved {
         let inputs = Inputs {
             registry: &world.registry,
             rules: &world.rules,
@@ -315,12 +360,15 @@ impl OutboundCache {
         let index = &world.index;
         let key = outbound_key(&inputs, index, node);
         let shared = self.translations.get_or_build(
-            key,
+            key.clone(),
             world.generation,
             || outbound_digest(&inputs, index, node),
             |before| {
                 let new = by_type(translate_outbound(&inputs, index, node));
-                Arc::new(keep_unchanged(new, before.map(|b| &**b)))
+                Arc::new(Outbound {
+                    parts: keep_unchanged(new, before.map(|b| &b.parts)),
+                    reach: reachable_services(&inputs, index, node),
+                })
             },
         );
         #[cfg(debug_assertions)]
@@ -329,7 +377,7 @@ impl OutboundCache {
             // kept equals what would be translated now.
             let fresh = by_type(translate_outbound(&inputs, index, node));
             for (t, typed) in &fresh {
-                let kept = shared.get(t).cloned().unwrap_or_default();
+                let kept = shared.parts.get(t).cloned().unwrap_or_default();
                 debug_assert!(
                     same_content(&kept, typed),
                     "stale outbound {t} kept: {:?} where translation gives {:?}",
@@ -337,6 +385,7 @@ impl OutboundCache {
                     typed.iter().map(|(n, (v, _))| (n, v)).collect::<Vec<_>>(),
                 );
             }
+            debug_assert_eq!(shared.reach, reachable_services(&inputs, index, node));
         }
         let digest = inbound_digest(&inputs, index, node);
         if inbound.digest != Some(digest) {
@@ -344,21 +393,26 @@ impl OutboundCache {
             *inbound = Inbound {
                 digest: Some(digest),
                 parts: Arc::new(keep_unchanged(new, Some(&inbound.parts))),
+                reach: own_service_places(&inputs, index, node),
             };
         }
         let own = &inbound.parts;
-        XdsType::PUSH_ORDER
+        let layers = XdsType::PUSH_ORDER
             .into_iter()
             .map(|t| {
                 (
                     t,
                     Layers {
-                        shared: shared.get(&t).cloned().unwrap_or_default(),
+                        shared: shared.parts.get(&t).cloned().unwrap_or_default(),
                         own: own.get(&t).cloned().unwrap_or_default(),
                     },
                 )
             })
-            .collect()
+            .collect();
+        let mut reach: Vec<usize> = shared.reach.iter().chain(&inbound.reach).copied().collect();
+        reach.sort_unstable();
+        reach.dedup();
+        Resolved { layers, key, reach }
     }
 }
 
@@ -452,7 +506,9 @@ mod tests {
         };
         let cache = super::OutboundCache::default();
         let mut inbound = super::Inbound::default();
-        let first = cache.resources_for(&world(1, ""), &node, &mut inbound);
+        let first = cache
+            .resources_for(&world(1, ""), &node, &mut inbound)
+            .layers;
         assert!(
             first[&XdsType::Endpoint]
                 .get("outbound|80||b.default.svc.cluster.local")
@@ -465,13 +521,17 @@ mod tests {
         );
         // c is out of a's scope: its new endpoint changes nothing for a.
         let c2 = "- {name: c2, address: 10.1.0.4, labels: {app: c}}\n";
-        let second = cache.resources_for(&world(2, c2), &node, &mut inbound);
+        let second = cache
+            .resources_for(&world(2, c2), &node, &mut inbound)
+            .layers;
         for t in XdsType::PUSH_ORDER {
             assert!(second[&t].same(&first[&t]), "{t} translated again");
         }
         // b's new endpoint: new endpoints, the same clusters, listeners, routes.
         let b2 = format!("{c2}- {{name: b2, address: 10.1.0.5, labels: {{app: b}}}}\n");
-        let third = cache.resources_for(&world(3, &b2), &node, &mut inbound);
+        let third = cache
+            .resources_for(&world(3, &b2), &node, &mut inbound)
+            .layers;
         assert!(!third[&XdsType::Endpoint].same(&second[&XdsType::Endpoint]));
         for t in [XdsType::Cluster, XdsType::Listener, XdsType::Route] {
             assert!(third[&t].same(&second[&t]), "{t} is not the one held");

@@ -33,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Streaming};
 use tracing::warn;
 
-pub use cache::{Layers, OutboundCache};
+pub use cache::{Inbound, Layers, OutboundCache, Resolved};
 pub use status::{ProxyStatus, PushRecord, Status, TypeStatus};
 
 use cache::lock;
@@ -214,10 +214,11 @@ impl Discovery {
                     c = worlds.changed() => {
                         if c.is_err() { break 'stream; }
                         let world = worlds.borrow_and_update().clone();
-                        s.refresh(&world);
-                        for p in s.pushes(F::SOTW) {
-                            if tx.send(Ok(F::response(p))).await.is_err() {
-                                break 'stream;
+                        if s.refresh(&world) {
+                            for p in s.pushes(F::SOTW) {
+                                if tx.send(Ok(F::response(p))).await.is_err() {
+                                    break 'stream;
+                                }
                             }
                         }
                         s.handled();

@@ -15,7 +15,7 @@ use super::cache::{Inbound, Layers, OutboundCache, lock};
 use super::status::{ProxyStatus, PushRecord, Status, now_ms};
 use super::{PERMIT_WAIT, proxy_node};
 use crate::translate::ProxyNode;
-use crate::world::World;
+use crate::world::{Changed, World};
 
 /// A type's subscription on one stream.
 #[derive(Default)]
@@ -159,6 +159,10 @@ pub(super) struct Stream {
     cache: Arc<OutboundCache>,
     /// This proxy's inbound part, kept while what it is made of stays.
     inbound: Inbound,
+    /// Its outbound key and the places of the services its resources are
+    /// made of, at the last translation.
+    key: Option<crate::translate::OutboundKey>,
+    reach: Vec<usize>,
     /// Held from a push until the proxy answered it (see [`PUSH_CONCURRENCY`]).
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     generation: u64,
@@ -217,6 +221,8 @@ impl Stream {
             previous: HashMap::new(),
             cache,
             inbound: Inbound::default(),
+            key: None,
+            reach: Vec::new(),
             permit: None,
             generation: 0,
             rules_revision: 0,
@@ -225,15 +231,39 @@ impl Stream {
         }
     }
 
-    pub(super) fn refresh(&mut self, world: &World) {
-        if world.generation != self.generation {
-            let next = self
-                .cache
-                .resources_for(world, &self.proxy, &mut self.inbound);
-            self.previous = std::mem::replace(&mut self.current, next);
-            self.generation = world.generation;
-            self.rules_revision = world.rules_revision;
+    /// Moves to `world`; false when the proxy's resources stay as they
+    /// are (nothing to push).
+    pub(super) fn refresh(&mut self, world: &World) -> bool {
+        if world.generation == self.generation {
+            return false;
         }
+        if self.unaffected(world) {
+            self.generation = world.generation;
+            return false;
+        }
+        let next = self
+            .cache
+            .resources_for(world, &self.proxy, &mut self.inbound);
+        self.previous = std::mem::replace(&mut self.current, next.layers);
+        self.key = Some(next.key);
+        self.reach = next.reach;
+        self.generation = world.generation;
+        self.rules_revision = world.rules_revision;
+        true
+    }
+
+    /// Whether `world` follows the generation this proxy holds with new
+    /// endpoints of services it does not reach only (most endpoint changes,
+    /// for most proxies, once Sidecars scope them): then nothing is
+    /// translated or compared.
+    fn unaffected(&self, world: &World) -> bool {
+        let Changed::Endpoints(changed) = &world.changed else {
+            return false;
+        };
+        let Some(key) = &self.key else { return false };
+        world.generation == self.generation + 1
+            && !changed.iter().any(|i| self.reach.binary_search(i).is_ok())
+            && self.cache.touch(key, world.generation)
     }
 
     /// Marks the inputs of the last refresh as handled (after their pushes

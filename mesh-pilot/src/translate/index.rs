@@ -33,6 +33,9 @@ pub struct Index {
     /// Per service: its definition and its endpoints' (what its outbound
     /// resources are made of, rules aside).
     digests: Vec<u64>,
+    /// The services' alone (not their endpoints): while it stays, a
+    /// service keeps its place, and only endpoints changed.
+    shape: u64,
     /// The mesh settings'.
     pub(super) mesh: u64,
     pub(super) rules: Arc<RuleIndex>,
@@ -166,6 +169,7 @@ impl Index {
                 }
             }
         }
+        let shape = digest_of(&registry.services);
         let digests = registry
             .services
             .iter()
@@ -185,6 +189,7 @@ impl Index {
             by_host,
             at_address,
             digests,
+            shape,
             // MeshConfig holds a float: its Debug form stands in for Hash.
             mesh: digest_of(&format!("{:?}", inputs.mesh)),
             rules,
@@ -228,6 +233,24 @@ impl Index {
     /// The digest of the service at `i` and its endpoints.
     pub(super) fn digest(&self, i: usize) -> u64 {
         self.digests[i]
+    }
+
+    /// The places of the services whose endpoints are all that changed
+    /// from `before` to this index, when that is all that changed in the
+    /// registry (the same services in the same order); `None` otherwise.
+    pub fn endpoints_changed_since(&self, before: &Index) -> Option<Vec<usize>> {
+        (self.shape == before.shape
+            && self.mesh == before.mesh
+            && self.digests.len() == before.digests.len())
+        .then(|| {
+            self.digests
+                .iter()
+                .zip(&before.digests)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| i)
+                .collect()
+        })
     }
 
     /// The service at `i`, its host and its endpoints.
@@ -288,5 +311,36 @@ mod tests {
         assert_eq!(got[0].1, ["a1", "a2"]);
         assert_eq!(got[1].1, ["b1"]);
         assert!(got[2].1.is_empty());
+    }
+
+    /// Only endpoints changed: the services whose endpoints did are named;
+    /// a changed service (or a new one) is a change of anything.
+    #[test]
+    fn an_endpoint_change_names_its_services() {
+        let services = "services:\n- {name: a, vip: 10.0.0.1, ports: [{name: http, port: 80}], selector: {app: a}}\n- {name: b, vip: 10.0.0.2, ports: [{name: http, port: 80}], selector: {app: b}}\n";
+        let index = |yaml: &str| {
+            let registry = crate::registry::from_yaml("r.yaml", yaml).unwrap();
+            let mesh = crate::translate::MeshConfig::default();
+            super::Index::of(&crate::translate::Inputs {
+                registry: &registry,
+                rules: &[],
+                mesh: &mesh,
+            })
+        };
+        let before = index(&format!(
+            "{services}workloads:\n- {{name: a1, address: 10.1.0.1, labels: {{app: a}}}}\n"
+        ));
+        let b1 = index(&format!(
+            "{services}workloads:\n- {{name: a1, address: 10.1.0.1, labels: {{app: a}}}}\n- {{name: b1, address: 10.1.0.2, labels: {{app: b}}}}\n"
+        ));
+        assert_eq!(b1.endpoints_changed_since(&before), Some(vec![1]));
+        assert_eq!(before.endpoints_changed_since(&before), Some(vec![]));
+        let moved = index(&format!(
+            "{services}workloads:\n- {{name: a1, address: 10.1.0.9, labels: {{app: a}}}}\n"
+        ));
+        assert_eq!(moved.endpoints_changed_since(&before), Some(vec![0]));
+        assert_eq!(moved.at("10.1.0.9".parse().unwrap()), [0]);
+        let renamed = index(&services.replace("name: b,", "name: c,"));
+        assert_eq!(renamed.endpoints_changed_since(&before), None);
     }
 }

@@ -411,6 +411,18 @@ pub fn inbound_digest(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> u
     h.finish()
 }
 
+/// The places of the registry's services `node`'s outbound part is made
+/// of, in registry order.
+pub fn reachable_services(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Vec<usize> {
+    reachable(inputs, index, node).1
+}
+
+/// The places of the services `node`'s inbound part is made of (those its
+/// own workload is behind), in registry order.
+pub fn own_service_places(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Vec<usize> {
+    own_services(inputs, index, node).collect()
+}
+
 /// The Sidecar scope of `node` (everything without one) and the places
 /// of the registry's services in it, in registry order.
 fn reachable<'a>(
