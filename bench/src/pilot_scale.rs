@@ -28,6 +28,9 @@ use crate::procfs;
 /// several changes make the per-change figure finer).
 const ENDPOINT_CHANGES: usize = 5;
 
+/// The thread pilot reads a changed registry file on (the file watch's).
+const REGISTRY_THREAD: &str = "notify-rs";
+
 /// What one run sets up.
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
@@ -72,6 +75,10 @@ pub struct ScaleReport {
     pub endpoint_push_p99_ms: f64,
     /// pilot's CPU per endpoint change, registry re-read included (ms).
     pub cpu_ms_per_endpoint_change: f64,
+    /// The same without the file registry's re-read (parsing the whole
+    /// file, on the file watch's thread): what translating and pushing
+    /// the change costs, as with a registry that reports changes (ms).
+    pub cpu_ms_per_endpoint_change_without_registry_read: f64,
     /// pilot's peak resident memory (bytes).
     pub pilot_rss_bytes: u64,
     /// pilot's CPU seconds for the whole run.
@@ -441,13 +448,16 @@ impl Run {
     }
 
     /// [`ENDPOINT_CHANGES`] workloads added to svc-0, one at a time: ms to
-    /// each affected proxy's new endpoints, and pilot's CPU ms per change.
-    fn endpoint_changes(&self, affected: &[usize]) -> anyhow::Result<(Vec<f64>, f64)> {
+    /// each affected proxy's new endpoints, and pilot's CPU ms per change
+    /// with and without the registry file's re-read.
+    fn endpoint_changes(&self, affected: &[usize]) -> anyhow::Result<(Vec<f64>, f64, f64)> {
         let Scale {
             proxies, services, ..
         } = self.scale;
         let mut ms = Vec::new();
-        let cpu_before = procfs::cpu_seconds(self.pilot.id());
+        let pid = self.pilot.id();
+        let cpu_before = procfs::cpu_seconds(pid);
+        let read_before = procfs::threads_cpu_seconds(pid, REGISTRY_THREAD);
         for extra in 1..=ENDPOINT_CHANGES {
             for s in &self.stamps {
                 s.endpoint.store(0, Ordering::SeqCst);
@@ -462,9 +472,11 @@ impl Run {
             })?;
             ms.extend(delays(&self.stamps, affected, mark, true));
         }
-        let cpu = procfs::cpu_seconds(self.pilot.id()) - cpu_before;
+        let cpu = procfs::cpu_seconds(pid) - cpu_before;
+        let read = procfs::threads_cpu_seconds(pid, REGISTRY_THREAD) - read_before;
         ms.sort_by(|a, b| a.total_cmp(b));
-        Ok((ms, cpu * 1000.0 / ENDPOINT_CHANGES as f64))
+        let per_change = |s: f64| s * 1000.0 / ENDPOINT_CHANGES as f64;
+        Ok((ms, per_change(cpu), per_change(cpu - read)))
     }
 }
 
@@ -522,7 +534,7 @@ pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
     let initial_sync_s = run.epoch.elapsed().as_secs_f64();
     let affected = run.affected();
     let (route, outside) = run.route_change(&affected)?;
-    let (endpoint, cpu_ms) = run.endpoint_changes(&affected)?;
+    let (endpoint, cpu_ms, cpu_ms_without_read) = run.endpoint_changes(&affected)?;
     let pid = run.pilot.id();
     let report = ScaleReport {
         proxies: scale.proxies,
@@ -542,6 +554,7 @@ pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
         endpoint_push_p50_ms: percentile(&endpoint, 0.5),
         endpoint_push_p99_ms: percentile(&endpoint, 0.99),
         cpu_ms_per_endpoint_change: cpu_ms,
+        cpu_ms_per_endpoint_change_without_registry_read: cpu_ms_without_read,
         pilot_rss_bytes: (procfs::peak_rss_mb(pid) * 1024.0 * 1024.0) as u64,
         pilot_cpu_s: procfs::cpu_seconds(pid),
         bytes_sent: run.probe.bytes.load(Ordering::Relaxed),
