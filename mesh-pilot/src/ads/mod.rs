@@ -62,13 +62,16 @@ pub fn proxy_node(meta: &NodeMeta) -> ProxyNode {
     }
 }
 
-/// Proxies with an unanswered subscription answer at the same time: a
-/// thousand proxies connecting together get their (full) configuration in
-/// waves. Changes, which are small, are not gated.
+/// Proxies with an unanswered push at the same time: a thousand proxies
+/// connecting together get their (full) configuration in waves, and so
+/// does a change that concerns them all: pilot holds at most this many
+/// proxies' responses.
 const PUSH_CONCURRENCY: usize = 32;
 
-/// How long a stream waits for a push permit before pushing anyway.
-const PERMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a stream keeps its push permit without an answer: a proxy
+/// that does not answer (stuck, or slow to read) holds up the others no
+/// longer than this, and what it was sent stays with it alone.
+const PERMIT_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The discovery service.
 #[derive(Clone)]
@@ -207,6 +210,9 @@ impl Discovery {
                     s.handled();
                 }
                 tokio::select! {
+                    _ = tokio::time::sleep_until(s.permit_deadline()), if s.holds_permit() => {
+                        s.release_permit();
+                    }
                     r = requests.message() => match r {
                         Ok(Some(req)) => next = Some(req),
                         _ => break 'stream,
@@ -215,6 +221,12 @@ impl Discovery {
                         if c.is_err() { break 'stream; }
                         let world = worlds.borrow_and_update().clone();
                         if s.refresh(&world) {
+                            // A change every proxy must get (a route of a
+                            // service all reach) is pushed in waves too, so
+                            // pilot never holds every proxy's copy at once.
+                            if s.may_push() {
+                                s.take_permit(&this.gate).await;
+                            }
                             for p in s.pushes(F::SOTW) {
                                 if tx.send(Ok(F::response(p))).await.is_err() {
                                     break 'stream;

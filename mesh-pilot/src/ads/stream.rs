@@ -13,7 +13,7 @@ use mesh_proto::types::XdsType;
 
 use super::cache::{Inbound, Layers, OutboundCache, lock};
 use super::status::{ProxyStatus, PushRecord, Status, now_ms};
-use super::{PERMIT_WAIT, proxy_node};
+use super::{PERMIT_HOLD, proxy_node};
 use crate::translate::ProxyNode;
 use crate::world::{Changed, World};
 
@@ -164,7 +164,7 @@ pub(super) struct Stream {
     key: Option<crate::translate::OutboundKey>,
     reach: Vec<usize>,
     /// Held from a push until the proxy answered it (see [`PUSH_CONCURRENCY`]).
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<(tokio::sync::OwnedSemaphorePermit, tokio::time::Instant)>,
     generation: u64,
     rules_revision: u64,
     nonce: u64,
@@ -286,13 +286,32 @@ impl Stream {
         self.subs.values().any(|s| s.pending.is_some())
     }
 
-    /// Takes a push permit unless the stream holds one. A proxy that does
-    /// not answer within the wait does not block the others for longer.
+    /// Takes a push permit unless the stream holds one (waiting for one
+    /// as long as it takes: holders give theirs back when answered, or
+    /// after [`PERMIT_HOLD`]).
     pub(super) async fn take_permit(&mut self, gate: &Arc<tokio::sync::Semaphore>) {
-        if self.permit.is_none() {
-            let wait = tokio::time::timeout(PERMIT_WAIT, gate.clone().acquire_owned());
-            self.permit = wait.await.ok().and_then(Result::ok);
+        if self.permit.is_none()
+            && let Ok(p) = gate.clone().acquire_owned().await
+        {
+            self.permit = Some((p, tokio::time::Instant::now() + PERMIT_HOLD));
         }
+    }
+
+    /// Whether the stream holds a push permit.
+    pub(super) fn holds_permit(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// When the permit goes back unanswered.
+    pub(super) fn permit_deadline(&self) -> tokio::time::Instant {
+        self.permit
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |(_, at)| *at)
+    }
+
+    /// Gives the permit back (the proxy did not answer in time).
+    pub(super) fn release_permit(&mut self) {
+        self.permit = None;
     }
 
     /// ACK/NACK bookkeeping for a request answering `nonce`. Returns false
@@ -517,6 +536,15 @@ impl Stream {
             changed,
             removed,
         }
+    }
+
+    /// Whether a type the proxy subscribed to may differ from what it
+    /// holds (cheap: by pointer; [`Stream::pushes`] says for sure).
+    pub(super) fn may_push(&self) -> bool {
+        self.subs.iter().any(|(kind, sub)| {
+            sub.requested
+                && !matches!((&sub.has, self.current.get(kind)), (Held::Exactly(h), Some(all)) if h.same(all))
+        })
     }
 
     /// The pushes for a new world, make-before-break: clusters and
