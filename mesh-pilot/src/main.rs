@@ -304,14 +304,18 @@ async fn serve_xds(args: &Args, discovery: Discovery) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// pilot's worker threads (and malloc arenas).
+const WORKERS: usize = 2;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let logging = match mesh_runtime::log::init() {
         Ok(l) => l,
         Err(e) => return fail(anyhow::anyhow!("MESH_LOG: {e}")),
     };
+    mesh_runtime::memory::limit_malloc_arenas(WORKERS);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKERS)
         .enable_all()
         .build()
         .expect("runtime");

@@ -23,7 +23,6 @@ pub mod framing;
 pub mod http;
 pub mod identity;
 pub mod listener;
-pub mod memory;
 pub mod orig_dst;
 pub mod podinfo;
 pub mod server;

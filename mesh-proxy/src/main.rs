@@ -346,7 +346,7 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    mesh_proxy::memory::limit_malloc_arenas(a.concurrency);
+    mesh_runtime::memory::limit_malloc_arenas(a.concurrency);
     let opts = Options {
         concurrency: a.concurrency,
         drain_timeout: Duration::from_secs(a.drain_timeout),
@@ -431,7 +431,7 @@ fn follow_pilot(
                         info!("ready");
                     }
                 }
-                Event::Idle => mesh_proxy::memory::release_after_config(),
+                Event::Idle => mesh_runtime::memory::release_after_config(),
                 Event::Rejected { type_url, reason } => {
                     warn!(type_url, "config rejected: {reason}");
                 }
@@ -639,7 +639,7 @@ fn init(a: InitArgs) -> ExitCode {
 /// configuration in force, whose counters carry over.
 fn load(path: &Path, bytes: &[u8], previous: Option<&Snapshot>) -> anyhow::Result<Bootstrapped> {
     let loaded = load_inner(path, bytes, previous);
-    mesh_proxy::memory::release_after_config();
+    mesh_runtime::memory::release_after_config();
     loaded
 }
 
@@ -745,7 +745,7 @@ fn main() -> ExitCode {
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    mesh_proxy::memory::limit_malloc_arenas(concurrency);
+    mesh_runtime::memory::limit_malloc_arenas(concurrency);
     // The certificate before the listeners that may need it.
     let (identity, _roots_watch) = match certify(&args.ca, &args.namespace, &args.service_account) {
         Ok(Some((identity, watch))) => (Some(identity), Some(watch)),

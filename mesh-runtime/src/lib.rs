@@ -5,6 +5,7 @@
 //! [`signal`] — when to stop.
 
 pub mod log;
+pub mod memory;
 pub mod poll;
 pub mod signal;
 pub mod watch;

@@ -1,4 +1,4 @@
-//! Keeping the resident size to what the proxy uses while it serves.
+//! Keeping the resident size to what a server uses while it serves.
 //!
 //! Reading configuration runs code the request path never touches (YAML,
 //! protobuf reflection over Envoy's descriptor set, validation) and
@@ -6,7 +6,9 @@
 //! the freed heap goes back to the kernel and the executable's pages that
 //! only start-up used are unmapped: they stay in the page cache, and
 //! whatever is still needed faults back in (a minor fault, no disk read).
-//! What remains resident is the serving working set.
+//! What remains resident is the serving working set. Both the proxy and
+//! pilot cap malloc's arenas: memory one thread frees is what the next
+//! allocation on another reuses.
 
 /// Gives freed heap and the pages of start-up code back to the system.
 pub fn release_after_config() {
