@@ -26,7 +26,7 @@ use crate::procfs;
 
 /// Endpoint changes measured per run (CPU time is read in 10 ms ticks;
 /// several changes make the per-change figure finer).
-const ENDPOINT_CHANGES: usize = 5;
+const ENDPOINT_CHANGES: usize = 20;
 
 /// The thread pilot reads a changed registry file on (the file watch's).
 const REGISTRY_THREAD: &str = "notify-rs";
