@@ -1021,9 +1021,9 @@ fn pilot_scale_runs(
         join(scopes)
     );
     println!(
-        "| proxies | services | per proxy | initial sync | route push p50 / p99 | endpoint push p50 / p99 | CPU per endpoint change (without the registry file's re-read) | pilot peak RSS | bytes sent | routes outside scope |"
+        "| proxies | services | per proxy | initial sync | route push p50 / p99 | endpoint push p50 / p99 | CPU per endpoint change (without the registry file's re-read) | pilot peak RSS | bytes sent | routes outside scope | rolling restart: writes → endpoint pushes per proxy (mean / max), zero-endpoint assignments, converged |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut raw = Vec::new();
     for &scope in scopes {
         for &n in proxies {
@@ -1034,7 +1034,7 @@ fn pilot_scale_runs(
             };
             let r = pilot_scale::run(pilot, scale)?;
             println!(
-                "| {} | {} | {} | {:.2} s | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.1} ms ({:.1} ms) | {:.0} MB | {:.0} MB | {} |",
+                "| {} | {} | {} | {:.2} s | {:.0} / {:.0} ms | {:.0} / {:.0} ms | {:.1} ms ({:.1} ms) | {:.0} MB | {:.0} MB | {} | {} → {:.1} / {}, {}, {:.0} ms |",
                 r.proxies,
                 r.services,
                 r.services_per_proxy,
@@ -1048,6 +1048,11 @@ fn pilot_scale_runs(
                 r.pilot_rss_bytes as f64 / 1048576.0,
                 r.bytes_sent as f64 / 1048576.0,
                 r.route_pushes_outside_scope,
+                r.rolling_restart_writes,
+                r.rolling_restart_pushes_per_proxy_mean,
+                r.rolling_restart_pushes_per_proxy_max,
+                r.rolling_restart_zero_endpoint_assignments,
+                r.rolling_restart_converged_ms,
             );
             let mut value = serde_json::to_value(&r)?;
             value["command"] = command.clone().into();

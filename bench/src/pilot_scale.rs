@@ -79,6 +79,18 @@ pub struct ScaleReport {
     /// file, on the file watch's thread): what translating and pushing
     /// the change costs, as with a registry that reports changes (ms).
     pub cpu_ms_per_endpoint_change_without_registry_read: f64,
+    /// Registry writes of the rolling restart of the backends (each of
+    /// their pods replaced once, a new one up before an old one goes).
+    pub rolling_restart_writes: usize,
+    /// Endpoint responses a proxy received during it: mean.
+    pub rolling_restart_pushes_per_proxy_mean: f64,
+    /// Most any proxy received.
+    pub rolling_restart_pushes_per_proxy_max: u64,
+    /// Assignments of a backend with no endpoint received (should be 0:
+    /// no backend ever had none).
+    pub rolling_restart_zero_endpoint_assignments: u64,
+    /// Last write → every proxy holds only new pods for its backends (ms).
+    pub rolling_restart_converged_ms: f64,
     /// pilot's peak resident memory (bytes).
     pub pilot_rss_bytes: u64,
     /// pilot's CPU seconds for the whole run.
@@ -91,14 +103,51 @@ fn ip(prefix: u8, i: usize) -> String {
     format!("10.{prefix}.{}.{}", i / 250, i % 250 + 1)
 }
 
-/// The file registry: M services with one workload per proxy, and
-/// `extra` more workloads of `svc-0` (the endpoint changes add them).
-fn registry(services: usize, proxies: usize, extra: usize) -> String {
+/// Backend services whose endpoints a rolling restart replaces (beside
+/// the M services; no proxy is one of their endpoints, so every endpoint
+/// of theirs is replaced).
+const BACKENDS: usize = 100;
+/// Pods per backend.
+const PODS: usize = 2;
+
+/// How far a rolling restart of the backends has got: backends before
+/// `done` run their new pods only; backend `done` runs old and new while
+/// `surge` (a new pod is up before an old one goes, as a Deployment's
+/// `maxSurge` does).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rollout {
+    done: usize,
+    surge: bool,
+}
+
+impl Rollout {
+    /// Backend `b`'s pods: (pod, address) of the old, the new or both.
+    fn pods(self, b: usize) -> Vec<(String, String)> {
+        let old = (0..PODS).map(|k| (format!("backend-{b}-old-{k}"), ip(251, b * PODS + k)));
+        let new = (0..PODS).map(|k| (format!("backend-{b}-new-{k}"), ip(250, b * PODS + k)));
+        match (b < self.done, b == self.done && self.surge) {
+            (true, _) => new.collect(),
+            (false, true) => old.chain(new).collect(),
+            (false, false) => old.collect(),
+        }
+    }
+}
+
+/// The file registry: M services with one workload per proxy, `extra`
+/// more workloads of `svc-0` (the endpoint changes add them), and the
+/// backends' pods as far as `rollout` has got.
+fn registry(services: usize, proxies: usize, extra: usize, rollout: Rollout) -> String {
     let mut y = String::from("services:\n");
     for s in 0..services {
         y.push_str(&format!(
             "- name: svc-{s}\n  vip: {}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  selector: {{app: svc-{s}}}\n",
             ip(252, s)
+        ));
+    }
+    for b in 0..BACKENDS {
+        y.push_str(&format!(
+            "- name: backend-{b}\n  vip: {}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  selector: {{app: backend-{b}}}\n",
+            ip(249, b)
         ));
     }
     y.push_str("workloads:\n");
@@ -115,7 +164,19 @@ fn registry(services: usize, proxies: usize, extra: usize) -> String {
             ip(253, e)
         ));
     }
+    for b in 0..BACKENDS {
+        for (name, address) in rollout.pods(b) {
+            y.push_str(&format!(
+                "- name: {name}\n  address: {address}\n  labels: {{app: backend-{b}}}\n"
+            ));
+        }
+    }
     y
+}
+
+/// The backend a proxy of `svc-s` calls (in its scope when scoped).
+fn backend_of(s: usize) -> usize {
+    s % BACKENDS
 }
 
 /// Writes the registry by rename, as an editor or the kubelet would, so
@@ -132,7 +193,8 @@ fn scope_of(s: usize, services: usize, scope: usize) -> impl Iterator<Item = usi
     (0..scope.min(services)).map(move |j| (s + j) % services)
 }
 
-/// One Sidecar per service, selecting its workloads, listing its scope.
+/// One Sidecar per service, selecting its workloads, listing its scope
+/// and its backend.
 fn sidecars(services: usize, scope: usize) -> String {
     let mut y = String::new();
     for s in 0..services {
@@ -142,6 +204,10 @@ fn sidecars(services: usize, scope: usize) -> String {
         for t in scope_of(s, services, scope) {
             y.push_str(&format!("    - ./svc-{t}.default.svc.cluster.local\n"));
         }
+        y.push_str(&format!(
+            "    - ./backend-{}.default.svc.cluster.local\n",
+            backend_of(s)
+        ));
     }
     y
 }
@@ -170,6 +236,11 @@ struct Probe {
     endpoint_mark: AtomicU64,
     /// Bytes of every response received.
     bytes: AtomicU64,
+    /// The rolling restart is on: proxies check backend endpoints.
+    rolling: std::sync::atomic::AtomicBool,
+    /// Endpoint assignments of a backend with no endpoint at all, received
+    /// during the rolling restart (a backend always has one).
+    empty_backends: AtomicU64,
 }
 
 /// When one proxy received the change of each phase (µs; 0: not yet).
@@ -177,6 +248,62 @@ struct Probe {
 struct Stamps {
     route: AtomicU64,
     endpoint: AtomicU64,
+    /// Endpoint responses received during the rolling restart.
+    rolling_pushes: AtomicU64,
+    /// The backends whose endpoints it last received were all new pods
+    /// (bit b of word b / 64).
+    backends_new: [AtomicU64; BACKENDS.div_ceil(64)],
+}
+
+impl Stamps {
+    /// Notes a backend's endpoints from an endpoint response of the
+    /// rolling restart.
+    fn see_backend(&self, probe: &Probe, r: &mesh_proto::envoy::service::discovery::v3::Resource) {
+        use mesh_proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        let Some(b) = r
+            .name
+            .strip_prefix("outbound|80||backend-")
+            .and_then(|n| n.strip_suffix(".default.svc.cluster.local"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return;
+        };
+        let Some(cla) = r
+            .resource
+            .as_ref()
+            .and_then(|a| ClusterLoadAssignment::decode(a.value.as_slice()).ok())
+        else {
+            return;
+        };
+        use mesh_proto::envoy::config::core::v3::address::Address;
+        use mesh_proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+        let addresses: Vec<&str> = cla
+            .endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| match e.host_identifier.as_ref()? {
+                HostIdentifier::Endpoint(e) => match e.address.as_ref()?.address.as_ref()? {
+                    Address::SocketAddress(s) => Some(s.address.as_str()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        if addresses.is_empty() {
+            probe.empty_backends.fetch_add(1, Ordering::SeqCst);
+        }
+        let new = !addresses.is_empty() && addresses.iter().all(|a| a.starts_with("10.250."));
+        let (word, bit) = (&self.backends_new[b / 64], 1u64 << (b % 64));
+        if new {
+            word.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            word.fetch_and(!bit, Ordering::SeqCst);
+        }
+    }
+
+    fn backend_is_new(&self, b: usize) -> bool {
+        self.backends_new[b / 64].load(Ordering::SeqCst) & (1 << (b % 64)) != 0
+    }
 }
 
 impl Stamps {
@@ -240,6 +367,12 @@ async fn proxy(
         }
         let now = epoch.elapsed().as_micros() as u64;
         stamps.see(&probe, XdsType::PUSH_ORDER[k], now);
+        if XdsType::PUSH_ORDER[k] == XdsType::Endpoint && probe.rolling.load(Ordering::SeqCst) {
+            stamps.rolling_pushes.fetch_add(1, Ordering::SeqCst);
+            for res in &r.resources {
+                stamps.see_backend(&probe, res);
+            }
+        }
     }
 }
 
@@ -464,7 +597,8 @@ impl Run {
             }
             let mark = self.now();
             self.probe.endpoint_mark.store(mark, Ordering::SeqCst);
-            write_registry(&self.registry, &registry(services, proxies, extra))?;
+            let text = registry(services, proxies, extra, Rollout::default());
+            write_registry(&self.registry, &text)?;
             wait_until("every affected proxy got the new endpoints", || {
                 affected
                     .iter()
@@ -480,11 +614,79 @@ impl Run {
     }
 }
 
+/// What the rolling restart measured.
+struct Rolling {
+    writes: usize,
+    mean: f64,
+    max: u64,
+    converged_ms: f64,
+}
+
+/// The pace of the rolling restart's registry writes (one pod up or down
+/// every few milliseconds: a fast rollout).
+const ROLL_STEP: Duration = Duration::from_millis(5);
+
+impl Run {
+    /// The backends proxy `i` reaches.
+    fn backends_of(&self, i: usize) -> Vec<usize> {
+        if self.scale.scope == 0 {
+            (0..BACKENDS).collect()
+        } else {
+            vec![backend_of(i % self.scale.services)]
+        }
+    }
+
+    /// Every backend's pods replaced, one backend at a time (new pods up,
+    /// then the old ones gone), by registry writes [`ROLL_STEP`] apart.
+    fn rolling_restart(&self) -> anyhow::Result<Rolling> {
+        let Scale {
+            proxies, services, ..
+        } = self.scale;
+        self.probe.rolling.store(true, Ordering::SeqCst);
+        let mut writes = 0;
+        for done in 0..BACKENDS {
+            for surge in [true, false] {
+                let rollout = Rollout {
+                    done: if surge { done } else { done + 1 },
+                    surge,
+                };
+                let text = registry(services, proxies, ENDPOINT_CHANGES, rollout);
+                write_registry(&self.registry, &text)?;
+                writes += 1;
+                std::thread::sleep(ROLL_STEP);
+            }
+        }
+        let last = Instant::now();
+        wait_until("every proxy holds the backends' new pods", || {
+            self.stamps
+                .iter()
+                .enumerate()
+                .all(|(i, s)| self.backends_of(i).into_iter().all(|b| s.backend_is_new(b)))
+        })?;
+        let converged_ms = last.elapsed().as_secs_f64() * 1000.0;
+        self.probe.rolling.store(false, Ordering::SeqCst);
+        let pushes: Vec<u64> = self
+            .stamps
+            .iter()
+            .map(|s| s.rolling_pushes.load(Ordering::SeqCst))
+            .collect();
+        Ok(Rolling {
+            writes,
+            mean: pushes.iter().sum::<u64>() as f64 / pushes.len().max(1) as f64,
+            max: pushes.iter().copied().max().unwrap_or(0),
+            converged_ms,
+        })
+    }
+}
+
 /// Starts pilot over the scale's registry (and Sidecars), then the proxies.
 fn start(pilot: &Path, scale: Scale) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
     let reg = dir.path().join("registry.yaml");
-    std::fs::write(&reg, registry(scale.services, scale.proxies, 0))?;
+    std::fs::write(
+        &reg,
+        registry(scale.services, scale.proxies, 0, Rollout::default()),
+    )?;
     let store = dir.path().join("store");
     if scale.scope > 0 {
         create_rules(
@@ -535,6 +737,7 @@ pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
     let affected = run.affected();
     let (route, outside) = run.route_change(&affected)?;
     let (endpoint, cpu_ms, cpu_ms_without_read) = run.endpoint_changes(&affected)?;
+    let rolling = run.rolling_restart()?;
     let pid = run.pilot.id();
     let report = ScaleReport {
         proxies: scale.proxies,
@@ -555,6 +758,11 @@ pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
         endpoint_push_p99_ms: percentile(&endpoint, 0.99),
         cpu_ms_per_endpoint_change: cpu_ms,
         cpu_ms_per_endpoint_change_without_registry_read: cpu_ms_without_read,
+        rolling_restart_writes: rolling.writes,
+        rolling_restart_pushes_per_proxy_mean: rolling.mean,
+        rolling_restart_pushes_per_proxy_max: rolling.max,
+        rolling_restart_zero_endpoint_assignments: run.probe.empty_backends.load(Ordering::SeqCst),
+        rolling_restart_converged_ms: rolling.converged_ms,
         pilot_rss_bytes: (procfs::peak_rss_mb(pid) * 1024.0 * 1024.0) as u64,
         pilot_cpu_s: procfs::cpu_seconds(pid),
         bytes_sent: run.probe.bytes.load(Ordering::Relaxed),
