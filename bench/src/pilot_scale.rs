@@ -28,6 +28,9 @@ use crate::procfs;
 /// several changes make the per-change figure finer).
 const ENDPOINT_CHANGES: usize = 20;
 
+/// How long a phase may take before the run fails.
+const WAIT: Duration = Duration::from_secs(60);
+
 /// The thread pilot reads a changed registry file on (the file watch's).
 const REGISTRY_THREAD: &str = "notify-rs";
 
@@ -492,11 +495,11 @@ pub fn start_pilot(
     Ok((child, xds))
 }
 
-/// Waits until `done` holds, up to 300 s.
+/// Waits until `done` holds, up to [`WAIT`].
 fn wait_until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + WAIT;
     while !done() {
-        anyhow::ensure!(Instant::now() < deadline, "{what}: not within 300 s");
+        anyhow::ensure!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
@@ -657,11 +660,28 @@ impl Run {
             }
         }
         let last = Instant::now();
-        wait_until("every proxy holds the backends' new pods", || {
+        let behind = || -> Vec<(usize, usize)> {
             self.stamps
                 .iter()
                 .enumerate()
-                .all(|(i, s)| self.backends_of(i).into_iter().all(|b| s.backend_is_new(b)))
+                .flat_map(|(i, s)| {
+                    self.backends_of(i)
+                        .into_iter()
+                        .filter(|&b| !s.backend_is_new(b))
+                        .map(move |b| (i, b))
+                })
+                .collect()
+        };
+        wait_until("every proxy holds the backends' new pods", || {
+            behind().is_empty()
+        })
+        .map_err(|e| {
+            let behind = behind();
+            e.context(format!(
+                "{} (proxy, backend) pairs behind, e.g. {:?}",
+                behind.len(),
+                &behind[..behind.len().min(5)]
+            ))
         })?;
         let converged_ms = last.elapsed().as_secs_f64() * 1000.0;
         self.probe.rolling.store(false, Ordering::SeqCst);

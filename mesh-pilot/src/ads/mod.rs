@@ -194,7 +194,7 @@ impl Discovery {
                     let Some(kind) = XdsType::from_type_url(F::type_url(&req)) else {
                         continue;
                     };
-                    s.refresh(&worlds.borrow_and_update().clone());
+                    let moved = s.refresh(&worlds.borrow_and_update().clone());
                     if !F::nonce(&req).is_empty() {
                         s.answer(kind, F::nonce(&req), F::error(&req));
                     }
@@ -205,6 +205,18 @@ impl Discovery {
                             && tx.send(Ok(F::response(p))).await.is_err()
                         {
                             break 'stream;
+                        }
+                    }
+                    // A world published since the last one is seen here
+                    // (and not again below): its changes go out now, or a
+                    // proxy whose ACK crossed the last change of a burst
+                    // would keep the configuration before it.
+                    if moved && s.may_push() {
+                        s.take_permit(&this.gate).await;
+                        for p in s.pushes(F::SOTW) {
+                            if tx.send(Ok(F::response(p))).await.is_err() {
+                                break 'stream;
+                            }
                         }
                     }
                     s.handled();
