@@ -54,6 +54,9 @@ pub struct ScaleReport {
     pub proxies: usize,
     /// Services in the registry.
     pub services: usize,
+    /// Backend services beside them (the rolling restart's; each proxy's
+    /// Sidecar lists one, an unscoped proxy gets them all).
+    pub backend_services: usize,
     /// Whether each proxy was scoped by a Sidecar.
     pub scoped: bool,
     /// Services in each proxy's scope (all of them when not scoped).
@@ -762,6 +765,7 @@ pub fn run(pilot: &Path, scale: Scale) -> anyhow::Result<ScaleReport> {
     let report = ScaleReport {
         proxies: scale.proxies,
         services: scale.services,
+        backend_services: BACKENDS,
         scoped: scale.scope > 0,
         services_per_proxy: if scale.scope > 0 {
             scale.scope.min(scale.services)
