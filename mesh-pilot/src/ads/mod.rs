@@ -211,13 +211,8 @@ impl Discovery {
                     // (and not again below): its changes go out now, or a
                     // proxy whose ACK crossed the last change of a burst
                     // would keep the configuration before it.
-                    if moved && s.may_push() {
-                        s.take_permit(&this.gate).await;
-                        for p in s.pushes(F::SOTW) {
-                            if tx.send(Ok(F::response(p))).await.is_err() {
-                                break 'stream;
-                            }
-                        }
+                    if moved && push_changes::<F>(&mut s, &this.gate, &tx).await.is_err() {
+                        break 'stream;
                     }
                     s.handled();
                 }
@@ -232,18 +227,10 @@ impl Discovery {
                     c = worlds.changed() => {
                         if c.is_err() { break 'stream; }
                         let world = worlds.borrow_and_update().clone();
-                        if s.refresh(&world) {
-                            // A change every proxy must get (a route of a
-                            // service all reach) is pushed in waves too, so
-                            // pilot never holds every proxy's copy at once.
-                            if s.may_push() {
-                                s.take_permit(&this.gate).await;
-                            }
-                            for p in s.pushes(F::SOTW) {
-                                if tx.send(Ok(F::response(p))).await.is_err() {
-                                    break 'stream;
-                                }
-                            }
+                        if s.refresh(&world)
+                            && push_changes::<F>(&mut s, &this.gate, &tx).await.is_err()
+                        {
+                            break 'stream;
                         }
                         s.handled();
                     }
@@ -253,6 +240,25 @@ impl Discovery {
         });
         Box::pin(ReceiverStream::new(rx))
     }
+}
+
+/// Sends what the stream's new world changed for its proxy. A change
+/// every proxy must get (a route of a service all reach) goes out in
+/// waves like first pushes, so pilot never holds every proxy's copy at
+/// once. Err when the proxy has gone.
+async fn push_changes<F: Flavor>(
+    s: &mut Stream,
+    gate: &Arc<tokio::sync::Semaphore>,
+    tx: &mpsc::Sender<Result<F::Response, tonic::Status>>,
+) -> Result<(), ()> {
+    if !s.may_push() {
+        return Ok(());
+    }
+    s.take_permit(gate).await;
+    for p in s.pushes(F::SOTW) {
+        tx.send(Ok(F::response(p))).await.map_err(drop)?;
+    }
+    Ok(())
 }
 
 /// The SPIFFE ID of the client's certificate over TLS (`None` over

@@ -382,27 +382,23 @@ pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Out
 /// change keeps its resources: an endpoint or rule change is translated
 /// again only for the proxies that can reach it.
 pub fn outbound_digest(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> u64 {
-    use std::hash::Hasher;
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.write_u64(index.mesh);
-    h.write_u64(index.rules.global);
-    for i in reachable(inputs, index, node).1 {
-        h.write_u64(index.digest(i));
-        for rule in index.rules.concerning(index.host(i)) {
-            h.write_u64(rule);
-        }
-    }
-    h.finish()
+    digest_of(index, reachable(inputs, index, node).1)
 }
 
 /// The same for `node`'s inbound part: the services its own workload is
 /// behind.
 pub fn inbound_digest(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> u64 {
+    digest_of(index, own_services(inputs, index, node))
+}
+
+/// The mesh settings, the rules that may concern any service, and each
+/// of `services` with its endpoints and the rules that concern its host.
+fn digest_of(index: &Index, services: impl IntoIterator<Item = usize>) -> u64 {
     use std::hash::Hasher;
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.write_u64(index.mesh);
     h.write_u64(index.rules.global);
-    for i in own_services(inputs, index, node) {
+    for i in services {
         h.write_u64(index.digest(i));
         for rule in index.rules.concerning(index.host(i)) {
             h.write_u64(rule);
