@@ -1,6 +1,8 @@
 //! Pilot's debug endpoints (15014, as istiod's): `/ready`,
 //! `/debug/syncz` (connected proxies and their sync state, what
-//! `meshctl proxy-status` shows), `/debug/push_history`, and
+//! `meshctl proxy-status` shows), `/debug/registryz` (the services and
+//! workloads of every registry, with their health, as translation reads
+//! them), `/debug/push_history`, and
 //! `/debug/config_dump?proxy=NODE_ID` (the current translation for a
 //! connected proxy, as it would be sent); `/debug/analyze` (what `meshctl
 //! analyze` shows: rules that select nothing pilot knows, stored fields it
@@ -129,6 +131,7 @@ async fn handle(
             .body(Full::new(Bytes::from(d.status().metrics_text())))
             .expect("a valid response"),
         "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
+        "/debug/registryz" => json(StatusCode::OK, &d.world().registry),
         "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
         "/debug/config_dump" => {
             let proxy = query
@@ -145,7 +148,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging", "/metrics"]}),
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/registryz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging", "/metrics"]}),
         ),
     })
 }

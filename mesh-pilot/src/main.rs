@@ -25,6 +25,15 @@ struct Args {
     /// A file registry (YAML of services and workloads); reloaded when it changes.
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
+    /// Watch a Kubernetes cluster's Services, EndpointSlices and Pods (the
+    /// Kubernetes registry, beside the file registry). The cluster is the
+    /// one `--kubeconfig` names, else `KUBECONFIG`'s, `~/.kube/config`'s,
+    /// or, in a pod, its own.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig of `--kubernetes`.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
     /// Where proxies connect over plaintext gRPC (Istio's 15010). On at
     /// 127.0.0.1:15010 when pilot has no CA; with one, only when given.
     #[arg(long, value_name = "ADDRESS")]
@@ -173,11 +182,41 @@ fn warn_not_acted_on(rules: &mesh_pilot::store::Snapshot) {
     }
 }
 
+/// The Kubernetes client `--kubernetes` uses.
+async fn kube_client(args: &Args) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes cluster found (KUBECONFIG, ~/.kube/config, in-cluster)")?,
+    };
+    info!(cluster = %config.cluster_url, "kubernetes registry");
+    Ok(kube::Client::try_from(config)?)
+}
+
 async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<()> {
     mesh_proto::descriptors::keep_loaded(mesh_proto::descriptors::Schema::Xds);
-    let registry = match &args.registry {
-        Some(p) => read_registry(p)?,
-        None => Default::default(),
+    let mut registries = world::Registries::default();
+    if let Some(p) = &args.registry {
+        registries.file = read_registry(p)?;
+    }
+    let kubernetes = match args.kubernetes {
+        true => {
+            let k = mesh_pilot::registry::kubernetes::Kubernetes::start(kube_client(&args).await?);
+            k.synced().await?;
+            registries.kubernetes = k.registry();
+            info!(
+                services = registries.kubernetes.services.len(),
+                workloads = registries.kubernetes.workloads.len(),
+                "kubernetes registry synced"
+            );
+            Some(k)
+        }
+        false => None,
     };
     let store = LocalStore::new(&args.store);
     let mut rules = store
@@ -205,7 +244,10 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     };
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
-    let (updates, worlds) = world::spawn(mesh, registry, rules.current(), warmup);
+    let (updates, worlds) = world::spawn(mesh, registries, rules.current(), warmup);
+    if let Some(k) = kubernetes {
+        k.forward(updates.clone());
+    }
     let _registry_watch = match args.registry.clone() {
         Some(p) => Some(follow_registry(p, updates.clone())?),
         None => None,

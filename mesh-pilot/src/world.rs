@@ -1,5 +1,6 @@
-//! What translation reads, kept current: the rule store, the file registry
-//! and the workloads of connected proxies (self-registration). Changes
+//! What translation reads, kept current: the rule store, the file registry,
+//! the Kubernetes registry and the workloads of connected proxies
+//! (self-registration). Changes
 //! arriving close together are folded into one new generation (debounce),
 //! so a `meshctl create` of five rules is one push, not five.
 
@@ -23,7 +24,8 @@ pub struct World {
     pub changed: Changed,
     /// Rule store revision the rules were read at.
     pub rules_revision: u64,
-    /// Services and workloads (file registry plus registered proxies).
+    /// Services and workloads (file registry, Kubernetes registry, then
+    /// registered proxies).
     pub registry: Registry,
     /// The registry indexed for translation (built once, read by every
     /// proxy's).
@@ -62,6 +64,9 @@ pub enum Update {
     Rules(Arc<store::Snapshot>),
     /// The file registry was reloaded.
     Registry(Registry),
+    /// The Kubernetes registry moved on (services, pods, endpoint
+    /// conditions).
+    Kubernetes(Registry),
     /// A proxy connected with its workload (keyed by its connection).
     Register(u64, Workload),
     /// That proxy's stream ended; its workload goes after a grace period
@@ -95,6 +100,7 @@ const MAX_DELAY: Duration = Duration::from_millis(200);
 struct Inputs {
     mesh: MeshConfig,
     file: Registry,
+    kubernetes: Registry,
     rules: Arc<store::Snapshot>,
     /// Registered workloads by (namespace, address): the connection that
     /// registered it last, and the workload.
@@ -117,10 +123,16 @@ impl Inputs {
         match u {
             Update::Rules(s) => self.rules = s,
             Update::Registry(r) => self.file = r,
+            Update::Kubernetes(r) => {
+                if r == self.kubernetes {
+                    return false;
+                }
+                self.kubernetes = r;
+            }
             Update::Register(id, w) => {
                 let key = (w.namespace.clone(), w.address);
                 let same = self.registered.get(&key).is_some_and(|(_, old)| *old == w);
-                let shadowed = self.in_file(&key);
+                let shadowed = self.described(&key);
                 self.registered.insert(key, (id, w));
                 // A workload the file registry already describes changes nothing.
                 return !same && !shadowed;
@@ -143,36 +155,64 @@ impl Inputs {
                 for k in &gone {
                     self.registered.remove(k);
                 }
-                return gone.iter().any(|k| !self.in_file(k));
+                return gone.iter().any(|k| !self.described(k));
             }
             Update::Warm => self.warm = true,
         }
         true
     }
 
-    fn in_file(&self, (namespace, address): &(String, std::net::IpAddr)) -> bool {
+    /// Whether a registry describes the workload at this address.
+    fn described(&self, (namespace, address): &(String, std::net::IpAddr)) -> bool {
         self.file
             .workloads
             .iter()
+            .chain(&self.kubernetes.workloads)
             .any(|k| k.address == *address && k.namespace == *namespace)
     }
 
-    /// The world at `generation`, and what changed from `before` (the
-    /// generation published last).
-    fn world(&mut self, generation: u64, before: Option<&World>) -> World {
+    /// The file registry, then what the Kubernetes registry adds (a
+    /// service or workload both describe is the file's), then registered
+    /// workloads no registry describes.
+    fn registry(&self) -> Registry {
+        use std::collections::HashSet;
         let mut registry = self.file.clone();
-        // The file registry's description of the same instance wins.
-        let known: std::collections::HashSet<(&str, std::net::IpAddr)> = self
+        let services: HashSet<(&str, &str)> = self
+            .file
+            .services
+            .iter()
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let mut known: HashSet<(&str, std::net::IpAddr)> = self
             .file
             .workloads
             .iter()
             .map(|k| (k.namespace.as_str(), k.address))
             .collect();
+        registry.services.extend(
+            self.kubernetes
+                .services
+                .iter()
+                .filter(|s| !services.contains(&(s.namespace.as_str(), s.name.as_str())))
+                .cloned(),
+        );
+        for w in &self.kubernetes.workloads {
+            if known.insert((w.namespace.as_str(), w.address)) {
+                registry.workloads.push(w.clone());
+            }
+        }
         for (_, w) in self.registered.values() {
             if !known.contains(&(w.namespace.as_str(), w.address)) {
                 registry.workloads.push(w.clone());
             }
         }
+        registry
+    }
+
+    /// The world at `generation`, and what changed from `before` (the
+    /// generation published last).
+    fn world(&mut self, generation: u64, before: Option<&World>) -> World {
+        let registry = self.registry();
         let expanded = match self.expanded.take() {
             Some(e) if Arc::ptr_eq(&e.from, &self.rules) => e,
             _ => {
@@ -226,18 +266,29 @@ impl Inputs {
     }
 }
 
+/// The registries pilot starts with: the file's (VMs and outside
+/// services) and the cluster's first synced view.
+#[derive(Debug, Default)]
+pub struct Registries {
+    /// From `--registry`.
+    pub file: Registry,
+    /// From `--kubernetes`, after its first sync.
+    pub kubernetes: Registry,
+}
+
 /// Starts the task that folds updates into worlds; the world is warm
 /// after `warmup`. Returns where to send updates and where new worlds
 /// appear.
 pub fn spawn(
     mesh: MeshConfig,
-    file: Registry,
+    Registries { file, kubernetes }: Registries,
     rules: Arc<store::Snapshot>,
     warmup: Duration,
 ) -> (Updates, watch::Receiver<Arc<World>>) {
     let mut inputs = Inputs {
         mesh,
         file,
+        kubernetes,
         rules,
         registered: BTreeMap::new(),
         warm: warmup.is_zero(),

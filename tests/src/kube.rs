@@ -1,17 +1,150 @@
-//! Helpers for tests on a real cluster ([`mesh_cluster`]): a namespace of
-//! the test's own, manifests applied to it with kube-rs (from a thread in
+//! Helpers for tests on a real cluster ([`mesh_cluster`]): the cluster of
+//! one test ([`TestCluster`]), a mesh process inside its network
+//! ([`InCluster`]), a namespace of the test's own, manifests applied to it with kube-rs (from a thread in
 //! the cluster's network namespace), waiting for readiness and rollouts,
 //! exec and logs through the cluster's kubectl. When the test fails, every
 //! pod's logs and events are printed before the namespace goes.
 
-use std::path::Path;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{Discovery, Scope};
 use mesh_cluster::Cluster;
+use mesh_cluster::images::Image;
 use serde::Deserialize;
+
+/// The Kubernetes binaries tests/k8s/build.sh made (`MESH_K8S_BIN`).
+pub fn k8s_bin_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("MESH_K8S_BIN").expect(
+        "MESH_K8S_BIN names the Kubernetes binaries: build them with tests/k8s/build.sh (scripts/test.sh does)",
+    ))
+}
+
+/// A cluster of one test: up with `images` imported when made, down
+/// (every process, mount, cgroup and file it made gone) when dropped, also
+/// when the test fails.
+pub struct TestCluster {
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Brings a cluster up and imports `images`.
+    pub fn up(images: &[Image]) -> TestCluster {
+        crate::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(&mesh_cluster::owned_prefix())
+            .tempdir()
+            .expect("a run folder");
+        let opts = mesh_cluster::Up {
+            run: dir.path().join("run"),
+            bin: k8s_bin_dir(),
+            node_program: crate::binary("meshctl").expect("meshctl"),
+        };
+        let cluster = Cluster::at(&opts.run);
+        let tc = TestCluster { cluster, _dir: dir };
+        mesh_cluster::up(&opts, &mut |step| eprintln!("cluster: {step}"))
+            .unwrap_or_else(|e| panic!("cluster up: {e}"));
+        mesh_cluster::images::import(&tc, images).unwrap_or_else(|e| panic!("images: {e}"));
+        tc
+    }
+
+    /// The client image (`mesh.local/client:1`): `pause` to keep a pod
+    /// running, and curl to exec.
+    pub fn client_image() -> Image {
+        let mut files = mesh_cluster::images::File::binary(&k8s_bin_dir().join("pause"), "/pause");
+        files.extend(mesh_cluster::images::File::binary(
+            Path::new("/usr/bin/curl"),
+            "/usr/bin/curl",
+        ));
+        Image {
+            name: "mesh.local/client:1".into(),
+            files,
+            entrypoint: vec!["/pause".into()],
+        }
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if let Err(e) = mesh_cluster::down(&self.cluster.run) {
+            eprintln!("cluster down: {e}");
+        }
+    }
+}
+
+/// A mesh process started inside a cluster's network namespace (as the
+/// test's child, with the host's files); killed when dropped.
+pub struct InCluster(Child);
+
+impl InCluster {
+    /// Starts the mesh binary `name` with `args` and waits until it logs
+    /// `ready`.
+    pub fn start(cluster: &Cluster, name: &str, args: &[&str]) -> InCluster {
+        let program = crate::binary(name).unwrap_or_else(|e| panic!("{e}"));
+        let mut child = cluster
+            .in_network(|| {
+                Command::new(&program)
+                    .args(args)
+                    .env(crate::LOG_ENV.0, crate::LOG_ENV.1)
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })
+            .and_then(|spawned| {
+                spawned.map_err(|e| mesh_cluster::Error::Setup(format!("start {name}: {e}")))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut lines = crate::Lines::new(child.stdout.take().expect("piped"));
+        let this = InCluster(child);
+        lines
+            .wait_for("ready", Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        lines.discard_rest();
+        this
+    }
+}
+
+impl Drop for InCluster {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTP GET from inside the cluster's network (a debug endpoint of a
+/// process started there): the body of a 200 answer, or why not.
+pub fn http_get(cluster: &Cluster, address: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let answer = cluster
+        .in_network(|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(address)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
+        Ok(body.to_owned())
+    } else {
+        Err(format!("GET {path}: {head}"))
+    }
+}
 
 /// A namespace for one test; deleted when dropped.
 pub struct Namespace<'a> {

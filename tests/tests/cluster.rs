@@ -4,45 +4,17 @@
 //! built here from local binaries. Needs the binaries tests/k8s/build.sh
 //! makes (`MESH_K8S_BIN`; scripts/test.sh sets it) and root.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mesh_cluster::images::{File, Image};
-use mesh_cluster::{Up, down, up};
-use mesh_testbed::kube::Namespace;
+use mesh_testbed::kube::{Namespace, TestCluster};
 
-/// The cluster's run folder; removed (with everything the cluster made)
-/// when dropped, also when the test fails.
-struct Run(PathBuf);
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Err(e) = down(&self.0) {
-            eprintln!("cluster down: {e}");
-        }
-    }
-}
-
-fn bin_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("MESH_K8S_BIN").expect(
-        "MESH_K8S_BIN names the Kubernetes binaries: build them with tests/k8s/build.sh (scripts/test.sh does)",
-    ))
-}
-
-fn images() -> Vec<Image> {
+fn images() -> Vec<mesh_cluster::images::Image> {
     // The mesh's own images, as the install bundle names them (msgd runs
     // as the server here).
     let msgd = mesh_testbed::binary("msgd").unwrap();
     let mut images =
         mesh_cluster::images::mesh(msgd.parent().unwrap(), "mesh.local", "test").unwrap();
-    let pause = bin_dir().join("pause");
-    let mut client = File::binary(&pause, "/pause");
-    client.extend(File::binary(Path::new("/usr/bin/curl"), "/usr/bin/curl"));
-    images.extend([Image {
-        name: "mesh.local/client:1".into(),
-        files: client,
-        entrypoint: vec!["/pause".into()],
-    }]);
+    images.push(TestCluster::client_image());
     images
 }
 
@@ -82,19 +54,8 @@ spec:
 #[test]
 fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     mesh_testbed::require_root();
-    let dir = tempfile::Builder::new()
-        .prefix(&mesh_cluster::owned_prefix())
-        .tempdir()
-        .unwrap();
-    let run = Run(dir.path().join("run"));
-    let opts = Up {
-        run: run.0.clone(),
-        bin: bin_dir(),
-        node_program: mesh_testbed::binary("meshctl").unwrap(),
-    };
     let netns_before = named_netns();
-    let c = up(&opts, &mut |step| eprintln!("cluster: {step}")).unwrap();
-    mesh_cluster::images::import(&c, &images()).unwrap();
+    let c = TestCluster::up(&images());
     let ns = Namespace::create(&c, "smoke");
     ns.apply(WORKLOADS);
     ns.client_pod("client", "mesh.local/client:1");
@@ -152,9 +113,8 @@ fn pods_run_as_containers_and_reach_each_other_by_ip_service_and_name() {
     }
     drop(ns);
     // Down leaves nothing: no process, cgroup, mount or file of the run.
+    let path = c.run.clone();
     drop(c);
-    let path = run.0.clone();
-    drop(run);
     assert!(!path.exists(), "{} remains", path.display());
     let id = path.file_name().unwrap().to_string_lossy().into_owned();
     let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use mesh_rules::registry::{Registry, Service, Workload};
+use mesh_rules::registry::{Health, Registry, Service, Workload};
 use mesh_rules::rules::sidecar::SidecarIndex;
 use mesh_rules::{Rule, Spec};
 use xxhash_rust::xxh3::Xxh3;
@@ -275,8 +275,14 @@ pub(super) struct Endpoints<'a> {
 }
 
 impl<'a> Endpoints<'a> {
+    /// The workloads that take new requests: an unhealthy or draining one
+    /// is left out (requests in flight to it finish; its own sidecar keeps
+    /// its inbound configuration, `at_address` still lists it).
     pub(super) fn iter(self) -> impl Iterator<Item = &'a Workload> {
-        self.ids.iter().map(move |&i| &self.workloads[i])
+        self.ids
+            .iter()
+            .map(move |&i| &self.workloads[i])
+            .filter(|w| w.health == Health::Healthy)
     }
 }
 
