@@ -92,6 +92,16 @@ fn health_of(workloads: &[Value], name: &str) -> Option<String> {
         .map(|w| w["health"].as_str().unwrap_or_default().to_owned())
 }
 
+/// With `MESH_RECORD=DIR`, keeps the API's objects as they are now in
+/// DIR/`name`: the fixtures of pilot's unit tests of the same mapping
+/// (mesh-pilot/tests/fixtures).
+fn record(ns: &Namespace, name: &str) {
+    if let Ok(dir) = std::env::var("MESH_RECORD") {
+        let json = ns.kubectl(&["get", "services,endpointslices,pods", "-o", "json"]);
+        std::fs::write(std::path::Path::new(&dir).join(name), json).unwrap();
+    }
+}
+
 #[test]
 fn pilot_follows_services_pods_and_endpoint_conditions() {
     let c = TestCluster::up(&[TestCluster::client_image()]);
@@ -133,6 +143,7 @@ fn pilot_follows_services_pods_and_endpoint_conditions() {
                 && health_of(&w, "svcb-v2").is_some())
             .then_some((s, w))
         });
+    record(&ns, "kube-shop-ready.json");
     // Services: the ExternalName one is not a mesh service; UDP ports are
     // not carried; a named target port is the container port it names;
     // appProtocol and port-name prefixes declare protocols.
@@ -175,6 +186,7 @@ fn pilot_follows_services_pods_and_endpoint_conditions() {
         let (_, w) = registry(&c, "shop")?;
         (health_of(&w, "svcb-v1").as_deref() == Some("draining")).then_some(())
     });
+    record(&ns, "kube-shop-terminating.json");
     eventually("svcb-v1 gone", Duration::from_secs(45), || {
         let (_, w) = registry(&c, "shop")?;
         health_of(&w, "svcb-v1").is_none().then_some(())

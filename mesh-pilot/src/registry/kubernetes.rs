@@ -390,3 +390,120 @@ fn workload(p: &Pod, conditions: &HashMap<(&str, &str), Conditions>) -> Option<m
         health,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Over objects a real API server returned (recorded by the
+    //! kube_registry test with `MESH_RECORD`): a Service per kind of
+    //! port, one ready pod and one that never gets ready, then the ready
+    //! one terminating.
+
+    use super::*;
+
+    type Objects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Pod>>);
+
+    fn objects(json: &str) -> Objects {
+        let list: serde_json::Value = serde_json::from_str(json).unwrap();
+        let (mut services, mut slices, mut pods) = (vec![], vec![], vec![]);
+        for item in list["items"].as_array().unwrap() {
+            let item = item.clone();
+            match item["kind"].as_str().unwrap() {
+                "Service" => services.push(Arc::new(serde_json::from_value(item).unwrap())),
+                "EndpointSlice" => slices.push(Arc::new(serde_json::from_value(item).unwrap())),
+                "Pod" => pods.push(Arc::new(serde_json::from_value(item).unwrap())),
+                other => panic!("unexpected kind {other}"),
+            }
+        }
+        (services, slices, pods)
+    }
+
+    fn ready() -> Objects {
+        objects(include_str!("../../tests/fixtures/kube-shop-ready.json"))
+    }
+
+    fn terminating() -> Objects {
+        objects(include_str!(
+            "../../tests/fixtures/kube-shop-terminating.json"
+        ))
+    }
+
+    fn health(r: &Registry) -> Vec<(&str, Health)> {
+        r.workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.health))
+            .collect()
+    }
+
+    #[test]
+    fn services_carry_their_tcp_ports_resolved_and_typed() {
+        let (services, slices, pods) = ready();
+        let r = registry_of(&services, &slices, &pods);
+        let names: Vec<&str> = r.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["headless", "svcb"],
+            "ExternalName is not a mesh service"
+        );
+        let svcb = &r.services[1];
+        let cluster_ip = services[2].spec.as_ref().unwrap().cluster_ip.clone();
+        assert_eq!(svcb.vip.map(|ip| ip.to_string()), cluster_ip);
+        let ports: Vec<(&str, u16, Option<u16>, Option<Protocol>)> = svcb
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.port, p.target_port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("http", 80, Some(9997), Some(Protocol::Http)),
+                ("metrics", 9090, Some(9090), Some(Protocol::Http)),
+            ],
+            "UDP dropped, the named target port resolved, appProtocol read"
+        );
+        let headless = &r.services[0];
+        assert_eq!(headless.vip, None);
+        assert_eq!(headless.ports[0].protocol, Some(Protocol::Grpc));
+    }
+
+    #[test]
+    fn a_named_target_port_falls_back_to_the_pods_before_any_slice() {
+        let (services, _, pods) = ready();
+        let r = registry_of(&services, &[], &pods);
+        assert_eq!(r.services[1].ports[0].target_port, Some(9997));
+    }
+
+    #[test]
+    fn workloads_carry_identity_labels_and_readiness() {
+        let (services, slices, pods) = ready();
+        let r = registry_of(&services, &slices, &pods);
+        assert_eq!(
+            health(&r),
+            [("svcb-v1", Health::Healthy), ("svcb-v2", Health::Unhealthy)]
+        );
+        let v1 = &r.workloads[0];
+        assert_eq!(v1.service_account, "svcb");
+        assert_eq!(v1.labels["version"], "v1");
+        let ip = pods[0].status.as_ref().unwrap().pod_ip.clone();
+        assert_eq!(Some(v1.address.to_string()), ip);
+        assert_eq!(r.workloads[1].service_account, "default");
+    }
+
+    #[test]
+    fn a_terminating_pod_drains_by_its_slices_or_its_deletion() {
+        let (services, slices, pods) = terminating();
+        let r = registry_of(&services, &slices, &pods);
+        assert_eq!(
+            health(&r),
+            [
+                ("svcb-v1", Health::Draining),
+                ("svcb-v2", Health::Unhealthy)
+            ]
+        );
+        // Before the slices say so, the deletion alone drains it.
+        let (_, ready_slices, _) = ready();
+        let r = registry_of(&services, &ready_slices, &pods);
+        assert_eq!(r.workloads[0].health, Health::Draining);
+        let r = registry_of(&services, &[], &pods);
+        assert_eq!(r.workloads[0].health, Health::Draining);
+    }
+}

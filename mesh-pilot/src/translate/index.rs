@@ -319,6 +319,24 @@ mod tests {
         assert!(got[2].1.is_empty());
     }
 
+    /// Unhealthy and draining workloads take no new requests, yet their
+    /// own sidecars still find themselves by address.
+    #[test]
+    fn only_healthy_workloads_are_endpoints() {
+        let yaml = "services:\n- {name: a, vip: 10.0.0.1, ports: [{name: http, port: 80}], selector: {app: a}}\nworkloads:\n- {name: a1, address: 10.1.0.1, labels: {app: a}}\n- {name: a2, address: 10.1.0.2, labels: {app: a}, health: unhealthy}\n- {name: a3, address: 10.1.0.3, labels: {app: a}, health: draining}\n";
+        let registry = crate::registry::from_yaml("r.yaml", yaml).unwrap();
+        let mesh = crate::translate::MeshConfig::default();
+        let index = super::Index::of(&crate::translate::Inputs {
+            registry: &registry,
+            rules: &[],
+            mesh: &mesh,
+        });
+        let (_, _, endpoints) = index.service(&registry, 0);
+        let names: Vec<&str> = endpoints.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a1"]);
+        assert_eq!(index.at("10.1.0.3".parse().unwrap()), [0]);
+    }
+
     /// Only endpoints changed: the services whose endpoints did are named;
     /// a changed service (or a new one) is a change of anything.
     #[test]
