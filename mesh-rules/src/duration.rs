@@ -86,6 +86,21 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(([0-9]+\\.?[0-9]*|\\.[0-9]+)(h|m|s|ms|us|µs|ns))+$",
+            "description": "A duration: `10s`, `1.5s`, `1m30s`, `250ms`."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

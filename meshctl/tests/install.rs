@@ -26,9 +26,11 @@ fn render(extra: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("addons"))
-        .unwrap()
+    let mut files: Vec<PathBuf> = [dir.path().to_owned(), dir.path().join("addons")]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     (dir, files)
@@ -42,25 +44,27 @@ fn documents(path: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn the_committed_addons_are_what_install_renders() {
-    let (_dir, files) = render(&[]);
+fn the_committed_bundles_are_what_install_renders() {
+    let (dir, files) = render(&[]);
     let names: Vec<String> = files
         .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .map(|f| f.strip_prefix(dir.path()).unwrap().display().to_string())
         .collect();
     assert_eq!(
         names,
         [
-            "grafana.yaml",
-            "prometheus.yaml",
-            "servicegraph.yaml",
-            "zipkin.yaml"
+            "addons/grafana.yaml",
+            "addons/prometheus.yaml",
+            "addons/servicegraph.yaml",
+            "addons/zipkin.yaml",
+            "istio-api.yaml",
+            "mesh.yaml",
         ]
     );
     for f in &files {
         let committed = repo()
-            .join("install/kubernetes/addons")
-            .join(f.file_name().unwrap());
+            .join("install/kubernetes")
+            .join(f.strip_prefix(dir.path()).unwrap());
         assert_eq!(
             std::fs::read_to_string(&committed).unwrap_or_default(),
             std::fs::read_to_string(f).unwrap(),
@@ -73,14 +77,17 @@ fn the_committed_addons_are_what_install_renders() {
 #[test]
 fn every_object_passes_the_kubernetes_schema() {
     let (_dir, files) = render(&[]);
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.33"])
-        .args(&files)
-        .output()
-        .expect("kubernetes-validate is installed (scripts/test.sh does it)");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
+    // Every Kubernetes release from 1.29 (native sidecars) to 1.37.
+    for minor in 29..=37 {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", &format!("1.{minor}")])
+            .args(&files)
+            .output()
+            .expect("kubernetes-validate is installed (scripts/test.sh does it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "Kubernetes 1.{minor}: {text}");
+    }
     let kinds: Vec<String> = files
         .iter()
         .flat_map(|f| documents(f))
@@ -92,6 +99,9 @@ fn every_object_passes_the_kubernetes_schema() {
         "ConfigMap",
         "ClusterRole",
         "ServiceAccount",
+        "CustomResourceDefinition",
+        "Namespace",
+        "ClusterRoleBinding",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
     }

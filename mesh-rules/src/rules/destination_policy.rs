@@ -10,6 +10,7 @@ use crate::path::FieldPath;
 /// Load balancing and circuit breaking for calls to `destination` (a version
 /// of it when `destination.labels` is set), optionally only from `source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationPolicy {
     /// The service (and version, by labels) the policy governs.
@@ -35,6 +36,7 @@ pub struct DestinationPolicy {
 
 /// Where the affinity key comes from: exactly one.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConsistentHash {
     /// A request header.
@@ -51,6 +53,7 @@ pub struct ConsistentHash {
 
 /// An affinity cookie.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpCookie {
     /// Its name.
@@ -66,6 +69,7 @@ pub struct HttpCookie {
 
 /// Load-balancing algorithm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancing {
     /// The algorithm.
@@ -74,6 +78,7 @@ pub struct LoadBalancing {
 
 /// Load-balancing algorithms, named as in Istio 0.4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LoadBalancer {
     /// Each endpoint in turn.
     #[serde(rename = "ROUND_ROBIN")]
@@ -88,6 +93,7 @@ pub enum LoadBalancer {
 
 /// Circuit breaker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// The policy.
@@ -96,6 +102,7 @@ pub struct CircuitBreaker {
 
 /// Connection-pool limits and outlier detection.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SimpleCircuitBreakerPolicy {
     /// Maximum connections to the destination.

@@ -15,6 +15,7 @@ fn is_false(b: &bool) -> bool {
 /// Opens `destination.service` (a host, `*.domain`, IP or CIDR) on the
 /// listed ports; everything else outside the mesh stays refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressRule {
     /// The external destination; only `service` is used.
@@ -33,6 +34,7 @@ pub struct EgressRule {
 
 /// A port of an external destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EgressPort {
     /// Port number, 1..=65535.

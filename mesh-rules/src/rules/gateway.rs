@@ -18,6 +18,7 @@ pub const GATEWAY_API_VERSIONS: [&str; 2] = [
 
 /// Routes for calls to the Services it names as parents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRoute {
     /// The Services whose calls it routes.
@@ -33,6 +34,7 @@ pub struct HttpRoute {
 
 /// A parent: a Service (GAMMA).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ParentRef {
     /// `""` (core) for a Service.
@@ -56,6 +58,7 @@ pub struct ParentRef {
 
 /// One rule.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteRule {
     /// Names the rule (and the RouteRules it becomes).
@@ -83,6 +86,7 @@ pub struct HttpRouteRule {
 
 /// A match: all its conditions hold.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteMatch {
     /// The path.
@@ -101,6 +105,7 @@ pub struct HttpRouteMatch {
 
 /// A path condition.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PathMatch {
     /// `PathPrefix` (the default), `Exact` or `RegularExpression`.
@@ -113,6 +118,7 @@ pub struct PathMatch {
 
 /// A header condition.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// `Exact` (the default) or `RegularExpression`.
@@ -126,6 +132,7 @@ pub struct HeaderMatch {
 
 /// A filter.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRouteFilter {
     /// Which one.
@@ -156,6 +163,7 @@ pub struct HttpRouteFilter {
 
 /// A header name and value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NameValue {
     /// Name.
@@ -166,6 +174,7 @@ pub struct NameValue {
 
 /// Request header changes: `add` only.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderModifier {
     /// Appended.
@@ -181,6 +190,7 @@ pub struct HeaderModifier {
 
 /// A path change.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathModifier {
     /// `ReplaceFullPath` or `ReplacePrefixMatch`.
@@ -196,6 +206,7 @@ pub struct PathModifier {
 
 /// A redirect.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequestRedirect {
     /// New host.
@@ -217,6 +228,7 @@ pub struct RequestRedirect {
 
 /// A rewrite.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UrlRewrite {
     /// New host.
@@ -229,6 +241,7 @@ pub struct UrlRewrite {
 
 /// A mirror.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequestMirror {
     /// Where copies go.
@@ -243,6 +256,7 @@ pub struct RequestMirror {
 
 /// A Service to send to.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackendRef {
     /// `""` (core).
@@ -270,6 +284,7 @@ pub struct BackendRef {
 
 /// Timeouts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Timeouts {
     /// The whole request.

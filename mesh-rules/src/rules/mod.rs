@@ -10,6 +10,7 @@ mod rate_limit;
 mod route_rule;
 pub mod security;
 pub mod sidecar;
+mod status;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +21,7 @@ pub use destination_policy::*;
 pub use egress_rule::*;
 pub use rate_limit::*;
 pub use route_rule::*;
+pub use status::*;
 
 use crate::check::Checker;
 use crate::names;
@@ -37,6 +39,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// A kind of rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Kind {
     /// How requests to a service are routed: matches, weighted versions, faults, retries.
     RouteRule,
@@ -106,6 +109,15 @@ impl Kind {
         }
     }
 
+    /// The resource's plural name in the Kubernetes API (`routerules`).
+    pub fn plural(self) -> String {
+        let kind = self.as_str().to_ascii_lowercase();
+        match kind.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{kind}s"),
+        }
+    }
+
     /// The name the CLI prints, as istioctl did (`route-rule`).
     pub fn cli_name(self) -> &'static str {
         match self {
@@ -154,6 +166,7 @@ impl fmt::Display for Kind {
 
 /// The metadata a rule carries (a subset of Kubernetes' ObjectMeta).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     /// The rule's name, unique within its kind and namespace.
@@ -200,6 +213,7 @@ impl Metadata {
 /// optional namespace/domain, or by fully qualified host (`service`), with
 /// optional labels that select a subset of its workloads.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IstioService {
     /// Short service name (`svcb`).
@@ -319,6 +333,7 @@ impl Spec {
 
 /// The identity of a rule in a store: kind, namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RuleKey {
     /// The kind.
     pub kind: Kind,

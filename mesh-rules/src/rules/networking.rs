@@ -26,6 +26,7 @@ pub type Refused = Option<Value>;
 /// How calls to `hosts` are routed: the first `http` entry whose `match`
 /// holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VirtualService {
     /// The services it routes (short names, `name.namespace`, or FQDNs).
@@ -49,6 +50,7 @@ pub struct VirtualService {
 
 /// One HTTP route of a VirtualService.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRoute {
     /// Names the route (and the rules it becomes).
@@ -103,6 +105,7 @@ pub type StringMatch = super::StringMatch;
 
 /// One match of an HTTP route: all its conditions hold.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMatch {
     /// The path.
@@ -148,6 +151,7 @@ pub struct HttpMatch {
 
 /// A service (and subset) to send to.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Destination {
     /// The service.
@@ -162,6 +166,7 @@ pub struct Destination {
 
 /// A weighted destination.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteDestination {
     /// Where.
@@ -176,6 +181,7 @@ pub struct RouteDestination {
 
 /// A redirect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Redirect {
     /// New path.
@@ -200,6 +206,7 @@ pub struct Redirect {
 
 /// A rewrite.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rewrite {
     /// Replacement of the matched path prefix.
@@ -215,6 +222,7 @@ pub struct Rewrite {
 
 /// Retries.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
     /// Tries after the first.
@@ -232,6 +240,7 @@ pub struct Retries {
 
 /// A percentage (`value`, 0 to 100).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Percent {
     /// The percentage.
@@ -240,6 +249,7 @@ pub struct Percent {
 
 /// Fault injection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Fault {
     /// Delay a share of requests.
@@ -252,6 +262,7 @@ pub struct Fault {
 
 /// A delay.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
     /// How long.
@@ -270,6 +281,7 @@ pub struct FaultDelay {
 
 /// An abort.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultAbort {
     /// The status.
@@ -288,6 +300,7 @@ pub struct FaultAbort {
 
 /// CORS.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CorsPolicy {
     /// Allowed origins: `exact` ones (`regex: ".*"` is any).
@@ -318,6 +331,7 @@ pub struct CorsPolicy {
 
 /// Header changes.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Headers {
     /// On the forwarded request.
@@ -330,6 +344,7 @@ pub struct Headers {
 
 /// Header operations: only `add` is supported.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderOperations {
     /// Headers appended.
@@ -346,6 +361,7 @@ pub struct HeaderOperations {
 /// Named versions of a service (`subsets`) and how calls to it are
 /// balanced and protected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationRule {
     /// The service.
@@ -366,6 +382,7 @@ pub struct DestinationRule {
 
 /// A version of a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Subset {
     /// Its name, as routes name it.
@@ -380,6 +397,7 @@ pub struct Subset {
 
 /// Balancing, connection limits and outlier detection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicy {
     /// Balancing.
@@ -407,6 +425,7 @@ pub struct TrafficPolicy {
 
 /// Balancing: `simple` only.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     /// `ROUND_ROBIN`, `LEAST_REQUEST` (or `LEAST_CONN`), `RANDOM`.
@@ -425,6 +444,7 @@ pub struct LoadBalancerSettings {
 
 /// Session affinity: the key of the endpoint a call goes to.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConsistentHashLb {
     /// A request header.
@@ -452,6 +472,7 @@ pub struct ConsistentHashLb {
 
 /// Connection limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionPool {
     /// TCP.
@@ -464,6 +485,7 @@ pub struct ConnectionPool {
 
 /// TCP limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpSettings {
     /// Connections to the destination.
@@ -485,6 +507,7 @@ pub struct TcpSettings {
 
 /// HTTP limits.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpSettings {
     /// Requests waiting for a connection.
@@ -515,6 +538,7 @@ pub struct HttpSettings {
 
 /// Outlier detection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// 5xx answers in a row that eject.
@@ -548,6 +572,7 @@ pub struct OutlierDetection {
 
 /// A service outside the mesh that callers may reach.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceEntry {
     /// Its host names.
@@ -580,6 +605,7 @@ pub struct ServiceEntry {
 
 /// An endpoint of a ServiceEntry: an address only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEntry {
     /// Its IP address.
@@ -606,6 +632,7 @@ pub struct WorkloadEntry {
 
 /// A port of a ServiceEntry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     /// The number.

@@ -12,6 +12,7 @@ use crate::path::FieldPath;
 /// spell (default `requests`); requests past it are answered 429 with
 /// `retry-after`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimit {
     /// Requests let through per period.

@@ -17,6 +17,7 @@ fn is_false(b: &bool) -> bool {
 /// Routes requests to `destination`: the rule with the highest `precedence`
 /// whose `match` holds picks a backend version from `route` by weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteRule {
     /// The service whose requests this rule routes.
@@ -67,6 +68,7 @@ pub struct RouteRule {
 
 /// When a route rule applies.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchCondition {
     /// The calling service (and its labels).
@@ -85,6 +87,7 @@ pub struct MatchCondition {
 
 /// Layer-4 match on subnets.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct L4MatchAttributes {
     /// Source subnets (IP or CIDR).
@@ -97,6 +100,7 @@ pub struct L4MatchAttributes {
 
 /// Request match: every named header must match; the key `uri` matches the path.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchRequest {
     /// Header name (lowercase) → how its value must match.
@@ -106,6 +110,7 @@ pub struct MatchRequest {
 
 /// Exactly one of `exact`, `prefix` or `regex`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StringMatch {
     /// The whole value equals this.
@@ -121,6 +126,7 @@ pub struct StringMatch {
 
 /// One weighted backend: a version of the destination (by labels) or another service.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationWeight {
     /// Another service; the rule's destination when absent.
@@ -136,6 +142,7 @@ pub struct DestinationWeight {
 
 /// An HTTP redirect.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpRedirect {
     /// Replacement path.
@@ -148,6 +155,7 @@ pub struct HttpRedirect {
 
 /// A rewrite of the forwarded request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpRewrite {
     /// Replacement for the matched path prefix.
@@ -160,6 +168,7 @@ pub struct HttpRewrite {
 
 /// Request timeout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpTimeout {
     /// The timeout policy.
@@ -168,6 +177,7 @@ pub struct HttpTimeout {
 
 /// A fixed timeout, optionally overridden by a request header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SimpleTimeoutPolicy {
     /// The timeout.
@@ -179,6 +189,7 @@ pub struct SimpleTimeoutPolicy {
 
 /// Retry policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRetry {
     /// The retry policy.
@@ -187,6 +198,7 @@ pub struct HttpRetry {
 
 /// Retry a failed request up to `attempts` times.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SimpleRetryPolicy {
     /// Number of retries.
@@ -201,6 +213,7 @@ pub struct SimpleRetryPolicy {
 
 /// HTTP fault injection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpFaultInjection {
     /// Delay some requests.
@@ -213,6 +226,7 @@ pub struct HttpFaultInjection {
 
 /// Delay a percentage of requests.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Delay {
     /// Percent of requests, 0..=100 (default 100).
@@ -231,6 +245,7 @@ pub struct Delay {
 
 /// Abort a percentage of requests.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Abort {
     /// Percent of requests, 0..=100 (default 100).
@@ -252,6 +267,7 @@ pub struct Abort {
 
 /// TCP fault injection.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct L4FaultInjection {
     /// Limit bandwidth.
@@ -264,6 +280,7 @@ pub struct L4FaultInjection {
 
 /// Limit the bandwidth of a percentage of connections.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Throttle {
     /// Percent of connections, 0..=100.
@@ -288,6 +305,7 @@ pub struct Throttle {
 
 /// Close a percentage of connections after a while.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Terminate {
     /// Percent of connections, 0..=100.
@@ -300,6 +318,7 @@ pub struct Terminate {
 
 /// Cross-origin resource sharing.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CorsPolicy {
     /// Allowed origins.

@@ -27,6 +27,7 @@ pub const ROOT_NAMESPACE: &str = "mesh-system";
 
 /// Which workloads of the policy's namespace it covers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
     /// Labels a workload must all carry.
@@ -36,6 +37,7 @@ pub struct WorkloadSelector {
 
 /// How a workload takes connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherit from the policy above (namespace, then mesh).
@@ -51,6 +53,7 @@ pub enum MtlsMode {
 
 /// A mode.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerMtls {
     /// The mode.
@@ -60,6 +63,7 @@ pub struct PeerMtls {
 
 /// How the selected workloads take connections.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthentication {
     /// The workloads covered (none: the namespace, or the mesh from the
@@ -99,6 +103,7 @@ impl PeerAuthentication {
 
 /// What a matching policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     /// Requests must match an ALLOW policy (when any selects the workload).
@@ -114,6 +119,7 @@ pub enum Action {
 
 /// Who may call the selected workloads, and how.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicy {
     /// The workloads covered (none: the namespace, or the mesh from the
@@ -141,6 +147,7 @@ pub struct AuthorizationPolicy {
 /// A rule: it matches when one `from`, one `to` and every `when` match
 /// (an empty list matches anything).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationRule {
     /// Callers.
@@ -156,6 +163,7 @@ pub struct AuthorizationRule {
 
 /// A set of callers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct From {
     /// The callers.
@@ -165,6 +173,7 @@ pub struct From {
 /// Callers, by their authenticated identity (mutual TLS). Each list,
 /// when given, must match; `not…` lists must not.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
     /// Principals (`cluster.local/ns/default/sa/svca`; `*` wildcards at
@@ -202,6 +211,7 @@ pub struct Source {
 
 /// A set of operations.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct To {
     /// The operations.
@@ -210,6 +220,7 @@ pub struct To {
 
 /// Operations; each list, when given, must match; `not…` lists must not.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
     /// Hosts (the Host/:authority header; `*` wildcards at either end).
@@ -240,6 +251,7 @@ pub struct Operation {
 
 /// A condition on a request attribute.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Condition {
     /// The attribute: `request.headers[<name>]`, `source.principal`,

@@ -30,6 +30,7 @@ pub const SIDECAR_API_VERSIONS: [&str; 4] = [
 
 /// Which hosts the selected workloads' proxies may call.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Sidecar {
     /// The workloads covered (none: every workload of the namespace, or of
@@ -53,6 +54,7 @@ pub struct Sidecar {
 
 /// Labels that pick workloads (Istio's `WorkloadSelector`, field `labels`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SidecarSelector {
     /// Labels a workload must all carry.
@@ -62,6 +64,7 @@ pub struct SidecarSelector {
 
 /// The hosts one outbound listener reaches.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressListener {
     /// `namespace/host`: namespace `*` (any), `.` (the Sidecar's own) or a
@@ -82,6 +85,7 @@ pub struct EgressListener {
 
 /// Calls to hosts the mesh does not know.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutboundTrafficPolicy {
     /// `REGISTRY_ONLY` (refused) or `ALLOW_ANY` (let through).

@@ -2,32 +2,40 @@
 //! templates in `install/templates/` (compiled in) with the mesh's values;
 //! `--set key=value` changes one, `-o DIR` writes the files (the copies
 //! under `install/kubernetes/` are this command's output, and a test keeps
-//! them so). Today it renders the observability addons: Prometheus,
-//! Grafana with the mesh's dashboards, the Zipkin-compatible collector
-//! (Jaeger) and the service graph.
+//! them so): `mesh.yaml` (the namespace, the rule kinds' CRDs generated
+//! from their types ([`crd`]), pilot with its RBAC), `istio-api.yaml`
+//! (the same kinds under Istio's API groups, optional) and the
+//! observability addons: Prometheus, Grafana with the mesh's dashboards,
+//! the Zipkin-compatible collector (Jaeger) and the service graph.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+mod crd;
+
 /// The templates: where each renders to, and its text.
 const TEMPLATES: &[(&str, &str)] = &[
     (
+        "mesh.yaml",
+        include_str!("../../../install/templates/mesh.yaml"),
+    ),
+    (
         "addons/prometheus.yaml",
-        include_str!("../../install/templates/addons/prometheus.yaml"),
+        include_str!("../../../install/templates/addons/prometheus.yaml"),
     ),
     (
         "addons/grafana.yaml",
-        include_str!("../../install/templates/addons/grafana.yaml"),
+        include_str!("../../../install/templates/addons/grafana.yaml"),
     ),
     (
         "addons/zipkin.yaml",
-        include_str!("../../install/templates/addons/zipkin.yaml"),
+        include_str!("../../../install/templates/addons/zipkin.yaml"),
     ),
     (
         "addons/servicegraph.yaml",
-        include_str!("../../install/templates/addons/servicegraph.yaml"),
+        include_str!("../../../install/templates/addons/servicegraph.yaml"),
     ),
 ];
 
@@ -35,15 +43,15 @@ const TEMPLATES: &[(&str, &str)] = &[
 const DASHBOARDS: &[(&str, &str)] = &[
     (
         "mesh.json",
-        include_str!("../../install/kubernetes/addons/dashboards/mesh.json"),
+        include_str!("../../../install/kubernetes/addons/dashboards/mesh.json"),
     ),
     (
         "service.json",
-        include_str!("../../install/kubernetes/addons/dashboards/service.json"),
+        include_str!("../../../install/kubernetes/addons/dashboards/service.json"),
     ),
     (
         "workload.json",
-        include_str!("../../install/kubernetes/addons/dashboards/workload.json"),
+        include_str!("../../../install/kubernetes/addons/dashboards/workload.json"),
     ),
 ];
 
@@ -52,6 +60,10 @@ const VALUES: &[(&str, &str, &str)] = &[
     ("namespace", "mesh-system", "the namespace the mesh runs in"),
     ("hub", "localhost/mesh", "where the mesh's own images are"),
     ("tag", env!("CARGO_PKG_VERSION"), "the mesh's images' tag"),
+    ("pilot.replicas", "1", "how many pilots serve"),
+    ("pilot.cpu", "100m", "the CPU each pilot asks for"),
+    ("pilot.memory", "128Mi", "the memory each pilot asks for"),
+    ("pilot.memoryLimit", "512Mi", "the memory a pilot may use"),
     (
         "prometheus.image",
         "docker.io/prom/prometheus:v3.5.0",
@@ -154,6 +166,12 @@ fn values(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
 
 /// Where the dashboards go in a template.
 const DASHBOARDS_SLOT: &str = "{{dashboards}}";
+/// Where the mesh's CRDs go in a template.
+const CRDS_SLOT: &str = "{{crds}}";
+
+/// The optional bundle of the same kinds under Istio's API groups, for
+/// files written for Istio (all generated, no template).
+const ISTIO_API: &str = "istio-api.yaml";
 
 /// The dashboards as a ConfigMap's `data` entries (block scalars).
 fn dashboards_data() -> String {
@@ -172,23 +190,42 @@ fn dashboards_data() -> String {
 /// Every bundle file: its path under the output folder and its text.
 pub fn render(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
     let values = values(set)?;
-    TEMPLATES
+    // Generated text goes in last: the dashboards' legends use Grafana's
+    // own `{{label}}` syntax.
+    let slots = [
+        (DASHBOARDS_SLOT, dashboards_data()),
+        (CRDS_SLOT, crd::yaml(&crd::definitions(crd::Groups::Mesh)?)?),
+    ];
+    let mut files = TEMPLATES
         .iter()
         .map(|(path, template)| {
             let mut text = template.to_string();
             for (key, value) in &values {
                 text = text.replace(&format!("{{{{{key}}}}}"), value);
             }
-            // The dashboards go in last: their legends use Grafana's own
-            // `{{label}}` syntax.
-            if let Some(at) = text.replace(DASHBOARDS_SLOT, "").find("{{") {
-                let rest = &text.replace(DASHBOARDS_SLOT, "")[at..];
+            let bare = slots
+                .iter()
+                .fold(text.clone(), |t, (slot, _)| t.replace(slot, ""));
+            if let Some(at) = bare.find("{{") {
+                let rest = &bare[at..];
                 let end = rest.find("}}").map_or(rest.len(), |e| e + 2);
                 anyhow::bail!("template {path} names an unknown value {}", &rest[..end]);
             }
-            Ok((*path, text.replace(DASHBOARDS_SLOT, &dashboards_data())))
+            for (slot, generated) in &slots {
+                text = text.replace(slot, generated.trim_end_matches('\n'));
+            }
+            Ok((*path, text))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let header = "# The mesh's rule kinds under Istio's API groups (config.istio.io,\n# networking.istio.io, security.istio.io), for files written for Istio.\n# Optional; do not apply beside Istio's own CRDs. Rendered by `meshctl install`.\n";
+    files.push((
+        ISTIO_API,
+        format!(
+            "{header}{}",
+            crd::yaml(&crd::definitions(crd::Groups::Istio)?)?
+        ),
+    ));
+    Ok(files)
 }
 
 fn write(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<()> {
@@ -238,7 +275,10 @@ mod tests {
         let files = render(&["namespace=observability".into()]).unwrap();
         for (path, text) in &files {
             assert!(!text.contains("mesh-system"), "{path}");
-            assert!(text.contains("namespace: observability"), "{path}");
+            // The Istio API bundle has only cluster-wide objects.
+            if *path != ISTIO_API {
+                assert!(text.contains("namespace: observability"), "{path}");
+            }
         }
     }
 }

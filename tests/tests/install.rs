@@ -1,0 +1,283 @@
+//! The install bundles on a real API server (the substrate's single-node
+//! cluster): every object of every bundle passes the server's own checks
+//! (the generated CRD schemas are structural), `kubectl apply -f
+//! mesh.yaml` brings pilot up with nothing else (its RBAC is enough for
+//! its registry), the CRDs take every sample rule and refuse bad ones at
+//! the field `meshctl validate` names, and `kubectl delete -f` removes
+//! every object the bundle made. Needs `MESH_K8S_BIN` and root.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mesh_testbed::eventually;
+use mesh_testbed::kube::{TestCluster, http_get};
+use serde_json::Value;
+
+/// kubectl inside the cluster with `input` on stdin: (success, stdout and
+/// stderr).
+fn kubectl(c: &TestCluster, args: &[&str], input: &str) -> (bool, String) {
+    let mut full = vec!["kubectl"];
+    full.extend_from_slice(args);
+    let mut child = c
+        .command(&full)
+        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn kubectl_ok(c: &TestCluster, args: &[&str], input: &str) -> String {
+    let (ok, text) = kubectl(c, args, input);
+    assert!(ok, "kubectl {}: {text}", args.join(" "));
+    text
+}
+
+/// The bundles `meshctl install` renders for the test's images.
+fn render(dir: &Path) {
+    let meshctl = mesh_testbed::binary("meshctl").unwrap();
+    let out = Command::new(meshctl)
+        .args([
+            "install",
+            "--set",
+            "hub=mesh.local",
+            "--set",
+            "tag=test",
+            "-o",
+        ])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Every rule of the samples the bundles define a kind for (not Gateway
+/// API's, not the apps' Deployments).
+fn sample_rules() -> Vec<(String, Value)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples");
+    let mut rules = vec![];
+    for dir in ["rules", "today", "istio-0.4-walk", "istio-0.4-walk/mesh"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            for d in documents(&std::fs::read_to_string(&f).unwrap()) {
+                let group = d["apiVersion"].as_str().unwrap_or_default();
+                if group.contains(".istio.io/") || group.starts_with("config.mesh.dev/") {
+                    rules.push((f.display().to_string(), d));
+                }
+            }
+        }
+    }
+    rules
+}
+
+/// Bad rules: (what, YAML, the field path both the API server and
+/// `meshctl validate` name).
+const BAD: &[(&str, &str, &str)] = &[
+    (
+        "a string weight",
+        "spec:\n  destination: {name: svcb}\n  route:\n  - labels: {version: v1}\n    weight: fifty\n",
+        "spec.route[0].weight",
+    ),
+    (
+        "a misspelt field",
+        "spec:\n  destnation: {name: svcb}\n",
+        "spec.destnation",
+    ),
+    (
+        "a duration in words",
+        "spec:\n  destination: {name: svcb}\n  httpReqTimeout: {simpleTimeout: {timeout: 10 seconds}}\n",
+        "spec.httpReqTimeout.simpleTimeout.timeout",
+    ),
+];
+
+#[test]
+fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
+    let msgd = mesh_testbed::binary("msgd").unwrap();
+    let images = mesh_cluster::images::mesh(msgd.parent().unwrap(), "mesh.local", "test").unwrap();
+    let c = TestCluster::up(&images);
+    let dir = tempfile::tempdir().unwrap();
+    render(dir.path());
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let (mesh, istio) = (read("mesh.yaml"), read("istio-api.yaml"));
+
+    // Applied, mesh.yaml brings pilot up with nothing else (the server
+    // checks every object: the CRDs' schemas are structural); pilot's
+    // registry (with the bundle's RBAC) sees the cluster, its own Service
+    // too.
+    kubectl_ok(&c, &["apply", "-f", "-"], &mesh);
+    // The other bundles pass the server's checks without being kept
+    // (their objects go in mesh.yaml's namespace).
+    for name in [
+        "istio-api.yaml",
+        "addons/prometheus.yaml",
+        "addons/grafana.yaml",
+        "addons/zipkin.yaml",
+        "addons/servicegraph.yaml",
+    ] {
+        let out = kubectl_ok(&c, &["apply", "--dry-run=server", "-f", "-"], &read(name));
+        assert!(out.contains("(server dry run)"), "{name}: {out}");
+    }
+    kubectl_ok(&c, &["apply", "-f", "-"], &istio);
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=mesh",
+            "--timeout=60s",
+        ],
+        "",
+    );
+    kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "rollout",
+            "status",
+            "deployment/mesh-pilot",
+            "--timeout=90s",
+        ],
+        "",
+    );
+    let pilot_ip = kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "get",
+            "pods",
+            "-l",
+            "app=mesh-pilot",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+        "",
+    );
+    let registry = eventually(
+        "pilot's registry lists its own service",
+        Duration::from_secs(20),
+        || {
+            let body = http_get(&c, &format!("{pilot_ip}:15014"), "/debug/registryz").ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["services"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == "mesh-pilot" && s["namespace"] == "mesh-system")
+                .then_some(v)
+        },
+    );
+    let pilot_pod = registry["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["address"] == pilot_ip.as_str())
+        .expect("pilot's own pod is a workload");
+    assert_eq!(pilot_pod["serviceAccount"], "mesh-pilot");
+    assert_eq!(pilot_pod["health"], "healthy");
+
+    // Every sample rule is a valid object of its CRD.
+    let rules = sample_rules();
+    assert!(rules.len() >= 20, "{} sample rules", rules.len());
+    for (file, rule) in &rules {
+        let text = serde_json::to_string(rule).unwrap();
+        let (ok, out) = kubectl(
+            &c,
+            &["apply", "-n", "default", "--dry-run=server", "-f", "-"],
+            &text,
+        );
+        assert!(ok, "{file} ({}): {out}", rule["metadata"]["name"]);
+    }
+    // A bad rule is refused by the API server and by `meshctl validate`,
+    // both naming the same field.
+    let meshctl = mesh_testbed::binary("meshctl").unwrap();
+    for (what, spec, path) in BAD {
+        let rule = format!(
+            "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {{name: bad}}\n{spec}"
+        );
+        let (ok, server) = kubectl(&c, &["apply", "-n", "default", "-f", "-"], &rule);
+        assert!(!ok, "{what}: the API server took it: {server}");
+        assert!(server.contains(path), "{what}: {server}");
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, &rule).unwrap();
+        let local = Command::new(&meshctl)
+            .args(["validate", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let local_err = String::from_utf8_lossy(&local.stderr);
+        assert_eq!(local.status.code(), Some(1), "{what}: {local_err}");
+        assert!(
+            local_err.contains(&format!(": {path}: ")),
+            "{what}: {local_err}"
+        );
+    }
+    // `kubectl get` prints the kind's columns.
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: svcb-default}\nspec: {destination: {name: svcb}, precedence: 2, route: [{labels: {version: v1}}]}\n",
+    );
+    let table = kubectl_ok(
+        &c,
+        &["get", "routerules.config.mesh.dev", "-n", "default"],
+        "",
+    );
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "DESTINATION", "PRECEDENCE", "ACCEPTED", "AGE"]
+    );
+    assert!(table.contains("svcb-default   svcb          2"), "{table}");
+
+    // Deleted, nothing the bundles made is left (rules go with their CRDs).
+    kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &istio);
+    kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &mesh);
+    let left = kubectl_ok(
+        &c,
+        &[
+            "get",
+            "crd,clusterrole,clusterrolebinding,namespace",
+            "-l",
+            "app.kubernetes.io/part-of=mesh",
+            "-o",
+            "name",
+        ],
+        "",
+    );
+    let left: Vec<&str> = left.lines().filter(|l| l.contains('/')).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let (exists, _) = kubectl(&c, &["get", "namespace", "mesh-system"], "");
+    assert!(!exists, "mesh-system is still there");
+}
