@@ -2,7 +2,8 @@
 //! `/debug/syncz` (connected proxies and their sync state, what
 //! `meshctl proxy-status` shows), `/debug/registryz` (the services and
 //! workloads of every registry, with their health, as translation reads
-//! them), `/debug/push_history`, and
+//! them), `/debug/configz` (the rules in force, from the store or the
+//! cluster), `/debug/push_history`, and
 //! `/debug/config_dump?proxy=NODE_ID` (the current translation for a
 //! connected proxy, as it would be sent); `/debug/analyze` (what `meshctl
 //! analyze` shows: rules that select nothing pilot knows, stored fields it
@@ -132,6 +133,11 @@ async fn handle(
             .expect("a valid response"),
         "/debug/syncz" => json(StatusCode::OK, &d.status().proxies()),
         "/debug/registryz" => json(StatusCode::OK, &d.world().registry),
+        "/debug/configz" => {
+            let w = d.world();
+            let rules: Vec<serde_json::Value> = w.rules.iter().map(|r| r.to_value()).collect();
+            json(StatusCode::OK, &rules)
+        }
         "/debug/push_history" => json(StatusCode::OK, &d.status().history()),
         "/debug/config_dump" => {
             let proxy = query
@@ -148,7 +154,7 @@ async fn handle(
         }
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/registryz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging", "/metrics"]}),
+            &serde_json::json!({"paths": ["/ready", "/debug/syncz", "/debug/registryz", "/debug/configz", "/debug/push_history", "/debug/config_dump?proxy=NODE_ID", "/debug/analyze", "/debug/logging", "/metrics"]}),
         ),
     })
 }

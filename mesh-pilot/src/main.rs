@@ -20,8 +20,15 @@ use tracing::{info, warn};
 #[command(name = "mesh-pilot", version, about)]
 struct Args {
     /// The local rule store's folder (what `meshctl create` writes).
-    #[arg(long, env = "MESH_STORE", value_name = "DIR")]
-    store: PathBuf,
+    /// Without it, `--kubernetes` reads rules from the cluster's custom
+    /// resources (and writes back whether each was accepted).
+    #[arg(
+        long,
+        env = "MESH_STORE",
+        value_name = "DIR",
+        required_unless_present = "kubernetes"
+    )]
+    store: Option<PathBuf>,
     /// A file registry (YAML of services and workloads); reloaded when it changes.
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
@@ -194,7 +201,7 @@ async fn kube_client(args: &Args) -> anyhow::Result<kube::Client> {
             .await
             .context("no Kubernetes cluster found (KUBECONFIG, ~/.kube/config, in-cluster)")?,
     };
-    info!(cluster = %config.cluster_url, "kubernetes registry");
+    info!(cluster = %config.cluster_url, "kubernetes");
     Ok(kube::Client::try_from(config)?)
 }
 
@@ -204,9 +211,13 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     if let Some(p) = &args.registry {
         registries.file = read_registry(p)?;
     }
-    let kubernetes = match args.kubernetes {
-        true => {
-            let k = mesh_pilot::registry::kubernetes::Kubernetes::start(kube_client(&args).await?);
+    let client = match args.kubernetes {
+        true => Some(kube_client(&args).await?),
+        false => None,
+    };
+    let kubernetes = match &client {
+        Some(client) => {
+            let k = mesh_pilot::registry::kubernetes::Kubernetes::start(client.clone());
             k.synced().await?;
             registries.kubernetes = k.registry();
             info!(
@@ -216,13 +227,20 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             );
             Some(k)
         }
-        false => None,
+        None => None,
     };
-    let store = LocalStore::new(&args.store);
-    let mut rules = store
-        .watch()
-        .await
-        .with_context(|| format!("cannot follow the rule store {}", args.store.display()))?;
+    let mut rules = match &args.store {
+        Some(dir) => LocalStore::new(dir)
+            .watch()
+            .await
+            .with_context(|| format!("cannot follow the rule store {}", dir.display()))?,
+        None => {
+            let client = client.context("rules come from --store DIR or --kubernetes")?;
+            mesh_pilot::store::kubernetes::watch(client)
+                .await
+                .context("cannot follow the cluster's rules")?
+        }
+    };
     let mesh = MeshConfig {
         domain: args.domain.clone(),
         outbound: match args.outbound_policy {

@@ -3,8 +3,10 @@
 //! (the generated CRD schemas are structural), `kubectl apply -f
 //! mesh.yaml` brings pilot up with nothing else (its RBAC is enough for
 //! its registry), the CRDs take every sample rule and refuse bad ones at
-//! the field `meshctl validate` names, and `kubectl delete -f` removes
-//! every object the bundle made. Needs `MESH_K8S_BIN` and root.
+//! the field `meshctl validate` names, pilot takes its rules from them
+//! (writing back whether it accepted each, and why not), and `kubectl
+//! delete -f` removes every object the bundle made. Needs `MESH_K8S_BIN`
+//! and root.
 
 use std::io::Write;
 use std::path::Path;
@@ -129,14 +131,11 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     let (mesh, istio) = (read("mesh.yaml"), read("istio-api.yaml"));
 
-    // Applied, mesh.yaml brings pilot up with nothing else (the server
-    // checks every object: the CRDs' schemas are structural); pilot's
-    // registry (with the bundle's RBAC) sees the cluster, its own Service
-    // too.
-    kubectl_ok(&c, &["apply", "-f", "-"], &mesh);
     // The other bundles pass the server's checks without being kept
-    // (their objects go in mesh.yaml's namespace).
+    // (the addons' objects go in mesh.yaml's namespace: created first).
+    kubectl_ok(&c, &["create", "namespace", "mesh-system"], "");
     for name in [
+        "mesh.yaml",
         "istio-api.yaml",
         "addons/prometheus.yaml",
         "addons/grafana.yaml",
@@ -146,7 +145,17 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         let out = kubectl_ok(&c, &["apply", "--dry-run=server", "-f", "-"], &read(name));
         assert!(out.contains("(server dry run)"), "{name}: {out}");
     }
+    kubectl_ok(
+        &c,
+        &["delete", "namespace", "mesh-system", "--wait=true"],
+        "",
+    );
+
+    // Applied (Istio's groups first, for rules written for Istio),
+    // mesh.yaml brings pilot up with nothing else; pilot's registry (with
+    // the bundle's RBAC) sees the cluster, its own Service too.
     kubectl_ok(&c, &["apply", "-f", "-"], &istio);
+    kubectl_ok(&c, &["apply", "-f", "-"], &mesh);
     kubectl_ok(
         &c,
         &[
@@ -260,6 +269,105 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         ["NAME", "DESTINATION", "PRECEDENCE", "ACCEPTED", "AGE"]
     );
     assert!(table.contains("svcb-default   svcb          2"), "{table}");
+
+    // pilot reads the rules from the cluster and says, on each, whether
+    // it took it: the valid one (and the seed's, under Istio's group) in
+    // force, one the schema allows but the mesh refuses with its reason.
+    let seed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../samples/istio-0.4-walk/route-rules-svcb-v0.2-50.yaml"),
+    )
+    .unwrap();
+    kubectl_ok(&c, &["apply", "-n", "default", "-f", "-"], &seed);
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: too-heavy}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}, weight: 100}, {labels: {version: v2}, weight: 50}]}\n",
+    );
+    for (what, condition) in [
+        ("routerule.config.mesh.dev/svcb-default", "Accepted=True"),
+        ("routerule.config.mesh.dev/too-heavy", "Accepted=False"),
+    ] {
+        kubectl_ok(
+            &c,
+            &[
+                "wait",
+                "-n",
+                "default",
+                &format!("--for=condition={condition}"),
+                what,
+                "--timeout=20s",
+            ],
+            "",
+        );
+    }
+    let seed_name = documents(&seed)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "-n",
+            "default",
+            "--for=condition=Accepted=True",
+            &format!("routerule.config.istio.io/{seed_name}"),
+            "--timeout=20s",
+        ],
+        "",
+    );
+    let why = kubectl_ok(
+        &c,
+        &[
+            "get",
+            "-n",
+            "default",
+            "routerule.config.mesh.dev/too-heavy",
+            "-o",
+            "jsonpath={.status.conditions[0].message}",
+        ],
+        "",
+    );
+    assert!(why.contains("spec.route"), "{why}");
+    let in_force = |c: &TestCluster| -> Option<Vec<String>> {
+        let body = http_get(c, &format!("{pilot_ip}:15014"), "/debug/configz").ok()?;
+        let rules: Vec<Value> = serde_json::from_str(&body).ok()?;
+        Some(
+            rules
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r["apiVersion"].as_str().unwrap(),
+                        r["metadata"]["name"].as_str().unwrap()
+                    )
+                })
+                .collect(),
+        )
+    };
+    let rules = in_force(&c).expect("configz answers");
+    assert_eq!(
+        rules,
+        [
+            format!("config.istio.io/v1alpha2 {seed_name}"),
+            "config.mesh.dev/v1alpha1 svcb-default".to_owned(),
+        ]
+    );
+    // A deleted rule leaves pilot's configuration.
+    kubectl_ok(
+        &c,
+        &[
+            "delete",
+            "-n",
+            "default",
+            "routerule.config.mesh.dev/svcb-default",
+        ],
+        "",
+    );
+    eventually("svcb-default out of force", Duration::from_secs(5), || {
+        (in_force(&c)?.len() == 1).then_some(())
+    });
 
     // Deleted, nothing the bundles made is left (rules go with their CRDs).
     kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &istio);

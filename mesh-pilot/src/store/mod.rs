@@ -1,9 +1,11 @@
-//! Where rules live: a trait, so the Kubernetes CRD backend can stand in for
-//! the local one, and [`LocalStore`], the embedded default.
+//! Where rules live: a trait, [`LocalStore`] (the embedded default, a
+//! folder `meshctl create` writes), and the cluster's custom resources
+//! ([`kubernetes`], which pilot follows; kubectl and meshctl write them).
 //!
 //! Every change gets the next store revision (a counter shared by all rules,
 //! never reused), and a batch of changes is applied all-or-nothing.
 
+pub mod kubernetes;
 mod local;
 
 use std::collections::BTreeMap;

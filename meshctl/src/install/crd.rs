@@ -282,6 +282,40 @@ fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str, &'static s
     }
 }
 
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// pilot's ClusterRole rules for the rule kinds of every group it reads
+/// them from: list and watch them, patch their status (not Gateway API's,
+/// whose status pilot does not write).
+pub fn rbac_rules() -> String {
+    let mut by_group: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for kind in Kind::ALL {
+        for api_version in kind.api_versions() {
+            let plurals = by_group.entry(group_of(api_version)).or_default();
+            if !plurals.contains(&kind.plural()) {
+                plurals.push(kind.plural());
+            }
+        }
+    }
+    let mut out = String::new();
+    for (group, plurals) in by_group {
+        let status: Vec<String> = plurals.iter().map(|p| format!("{p}/status")).collect();
+        out.push_str(&format!(
+            "- apiGroups: [{group}]\n  resources: [{}]\n  verbs: [list, watch]\n",
+            plurals.join(", ")
+        ));
+        // Gateway API's status is per parent, and not written yet.
+        if group == GATEWAY_GROUP {
+            continue;
+        }
+        out.push_str(&format!(
+            "- apiGroups: [{group}]\n  resources: [{}]\n  verbs: [patch]\n",
+            status.join(", ")
+        ));
+    }
+    out
+}
+
 /// The CRDs as YAML documents (each after a `---`).
 pub fn yaml(definitions: &[CustomResourceDefinition]) -> anyhow::Result<String> {
     let mut out = String::new();

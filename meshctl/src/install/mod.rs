@@ -168,6 +168,8 @@ fn values(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
 const DASHBOARDS_SLOT: &str = "{{dashboards}}";
 /// Where the mesh's CRDs go in a template.
 const CRDS_SLOT: &str = "{{crds}}";
+/// Where pilot's RBAC rules for the rule kinds go.
+const RULE_RBAC_SLOT: &str = "{{rule_rbac}}";
 
 /// The optional bundle of the same kinds under Istio's API groups, for
 /// files written for Istio (all generated, no template).
@@ -195,6 +197,7 @@ pub fn render(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
     let slots = [
         (DASHBOARDS_SLOT, dashboards_data()),
         (CRDS_SLOT, crd::yaml(&crd::definitions(crd::Groups::Mesh)?)?),
+        (RULE_RBAC_SLOT, crd::rbac_rules()),
     ];
     let mut files = TEMPLATES
         .iter()

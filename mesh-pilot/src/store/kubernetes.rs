@@ -1,0 +1,308 @@
+//! Rules from the Kubernetes API: the custom resources of every rule kind
+//! the cluster serves (the mesh's group from `mesh.yaml`; Istio's and
+//! Gateway API's groups when their CRDs are installed), each kept by a
+//! kube-rs reflector. Every change rebuilds the snapshot; each object is
+//! checked as `meshctl validate` checks a file, and its verdict is written
+//! back as its `Accepted` condition (a refused rule keeps no effect, and
+//! its status says why, field by field).
+//!
+//! The kinds are found once, at start: CRDs installed later are read after
+//! pilot restarts. Several pilots write the same verdicts; each writes
+//! only when the status differs, so they agree rather than fight.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use mesh_rules::rules::{Condition, Kind, RuleStatus};
+use mesh_rules::{Rule, RuleKey};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::{RuleWatch, Snapshot, StoredRule};
+
+/// Why the rules could not be followed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesRulesError {
+    /// No rule kind is served: the CRDs are not installed.
+    #[error("the cluster serves no rule kind: apply install/kubernetes/mesh.yaml (the CRDs) first")]
+    NoKinds,
+    /// The watches ended before their first list.
+    #[error("the rule watches ended before their first list")]
+    NotStarted,
+}
+
+/// One served kind and the reflector of its objects.
+struct Served {
+    kind: Kind,
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+}
+
+/// Follows the rules the cluster holds; the watch starts at the first
+/// full list of every kind.
+pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
+    let changed = Arc::new(Notify::new());
+    let mut served = vec![];
+    for kind in Kind::ALL {
+        // Each group serves the same objects under all its versions: one
+        // version per group is read (the first the kind lists).
+        let mut groups_seen = vec![];
+        for api_version in kind.api_versions() {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            if groups_seen.contains(&group) {
+                continue;
+            }
+            let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
+            match kube::discovery::pinned_kind(&client, &gvk).await {
+                Ok((resource, _)) => {
+                    groups_seen.push(group);
+                    info!(%api_version, kind = kind.as_str(), "rules from the cluster");
+                    served.push(Served {
+                        kind,
+                        store: reflect(client.clone(), resource.clone(), &changed),
+                        resource,
+                    });
+                }
+                Err(e) => debug!(%api_version, kind = kind.as_str(), "not served: {e}"),
+            }
+        }
+    }
+    if served.is_empty() {
+        return Err(KubernetesRulesError::NoKinds);
+    }
+    for s in &served {
+        s.store
+            .wait_until_ready()
+            .await
+            .map_err(|_| KubernetesRulesError::NotStarted)?;
+    }
+    let mut revision = 1;
+    let (first, _) = snapshot(&served, revision);
+    let (publish, receiver) = watch::channel(Arc::new(first));
+    let task = tokio::spawn(async move {
+        loop {
+            let (next, verdicts) = snapshot(&served, revision + 1);
+            if next.rules != publish.borrow().rules {
+                revision += 1;
+                info!(
+                    revision,
+                    rules = next.rules.len(),
+                    "rules changed in the cluster"
+                );
+                publish.send_replace(Arc::new(next));
+            }
+            write_statuses(&client, &served, verdicts).await;
+            changed.notified().await;
+        }
+    });
+    Ok(RuleWatch::new(receiver, Box::new(AbortOnDrop(task))))
+}
+
+/// Stops the follower when the watch goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn reflect(client: Client, resource: ApiResource, changed: &Arc<Notify>) -> Store<DynamicObject> {
+    let api = Api::<DynamicObject>::all_with(client, &resource);
+    let writer = reflector::store::Writer::new(resource.clone());
+    let reader = writer.as_reader();
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+        .reflect(writer);
+    let changed = changed.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => changed.notify_one(),
+                Ok(Event::Init | Event::InitApply(_)) => {}
+                Err(e) => warn!(kind = %resource.kind, "rule watch failed, retrying: {e}"),
+            }
+        }
+    });
+    reader
+}
+
+/// What pilot says of one object: accepted, or refused and why.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    resource: usize,
+    namespace: String,
+    name: String,
+    generation: Option<i64>,
+    refused: Option<String>,
+    current: Option<RuleStatus>,
+}
+
+/// The snapshot of every accepted rule, and a verdict per object.
+fn snapshot(served: &[Served], revision: u64) -> (Snapshot, Vec<Verdict>) {
+    let mut rules: BTreeMap<RuleKey, StoredRule> = BTreeMap::new();
+    let mut verdicts = vec![];
+    for (i, s) in served.iter().enumerate() {
+        let mut objects = s.store.state();
+        objects.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        for o in objects {
+            let (rule, refused) = match rule_of(&s.resource, s.kind, &o) {
+                Ok(rule) => match rules.get(&rule.key()) {
+                    // The same kind, namespace and name in two groups: the
+                    // first group the kind lists wins.
+                    Some(other) => (
+                        None,
+                        Some(format!(
+                            "{} is also defined under {}, which wins",
+                            rule.key(),
+                            other.rule.api_version
+                        )),
+                    ),
+                    None => (Some(rule), None),
+                },
+                Err(why) => (None, Some(why)),
+            };
+            if let Some(rule) = rule {
+                let revision = o
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                rules.insert(rule.key(), StoredRule { rule, revision });
+            }
+            verdicts.push(Verdict {
+                resource: i,
+                namespace: o.metadata.namespace.clone().unwrap_or_default(),
+                name: o.metadata.name.clone().unwrap_or_default(),
+                generation: o.metadata.generation,
+                refused,
+                current: o
+                    .data
+                    .get("status")
+                    .and_then(|s| serde_json::from_value(s.clone()).ok()),
+            });
+        }
+    }
+    (Snapshot { revision, rules }, verdicts)
+}
+
+/// The rule an object holds, checked as a file's would be; else every
+/// problem, one per line.
+fn rule_of(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Result<Rule, String> {
+    let m = &o.metadata;
+    let mut metadata = json!({
+        "name": m.name,
+        "namespace": m.namespace,
+        "resourceVersion": m.resource_version,
+    });
+    if let Some(labels) = m.labels.as_ref().filter(|l| !l.is_empty()) {
+        metadata["labels"] = json!(labels);
+    }
+    let annotations: BTreeMap<&String, &String> = m
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+        .collect();
+    if !annotations.is_empty() {
+        metadata["annotations"] = json!(annotations);
+    }
+    let value = json!({
+        "apiVersion": resource.api_version,
+        "kind": kind.as_str(),
+        "metadata": metadata,
+        "spec": o.data.get("spec").cloned().unwrap_or(Value::Null),
+    });
+    let lines = |problems: Vec<mesh_rules::FieldError>| {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rule = Rule::from_value(value).map_err(lines)?;
+    let not_acted_on = mesh_rules::support::unsupported(&rule.spec);
+    if !not_acted_on.is_empty() {
+        return Err(lines(not_acted_on));
+    }
+    Ok(rule)
+}
+
+/// The status a verdict asks for, keeping the transition time while the
+/// verdict holds.
+fn status_of(v: &Verdict) -> RuleStatus {
+    let (status, reason, message) = match &v.refused {
+        None => ("True", "Valid", String::new()),
+        Some(why) => ("False", "Invalid", why.clone()),
+    };
+    let previous = v
+        .current
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"));
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Some(now_rfc3339()),
+    };
+    RuleStatus {
+        observed_generation: v.generation,
+        conditions: vec![Condition {
+            type_: "Accepted".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time,
+            observed_generation: v.generation,
+        }],
+    }
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Gateway API's status is per parent reference, in its own shape: not
+/// written yet.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Writes each verdict that differs from the object's status.
+async fn write_statuses(client: &Client, served: &[Served], verdicts: Vec<Verdict>) {
+    for v in verdicts {
+        let resource = &served[v.resource].resource;
+        let want = status_of(&v);
+        if v.current.as_ref() == Some(&want) || resource.group == GATEWAY_GROUP {
+            if let Some(why) = v
+                .refused
+                .as_ref()
+                .filter(|_| resource.group == GATEWAY_GROUP)
+            {
+                warn!(rule = %v.name, namespace = %v.namespace, "refused: {why}");
+            }
+            continue;
+        }
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &v.namespace, resource);
+        let patch = Patch::Merge(json!({ "status": want }));
+        match api
+            .patch_status(&v.name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => debug!(rule = %v.name, namespace = %v.namespace, "status written"),
+            Err(e) => warn!(rule = %v.name, namespace = %v.namespace, "cannot write status: {e}"),
+        }
+    }
+}
