@@ -13,17 +13,30 @@ mod rules;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_pilot::store::Change;
+use mesh_pilot::store::kubernetes::KubernetesStore;
+use mesh_pilot::store::{Change, RuleStore};
 
 /// Control the mesh: validate and manage rules, run the demo.
 #[derive(Parser)]
 #[command(name = "meshctl", version, about, propagate_version = true)]
 struct Cli {
     /// The local rule store's folder. Default: $XDG_STATE_HOME/mesh/store,
-    /// else ~/.local/state/mesh/store.
+    /// else ~/.local/state/mesh/store. Where rules go: a cluster when
+    /// --kubeconfig or --context is given; else this folder when given;
+    /// else a cluster when KUBECONFIG is set or meshctl runs in a pod; else
+    /// the default folder.
     #[arg(long, global = true, env = "MESH_STORE", value_name = "DIR")]
     store: Option<PathBuf>,
+
+    /// Rules go to the cluster of this kubeconfig (as custom resources).
+    #[arg(long, global = true, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (its current one when absent).
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -164,15 +177,65 @@ enum Command {
     },
 }
 
-fn store_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(d) = flag {
-        return Ok(d);
+/// Where rule commands read and write.
+enum Backend {
+    /// A folder on this machine.
+    Local(PathBuf),
+    /// A cluster's custom resources (kubeconfig file, context).
+    Cluster(Option<PathBuf>, Option<String>),
+}
+
+/// The choice `--store`'s help documents.
+fn backend(
+    store: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<Backend> {
+    if kubeconfig.is_some() || context.is_some() {
+        return Ok(Backend::Cluster(kubeconfig, context));
+    }
+    if let Some(d) = store {
+        return Ok(Backend::Local(d));
+    }
+    if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    {
+        return Ok(Backend::Cluster(None, None));
     }
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .ok_or_else(|| anyhow::anyhow!("no rule store: pass --store DIR or set MESH_STORE"))?;
-    Ok(state.join("mesh/store"))
+    Ok(Backend::Local(state.join("mesh/store")))
+}
+
+/// The rule store a backend names.
+async fn open(backend: Backend) -> anyhow::Result<Box<dyn RuleStore>> {
+    match backend {
+        Backend::Local(dir) => Ok(Box::new(mesh_pilot::store::LocalStore::new(dir))),
+        Backend::Cluster(file, context) => {
+            let options = kube::config::KubeConfigOptions {
+                context,
+                ..Default::default()
+            };
+            let config = match file {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+                }
+                None if options.context.is_some() => {
+                    kube::Config::from_kubeconfig(&options).await?
+                }
+                None => kube::Config::infer().await?,
+            };
+            let client = kube::Client::try_from(config)?;
+            let store = KubernetesStore::connect(client)
+                .await
+                .context("cannot reach the cluster")?;
+            Ok(Box::new(store))
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -208,44 +271,51 @@ async fn main() -> ExitCode {
             admin,
             output,
         } => inspect::proxy_config(section, &admin, output != Output::Table).await,
-        command => match store_dir(cli.store) {
+        command => match backend(cli.store, cli.kubeconfig, cli.context) {
             Err(e) => Err(e),
-            Ok(dir) => {
-                let store = mesh_pilot::store::LocalStore::new(dir);
-                match command {
-                    Command::Create { files } => rules::write(&store, &files, Change::Create).await,
-                    Command::Replace { files } => {
-                        rules::write(&store, &files, Change::Replace).await
+            Ok(backend) => match open(backend).await {
+                Err(e) => Err(e),
+                Ok(store) => {
+                    let store = store.as_ref();
+                    match command {
+                        Command::Create { files } => {
+                            rules::write(store, &files, Change::Create).await
+                        }
+                        Command::Replace { files } => {
+                            rules::write(store, &files, Change::Replace).await
+                        }
+                        Command::Delete {
+                            files,
+                            kind,
+                            names,
+                            namespace,
+                        } => {
+                            rules::delete(store, &files, kind.as_deref(), &names, &namespace).await
+                        }
+                        Command::Get {
+                            kind,
+                            name,
+                            namespace,
+                            all_namespaces,
+                            output,
+                        } => {
+                            let ns = (!all_namespaces).then_some(namespace.as_str());
+                            rules::get(store, &kind, name.as_deref(), ns, output).await
+                        }
+                        Command::Validate { .. }
+                        | Command::Convert { .. }
+                        | Command::Demo { .. }
+                        | Command::KubeInject(_)
+                        | Command::Cluster(_)
+                        | Command::ProxyStatus { .. }
+                        | Command::Graph(_)
+                        | Command::Install(_)
+                        | Command::Dashboard(_)
+                        | Command::Analyze { .. }
+                        | Command::ProxyConfig { .. } => unreachable!("handled above"),
                     }
-                    Command::Delete {
-                        files,
-                        kind,
-                        names,
-                        namespace,
-                    } => rules::delete(&store, &files, kind.as_deref(), &names, &namespace).await,
-                    Command::Get {
-                        kind,
-                        name,
-                        namespace,
-                        all_namespaces,
-                        output,
-                    } => {
-                        let ns = (!all_namespaces).then_some(namespace.as_str());
-                        rules::get(&store, &kind, name.as_deref(), ns, output).await
-                    }
-                    Command::Validate { .. }
-                    | Command::Convert { .. }
-                    | Command::Demo { .. }
-                    | Command::KubeInject(_)
-                    | Command::Cluster(_)
-                    | Command::ProxyStatus { .. }
-                    | Command::Graph(_)
-                    | Command::Install(_)
-                    | Command::Dashboard(_)
-                    | Command::Analyze { .. }
-                    | Command::ProxyConfig { .. } => unreachable!("handled above"),
                 }
-            }
+            },
         },
     };
     match result {

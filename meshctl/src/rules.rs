@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use mesh_pilot::store::{Applied, Change, LocalStore, Operation, RuleStore, StoredRule};
+use mesh_pilot::store::{Applied, Change, Operation, RuleStore, StoredRule};
 use mesh_rules::{Diagnostics, Kind, Loaded, RuleKey, Source, load};
 
 use crate::Output;
@@ -152,7 +152,7 @@ fn report(applied: &[Applied]) {
     }
 }
 
-async fn apply(store: &LocalStore, changes: Vec<Change>) -> anyhow::Result<ExitCode> {
+async fn apply(store: &dyn RuleStore, changes: Vec<Change>) -> anyhow::Result<ExitCode> {
     match store.apply(changes).await {
         Ok(applied) => {
             report(&applied);
@@ -168,7 +168,7 @@ async fn apply(store: &LocalStore, changes: Vec<Change>) -> anyhow::Result<ExitC
 /// `meshctl create -f` (`change` = `Change::Create`) and `meshctl replace
 /// -f` (`Change::Replace`): every rule of the files as one batch.
 pub async fn write(
-    store: &LocalStore,
+    store: &dyn RuleStore,
     args: &[String],
     change: fn(mesh_rules::Rule) -> Change,
 ) -> anyhow::Result<ExitCode> {
@@ -194,7 +194,7 @@ fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
 
 /// `meshctl delete -f FILE…` or `meshctl delete KIND NAME…`.
 pub async fn delete(
-    store: &LocalStore,
+    store: &dyn RuleStore,
     files: &[String],
     kind: Option<&str>,
     names: &[String],
@@ -230,7 +230,7 @@ fn object(s: &StoredRule) -> serde_json::Value {
 
 /// `meshctl get KIND [NAME]`.
 pub async fn get(
-    store: &LocalStore,
+    store: &dyn RuleStore,
     kind: &str,
     name: Option<&str>,
     namespace: Option<&str>,

@@ -121,6 +121,90 @@ const BAD: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The seed's rule steps and the mistakes users make, as meshctl
+/// commands; `meshctl` runs one and gives its exit code, stdout and stderr.
+/// What each printed, with revisions (store-specific numbers) as `N`.
+fn run_script(
+    scratch: &Path,
+    meshctl: impl Fn(&[&str]) -> (Option<i32>, Vec<u8>, Vec<u8>),
+) -> Vec<String> {
+    let walk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/istio-0.4-walk");
+    let file = |name: &str| walk.join(name).display().to_string();
+    let (egress, split, all_v2) = (
+        file("enable-svcb-engress-rule.yaml"),
+        file("route-rules-svcb-v0.2-50.yaml"),
+        file("route-rules-svcb-v0.2-100.yaml"),
+    );
+    let extra = scratch.join("svcb-v2.yaml");
+    std::fs::write(
+        &extra,
+        "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: svcb-v2}\nspec: {destination: {name: svcb}, precedence: 3, route: [{labels: {version: v0.2}}]}\n",
+    )
+    .unwrap();
+    let extra = extra.display().to_string();
+    let stale = scratch.join("stale.yaml");
+    let stale_path = stale.display().to_string();
+    let mut transcript = vec![];
+    let mut step = |args: &[&str]| -> String {
+        let (code, out, err) = meshctl(args);
+        let (out, err) = (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        );
+        // YAML differs in what each store keeps of metadata (the cluster
+        // names the namespace): only its resourceVersion matters here.
+        let shown = if args.contains(&"yaml") {
+            assert!(out.contains("resourceVersion: '"), "{out}");
+            err.clone()
+        } else {
+            format!("{out}{err}")
+        };
+        let numbers = numbers_as_n(&shown);
+        transcript.push(format!(
+            "$ meshctl {}\nexit {code:?}\n{numbers}",
+            args[..].join(" ")
+        ));
+        out
+    };
+    step(&["create", "-f", &egress, "-f", &split]);
+    // Again: it exists; with a new rule in the batch, the new one is not
+    // made either.
+    step(&["create", "-f", &split]);
+    step(&["create", "-f", &extra, "-f", &split]);
+    step(&["get", "route-rule", "svcb-v2"]);
+    let yaml = step(&["get", "route-rule", "route-rules-svcb", "-o", "yaml"]);
+    std::fs::write(&stale, yaml).unwrap();
+    step(&["replace", "-f", &all_v2]);
+    // The version read before that replace is stale now.
+    step(&["replace", "-f", &stale_path]);
+    step(&["create", "-f", &extra]);
+    step(&["get", "all"]);
+    step(&["delete", "route-rule", "route-rules-svcb"]);
+    step(&["delete", "route-rule", "route-rules-svcb"]);
+    step(&["replace", "-f", &split]);
+    step(&["get", "route-rule"]);
+    transcript
+}
+
+/// `text` with every run of digits as `N` and file paths cut to their
+/// names (the two runs write to different places).
+fn numbers_as_n(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_digits = false;
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            if !in_digits {
+                out.push('N');
+            }
+            in_digits = true;
+        } else {
+            in_digits = false;
+            out.push(ch);
+        }
+    }
+    out
+}
+
 #[test]
 fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     let msgd = mesh_testbed::binary("msgd").unwrap();
@@ -368,6 +452,89 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     eventually("svcb-default out of force", Duration::from_secs(5), || {
         (in_force(&c)?.len() == 1).then_some(())
     });
+
+    // meshctl writes rules to the cluster (KUBECONFIG set) with the words
+    // and outcomes of its local store, and pilot puts them in force.
+    kubectl_ok(
+        &c,
+        &[
+            "delete",
+            "-n",
+            "default",
+            "routerules.config.istio.io,routerules.config.mesh.dev",
+            "--all",
+        ],
+        "",
+    );
+    let local_store = dir.path().join("store");
+    let local = run_script(dir.path(), |args| {
+        let out = Command::new(&meshctl)
+            .args(args)
+            .env("MESH_STORE", &local_store)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        (out.status.code(), out.stdout, out.stderr)
+    });
+    let in_cluster = run_script(dir.path(), |args| {
+        let out = c
+            .in_network(|| {
+                Command::new(&meshctl)
+                    .args(args)
+                    .env("KUBECONFIG", c.kubeconfig())
+                    .env_remove("MESH_STORE")
+                    .output()
+            })
+            .unwrap()
+            .unwrap();
+        (out.status.code(), out.stdout, out.stderr)
+    });
+    assert_eq!(in_cluster, local, "meshctl on the cluster and locally");
+    for (step, want) in [
+        (0, "exit Some(0)\nCreated config egress-rule/default/"),
+        (
+            1,
+            "exit Some(1)\nError: route-rule/default/route-rules-svcb already exists",
+        ),
+        (
+            3,
+            "exit Some(1)\nError: route-rule default/svcb-vN not found",
+        ),
+        (
+            5,
+            "exit Some(0)\nUpdated config route-rule/default/route-rules-svcb",
+        ),
+        (6, "was changed by someone else"),
+        (
+            10,
+            "exit Some(1)\nError: route-rule/default/route-rules-svcb does not exist",
+        ),
+    ] {
+        assert!(local[step].contains(want), "step {step}: {}", local[step]);
+    }
+    // The seed's rules went under Istio's group (installed) and are in force.
+    eventually("meshctl's rules in force", Duration::from_secs(10), || {
+        let mut rules = in_force(&c)?;
+        rules.sort();
+        (rules
+            == [
+                "config.istio.io/v1alpha2 enable-svcb-engress-rule".to_owned(),
+                "config.istio.io/v1alpha2 svcb-v2".to_owned(),
+            ])
+        .then_some(())
+    });
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "-n",
+            "default",
+            "--for=condition=Accepted=True",
+            "egressrule.config.istio.io/enable-svcb-engress-rule",
+            "--timeout=20s",
+        ],
+        "",
+    );
 
     // Deleted, nothing the bundles made is left (rules go with their CRDs).
     kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &istio);

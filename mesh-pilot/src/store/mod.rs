@@ -93,6 +93,20 @@ pub enum StoreError {
     /// The same rule twice in one batch.
     #[error("{0} appears twice in one request")]
     Duplicate(RuleKey),
+    /// The cluster has no CRD for the kind.
+    #[error("the cluster serves no {0}: apply install/kubernetes/mesh.yaml (its CRDs) first")]
+    NotServed(mesh_rules::Kind),
+    /// The API server refused a change (its schema or an admission check).
+    #[error("the cluster refused {key}: {reason}")]
+    Refused {
+        /// Which rule.
+        key: RuleKey,
+        /// The API server's message.
+        reason: String,
+    },
+    /// The API server could not be reached, or failed.
+    #[error("the Kubernetes API: {0}")]
+    Unavailable(String),
     /// The store's data cannot be read.
     #[error("the rule store at {path} is unreadable: {reason}")]
     Corrupt {

@@ -25,6 +25,10 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
+mod writer;
+
+pub use writer::KubernetesStore;
+
 use super::{RuleWatch, Snapshot, StoredRule};
 
 /// Why the rules could not be followed.
@@ -45,14 +49,13 @@ struct Served {
     store: Store<DynamicObject>,
 }
 
-/// Follows the rules the cluster holds; the watch starts at the first
-/// full list of every kind.
-pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
-    let changed = Arc::new(Notify::new());
+/// Every rule kind the cluster serves, with its resource: one per group
+/// (each group serves the same objects under all its versions; the first
+/// version the kind lists is used), in the order [`Kind::api_versions`]
+/// lists the groups.
+pub async fn served_kinds(client: &Client) -> Vec<(Kind, ApiResource)> {
     let mut served = vec![];
     for kind in Kind::ALL {
-        // Each group serves the same objects under all its versions: one
-        // version per group is read (the first the kind lists).
         let mut groups_seen = vec![];
         for api_version in kind.api_versions() {
             let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -60,20 +63,34 @@ pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
                 continue;
             }
             let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
-            match kube::discovery::pinned_kind(&client, &gvk).await {
+            match kube::discovery::pinned_kind(client, &gvk).await {
                 Ok((resource, _)) => {
                     groups_seen.push(group);
-                    info!(%api_version, kind = kind.as_str(), "rules from the cluster");
-                    served.push(Served {
-                        kind,
-                        store: reflect(client.clone(), resource.clone(), &changed),
-                        resource,
-                    });
+                    served.push((kind, resource));
                 }
                 Err(e) => debug!(%api_version, kind = kind.as_str(), "not served: {e}"),
             }
         }
     }
+    served
+}
+
+/// Follows the rules the cluster holds; the watch starts at the first
+/// full list of every kind.
+pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
+    let changed = Arc::new(Notify::new());
+    let served: Vec<Served> = served_kinds(&client)
+        .await
+        .into_iter()
+        .map(|(kind, resource)| {
+            info!(api_version = %resource.api_version, kind = kind.as_str(), "rules from the cluster");
+            Served {
+                kind,
+                store: reflect(client.clone(), resource.clone(), &changed),
+                resource,
+            }
+        })
+        .collect();
     if served.is_empty() {
         return Err(KubernetesRulesError::NoKinds);
     }
@@ -202,6 +219,24 @@ fn snapshot(served: &[Served], revision: u64) -> (Snapshot, Vec<Verdict>) {
 /// The rule an object holds, checked as a file's would be; else every
 /// problem, one per line.
 fn rule_of(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Result<Rule, String> {
+    let lines = |problems: Vec<mesh_rules::FieldError>| {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let rule = Rule::from_value(rule_value(resource, kind, o)).map_err(lines)?;
+    let not_acted_on = mesh_rules::support::unsupported(&rule.spec);
+    if !not_acted_on.is_empty() {
+        return Err(lines(not_acted_on));
+    }
+    Ok(rule)
+}
+
+/// An object as a rule document: what a user wrote (no status, no
+/// server-set metadata but the resourceVersion).
+fn rule_value(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Value {
     let m = &o.metadata;
     let mut metadata = json!({
         "name": m.name,
@@ -220,25 +255,12 @@ fn rule_of(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Result<Rule
     if !annotations.is_empty() {
         metadata["annotations"] = json!(annotations);
     }
-    let value = json!({
+    json!({
         "apiVersion": resource.api_version,
         "kind": kind.as_str(),
         "metadata": metadata,
         "spec": o.data.get("spec").cloned().unwrap_or(Value::Null),
-    });
-    let lines = |problems: Vec<mesh_rules::FieldError>| {
-        problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let rule = Rule::from_value(value).map_err(lines)?;
-    let not_acted_on = mesh_rules::support::unsupported(&rule.spec);
-    if !not_acted_on.is_empty() {
-        return Err(lines(not_acted_on));
-    }
-    Ok(rule)
+    })
 }
 
 /// The status a verdict asks for, keeping the transition time while the
