@@ -7,6 +7,7 @@
 //! multi-document YAML file (`meshctl kube-inject`), and [`webhook`] serves
 //! the same function as a mutating admission webhook.
 
+pub mod certs;
 pub mod config;
 mod inject;
 mod manifests;

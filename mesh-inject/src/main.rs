@@ -1,12 +1,13 @@
-//! `mesh-inject`: serves sidecar injection as a Kubernetes mutating
-//! admission webhook over HTTPS.
+//! `mesh-inject`: the mesh's admission webhooks over HTTPS — sidecar
+//! injection (mutating, `/inject`) and rule validation (`/validate`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use mesh_inject::InjectConfig;
-use mesh_inject::webhook::{INJECT_PATH, serve, tls_config};
+use mesh_inject::certs::{Manager, Settings};
+use mesh_inject::webhook::{INJECT_PATH, serve, tls_config, tls_config_resolved};
 
 /// Serve the sidecar-injection webhook.
 #[derive(Parser)]
@@ -15,12 +16,38 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:9443")]
     listen: String,
-    /// Serving certificate chain (PEM): from mesh-ca, or the install bundle's Secret.
-    #[arg(long, value_name = "FILE")]
-    tls_cert: PathBuf,
+    /// Serving certificate chain (PEM), from mesh-ca or any CA. Without
+    /// it, `--kubernetes` makes and rotates one itself.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        required_unless_present = "kubernetes"
+    )]
+    tls_cert: Option<PathBuf>,
     /// Serving key (PEM).
-    #[arg(long, value_name = "FILE")]
-    tls_key: PathBuf,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// In a cluster: the serving certificate is kept in a Secret of
+    /// `POD_NAMESPACE` (made by the first replica, rotated at two thirds of
+    /// its life) and its CA put into the webhook configurations.
+    #[arg(long, conflicts_with = "tls_cert")]
+    kubernetes: bool,
+    /// The webhooks' Service (the certificate's names).
+    #[arg(long, default_value = "mesh-inject", requires = "kubernetes")]
+    service: String,
+    /// The Secret holding the certificate.
+    #[arg(long, default_value = "mesh-inject-tls", requires = "kubernetes")]
+    secret: String,
+    /// The MutatingWebhookConfiguration given the CA ("" for none).
+    #[arg(long, default_value = "mesh-sidecar-injector", requires = "kubernetes")]
+    mutating_webhook: String,
+    /// The ValidatingWebhookConfiguration given the CA ("" for none).
+    #[arg(long, default_value = "mesh-rule-validation", requires = "kubernetes")]
+    validating_webhook: String,
+    /// How long a certificate lives (it is replaced at two thirds).
+    #[arg(long, default_value = "8760h", requires = "kubernetes", value_parser = validity)]
+    cert_validity: std::time::Duration,
     /// Mesh configuration (YAML, or the mesh ConfigMap); defaults when absent.
     #[arg(
         long = "mesh-config",
@@ -28,6 +55,13 @@ struct Args {
         value_name = "FILE"
     )]
     mesh_config: Option<PathBuf>,
+}
+
+/// A duration as rules write them (`90s`, `8760h`).
+fn validity(text: &str) -> Result<std::time::Duration, String> {
+    mesh_rules::Duration::parse(text)
+        .map(|d| d.get())
+        .map_err(|e| e.to_string())
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -46,12 +80,38 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?,
         None => InjectConfig::default(),
     };
-    let tls =
-        tls_config(&read(&args.tls_cert)?, &read(&args.tls_key)?).map_err(anyhow::Error::msg)?;
+    let (tls, certs) = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => (
+            tls_config(&read(cert)?, &read(key)?).map_err(anyhow::Error::msg)?,
+            None,
+        ),
+        _ => {
+            let namespace = std::env::var("POD_NAMESPACE")
+                .context("--kubernetes needs POD_NAMESPACE (the downward API sets it)")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("no Kubernetes cluster found (in-cluster, KUBECONFIG)")?;
+            let settings = Settings {
+                namespace,
+                service: args.service.clone(),
+                secret: args.secret.clone(),
+                mutating: args.mutating_webhook.clone(),
+                validating: args.validating_webhook.clone(),
+                validity: args.cert_validity,
+            };
+            let manager = Manager::start(client, settings).await?;
+            let tls = tls_config_resolved(manager.serving()).map_err(anyhow::Error::msg)?;
+            (tls, Some(manager))
+        }
+    };
+    if let Some(manager) = certs {
+        tokio::spawn(manager.run(std::time::Duration::from_secs(30)));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    // The readiness line: tests and supervisors wait for it.
+    // The readiness line: tests and supervisors wait for it (rules are
+    // validated at VALIDATE_PATH of the same address).
     tracing::info!(
         "mesh-inject listening on https://{}{INJECT_PATH}",
         listener.local_addr()?

@@ -23,8 +23,10 @@ use tokio_rustls::rustls;
 use crate::config::InjectConfig;
 use crate::inject::{Action, Options, inject_object};
 
-/// The path the API server posts reviews to.
+/// The path the API server posts pods to (injection).
 pub const INJECT_PATH: &str = "/inject";
+/// The path the API server posts rules to (validation).
+pub const VALIDATE_PATH: &str = "/validate";
 /// Largest review body accepted (pods are far smaller; the API server's own limit is 3 MiB).
 const MAX_BODY: usize = 4 << 20;
 
@@ -77,6 +79,43 @@ pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
     }))
 }
 
+/// Answers one AdmissionReview of a rule object (create or update): it
+/// is allowed when the mesh would put it in force, else refused with every
+/// problem, each as `meshctl validate` words it (field path, what is wrong,
+/// what is allowed), one per line.
+pub fn validate_review(body: &Value) -> Result<Value, FieldError> {
+    let missing = |path: FieldPath| FieldError::new(path, "missing: every AdmissionReview has one");
+    let at = FieldPath::root().key("request");
+    let request = body.get("request").ok_or_else(|| missing(at.clone()))?;
+    let uid = request
+        .get("uid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing(at.key("uid")))?;
+    let api_version = body
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("admission.k8s.io/v1");
+    let mut response = json!({ "uid": uid, "allowed": true });
+    if let Some(object) = request.get("object").filter(|o| o.is_object()) {
+        let namespace = request.get("namespace").and_then(Value::as_str);
+        let document = mesh_rules::Rule::document_of_object(object, namespace);
+        if let Err(problems) = mesh_rules::Rule::admit(document) {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            response["allowed"] = json!(false);
+            response["status"] = json!({
+                "code": 422,
+                "reason": "Invalid",
+                "message": format!("the mesh refuses this rule:\n{}", lines.join("\n")),
+            });
+        }
+    }
+    Ok(json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
 /// Why a certificate and key cannot serve TLS.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -92,6 +131,20 @@ pub enum TlsError {
     /// rustls refuses the pair.
     #[error("the certificate and key do not fit together: {0}")]
     Refused(#[from] rustls::Error),
+}
+
+/// TLS settings whose certificate is resolved per handshake (one that
+/// rotates, as [`crate::certs::Manager`] keeps it).
+pub fn tls_config_resolved(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// TLS settings from a PEM certificate chain and private key (from the
@@ -130,7 +183,8 @@ async fn handle(
     let text = |status, msg: String| reply(status, msg.into_bytes(), "text/plain; charset=utf-8");
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n".into()),
-        (&Method::POST, INJECT_PATH) => {
+        (&Method::POST, path @ (INJECT_PATH | VALIDATE_PATH)) => {
+            let inject = path == INJECT_PATH;
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
@@ -142,8 +196,13 @@ async fn handle(
             };
             match serde_json::from_slice::<Value>(&body)
                 .map_err(|e| FieldError::message(format!("the body is not JSON: {e}")))
-                .and_then(|v| review(&v, &cfg))
-            {
+                .and_then(|v| {
+                    if inject {
+                        review(&v, &cfg)
+                    } else {
+                        validate_review(&v)
+                    }
+                }) {
                 Ok(v) => reply(
                     StatusCode::OK,
                     serde_json::to_vec(&v).expect("JSON"),
@@ -154,7 +213,7 @@ async fn handle(
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            format!("POST AdmissionReviews to {INJECT_PATH}\n"),
+            format!("POST AdmissionReviews to {INJECT_PATH} (pods) or {VALIDATE_PATH} (rules)\n"),
         ),
     })
 }

@@ -80,6 +80,11 @@ fn start() -> Webhook {
 
 /// POSTs a review with curl, verifying the server against the test CA.
 fn post(hook: &Webhook, review: &Value) -> (u16, String) {
+    post_to(hook, &hook.url, review)
+}
+
+/// POSTs a review to `url` (the webhook's inject URL, or another path of it).
+fn post_to(hook: &Webhook, url: &str, review: &Value) -> (u16, String) {
     let out = Command::new("curl")
         .args(["--silent", "--show-error", "--cacert"])
         .arg(&hook.ca)
@@ -91,7 +96,7 @@ fn post(hook: &Webhook, review: &Value) -> (u16, String) {
             "-w",
             "\n%{http_code}",
         ])
-        .arg(&hook.url)
+        .arg(url)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -196,5 +201,66 @@ fn other_kinds_opted_out_pods_and_bad_pods() {
     assert_eq!(
         (code, body.as_str()),
         (400, "request: missing: every AdmissionReview has one\n")
+    );
+}
+
+#[test]
+fn rule_reviews_are_allowed_or_refused_as_meshctl_validate_words_them() {
+    let hook = start();
+    let url = hook.url.replace("/inject", "/validate");
+    let review = |spec: Value| {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "0d3a-rule",
+                "kind": {"group": "config.istio.io", "version": "v1alpha2", "kind": "RouteRule"},
+                "operation": "CREATE",
+                "namespace": "shop",
+                "object": {
+                    "apiVersion": "config.istio.io/v1alpha2",
+                    "kind": "RouteRule",
+                    "metadata": {
+                        "name": "svcb-split",
+                        "namespace": "shop",
+                        "uid": "1f0c",
+                        "creationTimestamp": "2026-12-04T10:00:00Z",
+                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                    },
+                    "spec": spec,
+                },
+            },
+        })
+    };
+    let answer = |spec: Value| -> Value {
+        let (code, body) = post_to(&hook, &url, &review(spec));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["response"].clone()
+    };
+    let good = answer(json!({
+        "destination": {"name": "svcb"},
+        "route": [{"labels": {"version": "v1"}, "weight": 50}, {"labels": {"version": "v2"}, "weight": 50}],
+    }));
+    assert_eq!(good, json!({"uid": "0d3a-rule", "allowed": true}));
+    let heavy = answer(json!({
+        "destination": {"name": "svcb"},
+        "route": [{"labels": {"version": "v1"}, "weight": 100}, {"labels": {"version": "v2"}, "weight": 50}],
+    }));
+    assert_eq!(heavy["allowed"], false);
+    assert_eq!(heavy["status"]["code"], 422);
+    assert_eq!(
+        heavy["status"]["message"],
+        "the mesh refuses this rule:\nspec.route: weights sum to 150; they must sum to 100"
+    );
+    // A field the mesh does not act on is refused too, by its path.
+    let unacted = answer(json!({
+        "destination": {"name": "svcb", "labels": {"version": "v1"}},
+        "route": [{"labels": {"version": "v1"}}],
+    }));
+    let message = unacted["status"]["message"].as_str().unwrap_or_default();
+    assert_eq!(unacted["allowed"], false, "{unacted}");
+    assert!(
+        message.contains("\nspec.destination.labels: ") && message.contains("not supported yet"),
+        "{message}"
     );
 }

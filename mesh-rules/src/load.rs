@@ -247,6 +247,60 @@ impl Rule {
         Rule::read(value, Checks::All)
     }
 
+    /// Reads a rule as the mesh admits it into force: checked as
+    /// [`Rule::from_value`] does, and every field set one the mesh acts on
+    /// (the rest are refused "not supported yet", as `meshctl validate`
+    /// refuses them in a file). The error holds every problem.
+    pub fn admit(value: Value) -> Result<Rule, Vec<FieldError>> {
+        let rule = Rule::from_value(value)?;
+        let not_acted_on = crate::support::unsupported(&rule.spec);
+        if not_acted_on.is_empty() {
+            Ok(rule)
+        } else {
+            Err(not_acted_on)
+        }
+    }
+
+    /// A Kubernetes object of a rule kind (as the API server stores it)
+    /// as the document its author wrote: `apiVersion`, `kind`, `spec`, and
+    /// of the metadata the name, namespace (`namespace` when the object
+    /// has none), labels, annotations but kubectl's last-applied copy, and
+    /// the resourceVersion; no status, no server-set fields.
+    pub fn document_of_object(object: &Value, namespace: Option<&str>) -> Value {
+        let m = &object["metadata"];
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("name".into(), m["name"].clone());
+        let ns = m["namespace"]
+            .as_str()
+            .or(namespace)
+            .map(|n| Value::String(n.to_owned()));
+        if let Some(ns) = ns {
+            metadata.insert("namespace".into(), ns);
+        }
+        if let Some(labels) = m["labels"].as_object().filter(|l| !l.is_empty()) {
+            metadata.insert("labels".into(), Value::Object(labels.clone()));
+        }
+        if let Some(annotations) = m["annotations"].as_object() {
+            let kept: serde_json::Map<_, _> = annotations
+                .iter()
+                .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !kept.is_empty() {
+                metadata.insert("annotations".into(), Value::Object(kept));
+            }
+        }
+        if let Some(rv) = m.get("resourceVersion").filter(|v| v.is_string()) {
+            metadata.insert("resourceVersion".into(), rv.clone());
+        }
+        serde_json::json!({
+            "apiVersion": object["apiVersion"],
+            "kind": object["kind"],
+            "metadata": metadata,
+            "spec": object.get("spec").cloned().unwrap_or(Value::Null),
+        })
+    }
+
     /// Reads a rule a store wrote: its shape (fields, types) is checked,
     /// not its rules, which were checked once, when it was written — so a
     /// write validates each rule once, not again on every read of the

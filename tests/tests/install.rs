@@ -205,6 +205,143 @@ fn numbers_as_n(text: &str) -> String {
     out
 }
 
+/// A rule the CRD schema takes and the mesh refuses (weights of 150).
+const TOO_HEAVY: &str = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: too-heavy}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}, weight: 100}, {labels: {version: v2}, weight: 50}]}\n";
+
+/// mesh-inject made its serving certificate and gave its CA to both
+/// webhook configurations (and gives it back when it is taken away); the
+/// API server calls it: pods in a labelled namespace get the sidecar
+/// `meshctl kube-inject` adds, other pods nothing; a rule the mesh would
+/// refuse is refused as it is written, in `meshctl validate`'s words.
+fn webhooks_serve_with_their_own_certificate(c: &TestCluster, scratch: &Path) {
+    let bundle = |kind: &str, name: &str| {
+        kubectl_ok(
+            c,
+            &[
+                "get",
+                kind,
+                name,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+            "",
+        )
+    };
+    let ca = kubectl_ok(
+        c,
+        &[
+            "-n",
+            "mesh-system",
+            "get",
+            "secret",
+            "mesh-inject-tls",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+        "",
+    );
+    assert!(!ca.is_empty(), "no CA in the webhook's secret");
+    assert_eq!(
+        bundle("mutatingwebhookconfiguration", "mesh-sidecar-injector"),
+        ca
+    );
+    assert_eq!(
+        bundle("validatingwebhookconfiguration", "mesh-rule-validation"),
+        ca
+    );
+    // Taken away (a replace of the configuration would do that), it comes back.
+    kubectl_ok(
+        c,
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "mesh-sidecar-injector",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}]"#,
+        ],
+        "",
+    );
+    eventually("the CA bundle is put back", Duration::from_secs(10), || {
+        (bundle("mutatingwebhookconfiguration", "mesh-sidecar-injector") == ca).then_some(())
+    });
+
+    // Injection, through the API server (a server-side dry run runs the
+    // webhooks and keeps nothing).
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: app, labels: {app: app, version: v1}}\nspec:\n  containers:\n  - {name: app, image: mesh.local/msgd:test, imagePullPolicy: Never}\n";
+    let names = |pod: &Value| -> Vec<String> {
+        ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][k].as_array().cloned().unwrap_or_default())
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    kubectl_ok(c, &["create", "namespace", "injected"], "");
+    kubectl_ok(
+        c,
+        &["label", "namespace", "injected", "mesh-injection=enabled"],
+        "",
+    );
+    let created = |ns: &str| -> Value {
+        let out = kubectl_ok(
+            c,
+            &[
+                "create",
+                "-n",
+                ns,
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            pod,
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let file = scratch.join("pod.yaml");
+    std::fs::write(&file, pod).unwrap();
+    let meshctl = mesh_testbed::binary("meshctl").unwrap();
+    let injected = Command::new(&meshctl)
+        .args(["kube-inject", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(injected.status.success());
+    let by_kube_inject: Value = documents(&String::from_utf8_lossy(&injected.stdout))
+        .pop()
+        .unwrap();
+    let by_webhook = created("injected");
+    assert!(names(&by_webhook).len() > 1, "{by_webhook}");
+    assert_eq!(names(&by_webhook), names(&by_kube_inject));
+    assert_eq!(names(&created("default")), ["app"]);
+    kubectl_ok(c, &["delete", "namespace", "injected", "--wait=false"], "");
+
+    // Validation: refused as written, the reason as meshctl words it.
+    let mesh_rule = TOO_HEAVY
+        .replace("config.istio.io/v1alpha2", "config.mesh.dev/v1alpha1")
+        .replace("too-heavy", "too-heavy-now");
+    let (ok, server) = kubectl(c, &["apply", "-n", "default", "-f", "-"], &mesh_rule);
+    assert!(!ok, "the API server took it: {server}");
+    let file = scratch.join("too-heavy.yaml");
+    std::fs::write(&file, &mesh_rule).unwrap();
+    let local = Command::new(&meshctl)
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let local = String::from_utf8_lossy(&local.stderr);
+    let first = local.lines().next().unwrap();
+    // `FILE:LINE:COL: document N: PATH: MESSAGE`: the webhook says
+    // `PATH: MESSAGE`.
+    let words = &first[first.find(": spec.route").expect(first) + 2..];
+    assert!(server.contains("the mesh refuses this rule"), "{server}");
+    assert!(
+        server.contains(words),
+        "{server}\nvs meshctl validate: {words}"
+    );
+}
+
 #[test]
 fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     let msgd = mesh_testbed::binary("msgd").unwrap();
@@ -239,6 +376,20 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     // mesh.yaml brings pilot up with nothing else; pilot's registry (with
     // the bundle's RBAC) sees the cluster, its own Service too.
     kubectl_ok(&c, &["apply", "-f", "-"], &istio);
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "routerules.config.istio.io",
+            "--timeout=60s",
+        ],
+        "",
+    );
+    // A rule written before the mesh (and its validation) is installed:
+    // the schema takes it, pilot will refuse it and say why.
+    kubectl_ok(&c, &["apply", "-n", "default", "-f", "-"], TOO_HEAVY);
     kubectl_ok(&c, &["apply", "-f", "-"], &mesh);
     kubectl_ok(
         &c,
@@ -264,6 +415,19 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         ],
         "",
     );
+    kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "rollout",
+            "status",
+            "deployment/mesh-inject",
+            "--timeout=90s",
+        ],
+        "",
+    );
+    webhooks_serve_with_their_own_certificate(&c, dir.path());
     let pilot_ip = kubectl_ok(
         &c,
         &[
@@ -363,14 +527,9 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     )
     .unwrap();
     kubectl_ok(&c, &["apply", "-n", "default", "-f", "-"], &seed);
-    kubectl_ok(
-        &c,
-        &["apply", "-n", "default", "-f", "-"],
-        "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: too-heavy}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}, weight: 100}, {labels: {version: v2}, weight: 50}]}\n",
-    );
     for (what, condition) in [
         ("routerule.config.mesh.dev/svcb-default", "Accepted=True"),
-        ("routerule.config.mesh.dev/too-heavy", "Accepted=False"),
+        ("routerule.config.istio.io/too-heavy", "Accepted=False"),
     ] {
         kubectl_ok(
             &c,
@@ -407,7 +566,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
             "get",
             "-n",
             "default",
-            "routerule.config.mesh.dev/too-heavy",
+            "routerule.config.istio.io/too-heavy",
             "-o",
             "jsonpath={.status.conditions[0].message}",
         ],
@@ -543,7 +702,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         &c,
         &[
             "get",
-            "crd,clusterrole,clusterrolebinding,namespace",
+            "crd,clusterrole,clusterrolebinding,namespace,mutatingwebhookconfiguration,validatingwebhookconfiguration",
             "-l",
             "app.kubernetes.io/part-of=mesh",
             "-o",

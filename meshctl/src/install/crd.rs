@@ -316,6 +316,20 @@ pub fn rbac_rules() -> String {
     out
 }
 
+/// The API groups whose rules the mesh validates (every group of a rule
+/// kind but Gateway API's, which has its own validation), as a YAML flow
+/// list.
+pub fn validated_groups() -> String {
+    let mut groups: Vec<&str> = Kind::ALL
+        .iter()
+        .flat_map(|k| k.api_versions().iter().map(|v| group_of(v)))
+        .filter(|g| *g != GATEWAY_GROUP)
+        .collect();
+    groups.sort();
+    groups.dedup();
+    format!("[{}]", groups.join(", "))
+}
+
 /// The CRDs as YAML documents (each after a `---`).
 pub fn yaml(definitions: &[CustomResourceDefinition]) -> anyhow::Result<String> {
     let mut out = String::new();

@@ -65,6 +65,27 @@ const VALUES: &[(&str, &str, &str)] = &[
     ("pilot.memory", "128Mi", "the memory each pilot asks for"),
     ("pilot.memoryLimit", "512Mi", "the memory a pilot may use"),
     (
+        "inject.replicas",
+        "1",
+        "how many webhook servers (injection, rule validation) serve",
+    ),
+    ("inject.cpu", "50m", "the CPU each webhook server asks for"),
+    (
+        "inject.memory",
+        "32Mi",
+        "the memory each webhook server asks for",
+    ),
+    (
+        "inject.memoryLimit",
+        "128Mi",
+        "the memory a webhook server may use",
+    ),
+    (
+        "inject.certValidity",
+        "8760h",
+        "how long the webhooks' own serving certificate lives (replaced at two thirds)",
+    ),
+    (
         "prometheus.image",
         "docker.io/prom/prometheus:v3.5.0",
         "Prometheus' image",
@@ -170,6 +191,8 @@ const DASHBOARDS_SLOT: &str = "{{dashboards}}";
 const CRDS_SLOT: &str = "{{crds}}";
 /// Where pilot's RBAC rules for the rule kinds go.
 const RULE_RBAC_SLOT: &str = "{{rule_rbac}}";
+/// The API groups the rule validation webhook is called for.
+const RULE_GROUPS_SLOT: &str = "{{rule_groups}}";
 
 /// The optional bundle of the same kinds under Istio's API groups, for
 /// files written for Istio (all generated, no template).
@@ -198,6 +221,7 @@ pub fn render(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
         (DASHBOARDS_SLOT, dashboards_data()),
         (CRDS_SLOT, crd::yaml(&crd::definitions(crd::Groups::Mesh)?)?),
         (RULE_RBAC_SLOT, crd::rbac_rules()),
+        (RULE_GROUPS_SLOT, crd::validated_groups()),
     ];
     let mut files = TEMPLATES
         .iter()

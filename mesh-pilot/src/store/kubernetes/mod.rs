@@ -219,48 +219,22 @@ fn snapshot(served: &[Served], revision: u64) -> (Snapshot, Vec<Verdict>) {
 /// The rule an object holds, checked as a file's would be; else every
 /// problem, one per line.
 fn rule_of(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Result<Rule, String> {
-    let lines = |problems: Vec<mesh_rules::FieldError>| {
+    Rule::admit(rule_value(resource, kind, o)).map_err(|problems| {
         problems
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    let rule = Rule::from_value(rule_value(resource, kind, o)).map_err(lines)?;
-    let not_acted_on = mesh_rules::support::unsupported(&rule.spec);
-    if !not_acted_on.is_empty() {
-        return Err(lines(not_acted_on));
-    }
-    Ok(rule)
+    })
 }
 
 /// An object as a rule document: what a user wrote (no status, no
 /// server-set metadata but the resourceVersion).
 fn rule_value(resource: &ApiResource, kind: Kind, o: &DynamicObject) -> Value {
-    let m = &o.metadata;
-    let mut metadata = json!({
-        "name": m.name,
-        "namespace": m.namespace,
-        "resourceVersion": m.resource_version,
-    });
-    if let Some(labels) = m.labels.as_ref().filter(|l| !l.is_empty()) {
-        metadata["labels"] = json!(labels);
-    }
-    let annotations: BTreeMap<&String, &String> = m
-        .annotations
-        .iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "kubectl.kubernetes.io/last-applied-configuration")
-        .collect();
-    if !annotations.is_empty() {
-        metadata["annotations"] = json!(annotations);
-    }
-    json!({
-        "apiVersion": resource.api_version,
-        "kind": kind.as_str(),
-        "metadata": metadata,
-        "spec": o.data.get("spec").cloned().unwrap_or(Value::Null),
-    })
+    let mut object = serde_json::to_value(o).unwrap_or_default();
+    object["apiVersion"] = resource.api_version.clone().into();
+    object["kind"] = kind.as_str().into();
+    Rule::document_of_object(&object, None)
 }
 
 /// The status a verdict asks for, keeping the transition time while the
