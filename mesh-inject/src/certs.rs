@@ -49,6 +49,14 @@ pub struct Settings {
     pub validity: Duration,
 }
 
+impl Settings {
+    /// How often the Secret is checked: often enough to replace a
+    /// certificate well before its end, at most every 30 s.
+    pub fn check_every(&self) -> Duration {
+        (self.validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+}
+
 /// Why the certificate could not be made, kept or announced.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -90,7 +98,7 @@ pub struct Issued {
     pub cert: String,
     /// PEM of its key.
     pub key: String,
-    /// Unix seconds.
+    /// When it was made (Unix seconds).
     pub not_before: i64,
     /// Unix seconds.
     pub not_after: i64,
@@ -139,7 +147,9 @@ impl Issued {
             ca_bundle,
             cert: cert.pem(),
             key: key.serialize_pem(),
-            not_before: not_before.unix_timestamp(),
+            // Its life counts from now (the certificate itself starts five
+            // minutes back, for clocks behind this one).
+            not_before: now.unix_timestamp(),
             not_after: not_after.unix_timestamp(),
         })
     }
@@ -247,6 +257,11 @@ impl Manager {
         };
         manager.announce().await?;
         Ok(manager)
+    }
+
+    /// Where the certificate lives and whom it serves.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// What TLS servers resolve their certificate through.

@@ -105,7 +105,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     if let Some(manager) = certs {
-        tokio::spawn(manager.run(std::time::Duration::from_secs(30)));
+        let every = manager.settings().check_every();
+        tokio::spawn(manager.run(every));
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

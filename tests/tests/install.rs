@@ -58,6 +58,9 @@ fn render(dir: &Path) {
             "hub=mesh.local",
             "--set",
             "tag=test",
+            // Short-lived, so the test sees mesh-inject replace it.
+            "--set",
+            "inject.certValidity=45s",
             "-o",
         ])
         .arg(dir)
@@ -227,27 +230,32 @@ fn webhooks_serve_with_their_own_certificate(c: &TestCluster, scratch: &Path) {
             "",
         )
     };
-    let ca = kubectl_ok(
-        c,
-        &[
-            "-n",
-            "mesh-system",
-            "get",
-            "secret",
-            "mesh-inject-tls",
-            "-o",
-            "jsonpath={.data.ca\\.crt}",
-        ],
-        "",
-    );
-    assert!(!ca.is_empty(), "no CA in the webhook's secret");
-    assert_eq!(
-        bundle("mutatingwebhookconfiguration", "mesh-sidecar-injector"),
-        ca
-    );
-    assert_eq!(
-        bundle("validatingwebhookconfiguration", "mesh-rule-validation"),
-        ca
+    let secret_ca = || {
+        kubectl_ok(
+            c,
+            &[
+                "-n",
+                "mesh-system",
+                "get",
+                "secret",
+                "mesh-inject-tls",
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+            ],
+            "",
+        )
+    };
+    let announced = || {
+        let ca = secret_ca();
+        (!ca.is_empty()
+            && bundle("mutatingwebhookconfiguration", "mesh-sidecar-injector") == ca
+            && bundle("validatingwebhookconfiguration", "mesh-rule-validation") == ca)
+            .then_some(ca)
+    };
+    let ca = eventually(
+        "the secret's CA in both configurations",
+        Duration::from_secs(10),
+        announced,
     );
     // Taken away (a replace of the configuration would do that), it comes back.
     kubectl_ok(
@@ -265,6 +273,28 @@ fn webhooks_serve_with_their_own_certificate(c: &TestCluster, scratch: &Path) {
     eventually("the CA bundle is put back", Duration::from_secs(10), || {
         (bundle("mutatingwebhookconfiguration", "mesh-sidecar-injector") == ca).then_some(())
     });
+    // At two thirds of its 45 s, the certificate is replaced by one of a
+    // new CA; the bundle keeps the old CA for replicas still serving it.
+    let pem = |b64: &str| {
+        String::from_utf8(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap(),
+        )
+        .unwrap()
+    };
+    let rotated = eventually(
+        "the certificate is replaced",
+        Duration::from_secs(60),
+        || {
+            let now = secret_ca();
+            (now != ca).then_some(now)
+        },
+    );
+    assert!(pem(&rotated).ends_with(&pem(&ca)), "the old CA is kept");
+    eventually(
+        "the new CA bundle is announced",
+        Duration::from_secs(10),
+        || announced().filter(|now| *now != ca),
+    );
 
     // Injection, through the API server (a server-side dry run runs the
     // webhooks and keeps nothing).
