@@ -208,6 +208,31 @@ fn numbers_as_n(text: &str) -> String {
     out
 }
 
+/// A workload for the injector: msgd, one replica, and its Service.
+const MESHED_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: msgd}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: msgd}}
+  template:
+    metadata: {labels: {app: msgd, version: v1}}
+    spec:
+      containers:
+      - name: msgd
+        image: mesh.local/msgd:test
+        imagePullPolicy: Never
+        args: [--listen, "0.0.0.0:9997"]
+        ports: [{containerPort: 9997}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: msgd}
+spec:
+  selector: {app: msgd}
+  ports: [{name: http, port: 9997}]
+"#;
+
 /// A rule the CRD schema takes and the mesh refuses (weights of 150).
 const TOO_HEAVY: &str = "apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: too-heavy}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}, weight: 100}, {labels: {version: v2}, weight: 50}]}\n";
 
@@ -493,6 +518,61 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         .expect("pilot's own pod is a workload");
     assert_eq!(pilot_pod["serviceAccount"], "mesh-pilot");
     assert_eq!(pilot_pod["health"], "healthy");
+
+    // An injected workload runs: the webhook gives its pod the sidecar of
+    // the image the mesh ConfigMap names, the init container captures in
+    // the pod's namespace, and the sidecar finds pilot by its Service name
+    // and takes its configuration.
+    kubectl_ok(&c, &["create", "namespace", "meshed"], "");
+    kubectl_ok(
+        &c,
+        &["label", "namespace", "meshed", "mesh-injection=enabled"],
+        "",
+    );
+    kubectl_ok(&c, &["apply", "-n", "meshed", "-f", "-"], MESHED_APP);
+    kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "meshed",
+            "rollout",
+            "status",
+            "deployment/msgd",
+            "--timeout=120s",
+        ],
+        "",
+    );
+    let images = kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "meshed",
+            "get",
+            "pods",
+            "-l",
+            "app=msgd",
+            "-o",
+            "jsonpath={.items[0].spec.containers[*].image}",
+        ],
+        "",
+    );
+    assert_eq!(images, "mesh.local/msgd:test mesh.local/mesh-proxy:test");
+    let synced = eventually(
+        "the sidecar synced with pilot",
+        Duration::from_secs(30),
+        || {
+            let body = http_get(&c, &format!("{pilot_ip}:15014"), "/debug/syncz").ok()?;
+            let proxies: Vec<Value> = serde_json::from_str(&body).ok()?;
+            proxies.into_iter().find(|p| {
+                p["namespace"] == "meshed"
+                    && p["states"]
+                        .as_object()
+                        .is_some_and(|s| !s.is_empty() && s.values().all(|v| v == "SYNCED"))
+            })
+        },
+    );
+    assert_eq!(synced["workload"], "msgd", "{synced}");
+    assert_eq!(synced["labels"]["version"], "v1", "{synced}");
 
     // Every sample rule is a valid object of its CRD.
     let rules = sample_rules();

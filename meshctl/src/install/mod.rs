@@ -65,6 +65,11 @@ const VALUES: &[(&str, &str, &str)] = &[
     ("pilot.memory", "128Mi", "the memory each pilot asks for"),
     ("pilot.memoryLimit", "512Mi", "the memory a pilot may use"),
     (
+        "proxy.imagePullPolicy",
+        "IfNotPresent",
+        "when nodes pull the injected sidecar's image",
+    ),
+    (
         "inject.replicas",
         "1",
         "how many webhook servers (injection, rule validation) serve",
