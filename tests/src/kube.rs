@@ -319,3 +319,58 @@ async fn server_side_apply(
     }
     Ok(())
 }
+
+/// kubectl inside the cluster with `input` on stdin: (success, stdout and
+/// stderr).
+pub fn kubectl(c: &Cluster, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut full = vec!["kubectl"];
+    full.extend_from_slice(args);
+    let mut child = c
+        .command(&full)
+        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// [`kubectl`] that must succeed; its output.
+pub fn kubectl_ok(c: &Cluster, args: &[&str], input: &str) -> String {
+    let (ok, text) = kubectl(c, args, input);
+    assert!(ok, "kubectl {}: {text}", args.join(" "));
+    text
+}
+
+/// The bundles `meshctl install` renders into `dir` for the tests' images
+/// (`mesh.local/…:test`), with more `KEY=VALUE` settings.
+pub fn render(dir: &Path, set: &[&str]) {
+    let meshctl = crate::binary("meshctl").unwrap();
+    let mut cmd = Command::new(meshctl);
+    cmd.args(["install", "--set", "hub=mesh.local", "--set", "tag=test"]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.arg("-o").arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The documents of a YAML stream (empty ones dropped).
+pub fn documents(text: &str) -> Vec<serde_json::Value> {
+    yaml_documents(text)
+}

@@ -8,77 +8,13 @@
 //! delete -f` removes every object the bundle made. Needs `MESH_K8S_BIN`
 //! and root.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use mesh_testbed::eventually;
-use mesh_testbed::kube::{TestCluster, http_get};
+use mesh_testbed::kube::{TestCluster, documents, http_get, kubectl, kubectl_ok, render};
 use serde_json::Value;
-
-/// kubectl inside the cluster with `input` on stdin: (success, stdout and
-/// stderr).
-fn kubectl(c: &TestCluster, args: &[&str], input: &str) -> (bool, String) {
-    let mut full = vec!["kubectl"];
-    full.extend_from_slice(args);
-    let mut child = c
-        .command(&full)
-        .unwrap()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn kubectl_ok(c: &TestCluster, args: &[&str], input: &str) -> String {
-    let (ok, text) = kubectl(c, args, input);
-    assert!(ok, "kubectl {}: {text}", args.join(" "));
-    text
-}
-
-/// The bundles `meshctl install` renders for the test's images.
-fn render(dir: &Path) {
-    let meshctl = mesh_testbed::binary("meshctl").unwrap();
-    let out = Command::new(meshctl)
-        .args([
-            "install",
-            "--set",
-            "hub=mesh.local",
-            "--set",
-            "tag=test",
-            // Short-lived, so the test sees mesh-inject replace it.
-            "--set",
-            "inject.certValidity=45s",
-            "-o",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
 
 /// Every rule of the samples the bundles define a kind for (not Gateway
 /// API's, not the apps' Deployments).
@@ -403,7 +339,8 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     let images = mesh_cluster::images::mesh(msgd.parent().unwrap(), "mesh.local", "test").unwrap();
     let c = TestCluster::up(&images);
     let dir = tempfile::tempdir().unwrap();
-    render(dir.path());
+    // Short-lived, so the test sees mesh-inject replace its certificate.
+    render(dir.path(), &["inject.certValidity=45s"]);
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     let (mesh, istio) = (read("mesh.yaml"), read("istio-api.yaml"));
 

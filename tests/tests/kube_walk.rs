@@ -1,0 +1,413 @@
+//! The seed's walk on a real cluster (the substrate's single-node
+//! Kubernetes): `kubectl apply -f mesh.yaml`, the seed's manifests through
+//! `meshctl kube-inject --upgrade-apis`, a client pod injected by the
+//! webhook alone (its namespace labelled `mesh-injection=enabled`), msgd
+//! outside the mesh at the seed's address, and the seed's rules through
+//! `meshctl create`/`replace` against the cluster. Pods are real
+//! containers: each init container programs iptables in its pod's
+//! namespace and each sidecar runs from the mesh-proxy image.
+//!
+//! The apps run from images named as the seed names them, built here from
+//! the sample binaries (the seed's own images are not pulled: the test
+//! world has no registry); the only change to the seed's manifests is
+//! their pull policy (`Always` → `IfNotPresent`). msgd listens on the
+//! seed's `10.100.35.27` inside the cluster's own network namespace, which
+//! has no link to this machine's network. Needs `MESH_K8S_BIN` and root.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use mesh_cluster::images::{File, Image};
+use mesh_testbed::eventually;
+use mesh_testbed::kube::{Namespace, TestCluster, http_get, kubectl_ok, render};
+use serde_json::Value;
+
+/// The seed's msgd address (outside the mesh).
+const MSGD: &str = "10.100.35.27";
+
+/// An image named as the seed's, running a sample binary with `args`.
+fn seed_image(bin: &Path, program: &str, name: &str, args: &[&str]) -> Image {
+    let path = format!("/usr/local/bin/{program}");
+    let mut entrypoint = vec![path.clone()];
+    entrypoint.extend(args.iter().map(|a| (*a).to_owned()));
+    Image {
+        name: name.into(),
+        files: File::binary(&bin.join(program), &path),
+        entrypoint,
+    }
+}
+
+fn images(bin: &Path) -> Vec<Image> {
+    let mut images = mesh_cluster::images::mesh(bin, "mesh.local", "test").unwrap();
+    images.push(TestCluster::client_image());
+    let msgd_url = format!("http://{MSGD}:9997");
+    images.push(seed_image(
+        bin,
+        "svca",
+        "docker.io/bigwhite/istio-demo-svca:v0.1",
+        &["--version", "v0.1"],
+    ));
+    for version in ["v0.1", "v0.2"] {
+        images.push(seed_image(
+            bin,
+            "svcb",
+            &format!("docker.io/bigwhite/istio-demo-svcb:{version}"),
+            &["--version", version, "--msgd", &msgd_url],
+        ));
+    }
+    images
+}
+
+fn walk_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/istio-0.4-walk")
+        .join(name)
+}
+
+/// msgd at the seed's address in the cluster's network namespace; killed
+/// when dropped.
+struct Msgd {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Msgd {
+    fn start(c: &TestCluster, dir: &Path) -> Msgd {
+        c.run(&["ip", "address", "add", &format!("{MSGD}/32"), "dev", "lo"])
+            .unwrap();
+        let log = dir.join("msgd.log");
+        std::fs::write(&log, "").unwrap();
+        let program = mesh_testbed::binary("msgd").unwrap();
+        let child = c
+            .in_network(|| {
+                Command::new(&program)
+                    .args(["--listen", &format!("{MSGD}:9997"), "--log"])
+                    .arg(&log)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+            })
+            .unwrap()
+            .unwrap();
+        let msgd = Msgd { child, log };
+        eventually("msgd listens", Duration::from_secs(10), || {
+            c.in_network(|| std::net::TcpStream::connect((MSGD, 9997)).ok())
+                .ok()
+                .flatten()
+        });
+        msgd
+    }
+
+    /// Every request msgd received, as it logged them.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Msgd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `meshctl ARGS` against the cluster (its kubeconfig): exit code and output.
+fn meshctl(c: &TestCluster, args: &[&str]) -> (Option<i32>, String) {
+    let program = mesh_testbed::binary("meshctl").unwrap();
+    let out = c
+        .in_network(|| {
+            Command::new(&program)
+                .args(args)
+                .env("KUBECONFIG", c.kubeconfig())
+                .env_remove("MESH_STORE")
+                .output()
+        })
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A seed manifest through `meshctl kube-inject --upgrade-apis`, its pull
+/// policy made one a cluster without a registry can follow.
+fn injected(file: &str) -> String {
+    let out = Command::new(mesh_testbed::binary("meshctl").unwrap())
+        .args(["kube-inject", "--upgrade-apis", "-f"])
+        .arg(walk_file(file))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .replace("imagePullPolicy: Always", "imagePullPolicy: IfNotPresent")
+}
+
+/// `n` calls of svca's `/pay` from the client pod on one connection:
+/// (calls answered 200, by svcb v0.1, by svcb v0.2).
+fn pay(ns: &Namespace<'_>, n: usize) -> (usize, usize, usize) {
+    let out = ns.exec(
+        "client",
+        &[
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}\n",
+            &format!("http://svca/pay?n=[1-{n}]"),
+        ],
+    );
+    let ok = out.lines().filter(|l| *l == "200").count();
+    let served = |v: &str| out.matches(&format!("service_b:{v} is serving")).count();
+    (ok, served("v0.1"), served("v0.2"))
+}
+
+/// Requests svca's sidecar reported to svcb (`mesh_requests_total`,
+/// reporter source), by destination version, from its metrics port.
+fn by_version(c: &TestCluster, svca_ip: &str) -> std::collections::BTreeMap<String, u64> {
+    let text = http_get(c, &format!("{svca_ip}:15090"), "/stats/prometheus")
+        .unwrap_or_else(|e| panic!("svca's metrics: {e}"));
+    let mut sums = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("mesh_requests_total{"))
+    {
+        let label = |name: &str| {
+            let at = line.find(&format!("{name}=\""))? + name.len() + 2;
+            Some(&line[at..at + line[at..].find('"')?])
+        };
+        if label("reporter") != Some("source")
+            || !label("destination_service").is_some_and(|s| s.starts_with("svcb."))
+        {
+            continue;
+        }
+        let value: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64);
+        *sums
+            .entry(label("destination_version").unwrap_or("unknown").to_owned())
+            .or_default() += value;
+    }
+    sums
+}
+
+#[test]
+fn the_seed_walk_on_a_real_cluster() {
+    let bin = mesh_testbed::binary("msgd").unwrap();
+    let bin = bin.parent().unwrap();
+    let c = TestCluster::up(&images(bin));
+    let dir = tempfile::tempdir().unwrap();
+    render(dir.path(), &[]);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+
+    // The mesh, with Istio's groups for the seed's rules unchanged.
+    kubectl_ok(&c, &["apply", "-f", "-"], &read("istio-api.yaml"));
+    kubectl_ok(&c, &["apply", "-f", "-"], &read("mesh.yaml"));
+    for deployment in ["mesh-pilot", "mesh-inject"] {
+        kubectl_ok(
+            &c,
+            &[
+                "-n",
+                "mesh-system",
+                "rollout",
+                "status",
+                &format!("deployment/{deployment}"),
+                "--timeout=120s",
+            ],
+            "",
+        );
+    }
+    let pilot_ip = kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "get",
+            "pods",
+            "-l",
+            "app=mesh-pilot",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ],
+        "",
+    );
+    let msgd = Msgd::start(&c, dir.path());
+
+    // The seed's namespace; the webhook injects what kube-inject did not.
+    let ns = Namespace {
+        cluster: &c,
+        name: "default".into(),
+    };
+    ns.kubectl(&["label", "namespace", "default", "mesh-injection=enabled"]);
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        &injected("svca-v0.1.yaml"),
+    );
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        &injected("svcb-v0.1.yaml"),
+    );
+    ns.client_pod("client", "mesh.local/client:1");
+    let containers = ns.field("pod/client", "{.spec.containers[*].name}");
+    assert_eq!(
+        containers, "client mesh-proxy",
+        "the webhook injected the client"
+    );
+    ns.rollout("svca");
+    ns.rollout("svcb");
+    let synced = |pods: usize| {
+        eventually(
+            "the sidecars synced with pilot",
+            Duration::from_secs(30),
+            || {
+                let body = http_get(&c, &format!("{pilot_ip}:15014"), "/debug/syncz").ok()?;
+                let proxies: Vec<Value> = serde_json::from_str(&body).ok()?;
+                let synced = proxies
+                    .iter()
+                    .filter(|p| {
+                        p["namespace"] == "default"
+                            && p["states"]
+                                .as_object()
+                                .is_some_and(|s| !s.is_empty() && s.values().all(|v| v == "SYNCED"))
+                    })
+                    .count();
+                (synced == pods).then_some(())
+            },
+        )
+    };
+    synced(3);
+
+    // Step 1: svcb's call to msgd leaves the mesh: refused until an egress
+    // rule allows it, and msgd gets nothing.
+    let (ok, _, _) = pay(&ns, 1);
+    assert_eq!(ok, 0, "/pay succeeded with no egress rule");
+    assert!(
+        msgd.requests().is_empty(),
+        "msgd was reached: {:?}",
+        msgd.requests()
+    );
+
+    // Step 2: the seed's egress rule, created with meshctl on the cluster.
+    let egress = walk_file("enable-svcb-engress-rule.yaml");
+    let (code, out) = meshctl(&c, &["create", "-f", egress.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Created config egress-rule/default/enable-svcb-engress-rule"),
+        "{out}"
+    );
+    eventually(
+        "/pay succeeds with the egress rule",
+        Duration::from_secs(15),
+        || (pay(&ns, 1).0 == 1).then_some(()),
+    );
+    // The trace headers svca and svcb forward reach msgd.
+    let last = msgd.requests().pop().expect("msgd got the call");
+    let headers = &last["headers"];
+    for h in ["x-request-id", "x-b3-traceid", "x-b3-spanid"] {
+        assert!(headers.get(h).is_some(), "{h} missing at msgd: {last}");
+    }
+
+    // Step 3: svcb v0.2 beside v0.1 (through kube-inject, as the seed), and
+    // the seed's 50/50 rule: an exact split per request.
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        &injected("svcb-v0.2.yaml"),
+    );
+    ns.rollout("svcb-v0.2");
+    synced(4);
+    let split = walk_file("route-rules-svcb-v0.2-50.yaml");
+    let (code, out) = meshctl(&c, &["create", "-f", split.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    eventually("both versions serve", Duration::from_secs(15), || {
+        let (_, a, b) = pay(&ns, 10);
+        (a == 5 && b == 5).then_some(())
+    });
+    let svca_ip = ns.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=svca",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let before = by_version(&c, &svca_ip);
+    assert_eq!(pay(&ns, 100), (100, 50, 50), "the 50/50 split of 100 calls");
+    // svca's sidecar counts them by destination version, as Prometheus
+    // would scrape them (its metrics port on the pod's address).
+    let after = by_version(&c, &svca_ip);
+    let diff = |v: &str| after.get(v).unwrap_or(&0) - before.get(v).unwrap_or(&0);
+    assert_eq!(
+        (diff("v0.1"), diff("v0.2")),
+        (50, 50),
+        "{before:?} → {after:?}"
+    );
+
+    // Step 4: replaced by the 100 % rule while 300 calls flow at 100/s:
+    // none fails, and then every call goes to v0.2.
+    let all = walk_file("route-rules-svcb-v0.2-100.yaml");
+    let mut load = c
+        .command(&[
+            "kubectl",
+            "exec",
+            "-n",
+            "default",
+            "client",
+            "-c",
+            "client",
+            "--",
+            "curl",
+            "-s",
+            "--rate",
+            "100/s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "status=%{http_code}\n",
+            "http://svca/pay?n=[1-300]",
+        ])
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = mesh_testbed::Lines::new(load.stdout.take().unwrap());
+    for _ in 0..50 {
+        lines
+            .wait_for("status=", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the load: {e}"));
+    }
+    let (code, out) = meshctl(&c, &["replace", "-f", all.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let exit = load.wait().unwrap();
+    lines.wait_for_end(Duration::from_secs(10)).unwrap();
+    let statuses: Vec<&String> = lines
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("status="))
+        .collect();
+    let failed = statuses
+        .iter()
+        .filter(|l| l.as_str() != "status=200")
+        .count();
+    assert_eq!(
+        (statuses.len(), failed),
+        (300, 0),
+        "the load during the replace ({exit})"
+    );
+    eventually("v0.2 serves every call", Duration::from_secs(15), || {
+        (pay(&ns, 10) == (10, 0, 10)).then_some(())
+    });
+    assert_eq!(pay(&ns, 100), (100, 0, 100), "the 100 % rule");
+    drop(msgd);
+}
