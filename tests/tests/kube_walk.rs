@@ -14,6 +14,7 @@
 //! seed's `10.100.35.27` inside the cluster's own network namespace, which
 //! has no link to this machine's network. Needs `MESH_K8S_BIN` and root.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -409,5 +410,92 @@ fn the_seed_walk_on_a_real_cluster() {
         (pay(&ns, 10) == (10, 0, 10)).then_some(())
     });
     assert_eq!(pay(&ns, 100), (100, 0, 100), "the 100 % rule");
+
+    // Rolling updates with traffic flowing (Istio users' most reported
+    // failure): with no route rule both versions serve; each Deployment is
+    // restarted, and v0.2 scaled from 2 to 0 to 2, while svca's client
+    // calls at 100/s. Not one call fails.
+    let (code, out) = meshctl(&c, &["delete", "-f", all.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    ns.kubectl(&["scale", "deployment/svcb-v0.2", "--replicas=2"]);
+    ns.rollout("svcb-v0.2");
+    eventually("both versions serve again", Duration::from_secs(15), || {
+        let (ok, a, b) = pay(&ns, 20);
+        (ok == 20 && a > 0 && b > 0).then_some(())
+    });
+    let mut load = c
+        .command(&[
+            "kubectl",
+            "exec",
+            "-n",
+            "default",
+            "client",
+            "-c",
+            "client",
+            "--",
+            "curl",
+            "-s",
+            "--rate",
+            "100/s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "status=%{http_code}\n",
+            "http://svca/pay?n=[1-12000]",
+        ])
+        .unwrap()
+        // Its own process group, so it can be stopped with kubectl.
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = mesh_testbed::Lines::new(load.stdout.take().unwrap());
+    lines
+        .wait_for("status=", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the load: {e}"));
+    for deployment in ["svcb", "svcb-v0.2"] {
+        ns.kubectl(&["rollout", "restart", &format!("deployment/{deployment}")]);
+        ns.rollout(deployment);
+    }
+    ns.kubectl(&["scale", "deployment/svcb-v0.2", "--replicas=0"]);
+    ns.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pods",
+        "-l",
+        "app=svcb,version=v0.2",
+        "--timeout=60s",
+    ]);
+    ns.kubectl(&["scale", "deployment/svcb-v0.2", "--replicas=2"]);
+    ns.rollout("svcb-v0.2");
+    // SAFETY: killpg on the group of a child this test started.
+    unsafe { libc::killpg(load.id() as i32, libc::SIGKILL) };
+    let _ = load.wait();
+    lines.wait_for_end(Duration::from_secs(10)).unwrap();
+    let statuses: Vec<&String> = lines
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("status="))
+        .collect();
+    let failed: Vec<&&String> = statuses
+        .iter()
+        .filter(|l| l.as_str() != "status=200")
+        .collect();
+    assert!(
+        statuses.len() > 500,
+        "the load ran through the rollouts ({} calls)",
+        statuses.len()
+    );
+    assert_eq!(failed.len(), 0, "of {} calls: {failed:?}", statuses.len());
+    eprintln!(
+        "rollouts: {} calls at 100/s through two restarts and a scale 2→0→2, none failed",
+        statuses.len()
+    );
+    // The new pods of both versions serve.
+    let (ok, a, b) = pay(&ns, 100);
+    assert!(
+        ok == 100 && a > 0 && b > 0,
+        "after the rollouts: {ok} ok, {a} v0.1, {b} v0.2"
+    );
     drop(msgd);
 }
