@@ -78,6 +78,10 @@ pub struct InjectConfig {
     pub sidecar_mode: SidecarMode,
     /// Worker threads of the sidecar.
     pub concurrency: u32,
+    /// Seconds the sidecar serves on after SIGTERM before draining, so
+    /// callers stop sending to a terminating pod before its listeners
+    /// close (keep it below the pod's termination grace period).
+    pub drain_delay_seconds: u32,
 }
 
 impl Default for InjectConfig {
@@ -95,6 +99,7 @@ impl Default for InjectConfig {
             exclude_outbound_ports: vec![],
             sidecar_mode: SidecarMode::Container,
             concurrency: 2,
+            drain_delay_seconds: 5,
         }
     }
 }

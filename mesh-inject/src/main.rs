@@ -119,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::select! {
         r = serve(listener, tls, cfg) => r.context("webhook server failed"),
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        // SIGTERM too: in a container it is PID 1, which ignores what it
+        // does not handle.
+        () = mesh_runtime::signal::terminated() => Ok(()),
     }
 }

@@ -179,6 +179,8 @@ pub fn proxy_container(cfg: &InjectConfig, workload: &str) -> Container {
             cfg.pilot_address.clone(),
             "--concurrency".into(),
             cfg.concurrency.to_string(),
+            "--drain-delay".into(),
+            cfg.drain_delay_seconds.to_string(),
         ]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),

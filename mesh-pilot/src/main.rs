@@ -360,7 +360,19 @@ async fn serve_xds(args: &Args, discovery: Discovery) -> anyhow::Result<()> {
             None => Ok(()),
         }
     };
-    tokio::try_join!(plaintext, tls)?;
+    // On SIGTERM the servers stop accepting, but their ADS streams never
+    // end by themselves: after a moment for answers in flight they are
+    // closed, so proxies reconnect to another pilot at once instead of at
+    // the end of the pod's grace period.
+    let closing = async {
+        mesh_runtime::signal::terminated().await;
+        info!("terminating: closing the proxies' streams in 1 s");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        served = async { tokio::try_join!(plaintext, tls) } => { served?; }
+        () = closing => {}
+    }
     Ok(())
 }
 

@@ -193,6 +193,12 @@ struct SidecarArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     drain_timeout: u64,
+    /// After SIGTERM, keep serving this long before draining: Kubernetes
+    /// marks a terminating pod's endpoint at once and pilot tells the
+    /// callers' sidecars, which stop sending here before the listeners
+    /// close (the injector sets it; 0 drains at once).
+    #[arg(long, default_value = "0", value_name = "SECONDS")]
+    drain_delay: u64,
     #[command(flatten)]
     overload: OverloadArgs,
     /// How the standard metrics are named (`mesh` or `istio`).
@@ -402,7 +408,7 @@ fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
         XdsFlavor::Sotw => mesh_proxy::xds::Flavor::Sotw,
     };
     follow_pilot(pilot, flavor, node, running.proxy.clone());
-    wait_for_signal_then_drain(running);
+    wait_for_signal_then_drain(running, Duration::from_secs(a.drain_delay));
     ExitCode::SUCCESS
 }
 
@@ -521,8 +527,9 @@ fn serve_admin(
     Ok(())
 }
 
-/// Blocks until SIGTERM or SIGINT, then drains and returns when every worker stopped.
-fn wait_for_signal_then_drain(running: Running) {
+/// Blocks until SIGTERM or SIGINT, serves on for `delay`, then drains and
+/// returns when every worker stopped.
+fn wait_for_signal_then_drain(running: Running, delay: Duration) {
     let shared = running.proxy.shared.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -530,6 +537,10 @@ fn wait_for_signal_then_drain(running: Running) {
             .build()
             .expect("runtime");
         rt.block_on(mesh_runtime::signal::terminated());
+        if !delay.is_zero() {
+            info!(?delay, "terminating: serving on before draining");
+            std::thread::sleep(delay);
+        }
         shared.shutdown();
     });
     running.wait();
@@ -779,6 +790,6 @@ fn main() -> ExitCode {
         .inspect_err(|e| warn!("the config file will not be reloaded: {e:#}"));
     // Every socket is bound and accepting, and config changes are followed.
     info!("ready");
-    wait_for_signal_then_drain(running);
+    wait_for_signal_then_drain(running, Duration::ZERO);
     ExitCode::SUCCESS
 }
