@@ -66,6 +66,17 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// How a proxy's channel to pilot notices a pilot that went away without
+/// a word (its pod deleted, the connection neither closed nor answered):
+/// connects time out, and an idle stream is pinged.
+pub fn with_timeouts(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+}
+
 /// A lazily connecting channel to `address` (`host:port`) over mutual
 /// TLS: the workload presents its certificate and the server must be
 /// `expected` (a SPIFFE ID). Reconnections handshake again with the
@@ -75,9 +86,7 @@ pub fn channel(
     address: &str,
     expected: String,
 ) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30));
+    let endpoint = with_timeouts(Endpoint::from_shared(format!("http://{address}"))?);
     let address = address.to_owned();
     let host = address
         .rsplit_once(':')

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -271,50 +271,54 @@ impl Manager {
 
     /// Puts the CA bundle into both configurations where it is missing.
     async fn announce(&self) -> Result<(), CertError> {
+        self.announce_to(
+            &self.settings.mutating,
+            |c: &MutatingWebhookConfiguration| {
+                c.webhooks
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.name.clone(), w.client_config.clone()))
+                    .collect()
+            },
+        )
+        .await?;
+        self.announce_to(
+            &self.settings.validating,
+            |c: &ValidatingWebhookConfiguration| {
+                c.webhooks
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.name.clone(), w.client_config.clone()))
+                    .collect()
+            },
+        )
+        .await
+    }
+
+    /// Puts the CA bundle into the configuration `name` (none when empty),
+    /// whose webhooks `hooks` lists.
+    async fn announce_to<K>(
+        &self,
+        name: &str,
+        hooks: impl Fn(&K) -> Vec<(String, WebhookClientConfig)>,
+    ) -> Result<(), CertError>
+    where
+        K: kube::Resource<Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        if name.is_empty() {
+            return Ok(());
+        }
+        let api = Api::<K>::all(self.client.clone());
+        let config = api
+            .get(name)
+            .await
+            .map_err(api_err(format!("get {name}")))?;
         let bundle = self.issued.ca_bundle.as_bytes();
-        if !self.settings.mutating.is_empty() {
-            let api = Api::<MutatingWebhookConfiguration>::all(self.client.clone());
-            let name = &self.settings.mutating;
-            let config = api
-                .get(name)
-                .await
-                .map_err(api_err(format!("get {name}")))?;
-            let current: Vec<_> = config
-                .webhooks
-                .iter()
-                .flatten()
-                .map(|w| {
-                    (
-                        w.name.as_str(),
-                        w.client_config.service.as_ref(),
-                        &w.client_config.ca_bundle,
-                    )
-                })
-                .collect();
-            patch_bundle(&api, name, &self.settings, &current, bundle).await?;
-        }
-        if !self.settings.validating.is_empty() {
-            let api = Api::<ValidatingWebhookConfiguration>::all(self.client.clone());
-            let name = &self.settings.validating;
-            let config = api
-                .get(name)
-                .await
-                .map_err(api_err(format!("get {name}")))?;
-            let current: Vec<_> = config
-                .webhooks
-                .iter()
-                .flatten()
-                .map(|w| {
-                    (
-                        w.name.as_str(),
-                        w.client_config.service.as_ref(),
-                        &w.client_config.ca_bundle,
-                    )
-                })
-                .collect();
-            patch_bundle(&api, name, &self.settings, &current, bundle).await?;
-        }
-        Ok(())
+        patch_bundle(&api, name, &self.settings, &hooks(&config), bundle).await
     }
 
     /// Follows the configurations (their CA put back at once) and the
@@ -435,11 +439,7 @@ async fn patch_bundle<K>(
     api: &Api<K>,
     name: &str,
     s: &Settings,
-    webhooks: &[(
-        &str,
-        Option<&k8s_openapi::api::admissionregistration::v1::ServiceReference>,
-        &Option<ByteString>,
-    )],
+    webhooks: &[(String, WebhookClientConfig)],
     bundle: &[u8],
 ) -> Result<(), CertError>
 where
@@ -450,11 +450,14 @@ where
     // Webhooks merge by name (strategic merge): only their caBundle changes.
     let changes: Vec<_> = webhooks
         .iter()
-        .filter(|(_, service, _)| {
-            service.is_some_and(|svc| svc.name == s.service && svc.namespace == s.namespace)
+        .filter(|(_, client)| {
+            client
+                .service
+                .as_ref()
+                .is_some_and(|svc| svc.name == s.service && svc.namespace == s.namespace)
         })
-        .filter(|(_, _, ca)| ca.as_ref().map(|b| b.0.as_slice()) != Some(bundle))
-        .map(|(name, _, _)| json!({"name": name, "clientConfig": {"caBundle": encoded}}))
+        .filter(|(_, client)| client.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle))
+        .map(|(name, _)| json!({"name": name, "clientConfig": {"caBundle": encoded}}))
         .collect();
     if changes.is_empty() {
         return Ok(());

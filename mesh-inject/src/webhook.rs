@@ -30,10 +30,8 @@ pub const VALIDATE_PATH: &str = "/validate";
 /// Largest review body accepted (pods are far smaller; the API server's own limit is 3 MiB).
 const MAX_BODY: usize = 4 << 20;
 
-/// Answers one AdmissionReview. A pod is injected through a JSON patch;
-/// other kinds and skipped pods are allowed unchanged; a pod that cannot be
-/// injected is refused with the reason, so it never runs unmeshed by mistake.
-pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
+/// A review's request, and the response that allows it (its uid).
+fn request_of(body: &Value) -> Result<(&Value, Value), FieldError> {
     let missing = |path: FieldPath| FieldError::new(path, "missing: every AdmissionReview has one");
     let at = FieldPath::root().key("request");
     let request = body.get("request").ok_or_else(|| missing(at.clone()))?;
@@ -41,11 +39,27 @@ pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
         .get("uid")
         .and_then(Value::as_str)
         .ok_or_else(|| missing(at.key("uid")))?;
+    Ok((request, json!({ "uid": uid, "allowed": true })))
+}
+
+/// The AdmissionReview carrying `response`, in the review's apiVersion.
+fn answer(body: &Value, response: Value) -> Value {
     let api_version = body
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or("admission.k8s.io/v1");
-    let mut response = json!({ "uid": uid, "allowed": true });
+    json!({
+        "apiVersion": api_version,
+        "kind": "AdmissionReview",
+        "response": response,
+    })
+}
+
+/// Answers one AdmissionReview. A pod is injected through a JSON patch;
+/// other kinds and skipped pods are allowed unchanged; a pod that cannot be
+/// injected is refused with the reason, so it never runs unmeshed by mistake.
+pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
+    let (request, mut response) = request_of(body)?;
     let is_pod = request.pointer("/kind/kind").and_then(Value::as_str) == Some("Pod")
         && request
             .pointer("/kind/group")
@@ -72,11 +86,7 @@ pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
             }
         }
     }
-    Ok(json!({
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "response": response,
-    }))
+    Ok(answer(body, response))
 }
 
 /// Answers one AdmissionReview of a rule object (create or update): it
@@ -84,18 +94,7 @@ pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
 /// problem, each as `meshctl validate` words it (field path, what is wrong,
 /// what is allowed), one per line.
 pub fn validate_review(body: &Value) -> Result<Value, FieldError> {
-    let missing = |path: FieldPath| FieldError::new(path, "missing: every AdmissionReview has one");
-    let at = FieldPath::root().key("request");
-    let request = body.get("request").ok_or_else(|| missing(at.clone()))?;
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .ok_or_else(|| missing(at.key("uid")))?;
-    let api_version = body
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("admission.k8s.io/v1");
-    let mut response = json!({ "uid": uid, "allowed": true });
+    let (request, mut response) = request_of(body)?;
     if let Some(object) = request.get("object").filter(|o| o.is_object()) {
         let namespace = request.get("namespace").and_then(Value::as_str);
         let document = mesh_rules::Rule::document_of_object(object, namespace);
@@ -109,11 +108,7 @@ pub fn validate_review(body: &Value) -> Result<Value, FieldError> {
             });
         }
     }
-    Ok(json!({
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "response": response,
-    }))
+    Ok(answer(body, response))
 }
 
 /// Why a certificate and key cannot serve TLS.

@@ -100,7 +100,7 @@ impl Pilot {
                 crate::identity::grpc::channel(identity.clone(), address, expected.clone())
             }
             None => match Channel::from_shared(format!("http://{address}")) {
-                Ok(e) => e.connect().await,
+                Ok(e) => crate::identity::grpc::with_timeouts(e).connect().await,
                 Err(e) => return Err(format!("pilot's address {address}: {e}")),
             },
         };

@@ -374,3 +374,18 @@ pub fn render(dir: &Path, set: &[&str]) {
 pub fn documents(text: &str) -> Vec<serde_json::Value> {
     yaml_documents(text)
 }
+
+/// `meshctl ARGS` run against the cluster (its admin kubeconfig, from the
+/// cluster's network namespace), as a user with KUBECONFIG set runs it.
+pub fn meshctl(c: &Cluster, args: &[&str]) -> std::process::Output {
+    let program = crate::binary("meshctl").unwrap();
+    c.in_network(|| {
+        Command::new(&program)
+            .args(args)
+            .env("KUBECONFIG", c.kubeconfig())
+            .env_remove("MESH_STORE")
+            .output()
+    })
+    .unwrap()
+    .unwrap()
+}

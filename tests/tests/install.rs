@@ -683,16 +683,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         (out.status.code(), out.stdout, out.stderr)
     });
     let in_cluster = run_script(dir.path(), |args| {
-        let out = c
-            .in_network(|| {
-                Command::new(&meshctl)
-                    .args(args)
-                    .env("KUBECONFIG", c.kubeconfig())
-                    .env_remove("MESH_STORE")
-                    .output()
-            })
-            .unwrap()
-            .unwrap();
+        let out = mesh_testbed::kube::meshctl(&c, args);
         (out.status.code(), out.stdout, out.stderr)
     });
     assert_eq!(in_cluster, local, "meshctl on the cluster and locally");

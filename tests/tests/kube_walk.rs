@@ -128,19 +128,9 @@ impl Drop for Msgd {
     }
 }
 
-/// `meshctl ARGS` against the cluster (its kubeconfig): exit code and output.
+/// `meshctl ARGS` against the cluster: exit code and output.
 fn meshctl(c: &TestCluster, args: &[&str]) -> (Option<i32>, String) {
-    let program = mesh_testbed::binary("meshctl").unwrap();
-    let out = c
-        .in_network(|| {
-            Command::new(&program)
-                .args(args)
-                .env("KUBECONFIG", c.kubeconfig())
-                .env_remove("MESH_STORE")
-                .output()
-        })
-        .unwrap()
-        .unwrap();
+    let out = mesh_testbed::kube::meshctl(c, args);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -279,7 +269,9 @@ struct Load {
 }
 
 impl Load {
-    fn start(c: &TestCluster) -> Load {
+    /// Starts `calls` calls; returns once the first answered.
+    fn start(c: &TestCluster, calls: usize) -> Load {
+        let url = format!("http://svca/pay?n=[1-{calls}]");
         let mut child = c
             .command(&[
                 "kubectl",
@@ -298,7 +290,7 @@ impl Load {
                 "/dev/null",
                 "-w",
                 "status=%{http_code}\n",
-                "http://svca/pay?n=[1-30000]",
+                &url,
             ])
             .unwrap()
             // Its own process group, so kubectl goes with it.
@@ -313,11 +305,30 @@ impl Load {
         Load { child, lines }
     }
 
+    /// Waits until `n` more calls were answered.
+    fn wait_calls(&mut self, n: usize) {
+        for _ in 0..n {
+            self.lines
+                .wait_for("status=", Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("the load: {e}"));
+        }
+    }
+
+    /// Waits for every call; (calls made, the statuses of those that failed).
+    fn finish(mut self) -> (usize, Vec<String>) {
+        let _ = self.child.wait();
+        self.tally()
+    }
+
     /// Stops the calls; (calls made, the statuses of those that failed).
     fn stop(mut self) -> (usize, Vec<String>) {
         // SAFETY: killpg on the group of a child this test started.
         unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
         let _ = self.child.wait();
+        self.tally()
+    }
+
+    fn tally(&mut self) -> (usize, Vec<String>) {
         self.lines.wait_for_end(Duration::from_secs(10)).unwrap();
         let statuses: Vec<&String> = self
             .lines
@@ -466,53 +477,16 @@ fn the_seed_walk_on_a_real_cluster() {
     // Step 4: replaced by the 100 % rule while 300 calls flow at 100/s:
     // none fails, and then every call goes to v0.2.
     let all = walk_file("route-rules-svcb-v0.2-100.yaml");
-    let mut load = c
-        .command(&[
-            "kubectl",
-            "exec",
-            "-n",
-            "default",
-            "client",
-            "-c",
-            "client",
-            "--",
-            "curl",
-            "-s",
-            "--rate",
-            "100/s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "status=%{http_code}\n",
-            "http://svca/pay?n=[1-300]",
-        ])
-        .unwrap()
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = mesh_testbed::Lines::new(load.stdout.take().unwrap());
-    for _ in 0..50 {
-        lines
-            .wait_for("status=", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("the load: {e}"));
-    }
+    let mut load = Load::start(&c, 300);
+    // The change lands while the load flows: after its first 50 answers.
+    load.wait_calls(50);
     let (code, out) = meshctl(&c, &["replace", "-f", all.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
-    let exit = load.wait().unwrap();
-    lines.wait_for_end(Duration::from_secs(10)).unwrap();
-    let statuses: Vec<&String> = lines
-        .seen
-        .iter()
-        .filter(|l| l.starts_with("status="))
-        .collect();
-    let failed = statuses
-        .iter()
-        .filter(|l| l.as_str() != "status=200")
-        .count();
+    let (calls, failed) = load.finish();
     assert_eq!(
-        (statuses.len(), failed),
-        (300, 0),
-        "the load during the replace ({exit})"
+        (calls, failed),
+        (300, vec![]),
+        "the load during the replace"
     );
     eventually("v0.2 serves every call", Duration::from_secs(15), || {
         (pay(&ns, 10) == (10, 0, 10)).then_some(())
@@ -531,7 +505,7 @@ fn the_seed_walk_on_a_real_cluster() {
         let (ok, a, b) = pay(&ns, 20);
         (ok == 20 && a > 0 && b > 0).then_some(())
     });
-    let load = Load::start(&c);
+    let load = Load::start(&c, 30000);
     for deployment in ["svcb", "svcb-v0.2"] {
         ns.kubectl(&["rollout", "restart", &format!("deployment/{deployment}")]);
         ns.rollout(deployment);
@@ -567,7 +541,7 @@ fn the_seed_walk_on_a_real_cluster() {
     // with a new tag (an upgrade of pilot and the webhooks), with the
     // same load flowing: the sidecars keep their last configuration,
     // reconnect, and not one call fails.
-    let load = Load::start(&c);
+    let load = Load::start(&c, 30000);
     kubectl_ok(
         &c,
         &[
