@@ -152,6 +152,9 @@ enum Command {
     /// Render the mesh's Kubernetes bundles (today: the observability
     /// addons) from the templates, with `--set key=value` changes.
     Install(install::Args),
+    /// Remove from the cluster every object the bundles made (as `kubectl
+    /// delete -f` of each), waiting until the mesh's namespace is gone.
+    Uninstall(install::uninstall::Args),
     /// Print the URLs of the mesh's dashboards and debug pages (opens nothing).
     Dashboard(graph::DashboardArgs),
     /// Walk the seed's steps on this machine.
@@ -209,27 +212,34 @@ fn backend(
     Ok(Backend::Local(state.join("mesh/store")))
 }
 
+/// A client of the cluster a kubeconfig (else KUBECONFIG, ~/.kube/config
+/// or the pod's own account) and a context name.
+async fn cluster_client(
+    file: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let config = match file {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if options.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// The rule store a backend names.
 async fn open(backend: Backend) -> anyhow::Result<Box<dyn RuleStore>> {
     match backend {
         Backend::Local(dir) => Ok(Box::new(mesh_pilot::store::LocalStore::new(dir))),
         Backend::Cluster(file, context) => {
-            let options = kube::config::KubeConfigOptions {
-                context,
-                ..Default::default()
-            };
-            let config = match file {
-                Some(path) => {
-                    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-                }
-                None if options.context.is_some() => {
-                    kube::Config::from_kubeconfig(&options).await?
-                }
-                None => kube::Config::infer().await?,
-            };
-            let client = kube::Client::try_from(config)?;
+            let client = cluster_client(file, context).await?;
             let store = KubernetesStore::connect(client)
                 .await
                 .context("cannot reach the cluster")?;
@@ -265,6 +275,10 @@ async fn main() -> ExitCode {
         Command::Graph(args) => graph::run(args).await,
         Command::Install(args) => install::run(&args),
         Command::Dashboard(args) => graph::dashboard(&args),
+        Command::Uninstall(args) => match cluster_client(cli.kubeconfig, cli.context).await {
+            Ok(client) => install::uninstall::run(&args, client).await,
+            Err(e) => Err(e),
+        },
         Command::Analyze { pilot } => inspect::analyze(&pilot).await,
         Command::ProxyConfig {
             section,
@@ -310,6 +324,7 @@ async fn main() -> ExitCode {
                         | Command::ProxyStatus { .. }
                         | Command::Graph(_)
                         | Command::Install(_)
+                        | Command::Uninstall(_)
                         | Command::Dashboard(_)
                         | Command::Analyze { .. }
                         | Command::ProxyConfig { .. } => unreachable!("handled above"),

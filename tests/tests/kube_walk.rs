@@ -606,5 +606,29 @@ fn the_seed_walk_on_a_real_cluster() {
     let (calls, failed) = load.stop();
     assert_eq!(failed, Vec::<String>::new(), "of {calls} calls");
     eprintln!("pilot restart and upgrade: {calls} calls at 100/s, none failed");
+
+    // meshctl uninstall leaves nothing the bundles made.
+    let (code, out) = meshctl(&c, &["uninstall"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("deleted CustomResourceDefinition/routerules.config.istio.io"),
+        "{out}"
+    );
+    let left = kubectl_ok(
+        &c,
+        &[
+            "get",
+            "crd,clusterrole,clusterrolebinding,namespace,mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "-l",
+            "app.kubernetes.io/part-of=mesh",
+            "-o",
+            "name",
+        ],
+        "",
+    );
+    assert!(
+        left.trim().is_empty() || !left.contains('/'),
+        "left behind: {left}"
+    );
     drop(msgd);
 }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 mod crd;
+pub mod uninstall;
 
 /// The templates: where each renders to, and its text.
 const TEMPLATES: &[(&str, &str)] = &[
