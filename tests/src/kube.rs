@@ -389,3 +389,20 @@ pub fn meshctl(c: &Cluster, args: &[&str]) -> std::process::Output {
     .unwrap()
     .unwrap()
 }
+
+/// Waits until Deployment `deployment` of `namespace` has rolled out,
+/// failing the test after `timeout_s` seconds.
+pub fn rollout(c: &Cluster, namespace: &str, deployment: &str, timeout_s: u32) {
+    kubectl_ok(
+        c,
+        &[
+            "-n",
+            namespace,
+            "rollout",
+            "status",
+            &format!("deployment/{deployment}"),
+            &format!("--timeout={timeout_s}s"),
+        ],
+        "",
+    );
+}

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mesh_testbed::eventually;
-use mesh_testbed::kube::{TestCluster, documents, http_get, kubectl, kubectl_ok, render};
+use mesh_testbed::kube::{TestCluster, documents, http_get, kubectl, kubectl_ok, render, rollout};
 use serde_json::Value;
 
 /// Every rule of the samples the bundles define a kind for (not Gateway
@@ -395,30 +395,8 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         ],
         "",
     );
-    kubectl_ok(
-        &c,
-        &[
-            "-n",
-            "mesh-system",
-            "rollout",
-            "status",
-            "deployment/mesh-pilot",
-            "--timeout=90s",
-        ],
-        "",
-    );
-    kubectl_ok(
-        &c,
-        &[
-            "-n",
-            "mesh-system",
-            "rollout",
-            "status",
-            "deployment/mesh-inject",
-            "--timeout=90s",
-        ],
-        "",
-    );
+    rollout(&c, "mesh-system", "mesh-pilot", 90);
+    rollout(&c, "mesh-system", "mesh-inject", 90);
     webhooks_serve_with_their_own_certificate(&c, dir.path());
     let pilot_ip = kubectl_ok(
         &c,
@@ -467,18 +445,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         "",
     );
     kubectl_ok(&c, &["apply", "-n", "meshed", "-f", "-"], MESHED_APP);
-    kubectl_ok(
-        &c,
-        &[
-            "-n",
-            "meshed",
-            "rollout",
-            "status",
-            "deployment/msgd",
-            "--timeout=120s",
-        ],
-        "",
-    );
+    rollout(&c, "meshed", "msgd", 120);
     let images = kubectl_ok(
         &c,
         &[

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use mesh_cluster::images::{File, Image};
 use mesh_testbed::eventually;
-use mesh_testbed::kube::{Namespace, TestCluster, http_get, kubectl_ok, render};
+use mesh_testbed::kube::{Namespace, TestCluster, http_get, kubectl_ok, render, rollout};
 use serde_json::Value;
 
 /// The seed's msgd address (outside the mesh).
@@ -367,18 +367,7 @@ fn the_seed_walk_on_a_real_cluster() {
     kubectl_ok(&c, &["apply", "-f", "-"], &read("istio-api.yaml"));
     kubectl_ok(&c, &["apply", "-f", "-"], &read("mesh.yaml"));
     for deployment in ["mesh-pilot", "mesh-inject"] {
-        kubectl_ok(
-            &c,
-            &[
-                "-n",
-                "mesh-system",
-                "rollout",
-                "status",
-                &format!("deployment/{deployment}"),
-                "--timeout=120s",
-            ],
-            "",
-        );
+        rollout(&c, "mesh-system", deployment, 120);
     }
     let msgd = Msgd::start(&c, dir.path());
 
@@ -555,18 +544,7 @@ fn the_seed_walk_on_a_real_cluster() {
         ],
         "",
     );
-    kubectl_ok(
-        &c,
-        &[
-            "-n",
-            "mesh-system",
-            "rollout",
-            "status",
-            "deployment/mesh-pilot",
-            "--timeout=120s",
-        ],
-        "",
-    );
+    rollout(&c, "mesh-system", "mesh-pilot", 120);
     synced(&c, 5);
     let next = tempfile::tempdir().unwrap();
     render(next.path(), &["tag=next"]);
@@ -576,18 +554,7 @@ fn the_seed_walk_on_a_real_cluster() {
         &std::fs::read_to_string(next.path().join("mesh.yaml")).unwrap(),
     );
     for deployment in ["mesh-pilot", "mesh-inject"] {
-        kubectl_ok(
-            &c,
-            &[
-                "-n",
-                "mesh-system",
-                "rollout",
-                "status",
-                &format!("deployment/{deployment}"),
-                "--timeout=120s",
-            ],
-            "",
-        );
+        rollout(&c, "mesh-system", deployment, 120);
     }
     let image = kubectl_ok(
         &c,
