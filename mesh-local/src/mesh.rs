@@ -659,7 +659,7 @@ impl Mesh {
                     }
                     None => Vec::new(),
                 };
-                self.start_mesh_proxy(&pod, name, &labels_arg, flavor, &ca)?
+                self.start_mesh_proxy("sidecar", &pod, name, &labels_arg, flavor, &ca)?
             }
             Sidecar::Envoy | Sidecar::EnvoyDelta => {
                 let api = if kind == Sidecar::Envoy {
@@ -677,8 +677,41 @@ impl Mesh {
         Ok(pod)
     }
 
+    /// Adds a pod running mesh-proxy as an ingress gateway with `labels`
+    /// (Gateways select it by them), and waits until it serves its first
+    /// configuration from pilot. Its listeners come from the Gateways.
+    pub fn gateway(&mut self, name: &str, labels: &[(&str, &str)]) -> Result<Pod> {
+        let (ns, ip) = self.world.host(name)?;
+        let pod = Pod {
+            ns,
+            ip,
+            node_id: format!("router~{ip}~{name}.default~default.svc.cluster.local"),
+            sidecar: Some(Sidecar::MeshProxy),
+            app_ip: None,
+        };
+        if !self.world.loopback {
+            // As the bundle's gateway pods do (a pod sysctl): the proxy
+            // user may bind the Gateways' ports below 1024.
+            let (code, out) = self.world.exec(
+                &pod.ns,
+                &["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"],
+            );
+            if code != 0 {
+                return Err(Error::Command {
+                    command: format!("sysctl (in {})", pod.ns),
+                    output: out,
+                });
+            }
+        }
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.start_mesh_proxy("gateway", &pod, name, &labels.join(","), "delta", &[])?;
+        Ok(pod)
+    }
+
+    /// Starts `mesh-proxy MODE` (`sidecar` or `gateway`) for `pod`.
     fn start_mesh_proxy(
         &mut self,
+        mode: &str,
         pod: &Pod,
         name: &str,
         labels: &str,
@@ -689,7 +722,7 @@ impl Mesh {
         let (xds, ip) = (self.xds_address(), pod.ip.to_string());
         let mut args = vec![
             arg(&proxy)?.to_owned(),
-            "sidecar".into(),
+            mode.into(),
             "--xds-address".into(),
             xds,
             "--workload".into(),

@@ -132,7 +132,11 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             };
         match &rule.spec {
             Spec::RouteRule(r) => {
-                let svc = service(&r.destination, spec.key("destination"), &mut found);
+                // At a gateway the destination is a host callers use, not a service.
+                let svc = match r.at_gateways {
+                    Some(_) => None,
+                    None => service(&r.destination, spec.key("destination"), &mut found),
+                };
                 for (i, d) in r.route.iter().enumerate() {
                     if let Some(other) = &d.destination {
                         let at = spec.key("route").index(i).key("destination");
@@ -170,7 +174,8 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             | Spec::HttpRoute(_)
             | Spec::PeerAuthentication(_)
             | Spec::AuthorizationPolicy(_)
-            | Spec::Sidecar(_) => {}
+            | Spec::Sidecar(_)
+            | Spec::Gateway(_) => {}
         }
     }
     out

@@ -137,9 +137,19 @@ fn golden_with(
     node: &ProxyNode,
     mesh: &MeshConfig,
 ) -> Resources {
+    golden_of(name, registry, rules(files), node, mesh)
+}
+
+/// [`golden_with`] for rules already read (and expanded).
+fn golden_of(
+    name: &str,
+    registry: &mesh_rules::registry::Registry,
+    rules: Vec<Rule>,
+    node: &ProxyNode,
+    mesh: &MeshConfig,
+) -> Resources {
     mesh_proto::descriptors::keep_loaded(mesh_proto::descriptors::Schema::Xds);
     let registry = registry.clone();
-    let rules = rules(files);
     let out = translate(
         &Inputs {
             registry: &registry,
@@ -1205,4 +1215,96 @@ fn equal_inputs_encode_alike() {
             );
         }
     }
+}
+
+/// A gateway gets one bound listener per Gateway port, routing the hosts
+/// bound VirtualServices name (by path, to subsets by weight); the
+/// clusters of those subsets; nothing of the sidecars' outbound listeners.
+/// A sidecar gets none of the gateway's routes.
+#[test]
+fn a_gateway_routes_by_host_and_path() {
+    use mesh_proto::envoy::config::route::v3::route::Action;
+    use mesh_proto::envoy::config::route::v3::route_action::ClusterSpecifier;
+    let rules = mesh_rules::convert::expand(&rules(&["gateway/ingress.yaml"]));
+    let gateway = ProxyNode {
+        namespace: "mesh-system".into(),
+        ip: Some("10.250.0.9".parse().unwrap()),
+        labels: [("mesh".to_owned(), "ingressgateway".to_owned())].into(),
+        interception: mesh_pilot::translate::Interception::Gateway,
+        kind: ProxyKind::MeshProxy,
+    };
+    let out = golden_of(
+        "gateway",
+        &registry(),
+        rules.clone(),
+        &gateway,
+        &MeshConfig::default(),
+    );
+    let listeners: Vec<(&str, bool)> = out
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.bind_to_port.is_none()))
+        .collect();
+    assert_eq!(listeners, [("0.0.0.0_80", true)]);
+    let [routes] = out.routes.as_slice() else {
+        panic!("one route configuration: {:?}", out.routes)
+    };
+    assert_eq!(routes.name, "http.80");
+    let [vhost] = routes.virtual_hosts.as_slice() else {
+        panic!("one virtual host: {:?}", routes.virtual_hosts)
+    };
+    assert_eq!(
+        vhost.domains,
+        ["notify.example.com:80", "notify.example.com"]
+    );
+    let split = |i: usize| -> Vec<(String, u32)> {
+        match &vhost.routes[i].action {
+            Some(Action::Route(a)) => match &a.cluster_specifier {
+                Some(ClusterSpecifier::WeightedClusters(w)) => w
+                    .clusters
+                    .iter()
+                    .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                    .collect(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    let (v1, v2) = (
+        "outbound|80|v0.1|svcb.default.svc.cluster.local",
+        "outbound|80|v0.2|svcb.default.svc.cluster.local",
+    );
+    assert_eq!(split(0), [(v2.to_owned(), 100)]);
+    assert_eq!(split(1), [(v1.to_owned(), 50), (v2.to_owned(), 50)]);
+    for subset in [v1, v2] {
+        let eps = out
+            .endpoints
+            .iter()
+            .find(|e| e.cluster_name == subset)
+            .unwrap();
+        assert_eq!(eps.endpoints[0].lb_endpoints.len(), 2, "{subset}");
+    }
+    // The sidecars route svcb as before: no gateway host, no subset split.
+    let sidecar = translate(
+        &Inputs {
+            registry: &registry(),
+            rules: &rules,
+            mesh: &MeshConfig::default(),
+        },
+        &node(SVCA.0, SVCA.1, SVCA.2),
+    );
+    let domains: Vec<&String> = sidecar
+        .routes
+        .iter()
+        .flat_map(|r| &r.virtual_hosts)
+        .flat_map(|v| &v.domains)
+        .collect();
+    assert!(
+        !domains.iter().any(|d| d.contains("example.com")),
+        "{domains:?}"
+    );
+    assert!(
+        !sidecar.clusters.iter().any(|c| c.name == v1),
+        "a sidecar got a gateway subset"
+    );
 }

@@ -116,6 +116,11 @@ enum Sub {
     Init(InitArgs),
     /// Run as a workload's sidecar, configured by pilot over xDS (ADS).
     Sidecar(Box<SidecarArgs>),
+    /// Run as an ingress gateway, configured by pilot: it listens on the
+    /// ports of the Gateways whose selector matches its labels and routes
+    /// by host and path as the VirtualServices bound to them say (node id
+    /// `router~…`, as Istio's gateways).
+    Gateway(Box<SidecarArgs>),
     /// Serve the workload's certificate to an Envoy sidecar over SDS.
     Sds(Box<SdsArgs>),
 }
@@ -308,7 +313,7 @@ fn labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String>
 }
 
 /// Who the sidecar is, from its arguments (and the labels file).
-fn node_meta(a: &SidecarArgs) -> anyhow::Result<mesh_proto::node::NodeMeta> {
+fn node_meta(a: &SidecarArgs, node_type: &str) -> anyhow::Result<mesh_proto::node::NodeMeta> {
     let ip = a.ip.map(|i| i.to_string()).unwrap_or_default();
     let pod = if a.pod_name.is_empty() {
         a.workload.clone()
@@ -323,7 +328,7 @@ fn node_meta(a: &SidecarArgs) -> anyhow::Result<mesh_proto::node::NodeMeta> {
     Ok(mesh_proto::node::NodeMeta {
         id: a.node_id.clone().unwrap_or_else(|| {
             format!(
-                "sidecar~{ip}~{pod}.{}~{}.svc.cluster.local",
+                "{node_type}~{ip}~{pod}.{}~{}.svc.cluster.local",
                 a.namespace, a.namespace
             )
         }),
@@ -347,8 +352,8 @@ fn node_meta(a: &SidecarArgs) -> anyhow::Result<mesh_proto::node::NodeMeta> {
 /// `connected`, `config applied version V`, `config rejected: …` and
 /// `listener NAME ADDR` as they happen, and `ready` after the first
 /// configuration is in force.
-fn sidecar(a: SidecarArgs, logging: mesh_runtime::log::Logging) -> ExitCode {
-    let meta = match node_meta(&a) {
+fn sidecar(a: SidecarArgs, node_type: &str, logging: mesh_runtime::log::Logging) -> ExitCode {
+    let meta = match node_meta(&a, node_type) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
@@ -714,7 +719,8 @@ fn main() -> ExitCode {
     let mut args = Args::parse();
     let sidecar_args = match args.command.take() {
         Some(Sub::Init(a)) => return init(a),
-        Some(Sub::Sidecar(a)) => Some(*a),
+        Some(Sub::Sidecar(a)) => Some((*a, "sidecar")),
+        Some(Sub::Gateway(a)) => Some((*a, mesh_proto::node::GATEWAY_NODE_TYPE)),
         Some(Sub::Sds(a)) => {
             if let Err(e) = mesh_runtime::log::init() {
                 return fail(anyhow::anyhow!("MESH_LOG: {e}"));
@@ -727,8 +733,8 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(anyhow::anyhow!("MESH_LOG: {e}")),
     };
-    if let Some(a) = sidecar_args {
-        return sidecar(a, logging);
+    if let Some((a, node_type)) = sidecar_args {
+        return sidecar(a, node_type, logging);
     }
     let config = args
         .config

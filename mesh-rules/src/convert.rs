@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::registry::HostName;
 use crate::rules::gateway;
+use crate::rules::ingress::GatewayRoute;
 use crate::rules::networking::{
     self, DestinationRule, HttpMatch, HttpRoute, ServiceEntry, TrafficPolicy, VirtualService,
 };
@@ -80,7 +81,8 @@ pub fn expand(rules: &[Rule]) -> Vec<Rule> {
             | Spec::EgressRule(_)
             | Spec::PeerAuthentication(_)
             | Spec::AuthorizationPolicy(_)
-            | Spec::Sidecar(_) => {
+            | Spec::Sidecar(_)
+            | Spec::Gateway(_) => {
                 out.push(rule.clone());
             }
             Spec::VirtualService(v) => virtual_service(rule, v, &subsets, &mut out),
@@ -124,11 +126,40 @@ fn subset_labels(
 
 fn virtual_service(rule: &Rule, v: &VirtualService, subsets: &Subsets<'_>, out: &mut Vec<Rule>) {
     let ns = rule.metadata.namespace();
+    if v.at_mesh() {
+        routes_of(rule, v, "", out, |http, host| {
+            route_rule(http, &service(host, ns), subsets, ns)
+        });
+    }
+    let gateways = v.bound_gateways(ns);
+    if !gateways.is_empty() {
+        routes_of(rule, v, "gateway-", out, |http, host| {
+            let mut r = route_rule(http, &service(host, ns), subsets, ns);
+            // At a gateway the host is no service: every destination is named.
+            r.route = gateway_weights(http, subsets, ns);
+            r.at_gateways = Some(GatewayRoute {
+                gateways: gateways.clone(),
+                host: host.to_owned(),
+            });
+            r
+        });
+    }
+}
+
+/// One RouteRule per host, HTTP route and match of `v` (earlier routes
+/// take precedence), each made by `base` and named
+/// `<name>-<prefix>[<host>-]<route>[-<match>]`.
+fn routes_of(
+    rule: &Rule,
+    v: &VirtualService,
+    prefix: &str,
+    out: &mut Vec<Rule>,
+    base: impl Fn(&HttpRoute, &str) -> RouteRule,
+) {
     let n = v.http.len();
     for (h, host) in v.hosts.iter().enumerate() {
-        let destination = service(host, ns);
         for (i, http) in v.http.iter().enumerate() {
-            let base = route_rule(http, &destination, subsets, ns);
+            let base = base(http, host);
             let precedence = Some((n - i) as i64);
             let name = http.name.clone().unwrap_or_else(|| i.to_string());
             let host_part = if v.hosts.len() > 1 {
@@ -146,14 +177,36 @@ fn virtual_service(rule: &Rule, v: &VirtualService, subsets: &Subsets<'_>, out: 
                 r.precedence = precedence;
                 r.match_ = m.map(match_condition);
                 let suffix = if matches.len() > 1 {
-                    format!("{host_part}{name}-{j}")
+                    format!("{prefix}{host_part}{name}-{j}")
                 } else {
-                    format!("{host_part}{name}")
+                    format!("{prefix}{host_part}{name}")
                 };
                 out.push(derived(rule, &suffix, Spec::RouteRule(r)));
             }
         }
     }
+}
+
+/// A gateway route's destinations, each named: a service, or a subset of
+/// one by its labels.
+fn gateway_weights(http: &HttpRoute, subsets: &Subsets<'_>, ns: &str) -> Vec<DestinationWeight> {
+    let single = http.route.len() == 1;
+    http.route
+        .iter()
+        .map(|r| {
+            let to = service(&r.destination.host, ns);
+            DestinationWeight {
+                labels: r
+                    .destination
+                    .subset
+                    .as_deref()
+                    .map(|s| subset_labels(subsets, &to, s))
+                    .unwrap_or_default(),
+                destination: Some(to),
+                weight: if single { Some(100) } else { r.weight },
+            }
+        })
+        .collect()
 }
 
 /// An HTTP route's destinations as 0.4's weighted versions: a subset by
@@ -237,6 +290,7 @@ fn route_rule(
             s
         }),
         cors_policy: http.cors_policy.as_ref().map(cors),
+        at_gateways: None,
         append_headers: http
             .headers
             .as_ref()
@@ -567,6 +621,7 @@ fn gamma_rule(g: &gateway::HttpRouteRule, destination: &IstioService, ns: &str) 
         cors_policy: None,
         append_headers: BTreeMap::new(),
         rate_limit: None,
+        at_gateways: None,
     };
     for f in &g.filters {
         if let Some(h) = &f.request_header_modifier {

@@ -223,6 +223,9 @@ fn document_with(value: Value, checks: Checks) -> Result<Document, Vec<FieldErro
         Kind::Sidecar => typed(value)
             .map(|(m, s)| (m, Spec::Sidecar(s)))
             .map_err(one)?,
+        Kind::Gateway => typed(value)
+            .map(|(m, s)| (m, Spec::Gateway(s)))
+            .map_err(one)?,
     };
     if checks == Checks::All {
         let mut c = Checker::default();

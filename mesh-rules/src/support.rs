@@ -45,6 +45,7 @@ pub fn unsupported(spec: &Spec) -> Vec<FieldError> {
         Spec::PeerAuthentication(_) => {}
         Spec::AuthorizationPolicy(a) => authorization_policy(&mut out, &root, a),
         Spec::Sidecar(s) => sidecar(&mut out, &root, s),
+        Spec::Gateway(g) => gateway(&mut out, &root, g),
     }
     out
 }
@@ -252,6 +253,42 @@ fn authorization_policy(
 }
 
 /// The Sidecar's fields beyond one list of hosts and the outbound mode.
+fn gateway(out: &mut Vec<FieldError>, root: &FieldPath, g: &crate::rules::ingress::Gateway) {
+    for (i, s) in g.servers.iter().enumerate() {
+        let at = root.key("servers").index(i);
+        if s.port.protocol().is_some_and(|p| !p.is_http()) {
+            refuse(
+                out,
+                at.key("port").key("protocol"),
+                "HTTPS and TCP servers (HTTP, HTTP2 and GRPC are served)",
+            );
+        }
+        refuse_set(
+            out,
+            &at,
+            &[
+                ("tls", s.tls.is_some(), "TLS at the gateway"),
+                ("bind", s.bind.is_some(), "binding one address"),
+                (
+                    "defaultEndpoint",
+                    s.default_endpoint.is_some(),
+                    "a default endpoint",
+                ),
+                ("name", s.name.is_some(), "naming a server"),
+            ],
+        );
+        refuse_set(
+            out,
+            &at.key("port"),
+            &[(
+                "targetPort",
+                s.port.target_port.is_some(),
+                "a target port (the proxy listens on `number`)",
+            )],
+        );
+    }
+}
+
 fn sidecar(out: &mut Vec<FieldError>, root: &FieldPath, s: &crate::rules::sidecar::Sidecar) {
     refuse_set(
         out,

@@ -20,29 +20,38 @@ pub(crate) fn virtual_service(out: &mut Vec<FieldError>, root: &FieldPath, v: &V
             ("exportTo", v.export_to.is_some(), "visibility (exportTo)"),
         ],
     );
-    for (i, g) in v.gateways.iter().enumerate() {
-        if g != "mesh" {
-            let what = "routes at a gateway (only `mesh`, the sidecars)";
-            refuse(out, root.key("gateways").index(i), what);
-        }
-    }
+    // At a gateway, hosts are the names callers outside the mesh use.
+    let at_mesh = v.at_mesh();
     for (i, h) in v.hosts.iter().enumerate() {
-        if !is_mesh_host(h) {
+        if at_mesh && !is_mesh_host(h) {
             let what = "routing a host outside the mesh (name a service: `svcb` or `svcb.<namespace>.svc.cluster.local`)";
             refuse(out, root.key("hosts").index(i), what);
         }
     }
     let hosts: Vec<_> = v.hosts.iter().map(|h| service(h, "").host("")).collect();
+    let at_gateways = !v.bound_gateways("").is_empty();
     for (i, http) in v.http.iter().enumerate() {
-        http_route(out, &root.key("http").index(i), http, &hosts);
+        let at = root.key("http").index(i);
+        http_route(out, &at, http, at_mesh.then_some(&hosts[..]));
+        if at_gateways {
+            for (j, m) in http.matches.iter().enumerate() {
+                if !m.source_labels.is_empty() {
+                    let what = "matching the caller's labels at a gateway (bind the VirtualService to `mesh` alone)";
+                    refuse(out, at.key("match").index(j).key("sourceLabels"), what);
+                }
+            }
+        }
     }
 }
 
+/// `hosts`: the VirtualService's, when it routes the sidecars' calls
+/// (there a subset belongs to its one host; a gateway routes to any
+/// service's subsets).
 fn http_route(
     out: &mut Vec<FieldError>,
     at: &FieldPath,
     h: &HttpRoute,
-    hosts: &[Option<crate::registry::HostName>],
+    hosts: Option<&[Option<crate::registry::HostName>]>,
 ) {
     refuse_set(
         out,
@@ -64,7 +73,7 @@ fn http_route(
     );
     let own = |host: &str| {
         let h = service(host, "").host("");
-        hosts.len() == 1 && hosts[0] == h
+        hosts.is_none_or(|hosts| hosts.len() == 1 && hosts[0] == h)
     };
     for (j, r) in h.route.iter().enumerate() {
         let d = at.key("route").index(j);

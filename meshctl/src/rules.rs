@@ -82,7 +82,7 @@ pub fn convert(args: &[String], to: Api) -> anyhow::Result<ExitCode> {
     let rules: Vec<_> = loaded.rules.into_iter().map(|r| r.value).collect();
     let (out, losses) = match to {
         Api::Today => mesh_rules::upgrade::upgrade(&rules),
-        Api::V0_4 => (mesh_rules::convert::expand(&rules), Vec::new()),
+        Api::V0_4 => to_0_4(&rules),
     };
     for (i, r) in out.iter().enumerate() {
         if i > 0 {
@@ -107,6 +107,46 @@ pub fn convert(args: &[String], to: Api) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(2))
     }
+}
+
+/// The 0.4 rules of `rules`; a VirtualService's routes at gateways have
+/// no 0.4 form (0.4 had no Gateway kind): they are losses.
+fn to_0_4(rules: &[mesh_rules::Rule]) -> (Vec<mesh_rules::Rule>, Vec<mesh_rules::upgrade::Loss>) {
+    let mut losses = Vec::new();
+    let out = mesh_rules::convert::expand(rules)
+        .into_iter()
+        .filter(|r| {
+            let mesh_rules::Spec::RouteRule(rr) = &r.spec else {
+                return true;
+            };
+            let Some(at) = &rr.at_gateways else {
+                return true;
+            };
+            let from = r
+                .metadata
+                .annotations
+                .get(mesh_rules::convert::FROM_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| r.key().to_string());
+            let what = format!(
+                "routes for {} at gateways (Istio 0.4 had no Gateway kind)",
+                at.host
+            );
+            let path = mesh_rules::FieldPath::root().key("spec").key("gateways");
+            if !losses
+                .iter()
+                .any(|l: &mesh_rules::upgrade::Loss| l.rule == from && l.what == what)
+            {
+                losses.push(mesh_rules::upgrade::Loss {
+                    rule: from,
+                    path,
+                    what,
+                });
+            }
+            false
+        })
+        .collect();
+    (out, losses)
 }
 
 /// Reads the files as one batch of rules; every problem is printed and

@@ -76,7 +76,7 @@ fn validate_lists_every_problem_and_fails() {
     .unwrap();
     std::fs::write(
         &b,
-        "{\"apiVersion\": \"config.istio.io/v1alpha2\", \"kind\": \"Gateway\"}",
+        "{\"apiVersion\": \"config.istio.io/v1alpha2\", \"kind\": \"QuotaSpec\"}",
     )
     .unwrap();
     let out = meshctl(dir.path())
@@ -88,7 +88,7 @@ fn validate_lists_every_problem_and_fails() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
-        "{}:8:3: document 1: spec.route: weights sum to 120; they must sum to 100\n{}:1:52: document 1: kind: unknown kind `Gateway` in config.istio.io/v1alpha2: allowed kinds are RouteRule, DestinationPolicy, EgressRule\n2 problem(s) in 2 file(s)\n",
+        "{}:8:3: document 1: spec.route: weights sum to 120; they must sum to 100\n{}:1:52: document 1: kind: unknown kind `QuotaSpec` in config.istio.io/v1alpha2: allowed kinds are RouteRule, DestinationPolicy, EgressRule\n2 problem(s) in 2 file(s)\n",
         a.display(),
         b.display()
     );

@@ -72,7 +72,16 @@ fn get_string<'a>(s: &'a Struct, key: &str) -> Option<&'a str> {
     }
 }
 
+/// The node type of a gateway proxy, the first `~`-separated part of its
+/// id (Istio's; a sidecar's is `sidecar`).
+pub const GATEWAY_NODE_TYPE: &str = "router";
+
 impl NodeMeta {
+    /// Whether the proxy is a gateway (its id starts `router~`).
+    pub fn is_gateway(&self) -> bool {
+        self.id.split_once('~').map(|(t, _)| t) == Some(GATEWAY_NODE_TYPE)
+    }
+
     /// The xDS node carrying this metadata.
     pub fn to_node(&self) -> Node {
         let mut fields = std::collections::HashMap::new();

@@ -126,12 +126,27 @@ impl Drop for InCluster {
 /// An HTTP GET from inside the cluster's network (a debug endpoint of a
 /// process started there): the body of a 200 answer, or why not.
 pub fn http_get(cluster: &Cluster, address: &str, path: &str) -> Result<String, String> {
+    match http_request(cluster, address, address, path)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(format!("GET {path}: status {status}")),
+    }
+}
+
+/// An HTTP/1.0 GET of `path` with `Host: host` to `address` from inside
+/// the cluster's network (the node's own, as a caller outside the mesh):
+/// the answer's status and body.
+pub fn http_request(
+    cluster: &Cluster,
+    address: &str,
+    host: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let answer = cluster
         .in_network(|| -> std::io::Result<String> {
             let mut s = std::net::TcpStream::connect(address)?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
             let mut out = String::new();
             s.read_to_string(&mut out)?;
             Ok(out)
@@ -139,11 +154,12 @@ pub fn http_get(cluster: &Cluster, address: &str, path: &str) -> Result<String, 
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("GET {path}: {e}"))?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    if head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200") {
-        Ok(body.to_owned())
-    } else {
-        Err(format!("GET {path}: {head}"))
-    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
 }
 
 /// A namespace for one test; deleted when dropped.

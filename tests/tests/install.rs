@@ -397,6 +397,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     );
     rollout(&c, "mesh-system", "mesh-pilot", 90);
     rollout(&c, "mesh-system", "mesh-inject", 90);
+    rollout(&c, "mesh-system", "mesh-ingressgateway", 90);
     webhooks_serve_with_their_own_certificate(&c, dir.path());
     let pilot_ip = kubectl_ok(
         &c,

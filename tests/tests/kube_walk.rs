@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use mesh_cluster::images::{File, Image};
 use mesh_testbed::eventually;
-use mesh_testbed::kube::{Namespace, TestCluster, http_get, kubectl_ok, render, rollout};
+use mesh_testbed::kube::{
+    Namespace, TestCluster, http_get, http_request, kubectl_ok, render, rollout,
+};
 use serde_json::Value;
 
 /// The seed's msgd address (outside the mesh).
@@ -354,6 +356,9 @@ impl Drop for Load {
     }
 }
 
+/// The bundle's Deployments.
+const CONTROL_PLANE: [&str; 3] = ["mesh-pilot", "mesh-inject", "mesh-ingressgateway"];
+
 #[test]
 fn the_seed_walk_on_a_real_cluster() {
     let bin = mesh_testbed::binary("msgd").unwrap();
@@ -366,7 +371,7 @@ fn the_seed_walk_on_a_real_cluster() {
     // The mesh, with Istio's groups for the seed's rules unchanged.
     kubectl_ok(&c, &["apply", "-f", "-"], &read("istio-api.yaml"));
     kubectl_ok(&c, &["apply", "-f", "-"], &read("mesh.yaml"));
-    for deployment in ["mesh-pilot", "mesh-inject"] {
+    for deployment in CONTROL_PLANE {
         rollout(&c, "mesh-system", deployment, 120);
     }
     let msgd = Msgd::start(&c, dir.path());
@@ -526,6 +531,67 @@ fn the_seed_walk_on_a_real_cluster() {
         "after the rollouts: {ok} ok, {a} v0.1, {b} v0.2"
     );
 
+    // The ingress gateway: callers outside the mesh (the node's own
+    // network) reach svcb through the gateway's NodePort as
+    // notify.example.com, routed by path and split by version.
+    let (code, out) = meshctl(
+        &c,
+        &[
+            "create",
+            "-f",
+            &walk_file("../gateway/ingress.yaml").to_string_lossy(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let node_port = kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "get",
+            "service/mesh-ingressgateway",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+        "",
+    );
+    let gateway = format!("{}:{}", mesh_cluster::NODE_IP, node_port.trim());
+    let outside = |path: &str| http_request(&c, &gateway, "notify.example.com", path);
+    eventually(
+        "the gateway to route notify.example.com",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = outside("/beta/notify").ok()?;
+            (status == 200 && body.contains("service_b:v0.2 ")).then_some(())
+        },
+    );
+    for _ in 0..10 {
+        let (status, body) = outside("/beta/notify").unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.starts_with("service_b:v0.2 "),
+            "/beta/ is v0.2's: {body}"
+        );
+    }
+    let mut versions = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (status, body) = outside("/notify").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let version = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *versions.entry(version).or_insert(0) += 1;
+    }
+    assert_eq!(
+        versions.len(),
+        2,
+        "both versions serve the gateway's calls: {versions:?}"
+    );
+    let (status, _) = http_request(&c, &gateway, "pay.example.com", "/pay").unwrap();
+    assert_eq!(status, 404, "a host no VirtualService binds");
+
     // pilot's pod deleted and made again, then the bundle applied again
     // with a new tag (an upgrade of pilot and the webhooks), with the
     // same load flowing: the sidecars keep their last configuration,
@@ -553,7 +619,7 @@ fn the_seed_walk_on_a_real_cluster() {
         &["apply", "-f", "-"],
         &std::fs::read_to_string(next.path().join("mesh.yaml")).unwrap(),
     );
-    for deployment in ["mesh-pilot", "mesh-inject"] {
+    for deployment in CONTROL_PLANE {
         rollout(&c, "mesh-system", deployment, 120);
     }
     let image = kubectl_ok(

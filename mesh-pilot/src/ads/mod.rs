@@ -49,7 +49,9 @@ pub fn proxy_node(meta: &NodeMeta) -> ProxyNode {
         namespace: meta.namespace.clone(),
         ip: meta.ip,
         labels: meta.labels.clone(),
-        interception: if meta.explicit {
+        interception: if meta.is_gateway() {
+            Interception::Gateway
+        } else if meta.explicit {
             Interception::Explicit {
                 app_ip: meta
                     .app_ip

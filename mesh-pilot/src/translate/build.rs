@@ -608,12 +608,11 @@ fn target_cluster(
     }
 }
 
-fn rule_route(
-    (rule, ns): (&RouteRule, &str),
-    port: u16,
-    host: &str,
-    default_cluster: &str,
-) -> xroute::Route {
+/// Names the cluster of a route's destination: another service (if any)
+/// and a version's labels.
+type Target<'a> = &'a dyn Fn(Option<&IstioService>, &BTreeMap<String, String>) -> String;
+
+fn rule_route(rule: &RouteRule, default_cluster: &str, target: Target<'_>) -> xroute::Route {
     use xroute::route_action::ClusterSpecifier;
     let specifier = match rule.route.as_slice() {
         [] => ClusterSpecifier::Cluster(default_cluster.to_owned()),
@@ -621,7 +620,7 @@ fn rule_route(
             clusters: routes
                 .iter()
                 .map(|r| xroute::weighted_cluster::ClusterWeight {
-                    name: target_cluster(r.destination.as_ref(), &r.labels, ns, port, host),
+                    name: target(r.destination.as_ref(), &r.labels),
                     weight: Some(UInt32Value {
                         value: r.weight.unwrap_or(100).clamp(0, 100) as u32,
                     }),
@@ -636,7 +635,7 @@ fn rule_route(
     // `service_clusters`) or to the whole of another service.
     if let Some(m) = &rule.mirror {
         action.request_mirror_policies = vec![xroute::route_action::RequestMirrorPolicy {
-            cluster: target_cluster(Some(m), &m.labels, ns, port, host),
+            cluster: target(Some(m), &m.labels),
             ..Default::default()
         }];
     }
@@ -717,6 +716,8 @@ pub enum Mode {
     /// Explicit: an HTTP proxy listener on `bind:15001`, inbound listeners
     /// bound on `bind`, the app on `app`.
     Explicit { bind: IpAddr, app: IpAddr },
+    /// A gateway: listeners bound on its Gateways' ports, routing by host.
+    Gateway,
 }
 
 /// The explicit proxy's outbound listener port (the capture port's number).
@@ -736,6 +737,8 @@ pub struct Builder {
     mode: Mode,
     namespace: String,
     http_ports: BTreeMap<u16, Vec<xroute::VirtualHost>>,
+    /// A gateway's ports: the port's name, and routes by host in order.
+    gateway_ports: BTreeMap<u16, (String, BTreeMap<String, Vec<xroute::Route>>)>,
     listeners: BTreeMap<String, Listener>,
     routes: BTreeMap<String, xroute::RouteConfiguration>,
     clusters: BTreeMap<String, Cluster>,
@@ -756,6 +759,7 @@ impl Builder {
             mode,
             namespace: namespace.to_owned(),
             http_ports: BTreeMap::new(),
+            gateway_ports: BTreeMap::new(),
             listeners: BTreeMap::new(),
             routes: BTreeMap::new(),
             clusters: BTreeMap::new(),
@@ -995,7 +999,12 @@ impl Builder {
         self.service_clusters(port, protocol, host, endpoints, rules);
         let mut routes: Vec<_> = rules
             .iter()
-            .map(|r| rule_route(*r, port.port, host, &default_cluster))
+            .map(|&(rule, ns)| {
+                let target = |other: Option<&IstioService>, labels: &BTreeMap<String, String>| {
+                    target_cluster(other, labels, ns, port.port, host)
+                };
+                rule_route(rule, &default_cluster, &target)
+            })
             .collect();
         routes.push(default_route(&default_cluster));
         let vhost_name = format!("{host}:{}", port.port);
@@ -1071,11 +1080,58 @@ impl Builder {
             // version named "" is this service's whole cluster.)
             let versions = rule.route.iter().map(|r| &r.labels);
             for labels in versions.chain(rule.mirror.iter().map(|m| &m.labels)) {
-                let name = outbound_cluster_name(port.port, &subset_name(labels), host);
-                let mut subset = endpoints.iter().filter(|w| labels_match(labels, &w.labels));
-                self.endpoints_cluster(&name, &addrs(&mut subset), http2);
-                self.mark_mesh_service(&name, host);
+                self.version_cluster(port, protocol, host, endpoints, labels);
             }
+        }
+    }
+
+    /// The cluster of the version of `host` with `labels` on `port` (its
+    /// name).
+    pub fn version_cluster(
+        &mut self,
+        port: &ServicePort,
+        protocol: Option<Protocol>,
+        host: &str,
+        endpoints: &[&Workload],
+        labels: &BTreeMap<String, String>,
+    ) -> String {
+        let target = port.target_port();
+        let name = outbound_cluster_name(port.port, &subset_name(labels), host);
+        let subset: Vec<(String, u16)> = endpoints
+            .iter()
+            .filter(|w| labels_match(labels, &w.labels))
+            .map(|w| (w.address.to_string(), target))
+            .collect();
+        self.endpoints_cluster(&name, &subset, upstream_http2(protocol));
+        self.mark_mesh_service(&name, host);
+        name
+    }
+
+    /// A route of a gateway: calls for `host` on the gateway's `port`
+    /// (named `port_name`) that `rule` matches go where `target` says.
+    pub fn gateway_route(
+        &mut self,
+        (port, port_name): (u16, &str),
+        host: &str,
+        rule: &RouteRule,
+        target: Target<'_>,
+    ) {
+        let route = rule_route(rule, BLACKHOLE_CLUSTER, target);
+        let (_, hosts) = self
+            .gateway_ports
+            .entry(port)
+            .or_insert_with(|| (port_name.to_owned(), BTreeMap::new()));
+        hosts
+            .entry(host.to_ascii_lowercase())
+            .or_default()
+            .push(route);
+    }
+
+    /// An empty cluster named `name` (a destination nothing knows: calls
+    /// to it fail as calls to a service without endpoints).
+    pub fn unknown_cluster(&mut self, name: &str) {
+        if !self.clusters.contains_key(name) {
+            self.endpoints_cluster(name, &[], false);
         }
     }
 
@@ -1094,7 +1150,7 @@ impl Builder {
     ) {
         let cluster = format!("inbound|{port}||");
         let (app, bind) = match self.mode {
-            Mode::Capture => ("127.0.0.1".to_owned(), false),
+            Mode::Capture | Mode::Gateway => ("127.0.0.1".to_owned(), false),
             Mode::Explicit { app, .. } => (app.to_string(), true),
         };
         self.endpoints_cluster(&cluster, &[(app, port)], upstream_http2(protocol));
@@ -1146,6 +1202,8 @@ impl Builder {
                 self.endpoints_cluster(&cluster, &[(ip.to_string(), port)], false)
             }
             (Mode::Explicit { .. }, Err(_)) => return, // DNS names need a DNS cluster: not yet.
+            // A gateway routes to services by its Gateways' hosts.
+            (Mode::Gateway, _) => return,
         }
         self.http_ports
             .entry(port)
@@ -1160,7 +1218,7 @@ impl Builder {
 
     /// An external TCP destination (an IP) opened by an egress rule.
     pub fn egress_tcp(&mut self, host: &str, port: u16) {
-        if host.parse::<IpAddr>().is_err() || matches!(self.mode, Mode::Explicit { .. }) {
+        if host.parse::<IpAddr>().is_err() || !matches!(self.mode, Mode::Capture) {
             return; // DNS names and CIDRs for TCP need filter-chain matching: not yet.
         }
         let cluster = outbound_cluster_name(port, "", host);
@@ -1191,6 +1249,7 @@ impl Builder {
         match self.mode {
             Mode::Capture => self.finish_capture(),
             Mode::Explicit { bind, .. } => self.finish_explicit(bind),
+            Mode::Gateway => self.finish_gateway(),
         }
     }
 
@@ -1243,6 +1302,50 @@ impl Builder {
             xcore::TrafficDirection::Outbound,
         );
         self.resources(entry)
+    }
+
+    /// One listener per Gateway port, bound on every address, routing by
+    /// host (`http.<port>`, as Istio names a gateway's routes); hosts no
+    /// VirtualService binds answer 404, as Envoy's do. The sidecar parts
+    /// (outbound listeners and their routes) are dropped: a gateway only
+    /// needs the clusters.
+    fn finish_gateway(mut self) -> Resources {
+        self.http_ports.clear();
+        self.listeners.clear();
+        self.routes.clear();
+        self.endpoints_cluster(BLACKHOLE_CLUSTER, &[], false);
+        for (port, (port_name, hosts)) in std::mem::take(&mut self.gateway_ports) {
+            let vhosts = hosts
+                .into_iter()
+                .map(|(host, routes)| xroute::VirtualHost {
+                    name: format!("{host}:{port}"),
+                    domains: if host == "*" {
+                        vec![host]
+                    } else {
+                        vec![format!("{host}:{port}"), host]
+                    },
+                    routes,
+                    ..Default::default()
+                })
+                .collect();
+            let name = format!("http.{port}");
+            let http = self.http(&name, vhosts);
+            let mut l = listener(
+                &format!("0.0.0.0_{port}"),
+                "0.0.0.0",
+                port,
+                true,
+                false,
+                http,
+            );
+            l.filter_chains[0].name = port_name;
+            self.listeners.insert(l.name.clone(), l);
+        }
+        set_direction(
+            self.listeners.values_mut(),
+            xcore::TrafficDirection::Outbound,
+        );
+        self.resources(Vec::new())
     }
 
     fn finish_capture(mut self) -> Resources {

@@ -70,7 +70,8 @@ impl RuleIndex {
                 let digest = xxhash_rust::xxh3::xxh3_64(format!("{rule:?}").as_bytes());
                 let ns = rule.metadata.namespace();
                 let host = match &rule.spec {
-                    Spec::RouteRule(r) => r.destination.host(ns),
+                    // (A gateway's routes concern hosts outside the mesh.)
+                    Spec::RouteRule(r) if r.at_gateways.is_none() => r.destination.host(ns),
                     Spec::DestinationPolicy(p) => p.destination.host(ns),
                     _ => None,
                 };

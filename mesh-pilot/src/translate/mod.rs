@@ -35,8 +35,9 @@ use mesh_proto::envoy::config::route::v3::RouteConfiguration;
 use mesh_rules::registry::{
     DEFAULT_DOMAIN, Protocol, Registry, Service, ServicePort, Workload, labels_match,
 };
+use mesh_rules::rules::ingress::{Gateway, GatewayRoute};
 use mesh_rules::rules::sidecar::Sidecar;
-use mesh_rules::rules::{EgressRule, RouteRule};
+use mesh_rules::rules::{EgressRule, IstioService, RouteRule};
 use mesh_rules::{Rule, Spec};
 
 pub use build::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, TRACE_CLUSTER};
@@ -162,6 +163,9 @@ pub enum Interception {
         /// Where the app listens (127.0.0.1 in a pod of its own).
         app_ip: IpAddr,
     },
+    /// A gateway (Istio's `router` node): no workload behind it; callers
+    /// outside the mesh reach the ports its Gateways open.
+    Gateway,
 }
 
 /// The resources for one proxy, or one part of them, by xDS type.
@@ -304,6 +308,7 @@ fn builder(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> build::Build
             bind: proxy_ip(node),
             app: app_ip,
         },
+        Interception::Gateway => build::Mode::Gateway,
     };
     build::Builder::new(outbound_policy(inputs, index, node), &node.namespace, mode)
         .with_tracing(&inputs.mesh.tracing)
@@ -339,6 +344,8 @@ pub struct OutboundKey {
     pub locality: mesh_rules::registry::Locality,
     /// The Sidecar that scopes it (namespace, name).
     pub scope: Option<(String, String)>,
+    /// For a gateway, the Gateways that configure it (namespace, name).
+    pub gateways: Option<Vec<(String, String)>>,
 }
 
 fn named(rule: &Rule) -> (String, String) {
@@ -366,12 +373,17 @@ pub fn outbound_key(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Out
         namespace: node.namespace.clone(),
         sources,
         explicit: match node.interception {
-            Interception::Capture => None,
+            Interception::Capture | Interception::Gateway => None,
             Interception::Explicit { .. } => Some(proxy_ip(node)),
         },
         kind: node.kind,
         locality: mesh_rules::registry::Locality::of(&node.labels),
         scope: scope(inputs, index, node).map(|(rule, _)| named(rule)),
+        gateways: (node.interception == Interception::Gateway).then(|| {
+            selecting_gateways(inputs, node)
+                .map(|(rule, _)| named(rule))
+                .collect()
+        }),
     }
 }
 
@@ -469,7 +481,10 @@ pub fn translate_outbound(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) 
 pub fn translate_inbound(inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) -> Resources {
     debug_assert!(index.fits(inputs.registry), "an index of other inputs");
     let mut b = builder(inputs, index, node);
-    inbound(&mut b, inputs, index, node);
+    // A gateway has no workload behind it (even when a Service selects it).
+    if node.interception != Interception::Gateway {
+        inbound(&mut b, inputs, index, node);
+    }
     b.finish_inbound()
 }
 
@@ -478,7 +493,7 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &P
         .rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::RouteRule(rr) => Some((rr, r.metadata.namespace())),
+            Spec::RouteRule(rr) if rr.at_gateways.is_none() => Some((rr, r.metadata.namespace())),
             _ => None,
         })
         .collect();
@@ -544,7 +559,111 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &P
             egress(b, e);
         }
     }
+    if node.interception == Interception::Gateway {
+        gateway(b, inputs, index, node);
+    }
     destination_policies(b, inputs);
+}
+
+/// The Gateways that configure a gateway `node` (their selector matches
+/// its labels, in any namespace, as Istio's do by default).
+fn selecting_gateways<'a>(
+    inputs: &Inputs<'a>,
+    node: &'a ProxyNode,
+) -> impl Iterator<Item = (&'a Rule, &'a Gateway)> + 'a {
+    inputs.rules.iter().filter_map(|r| match &r.spec {
+        Spec::Gateway(g) if g.selects(&node.labels) => Some((r, g)),
+        _ => None,
+    })
+}
+
+/// A gateway's routes: for each HTTP server of each Gateway that
+/// configures it, the routes of the VirtualServices bound to that Gateway
+/// for the hosts the server serves, highest precedence first.
+fn gateway(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &ProxyNode) {
+    let mut rules: Vec<(&RouteRule, &str, &GatewayRoute)> = inputs
+        .rules
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::RouteRule(rr) => Some((rr, r.metadata.namespace(), rr.at_gateways.as_ref()?)),
+            _ => None,
+        })
+        .collect();
+    rules.sort_by_key(|(r, ..)| std::cmp::Reverse(r.precedence.unwrap_or(0)));
+    for (rule, g) in selecting_gateways(inputs, node) {
+        let named = named(rule);
+        for server in &g.servers {
+            if !server.port.protocol().is_some_and(|p| p.is_http()) {
+                continue;
+            }
+            let Ok(port) = u16::try_from(server.port.number) else {
+                continue;
+            };
+            for &(r, ns, at) in &rules {
+                if !at.gateways.contains(&named)
+                    || !server.serves(rule.metadata.namespace(), ns, &at.host)
+                {
+                    continue;
+                }
+                // Every cluster is made before the route names it.
+                let wanted = r
+                    .route
+                    .iter()
+                    .map(|d| (d.destination.as_ref(), &d.labels))
+                    .chain(r.mirror.iter().map(|m| (Some(m), &m.labels)));
+                let clusters: Vec<_> = wanted
+                    .map(|(to, labels)| {
+                        let name = gateway_target(b, inputs, index, to, labels, ns, port);
+                        (to, labels, name)
+                    })
+                    .collect();
+                let target = |to: Option<&IstioService>, labels: &BTreeMap<String, String>| {
+                    clusters
+                        .iter()
+                        .find(|(t, l, _)| *t == to && *l == labels)
+                        .map_or_else(|| BLACKHOLE_CLUSTER.to_owned(), |(.., name)| name.clone())
+                };
+                b.gateway_route((port, &server.port.name), &at.host, r, &target);
+            }
+        }
+    }
+}
+
+/// The cluster a gateway sends to for the version `labels` of service
+/// `to` (named in namespace `ns`), made on the way: the service's only
+/// port, else its port numbered as the gateway's `port`, else its first.
+/// A service the registry does not know gets an empty cluster (its calls
+/// fail 503, as calls to a service without endpoints).
+fn gateway_target(
+    b: &mut build::Builder,
+    inputs: &Inputs<'_>,
+    index: &Index,
+    to: Option<&IstioService>,
+    labels: &BTreeMap<String, String>,
+    ns: &str,
+    port: u16,
+) -> String {
+    let Some(host) = to.and_then(|s| s.host(ns)) else {
+        return BLACKHOLE_CLUSTER.to_owned();
+    };
+    let found = index
+        .named(std::iter::once(host.as_str()))
+        .into_iter()
+        .next();
+    let Some(i) = found else {
+        let name = outbound_cluster_name(port, &subset_name(labels), host.as_str());
+        b.unknown_cluster(&name);
+        return name;
+    };
+    let (service, host, endpoints) = index.service(inputs.registry, i);
+    let endpoints: Vec<&Workload> = endpoints.iter().collect();
+    let Some(p) = (match service.ports.as_slice() {
+        [only] => Some(only),
+        ports => ports.iter().find(|p| p.port == port).or(ports.first()),
+    }) else {
+        return BLACKHOLE_CLUSTER.to_owned();
+    };
+    b.version_cluster(p, service_protocol(p), host, &endpoints, labels)
 }
 
 /// DestinationPolicies: the settings of their destination's outbound

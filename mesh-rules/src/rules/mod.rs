@@ -5,6 +5,7 @@
 mod destination_policy;
 mod egress_rule;
 pub mod gateway;
+pub mod ingress;
 pub mod networking;
 mod rate_limit;
 mod route_rule;
@@ -61,11 +62,13 @@ pub enum Kind {
     AuthorizationPolicy,
     /// Which hosts a workload's proxy may call (its configuration's scope).
     Sidecar,
+    /// The ports and hosts an ingress gateway serves.
+    Gateway,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::RouteRule,
         Kind::DestinationPolicy,
         Kind::EgressRule,
@@ -76,6 +79,7 @@ impl Kind {
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
         Kind::Sidecar,
+        Kind::Gateway,
     ];
 
     /// The apiVersions the kind is written with.
@@ -87,6 +91,7 @@ impl Kind {
             }
             Kind::HttpRoute => &gateway::GATEWAY_API_VERSIONS,
             Kind::Sidecar => &sidecar::SIDECAR_API_VERSIONS,
+            Kind::Gateway => &ingress::INGRESS_API_VERSIONS,
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &security::SECURITY_API_VERSIONS
             }
@@ -106,15 +111,17 @@ impl Kind {
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::Sidecar => "Sidecar",
+            Kind::Gateway => "Gateway",
         }
     }
 
     /// The resource's plural name in the Kubernetes API (`routerules`).
     pub fn plural(self) -> String {
         let kind = self.as_str().to_ascii_lowercase();
+        // policy → policies, but gateway → gateways.
         match kind.strip_suffix('y') {
-            Some(stem) => format!("{stem}ies"),
-            None => format!("{kind}s"),
+            Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+            _ => format!("{kind}s"),
         }
     }
 
@@ -131,6 +138,7 @@ impl Kind {
             Kind::PeerAuthentication => "peer-authentication",
             Kind::AuthorizationPolicy => "authorization-policy",
             Kind::Sidecar => "sidecar",
+            Kind::Gateway => "gateway",
         }
     }
 
@@ -296,6 +304,8 @@ pub enum Spec {
     AuthorizationPolicy(security::AuthorizationPolicy),
     /// A Sidecar.
     Sidecar(sidecar::Sidecar),
+    /// A Gateway.
+    Gateway(ingress::Gateway),
 }
 
 impl Spec {
@@ -312,6 +322,7 @@ impl Spec {
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -327,6 +338,7 @@ impl Spec {
             Spec::PeerAuthentication(r) => r.check(c, path),
             Spec::AuthorizationPolicy(r) => r.check(c, path),
             Spec::Sidecar(r) => r.check(c, path),
+            Spec::Gateway(r) => r.check(c, path),
         }
     }
 }
@@ -398,7 +410,10 @@ impl Rule {
             Spec::HttpRoute(r) => {
                 crate::convert::parent_service(r.parent_refs.first()?, ns).host(ns)
             }
-            Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) | Spec::Sidecar(_) => None,
+            Spec::PeerAuthentication(_)
+            | Spec::AuthorizationPolicy(_)
+            | Spec::Sidecar(_)
+            | Spec::Gateway(_) => None,
         }
     }
 
@@ -416,6 +431,7 @@ impl Rule {
             Spec::PeerAuthentication(s) => serde_json::to_value(s),
             Spec::AuthorizationPolicy(s) => serde_json::to_value(s),
             Spec::Sidecar(s) => serde_json::to_value(s),
+            Spec::Gateway(s) => serde_json::to_value(s),
         }
         .expect("rule specs serialize to JSON");
         serde_json::json!({

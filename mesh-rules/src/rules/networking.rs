@@ -31,7 +31,8 @@ pub type Refused = Option<Value>;
 pub struct VirtualService {
     /// The services it routes (short names, `name.namespace`, or FQDNs).
     pub hosts: Vec<String>,
-    /// Where it applies: only `mesh` (sidecars) is supported.
+    /// Where it applies: `mesh` (the sidecars; the default) and Gateways
+    /// (`name`, or `namespace/name`), whose proxies route by `hosts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
     /// HTTP routes, in order.
@@ -648,9 +649,37 @@ pub struct ServicePort {
 }
 
 impl VirtualService {
+    /// Whether it routes the sidecars' calls (`gateways` empty or naming
+    /// `mesh`).
+    pub fn at_mesh(&self) -> bool {
+        self.gateways.is_empty()
+            || self
+                .gateways
+                .iter()
+                .any(|g| g == super::ingress::MESH_GATEWAY)
+    }
+
+    /// The Gateways it is bound to (namespace, name), for a rule in
+    /// `rule_namespace`.
+    pub fn bound_gateways(&self, rule_namespace: &str) -> Vec<(String, String)> {
+        self.gateways
+            .iter()
+            .filter(|g| *g != super::ingress::MESH_GATEWAY)
+            .map(|g| super::ingress::gateway_ref(g, rule_namespace))
+            .collect()
+    }
+
     pub(crate) fn check(&self, c: &mut Checker, path: &FieldPath) {
         if self.hosts.is_empty() {
             c.fail_key(&path.key("hosts"), "at least one host is required");
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            let at = path.key("gateways").index(i);
+            let (ns, name) = super::ingress::gateway_ref(g, "default");
+            if g.contains('/') {
+                c.check(&at, crate::names::check_dns_label(&ns));
+            }
+            c.check(&at, crate::names::check_dns_subdomain(&name));
         }
         for (i, h) in self.http.iter().enumerate() {
             let at = path.key("http").index(i);

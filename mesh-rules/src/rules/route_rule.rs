@@ -64,6 +64,11 @@ pub struct RouteRule {
     /// A local rate limit on this route, kept by each caller's proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<super::RateLimit>,
+    /// Set only by the conversion of a VirtualService bound to Gateways,
+    /// never read from a file: the rule routes calls for a host at those
+    /// Gateways' proxies, not the sidecars' calls.
+    #[serde(skip)]
+    pub at_gateways: Option<super::ingress::GatewayRoute>,
 }
 
 /// When a route rule applies.

@@ -207,7 +207,7 @@ impl Scope<'_> {
 
 /// One `namespace/host` entry, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct HostScope<'a> {
+pub(crate) struct HostScope<'a> {
     namespace: Namespaces<'a>,
     host: &'a str,
 }
@@ -220,7 +220,19 @@ enum Namespaces<'a> {
     Named(&'a str),
 }
 
-impl Namespaces<'_> {
+impl<'a> Namespaces<'a> {
+    fn parse(ns: &'a str) -> Result<Self, crate::error::FieldError> {
+        Ok(match ns {
+            "*" => Namespaces::Any,
+            "." => Namespaces::Own,
+            "~" => Namespaces::None,
+            n => {
+                names::check_dns_label(n)?;
+                Namespaces::Named(n)
+            }
+        })
+    }
+
     fn admits(&self, own_namespace: &str, host_namespace: &str) -> bool {
         match self {
             Namespaces::Any => true,
@@ -241,15 +253,7 @@ impl<'a> HostScope<'a> {
         let (ns, host) = entry
             .split_once('/')
             .ok_or_else(|| bad("it has no namespace"))?;
-        let namespace = match ns {
-            "*" => Namespaces::Any,
-            "." => Namespaces::Own,
-            "~" => Namespaces::None,
-            n => {
-                names::check_dns_label(n).map_err(|e| bad(&e.message))?;
-                Namespaces::Named(n)
-            }
-        };
+        let namespace = Namespaces::parse(ns).map_err(|e| bad(&e.message))?;
         if host != "*" && host.parse::<IpAddr>().is_err() {
             names::check_host_name(host).map_err(|e| bad(&e.message))?;
             if !host.contains('.') {
@@ -259,6 +263,34 @@ impl<'a> HostScope<'a> {
             }
         }
         Ok(HostScope { namespace, host })
+    }
+
+    /// A Gateway server's host: the `namespace/` part is optional (any
+    /// namespace), and a host may be a single label or a wildcard.
+    pub(crate) fn parse_server(entry: &'a str) -> Result<Self, crate::error::FieldError> {
+        let bad = |why: &str| {
+            crate::error::FieldError::message(format!(
+                "`{entry}` is not a host entry: {why}; write `*`, `*.example.com` or `pay.example.com`, optionally after `namespace/` (`*`, `.` or a namespace)"
+            ))
+        };
+        let (namespace, host) = match entry.split_once('/') {
+            Some((ns, host)) => (Namespaces::parse(ns).map_err(|e| bad(&e.message))?, host),
+            None => (Namespaces::Any, entry),
+        };
+        if host != "*" && names::check_host_name(host).is_err() {
+            return Err(bad("it is not a DNS name"));
+        }
+        Ok(HostScope { namespace, host })
+    }
+
+    /// Whether `host`, bound from `host_namespace`, is covered.
+    pub(crate) fn admits_host(
+        &self,
+        own_namespace: &str,
+        host_namespace: &str,
+        host: &str,
+    ) -> bool {
+        self.admits(own_namespace, host_namespace, host)
     }
 
     fn admits(&self, own_namespace: &str, host_namespace: &str, host: &str) -> bool {

@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use mesh_rules::rules::{
-    self, Kind, MESH_API_VERSION, RuleStatus, gateway, networking, security, sidecar,
+    self, Kind, MESH_API_VERSION, RuleStatus, gateway, ingress, networking, security, sidecar,
 };
 use schemars::JsonSchema;
 use serde_json::{Value, json};
@@ -138,6 +138,7 @@ pub fn spec_schema(kind: Kind) -> Option<Value> {
         Kind::PeerAuthentication => schema_of::<security::PeerAuthentication>(),
         Kind::AuthorizationPolicy => schema_of::<security::AuthorizationPolicy>(),
         Kind::Sidecar => schema_of::<sidecar::Sidecar>(),
+        Kind::Gateway => schema_of::<ingress::Gateway>(),
         Kind::HttpRoute => return None,
     })
 }
@@ -278,7 +279,7 @@ fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str, &'static s
         ],
         Kind::PeerAuthentication => &[("Mode", "string", ".spec.mtls.mode")],
         Kind::AuthorizationPolicy => &[("Action", "string", ".spec.action")],
-        Kind::Sidecar | Kind::HttpRoute => &[],
+        Kind::Sidecar | Kind::HttpRoute | Kind::Gateway => &[],
     }
 }
 
@@ -382,6 +383,7 @@ mod tests {
                 "peerauthentications.config.mesh.dev",
                 "authorizationpolicies.config.mesh.dev",
                 "sidecars.config.mesh.dev",
+                "gateways.config.mesh.dev",
             ]
         );
         let istio = definitions(Groups::Istio).unwrap();

@@ -92,6 +92,31 @@ const VALUES: &[(&str, &str, &str)] = &[
         "how long the webhooks' own serving certificate lives (replaced at two thirds)",
     ),
     (
+        "gateway.replicas",
+        "1",
+        "how many ingress gateway proxies serve",
+    ),
+    (
+        "gateway.serviceType",
+        "NodePort",
+        "how the ingress gateway's Service is reached from outside (NodePort or LoadBalancer)",
+    ),
+    (
+        "gateway.cpu",
+        "100m",
+        "the CPU each ingress gateway asks for",
+    ),
+    (
+        "gateway.memory",
+        "64Mi",
+        "the memory each ingress gateway asks for",
+    ),
+    (
+        "gateway.memoryLimit",
+        "256Mi",
+        "the memory an ingress gateway may use",
+    ),
+    (
         "prometheus.image",
         "docker.io/prom/prometheus:v3.5.0",
         "Prometheus' image",
@@ -184,6 +209,12 @@ fn values(set: &[String]) -> anyhow::Result<Vec<(&'static str, String)>> {
             anyhow::ensure!(
                 dns_label,
                 "--set {s}: a namespace is a DNS label (lowercase letters, digits, '-', at most 63)"
+            );
+        }
+        if key == "gateway.serviceType" {
+            anyhow::ensure!(
+                ["NodePort", "LoadBalancer", "ClusterIP"].contains(&value),
+                "--set {s}: the gateway's Service type is NodePort, LoadBalancer or ClusterIP"
             );
         }
         slot.1 = value.to_owned();
