@@ -49,12 +49,17 @@ fn seed_image(bin: &Path, program: &str, name: &str, args: &[&str]) -> Image {
 fn images(bin: &Path) -> Vec<Image> {
     let mut images = mesh_cluster::images::mesh(bin, "mesh.local", "test").unwrap();
     images.push(TestCluster::client_image());
-    // The control plane once more under a new tag: the upgrade.
+    // The control plane (and the gateway's proxy) once more under a new
+    // tag: the upgrade.
     images.extend(
         mesh_cluster::images::mesh(bin, "mesh.local", "next")
             .unwrap()
             .into_iter()
-            .filter(|i| i.name.contains("/mesh-pilot:") || i.name.contains("/mesh-inject:")),
+            .filter(|i| {
+                ["/mesh-pilot:", "/mesh-inject:", "/mesh-proxy:"]
+                    .iter()
+                    .any(|p| i.name.contains(p))
+            }),
     );
     let msgd_url = format!("http://{MSGD}:9997");
     images.push(seed_image(
