@@ -3,6 +3,7 @@
 mod cluster;
 mod demo;
 mod files;
+mod forward;
 mod graph;
 mod inspect;
 mod install;
@@ -123,23 +124,23 @@ enum Command {
     Cluster(cluster::Cluster),
     /// Every proxy connected to pilot: per xDS type SYNCED, STALE or NACKED.
     ProxyStatus {
-        /// pilot's debug address.
-        #[arg(long, env = "MESH_PILOT_DEBUG", default_value = "127.0.0.1:15014")]
-        pilot: String,
+        #[command(flatten)]
+        pilot: PilotArgs,
     },
     /// Rules that select no known service or version, and stored fields
     /// the mesh does not act on (from pilot); exits 1 when any is found.
     Analyze {
-        /// pilot's debug address.
-        #[arg(long, env = "MESH_PILOT_DEBUG", default_value = "127.0.0.1:15014")]
-        pilot: String,
+        #[command(flatten)]
+        pilot: PilotArgs,
     },
     /// What a proxy runs, from its admin endpoint (mesh-proxy or Envoy).
     ProxyConfig {
         /// listeners, routes, clusters or endpoints.
         #[arg(value_enum)]
         section: inspect::Section,
-        /// The proxy's admin address (host:port; a sidecar's is 127.0.0.1:15000 in its pod).
+        /// The proxy: its admin address (`host:port`), or in a cluster its
+        /// pod (`name` or `name.namespace`), reached through the API
+        /// server's port-forward.
         #[arg(default_value = "127.0.0.1:15000")]
         admin: String,
         /// Output format (table or json).
@@ -178,6 +179,58 @@ enum Command {
         #[arg(long, conflicts_with_all = ["keep", "rules_only", "loopback", "proxy"])]
         cleanup: bool,
     },
+}
+
+/// Where pilot's debug endpoint is.
+#[derive(clap::Args)]
+struct PilotArgs {
+    /// pilot's debug address. Default: in a cluster (chosen as rule
+    /// commands choose one), a ready pilot pod through the API server's
+    /// port-forward; else 127.0.0.1:15014.
+    #[arg(long, env = "MESH_PILOT_DEBUG", value_name = "HOST:PORT")]
+    pilot: Option<String>,
+    /// The mesh's namespace in the cluster.
+    #[arg(long, default_value = "mesh-system", value_name = "NAMESPACE")]
+    mesh_namespace: String,
+}
+
+/// pilot's debug address: given, or a port-forward to a pilot pod of the
+/// cluster rule commands would use, or the local default.
+async fn pilot_address(
+    a: PilotArgs,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(address) = a.pilot {
+        return Ok(address);
+    }
+    match backend(None, kubeconfig, context) {
+        Ok(Backend::Cluster(file, context)) => {
+            let client = cluster_client(file, context).await?;
+            let pod = forward::pilot_pod(client.clone(), &a.mesh_namespace).await?;
+            let local =
+                forward::forward(client, &a.mesh_namespace, &pod, forward::PILOT_DEBUG_PORT)
+                    .await?;
+            Ok(local.to_string())
+        }
+        _ => Ok(format!("127.0.0.1:{}", forward::PILOT_DEBUG_PORT)),
+    }
+}
+
+/// A proxy's admin address: `host:port` as given, else a pod's admin
+/// port through a port-forward.
+async fn admin_address(
+    target: &str,
+    kubeconfig: Option<PathBuf>,
+    context: Option<String>,
+) -> anyhow::Result<String> {
+    if target.contains(':') {
+        return Ok(target.to_owned());
+    }
+    let (pod, namespace) = forward::pod_and_namespace(target);
+    let client = cluster_client(kubeconfig, context).await?;
+    let local = forward::forward(client, namespace, pod, forward::ADMIN_PORT).await?;
+    Ok(local.to_string())
 }
 
 /// Where rule commands read and write.
@@ -271,7 +324,12 @@ async fn main() -> ExitCode {
         }
         Command::KubeInject(args) => kube_inject::run(args),
         Command::Cluster(c) => cluster::run(c),
-        Command::ProxyStatus { pilot } => inspect::proxy_status(&pilot).await,
+        Command::ProxyStatus { pilot } => {
+            match pilot_address(pilot, cli.kubeconfig, cli.context).await {
+                Ok(address) => inspect::proxy_status(&address).await,
+                Err(e) => Err(e),
+            }
+        }
         Command::Graph(args) => graph::run(args).await,
         Command::Install(args) => install::run(&args),
         Command::Dashboard(args) => graph::dashboard(&args),
@@ -279,12 +337,19 @@ async fn main() -> ExitCode {
             Ok(client) => install::uninstall::run(&args, client).await,
             Err(e) => Err(e),
         },
-        Command::Analyze { pilot } => inspect::analyze(&pilot).await,
+        Command::Analyze { pilot } => match pilot_address(pilot, cli.kubeconfig, cli.context).await
+        {
+            Ok(address) => inspect::analyze(&address).await,
+            Err(e) => Err(e),
+        },
         Command::ProxyConfig {
             section,
             admin,
             output,
-        } => inspect::proxy_config(section, &admin, output != Output::Table).await,
+        } => match admin_address(&admin, cli.kubeconfig, cli.context).await {
+            Ok(address) => inspect::proxy_config(section, &address, output != Output::Table).await,
+            Err(e) => Err(e),
+        },
         command => match backend(cli.store, cli.kubeconfig, cli.context) {
             Err(e) => Err(e),
             Ok(backend) => match open(backend).await {

@@ -407,6 +407,37 @@ fn the_seed_walk_on_a_real_cluster() {
     ns.rollout("svcb");
     synced(&c, 3);
 
+    // meshctl reaches pilot and the sidecars through the API server's
+    // port-forward, as a user with a kubeconfig does.
+    let (code, status) = meshctl(&c, &["proxy-status"]);
+    assert_eq!(code, Some(0), "{status}");
+    let svca_pod = ns.kubectl(&[
+        "get",
+        "pod",
+        "-l",
+        "app=svca",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let row = status
+        .lines()
+        .find(|l| l.contains(svca_pod.trim()))
+        .unwrap_or_else(|| panic!("{svca_pod} is not in proxy-status:\n{status}"));
+    assert_eq!(row.matches("SYNCED").count(), 4, "{row}");
+    let (code, clusters) = meshctl(
+        &c,
+        &[
+            "proxy-config",
+            "clusters",
+            &format!("{}.default", svca_pod.trim()),
+        ],
+    );
+    assert_eq!(code, Some(0), "{clusters}");
+    assert!(
+        clusters.contains("outbound|80||svcb.default.svc.cluster.local"),
+        "{clusters}"
+    );
+
     // Step 1: svcb's call to msgd leaves the mesh: refused until an egress
     // rule allows it, and msgd gets nothing.
     let (ok, _, _) = pay(&ns, 1);
