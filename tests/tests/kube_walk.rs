@@ -361,6 +361,93 @@ impl Drop for Load {
     }
 }
 
+/// Counts the TCP connections pods open straight to a Service address
+/// (SYNs from the pod range to the service range as they reach the node,
+/// before kube-proxy rewrites them): capture sends a meshed app's calls to
+/// its sidecar, which connects to endpoints, so there are none. The
+/// sidecars' own connections to pilot (15010) and every pod's to the API
+/// server (the control plane and CoreDNS are not meshed) are not counted.
+/// The rules go with the test's cluster.
+struct Escapes<'a>(&'a TestCluster);
+
+const ESCAPE_COMMENT: &str = "mesh-test-escaped";
+const TO_PILOT_COMMENT: &str = "mesh-test-to-pilot";
+
+impl<'a> Escapes<'a> {
+    fn count(c: &'a TestCluster) -> Escapes<'a> {
+        let rule = |args: &[&str]| {
+            let mut full = vec!["iptables", "-t", "raw", "-I", "PREROUTING"];
+            full.extend_from_slice(args);
+            c.run(&full).unwrap_or_else(|e| panic!("{full:?}: {e}"));
+        };
+        rule(&[
+            "-s",
+            mesh_cluster::POD_CIDR,
+            "-d",
+            mesh_cluster::SERVICE_CIDR,
+            "-p",
+            "tcp",
+            "--syn",
+            "!",
+            "--dport",
+            "15010",
+            "-m",
+            "comment",
+            "--comment",
+            ESCAPE_COMMENT,
+        ]);
+        // The control: the sidecars' connections to pilot's Service are
+        // seen the same way (so a count of 0 above means something).
+        rule(&[
+            "-s",
+            mesh_cluster::POD_CIDR,
+            "-d",
+            mesh_cluster::SERVICE_CIDR,
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            "15010",
+            "-m",
+            "comment",
+            "--comment",
+            TO_PILOT_COMMENT,
+        ]);
+        // Inserted above both: the API server's address is not counted.
+        rule(&[
+            "-d",
+            &format!("{}/32", mesh_cluster::API_SERVICE_IP),
+            "-j",
+            "RETURN",
+        ]);
+        Escapes(c)
+    }
+
+    /// Connections counted so far: (escaped, to pilot).
+    fn counts(&self) -> (u64, u64) {
+        let list = self
+            .0
+            .run(&[
+                "iptables",
+                "-t",
+                "raw",
+                "-L",
+                "PREROUTING",
+                "-v",
+                "-x",
+                "-n",
+            ])
+            .unwrap();
+        let count = |comment: &str| -> u64 {
+            list.lines()
+                .find(|l| l.contains(&format!("/* {comment} */")))
+                .and_then(|l| l.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no counting rule {comment} in\n{list}"))
+        };
+        (count(ESCAPE_COMMENT), count(TO_PILOT_COMMENT))
+    }
+}
+
 /// The bundle's Deployments.
 const CONTROL_PLANE: [&str; 3] = ["mesh-pilot", "mesh-inject", "mesh-ingressgateway"];
 
@@ -380,6 +467,7 @@ fn the_seed_walk_on_a_real_cluster() {
         rollout(&c, "mesh-system", deployment, 120);
     }
     let msgd = Msgd::start(&c, dir.path());
+    let escapes = Escapes::count(&c);
 
     // The seed's namespace; the webhook injects what kube-inject did not.
     let ns = Namespace {
@@ -675,6 +763,18 @@ fn the_seed_walk_on_a_real_cluster() {
     let (calls, failed) = load.stop();
     assert_eq!(failed, Vec::<String>::new(), "of {calls} calls");
     eprintln!("pilot restart and upgrade: {calls} calls at 100/s, none failed");
+
+    // Every meshed call of the whole walk went through a sidecar.
+    let (escaped, to_pilot) = escapes.counts();
+    assert!(
+        to_pilot > 0,
+        "the count sees no pod's connection to a Service"
+    );
+    assert_eq!(
+        escaped, 0,
+        "connections to Service addresses escaped capture"
+    );
+    eprintln!("capture: 0 of the pods' connections to Services escaped ({to_pilot} to pilot seen)");
 
     // meshctl uninstall leaves nothing the bundles made.
     let (code, out) = meshctl(&c, &["uninstall"]);
