@@ -97,6 +97,9 @@ struct Args {
     /// pilot's service account (its identity's).
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "mesh-pilot")]
     service_account: String,
+    /// pilot's pod: its name in the leader Lease (with --kubernetes).
+    #[arg(long, env = "POD_NAME", default_value = "mesh-pilot")]
+    pod_name: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,7 +239,12 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             .with_context(|| format!("cannot follow the rule store {}", dir.display()))?,
         None => {
             let client = client.context("rules come from --store DIR or --kubernetes")?;
-            mesh_pilot::store::kubernetes::watch(client)
+            let leader = mesh_pilot::store::kubernetes::lease::elect(
+                client.clone(),
+                &args.namespace,
+                args.pod_name.clone(),
+            );
+            mesh_pilot::store::kubernetes::watch(client, leader)
                 .await
                 .context("cannot follow the cluster's rules")?
         }

@@ -339,8 +339,9 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     let images = mesh_cluster::images::mesh(msgd.parent().unwrap(), "mesh.local", "test").unwrap();
     let c = TestCluster::up(&images);
     let dir = tempfile::tempdir().unwrap();
-    // Short-lived, so the test sees mesh-inject replace its certificate.
-    render(dir.path(), &["inject.certValidity=45s"]);
+    // Short-lived, so the test sees mesh-inject replace its certificate;
+    // two pilots, so it sees one lead the status writes.
+    render(dir.path(), &["inject.certValidity=45s", "pilot.replicas=2"]);
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
     let (mesh, istio) = (read("mesh.yaml"), read("istio-api.yaml"));
 
@@ -462,12 +463,31 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         "",
     );
     assert_eq!(images, "mesh.local/msgd:test mesh.local/mesh-proxy:test");
+    // (Connected to either pilot.)
+    let pilot_ips = kubectl_ok(
+        &c,
+        &[
+            "-n",
+            "mesh-system",
+            "get",
+            "pods",
+            "-l",
+            "app=mesh-pilot",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ],
+        "",
+    );
     let synced = eventually(
         "the sidecar synced with pilot",
         Duration::from_secs(30),
         || {
-            let body = http_get(&c, &format!("{pilot_ip}:15014"), "/debug/syncz").ok()?;
-            let proxies: Vec<Value> = serde_json::from_str(&body).ok()?;
+            let proxies: Vec<Value> = pilot_ips
+                .split_whitespace()
+                .filter_map(|ip| http_get(&c, &format!("{ip}:15014"), "/debug/syncz").ok())
+                .filter_map(|body| serde_json::from_str::<Vec<Value>>(&body).ok())
+                .flatten()
+                .collect();
             proxies.into_iter().find(|p| {
                 p["namespace"] == "meshed"
                     && p["states"]
@@ -696,6 +716,82 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
             "default",
             "--for=condition=Accepted=True",
             "egressrule.config.istio.io/enable-svcb-engress-rule",
+            "--timeout=20s",
+        ],
+        "",
+    );
+
+    // Two pilots serve; the Lease's holder writes the status. When it
+    // goes, the other takes the Lease over and writes the next verdict.
+    let pilots = || -> Vec<String> {
+        let names = kubectl_ok(
+            &c,
+            &[
+                "-n",
+                "mesh-system",
+                "get",
+                "pods",
+                "-l",
+                "app=mesh-pilot",
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            "",
+        );
+        names.split_whitespace().map(str::to_owned).collect()
+    };
+    let holder = || {
+        kubectl_ok(
+            &c,
+            &[
+                "-n",
+                "mesh-system",
+                "get",
+                "lease/mesh-pilot",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            "",
+        )
+    };
+    let before = pilots();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let leader = holder();
+    assert!(
+        before.contains(&leader),
+        "the Lease is held by {leader}, not a pilot of {before:?}"
+    );
+    kubectl_ok(
+        &c,
+        &["-n", "mesh-system", "delete", "pod", &leader, "--wait=true"],
+        "",
+    );
+    let successor = eventually(
+        "another pilot to take the Lease",
+        Duration::from_secs(40),
+        || {
+            let h = holder();
+            (h != leader && !h.is_empty()).then_some(h)
+        },
+    );
+    assert!(
+        before.contains(&successor),
+        "{successor} took over, not the other pilot of {before:?}"
+    );
+    kubectl_ok(
+        &c,
+        &["apply", "-n", "default", "-f", "-"],
+        "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: after-failover}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}}]}\n",
+    );
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "-n",
+            "default",
+            "--for=condition=Accepted=True",
+            "routerule.config.mesh.dev/after-failover",
             "--timeout=20s",
         ],
         "",

@@ -7,8 +7,9 @@
 //! its status says why, field by field).
 //!
 //! The kinds are found once, at start: CRDs installed later are read after
-//! pilot restarts. Several pilots write the same verdicts; each writes
-//! only when the status differs, so they agree rather than fight.
+//! pilot restarts. Several pilots serve at once; the one holding the
+//! leader Lease ([`lease`]) writes the verdicts, and only where the status
+//! differs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tracing::{debug, info, warn};
 
+pub mod lease;
 mod writer;
 
 pub use writer::KubernetesStore;
@@ -76,8 +78,12 @@ pub async fn served_kinds(client: &Client) -> Vec<(Kind, ApiResource)> {
 }
 
 /// Follows the rules the cluster holds; the watch starts at the first
-/// full list of every kind.
-pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
+/// full list of every kind. Verdicts are written while `leader` says this
+/// pilot leads (at once when it starts to).
+pub async fn watch(
+    client: Client,
+    mut leader: watch::Receiver<bool>,
+) -> Result<RuleWatch, KubernetesRulesError> {
     let changed = Arc::new(Notify::new());
     let served: Vec<Served> = served_kinds(&client)
         .await
@@ -115,8 +121,14 @@ pub async fn watch(client: Client) -> Result<RuleWatch, KubernetesRulesError> {
                 );
                 publish.send_replace(Arc::new(next));
             }
-            write_statuses(&client, &served, verdicts).await;
-            changed.notified().await;
+            if *leader.borrow_and_update() {
+                write_statuses(&client, &served, verdicts).await;
+            }
+            tokio::select! {
+                () = changed.notified() => {}
+                // Leading now: write what the last leader may not have.
+                Ok(()) = leader.changed() => {}
+            }
         }
     });
     Ok(RuleWatch::new(receiver, Box::new(AbortOnDrop(task))))

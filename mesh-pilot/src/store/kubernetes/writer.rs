@@ -324,7 +324,9 @@ impl RuleStore for KubernetesStore {
     }
 
     async fn watch(&self) -> Result<RuleWatch, StoreError> {
-        watch(self.client.clone())
+        // A reader, not a pilot: it never writes status.
+        let (_, never_leads) = tokio::sync::watch::channel(false);
+        watch(self.client.clone(), never_leads)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
