@@ -460,12 +460,25 @@ fn the_seed_walk_on_a_real_cluster() {
     render(dir.path(), &[]);
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
 
-    // The mesh, with Istio's groups for the seed's rules unchanged.
-    kubectl_ok(&c, &["apply", "-f", "-"], &read("istio-api.yaml"));
+    // The mesh, then Istio's groups for the seed's rules unchanged:
+    // pilot, already running, reads the kinds that come later (the seed's
+    // rules below go there and must act).
     kubectl_ok(&c, &["apply", "-f", "-"], &read("mesh.yaml"));
     for deployment in CONTROL_PLANE {
         rollout(&c, "mesh-system", deployment, 120);
     }
+    kubectl_ok(&c, &["apply", "-f", "-"], &read("istio-api.yaml"));
+    kubectl_ok(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "egressrules.config.istio.io",
+            "--timeout=60s",
+        ],
+        "",
+    );
     let msgd = Msgd::start(&c, dir.path());
     let escapes = Escapes::count(&c);
 
@@ -544,6 +557,8 @@ fn the_seed_walk_on_a_real_cluster() {
         out.contains("Created config egress-rule/default/enable-svcb-engress-rule"),
         "{out}"
     );
+    // Under Istio's group, whose CRD came after pilot started.
+    ns.kubectl(&["get", "egressrule.config.istio.io/enable-svcb-engress-rule"]);
     eventually(
         "/pay succeeds with the egress rule",
         Duration::from_secs(15),

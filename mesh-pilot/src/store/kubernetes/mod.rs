@@ -6,13 +6,15 @@
 //! back as its `Accepted` condition (a refused rule keeps no effect, and
 //! its status says why, field by field).
 //!
-//! The kinds are found once, at start: CRDs installed later are read after
-//! pilot restarts. Several pilots serve at once; the one holding the
+//! The kinds are found at start and again whenever a CRD of one of the
+//! rule kinds' groups comes or goes (Istio's bundle applied after the
+//! mesh's is read at once). Several pilots serve at once; the one holding the
 //! leader Lease ([`lease`]) writes the verdicts, and only where the status
 //! differs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -44,11 +46,75 @@ pub enum KubernetesRulesError {
     NotStarted,
 }
 
-/// One served kind and the reflector of its objects.
+/// One served kind and the reflector of its objects (stopped when it
+/// goes).
 struct Served {
     kind: Kind,
     resource: ApiResource,
     store: Store<DynamicObject>,
+    _reflector: AbortOnDrop,
+}
+
+/// Reflectors for `kinds`, keeping those of `old` still served.
+fn follow(
+    client: &Client,
+    kinds: Vec<(Kind, ApiResource)>,
+    mut old: Vec<Served>,
+    changed: &Arc<Notify>,
+) -> Vec<Served> {
+    kinds
+        .into_iter()
+        .map(|(kind, resource)| {
+            match old
+                .iter()
+                .position(|s| s.kind == kind && s.resource.api_version == resource.api_version)
+            {
+                Some(i) => old.swap_remove(i),
+                None => {
+                    info!(api_version = %resource.api_version, kind = kind.as_str(), "rules from the cluster");
+                    let (store, reflector) = reflect(client.clone(), resource.clone(), changed);
+                    Served {
+                        kind,
+                        store,
+                        resource,
+                        _reflector: reflector,
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// The API groups rule kinds are served under.
+fn rule_groups() -> Vec<&'static str> {
+    let mut groups: Vec<&str> = Kind::ALL
+        .iter()
+        .flat_map(|k| k.api_versions())
+        .map(|v| v.split_once('/').map_or("", |(g, _)| g))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+/// Notifies `kinds_changed` whenever a CRD of a rule kind's group is
+/// added, changed (established) or removed.
+fn watch_definitions(client: Client, kinds_changed: Arc<Notify>) -> AbortOnDrop {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let groups = rule_groups();
+    let api = Api::<CustomResourceDefinition>::all(client);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    AbortOnDrop(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let ours = |d: &CustomResourceDefinition| groups.contains(&d.spec.group.as_str());
+            match event {
+                Ok(Event::Apply(d) | Event::Delete(d)) if ours(&d) => kinds_changed.notify_one(),
+                Ok(_) => {}
+                Err(e) => warn!("CRD watch failed, retrying: {e}"),
+            }
+        }
+    }))
 }
 
 /// Every rule kind the cluster serves, with its resource: one per group
@@ -85,18 +151,9 @@ pub async fn watch(
     mut leader: watch::Receiver<bool>,
 ) -> Result<RuleWatch, KubernetesRulesError> {
     let changed = Arc::new(Notify::new());
-    let served: Vec<Served> = served_kinds(&client)
-        .await
-        .into_iter()
-        .map(|(kind, resource)| {
-            info!(api_version = %resource.api_version, kind = kind.as_str(), "rules from the cluster");
-            Served {
-                kind,
-                store: reflect(client.clone(), resource.clone(), &changed),
-                resource,
-            }
-        })
-        .collect();
+    let kinds_changed = Arc::new(Notify::new());
+    let definitions = watch_definitions(client.clone(), kinds_changed.clone());
+    let mut served = follow(&client, served_kinds(&client).await, Vec::new(), &changed);
     if served.is_empty() {
         return Err(KubernetesRulesError::NoKinds);
     }
@@ -110,6 +167,7 @@ pub async fn watch(
     let (first, _) = snapshot(&served, revision);
     let (publish, receiver) = watch::channel(Arc::new(first));
     let task = tokio::spawn(async move {
+        let _definitions = definitions;
         loop {
             let (next, verdicts) = snapshot(&served, revision + 1);
             if next.rules != publish.borrow().rules {
@@ -128,6 +186,17 @@ pub async fn watch(
                 () = changed.notified() => {}
                 // Leading now: write what the last leader may not have.
                 Ok(()) = leader.changed() => {}
+                () = kinds_changed.notified() => {
+                    let kinds = served_kinds(&client).await;
+                    served = follow(&client, kinds, std::mem::take(&mut served), &changed);
+                    for s in &served {
+                        // A new kind's first list, before the next snapshot.
+                        let ready = s.store.wait_until_ready();
+                        if tokio::time::timeout(Duration::from_secs(10), ready).await.is_err() {
+                            warn!(kind = %s.resource.kind, "no first list of the new rule kind yet");
+                        }
+                    }
+                }
             }
         }
     });
@@ -143,7 +212,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn reflect(client: Client, resource: ApiResource, changed: &Arc<Notify>) -> Store<DynamicObject> {
+fn reflect(
+    client: Client,
+    resource: ApiResource,
+    changed: &Arc<Notify>,
+) -> (Store<DynamicObject>, AbortOnDrop) {
     let api = Api::<DynamicObject>::all_with(client, &resource);
     let writer = reflector::store::Writer::new(resource.clone());
     let reader = writer.as_reader();
@@ -152,7 +225,7 @@ fn reflect(client: Client, resource: ApiResource, changed: &Arc<Notify>) -> Stor
         .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
         .reflect(writer);
     let changed = changed.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
@@ -162,7 +235,7 @@ fn reflect(client: Client, resource: ApiResource, changed: &Arc<Notify>) -> Stor
             }
         }
     });
-    reader
+    (reader, AbortOnDrop(task))
 }
 
 /// What pilot says of one object: accepted, or refused and why.
