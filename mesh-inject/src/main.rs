@@ -72,13 +72,34 @@ fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     mesh_runtime::log::init().context("MESH_LOG")?;
-    let cfg = match &args.mesh_config {
-        Some(p) => InjectConfig::from_yaml(
-            &p.display().to_string(),
-            &String::from_utf8_lossy(&read(p)?),
-        )
-        .map_err(anyhow::Error::msg)?,
-        None => InjectConfig::default(),
+    let cfg = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(InjectConfig::default()));
+    // The mesh ConfigMap is a volume the kubelet updates: followed, so a
+    // change (a new proxy tag, say) reaches the next pod without a restart;
+    // a bad change is logged and the last good configuration kept.
+    let _follow = match &args.mesh_config {
+        Some(p) => {
+            let text = read(p)?;
+            let name = p.display().to_string();
+            cfg.store(std::sync::Arc::new(
+                InjectConfig::from_yaml(&name, &String::from_utf8_lossy(&text))
+                    .map_err(anyhow::Error::msg)?,
+            ));
+            let cfg = cfg.clone();
+            let watch = mesh_runtime::watch::follow(p, text, move |now| {
+                match InjectConfig::from_yaml(&name, &String::from_utf8_lossy(now)) {
+                    Ok(c) => {
+                        tracing::info!("mesh configuration {name} changed: in force");
+                        cfg.store(std::sync::Arc::new(c));
+                    }
+                    Err(e) => {
+                        tracing::warn!("mesh configuration {name} refused, the last one stays: {e}")
+                    }
+                }
+            })
+            .with_context(|| format!("cannot follow {}", p.display()))?;
+            Some(watch)
+        }
+        None => None,
     };
     let (tls, certs) = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => (

@@ -217,10 +217,9 @@ async fn handle(
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
-    cfg: InjectConfig,
+    cfg: Arc<arc_swap::ArcSwap<InjectConfig>>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let cfg = Arc::new(cfg);
     loop {
         let (tcp, _) = listener.accept().await?;
         let (acceptor, cfg) = (acceptor.clone(), cfg.clone());
@@ -228,7 +227,8 @@ pub async fn serve(
             let Ok(stream) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| handle(req, cfg.clone()));
+            // Each review with the configuration in force when it comes.
+            let service = hyper::service::service_fn(move |req| handle(req, cfg.load_full()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;

@@ -27,6 +27,11 @@ impl Drop for Webhook {
 }
 
 fn start() -> Webhook {
+    start_with(None)
+}
+
+/// The webhook, with `--mesh-config FILE` when given.
+fn start_with(mesh_config: Option<&Path>) -> Webhook {
     let dir = tempfile::tempdir().unwrap();
     let mut ca_params = CertificateParams::new(vec![]).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -51,11 +56,16 @@ fn start() -> Webhook {
     let ca_path = write("ca.pem", ca.pem());
     let cert = write("tls.crt", leaf.pem());
     let key = write("tls.key", key.serialize_pem());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-inject"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mesh-inject"));
+    command
         .args(["--listen", "127.0.0.1:0", "--tls-cert"])
         .arg(&cert)
         .arg("--tls-key")
-        .arg(&key)
+        .arg(&key);
+    if let Some(file) = mesh_config {
+        command.arg("--mesh-config").arg(file);
+    }
+    let mut child = command
         .env("MESH_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .spawn()
@@ -262,5 +272,64 @@ fn rule_reviews_are_allowed_or_refused_as_meshctl_validate_words_them() {
     assert!(
         message.contains("\nspec.destination.labels: ") && message.contains("not supported yet"),
         "{message}"
+    );
+}
+
+/// The sidecar image a pod review is answered with.
+fn injected_proxy_image(hook: &Webhook) -> String {
+    let review = fixture();
+    let (code, body) = post(hook, &review);
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &decode_patch(&answer["response"])).unwrap();
+    pod["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "mesh-proxy")
+        .map(|c| c["image"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+/// The mesh ConfigMap is a volume the kubelet rewrites (a new `..data`
+/// folder, the link swapped): the next review uses the new configuration
+/// with no restart, and a bad one leaves the last good one in force.
+#[test]
+fn a_changed_mesh_configuration_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // The atomic writer's layout: mesh.yaml -> ..data/mesh.yaml.
+    let write = |version: &str, text: &str| {
+        let data = dir.path().join(format!("..{version}"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("mesh.yaml"), text).unwrap();
+        let link = dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{version}"), &link).unwrap();
+        std::fs::rename(&link, dir.path().join("..data")).unwrap();
+    };
+    write("v1", "hub: registry.example.com/mesh\ntag: '1.0'\n");
+    let file = dir.path().join("mesh.yaml");
+    std::os::unix::fs::symlink("..data/mesh.yaml", &file).unwrap();
+    let hook = start_with(Some(&file));
+    assert_eq!(
+        injected_proxy_image(&hook),
+        "registry.example.com/mesh/mesh-proxy:1.0"
+    );
+
+    write("v2", "hub: registry.example.com/mesh\ntag: '1.1'\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while injected_proxy_image(&hook) != "registry.example.com/mesh/mesh-proxy:1.1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new tag never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A configuration the injector refuses: the last good one stays.
+    write("v3", "hub: registry.example.com/mesh\ntag: [not, a, tag]\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        injected_proxy_image(&hook),
+        "registry.example.com/mesh/mesh-proxy:1.1"
     );
 }
