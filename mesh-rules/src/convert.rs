@@ -136,7 +136,7 @@ fn virtual_service(rule: &Rule, v: &VirtualService, subsets: &Subsets<'_>, out: 
         routes_of(rule, v, "gateway-", out, |http, host| {
             let mut r = route_rule(http, &service(host, ns), subsets, ns);
             // At a gateway the host is no service: every destination is named.
-            r.route = gateway_weights(http, subsets, ns);
+            r.route = weights(http, None, subsets, ns);
             r.at_gateways = Some(GatewayRoute {
                 gateways: gateways.clone(),
                 host: host.to_owned(),
@@ -187,38 +187,18 @@ fn routes_of(
     }
 }
 
-/// A gateway route's destinations, each named: a service, or a subset of
-/// one by its labels.
-fn gateway_weights(http: &HttpRoute, subsets: &Subsets<'_>, ns: &str) -> Vec<DestinationWeight> {
-    let single = http.route.len() == 1;
-    http.route
-        .iter()
-        .map(|r| {
-            let to = service(&r.destination.host, ns);
-            DestinationWeight {
-                labels: r
-                    .destination
-                    .subset
-                    .as_deref()
-                    .map(|s| subset_labels(subsets, &to, s))
-                    .unwrap_or_default(),
-                destination: Some(to),
-                weight: if single { Some(100) } else { r.weight },
-            }
-        })
-        .collect()
-}
-
 /// An HTTP route's destinations as 0.4's weighted versions: a subset by
-/// its labels, another service as a whole; the whole destination alone is
-/// 0.4's rule without `route`.
+/// its labels, another service as a whole. `destination` is the
+/// VirtualService's host at the sidecars (the whole of it alone is 0.4's
+/// rule without `route`); at a gateway (`None`) every destination is
+/// named, subsets of any service included.
 fn weights(
     http: &HttpRoute,
-    destination: &IstioService,
+    destination: Option<&IstioService>,
     subsets: &Subsets<'_>,
     ns: &str,
 ) -> Vec<DestinationWeight> {
-    let own = |s: &IstioService| s.host("") == destination.host("");
+    let own = |s: &IstioService| destination.is_some_and(|d| s.host("") == d.host(""));
     if let [only] = http.route.as_slice()
         && only.destination.subset.is_none()
         && own(&service(&only.destination.host, ns))
@@ -237,7 +217,8 @@ fn weights(
                     .as_deref()
                     .map(|s| subset_labels(subsets, &to, s))
                     .unwrap_or_default(),
-                // Another service, as a whole (support.rs refuses its subsets).
+                // Another service (at the sidecars, as a whole: support.rs
+                // refuses its subsets there).
                 destination: (!own(&to)).then_some(to),
                 weight: if single { Some(100) } else { r.weight },
             }
@@ -256,7 +237,7 @@ fn route_rule(
         destination: destination.clone(),
         precedence: None,
         match_: None,
-        route: weights(http, destination, subsets, ns),
+        route: weights(http, Some(destination), subsets, ns),
         redirect: http.redirect.as_ref().map(|r| HttpRedirect {
             uri: r.uri.clone(),
             authority: r.authority.clone(),

@@ -123,6 +123,23 @@ impl Drop for InCluster {
     }
 }
 
+/// `kubectl get pods -l SELECTOR -o jsonpath=JSONPATH` in `namespace`
+/// (`{.items[*].status.podIP}`, or `json` for the whole list).
+pub fn pods(c: &Cluster, namespace: &str, selector: &str, output: &str) -> String {
+    let output = if output == "json" {
+        output.to_owned()
+    } else {
+        format!("jsonpath={output}")
+    };
+    kubectl_ok(
+        c,
+        &[
+            "-n", namespace, "get", "pods", "-l", selector, "-o", &output,
+        ],
+        "",
+    )
+}
+
 /// An HTTP GET from inside the cluster's network (a debug endpoint of a
 /// process started there): the body of a 200 answer, or why not.
 pub fn http_get(cluster: &Cluster, address: &str, path: &str) -> Result<String, String> {

@@ -96,6 +96,8 @@ fn the_gateway_routes_outside_calls_by_host_and_path() {
         .unwrap();
     let outside = mesh.pod("outside", &[], None).unwrap();
 
+    let call = |host: &str, path: &str, n: usize| through(&mesh, &outside, &gateway, host, path, n);
+
     // No Gateway yet: the gateway listens on nothing.
     let url = format!("http://{}:80/notify", gateway.ip);
     let (code, _) = mesh.curl(&outside, &["-H", "Host: notify.example.com", &url]);
@@ -114,14 +116,7 @@ fn the_gateway_routes_outside_calls_by_host_and_path() {
     .unwrap();
 
     // The default route: half to each version, per request.
-    let answers = through(
-        &mesh,
-        &outside,
-        &gateway,
-        "notify.example.com",
-        "/notify",
-        100,
-    );
+    let answers = call("notify.example.com", "/notify", 100);
     assert_eq!(answers.statuses, vec![200; 100]);
     assert_eq!(
         (answers.served_by("v0.1"), answers.served_by("v0.2")),
@@ -130,41 +125,20 @@ fn the_gateway_routes_outside_calls_by_host_and_path() {
         answers.versions
     );
     // With the port in the Host header, as browsers send it for :80 too.
-    let answers = through(
-        &mesh,
-        &outside,
-        &gateway,
-        "notify.example.com:80",
-        "/notify",
-        10,
-    );
+    let answers = call("notify.example.com:80", "/notify", 10);
     assert_eq!(answers.statuses, vec![200; 10]);
     assert_eq!(answers.versions.len(), 10);
     // By path: /beta/ goes to v0.2 alone, rewritten to the app's path.
-    let answers = through(
-        &mesh,
-        &outside,
-        &gateway,
-        "notify.example.com",
-        "/beta/notify",
-        20,
-    );
+    let answers = call("notify.example.com", "/beta/notify", 20);
     assert_eq!(answers.served_by("v0.2"), 20, "{:?}", answers.versions);
     // A host nothing binds: 404 from the gateway, as Envoy's.
-    let answers = through(&mesh, &outside, &gateway, "pay.example.com", "/notify", 1);
+    let answers = call("pay.example.com", "/notify", 1);
     assert_eq!(answers.statuses, [404]);
 
     // A VirtualService for a host the server does not serve stays unrouted.
     let revision = mesh.apply_rules("create", OTHER_DOMAIN).unwrap();
     mesh.wait_synced(&gateway, revision).unwrap();
-    let answers = through(
-        &mesh,
-        &outside,
-        &gateway,
-        "notify.example.org",
-        "/notify",
-        1,
-    );
+    let answers = call("notify.example.org", "/notify", 1);
     assert_eq!(answers.statuses, [404]);
 
     // The gateway's VirtualService does not route the sidecars' calls:
@@ -182,14 +156,7 @@ fn the_gateway_routes_outside_calls_by_host_and_path() {
     // A replace takes effect at the gateway.
     let revision = mesh.apply_rules("replace", ALL_V1).unwrap();
     mesh.wait_synced(&gateway, revision).unwrap();
-    let answers = through(
-        &mesh,
-        &outside,
-        &gateway,
-        "notify.example.com",
-        "/notify",
-        20,
-    );
+    let answers = call("notify.example.com", "/notify", 20);
     assert_eq!(answers.served_by("v0.1"), 20, "{:?}", answers.versions);
 
     // Without the Gateway, its port closes.

@@ -13,8 +13,27 @@ use std::process::Command;
 use std::time::Duration;
 
 use mesh_testbed::eventually;
-use mesh_testbed::kube::{TestCluster, documents, http_get, kubectl, kubectl_ok, render, rollout};
+use mesh_testbed::kube::{
+    TestCluster, documents, http_get, kubectl, kubectl_ok, pods, render, rollout,
+};
 use serde_json::Value;
+
+/// Waits (20 s at most) until pilot has marked rule `what` (in
+/// `default`) with `condition` (`Accepted=True`).
+fn wait_condition(c: &TestCluster, what: &str, condition: &str) {
+    kubectl_ok(
+        c,
+        &[
+            "wait",
+            "-n",
+            "default",
+            &format!("--for=condition={condition}"),
+            what,
+            "--timeout=20s",
+        ],
+        "",
+    );
+}
 
 /// Every rule of the samples the bundles define a kind for (not Gateway
 /// API's, not the apps' Deployments).
@@ -400,19 +419,11 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     rollout(&c, "mesh-system", "mesh-inject", 90);
     rollout(&c, "mesh-system", "mesh-ingressgateway", 90);
     webhooks_serve_with_their_own_certificate(&c, dir.path());
-    let pilot_ip = kubectl_ok(
+    let pilot_ip = pods(
         &c,
-        &[
-            "-n",
-            "mesh-system",
-            "get",
-            "pods",
-            "-l",
-            "app=mesh-pilot",
-            "-o",
-            "jsonpath={.items[0].status.podIP}",
-        ],
-        "",
+        "mesh-system",
+        "app=mesh-pilot",
+        "{.items[0].status.podIP}",
     );
     let registry = eventually(
         "pilot's registry lists its own service",
@@ -448,35 +459,19 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     );
     kubectl_ok(&c, &["apply", "-n", "meshed", "-f", "-"], MESHED_APP);
     rollout(&c, "meshed", "msgd", 120);
-    let images = kubectl_ok(
+    let images = pods(
         &c,
-        &[
-            "-n",
-            "meshed",
-            "get",
-            "pods",
-            "-l",
-            "app=msgd",
-            "-o",
-            "jsonpath={.items[0].spec.containers[*].image}",
-        ],
-        "",
+        "meshed",
+        "app=msgd",
+        "{.items[0].spec.containers[*].image}",
     );
     assert_eq!(images, "mesh.local/msgd:test mesh.local/mesh-proxy:test");
     // (Connected to either pilot.)
-    let pilot_ips = kubectl_ok(
+    let pilot_ips = pods(
         &c,
-        &[
-            "-n",
-            "mesh-system",
-            "get",
-            "pods",
-            "-l",
-            "app=mesh-pilot",
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ],
-        "",
+        "mesh-system",
+        "app=mesh-pilot",
+        "{.items[*].status.podIP}",
     );
     let synced = eventually(
         "the sidecar synced with pilot",
@@ -566,34 +561,16 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         ("routerule.config.mesh.dev/svcb-default", "Accepted=True"),
         ("routerule.config.istio.io/too-heavy", "Accepted=False"),
     ] {
-        kubectl_ok(
-            &c,
-            &[
-                "wait",
-                "-n",
-                "default",
-                &format!("--for=condition={condition}"),
-                what,
-                "--timeout=20s",
-            ],
-            "",
-        );
+        wait_condition(&c, what, condition);
     }
     let seed_name = documents(&seed)[0]["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_owned();
-    kubectl_ok(
+    wait_condition(
         &c,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Accepted=True",
-            &format!("routerule.config.istio.io/{seed_name}"),
-            "--timeout=20s",
-        ],
-        "",
+        &format!("routerule.config.istio.io/{seed_name}"),
+        "Accepted=True",
     );
     let why = kubectl_ok(
         &c,
@@ -708,36 +685,20 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
             ])
         .then_some(())
     });
-    kubectl_ok(
+    wait_condition(
         &c,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Accepted=True",
-            "egressrule.config.istio.io/enable-svcb-engress-rule",
-            "--timeout=20s",
-        ],
-        "",
+        "egressrule.config.istio.io/enable-svcb-engress-rule",
+        "Accepted=True",
     );
 
     // Two pilots serve; the Lease's holder writes the status. When it
-    // goes, the other takes the Lease over and writes the next verdict.
+    // goes, another takes the Lease over and writes the next verdict.
     let pilots = || -> Vec<String> {
-        let names = kubectl_ok(
+        let names = pods(
             &c,
-            &[
-                "-n",
-                "mesh-system",
-                "get",
-                "pods",
-                "-l",
-                "app=mesh-pilot",
-                "--field-selector=status.phase=Running",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ],
-            "",
+            "mesh-system",
+            "app=mesh-pilot",
+            "{.items[*].metadata.name}",
         );
         names.split_whitespace().map(str::to_owned).collect()
     };
@@ -775,26 +736,22 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
             (h != leader && !h.is_empty()).then_some(h)
         },
     );
+    // The surviving pilot, or the pod the Deployment made in the
+    // leader's place, whichever asked first.
+    let now = pilots();
     assert!(
-        before.contains(&successor),
-        "{successor} took over, not the other pilot of {before:?}"
+        now.contains(&successor),
+        "{successor} holds the Lease, not a running pilot of {now:?}"
     );
     kubectl_ok(
         &c,
         &["apply", "-n", "default", "-f", "-"],
         "apiVersion: config.mesh.dev/v1alpha1\nkind: RouteRule\nmetadata: {name: after-failover}\nspec: {destination: {name: svcb}, route: [{labels: {version: v1}}]}\n",
     );
-    kubectl_ok(
+    wait_condition(
         &c,
-        &[
-            "wait",
-            "-n",
-            "default",
-            "--for=condition=Accepted=True",
-            "routerule.config.mesh.dev/after-failover",
-            "--timeout=20s",
-        ],
-        "",
+        "routerule.config.mesh.dev/after-failover",
+        "Accepted=True",
     );
 
     // Deleted, nothing the bundles made is left (rules go with their CRDs).

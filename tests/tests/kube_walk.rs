@@ -27,7 +27,7 @@ use std::time::Duration;
 use mesh_cluster::images::{File, Image};
 use mesh_testbed::eventually;
 use mesh_testbed::kube::{
-    Namespace, TestCluster, http_get, http_request, kubectl_ok, render, rollout,
+    Namespace, TestCluster, http_get, http_request, kubectl_ok, pods, render, rollout,
 };
 use serde_json::Value;
 
@@ -212,20 +212,7 @@ fn by_version(c: &TestCluster, svca_ip: &str) -> std::collections::BTreeMap<Stri
 
 /// The address of pilot's pod (the one not going away, during a rollout).
 fn pilot_ip(c: &TestCluster) -> Option<String> {
-    let out = kubectl_ok(
-        c,
-        &[
-            "-n",
-            "mesh-system",
-            "get",
-            "pods",
-            "-l",
-            "app=mesh-pilot",
-            "-o",
-            "json",
-        ],
-        "",
-    );
+    let out = pods(c, "mesh-system", "app=mesh-pilot", "json");
     let pods: Value = serde_json::from_str(&out).ok()?;
     pods["items"]
         .as_array()?
@@ -375,51 +362,32 @@ const TO_PILOT_COMMENT: &str = "mesh-test-to-pilot";
 
 impl<'a> Escapes<'a> {
     fn count(c: &'a TestCluster) -> Escapes<'a> {
-        let rule = |args: &[&str]| {
+        let insert = |args: &[&str]| {
             let mut full = vec!["iptables", "-t", "raw", "-I", "PREROUTING"];
             full.extend_from_slice(args);
             c.run(&full).unwrap_or_else(|e| panic!("{full:?}: {e}"));
         };
-        rule(&[
-            "-s",
-            mesh_cluster::POD_CIDR,
-            "-d",
-            mesh_cluster::SERVICE_CIDR,
-            "-p",
-            "tcp",
-            "--syn",
-            "!",
-            "--dport",
-            "15010",
-            "-m",
-            "comment",
-            "--comment",
-            ESCAPE_COMMENT,
-        ]);
+        let syns = |port: &[&str], comment: &str| {
+            let mut args = vec![
+                "-s",
+                mesh_cluster::POD_CIDR,
+                "-d",
+                mesh_cluster::SERVICE_CIDR,
+                "-p",
+                "tcp",
+                "--syn",
+            ];
+            args.extend_from_slice(port);
+            args.extend(["-m", "comment", "--comment", comment]);
+            insert(&args);
+        };
+        syns(&["!", "--dport", "15010"], ESCAPE_COMMENT);
         // The control: the sidecars' connections to pilot's Service are
         // seen the same way (so a count of 0 above means something).
-        rule(&[
-            "-s",
-            mesh_cluster::POD_CIDR,
-            "-d",
-            mesh_cluster::SERVICE_CIDR,
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            "15010",
-            "-m",
-            "comment",
-            "--comment",
-            TO_PILOT_COMMENT,
-        ]);
+        syns(&["--dport", "15010"], TO_PILOT_COMMENT);
         // Inserted above both: the API server's address is not counted.
-        rule(&[
-            "-d",
-            &format!("{}/32", mesh_cluster::API_SERVICE_IP),
-            "-j",
-            "RETURN",
-        ]);
+        let api = format!("{}/32", mesh_cluster::API_SERVICE_IP);
+        insert(&["-d", &api, "-j", "RETURN"]);
         Escapes(c)
     }
 
