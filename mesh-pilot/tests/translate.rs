@@ -1308,3 +1308,54 @@ fn a_gateway_routes_by_host_and_path() {
         "a sidecar got a gateway subset"
     );
 }
+
+/// A DestinationRule's affinity holds at the gateway too: its routes to
+/// svcb hash on the header, svcb's version clusters use a hash ring.
+#[test]
+fn a_gateways_routes_follow_destination_rules() {
+    use mesh_proto::envoy::config::cluster::v3::cluster::LbPolicy;
+    use mesh_proto::envoy::config::route::v3::route;
+    let text = std::fs::read_to_string(repo().join("samples/gateway/ingress.yaml"))
+        .unwrap()
+        .replace(
+            "  host: svcb\n  subsets:",
+            "  host: svcb\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n  subsets:",
+        );
+    let rules: Vec<Rule> = load(&[Source {
+        name: "ingress.yaml",
+        text: &text,
+    }])
+    .unwrap()
+    .rules
+    .into_iter()
+    .map(|r| r.value)
+    .collect();
+    let gateway = ProxyNode {
+        namespace: "mesh-system".into(),
+        ip: Some("10.250.0.9".parse().unwrap()),
+        labels: [("mesh".to_owned(), "ingressgateway".to_owned())].into(),
+        interception: mesh_pilot::translate::Interception::Gateway,
+        kind: ProxyKind::MeshProxy,
+    };
+    let out = translate(
+        &Inputs {
+            registry: &registry(),
+            rules: &mesh_rules::convert::expand(&rules),
+            mesh: &MeshConfig::default(),
+        },
+        &gateway,
+    );
+    let hashed: Vec<String> = all_routes(&out)
+        .filter_map(|rt| match &rt.action {
+            Some(route::Action::Route(a)) => Some(format!("{:?}", a.hash_policy)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hashed.len(), 2, "{hashed:?}");
+    assert!(hashed.iter().all(|h| h.contains("x-user")), "{hashed:?}");
+    for v in ["v0.1", "v0.2"] {
+        let name = format!("outbound|80|{v}|svcb.default.svc.cluster.local");
+        let c = out.clusters.iter().find(|c| c.name == name).unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::RingHash as i32, "{name}");
+    }
+}

@@ -884,13 +884,22 @@ impl Builder {
             _ => false,
         };
         // Port listeners' hosts, still being gathered, and route
-        // configurations already made (a VIP's sniffing listener).
+        // configurations already made (a VIP's sniffing listener); a
+        // gateway's routes.
         let gathered = self.http_ports.values_mut().flatten();
         let made = self
             .routes
             .values_mut()
             .flat_map(|rc| rc.virtual_hosts.iter_mut());
-        let routes = gathered.chain(made).flat_map(|vh| vh.routes.iter_mut());
+        let at_gateway = self
+            .gateway_ports
+            .values_mut()
+            .flat_map(|(_, hosts)| hosts.values_mut())
+            .flatten();
+        let routes = gathered
+            .chain(made)
+            .flat_map(|vh| vh.routes.iter_mut())
+            .chain(at_gateway);
         for r in routes {
             if let Some(xroute::route::Action::Route(a)) = &mut r.action
                 && sends(a)
