@@ -23,14 +23,17 @@ pub struct Finding {
 /// How findings name a rule: one converted from today's kinds as its
 /// source.
 fn reported_name(rule: &Rule) -> String {
-    match rule
-        .metadata
-        .annotations
-        .get(mesh_rules::convert::FROM_ANNOTATION)
-    {
+    match converted_from(rule) {
         Some(from) => format!("{from} (as {})", rule.key()),
         None => rule.key().to_string(),
     }
+}
+
+/// The rule of today's kinds `rule` was converted from, if any.
+fn converted_from(rule: &Rule) -> Option<&String> {
+    rule.metadata
+        .annotations
+        .get(mesh_rules::convert::FROM_ANNOTATION)
 }
 
 /// What mutual TLS policies would do that their authors may not want:
@@ -100,7 +103,7 @@ pub fn security(world: &crate::world::World) -> Vec<Finding> {
 
 /// Everything wrong with `rules` against `registry`, rule by rule.
 pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding> {
-    let mut out = Vec::new();
+    let mut out = gateway_routes(rules);
     for rule in rules {
         let key = reported_name(rule);
         let mut found = |path: FieldPath, message: String| {
@@ -176,6 +179,52 @@ pub fn analyze(registry: &Registry, rules: &[Rule], domain: &str) -> Vec<Finding
             | Spec::AuthorizationPolicy(_)
             | Spec::Sidecar(_)
             | Spec::Gateway(_) => {}
+        }
+    }
+    out
+}
+
+/// Routes bound to a Gateway that does not exist, or for a host none of
+/// its servers serves: calls for that host get nothing there (404). One
+/// finding per VirtualService, not per route it became.
+fn gateway_routes(rules: &[Rule]) -> Vec<Finding> {
+    let gateways: Vec<(&Rule, &mesh_rules::rules::ingress::Gateway)> = rules
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Gateway(g) => Some((r, g)),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<Finding> = Vec::new();
+    for rule in rules {
+        let Spec::RouteRule(r) = &rule.spec else {
+            continue;
+        };
+        let Some(at) = &r.at_gateways else { continue };
+        let ns = rule.metadata.namespace();
+        for (gns, gname) in &at.gateways {
+            let found = gateways
+                .iter()
+                .find(|(g, _)| g.metadata.namespace() == gns && g.metadata.name == *gname);
+            let message = match found {
+                None => format!(
+                    "no Gateway {gns}/{gname}: calls for {} are not routed there",
+                    at.host
+                ),
+                Some((_, g)) if !g.servers.iter().any(|s| s.serves(gns, ns, &at.host)) => format!(
+                    "Gateway {gns}/{gname} serves no host matching {}: its calls there get 404",
+                    at.host
+                ),
+                Some(_) => continue,
+            };
+            let finding = Finding {
+                rule: converted_from(rule).map_or_else(|| rule.key().to_string(), Clone::clone),
+                path: FieldPath::root().key("spec").key("gateways").to_string(),
+                message,
+            };
+            if !out.contains(&finding) {
+                out.push(finding);
+            }
         }
     }
     out

@@ -140,6 +140,15 @@ fn the_gateway_routes_outside_calls_by_host_and_path() {
     mesh.wait_synced(&gateway, revision).unwrap();
     let answers = call("notify.example.org", "/notify", 1);
     assert_eq!(answers.statuses, [404]);
+    // meshctl analyze says why.
+    let (code, out) = mesh
+        .meshctl_on_node(&["analyze", "--pilot", &mesh.debug_address()])
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("virtual-service/default/notify-org: spec.gateways: Gateway default/ingress serves no host matching notify.example.org: its calls there get 404"),
+        "{out}"
+    );
 
     // The gateway's VirtualService does not route the sidecars' calls:
     // svca's calls to svcb still reach both versions.
