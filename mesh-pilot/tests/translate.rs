@@ -1217,6 +1217,17 @@ fn equal_inputs_encode_alike() {
     }
 }
 
+/// The bundle's ingress gateway (labels `mesh: ingressgateway`).
+fn ingress_gateway() -> ProxyNode {
+    ProxyNode {
+        namespace: "mesh-system".into(),
+        ip: Some("10.250.0.9".parse().unwrap()),
+        labels: [("mesh".to_owned(), "ingressgateway".to_owned())].into(),
+        interception: mesh_pilot::translate::Interception::Gateway,
+        kind: ProxyKind::MeshProxy,
+    }
+}
+
 /// A gateway gets one bound listener per Gateway port, routing the hosts
 /// bound VirtualServices name (by path, to subsets by weight); the
 /// clusters of those subsets; nothing of the sidecars' outbound listeners.
@@ -1226,13 +1237,7 @@ fn a_gateway_routes_by_host_and_path() {
     use mesh_proto::envoy::config::route::v3::route::Action;
     use mesh_proto::envoy::config::route::v3::route_action::ClusterSpecifier;
     let rules = mesh_rules::convert::expand(&rules(&["gateway/ingress.yaml"]));
-    let gateway = ProxyNode {
-        namespace: "mesh-system".into(),
-        ip: Some("10.250.0.9".parse().unwrap()),
-        labels: [("mesh".to_owned(), "ingressgateway".to_owned())].into(),
-        interception: mesh_pilot::translate::Interception::Gateway,
-        kind: ProxyKind::MeshProxy,
-    };
+    let gateway = ingress_gateway();
     let out = golden_of(
         "gateway",
         &registry(),
@@ -1330,13 +1335,7 @@ fn a_gateways_routes_follow_destination_rules() {
     .into_iter()
     .map(|r| r.value)
     .collect();
-    let gateway = ProxyNode {
-        namespace: "mesh-system".into(),
-        ip: Some("10.250.0.9".parse().unwrap()),
-        labels: [("mesh".to_owned(), "ingressgateway".to_owned())].into(),
-        interception: mesh_pilot::translate::Interception::Gateway,
-        kind: ProxyKind::MeshProxy,
-    };
+    let gateway = ingress_gateway();
     let out = translate(
         &Inputs {
             registry: &registry(),

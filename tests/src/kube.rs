@@ -123,6 +123,23 @@ impl Drop for InCluster {
     }
 }
 
+/// The cluster-wide objects and namespaces the bundles label as the
+/// mesh's (`kubectl get … -o name`; namespaced ones go with mesh-system).
+pub fn mesh_objects(c: &Cluster) -> String {
+    kubectl_ok(
+        c,
+        &[
+            "get",
+            "crd,clusterrole,clusterrolebinding,namespace,mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "-l",
+            "app.kubernetes.io/part-of=mesh",
+            "-o",
+            "name",
+        ],
+        "",
+    )
+}
+
 /// `kubectl get pods -l SELECTOR -o jsonpath=JSONPATH` in `namespace`
 /// (`{.items[*].status.podIP}`, or `json` for the whole list).
 pub fn pods(c: &Cluster, namespace: &str, selector: &str, output: &str) -> String {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mesh_testbed::eventually;
 use mesh_testbed::kube::{
-    TestCluster, documents, http_get, kubectl, kubectl_ok, pods, render, rollout,
+    TestCluster, documents, http_get, kubectl, kubectl_ok, mesh_objects, pods, render, rollout,
 };
 use serde_json::Value;
 
@@ -757,18 +757,7 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
     // Deleted, nothing the bundles made is left (rules go with their CRDs).
     kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &istio);
     kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &mesh);
-    let left = kubectl_ok(
-        &c,
-        &[
-            "get",
-            "crd,clusterrole,clusterrolebinding,namespace,mutatingwebhookconfiguration,validatingwebhookconfiguration",
-            "-l",
-            "app.kubernetes.io/part-of=mesh",
-            "-o",
-            "name",
-        ],
-        "",
-    );
+    let left = mesh_objects(&c);
     let left: Vec<&str> = left.lines().filter(|l| l.contains('/')).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     let (exists, _) = kubectl(&c, &["get", "namespace", "mesh-system"], "");

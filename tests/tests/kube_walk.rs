@@ -27,7 +27,7 @@ use std::time::Duration;
 use mesh_cluster::images::{File, Image};
 use mesh_testbed::eventually;
 use mesh_testbed::kube::{
-    Namespace, TestCluster, http_get, http_request, kubectl_ok, pods, render, rollout,
+    Namespace, TestCluster, http_get, http_request, kubectl_ok, mesh_objects, pods, render, rollout,
 };
 use serde_json::Value;
 
@@ -766,18 +766,7 @@ fn the_seed_walk_on_a_real_cluster() {
         out.contains("deleted CustomResourceDefinition/routerules.config.istio.io"),
         "{out}"
     );
-    let left = kubectl_ok(
-        &c,
-        &[
-            "get",
-            "crd,clusterrole,clusterrolebinding,namespace,mutatingwebhookconfiguration,validatingwebhookconfiguration",
-            "-l",
-            "app.kubernetes.io/part-of=mesh",
-            "-o",
-            "name",
-        ],
-        "",
-    );
+    let left = mesh_objects(&c);
     assert!(
         left.trim().is_empty() || !left.contains('/'),
         "left behind: {left}"
