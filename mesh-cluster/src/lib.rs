@@ -207,6 +207,25 @@ impl Cluster {
         })
     }
 
+    /// Kills the node's component `name` (`kube-apiserver`, `kubelet`, …)
+    /// and waits until the node has started it again (a second later, as a
+    /// service manager would): an outage as an upgrade or a crash makes.
+    pub fn restart(&self, name: &str) -> Result<()> {
+        let node = self
+            .node_pid()
+            .ok_or_else(|| Error::Setup(format!("no cluster runs in {}", self.run.display())))?;
+        let old = component_pid(node, name)
+            .ok_or_else(|| Error::Setup(format!("{name} does not run in the node")))?;
+        // SAFETY: signalling a process the node started.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        wait(
+            &format!("{name} started again"),
+            Duration::from_secs(30),
+            || component_pid(node, name).filter(|pid| *pid != old),
+        )
+        .map(drop)
+    }
+
     /// Runs `args` inside the cluster; its standard output.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         run_checked(&mut self.command(args)?)
@@ -513,6 +532,22 @@ fn remove_cgroup(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// The pid of the node's child named `name` (as /proc/PID/stat names it).
+fn component_pid(node: i32, name: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, not `)`.
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let ppid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            // comm is cut to 15 bytes (`kube-controller` of the manager).
+            (ppid == node && comm == &name[..name.len().min(15)]).then_some(pid)
+        })
 }
 
 /// Polls `check` every 100 ms until it gives a value or `within` passes.

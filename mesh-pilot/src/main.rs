@@ -218,9 +218,11 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
         true => Some(kube_client(&args).await?),
         false => None,
     };
+    let watch_metrics = mesh_pilot::registry::kubernetes::WatchMetrics::default();
     let kubernetes = match &client {
         Some(client) => {
-            let k = mesh_pilot::registry::kubernetes::Kubernetes::start(client.clone());
+            let k =
+                mesh_pilot::registry::kubernetes::Kubernetes::start(client.clone(), &watch_metrics);
             k.synced().await?;
             registries.kubernetes = k.registry();
             info!(
@@ -271,6 +273,7 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
     let (updates, worlds) = world::spawn(mesh, registries, rules.current(), warmup);
+    let kubernetes_watched = kubernetes.is_some();
     if let Some(k) = kubernetes {
         k.forward(updates.clone());
     }
@@ -288,7 +291,12 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
             }
         });
     }
-    let discovery = Discovery::new(worlds, updates);
+    let metrics = mesh_pilot::ads::metrics::PilotMetrics::with(|r| {
+        if kubernetes_watched {
+            watch_metrics.register(r)
+        }
+    });
+    let discovery = Discovery::new(worlds, updates, metrics);
     let debug_listener = tokio::net::TcpListener::bind(args.debug_address)
         .await
         .with_context(|| format!("debug: cannot bind {}", args.debug_address))?;

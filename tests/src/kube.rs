@@ -116,6 +116,13 @@ impl InCluster {
     }
 }
 
+impl InCluster {
+    /// The process id (to pause it: `SIGSTOP`, `SIGCONT`).
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
 impl Drop for InCluster {
     fn drop(&mut self) {
         let _ = self.0.kill();

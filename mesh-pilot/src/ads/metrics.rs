@@ -69,6 +69,13 @@ impl Default for PilotMetrics {
 }
 
 impl PilotMetrics {
+    /// pilot's families, and `more` (another part's) beside them.
+    pub fn with(more: impl FnOnce(&mut Registry)) -> Self {
+        let mut m = PilotMetrics::default();
+        more(&mut m.registry);
+        m
+    }
+
     /// A response of `kind` was sent.
     pub fn pushed(&self, kind: XdsType) {
         self.pushes.get_or_create(&type_label(kind)).inc();

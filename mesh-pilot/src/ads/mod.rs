@@ -89,12 +89,16 @@ pub struct Discovery {
 
 impl Discovery {
     /// A service translating the worlds it is given; proxies' workloads are
-    /// registered through `updates`.
-    pub fn new(worlds: watch::Receiver<Arc<World>>, updates: Updates) -> Self {
+    /// registered through `updates`; `metrics` are pilot's.
+    pub fn new(
+        worlds: watch::Receiver<Arc<World>>,
+        updates: Updates,
+        metrics: metrics::PilotMetrics,
+    ) -> Self {
         Discovery {
             worlds,
             updates,
-            status: Arc::default(),
+            status: Arc::new(Status::with_metrics(metrics)),
             cache: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENCY)),
             next_id: Arc::new(AtomicU64::new(1)),

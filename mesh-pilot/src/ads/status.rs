@@ -110,6 +110,14 @@ pub struct Status {
 }
 
 impl Status {
+    /// No proxies yet; `metrics` are pilot's.
+    pub fn with_metrics(metrics: super::metrics::PilotMetrics) -> Self {
+        Status {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     /// Every connected proxy, by node id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         let mut v: Vec<_> = lock(&self.proxies).values().cloned().collect();

@@ -10,8 +10,8 @@
 //! - a Service: name, namespace, ClusterIP (none for headless), its TCP
 //!   ports with their protocol (`appProtocol`, else the port name's
 //!   prefix) and target port (a named one resolved as the EndpointSlice
-//!   controller resolved it), its selector. ExternalName Services and
-//!   Services without a selector have no workloads here.
+//!   controller resolved it), its selector. ExternalName Services are
+//!   not mesh services.
 //! - a Pod with an IP (not on the host's network, not finished): a
 //!   workload with its labels and service account;
 //! - the EndpointSlices: whether that workload takes traffic — ready
@@ -19,6 +19,12 @@
 //!   those in flight finish) or neither. A pod no slice lists yet goes by
 //!   its Ready condition; a pod being deleted drains at once, before its
 //!   slices say so.
+//! - a Service without a selector (its EndpointSlices written by someone
+//!   else: a database outside the cluster, a VM): each address its slices
+//!   list is a workload of its own, labelled with the slices' label
+//!   `kubernetes.io/service-name: <service>`, which the service then
+//!   selects; the slices' conditions give its health and their ports the
+//!   target ports.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -32,6 +38,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use mesh_rules::registry::{self as model, Health, Protocol, Registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tracing::{debug, warn};
@@ -49,6 +57,52 @@ pub struct Kubernetes {
     changed: Arc<Notify>,
 }
 
+/// A watched kind: `kind="Service"` (`EndpointSlice`, `Pod`).
+type KindLabel = [(&'static str, String); 1];
+
+/// Why a watch broke: the kind and `reason="expired"` (410 Gone: the
+/// resource version was compacted away, so the kind is listed again) or
+/// `reason="other"` (the watch resumes where it was).
+type ErrorLabel = [(&'static str, String); 2];
+
+/// The watches' metrics (shown on pilot's `/metrics`): completed lists per
+/// kind — one at start, one more per relist — and broken watches.
+#[derive(Clone, Default)]
+pub struct WatchMetrics {
+    lists: Family<KindLabel, Counter>,
+    errors: Family<ErrorLabel, Counter>,
+}
+
+impl WatchMetrics {
+    /// Adds the families to pilot's metrics.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "pilot_k8s_reg_lists",
+            "Completed lists of a watched Kubernetes kind (the first, then one per relist)",
+            self.lists.clone(),
+        );
+        registry.register(
+            "pilot_k8s_reg_watch_errors",
+            "Broken watches of a Kubernetes kind, by reason (expired: 410 Gone, relisted)",
+            self.errors.clone(),
+        );
+    }
+
+    fn listed(&self, kind: &str) {
+        self.lists.get_or_create(&[("kind", kind.to_owned())]).inc();
+    }
+
+    fn failed(&self, kind: &str, e: &watcher::Error) {
+        let reason = match e {
+            watcher::Error::WatchError(status) if status.code == 410 => "expired",
+            _ => "other",
+        };
+        self.errors
+            .get_or_create(&[("kind", kind.to_owned()), ("reason", reason.to_owned())])
+            .inc();
+    }
+}
+
 /// The watches could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("the Kubernetes watches ended before their first list")]
@@ -56,12 +110,16 @@ pub struct NotStarted;
 
 impl Kubernetes {
     /// Starts watching every namespace's Services, EndpointSlices and Pods.
-    pub fn start(client: Client) -> Kubernetes {
+    pub fn start(client: Client, metrics: &WatchMetrics) -> Kubernetes {
         let changed = Arc::new(Notify::new());
+        let watch = |_| Watch {
+            changed: changed.clone(),
+            metrics: metrics.clone(),
+        };
         Kubernetes {
-            services: reflect(Api::all(client.clone()), &changed, slim_service),
-            slices: reflect(Api::all(client.clone()), &changed, slim_slice),
-            pods: reflect(Api::all(client), &changed, slim_pod),
+            services: reflect(Api::all(client.clone()), watch(()), slim_service),
+            slices: reflect(Api::all(client.clone()), watch(()), slim_slice),
+            pods: reflect(Api::all(client), watch(()), slim_pod),
             changed,
         }
     }
@@ -109,10 +167,16 @@ impl Kubernetes {
     }
 }
 
+/// Where a reflector reports.
+struct Watch {
+    changed: Arc<Notify>,
+    metrics: WatchMetrics,
+}
+
 /// A reflector of `api`'s objects (trimmed by `slim` to what the model
-/// reads, so thousands of pods cost little memory) that signals `changed`
-/// on every change and on every completed (re)list.
-fn reflect<K>(api: Api<K>, changed: &Arc<Notify>, slim: fn(&mut K)) -> Store<K>
+/// reads, so thousands of pods cost little memory) that signals
+/// `changed` on every change and on every completed (re)list.
+fn reflect<K>(api: Api<K>, watch: Watch, slim: fn(&mut K)) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -124,14 +188,21 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api).default_backoff().modify(slim).reflect(writer);
-    let changed = changed.clone();
+    let kind = K::kind(&()).into_owned();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => changed.notify_one(),
+                Ok(Event::Apply(_) | Event::Delete(_)) => watch.changed.notify_one(),
+                Ok(Event::InitDone) => {
+                    watch.metrics.listed(&kind);
+                    watch.changed.notify_one();
+                }
                 Ok(Event::Init | Event::InitApply(_)) => {}
-                Err(e) => warn!(kind = %K::kind(&()), "watch failed, retrying: {e}"),
+                Err(e) => {
+                    watch.metrics.failed(&kind, &e);
+                    warn!(%kind, "watch failed, retrying: {e}");
+                }
             }
         }
     });
@@ -209,6 +280,24 @@ pub fn registry_of(
     let mut conditions: HashMap<(&str, &str), Conditions> = HashMap::new();
     // Per service and port name, the target port its slices resolved.
     let mut resolved: HashMap<(&str, &str, &str), u16> = HashMap::new();
+    // Services whose slices someone else writes: their endpoints are the
+    // workloads.
+    let selectorless: std::collections::HashSet<(&str, &str)> = services
+        .iter()
+        .filter(|s| {
+            s.spec.as_ref().is_some_and(|spec| {
+                spec.type_.as_deref() != Some("ExternalName")
+                    && spec.selector.as_ref().is_none_or(|l| l.is_empty())
+            })
+        })
+        .filter_map(|s| {
+            Some((
+                s.metadata.namespace.as_deref()?,
+                s.metadata.name.as_deref()?,
+            ))
+        })
+        .collect();
+    let mut endpoints: BTreeMap<(&str, &str, IpAddr), model::Workload> = BTreeMap::new();
     for slice in slices {
         let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
         if let Some(service) = slice
@@ -225,6 +314,39 @@ pub fn registry_of(
                 }
             }
         }
+        let owner = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .map(|s| (namespace, s.as_str()))
+            .filter(|key| selectorless.contains(key));
+        if let Some((namespace, service)) = owner
+            && slice.address_type != "FQDN"
+        {
+            for e in &slice.endpoints {
+                let Some(address) = e.addresses.first().and_then(|a| a.parse().ok()) else {
+                    continue;
+                };
+                let health = health_of(said(e), false);
+                let w = endpoints
+                    .entry((namespace, service, address))
+                    .or_insert_with(|| model::Workload {
+                        name: format!("{service}-{address}"),
+                        namespace: namespace.to_owned(),
+                        address,
+                        labels: [(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into(),
+                        service_account: "default".to_owned(),
+                        health,
+                    });
+                // Listed twice (two slices of one service): the better
+                // condition counts.
+                if health == Health::Healthy || w.health == Health::Unhealthy {
+                    w.health = health;
+                }
+            }
+            continue;
+        }
         for e in &slice.endpoints {
             let Some(pod) = e
                 .target_ref
@@ -233,14 +355,7 @@ pub fn registry_of(
             else {
                 continue;
             };
-            let c = e.conditions.as_ref();
-            // Unset `ready` and `serving` mean ready (the API's reading).
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let said = Conditions {
-                ready,
-                serving: c.and_then(|c| c.serving).unwrap_or(ready),
-                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-            };
+            let said = said(e);
             let key = (
                 pod.namespace.as_deref().unwrap_or(namespace),
                 pod.name.as_deref().unwrap_or_default(),
@@ -254,6 +369,7 @@ pub fn registry_of(
     let mut workloads: Vec<model::Workload> = pods
         .iter()
         .filter_map(|p| workload(p, &conditions))
+        .chain(endpoints.into_values())
         .collect();
     workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut services: Vec<model::Service> = services
@@ -282,7 +398,14 @@ fn service(
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let selector = spec.selector.clone().unwrap_or_default();
+    let own_selector = spec.selector.clone().unwrap_or_default();
+    // A Service without a selector selects the endpoints of its slices
+    // (see the module's documentation).
+    let selector = if own_selector.is_empty() {
+        [(SERVICE_NAME_LABEL.to_owned(), name.clone())].into()
+    } else {
+        own_selector.clone()
+    };
     let vip = spec
         .cluster_ip
         .as_deref()
@@ -296,13 +419,22 @@ fn service(
         .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
         .filter_map(|p| {
             let port_name = p.name.clone().unwrap_or_default();
-            let target_port = match &p.target_port {
-                None => None,
-                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-                Some(IntOrString::String(named)) => resolved
+            let sliced = || {
+                resolved
                     .get(&(namespace.as_str(), name.as_str(), port_name.as_str()))
                     .copied()
-                    .or_else(|| named_port(pods, &namespace, &selector, named)),
+            };
+            let target_port = match &p.target_port {
+                // Without a selector the slices' writer says the port.
+                _ if own_selector.is_empty() => sliced().or(match &p.target_port {
+                    Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                    _ => None,
+                }),
+                None => None,
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                Some(IntOrString::String(named)) => {
+                    sliced().or_else(|| named_port(pods, &namespace, &selector, named))
+                }
             };
             Some(model::ServicePort {
                 protocol: Protocol::declared(&port_name, p.app_protocol.as_deref()),
@@ -346,6 +478,28 @@ fn named_port(
         .and_then(|p| u16::try_from(p.container_port).ok())
 }
 
+/// What one slice endpoint says.
+fn said(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Conditions {
+    let c = e.conditions.as_ref();
+    // Unset `ready` and `serving` mean ready (the API's reading).
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    Conditions {
+        ready,
+        serving: c.and_then(|c| c.serving).unwrap_or(ready),
+        terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+    }
+}
+
+/// Ready takes traffic; terminating (or being deleted) but serving
+/// drains; anything else takes none.
+fn health_of(c: Conditions, deleting: bool) -> Health {
+    match c {
+        c if c.ready && !deleting => Health::Healthy,
+        c if c.serving && (c.terminating || deleting) => Health::Draining,
+        _ => Health::Unhealthy,
+    }
+}
+
 fn workload(p: &Pod, conditions: &HashMap<(&str, &str), Conditions>) -> Option<model::Workload> {
     let spec = p.spec.as_ref()?;
     let status = p.status.as_ref()?;
@@ -371,9 +525,7 @@ fn workload(p: &Pod, conditions: &HashMap<(&str, &str), Conditions>) -> Option<m
         .copied();
     let deleting = p.metadata.deletion_timestamp.is_some();
     let health = match said {
-        Some(c) if c.ready && !deleting => Health::Healthy,
-        Some(c) if c.serving && (c.terminating || deleting) => Health::Draining,
-        Some(_) => Health::Unhealthy,
+        Some(c) => health_of(c, deleting),
         None if pod_ready && !deleting => Health::Healthy,
         None if pod_ready => Health::Draining,
         None => Health::Unhealthy,
@@ -434,6 +586,17 @@ mod tests {
             .collect()
     }
 
+    fn service<'a>(r: &'a Registry, name: &str) -> &'a model::Service {
+        r.services.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn object<'a, K: Resource>(objects: &'a [Arc<K>], name: &str) -> &'a K {
+        objects
+            .iter()
+            .find(|o| o.meta().name.as_deref() == Some(name))
+            .unwrap()
+    }
+
     #[test]
     fn services_carry_their_tcp_ports_resolved_and_typed() {
         let (services, slices, pods) = ready();
@@ -441,11 +604,16 @@ mod tests {
         let names: Vec<&str> = r.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["headless", "svcb"],
+            ["db", "headless", "svcb"],
             "ExternalName is not a mesh service"
         );
-        let svcb = &r.services[1];
-        let cluster_ip = services[2].spec.as_ref().unwrap().cluster_ip.clone();
+        let svcb = service(&r, "svcb");
+        let cluster_ip = object(&services, "svcb")
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .clone();
         assert_eq!(svcb.vip.map(|ip| ip.to_string()), cluster_ip);
         let ports: Vec<(&str, u16, Option<u16>, Option<Protocol>)> = svcb
             .ports
@@ -460,7 +628,7 @@ mod tests {
             ],
             "UDP dropped, the named target port resolved, appProtocol read"
         );
-        let headless = &r.services[0];
+        let headless = service(&r, "headless");
         assert_eq!(headless.vip, None);
         assert_eq!(headless.ports[0].protocol, Some(Protocol::Grpc));
     }
@@ -469,7 +637,50 @@ mod tests {
     fn a_named_target_port_falls_back_to_the_pods_before_any_slice() {
         let (services, _, pods) = ready();
         let r = registry_of(&services, &[], &pods);
-        assert_eq!(r.services[1].ports[0].target_port, Some(9997));
+        assert_eq!(service(&r, "svcb").ports[0].target_port, Some(9997));
+    }
+
+    #[test]
+    fn a_service_without_selector_is_backed_by_its_slices_addresses() {
+        let (services, slices, pods) = ready();
+        let r = registry_of(&services, &slices, &pods);
+        let db = service(&r, "db");
+        assert_eq!(
+            db.ports[0].target_port,
+            Some(15432),
+            "the slice's port, not the Service's targetPort"
+        );
+        let backing: Vec<(&str, Health)> = r
+            .workloads
+            .iter()
+            .filter(|w| db.selects(w))
+            .map(|w| (w.name.as_str(), w.health))
+            .collect();
+        assert_eq!(
+            backing,
+            [
+                ("db-192.0.2.10", Health::Healthy),
+                ("db-192.0.2.11", Health::Unhealthy)
+            ]
+        );
+        // No pod is selected by it, nor any address by the pods' services.
+        assert!(
+            r.workloads
+                .iter()
+                .filter(|w| w.name.starts_with("svcb"))
+                .all(|w| !db.selects(w))
+        );
+        let svcb = service(&r, "svcb");
+        assert!(
+            r.workloads
+                .iter()
+                .filter(|w| w.name.starts_with("db"))
+                .all(|w| !svcb.selects(w))
+        );
+        // Without its slices, it has no endpoints (and no port to guess).
+        let r = registry_of(&services, &[], &pods);
+        assert!(r.workloads.iter().all(|w| !w.name.starts_with("db")));
+        assert_eq!(service(&r, "db").ports[0].target_port, Some(5432));
     }
 
     #[test]
@@ -477,15 +688,20 @@ mod tests {
         let (services, slices, pods) = ready();
         let r = registry_of(&services, &slices, &pods);
         assert_eq!(
-            health(&r),
+            health(&r)[2..],
             [("svcb-v1", Health::Healthy), ("svcb-v2", Health::Unhealthy)]
         );
-        let v1 = &r.workloads[0];
+        let v1 = &r.workloads[2];
         assert_eq!(v1.service_account, "svcb");
         assert_eq!(v1.labels["version"], "v1");
-        let ip = pods[0].status.as_ref().unwrap().pod_ip.clone();
+        let ip = object(&pods, "svcb-v1")
+            .status
+            .as_ref()
+            .unwrap()
+            .pod_ip
+            .clone();
         assert_eq!(Some(v1.address.to_string()), ip);
-        assert_eq!(r.workloads[1].service_account, "default");
+        assert_eq!(r.workloads[3].service_account, "default");
     }
 
     #[test]
@@ -493,7 +709,7 @@ mod tests {
         let (services, slices, pods) = terminating();
         let r = registry_of(&services, &slices, &pods);
         assert_eq!(
-            health(&r),
+            health(&r)[2..],
             [
                 ("svcb-v1", Health::Draining),
                 ("svcb-v2", Health::Unhealthy)
@@ -502,7 +718,7 @@ mod tests {
         // Before the slices say so, the deletion alone drains it.
         let (_, ready_slices, _) = ready();
         let r = registry_of(&services, &ready_slices, &pods);
-        assert_eq!(r.workloads[0].health, Health::Draining);
+        assert_eq!(r.workloads[2].health, Health::Draining);
         let r = registry_of(&services, &[], &pods);
         assert_eq!(r.workloads[0].health, Health::Draining);
     }
