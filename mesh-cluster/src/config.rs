@@ -96,3 +96,19 @@ conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeo
 "
     )
 }
+
+/// The API server's audit policy: every call of a service account of
+/// `mesh-system` (the mesh's own parts) at the Metadata level — who, verb,
+/// object, answer — so tests compare the bundle's RBAC with what the
+/// parts really call; nothing else.
+pub fn audit_policy() -> String {
+    "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: [\"system:serviceaccounts:mesh-system\"]
+- level: None
+"
+    .to_owned()
+}

@@ -207,6 +207,17 @@ impl Cluster {
         })
     }
 
+    /// The API server's audit events so far (JSON, one per call and stage
+    /// of the mesh-system service accounts: see [`config::audit_policy`]).
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>> {
+        let path = node::audit_log(&self.run);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
     /// Kills the node's component `name` (`kube-apiserver`, `kubelet`, …)
     /// and waits until the node has started it again (a second later, as a
     /// service manager would): an outage as an upgrade or a crash makes.

@@ -103,9 +103,18 @@ fn bind(from: &Path, to: &Path) -> Result<()> {
     run_checked(Command::new("mount").arg("--bind").arg(from).arg(to)).map(drop)
 }
 
+/// The API server's audit policy, in the run folder.
+const AUDIT_POLICY: &str = "audit-policy.yaml";
+
+/// Where the API server writes its audit events (JSON lines).
+pub(crate) fn audit_log(run: &Path) -> std::path::PathBuf {
+    run.join("log").join("audit.log")
+}
+
 /// kube-apiserver: RBAC and the Node authorizer, the run's certificates
-/// and service-account keys, etcd on loopback.
-fn apiserver(bin: &Path, pki: &dyn Fn(&str) -> String) -> Command {
+/// and service-account keys, etcd on loopback; the mesh's calls audited
+/// ([`config::audit_policy`]).
+fn apiserver(run: &Path, bin: &Path, pki: &dyn Fn(&str) -> String) -> Command {
     let mut apiserver = Command::new(bin.join("kube-apiserver"));
     apiserver.args([
         "--etcd-servers=http://127.0.0.1:2379".to_owned(),
@@ -131,6 +140,8 @@ fn apiserver(bin: &Path, pki: &dyn Fn(&str) -> String) -> Command {
         "--allow-privileged=true".into(),
         // The node's name resolves nowhere (no DNS leaves the namespace).
         "--kubelet-preferred-address-types=InternalIP".into(),
+        format!("--audit-policy-file={}", run.join(AUDIT_POLICY).display()),
+        format!("--audit-log-path={}", audit_log(run).display()),
     ]);
     apiserver
 }
@@ -150,7 +161,7 @@ fn components(run: &Path, bin: &Path) -> Vec<(&'static str, Command)> {
         "--initial-cluster=default=http://127.0.0.1:2380",
         "--quota-backend-bytes=1073741824",
     ]);
-    let apiserver = apiserver(bin, &pki);
+    let apiserver = apiserver(run, bin, &pki);
     let cm = kubeconfig("controller-manager");
     let mut controllers = tool("kube-controller-manager");
     controllers.args([
@@ -235,6 +246,7 @@ pub fn run(run: &Path, bin: &Path) -> Result<()> {
         ("cni/net.d/10-mesh.conflist", config::cni(run)),
         ("kubelet.yaml", config::kubelet(run, &cgroup_root(run))),
         ("kube-proxy.yaml", config::kube_proxy(run)),
+        (AUDIT_POLICY, config::audit_policy()),
     ];
     for (name, text) in files {
         let path = run.join(name);

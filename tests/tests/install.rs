@@ -4,9 +4,10 @@
 //! mesh.yaml` brings pilot up with nothing else (its RBAC is enough for
 //! its registry), the CRDs take every sample rule and refuse bad ones at
 //! the field `meshctl validate` names, pilot takes its rules from them
-//! (writing back whether it accepted each, and why not), and `kubectl
-//! delete -f` removes every object the bundle made. Needs `MESH_K8S_BIN`
-//! and root.
+//! (writing back whether it accepted each, and why not), the bundle's
+//! RBAC is exactly what the parts call (from the API server's audit log:
+//! every call granted, every grant used), and `kubectl delete -f`
+//! removes every object the bundle made. Needs `MESH_K8S_BIN` and root.
 
 use std::path::Path;
 use std::process::Command;
@@ -36,11 +37,18 @@ fn wait_condition(c: &TestCluster, what: &str, condition: &str) {
 }
 
 /// Every rule of the samples the bundles define a kind for (not Gateway
-/// API's, not the apps' Deployments).
+/// API's, not the apps' Deployments), without its namespace.
 fn sample_rules() -> Vec<(String, Value)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples");
     let mut rules = vec![];
-    for dir in ["rules", "today", "istio-0.4-walk", "istio-0.4-walk/mesh"] {
+    for dir in [
+        "rules",
+        "rules/security",
+        "gateway",
+        "today",
+        "istio-0.4-walk",
+        "istio-0.4-walk/mesh",
+    ] {
         let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -48,7 +56,11 @@ fn sample_rules() -> Vec<(String, Value)> {
             .collect();
         files.sort();
         for f in files {
-            for d in documents(&std::fs::read_to_string(&f).unwrap()) {
+            for mut d in documents(&std::fs::read_to_string(&f).unwrap()) {
+                // Each use applies it in a namespace of its choosing.
+                if let Some(m) = d["metadata"].as_object_mut() {
+                    m.remove("namespace");
+                }
                 let group = d["apiVersion"].as_str().unwrap_or_default();
                 if group.contains(".istio.io/") || group.starts_with("config.mesh.dev/") {
                     rules.push((f.display().to_string(), d));
@@ -57,6 +69,240 @@ fn sample_rules() -> Vec<(String, Value)> {
         }
     }
     rules
+}
+
+/// Every sample rule, applied for real in a namespace of its own, gets
+/// pilot's verdict (the `Accepted` condition, true or not); those of
+/// Istio's kinds the mesh's group has too, also as that group's.
+fn every_sample_rule_gets_a_verdict(c: &TestCluster) {
+    const NS: &str = "samples";
+    const TWINS: [&str; 4] = [
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+        "Sidecar",
+        "Gateway",
+    ];
+    kubectl_ok(c, &["create", "namespace", NS], "");
+    let mut rules = sample_rules();
+    let twins: Vec<(String, Value)> = rules
+        .iter()
+        .filter(|(_, r)| {
+            TWINS.contains(&r["kind"].as_str().unwrap_or_default())
+                && !r["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("config.mesh.dev/")
+        })
+        .map(|(file, r)| {
+            let mut twin = r.clone();
+            twin["apiVersion"] = "config.mesh.dev/v1alpha1".into();
+            (format!("{file} (as config.mesh.dev's)"), twin)
+        })
+        .collect();
+    rules.extend(twins);
+    for (file, rule) in &rules {
+        let mut rule = rule.clone();
+        rule["metadata"]["namespace"] = NS.into();
+        let text = serde_json::to_string(&rule).unwrap();
+        let (ok, out) = kubectl(c, &["apply", "-f", "-"], &text);
+        assert!(ok, "{file}: {out}");
+    }
+    for (file, rule) in &rules {
+        let group = rule["apiVersion"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let kind = rule["kind"].as_str().unwrap().to_lowercase();
+        let object = format!(
+            "{kind}.{group}/{}",
+            rule["metadata"]["name"].as_str().unwrap()
+        );
+        eventually(
+            &format!("a verdict on {object} ({file})"),
+            Duration::from_secs(20),
+            || {
+                let (_, status) = kubectl(
+                    c,
+                    &[
+                        "get",
+                        "-n",
+                        NS,
+                        &object,
+                        "-o",
+                        r#"jsonpath={.status.conditions[?(@.type=="Accepted")].status}"#,
+                    ],
+                    "",
+                );
+                (status == "True" || status == "False").then_some(())
+            },
+        );
+    }
+    kubectl_ok(c, &["delete", "namespace", NS, "--wait=true"], "");
+}
+
+/// One RBAC rule as a service account holds it.
+struct Grant {
+    /// The Role's namespace (None: a ClusterRole's rule, any namespace).
+    namespace: Option<String>,
+    groups: Vec<String>,
+    /// `resource` or `resource/subresource`.
+    resources: Vec<String>,
+    names: Vec<String>,
+    verbs: Vec<String>,
+}
+
+/// One call the API server audited: (verb, group, resource[/sub],
+/// namespace, name).
+type Call = (String, String, String, String, String);
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The grants of each service account of `mesh-system` in `bundle`
+/// (roles reached through their bindings).
+fn grants(bundle: &str) -> std::collections::BTreeMap<String, Vec<Grant>> {
+    let docs = documents(bundle);
+    let rules_of = |kind: &str, ns: Option<&str>, name: &str| -> Vec<Value> {
+        let role = docs.iter().find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"] == name
+                && d["metadata"]["namespace"].as_str() == ns
+        });
+        let role = role.unwrap_or_else(|| panic!("{kind} {name} is bound but not in the bundle"));
+        role["rules"].as_array().cloned().unwrap_or_default()
+    };
+    let mut by_account: std::collections::BTreeMap<String, Vec<Grant>> = Default::default();
+    for b in docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+    {
+        let ns = b["metadata"]["namespace"].as_str();
+        let role_kind = b["roleRef"]["kind"].as_str().unwrap();
+        let role_ns = if role_kind == "Role" { ns } else { None };
+        let rules = rules_of(role_kind, role_ns, b["roleRef"]["name"].as_str().unwrap());
+        for s in b["subjects"].as_array().unwrap() {
+            assert_eq!(s["kind"], "ServiceAccount", "{b}");
+            assert_eq!(s["namespace"], "mesh-system", "{b}");
+            let account = s["name"].as_str().unwrap().to_owned();
+            for r in &rules {
+                by_account.entry(account.clone()).or_default().push(Grant {
+                    namespace: ns.map(str::to_owned),
+                    groups: strings(&r["apiGroups"]),
+                    resources: strings(&r["resources"]),
+                    names: strings(&r["resourceNames"]),
+                    verbs: strings(&r["verbs"]),
+                });
+            }
+        }
+    }
+    by_account
+}
+
+/// Each service account of `mesh-system`'s calls so far, as the API
+/// server audited them (with the status code of each answer).
+fn calls(
+    c: &TestCluster,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<Call, i64>> {
+    let mut by_account: std::collections::BTreeMap<_, std::collections::BTreeMap<Call, i64>> =
+        Default::default();
+    for e in c.audit_events().expect("the audit log") {
+        let Some(account) = e["user"]["username"]
+            .as_str()
+            .and_then(|u| u.strip_prefix("system:serviceaccount:mesh-system:"))
+        else {
+            continue;
+        };
+        // Discovery (`/api`, `/apis`) is every authenticated user's.
+        let o = &e["objectRef"];
+        if o.is_null() {
+            continue;
+        }
+        let field = |k: &str| o[k].as_str().unwrap_or_default().to_owned();
+        let resource = match field("subresource") {
+            sub if sub.is_empty() => field("resource"),
+            sub => format!("{}/{sub}", field("resource")),
+        };
+        let call = (
+            e["verb"].as_str().unwrap_or_default().to_owned(),
+            field("apiGroup"),
+            resource,
+            field("namespace"),
+            field("name"),
+        );
+        let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
+        by_account
+            .entry(account.to_owned())
+            .or_default()
+            .insert(call, code);
+    }
+    by_account
+}
+
+fn allows(g: &Grant, (verb, group, resource, namespace, name): &Call) -> bool {
+    let any = |list: &[String], v: &str| list.iter().any(|x| x == v || x == "*");
+    g.namespace.as_deref().is_none_or(|ns| ns == namespace)
+        && any(&g.groups, group)
+        && any(&g.resources, resource)
+        && any(&g.verbs, verb)
+        && (g.names.is_empty() || g.names.iter().any(|n| n == name))
+}
+
+/// Least privilege, both ways: every call each part made is one its RBAC
+/// grants (none refused), and every grant is used — each verb on each
+/// resource the cluster serves (the Gateway API's, without its CRDs, is
+/// granted for when they are installed).
+fn rbac_is_what_the_parts_call(c: &TestCluster, bundle: &str) {
+    let grants = grants(bundle);
+    let calls = calls(c);
+    assert!(
+        calls.contains_key("mesh-pilot") && calls.contains_key("mesh-inject"),
+        "no audited calls of pilot and the injector: {:?}",
+        calls.keys().collect::<Vec<_>>()
+    );
+    let served = kubectl_ok(c, &["api-resources", "-o", "name"], "");
+    let served: std::collections::BTreeSet<&str> = served.lines().collect();
+    for (account, made) in &calls {
+        let granted = grants.get(account).map(Vec::as_slice).unwrap_or_default();
+        for (call, code) in made {
+            assert_ne!(*code, 403, "{account} was refused {call:?}");
+            assert!(
+                granted.iter().any(|g| allows(g, call)),
+                "{account} called {call:?}, which its RBAC does not grant"
+            );
+        }
+    }
+    for (account, granted) in &grants {
+        let made = calls.get(account).cloned().unwrap_or_default();
+        for g in granted {
+            for group in &g.groups {
+                for resource in &g.resources {
+                    let base = resource.split('/').next().unwrap();
+                    let full = if group.is_empty() {
+                        base.to_owned()
+                    } else {
+                        format!("{base}.{group}")
+                    };
+                    if !served.contains(full.as_str()) {
+                        continue;
+                    }
+                    for verb in &g.verbs {
+                        assert!(
+                            made.keys()
+                                .any(|(v, gr, r, ..)| v == verb && gr == group && r == resource),
+                            "{account} is granted {verb} on {resource} ({group}) and never used it"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Bad rules: (what, YAML, the field path both the API server and
@@ -753,6 +999,11 @@ fn the_bundle_installs_pilot_takes_rules_and_uninstalls_cleanly() {
         "routerule.config.mesh.dev/after-failover",
         "Accepted=True",
     );
+
+    // Every sample rule kept this time (each kind's status written), then
+    // the bundle's RBAC compared with the calls the mesh made.
+    every_sample_rule_gets_a_verdict(&c);
+    rbac_is_what_the_parts_call(&c, &mesh);
 
     // Deleted, nothing the bundles made is left (rules go with their CRDs).
     kubectl_ok(&c, &["delete", "--wait=true", "-f", "-"], &istio);
