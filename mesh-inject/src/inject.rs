@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use mesh_rules::{FieldError, FieldPath};
 
-use crate::config::{InjectConfig, SidecarMode};
+use crate::config::{MeshSettings, SidecarMode};
 use crate::template::{
     self, INIT_CONTAINER, INJECT_ANNOTATION, PODINFO_VOLUME, PROXY_CONTAINER, PROXY_VOLUME,
     STATUS_ANNOTATION,
@@ -125,7 +125,7 @@ fn descend<'a>(
 /// passes through). The value is changed in place.
 pub fn inject_object(
     obj: &mut Value,
-    cfg: &InjectConfig,
+    cfg: &MeshSettings,
     opts: &Options,
 ) -> Result<Vec<Report>, FieldError> {
     inject_at(obj, FieldPath::root(), cfg, opts)
@@ -134,7 +134,7 @@ pub fn inject_object(
 fn inject_at(
     obj: &mut Value,
     path: FieldPath,
-    cfg: &InjectConfig,
+    cfg: &MeshSettings,
     opts: &Options,
 ) -> Result<Vec<Report>, FieldError> {
     let kind = obj
@@ -281,7 +281,7 @@ pub fn workload_name(kind: &str, obj: &Value) -> String {
 pub fn inject_template(
     template: &mut Value,
     path: &FieldPath,
-    cfg: &InjectConfig,
+    cfg: &MeshSettings,
     workload: &str,
 ) -> Result<Action, FieldError> {
     let opted_out = annotations_of(template)
@@ -385,7 +385,7 @@ fn remove_earlier(
 fn add_sidecar(
     spec: &mut Map<String, Value>,
     spec_path: &FieldPath,
-    cfg: &InjectConfig,
+    cfg: &MeshSettings,
     workload: &str,
 ) -> Result<(), FieldError> {
     let mut init = vec![to_value(&template::init_container(cfg))];
@@ -419,7 +419,7 @@ fn add_sidecar(
 
 /// Records what was injected and asks Prometheus to scrape the sidecar
 /// (scrape annotations the pod has are kept).
-fn annotate(template: &mut Value, path: &FieldPath, cfg: &InjectConfig) -> Result<(), FieldError> {
+fn annotate(template: &mut Value, path: &FieldPath, cfg: &MeshSettings) -> Result<(), FieldError> {
     let (meta, meta_path) = descend(template, path.clone(), &["metadata"])?;
     let (annotations, apath) = descend(meta, meta_path, &["annotations"])?;
     let annotations = object_mut(annotations, &apath, "annotations")?;

@@ -8,12 +8,17 @@
 //! the same function as a mutating admission webhook.
 
 pub mod certs;
-pub mod config;
+/// The mesh's settings (shared with pilot).
+pub use mesh_rules::mesh_config as config;
+
+/// The version of the injection template; recorded in every injected pod so
+/// an upgrade can tell which pods carry an older sidecar.
+pub const TEMPLATE_VERSION: &str = "2";
 mod inject;
 mod manifests;
 pub mod template;
 pub mod webhook;
 
-pub use config::{InjectConfig, SidecarMode};
+pub use config::{MeshSettings, SidecarMode};
 pub use inject::{Action, Options, Report, inject_object, inject_template};
 pub use manifests::{Injected, inject_manifests};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_inject::InjectConfig;
+use mesh_inject::MeshSettings;
 use mesh_inject::certs::{Manager, Settings};
 use mesh_inject::webhook::{INJECT_PATH, serve, tls_config, tls_config_resolved};
 
@@ -72,7 +72,7 @@ fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     mesh_runtime::log::init().context("MESH_LOG")?;
-    let cfg = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(InjectConfig::default()));
+    let cfg = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(MeshSettings::default()));
     // The mesh ConfigMap is a volume the kubelet updates: followed, so a
     // change (a new proxy tag, say) reaches the next pod without a restart;
     // a bad change is logged and the last good configuration kept.
@@ -81,12 +81,12 @@ async fn main() -> anyhow::Result<()> {
             let text = read(p)?;
             let name = p.display().to_string();
             cfg.store(std::sync::Arc::new(
-                InjectConfig::from_yaml(&name, &String::from_utf8_lossy(&text))
+                MeshSettings::from_yaml(&name, &String::from_utf8_lossy(&text))
                     .map_err(anyhow::Error::msg)?,
             ));
             let cfg = cfg.clone();
             let watch = mesh_runtime::watch::follow(p, text, move |now| {
-                match InjectConfig::from_yaml(&name, &String::from_utf8_lossy(now)) {
+                match MeshSettings::from_yaml(&name, &String::from_utf8_lossy(now)) {
                     Ok(c) => {
                         tracing::info!("mesh configuration {name} changed: in force");
                         cfg.store(std::sync::Arc::new(c));

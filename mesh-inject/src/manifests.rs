@@ -2,7 +2,7 @@
 
 use mesh_rules::{Diagnostics, FieldError, yaml};
 
-use crate::config::InjectConfig;
+use crate::config::MeshSettings;
 use crate::inject::{Options, Report, inject_object};
 
 /// The injected file.
@@ -21,7 +21,7 @@ pub struct Injected {
 pub fn inject_manifests(
     name: &str,
     text: &str,
-    cfg: &InjectConfig,
+    cfg: &MeshSettings,
     opts: &Options,
 ) -> Result<Injected, Diagnostics> {
     let docs = yaml::read_stream(text).map_err(|e| {

@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::config::{InjectConfig, Resources, SidecarMode, TEMPLATE_VERSION};
+use crate::TEMPLATE_VERSION;
+use crate::config::{MeshSettings, Resources, SidecarMode};
 
 /// Name of the init container that programs the pod's packet redirection.
 pub const INIT_CONTAINER: &str = "mesh-init";
@@ -98,7 +99,7 @@ fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
 }
 
 /// The init container: `mesh-proxy init` with the capture settings.
-pub fn init_container(cfg: &InjectConfig) -> Container {
+pub fn init_container(cfg: &MeshSettings) -> Container {
     let mut exclude_inbound = vec![METRICS_PORT as u16, HEALTH_PORT as u16];
     exclude_inbound.extend(cfg.exclude_inbound_ports.iter().copied());
     let mut args = vec![
@@ -162,7 +163,7 @@ fn literal_env(name: &str, value: &str) -> EnvVar {
 /// else pilot needs to place the pod comes from the downward API: its
 /// name, namespace, IP and service account as environment, its labels as
 /// a file that follows label changes.
-pub fn proxy_container(cfg: &InjectConfig, workload: &str) -> Container {
+pub fn proxy_container(cfg: &MeshSettings, workload: &str) -> Container {
     let port = |n: i32, name: &str| ContainerPort {
         container_port: n,
         name: Some(name.into()),
@@ -268,7 +269,7 @@ pub fn proxy_volumes() -> [Volume; 2] {
 }
 
 /// What injection records about itself.
-pub fn status(cfg: &InjectConfig) -> Status {
+pub fn status(cfg: &MeshSettings) -> Status {
     let (init, containers) = match cfg.sidecar_mode {
         SidecarMode::Container => (vec![INIT_CONTAINER.into()], vec![PROXY_CONTAINER.into()]),
         SidecarMode::Native => (vec![INIT_CONTAINER.into(), PROXY_CONTAINER.into()], vec![]),

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use crate::config::InjectConfig;
+use crate::config::MeshSettings;
 use crate::inject::{Action, Options, inject_object};
 
 /// The path the API server posts pods to (injection).
@@ -58,7 +58,7 @@ fn answer(body: &Value, response: Value) -> Value {
 /// Answers one AdmissionReview. A pod is injected through a JSON patch;
 /// other kinds and skipped pods are allowed unchanged; a pod that cannot be
 /// injected is refused with the reason, so it never runs unmeshed by mistake.
-pub fn review(body: &Value, cfg: &InjectConfig) -> Result<Value, FieldError> {
+pub fn review(body: &Value, cfg: &MeshSettings) -> Result<Value, FieldError> {
     let (request, mut response) = request_of(body)?;
     let is_pod = request.pointer("/kind/kind").and_then(Value::as_str) == Some("Pod")
         && request
@@ -173,7 +173,7 @@ fn reply(status: StatusCode, body: Vec<u8>, content_type: &str) -> Response<Full
 
 async fn handle(
     req: Request<Incoming>,
-    cfg: Arc<InjectConfig>,
+    cfg: Arc<MeshSettings>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status, msg: String| reply(status, msg.into_bytes(), "text/plain; charset=utf-8");
     Ok(match (req.method(), req.uri().path()) {
@@ -217,7 +217,7 @@ async fn handle(
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
-    cfg: Arc<arc_swap::ArcSwap<InjectConfig>>,
+    cfg: Arc<arc_swap::ArcSwap<MeshSettings>>,
 ) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {

@@ -4,14 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use mesh_inject::{InjectConfig, Options, SidecarMode, inject_manifests};
+use mesh_inject::{MeshSettings, Options, SidecarMode, inject_manifests};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
 /// Injects `name.in.yaml` and compares with `name[.variant].out.yaml`.
-fn check(name: &str, variant: Option<&str>, cfg: &InjectConfig, opts: &Options) {
+fn check(name: &str, variant: Option<&str>, cfg: &MeshSettings, opts: &Options) {
     let dir = golden_dir();
     let input = dir.join(format!("{name}.in.yaml"));
     let text = std::fs::read_to_string(&input).unwrap();
@@ -39,14 +39,14 @@ fn check(name: &str, variant: Option<&str>, cfg: &InjectConfig, opts: &Options) 
 }
 
 fn plain(name: &str) {
-    check(name, None, &InjectConfig::default(), &Options::default());
+    check(name, None, &MeshSettings::default(), &Options::default());
 }
 
 fn upgraded(name: &str) {
     check(
         name,
         Some("upgraded"),
-        &InjectConfig::default(),
+        &MeshSettings::default(),
         &Options { upgrade_apis: true },
     );
 }
@@ -91,7 +91,7 @@ fn skipped_and_passed_through() {
     let out = inject_manifests(
         "skipped",
         &text,
-        &InjectConfig::default(),
+        &MeshSettings::default(),
         &Options::default(),
     )
     .unwrap();
@@ -113,9 +113,9 @@ fn unknown_fields_are_kept() {
 
 #[test]
 fn native_sidecar() {
-    let cfg = InjectConfig {
+    let cfg = MeshSettings {
         sidecar_mode: SidecarMode::Native,
-        ..InjectConfig::default()
+        ..MeshSettings::default()
     };
     check("deployment", Some("native"), &cfg, &Options::default());
 }

@@ -1,7 +1,7 @@
 //! Injecting twice equals injecting once, for generated workloads of every
 //! kind; and re-injecting with a new configuration equals injecting it fresh.
 
-use mesh_inject::{InjectConfig, Options, SidecarMode, inject_object};
+use mesh_inject::{MeshSettings, Options, SidecarMode, inject_object};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -85,13 +85,13 @@ fn workload() -> impl Strategy<Value = Value> {
     })
 }
 
-fn config() -> impl Strategy<Value = InjectConfig> {
+fn config() -> impl Strategy<Value = MeshSettings> {
     (
         any::<bool>(),
         "[a-z]{1,6}",
         proptest::collection::vec(1u16..65535, 0..3),
     )
-        .prop_map(|(native, tag, ports)| InjectConfig {
+        .prop_map(|(native, tag, ports)| MeshSettings {
             sidecar_mode: if native {
                 SidecarMode::Native
             } else {
@@ -99,11 +99,11 @@ fn config() -> impl Strategy<Value = InjectConfig> {
             },
             tag,
             exclude_inbound_ports: ports,
-            ..InjectConfig::default()
+            ..MeshSettings::default()
         })
 }
 
-fn inject(mut v: Value, cfg: &InjectConfig) -> Value {
+fn inject(mut v: Value, cfg: &MeshSettings) -> Value {
     inject_object(&mut v, cfg, &Options::default()).unwrap();
     v
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
-use mesh_inject::{InjectConfig, Options, inject_manifests};
+use mesh_inject::{MeshSettings, Options, inject_manifests};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::{Value, json};
 
@@ -160,7 +160,7 @@ fn pod_review_gets_the_patch_kube_inject_would_apply() {
     let offline = inject_manifests(
         "pod.yaml",
         &yaml,
-        &InjectConfig::default(),
+        &MeshSettings::default(),
         &Options::default(),
     )
     .unwrap();

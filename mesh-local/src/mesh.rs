@@ -142,6 +142,14 @@ pub enum Mtls {
     Strict,
 }
 
+/// Replaces `path` at once (a rename), so a follower never reads half.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .doing(|| format!("write {}", path.display()))
+}
+
 /// mesh-ca's port on the node.
 pub const CA_PORT: u16 = 15013;
 
@@ -154,6 +162,9 @@ pub struct Mesh {
     pub store: PathBuf,
     /// The registry file pilot follows.
     pub registry: PathBuf,
+    /// The mesh's settings file pilot follows (the `mesh` ConfigMap's
+    /// document: outbound policy, access log).
+    pub settings: PathBuf,
     pilot: Option<(u32, Lines)>,
     /// How pilot tells the sidecars to report spans (set before
     /// [`Mesh::start_pilot`]); every trace is recorded.
@@ -189,10 +200,12 @@ impl Mesh {
             .doing(|| format!("open {} to the proxy user", dir.path().display()))?;
         let store = dir.path().join("store");
         let registry = dir.path().join("registry.yaml");
+        let settings = dir.path().join("mesh.yaml");
         let mesh = Mesh {
             dir,
             store,
             registry,
+            settings,
             pilot: None,
             tracer: Tracer::default(),
             mtls: None,
@@ -201,6 +214,7 @@ impl Mesh {
             world,
         };
         mesh.write_registry("services: []\n")?;
+        mesh.write_settings("# the mesh's settings: pilot's flags rule\n")?;
         Ok(mesh)
     }
 
@@ -230,18 +244,22 @@ impl Mesh {
 
     /// Replaces the registry file (pilot reloads it).
     pub fn write_registry(&self, yaml: &str) -> Result<()> {
-        let tmp = self.registry.with_extension("tmp");
-        std::fs::write(&tmp, yaml)
-            .and_then(|()| std::fs::rename(&tmp, &self.registry))
-            .doing(|| format!("write {}", self.registry.display()))
+        replace_file(&self.registry, yaml)
+    }
+
+    /// Replaces the mesh's settings file (pilot reloads it; one that does
+    /// not parse leaves the last good settings in force).
+    pub fn write_settings(&self, yaml: &str) -> Result<()> {
+        replace_file(&self.settings, yaml)
     }
 
     /// Starts pilot in the node namespace and waits for `ready`.
     pub fn start_pilot(&mut self) -> Result<()> {
         let pilot = binary("mesh-pilot")?;
-        let (store, registry, xds, debug) = (
+        let (store, registry, settings, xds, debug) = (
             arg(&self.store)?.to_owned(),
             arg(&self.registry)?.to_owned(),
+            arg(&self.settings)?.to_owned(),
             self.xds_address(),
             self.debug_address(),
         );
@@ -272,6 +290,8 @@ impl Mesh {
                 &store,
                 "--registry",
                 &registry,
+                "--mesh-config",
+                &settings,
                 xds_flag,
                 &xds,
                 "--debug-address",
@@ -541,6 +561,28 @@ impl Mesh {
     pub fn pilot_debug(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{}{path}", self.debug_address());
         self.json_on_node(&url, "pilot's debug endpoint")
+    }
+
+    /// A sample of pilot's `/metrics` (`series` as printed, labels
+    /// included); 0 when pilot has not printed it yet.
+    pub fn pilot_metric(&self, series: &str) -> Result<f64> {
+        let url = format!("http://{}/metrics", self.debug_address());
+        let (code, out) = self.world.exec(&self.world.node, &["curl", "-sf", &url]);
+        if code != 0 {
+            return Err(Error::Unexpected(format!(
+                "pilot did not answer {url} (curl exit {code})"
+            )));
+        }
+        Ok(out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0))
     }
 
     /// Waits until pilot has sent `pod`'s proxy a configuration computed

@@ -13,6 +13,7 @@ use mesh_pilot::translate::{
     TracingConfig,
 };
 use mesh_pilot::world::{self, Update};
+use mesh_rules::mesh_config::MeshSettings;
 use tracing::{info, warn};
 
 /// The mesh's control plane.
@@ -100,6 +101,13 @@ struct Args {
     /// pilot's pod: its name in the leader Lease (with --kubernetes).
     #[arg(long, env = "POD_NAME", default_value = "mesh-pilot")]
     pod_name: String,
+    /// The mesh's settings file (the `mesh` ConfigMap mounted, which the
+    /// injector reads too): its `outboundTrafficPolicy`, `accessLogFile`
+    /// and `accessLogEncoding` win over the flags. Followed: a change is
+    /// in force at once; a file that does not parse is logged and the last
+    /// good one kept.
+    #[arg(long, env = "MESH_CONFIG", value_name = "FILE")]
+    mesh_config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -127,7 +135,79 @@ fn percent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The flags the mesh configuration starts from; the settings file's keys
+/// win over them.
+#[derive(Clone)]
+struct MeshFlags {
+    domain: String,
+    outbound: Outbound,
+    access_log: Option<AccessLog>,
+    tracing: TracingConfig,
+    mtls: Option<MtlsConfig>,
+}
+
+impl MeshFlags {
+    /// The mesh configuration: the flags, with what `settings` sets.
+    fn mesh(&self, settings: &MeshSettings) -> MeshConfig {
+        use mesh_rules::mesh_config::{self as file, OutboundMode};
+        let outbound = match settings.outbound_traffic_policy.map(|p| p.mode) {
+            Some(OutboundMode::RegistryOnly) => OutboundPolicy::RegistryOnly,
+            Some(OutboundMode::AllowAny) => OutboundPolicy::AllowAny,
+            None => match self.outbound {
+                Outbound::RegistryOnly => OutboundPolicy::RegistryOnly,
+                Outbound::AllowAny => OutboundPolicy::AllowAny,
+            },
+        };
+        let flag_encoding = self.access_log.map(|a| match a {
+            AccessLog::Json => AccessLogEncoding::Json,
+            AccessLog::Text => AccessLogEncoding::Text,
+        });
+        let file_encoding = settings.access_log_encoding.map(|e| match e {
+            file::AccessLogEncoding::Json => AccessLogEncoding::Json,
+            file::AccessLogEncoding::Text => AccessLogEncoding::Text,
+        });
+        let access_log = match settings.access_log_file {
+            Some(file::AccessLogFile::Off) => None,
+            Some(file::AccessLogFile::Stdout) => Some(
+                file_encoding
+                    .or(flag_encoding)
+                    .unwrap_or(AccessLogEncoding::Text),
+            ),
+            // An encoding alone changes the flag's log, if there is one.
+            None => flag_encoding.map(|f| file_encoding.unwrap_or(f)),
+        };
+        MeshConfig {
+            domain: self.domain.clone(),
+            outbound,
+            tracing: self.tracing.clone(),
+            access_log,
+            mtls: self.mtls.clone(),
+        }
+    }
+}
+
 impl Args {
+    fn flags_only(&self) -> MeshFlags {
+        MeshFlags {
+            domain: self.domain.clone(),
+            outbound: self.outbound_policy,
+            access_log: self.access_log,
+            tracing: self.tracing(),
+            mtls: self.mtls.map(|m| MtlsConfig {
+                trust_domain: self.ca.trust_domain.clone(),
+                mode: match m {
+                    Mtls::Permissive => MtlsMode::Permissive,
+                    Mtls::Strict => MtlsMode::Strict,
+                },
+            }),
+        }
+    }
+
+    /// The mesh configuration the flags and `settings` make.
+    fn mesh(&self, settings: &MeshSettings) -> MeshConfig {
+        self.flags_only().mesh(settings)
+    }
+
     fn tracing(&self) -> TracingConfig {
         let collector = match (&self.zipkin_address, &self.otlp_address) {
             (Some(z), _) => Some((z.clone(), TraceProtocol::Zipkin)),
@@ -251,25 +331,12 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
                 .context("cannot follow the cluster's rules")?
         }
     };
-    let mesh = MeshConfig {
-        domain: args.domain.clone(),
-        outbound: match args.outbound_policy {
-            Outbound::RegistryOnly => OutboundPolicy::RegistryOnly,
-            Outbound::AllowAny => OutboundPolicy::AllowAny,
-        },
-        tracing: args.tracing(),
-        access_log: args.access_log.map(|a| match a {
-            AccessLog::Json => AccessLogEncoding::Json,
-            AccessLog::Text => AccessLogEncoding::Text,
-        }),
-        mtls: args.mtls.map(|m| MtlsConfig {
-            trust_domain: args.ca.trust_domain.clone(),
-            mode: match m {
-                Mtls::Permissive => MtlsMode::Permissive,
-                Mtls::Strict => MtlsMode::Strict,
-            },
-        }),
+    let settings_metrics = mesh_pilot::settings::SettingsMetrics::default();
+    let settings = match &args.mesh_config {
+        Some(path) => mesh_pilot::settings::read(path, &settings_metrics)?,
+        None => MeshSettings::default(),
     };
+    let mesh = args.mesh(&settings);
     warn_not_acted_on(&rules.current());
     let warmup = std::time::Duration::from_secs_f64(args.warmup.max(0.0));
     let (updates, worlds) = world::spawn(mesh, registries, rules.current(), warmup);
@@ -277,6 +344,15 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
     if let Some(k) = kubernetes {
         k.forward(updates.clone());
     }
+    let _settings_watch = match &args.mesh_config {
+        Some(p) => {
+            let (flags, updates) = (args.flags_only(), updates.clone());
+            let apply = move |s: MeshSettings| updates.send(Update::Mesh(flags.mesh(&s)));
+            let watch = mesh_pilot::settings::follow(p, settings_metrics.clone(), apply);
+            Some(watch.with_context(|| format!("cannot follow {}", p.display()))?)
+        }
+        None => None,
+    };
     let _registry_watch = match args.registry.clone() {
         Some(p) => Some(follow_registry(p, updates.clone())?),
         None => None,
@@ -292,6 +368,9 @@ async fn run(args: Args, logging: mesh_runtime::log::Logging) -> anyhow::Result<
         });
     }
     let metrics = mesh_pilot::ads::metrics::PilotMetrics::with(|r| {
+        if args.mesh_config.is_some() {
+            settings_metrics.register(r)
+        }
         if kubernetes_watched {
             watch_metrics.register(r)
         }

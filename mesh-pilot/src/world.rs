@@ -76,6 +76,8 @@ pub enum Update {
     Expire(u64),
     /// The warm-up ended.
     Warm,
+    /// The mesh's settings changed (its settings file).
+    Mesh(MeshConfig),
 }
 
 /// Where updates go.
@@ -158,6 +160,12 @@ impl Inputs {
                 return gone.iter().any(|k| !self.described(k));
             }
             Update::Warm => self.warm = true,
+            Update::Mesh(m) => {
+                if m == self.mesh {
+                    return false;
+                }
+                self.mesh = m;
+            }
         }
         true
     }
@@ -243,9 +251,13 @@ impl Inputs {
             rule_index,
         );
         let changed = match before {
-            Some(b) if Arc::ptr_eq(&b.rules, &rules) && b.warm == self.warm => index
-                .endpoints_changed_since(&b.index)
-                .map_or(Changed::Anything, Changed::Endpoints),
+            Some(b)
+                if Arc::ptr_eq(&b.rules, &rules) && b.warm == self.warm && b.mesh == self.mesh =>
+            {
+                index
+                    .endpoints_changed_since(&b.index)
+                    .map_or(Changed::Anything, Changed::Endpoints)
+            }
             _ => Changed::Anything,
         };
         World {

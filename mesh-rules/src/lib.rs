@@ -26,6 +26,7 @@ mod duration;
 mod error;
 pub mod identity;
 mod load;
+pub mod mesh_config;
 pub mod names;
 mod path;
 pub mod registry;

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use notify::Watcher;
 
+/// Why a watch could not start.
+pub type WatchError = notify::Error;
+
 /// A running watch; dropping it stops it.
 pub struct FileWatch {
     _watcher: notify::RecommendedWatcher,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mesh_inject::{Action, InjectConfig, Options, SidecarMode, inject_manifests};
+use mesh_inject::{Action, MeshSettings, Options, SidecarMode, inject_manifests};
 
 use crate::files::read_inputs;
 
@@ -40,9 +40,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read {}", p.display()))?;
-            InjectConfig::from_yaml(&p.display().to_string(), &text).map_err(anyhow::Error::msg)?
+            MeshSettings::from_yaml(&p.display().to_string(), &text).map_err(anyhow::Error::msg)?
         }
-        None => InjectConfig::default(),
+        None => MeshSettings::default(),
     };
     if args.native_sidecar {
         cfg.sidecar_mode = SidecarMode::Native;

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_testbed::eventually;
 use mesh_testbed::mesh::{Mesh, Pod, Sidecar, requests};
 use mesh_testbed::netns::VIP_CIDR;
 
@@ -143,6 +144,8 @@ fn follows_pilot(proxy: Sidecar) {
     assert_ne!(out, "200", "{proxy:?}: the external host was reachable");
     assert!(requests(&msgd_log).is_empty(), "msgd was reached");
 
+    outbound_policy_from_the_settings(&mesh, &client, &send, &msgd_log, proxy);
+
     // An EgressRule opens it (and only it).
     let egress = format!(
         "apiVersion: config.istio.io/v1alpha2
@@ -160,6 +163,7 @@ spec:
     );
     let revision = mesh.apply_rules("create", &egress).unwrap();
     mesh.wait_synced(&client, revision).unwrap();
+    let before = requests(&msgd_log).len();
     let (code, out) = mesh.curl(&client, &[&send]);
     assert_eq!(
         (code, out.as_str()),
@@ -167,8 +171,9 @@ spec:
         "{proxy:?}"
     );
     let seen = requests(&msgd_log);
-    assert_eq!(seen.len(), 1);
-    assert!(seen[0].contains("x-request-id"), "{}", seen[0]);
+    assert_eq!(seen.len(), before + 1);
+    // Through the egress rule's HTTP route (passed through, it was bytes).
+    assert!(seen[before].contains("x-request-id"), "{}", seen[before]);
 
     // What pilot and the proxy say about it.
     let meshctl = mesh_testbed::binary("meshctl").unwrap();
@@ -215,6 +220,64 @@ spec:
         0,
         "a packet to {VIP_CIDR} escaped capture"
     );
+}
+
+/// The mesh's settings file (the `mesh` ConfigMap's document) rules the
+/// outbound policy while pilot runs: ALLOW_ANY passes the unknown host
+/// through to its original destination, a version that does not parse
+/// changes nothing, REGISTRY_ONLY refuses it again.
+fn outbound_policy_from_the_settings(
+    mesh: &Mesh,
+    client: &Pod,
+    send: &str,
+    msgd_log: &std::path::Path,
+    proxy: Sidecar,
+) {
+    let status = |mesh: &Mesh| {
+        let (_, out) = mesh.curl(client, &["-o", "/dev/null", "-w", "%{http_code}", send]);
+        out
+    };
+    let reads = |result: &str| {
+        let series = format!("pilot_mesh_settings_reads_total{{result=\"{result}\"}}");
+        mesh.pilot_metric(&series).unwrap()
+    };
+    let refused = status(mesh);
+    let accepted = reads("accepted");
+    mesh.write_settings("outboundTrafficPolicy:\n  mode: ALLOW_ANY\n")
+        .unwrap();
+    eventually(
+        &format!("{proxy:?}: ALLOW_ANY lets the unknown host through"),
+        Duration::from_secs(5),
+        || (status(mesh) == "200").then_some(()),
+    );
+    assert_eq!(reads("accepted"), accepted + 1.0);
+    let reached = requests(msgd_log).len();
+    assert!(reached >= 1, "msgd was not reached");
+
+    // A typo: refused, counted, and ALLOW_ANY stays in force.
+    mesh.write_settings("outboundTrafficPolicy:\n  mode: SOMETIMES\n")
+        .unwrap();
+    eventually(
+        "pilot refuses the bad settings",
+        Duration::from_secs(5),
+        || (reads("refused") == 1.0).then_some(()),
+    );
+    assert_eq!(
+        status(mesh),
+        "200",
+        "{proxy:?}: the last good settings hold"
+    );
+
+    mesh.write_settings("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n")
+        .unwrap();
+    eventually(
+        &format!("{proxy:?}: REGISTRY_ONLY refuses the unknown host again"),
+        Duration::from_secs(5),
+        || (status(mesh) != "200").then_some(()),
+    );
+    let after = requests(msgd_log).len();
+    assert_eq!(status(mesh), refused, "{proxy:?}: refused as before");
+    assert_eq!(requests(msgd_log).len(), after, "msgd reached once refused");
 }
 
 /// A Sidecar scopes the client's proxy: with only the outside host in its

@@ -56,7 +56,7 @@ pub enum OutboundPolicy {
 }
 
 /// Mesh-wide settings of the translation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshConfig {
     /// The cluster DNS domain.
     pub domain: String,

@@ -1,14 +1,13 @@
-//! What the injector adds, and from where it reads that: defaults, a mesh
-//! configuration file, or the `mesh` key of the `mesh-system/mesh` ConfigMap.
+//! The mesh's settings, one document both the injector (what it adds to
+//! pods) and pilot (how proxies treat traffic) read: defaults, a mesh
+//! configuration file, or the `mesh` key of the `mesh-system/mesh`
+//! ConfigMap. Key names follow Istio's mesh configuration where it has
+//! one.
 
 use std::collections::BTreeMap;
 
-use mesh_rules::{Diagnostic, FieldError, FieldPath};
+use crate::{Diagnostic, FieldError, FieldPath};
 use serde::{Deserialize, Serialize};
-
-/// The version of the injection template; recorded in every injected pod so
-/// an upgrade can tell which pods carry an older sidecar.
-pub const TEMPLATE_VERSION: &str = "2";
 
 /// How the sidecar joins the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -53,7 +52,7 @@ fn resources(req_cpu: &str, req_mem: &str, lim_cpu: &str, lim_mem: &str) -> Reso
 /// an empty file is a valid configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct InjectConfig {
+pub struct MeshSettings {
     /// Image registry and path prefix of the proxy image.
     pub hub: String,
     /// Proxy image tag.
@@ -82,9 +81,62 @@ pub struct InjectConfig {
     /// callers stop sending to a terminating pod before its listeners
     /// close (keep it below the pod's termination grace period).
     pub drain_delay_seconds: u32,
+    /// pilot: where calls to hosts the mesh does not know go (Istio's
+    /// `outboundTrafficPolicy`); unset, pilot's `--outbound-policy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// pilot: where proxies write a line per call — `/dev/stdout`, or
+    /// `""` for nowhere (Istio's `accessLogFile`); unset, pilot's
+    /// `--access-log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<AccessLogFile>,
+    /// pilot: the access log lines' encoding (Istio's
+    /// `accessLogEncoding`); `TEXT` unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log_encoding: Option<AccessLogEncoding>,
 }
 
-impl Default for InjectConfig {
+/// Istio's `outboundTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    /// The mode.
+    pub mode: OutboundMode,
+}
+
+/// Where calls to unknown hosts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundMode {
+    /// Refused until an egress rule or ServiceEntry names the host (the
+    /// seed walk's behaviour).
+    RegistryOnly,
+    /// Passed through to the original destination.
+    AllowAny,
+}
+
+/// Where access log lines go: the proxy's standard output, or nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessLogFile {
+    /// Off.
+    #[serde(rename = "")]
+    Off,
+    /// The proxy's standard output (the container log).
+    #[serde(rename = "/dev/stdout")]
+    Stdout,
+}
+
+/// Access log line encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum AccessLogEncoding {
+    /// Envoy's default text format.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for MeshSettings {
     fn default() -> Self {
         Self {
             hub: "ghcr.io/mesh".into(),
@@ -100,11 +152,14 @@ impl Default for InjectConfig {
             sidecar_mode: SidecarMode::Container,
             concurrency: 2,
             drain_delay_seconds: 5,
+            outbound_traffic_policy: None,
+            access_log_file: None,
+            access_log_encoding: None,
         }
     }
 }
 
-impl InjectConfig {
+impl MeshSettings {
     /// The proxy image reference.
     pub fn proxy_image(&self) -> String {
         format!("{}/mesh-proxy:{}", self.hub, self.tag)
@@ -114,7 +169,7 @@ impl InjectConfig {
     /// ConfigMap whose `data.mesh` holds it (as `kubectl get cm -o yaml`
     /// prints it). `name` is used in errors.
     pub fn from_yaml(name: &str, text: &str) -> Result<Self, Diagnostic> {
-        let doc = mesh_rules::yaml::read_one(text).map_err(|e| e.in_file(name, 0))?;
+        let doc = crate::yaml::read_one(text).map_err(|e| e.in_file(name, 0))?;
         let Some(doc) = doc else {
             return Ok(Self::default());
         };
