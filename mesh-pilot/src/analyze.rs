@@ -191,7 +191,7 @@ fn gateway_routes(rules: &[Rule]) -> Vec<Finding> {
     let gateways: Vec<(&Rule, &mesh_rules::rules::ingress::Gateway)> = rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::Gateway(g) => Some((r, g)),
+            Spec::Gateway(g) => Some((r, &**g)),
             _ => None,
         })
         .collect();

@@ -181,7 +181,7 @@ fn routes_of(
                 } else {
                     format!("{prefix}{host_part}{name}")
                 };
-                out.push(derived(rule, &suffix, Spec::RouteRule(r)));
+                out.push(derived(rule, &suffix, Spec::RouteRule(Box::new(r))));
             }
         }
     }
@@ -408,7 +408,11 @@ fn destination_rule(rule: &Rule, d: &DestinationRule, out: &mut Vec<Rule>) {
         p.load_balancing.is_some() || p.circuit_breaker.is_some() || p.consistent_hash.is_some()
     };
     if acts(&whole) {
-        out.push(derived(rule, "all", Spec::DestinationPolicy(whole)));
+        out.push(derived(
+            rule,
+            "all",
+            Spec::DestinationPolicy(Box::new(whole)),
+        ));
     }
     for s in &d.subsets {
         let t = merged(d.traffic_policy.as_ref(), s.traffic_policy.as_ref());
@@ -416,7 +420,7 @@ fn destination_rule(rule: &Rule, d: &DestinationRule, out: &mut Vec<Rule>) {
         destination.labels = s.labels.clone();
         let p = policy(destination, &t);
         if acts(&p) {
-            out.push(derived(rule, &s.name, Spec::DestinationPolicy(p)));
+            out.push(derived(rule, &s.name, Spec::DestinationPolicy(Box::new(p))));
         }
     }
 }
@@ -439,7 +443,11 @@ fn service_entry(rule: &Rule, e: &ServiceEntry, out: &mut Vec<Rule>) {
             use_egress_proxy: false,
             endpoints: e.endpoints.iter().map(|w| w.address.clone()).collect(),
         };
-        out.push(derived(rule, &i.to_string(), Spec::EgressRule(egress)));
+        out.push(derived(
+            rule,
+            &i.to_string(),
+            Spec::EgressRule(Box::new(egress)),
+        ));
     }
 }
 
@@ -661,7 +669,7 @@ fn http_route(rule: &Rule, route: &gateway::HttpRoute, out: &mut Vec<Rule>) {
                 } else {
                     format!("{parent_part}{name}")
                 };
-                out.push(derived(rule, &suffix, Spec::RouteRule(r)));
+                out.push(derived(rule, &suffix, Spec::RouteRule(Box::new(r))));
             }
         }
     }

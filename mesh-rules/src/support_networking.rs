@@ -534,7 +534,7 @@ pub(crate) fn service_entry(out: &mut Vec<FieldError>, root: &FieldPath, e: &Ser
     let as_rule = crate::Rule {
         api_version: String::new(),
         metadata: Default::default(),
-        spec: crate::Spec::ServiceEntry(e.clone()),
+        spec: crate::Spec::ServiceEntry(Box::new(e.clone())),
     };
     for rule in crate::convert::expand(&[as_rule]) {
         for p in crate::support::unsupported(&rule.spec) {

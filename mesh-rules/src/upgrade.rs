@@ -283,7 +283,7 @@ impl Upgrade {
                 namespace: rule.metadata.namespace.clone(),
                 ..Default::default()
             },
-            spec: Spec::ServiceEntry(entry),
+            spec: Spec::ServiceEntry(Box::new(entry)),
         });
     }
 
@@ -313,7 +313,7 @@ impl Upgrade {
                 out.push(Rule {
                     api_version: TODAY.into(),
                     metadata: metadata.clone(),
-                    spec: Spec::VirtualService(vs),
+                    spec: Spec::VirtualService(Box::new(vs)),
                 });
             }
             if !d.subsets.is_empty() || d.whole.is_some() {
@@ -335,7 +335,7 @@ impl Upgrade {
                 out.push(Rule {
                     api_version: TODAY.into(),
                     metadata,
-                    spec: Spec::DestinationRule(dr),
+                    spec: Spec::DestinationRule(Box::new(dr)),
                 });
             }
         }

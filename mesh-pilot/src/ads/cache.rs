@@ -4,7 +4,7 @@
 //! digest changes), and the difference between two generations of a
 //! shared part, computed once for every Delta stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use mesh_proto::google::protobuf::Any;
@@ -17,8 +17,49 @@ use crate::translate::{
 };
 use crate::world::World;
 
-/// One type's resources for one proxy: name → (version, resource).
-pub(super) type Typed = BTreeMap<String, (String, Any)>;
+/// One type's resources for one proxy: name → (version, resource), in
+/// name order. A sorted slice, not a `BTreeMap`: every proxy keeps a few
+/// of these for its inbound part, mostly of one or two resources, where a
+/// B-tree leaf alone takes a kilobyte (17 MB at 2000 proxies).
+#[derive(Debug, Default)]
+pub(super) struct Typed(Box<[(String, (String, Any))]>);
+
+impl Typed {
+    fn find(&self, name: &str) -> Option<&(String, (String, Any))> {
+        self.0
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<&(String, Any)> {
+        self.find(name).map(|(_, r)| r)
+    }
+
+    pub(super) fn get_key_value(&self, name: &str) -> Option<(&String, &(String, Any))> {
+        self.find(name).map(|(n, r)| (n, r))
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &(String, Any))> {
+        self.0.iter().map(|(n, r)| (n, r))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl FromIterator<(String, (String, Any))> for Typed {
+    /// Sorted by name; of two resources with one name the last stays.
+    fn from_iter<I: IntoIterator<Item = (String, (String, Any))>>(items: I) -> Self {
+        let mut v: Vec<_> = items.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.reverse();
+        v.dedup_by(|later, earlier| later.0 == earlier.0);
+        v.reverse();
+        Typed(v.into_boxed_slice())
+    }
+}
 
 /// A resource's version: XXH3-64 of its encoding. XXH3 is specified, so
 /// the same bytes give the same version in every pilot process, whatever
@@ -112,7 +153,7 @@ type SharedOutbound = Arc<Outbound>;
 fn same_content(a: &Typed, b: &Typed) -> bool {
     a.len() == b.len()
         && a.iter()
-            .zip(b)
+            .zip(b.iter())
             .all(|((na, (va, _)), (nb, (vb, _)))| na == nb && va == vb)
 }
 

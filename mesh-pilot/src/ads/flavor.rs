@@ -12,8 +12,8 @@ use super::stream::{Held, Push, Sub};
 /// What differs between the two ADS flavours; [`Discovery::drive`] does
 /// the rest for both.
 pub(super) trait Flavor: Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
     /// `sotw` or `delta`.
     const NAME: &'static str;
     /// SotW sends every wanted resource in each response; Delta only changes.

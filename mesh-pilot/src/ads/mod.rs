@@ -11,6 +11,7 @@
 mod cache;
 mod flavor;
 pub mod metrics;
+mod server;
 mod status;
 mod stream;
 
@@ -18,26 +19,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mesh_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use mesh_proto::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use mesh_proto::node::NodeMeta;
 use mesh_proto::types::XdsType;
 use mesh_rules::identity::Identity;
 use mesh_rules::registry::{Health, Workload};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Streaming};
+use tonic::{Request, Streaming};
 use tracing::warn;
 
 pub use cache::{Inbound, Layers, OutboundCache, Resolved};
+pub use server::AdsServer;
 pub use status::{ProxyStatus, PushRecord, Status, TypeStatus};
 
 use cache::lock;
-use flavor::{Delta, Flavor, Sotw};
+use flavor::Flavor;
 use stream::Stream;
 
 use crate::translate::{Interception, ProxyNode};
@@ -116,14 +113,15 @@ impl Discovery {
     }
 
     /// The tonic service.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Discovery> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(64 << 20)
+    pub fn into_service(self) -> AdsServer {
+        AdsServer::new(self)
     }
 }
 
 type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// A response on its way to the stream's encoder.
+type Boxed<T> = Box<Result<T, tonic::Status>>;
 
 impl Discovery {
     /// Registers the proxy's pod as a workload instance (by its pod name,
@@ -170,12 +168,10 @@ impl Discovery {
         &self,
         mut requests: Streaming<F::Request>,
         peer: Option<Identity>,
-    ) -> ResponseStream<F::Response>
-    where
-        Streaming<F::Request>: Send,
-        F::Request: prost::Message + Default,
-    {
-        let (tx, rx) = mpsc::channel(16);
+    ) -> ResponseStream<F::Response> {
+        // Boxed: the channel's slots are allocated 32 at a time and a
+        // response is ~200 bytes inline (6 KiB per idle stream unboxed).
+        let (tx, rx) = mpsc::channel::<Boxed<F::Response>>(16);
         let this = self.clone();
         tokio::spawn(async move {
             let Ok(Some(first)) = requests.message().await else {
@@ -184,7 +180,7 @@ impl Discovery {
             let meta = NodeMeta::from_node(&F::node(&first).cloned().unwrap_or_default());
             if let Err(refused) = speaks_for_itself(peer.as_ref(), &meta) {
                 warn!(node = %meta.id, "{}", refused.message());
-                let _ = tx.send(Err(refused)).await;
+                let _ = tx.send(Box::new(Err(refused))).await;
                 return;
             }
             let id = this.next_id.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +190,9 @@ impl Discovery {
             if worlds.wait_for(|w| w.warm).await.is_err() {
                 return;
             }
-            let mut next = Some(first);
+            // Requests are boxed: they are ~600 bytes inline, and what the
+            // loop holds across its awaits is kept for the stream's life.
+            let mut next = Some(Box::new(first));
             'stream: loop {
                 if let Some(req) = next.take() {
                     let Some(kind) = XdsType::from_type_url(F::type_url(&req)) else {
@@ -208,7 +206,7 @@ impl Discovery {
                     if changed {
                         s.take_permit(&this.gate).await;
                         if let Some(p) = s.push(kind, force, F::SOTW, false)
-                            && tx.send(Ok(F::response(p))).await.is_err()
+                            && tx.send(Box::new(Ok(F::response(p)))).await.is_err()
                         {
                             break 'stream;
                         }
@@ -227,7 +225,7 @@ impl Discovery {
                         s.release_permit();
                     }
                     r = requests.message() => match r {
-                        Ok(Some(req)) => next = Some(req),
+                        Ok(Some(req)) => next = Some(Box::new(req)),
                         _ => break 'stream,
                     },
                     c = worlds.changed() => {
@@ -244,7 +242,7 @@ impl Discovery {
             }
             this.disconnect(id);
         });
-        Box::pin(ReceiverStream::new(rx))
+        Box::pin(ReceiverStream::new(rx).map(|r| *r))
     }
 }
 
@@ -255,14 +253,14 @@ impl Discovery {
 async fn push_changes<F: Flavor>(
     s: &mut Stream,
     gate: &Arc<tokio::sync::Semaphore>,
-    tx: &mpsc::Sender<Result<F::Response, tonic::Status>>,
+    tx: &mpsc::Sender<Boxed<F::Response>>,
 ) -> Result<(), ()> {
     if !s.may_push() {
         return Ok(());
     }
     s.take_permit(gate).await;
     for p in s.pushes(F::SOTW) {
-        tx.send(Ok(F::response(p))).await.map_err(drop)?;
+        tx.send(Box::new(Ok(F::response(p)))).await.map_err(drop)?;
     }
     Ok(())
 }
@@ -303,30 +301,4 @@ fn speaks_for_itself(peer: Option<&Identity>, meta: &NodeMeta) -> Result<(), ton
          a proxy may only speak for its own workload",
         meta.namespace
     )))
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Discovery {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
-        let peer = peer_identity(&request)?;
-        Ok(Response::new(
-            self.drive::<Sotw>(request.into_inner(), peer),
-        ))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
-        let peer = peer_identity(&request)?;
-        Ok(Response::new(
-            self.drive::<Delta>(request.into_inner(), peer),
-        ))
-    }
 }

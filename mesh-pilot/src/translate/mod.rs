@@ -493,7 +493,9 @@ fn outbound(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &P
         .rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::RouteRule(rr) if rr.at_gateways.is_none() => Some((rr, r.metadata.namespace())),
+            Spec::RouteRule(rr) if rr.at_gateways.is_none() => {
+                Some((&**rr, r.metadata.namespace()))
+            }
             _ => None,
         })
         .collect();
@@ -572,7 +574,7 @@ fn selecting_gateways<'a>(
     node: &'a ProxyNode,
 ) -> impl Iterator<Item = (&'a Rule, &'a Gateway)> + 'a {
     inputs.rules.iter().filter_map(|r| match &r.spec {
-        Spec::Gateway(g) if g.selects(&node.labels) => Some((r, g)),
+        Spec::Gateway(g) if g.selects(&node.labels) => Some((r, &**g)),
         _ => None,
     })
 }
@@ -585,7 +587,7 @@ fn gateway(b: &mut build::Builder, inputs: &Inputs<'_>, index: &Index, node: &Pr
         .rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::RouteRule(rr) => Some((rr, r.metadata.namespace(), rr.at_gateways.as_ref()?)),
+            Spec::RouteRule(rr) => Some((&**rr, r.metadata.namespace(), rr.at_gateways.as_ref()?)),
             _ => None,
         })
         .collect();

@@ -44,7 +44,7 @@ pub fn peer_mode(
     let policies: Vec<(&str, &PeerAuthentication)> = rules
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::PeerAuthentication(p) => Some((r.metadata.namespace(), p)),
+            Spec::PeerAuthentication(p) => Some((r.metadata.namespace(), &**p)),
             _ => None,
         })
         .collect();

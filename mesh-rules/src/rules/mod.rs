@@ -280,32 +280,32 @@ impl IstioService {
 }
 
 /// The spec of one rule, by kind.
-// Rules are built once per write and read in place; their size never matters.
-#[allow(clippy::large_enum_variant)]
+// Each kind boxed: the largest is kilobytes inline, and every copy of a
+// rule set (the store's snapshot, each world's list) would pay it per rule.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     /// A route rule.
-    RouteRule(RouteRule),
+    RouteRule(Box<RouteRule>),
     /// A destination policy.
-    DestinationPolicy(DestinationPolicy),
+    DestinationPolicy(Box<DestinationPolicy>),
     /// An egress rule.
-    EgressRule(EgressRule),
+    EgressRule(Box<EgressRule>),
     /// A VirtualService.
-    VirtualService(networking::VirtualService),
+    VirtualService(Box<networking::VirtualService>),
     /// A DestinationRule.
-    DestinationRule(networking::DestinationRule),
+    DestinationRule(Box<networking::DestinationRule>),
     /// A ServiceEntry.
-    ServiceEntry(networking::ServiceEntry),
+    ServiceEntry(Box<networking::ServiceEntry>),
     /// An HTTPRoute.
-    HttpRoute(gateway::HttpRoute),
+    HttpRoute(Box<gateway::HttpRoute>),
     /// A PeerAuthentication.
-    PeerAuthentication(security::PeerAuthentication),
+    PeerAuthentication(Box<security::PeerAuthentication>),
     /// An AuthorizationPolicy.
-    AuthorizationPolicy(security::AuthorizationPolicy),
+    AuthorizationPolicy(Box<security::AuthorizationPolicy>),
     /// A Sidecar.
-    Sidecar(sidecar::Sidecar),
+    Sidecar(Box<sidecar::Sidecar>),
     /// A Gateway.
-    Gateway(ingress::Gateway),
+    Gateway(Box<ingress::Gateway>),
 }
 
 impl Spec {

@@ -352,7 +352,7 @@ impl SidecarIndex {
         labels: &BTreeMap<String, String>,
     ) -> Option<(usize, &'a Sidecar)> {
         let sidecar = |i: usize| match &rules.get(i)?.spec {
-            Spec::Sidecar(s) => Some((i, s)),
+            Spec::Sidecar(s) => Some((i, &**s)),
             _ => None,
         };
         let selecting = labels
