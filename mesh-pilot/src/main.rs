@@ -471,8 +471,14 @@ async fn serve_xds(args: &Args, discovery: Discovery) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// pilot's worker threads (and malloc arenas).
+/// pilot's worker threads.
 const WORKERS: usize = 2;
+
+/// glibc malloc arenas: one. A stream's buffers are allocated on one
+/// worker and often freed on the other; in one arena every free is
+/// reusable by both. At 2000 proxies peak RSS was 192–193 MB with one and
+/// 193–210 MB with two, push latency and CPU the same.
+const MALLOC_ARENAS: usize = 1;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -480,7 +486,7 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(anyhow::anyhow!("MESH_LOG: {e}")),
     };
-    mesh_runtime::memory::limit_malloc_arenas(WORKERS);
+    mesh_runtime::memory::limit_malloc_arenas(MALLOC_ARENAS);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_proto::google::protobuf::Any;
 use mesh_proto::types::XdsType;
-use prost::{Message, Name};
+use prost::Message;
 
 use crate::translate::{
     Inputs, OutboundKey, ProxyNode, inbound_digest, outbound_digest, outbound_key,
@@ -17,30 +17,43 @@ use crate::translate::{
 };
 use crate::world::World;
 
+/// A resource as pilot keeps it: its version and its encoding (the type
+/// URL is the type's, added when it is sent: one string less per resource
+/// kept).
+pub(super) type Stored = (String, Vec<u8>);
+
+/// The `Any` a stored resource of `kind` is sent as.
+pub(super) fn any(kind: XdsType, (_, value): &Stored) -> Any {
+    Any {
+        type_url: kind.type_url().to_owned(),
+        value: value.clone(),
+    }
+}
+
 /// One type's resources for one proxy: name → (version, resource), in
 /// name order. A sorted slice, not a `BTreeMap`: every proxy keeps a few
 /// of these for its inbound part, mostly of one or two resources, where a
 /// B-tree leaf alone takes a kilobyte (17 MB at 2000 proxies).
 #[derive(Debug, Default)]
-pub(super) struct Typed(Box<[(String, (String, Any))]>);
+pub(super) struct Typed(Box<[(String, Stored)]>);
 
 impl Typed {
-    fn find(&self, name: &str) -> Option<&(String, (String, Any))> {
+    fn find(&self, name: &str) -> Option<&(String, Stored)> {
         self.0
             .binary_search_by(|(n, _)| n.as_str().cmp(name))
             .ok()
             .map(|i| &self.0[i])
     }
 
-    pub(super) fn get(&self, name: &str) -> Option<&(String, Any)> {
+    pub(super) fn get(&self, name: &str) -> Option<&Stored> {
         self.find(name).map(|(_, r)| r)
     }
 
-    pub(super) fn get_key_value(&self, name: &str) -> Option<(&String, &(String, Any))> {
+    pub(super) fn get_key_value(&self, name: &str) -> Option<(&String, &Stored)> {
         self.find(name).map(|(n, r)| (n, r))
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &(String, Any))> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &Stored)> {
         self.0.iter().map(|(n, r)| (n, r))
     }
 
@@ -49,9 +62,9 @@ impl Typed {
     }
 }
 
-impl FromIterator<(String, (String, Any))> for Typed {
+impl FromIterator<(String, Stored)> for Typed {
     /// Sorted by name; of two resources with one name the last stays.
-    fn from_iter<I: IntoIterator<Item = (String, (String, Any))>>(items: I) -> Self {
+    fn from_iter<I: IntoIterator<Item = (String, Stored)>>(items: I) -> Self {
         let mut v: Vec<_> = items.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.reverse();
@@ -69,21 +82,12 @@ fn version_of(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
 }
 
-fn typed<M: Message + Name>(items: &[M], name: impl Fn(&M) -> &str) -> Typed {
+fn typed<M: Message>(items: &[M], name: impl Fn(&M) -> &str) -> Typed {
     items
         .iter()
         .map(|m| {
             let value = m.encode_to_vec();
-            (
-                name(m).to_owned(),
-                (
-                    version_of(&value),
-                    Any {
-                        type_url: M::type_url(),
-                        value,
-                    },
-                ),
-            )
+            (name(m).to_owned(), (version_of(&value), value))
         })
         .collect()
 }
@@ -98,17 +102,17 @@ pub struct Layers {
 }
 
 impl Layers {
-    pub(super) fn get(&self, name: &str) -> Option<&(String, Any)> {
+    pub(super) fn get(&self, name: &str) -> Option<&Stored> {
         self.own.get(name).or_else(|| self.shared.get(name))
     }
 
-    pub(super) fn get_key_value(&self, name: &str) -> Option<(&String, &(String, Any))> {
+    pub(super) fn get_key_value(&self, name: &str) -> Option<(&String, &Stored)> {
         self.own
             .get_key_value(name)
             .or_else(|| self.shared.get_key_value(name))
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &(String, Any))> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &Stored)> {
         self.shared.iter().chain(self.own.iter())
     }
 

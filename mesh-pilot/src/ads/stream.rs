@@ -11,7 +11,7 @@ use mesh_proto::google::protobuf::Any;
 use mesh_proto::node::NodeMeta;
 use mesh_proto::types::XdsType;
 
-use super::cache::{Inbound, Layers, OutboundCache, lock};
+use super::cache::{Inbound, Layers, OutboundCache, Stored, any, lock};
 use super::status::{ProxyStatus, PushRecord, Status, now_ms};
 use super::{PERMIT_HOLD, proxy_node};
 use crate::translate::ProxyNode;
@@ -104,7 +104,7 @@ impl Held {
 
 /// A set of resources' version: names and versions, each ended by a 0
 /// byte (neither contains one), so no two sets read alike.
-fn set_version(wanted: &BTreeMap<&str, &(String, Any)>) -> String {
+fn set_version(wanted: &BTreeMap<&str, &Stored>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for (n, (v, _)) in wanted {
         for part in [n.as_bytes(), v.as_bytes()] {
@@ -118,14 +118,18 @@ fn set_version(wanted: &BTreeMap<&str, &(String, Any)>) -> String {
 impl Sub {
     /// What of `wanted` the proxy does not hold as it is (to send), and
     /// what it holds that is not wanted any more (by name).
-    fn difference(&self, wanted: &BTreeMap<&str, &(String, Any)>) -> (Vec<Resource>, Vec<String>) {
+    fn difference(
+        &self,
+        kind: XdsType,
+        wanted: &BTreeMap<&str, &Stored>,
+    ) -> (Vec<Resource>, Vec<String>) {
         let changed = wanted
             .iter()
             .filter(|(n, (v, _))| self.has.version(n) != Some(v.as_str()))
-            .map(|(n, (v, any))| Resource {
+            .map(|(n, stored)| Resource {
                 name: (*n).to_owned(),
-                version: v.clone(),
-                resource: Some(any.clone()),
+                version: stored.0.clone(),
+                resource: Some(any(kind, stored)),
                 ..Default::default()
             })
             .collect();
@@ -139,7 +143,7 @@ impl Sub {
         (changed, gone)
     }
 
-    fn wanted<'a>(&self, all: &'a Layers) -> BTreeMap<&'a str, &'a (String, Any)> {
+    fn wanted<'a>(&self, all: &'a Layers) -> BTreeMap<&'a str, &'a Stored> {
         all.iter()
             .filter(|(n, _)| self.wildcard || self.names.contains(*n))
             .map(|(n, v)| (n.as_str(), v))
@@ -392,7 +396,7 @@ impl Stream {
             }
         }
         let mut wanted = sub.wanted(all);
-        let (changed, gone) = sub.difference(&wanted);
+        let (changed, gone) = sub.difference(kind, &wanted);
         let mut kept = BTreeMap::new();
         let removed = if keep {
             for n in &gone {
@@ -426,7 +430,7 @@ impl Stream {
             Held::Listed(listed)
         };
         let all_resources = if sotw {
-            wanted.values().map(|(_, a)| a.clone()).collect()
+            wanted.values().map(|stored| any(kind, stored)).collect()
         } else {
             vec![]
         };
@@ -454,11 +458,11 @@ impl Stream {
             .changed
             .iter()
             .filter_map(|n| {
-                let (v, any) = all.shared.get(n)?;
-                (kept.get(n) != Some(v)).then(|| Resource {
+                let stored = all.shared.get(n)?;
+                (kept.get(n) != Some(&stored.0)).then(|| Resource {
                     name: n.clone(),
-                    version: v.clone(),
-                    resource: Some(any.clone()),
+                    version: stored.0.clone(),
+                    resource: Some(any(kind, stored)),
                     ..Default::default()
                 })
             })
