@@ -15,7 +15,6 @@ mod server;
 mod status;
 mod stream;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,8 +23,6 @@ use mesh_proto::types::XdsType;
 use mesh_rules::identity::Identity;
 use mesh_rules::registry::{Health, Workload};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Streaming};
 use tracing::warn;
 
@@ -118,8 +115,6 @@ impl Discovery {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
 /// A response on its way to the stream's encoder.
 type Boxed<T> = Box<Result<T, tonic::Status>>;
 
@@ -168,7 +163,7 @@ impl Discovery {
         &self,
         mut requests: Streaming<F::Request>,
         peer: Option<Identity>,
-    ) -> ResponseStream<F::Response> {
+    ) -> mpsc::Receiver<Boxed<F::Response>> {
         // Boxed: the channel's slots are allocated 32 at a time and a
         // response is ~200 bytes inline (6 KiB per idle stream unboxed).
         let (tx, rx) = mpsc::channel::<Boxed<F::Response>>(16);
@@ -242,7 +237,7 @@ impl Discovery {
             }
             this.disconnect(id);
         });
-        Box::pin(ReceiverStream::new(rx).map(|r| *r))
+        rx
     }
 }
 
